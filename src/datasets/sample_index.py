@@ -1,0 +1,536 @@
+"""The sample index: a read-only, columnar table of index records, memory-mapped from a cache.
+
+Upstream datasets ``json.load`` the whole index (23M entries: ~40 s and ~13 GB per process) into a
+list of dicts. DataLoader workers forked from that process copy it page by page, because merely
+reading a Python object writes its reference count. mmengine's ``BaseDataset.serialize_data``
+packs the list into one numpy buffer of pickles, which fixes the copying but still ``json.load``s
+everything first in every rank and unpickles a dict on every access.
+
+``SampleIndex`` instead streams the source once, in bounded batches, into an Arrow IPC file (the
+cache) and from then on memory-maps that file:
+
+* no ``json.load``: opening a cached index reads the schema and the batch offsets, not the records;
+* no per-record Python objects: the records stay in the file's pages, and ``index[i]`` builds the
+  one dict asked for from the columns;
+* shared pages: the mapping is backed by the file, so DataLoader workers (fork or spawn) and all the
+  ranks of a machine read the same page-cache pages instead of holding a private copy each.
+
+The cache is keyed on the source's identity (resolved path, size and mtime of each file, and the
+format version below) stored in the file's schema metadata: a stale or corrupt cache is rebuilt,
+never used. Where no cache can be written, the index is built in memory with a warning.
+"""
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import operator
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from mmengine.logging import print_log
+
+from src.datasets.errors import IndexFormatError
+
+# Bump when the cache layout or the conversion of records changes: old caches are then rebuilt.
+FORMAT_VERSION = 1
+_FINGERPRINT_KEY = b'sampleindex.fingerprint'
+_BATCH_ROWS = 65536            # records per Arrow batch (bounds the memory of a build)
+_JSON_CHUNK_CHARS = 1 << 20    # text read at a time by the streaming .json array reader
+_WHITESPACE = re.compile(r'[ \t\n\r]*')
+# A failure this close to the end of the text read so far may be a record cut by the chunk edge
+# (the longest such tail is a literal like 'false' or a '\\uXXXX' escape).
+_MAX_CUT_TOKEN = 8
+
+
+def _format_error(path, message: str) -> IndexFormatError:
+    return IndexFormatError(f'{path}: {message}')
+
+
+# ----------------------------------------------------------------------------- reading the source
+
+def _member_files(path: Path) -> list[Path]:
+    """The files that make up the index at ``path`` (a folder: its ``.json`` arrays, sorted)."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() == '.json' and p.is_file())
+    if path.suffix.lower() not in ('.json', '.jsonl', '.parquet'):
+        raise _format_error(path, 'unsupported index format (expected a .json array, a .jsonl '
+                                  'file, a folder of .json arrays or a .parquet table)')
+    return [path]
+
+
+def iter_json_array(path, *, chunk_chars: int | None = None) -> Iterator[dict]:
+    """Yields the objects of the JSON array in ``path``, holding only about one chunk of text.
+
+    Each record is decoded with ``json.JSONDecoder.raw_decode`` from a sliding text buffer; a record
+    cut by the end of the buffer is retried once more text has been read.
+    """
+    chunk_chars = chunk_chars or _JSON_CHUNK_CHARS
+    decoder = json.JSONDecoder()
+    with open(path, encoding='utf-8-sig') as file:
+        buf, pos, eof = '', 0, False
+        consumed_chars = consumed_lines = 0  # text already dropped from the front of ``buf``
+
+        def read_more() -> None:
+            nonlocal buf, pos, eof, consumed_chars, consumed_lines
+            consumed_lines += buf.count('\n', 0, pos)
+            consumed_chars += pos
+            try:
+                text = file.read(chunk_chars)
+            except UnicodeDecodeError as exc:
+                raise _format_error(path, f'not UTF-8 text after character {consumed_chars}: '
+                                          f'{exc}') from None
+            buf, pos, eof = buf[pos:] + text, 0, not text
+
+        def fail(at: int, message: str) -> IndexFormatError:
+            line = consumed_lines + buf.count('\n', 0, at) + 1
+            return _format_error(path, f'line {line}, character {consumed_chars + at}: {message}')
+
+        def next_char() -> str:
+            """The next non-blank character ('' at the end of the file), left at ``buf[pos]``."""
+            nonlocal pos
+            while True:
+                pos = _WHITESPACE.match(buf, pos).end()
+                if pos < len(buf) or eof:
+                    return buf[pos:pos + 1]
+                read_more()
+
+        char = next_char()
+        if char != '[':
+            raise fail(pos, 'the file is empty' if not char else
+                       'the top-level value is not a JSON array of records')
+        pos += 1
+        count = 0
+        if next_char() == ']':
+            pos += 1
+        else:
+            while True:
+                next_char()
+                while True:
+                    try:
+                        record, end = decoder.raw_decode(buf, pos)
+                        break
+                    except json.JSONDecodeError as exc:
+                        maybe_cut = (exc.pos >= len(buf) - _MAX_CUT_TOKEN
+                                     or exc.msg.startswith('Unterminated string'))
+                        if eof or not maybe_cut:
+                            raise fail(exc.pos, f'malformed JSON in record {count}: '
+                                                f'{exc.msg}') from None
+                        read_more()
+                if not isinstance(record, dict):
+                    raise fail(pos, f'record {count} is a {type(record).__name__}, '
+                                    f'not a JSON object')
+                yield record
+                count += 1
+                pos = end
+                char = next_char()
+                if char == ']':
+                    pos += 1
+                    break
+                if char != ',':
+                    raise fail(pos, f"expected ',' or ']' after record {count - 1}, found "
+                                    f"{char!r}" if char else 'unexpected end of file')
+                pos += 1
+        if next_char():
+            raise fail(pos, 'unexpected data after the JSON array')
+
+
+def iter_jsonl(path) -> Iterator[dict]:
+    """Yields the objects of a JSON-lines file, one per non-blank line."""
+    with open(path, encoding='utf-8-sig') as file:
+        line_no = 0
+        try:
+            for line_no, line in enumerate(file, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise _format_error(path, f'line {line_no}, column {exc.colno}: malformed '
+                                              f'JSON: {exc.msg}') from None
+                if not isinstance(record, dict):
+                    raise _format_error(path, f'line {line_no}: the record is a '
+                                              f'{type(record).__name__}, not a JSON object')
+                yield record
+        except UnicodeDecodeError as exc:
+            raise _format_error(path, f'not UTF-8 text after line {line_no}: {exc}') from None
+
+
+def _as_text(value):
+    return value if value is None or isinstance(value, str) else json.dumps(value,
+                                                                            ensure_ascii=False)
+
+
+def _column(values: list) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        # Values of mixed types (1 in one record, '1' in another) or ints beyond int64: the column
+        # is kept as text, strings as they are and anything else as its JSON text.
+        return pa.array([_as_text(value) for value in values], pa.string())
+
+
+def _records_to_batch(records: list[dict]) -> pa.RecordBatch:
+    """One batch of the union of the records' keys; a key a record lacks is null there."""
+    keys = list(dict.fromkeys(key for record in records for key in record))
+    return pa.RecordBatch.from_arrays([_column([r.get(key) for r in records]) for key in keys],
+                                      names=keys)
+
+
+def _batched(records: Iterable[dict]) -> Iterator[pa.RecordBatch]:
+    batch = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == _BATCH_ROWS:
+            yield _records_to_batch(batch)
+            batch = []
+    if batch:
+        yield _records_to_batch(batch)
+
+
+def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    try:
+        table = pq.ParquetFile(path)
+        yield from table.iter_batches(batch_size=_BATCH_ROWS)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise _format_error(path, f'unreadable parquet table: {exc}') from None
+
+
+def _source_batches(members: list[Path]) -> Iterator[pa.RecordBatch]:
+    """The records of every member file, as batches whose schemas may differ from one another."""
+    for member in members:
+        suffix = member.suffix.lower()
+        if suffix == '.parquet':
+            yield from _parquet_batches(member)
+        else:
+            # Not pyarrow.json for .jsonl: its reader fixes the schema from the first block (a key
+            # first seen later or a type that changes is an error) and names no line on errors.
+            yield from _batched(iter_jsonl(member) if suffix == '.jsonl' else
+                                iter_json_array(member))
+
+
+# ------------------------------------------------------------------- one schema for all batches
+
+def _unified_schema(schemas: Iterable[pa.Schema]) -> pa.Schema:
+    """Every field seen, in order of appearance; a field whose types differ between batches is
+    float64 if they are all numbers, else text (see ``_column``)."""
+    types: dict[str, set] = {}
+    for schema in schemas:
+        for field in schema:
+            types.setdefault(field.name, set()).add(field.type)
+    fields = []
+    for name, seen in types.items():
+        seen.discard(pa.null())
+        if len(seen) <= 1:
+            fields.append(pa.field(name, seen.pop() if seen else pa.null()))
+        elif all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in seen):
+            fields.append(pa.field(name, pa.float64()))
+        else:
+            fields.append(pa.field(name, pa.string()))
+    return pa.schema(fields)
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    columns = []
+    for field in schema:
+        index = batch.schema.get_field_index(field.name)
+        if index < 0:
+            columns.append(pa.nulls(len(batch), field.type))
+            continue
+        column = batch.column(index)
+        if column.type == field.type:
+            columns.append(column)
+        elif field.type == pa.string() and not pa.types.is_null(column.type):
+            columns.append(pa.array([_as_text(v) for v in column.to_pylist()], pa.string()))
+        else:
+            columns.append(column.cast(field.type, safe=False))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _no_records(source) -> IndexFormatError:
+    return _format_error(source, 'the index has no records')
+
+
+def _build_table(source: str, members: list[Path]) -> pa.Table:
+    batches = [batch for batch in _source_batches(members) if len(batch)]
+    if not batches:
+        raise _no_records(source)
+    schema = _unified_schema(batch.schema for batch in batches)
+    return pa.Table.from_batches([_conform(batch, schema) for batch in batches], schema)
+
+
+# ------------------------------------------------------------------------------------- the cache
+
+class _CacheUnwritable(Exception):
+    """The cache cannot be written (read-only folder, disk full, ...): build in memory instead."""
+
+
+def _fingerprint(resolved: Path, members: list[Path]) -> bytes:
+    stats = [(m.name, m.stat().st_size, m.stat().st_mtime_ns) for m in members]
+    return json.dumps({'format': FORMAT_VERSION, 'source': str(resolved), 'members': stats},
+                      sort_keys=True).encode()
+
+
+def cache_path_for(data_path, cache_dir=None) -> Path:
+    """Where the cache of ``data_path`` lives: beside it, or in ``cache_dir`` under a name that
+    keeps apart sources of the same file name."""
+    resolved = Path(data_path).resolve()
+    if cache_dir is None:
+        return resolved.parent / f'.{resolved.name}.sampleindex.arrow'
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f'{resolved.name}.{digest}.sampleindex.arrow'
+
+
+def _open_cache(path: Path, fingerprint: bytes) -> pa.Table | None:
+    """The memory-mapped table in ``path``, or None if it is missing, stale or corrupt."""
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        if (reader.schema.metadata or {}).get(_FINGERPRINT_KEY) != fingerprint:
+            print_log(f'The sample index cache {path} is stale (its source changed): rebuilding',
+                      logger='current', level=logging.INFO)
+            return None
+        table = reader.read_all()
+        table.validate()
+        return table
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowInvalid, OSError) as exc:
+        print_log(f'The sample index cache {path} is unreadable ({exc}): rebuilding',
+                  logger='current', level=logging.WARNING)
+        return None
+
+
+class _SpillWriter:
+    """Writes batches to segment files next to the cache, a new segment whenever the schema
+    changes, so that a build holds one batch in memory; ``finish`` unifies them into one file."""
+
+    def __init__(self, temp_path: str, metadata: dict):
+        self.temp_path = temp_path
+        self.metadata = metadata
+        self.segments: list[tuple[str, pa.Schema]] = []
+        self.writer = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.writer is None or not batch.schema.equals(self.segments[-1][1]):
+            self._close_writer()
+            segment = f'{self.temp_path}.{len(self.segments)}'
+            self.segments.append((segment, batch.schema))
+            self.writer = pa.ipc.new_file(segment, batch.schema.with_metadata(self.metadata))
+        self.writer.write_batch(batch)
+
+    def _close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def finish(self) -> None:
+        """Leaves the whole index in ``temp_path``."""
+        self._close_writer()
+        schema = _unified_schema(s for _, s in self.segments)
+        if len(self.segments) == 1 and self.segments[0][1].equals(schema):
+            os.replace(self.segments.pop()[0], self.temp_path)
+            return
+        with pa.ipc.new_file(self.temp_path, schema.with_metadata(self.metadata)) as writer:
+            for segment, _ in self.segments:
+                reader = pa.ipc.open_file(pa.memory_map(segment))
+                for i in range(reader.num_record_batches):
+                    writer.write_batch(_conform(reader.get_batch(i), schema))
+
+    def remove_segments(self) -> None:
+        self._close_writer()
+        for segment, _ in self.segments:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(segment)
+
+
+def _build_cache(source: str, members: list[Path], cache: Path, fingerprint: bytes) -> pa.Table:
+    """Builds the cache file once (other processes building the same one wait for it)."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(f'{cache}.lock', 'a')
+    except OSError as exc:
+        raise _CacheUnwritable(exc) from exc
+    with lock:
+        # Best effort: ranks starting together wait here instead of all parsing the source; the
+        # atomic rename below keeps the cache whole even where flock does not work (some NFS).
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        table = _open_cache(cache, fingerprint)
+        if table is not None:
+            return table
+        print_log(f'Indexing {source} into {cache} (done once; later loads memory-map it)',
+                  logger='current', level=logging.INFO)
+        started = time.perf_counter()
+        try:
+            handle, temp_path = tempfile.mkstemp(dir=cache.parent, prefix=f'.{cache.name}.',
+                                                 suffix='.tmp')
+            os.close(handle)
+        except OSError as exc:
+            raise _CacheUnwritable(exc) from exc
+        spill = _SpillWriter(temp_path, {_FINGERPRINT_KEY: fingerprint})
+        try:
+            for batch in _source_batches(members):
+                if len(batch):
+                    try:
+                        spill.write(batch)
+                    except OSError as exc:
+                        raise _CacheUnwritable(exc) from exc
+            if not spill.segments:
+                raise _no_records(source)
+            try:
+                spill.finish()
+                os.replace(temp_path, cache)
+            except OSError as exc:
+                raise _CacheUnwritable(exc) from exc
+        finally:
+            spill.remove_segments()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temp_path)
+    table = _open_cache(cache, fingerprint)
+    if table is None:
+        raise _CacheUnwritable(f'{cache} could not be read back after writing it')
+    print_log(f'Indexed {table.num_rows} records of {source} in '
+              f'{time.perf_counter() - started:.1f} s', logger='current', level=logging.INFO)
+    return table
+
+
+# --------------------------------------------------------------------------------- the index
+
+class SampleIndex:
+    """A read-only table of index records; ``index[i]`` is record ``i`` as a dict of its
+    non-null fields. Build it with ``SampleIndex.load``."""
+
+    def __init__(self, table: pa.Table, source: str, *, cache: Path | None = None,
+                 fingerprint: bytes | None = None, rows: np.ndarray | None = None):
+        self._table = table
+        self.source = source
+        self._cache = cache
+        self._fingerprint = fingerprint
+        self._rows = rows
+        self._names = table.column_names
+        # The columns of each batch, so that one record costs a bisect and a scalar per column.
+        batches = [batch for batch in table.to_batches() if len(batch)]
+        self._batch_columns = [batch.columns for batch in batches]
+        self._batch_starts = np.cumsum([0] + [len(b) for b in batches[:-1]]).tolist()
+
+    @classmethod
+    def load(cls, data_path, *, cache_dir=None, use_cache: bool = True) -> 'SampleIndex':
+        """Opens the index at ``data_path`` (a ``.json`` array, a ``.jsonl`` file, a folder of
+        ``.json`` arrays or a ``.parquet`` table), from its cache when that is up to date."""
+        source = os.fspath(data_path)
+        if not os.path.exists(source):
+            raise FileNotFoundError(errno.ENOENT, 'sample index not found', source)
+        resolved = Path(source).resolve()
+        members = _member_files(resolved)
+        if not members:
+            raise _format_error(source, 'the folder holds no .json files')
+        if use_cache:
+            fingerprint = _fingerprint(resolved, members)
+            cache = cache_path_for(resolved, cache_dir)
+            try:
+                table = _open_cache(cache, fingerprint)
+                if table is None:
+                    table = _build_cache(source, members, cache, fingerprint)
+                return cls(table, source, cache=cache, fingerprint=fingerprint)
+            except _CacheUnwritable as exc:
+                print_log(f'Cannot write the sample index cache {cache} ({exc}): building the '
+                          f'index of {source} in memory, in every process that loads it',
+                          logger='current', level=logging.WARNING)
+        return cls(_build_table(source, members), source)
+
+    def __len__(self) -> int:
+        return self._table.num_rows if self._rows is None else len(self._rows)
+
+    def __getitem__(self, i) -> dict:
+        i = operator.index(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f'record {i} is out of range for the {len(self)} records of '
+                             f'{self.source}')
+        row = i if self._rows is None else int(self._rows[i])
+        batch = bisect.bisect_right(self._batch_starts, row) - 1
+        offset = row - self._batch_starts[batch]
+        record = {}
+        for name, column in zip(self._names, self._batch_columns[batch]):
+            value = column[offset].as_py()
+            if value is not None:
+                record[name] = value
+        return record
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._names)
+
+    def _view(self, values: np.ndarray) -> np.ndarray:
+        return values if self._rows is None else values[self._rows]
+
+    def has_value(self, name: str) -> np.ndarray:
+        """Per record: whether field ``name`` is present and not null."""
+        if name not in self._names:
+            return np.zeros(len(self), dtype=bool)
+        valid = pc.is_valid(self._table.column(name)).to_numpy(zero_copy_only=False)
+        return self._view(valid)
+
+    def numbers(self, name: str) -> np.ndarray:
+        """Per record: field ``name`` as float64, NaN where it is missing or not a number
+        (text is parsed, since a column of mixed types is stored as text)."""
+        if name not in self._names:
+            return np.full(len(self), np.nan)
+        column = self._table.column(name)
+        kind = column.type
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+            values = column.cast(pa.float64()).to_numpy()
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            values = pd.to_numeric(column.to_pandas(), errors='coerce').to_numpy(np.float64)
+        else:
+            values = np.full(self._table.num_rows, np.nan)
+        return self._view(values)
+
+    def select(self, rows) -> 'SampleIndex':
+        """A view of the given records (row numbers of this index, or a boolean mask)."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if len(rows) != len(self):
+                raise ValueError(f'a mask of {len(rows)} values for {len(self)} records')
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64, casting='safe')
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f'row numbers outside 0..{len(self) - 1} for {self.source}')
+        if self._rows is not None:
+            rows = self._rows[rows]
+        return SampleIndex(self._table, self.source, cache=self._cache,
+                           fingerprint=self._fingerprint, rows=rows)
+
+    def __reduce__(self):
+        # A cached index pickles as its file name and re-opens the memory map where it is
+        # unpickled (DataLoader workers started with spawn); only an in-memory one carries data.
+        if self._cache is not None:
+            return _reopen, (self.source, self._cache, self._fingerprint, self._rows)
+        return SampleIndex, (self._table, self.source), {'_rows': self._rows}
+
+    def __setstate__(self, state):
+        self._rows = state['_rows']
+
+    def __repr__(self) -> str:
+        where = f'memory-mapped from {self._cache}' if self._cache else 'in memory'
+        return f'SampleIndex({self.source!r}: {len(self)} records, {where})'
+
+
+def _reopen(source: str, cache: Path, fingerprint: bytes, rows) -> SampleIndex:
+    table = _open_cache(cache, fingerprint)
+    if table is None:
+        raise IndexFormatError(f'{source}: its index cache {cache} changed or vanished after the '
+                               f'index was pickled; load the index again')
+    return SampleIndex(table, source, cache=cache, fingerprint=fingerprint, rows=rows)
