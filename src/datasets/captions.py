@@ -1,0 +1,93 @@
+"""Caption resolution: where a record's caption comes from, as small pure functions.
+
+Order, for ``cap_source`` (one key or a list of keys tried in order):
+1. inline: the record itself holds the key (midjourney ``data.json``, a parquet column);
+2. the record's ``annotation`` names a file: ``.json`` -> that key of the object, ``.txt`` -> the
+   whole text, stripped;
+3. otherwise ``SampleError('no-caption')`` saying what was tried and which keys were there.
+Every error names the file it is about; the dataset adds which sample it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+from src.datasets.errors import SampleError
+
+ANNOTATION_KEY = 'annotation'
+_JSON_TYPES = {dict: 'object', list: 'array', str: 'string', int: 'number', float: 'number',
+               bool: 'boolean', type(None): 'null'}
+
+
+def caption_keys(cap_source: str | Sequence[str]) -> tuple[str, ...]:
+    """``cap_source`` as a tuple of keys to try in order."""
+    keys = (cap_source,) if isinstance(cap_source, str) else tuple(cap_source)
+    if not keys or not all(isinstance(key, str) for key in keys):
+        raise ValueError(f'cap_source must be a key or a non-empty list of keys, got {cap_source!r}')
+    return keys
+
+
+def check_caption(value, where: str) -> str:
+    """``value`` if it is usable caption text; ``where`` says which file and key it came from."""
+    if not isinstance(value, str):
+        raise SampleError('bad-annotation', f'{where} is a {_JSON_TYPES.get(type(value), type(value).__name__)}, '
+                                            f'not text: {value!r:.80}')
+    if not value.strip():
+        raise SampleError('empty-caption', f'{where} is empty ({value!r:.20})')
+    return value
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """``data`` decoded as UTF-8 (a byte-order mark is dropped); bad bytes are reported by offset."""
+    try:
+        return data.decode('utf-8-sig')
+    except UnicodeDecodeError as err:
+        raise SampleError('bad-annotation', f'{name}: not UTF-8 text: byte 0x{data[err.start]:02x} '
+                                            f'at offset {err.start} ({err.reason})') from None
+
+
+def caption_from_text(data: bytes, name: str) -> str:
+    """A ``.txt`` caption file: the whole text, stripped."""
+    return check_caption(decode_text(data, name).strip(), f'{name}: the caption text')
+
+
+def caption_from_json(data: bytes, keys: Sequence[str], name: str) -> str:
+    """A ``.json`` caption file: the first of ``keys`` that the object holds (null counts as absent)."""
+    try:
+        obj = json.loads(decode_text(data, name))
+    except json.JSONDecodeError as err:
+        raise SampleError('bad-annotation', f'{name}: malformed JSON: {err}') from None
+    if not isinstance(obj, dict):
+        raise SampleError('bad-annotation', f'{name}: expected a JSON object, found a '
+                                            f'{_JSON_TYPES.get(type(obj), type(obj).__name__)}')
+    for key in keys:
+        if obj.get(key) is not None:
+            return check_caption(obj[key], f'{name}: {key!r}')
+    raise SampleError('no-caption', f'{name}: has none of the caption keys {list(keys)}; '
+                                    f'its keys are {sorted(obj)}')
+
+
+def parse_annotation(name: str, data: bytes, keys: Sequence[str]) -> str:
+    """The caption held by annotation file ``name`` (contents ``data``), chosen by its extension."""
+    extension = os.path.splitext(name)[1].lower()
+    if extension == '.json':
+        return caption_from_json(data, keys, name)
+    if extension == '.txt':
+        return caption_from_text(data, name)
+    raise SampleError('bad-annotation', f'{name}: unsupported annotation type {extension!r} '
+                                        "(expected '.json' or '.txt')")
+
+
+def resolve_caption(record: Mapping, keys: Sequence[str], read_annotation: Callable[[str], str]) -> str:
+    """The caption of ``record``: inline under one of ``keys``, else from its annotation file.
+
+    ``read_annotation(relpath)`` reads and parses the file the record's ``annotation`` names.
+    """
+    for key in keys:
+        if key in record:
+            return check_caption(record[key], f'inline {key!r}')
+    if ANNOTATION_KEY in record:
+        return read_annotation(record[ANNOTATION_KEY])
+    raise SampleError('no-caption', f'no caption: the record has none of the keys {list(keys)} and no '
+                                    f'{ANNOTATION_KEY!r} naming a caption file; its keys are {sorted(record)}')

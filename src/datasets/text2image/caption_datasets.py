@@ -1,0 +1,315 @@
+"""CaptionDataset: one text-to-image sample (image + tokenized prompt) per index record.
+
+Steps, each a method a subclass can replace: ``load_index`` (read and filter the index),
+``read_file`` / ``read_image`` (bytes of one file), ``parse_annotation`` (caption from a caption
+file), ``load_image_data`` (pixels, latents or tokens), ``process_text`` (prompt ids) and
+``prepare_data`` (one sample, or ``SampleError``). ``__getitem__`` adds the failure policy:
+a sample that cannot be used is counted, logged and replaced, a bounded number of times.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from mmengine.config import ConfigDict
+from mmengine.dist import get_rank
+from mmengine.logging import print_log
+from mmengine.registry import DATASETS, Registry, build_from_cfg
+from torch.utils.data import Dataset, get_worker_info
+
+from src.datasets.captions import caption_keys, parse_annotation, resolve_caption
+from src.datasets.errors import SampleError
+from src.datasets.image_io import DEFAULT_MAX_PIXELS, load_pixel_values
+from src.datasets.sample_index import SampleIndex
+from src.datasets.tar_index import TarMemberIndex
+
+# Builds the tokenizer / image processor / tar index configs, whose `type` is a callable.
+COMPONENTS = Registry('text2image data components')
+
+MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
+FAILURE_RATIO_MIN_ATTEMPTS = 50  # attempts in a process before the failure ratio is judged
+LOG_FIRST_FAILURES = 20  # then every LOG_EVERY_FAILURES-th, with the running counts
+LOG_EVERY_FAILURES = 100
+RECENT_MESSAGES = 5
+
+
+def build_component(cfg):
+    """An instance as is; a config dict (plain or ConfigDict, lazy objects allowed) built from `type`."""
+    if cfg is None or not isinstance(cfg, dict):
+        return cfg
+    # ConfigDict resolves the lazy objects of pure-python configs when its items are read.
+    return build_from_cfg(ConfigDict(cfg), COMPONENTS)
+
+
+@dataclass
+class _ProcessState:
+    """What each process (main, every DataLoader worker) draws and counts on its own."""
+    pid: int
+    rng: random.Random
+    failures: Counter = field(default_factory=Counter)
+    attempts: int = 0
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_MESSAGES))
+
+
+@DATASETS.register_module()
+class CaptionDataset(Dataset):
+    """Text-to-image samples: ``pixel_values`` (or ``image_latents`` / ``image_tokens``) and ``input_ids``.
+
+    The keywords up to ``unconditional`` are upstream OpenUni's, in its order. Added:
+    ``image_key``: the record key holding the image path (the dalle3 parquet uses 'filename');
+    ``seed``: crop, dropout and replacement draws (None: the process's torch seed);
+    ``max_refetch``: replacements tried per ``__getitem__`` call;
+    ``max_failure_ratio``: above this share of failed samples (after 50 attempts) the dataset stops;
+    ``index_cache_dir``: where ``SampleIndex`` keeps its memory-mapped copy of the index;
+    ``tar_index``: the path of a tar member index (``tar_index.arrow``, see ``src.datasets.tar_index``),
+    or an object / config with its ``relpath(path)`` and ``read(relpath)``: image files are then read
+    straight from the tar shards instead of ``image_folder``.
+    """
+
+    def __init__(self,
+                 data_path,
+                 image_folder=None,
+                 debug=False,
+                 image_processor=None,
+                 ceph_folder=None,
+                 latents_ceph_folder=None,
+                 ceph_config=None,
+                 tokenizer=None,
+                 prompt_template=None,
+                 max_length=128,
+                 min_image_size=80,
+                 image_size=256,
+                 image_length=256,
+                 image_tokens_folder=None,
+                 image_latents_folder=None,
+                 cap_folder=None,
+                 cap_source='caption',
+                 tokenizer_kwargs=None,
+                 unconditional=0.1,
+                 *,
+                 image_key='image',
+                 seed=None,
+                 max_refetch=10,
+                 max_failure_ratio=0.5,
+                 index_cache_dir=None,
+                 tar_index=None):
+        super().__init__()
+        if ceph_folder is not None or latents_ceph_folder is not None:
+            raise ValueError('ceph storage (ceph_folder / latents_ceph_folder) is not supported here: '
+                             'point image_folder / image_latents_folder at local folders, or use tar '
+                             'shards through tar_index')
+        self.data_path = str(data_path)
+        self.image_folder = image_folder
+        self.cap_folder = cap_folder
+        self.cap_source = cap_source
+        self.cap_keys = caption_keys(cap_source)
+        self.image_key = image_key
+        self.debug = debug
+        self.image_processor = build_component(image_processor)
+        self.tokenizer = build_component(tokenizer)
+        self.prompt_template = prompt_template
+        self.max_length = max_length
+        self.min_image_size = min_image_size
+        self.image_size = image_size
+        self.image_length = image_length
+        self.image_tokens_folder = image_tokens_folder
+        self.image_latents_folder = image_latents_folder
+        self.unconditional = unconditional
+        self.tokenizer_kwargs = dict(add_special_tokens=True) if tokenizer_kwargs is None else dict(tokenizer_kwargs)
+        self.ceph_config = ceph_config
+        self.seed = seed
+        self.max_refetch = max_refetch
+        self.max_failure_ratio = max_failure_ratio
+        self.tar_index = (TarMemberIndex.open(os.fspath(tar_index)) if isinstance(tar_index, (str, os.PathLike))
+                          else build_component(tar_index))
+        self._check_folders()
+        self.index = self.load_index(index_cache_dir)
+        self._process_state = None
+
+    # ---- index ----------------------------------------------------------------------------------
+    def _check_folders(self):
+        """A wrong path in a config fails here, naming it, rather than as thousands of skipped samples."""
+        folders = dict(data_path=self.data_path, cap_folder=self.cap_folder,
+                       image_latents_folder=self.image_latents_folder,
+                       image_tokens_folder=self.image_tokens_folder)
+        reads_image_files = self.image_latents_folder is None and self.image_tokens_folder is None
+        if reads_image_files and self.tar_index is None:
+            folders['image_folder'] = self.image_folder
+        for name, path in folders.items():
+            if path is not None and not os.path.exists(path):
+                raise FileNotFoundError(f'{type(self).__name__}: {name} {path!r} does not exist')
+
+    def load_index(self, cache_dir=None) -> SampleIndex:
+        """The index, without the records that cannot be used; each kind of drop is logged once."""
+        index = SampleIndex.load(self.data_path, cache_dir=cache_dir)
+        total = len(index)
+        keep = index.has_value(self.image_key)
+        dropped = {f'without {self.image_key!r}': self._log_dropped(~keep, total, f'have no {self.image_key!r}')}
+        if 'width' in index.columns and 'height' in index.columns:
+            width, height = index.numbers('width'), index.numbers('height')
+            # NaN (size unknown) compares False everywhere: such records are checked when read.
+            small = keep & ((width <= self.min_image_size) | (height <= self.min_image_size))
+            with np.errstate(divide='ignore', invalid='ignore'):
+                aspect = width / height
+            bad_aspect = keep & ~small & ((aspect <= 1 / MAX_ASPECT) | (aspect >= MAX_ASPECT))
+            dropped['too small'] = self._log_dropped(
+                small, total, f'are no larger than {self.min_image_size} px on a side')
+            dropped['bad aspect'] = self._log_dropped(
+                bad_aspect, total, f'have an aspect ratio outside (1/{MAX_ASPECT:g}, {MAX_ASPECT:g})')
+            keep &= ~small & ~bad_aspect
+        rows = np.flatnonzero(keep)
+        if len(rows) == 0:
+            raise ValueError(f'{self.data_path}: none of its {total} records is usable '
+                             f'(dropped: {self._describe_drops(dropped)})')
+        print_log(f'Loaded {len(rows)} samples from {self.data_path} '
+                  f'(dropped: {self._describe_drops(dropped)})', logger='current', level=logging.INFO)
+        return index.select(rows) if len(rows) < total else index
+
+    def _log_dropped(self, mask: np.ndarray, total: int, what: str) -> int:
+        count = int(mask.sum())
+        if count:
+            print_log(f'{count} of {total} records in {self.data_path} {what} '
+                      f'(first: record #{int(np.argmax(mask))})', logger='current', level=logging.WARNING)
+        return count
+
+    @staticmethod
+    def _describe_drops(dropped: dict) -> str:
+        return ', '.join(f'{count} {why}' for why, count in dropped.items() if count) or 'none'
+
+    def __len__(self):
+        return len(self.index)
+
+    # ---- reading one sample ---------------------------------------------------------------------
+    def read_file(self, path: str) -> bytes:
+        """The bytes of a local file; a missing or unreadable one is a ``SampleError``."""
+        try:
+            with open(path, 'rb') as f:
+                return f.read()
+        except FileNotFoundError:
+            raise SampleError('missing-file', f'{path}: no such file') from None
+        except OSError as err:
+            raise SampleError('missing-file', f'{path}: cannot be read: {err.strerror}') from None
+
+    def read_image(self, image_file: str) -> bytes:
+        """The encoded image at ``image_folder/image_file``: from the tar shards when configured."""
+        path = os.path.join(self.image_folder or '', image_file)
+        if self.tar_index is not None:
+            return self.tar_index.read(self.tar_index.relpath(path))
+        return self.read_file(path)
+
+    def parse_annotation(self, path: str, data: bytes) -> str:
+        """The caption in the annotation file ``path`` (``.json``: a ``cap_source`` key; ``.txt``: the text)."""
+        return parse_annotation(path, data, self.cap_keys)
+
+    def read_annotation(self, annotation: str) -> str:
+        path = os.path.join(self.cap_folder or '', annotation)
+        return self.parse_annotation(path, self.read_file(path))
+
+    def load_tensor(self, folder: str, image_file: str) -> torch.Tensor:
+        """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens."""
+        path = os.path.join(folder, image_file + '.pt')
+        data = self.read_file(path)
+        try:
+            tensor = torch.load(io.BytesIO(data), map_location='cpu')
+        except Exception as err:  # torch.load reports damaged files with many exception types
+            raise SampleError('bad-tensor', f'{path}: torch.load failed: {err}') from None
+        if not isinstance(tensor, torch.Tensor):
+            raise SampleError('bad-tensor', f'{path}: holds a {type(tensor).__name__}, not a tensor')
+        return tensor
+
+    def load_image_data(self, image_file: str, rng: random.Random) -> dict:
+        if self.image_tokens_folder is not None:
+            return dict(image_tokens=self.load_tensor(self.image_tokens_folder, image_file).long())
+        if self.image_latents_folder is not None:
+            return dict(image_latents=self.load_tensor(self.image_latents_folder, image_file))
+        name = os.path.join(self.image_folder or '', image_file)
+        pixel_values = load_pixel_values(self.read_image(image_file), name, self.image_size, rng,
+                                         min_image_size=self.min_image_size, max_aspect=MAX_ASPECT,
+                                         max_pixels=DEFAULT_MAX_PIXELS)
+        return dict(pixel_values=pixel_values)
+
+    def process_text(self, text: str, rng: random.Random) -> dict:
+        """Upstream's prompt: the caption (or, with probability ``unconditional``, CFG) in the template."""
+        template = self.prompt_template
+        if rng.uniform(0, 1) < self.unconditional:
+            prompt = template['CFG']
+        else:
+            prompt = template['GENERATION'].format(input=text.strip())
+        prompt = template['INSTRUCTION'].format(input=prompt)
+        if template.get('IMG_START_TOKEN_FOR_GENERATION', True):
+            prompt += template['IMG_START_TOKEN']
+        input_ids = self.tokenizer.encode(prompt, return_tensors='pt', **self.tokenizer_kwargs)[0]
+        return dict(input_ids=input_ids[:self.max_length])
+
+    def prepare_data(self, idx: int) -> dict:
+        """Sample ``idx``, or a ``SampleError`` whose message names the index file, record and image."""
+        rng = self._state().rng
+        record = self.index[idx]
+        image_file = record[self.image_key]
+        try:
+            # The caption first: a missing caption is found without decoding the image.
+            caption = resolve_caption(record, self.cap_keys, self.read_annotation)
+            data = self.load_image_data(image_file, rng)
+        except SampleError as err:
+            raise SampleError(err.reason, f'{self.data_path} sample #{idx} (image {image_file!r}): {err}') from err
+        data.update(self.process_text(caption, rng))
+        data.update(image_dir=self.image_folder, image_file=image_file, type='text2image')
+        return data
+
+    # ---- failure policy and randomness ----------------------------------------------------------
+    def _state(self) -> _ProcessState:
+        """This process's state, made on first use: a forked worker must not replay its parent's draws."""
+        pid = os.getpid()
+        if self._process_state is None or self._process_state.pid != pid:
+            worker = get_worker_info()
+            base_seed = self.seed if self.seed is not None else torch.initial_seed()
+            stream = f'{base_seed}/{get_rank()}/{worker.id if worker is not None else "main"}'
+            self._process_state = _ProcessState(pid=pid, rng=random.Random(stream))
+        return self._process_state
+
+    @property
+    def failures(self) -> Counter:
+        """Samples that could not be used in this process, by reason."""
+        return self._state().failures
+
+    def __getitem__(self, idx):
+        state = self._state()
+        seen, reasons = [], Counter()
+        for attempt in range(self.max_refetch + 1):
+            if self.debug:
+                idx = 0
+            elif attempt:
+                idx = state.rng.randrange(len(self))
+            state.attempts += 1
+            try:
+                return self.prepare_data(idx)
+            except SampleError as err:
+                self._count_failure(state, err)
+                seen.append(f'[{err.reason}] {err}')
+                reasons[err.reason] += 1
+        raise RuntimeError(f'{self.data_path}: {len(seen)} samples in a row could not be used '
+                           f'(max_refetch={self.max_refetch}); reasons: {dict(reasons)}:\n  '
+                           + '\n  '.join(seen))
+
+    def _count_failure(self, state: _ProcessState, err: SampleError):
+        state.failures[err.reason] += 1
+        state.recent.append(f'[{err.reason}] {err}')
+        failed = sum(state.failures.values())
+        if failed <= LOG_FIRST_FAILURES or failed % LOG_EVERY_FAILURES == 0:
+            counts = f' ({failed} skipped so far in this process: {dict(state.failures)})' if failed > 1 else ''
+            quieter = (f'; from now on every {LOG_EVERY_FAILURES}th skip is logged'
+                       if failed == LOG_FIRST_FAILURES else '')
+            print_log(f'Skipped a sample [{err.reason}]: {err}{counts}{quieter}',
+                      logger='current', level=logging.WARNING)
+        if state.attempts >= FAILURE_RATIO_MIN_ATTEMPTS and failed > self.max_failure_ratio * state.attempts:
+            raise RuntimeError(
+                f'{self.data_path}: {failed} of {state.attempts} samples tried in this process could not '
+                f'be used (more than max_failure_ratio={self.max_failure_ratio}); by reason: '
+                f'{dict(state.failures)}. Check image_folder / cap_folder / cap_source. Last errors:\n  '
+                + '\n  '.join(state.recent))
