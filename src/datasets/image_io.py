@@ -1,0 +1,230 @@
+"""Image bytes to the square, normalised pixel tensor a text-to-image sample holds.
+
+Small steps, each testable alone, and ``load_pixel_values`` composing them the way the dataset
+does: open (header only) -> check size -> draw the crop -> decode + crop + resize -> tensor.
+Every failure is a ``SampleError`` whose message names the file; no Pillow traceback escapes.
+
+Decoding only what the crop needs, as far as Pillow allows:
+- JPEG: ``draft`` makes libjpeg decode at the smallest DCT scale (1/8, 1/4, 1/2) whose copy of the
+  crop still has at least ``image_size`` pixels a side, so it resamples from less and never
+  upsamples; the decode itself still covers the whole image, since Pillow exposes no region decode.
+- PNG, WebP and the rest decode fully: Pillow offers neither scaled nor region decoding for them
+  (libwebp could crop and scale, Pillow does not expose it).
+- The crop is never copied out: one ``resize(box=...)`` crops and resizes, reducing by an integer
+  factor first (``reducing_gap``) when the crop is still much larger than the output. The EXIF
+  rotation/flip is applied to the small result instead of the full picture.
+"""
+from __future__ import annotations
+
+import io
+import random
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import torch
+from PIL import Image
+
+from src.datasets.errors import SampleError
+
+# A header claiming more pixels than this is refused, never decoded: 8192 x 8192 RGB is 200 MB per
+# worker already. Below Pillow's own default limit, so Pillow's bomb warning stays quiet.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+# The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
+# away from ones that shell out (EPS runs Ghostscript) or parse exotic containers.
+SUPPORTED_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')
+Image.init()  # Image.open(formats=...) looks only among registered plugins; register them all (JPEG covers MPO)
+
+# Integer pre-reduction before the bicubic pass only where the crop is >= 2x the output: as
+# thumbnail() does, close to a full bicubic resample at a fraction of the cost.
+REDUCING_GAP = 2.0
+
+# What a broken or hostile file makes Pillow's plugins raise while reading a header or decoding.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
+                  zlib.error, Image.DecompressionBombError)
+
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+# The file name travels with the opened image, so that decode errors can name it.
+_NAME_KEY = 'sample_name'
+
+
+def _name_of(img: Image.Image) -> str:
+    return img.info.get(_NAME_KEY) or getattr(img, 'filename', '') or '<image>'
+
+
+def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The image in ``data``, with only its header read.
+
+    Raises ``SampleError('bad-image')`` for empty, non-image or unreadable bytes and
+    ``SampleError('too-large')`` when the header claims more than ``max_pixels`` pixels.
+    """
+    if not data:
+        raise SampleError('bad-image', f'{name}: empty file (0 bytes)')
+    try:
+        with warnings.catch_warnings():
+            # The size is checked below against max_pixels, whatever Pillow's global limit says.
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise SampleError('too-large', f'{name}: refused by Pillow as a decompression bomb: {exc}') from None
+    except Image.UnidentifiedImageError:
+        raise SampleError('bad-image', f'{name}: not an image in a supported format '
+                                       f'({", ".join(SUPPORTED_FORMATS)}); starts with {data[:16]!r}') from None
+    except _DECODE_ERRORS as exc:
+        raise SampleError('bad-image', f'{name}: unreadable image header: {exc}') from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise SampleError('too-large', f'{name}: {width}x{height} = {width * height} pixels is more than '
+                                       f'max_pixels={max_pixels} (possible decompression bomb)')
+    img.info[_NAME_KEY] = name
+    return img
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent) as far as the header tells, without decoding.
+
+    A PNG's eXIf chunk after the pixel data is only seen by decoding; such a PNG counts as upright.
+    """
+    if img.format == 'PNG' and 'exif' not in img.info:
+        return 1
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except _DECODE_ERRORS:
+        return 1  # an unreadable EXIF block leaves the pixels as stored, as viewers do
+    return orientation if orientation in _UPRIGHT else 1
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` once the EXIF orientation is applied."""
+    width, height = img.size
+    if _orientation(img) in (5, 6, 7, 8):
+        return height, width
+    return width, height
+
+
+def check_size(size: tuple[int, int], name: str, min_image_size: int = 80,
+               max_aspect: float = 10.0) -> None:
+    """Refuse pictures too small or too elongated for training (upstream OpenUni's rule)."""
+    width, height = size
+    if not (width > min_image_size and height > min_image_size):
+        raise SampleError('too-small', f'{name}: {width}x{height} has a side of at most '
+                                       f'min_image_size={min_image_size}')
+    if not (1 / max_aspect < width / height < max_aspect):
+        raise SampleError('bad-aspect', f'{name}: {width}x{height} has aspect ratio {width / height:.3g}, '
+                                        f'outside (1/{max_aspect:g}, {max_aspect:g})')
+
+
+def random_square_box(size: tuple[int, int], rng: random.Random) -> tuple[int, int, int, int]:
+    """A random square of side ``min(w, h)`` inside ``size``, as ``(x0, y0, x1, y1)``.
+
+    Always two draws from ``rng``, so the sequence does not depend on the picture's shape.
+    """
+    width, height = size
+    side = min(width, height)
+    x0 = rng.randint(0, width - side)
+    y0 = rng.randint(0, height - side)
+    return x0, y0, x0 + side, y0 + side
+
+
+def _white_background(img: Image.Image) -> Image.Image:
+    rgba = img.convert('RGBA')
+    out = Image.new('RGB', rgba.size, (255, 255, 255))
+    out.paste(rgba, mask=rgba.getchannel('A'))
+    return out
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as RGB; transparency is composited on white.
+
+    CMYK uses Pillow's conversion (Pillow already undoes the inverted CMYK of Adobe JPEGs); no ICC
+    profile is applied. High bit depth greyscale is scaled to 8 bits, not clipped as Pillow does:
+    'I;16' and 'I' as 16-bit values, 'F' as [0, 1].
+    """
+    if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in img.info:
+        return _white_background(img)
+    if img.mode == 'RGB':
+        return img
+    if img.mode.startswith('I') or img.mode == 'F':
+        values = np.asarray(img, dtype=np.float32) * (255 if img.mode == 'F' else 255 / 65535)
+        img = Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), 'L')
+    return img.convert('RGB')
+
+
+def _stored_box(box: tuple[float, float, float, float], orientation: int,
+                stored_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The region of the stored (not yet transposed) pixels that ``box`` of the upright picture shows."""
+    x0, y0, x1, y1 = box
+    width, height = stored_size
+    mirrored_x = width - x1, width - x0
+    if orientation in (5, 6, 7, 8):  # the upright x axis runs along the stored y axis
+        mirrored_y = height - x1, height - x0
+        xs = (y0, y1) if orientation in (5, 6) else (width - y1, width - y0)
+        ys = (x0, x1) if orientation in (5, 8) else mirrored_y
+    else:
+        xs = mirrored_x if orientation in (2, 3) else (x0, x1)
+        ys = (height - y1, height - y0) if orientation in (3, 4) else (y0, y1)
+    return xs[0], ys[0], xs[1], ys[1]
+
+
+def _draft_reduction(crop_side: float, image_size: int) -> int:
+    """The largest JPEG DCT reduction (8, 4, 2, 1) that leaves the crop at least ``image_size`` wide."""
+    return next(factor for factor in (8, 4, 2, 1) if crop_side >= factor * image_size or factor == 1)
+
+
+def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: int) -> Image.Image:
+    """Decode ``img`` and return the region ``box`` (upright full-resolution coordinates) as an RGB
+    ``image_size`` x ``image_size`` picture (bicubic).
+
+    ``img`` comes straight from ``open_image`` (or is a decoded full-resolution image); it is
+    decoded in place, at a reduced scale for JPEG. Truncated data -> ``SampleError('bad-image')``.
+    """
+    name = _name_of(img)
+    orientation = _orientation(img)
+    full_width, full_height = img.size
+    x0, y0, x1, y1 = _stored_box(box, orientation, img.size)
+    reduction = _draft_reduction(min(x1 - x0, y1 - y0), image_size)
+    scale_x = scale_y = 1.0
+    if reduction > 1:
+        drafted = img.draft('RGB', (full_width // reduction, full_height // reduction))
+        if drafted is not None:  # None: not a JPEG, or a layout libjpeg cannot scale
+            _, (_, _, drafted_width, drafted_height) = drafted
+            scale_x, scale_y = drafted_width / full_width, drafted_height / full_height
+    try:
+        img.load()
+        rgb = to_rgb(img)
+        square = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC,
+                            box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y),
+                            reducing_gap=REDUCING_GAP)
+    except _DECODE_ERRORS as exc:
+        raise SampleError('bad-image', f'{name}: cannot decode {img.format or "image"} data: {exc}') from None
+    if orientation in _UPRIGHT:
+        square = square.transpose(_UPRIGHT[orientation])
+    return square
+
+
+def to_pixel_values(img: Image.Image) -> torch.Tensor:
+    """An RGB picture as a float32 ``[3, H, W]`` tensor in [-1, 1]."""
+    pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return pixels.float().div_(127.5).sub_(1.0)
+
+
+def load_pixel_values(data: bytes, name: str, image_size: int, rng: random.Random, *,
+                      min_image_size: int = 80, max_aspect: float = 10.0,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """The whole pipeline: ``[3, image_size, image_size]`` in [-1, 1] from a random square crop of
+    the image in ``data``. Raises ``SampleError`` (reason 'bad-image', 'too-large', 'too-small' or
+    'bad-aspect') naming ``name``.
+    """
+    img = open_image(data, name, max_pixels=max_pixels)
+    size = oriented_size(img)
+    check_size(size, name, min_image_size=min_image_size, max_aspect=max_aspect)
+    box = random_square_box(size, rng)
+    return to_pixel_values(load_square(img, box, image_size))
