@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from src.datasets.errors import SampleError
 
 ANNOTATION_KEY = 'annotation'
-_JSON_TYPES = {dict: 'object', list: 'array', str: 'string', int: 'number', float: 'number',
-               bool: 'boolean', type(None): 'null'}
+_JSON_TYPES = {dict: 'an object', list: 'an array', str: 'a string', int: 'a number', float: 'a number',
+               bool: 'a boolean', type(None): 'null'}
 
 
 def caption_keys(cap_source: str | Sequence[str]) -> tuple[str, ...]:
@@ -31,7 +31,7 @@ def caption_keys(cap_source: str | Sequence[str]) -> tuple[str, ...]:
 def check_caption(value, where: str) -> str:
     """``value`` if it is usable caption text; ``where`` says which file and key it came from."""
     if not isinstance(value, str):
-        raise SampleError('bad-annotation', f'{where} is a {_JSON_TYPES.get(type(value), type(value).__name__)}, '
+        raise SampleError('bad-annotation', f'{where} is {_JSON_TYPES.get(type(value), type(value).__name__)}, '
                                             f'not text: {value!r:.80}')
     if not value.strip():
         raise SampleError('empty-caption', f'{where} is empty ({value!r:.20})')
@@ -59,7 +59,7 @@ def caption_from_json(data: bytes, keys: Sequence[str], name: str) -> str:
     except json.JSONDecodeError as err:
         raise SampleError('bad-annotation', f'{name}: malformed JSON: {err}') from None
     if not isinstance(obj, dict):
-        raise SampleError('bad-annotation', f'{name}: expected a JSON object, found a '
+        raise SampleError('bad-annotation', f'{name}: expected a JSON object, found '
                                             f'{_JSON_TYPES.get(type(obj), type(obj).__name__)}')
     for key in keys:
         if obj.get(key) is not None:
