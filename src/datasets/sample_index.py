@@ -305,7 +305,7 @@ def _open_cache(path: Path, fingerprint: bytes) -> pa.Table | None:
         table = reader.read_all()
         table.validate()
         return table
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (pa.ArrowInvalid, OSError) as exc:
         print_log(f'The sample index cache {path} is unreadable ({exc}): rebuilding',
