@@ -1,0 +1,31 @@
+# Midjourney Captioned 23M (VGT): prepare with `tools/prepare_midjourney23m.py`; captions are inline.
+from mmengine.config import read_base
+from mmengine.dataset import InfiniteSampler
+
+from src.datasets.collate_functions import collate_func_gen
+from src.datasets.text2image.caption_datasets import CaptionDataset
+
+with read_base():
+    from ..processors import image_size, pad_index, prompt_template, tokenizer
+
+max_length = 128
+
+dataset = dict(type=CaptionDataset,
+               image_size=image_size,
+               cap_source='caption',
+               data_path='data/midjourney-23m/data.json',
+               cap_folder='data/midjourney-23m',
+               image_folder='data/midjourney-23m',
+               unconditional=0.1,
+               prompt_template=prompt_template,
+               ceph_folder=None,
+               ceph_config=None,
+               tokenizer=tokenizer,
+               max_length=max_length)
+
+train_dataloader = dict(batch_size=32,
+                        num_workers=4,
+                        pin_memory=True,
+                        dataset=dataset,
+                        sampler=dict(type=InfiniteSampler, shuffle=True),
+                        collate_fn=dict(type=collate_func_gen, pad_index=pad_index))
