@@ -1,0 +1,68 @@
+"""The five datasets: which tars go where, and which index each one gets.
+
+Each ``prepare_<name>(root, **options)`` returns the run's :class:`~src.prepare.report.Report`;
+``options`` are those of :func:`src.prepare.runner.prepare` (num_processes, start, end, step).
+"""
+from __future__ import annotations
+
+import glob
+import os
+from functools import partial
+
+from src.prepare import dalle3, midjourney
+from src.prepare.extract import TarJob
+from src.prepare.pairs import PairLayout, build_pair_index
+from src.prepare.report import Report
+from src.prepare.runner import prepare
+
+MIDJOURNEY23M_ROOT = 'data/midjourney-23m'
+LAION6M_ROOT = 'data/laion6m'
+DALLE3_ROOT = 'data/dalle3'
+REDCAPS5M_ROOT = 'data/redcaps5m'
+BLIP3O60K_ROOT = 'data/BLIP3o-60k'
+
+LAION6M_LAYOUT = PairLayout(index='data.json', image_folder='raw', cap_folder='captions',
+                            caption_folders=('captions', 'raw'), caption_ext='.json')
+REDCAPS5M_LAYOUT = PairLayout(index='redcaps5m_data.json', image_folder='raw', cap_folder='raw',
+                              caption_folders=('raw',), caption_ext='.json')
+BLIP3O60K_LAYOUT = PairLayout(index='data.json', image_folder='raw', cap_folder='raw',
+                              caption_folders=('raw',), caption_ext='.txt')
+
+
+def find_tars(root: str, pattern: str) -> list[str]:
+    """The tars matching ``pattern`` (relative to ``root``; '**' spans folders), sorted."""
+    return sorted(path.replace(os.sep, '/') for path in glob.glob(pattern, root_dir=root, recursive=True))
+
+
+def prepare_midjourney23m(root: str = MIDJOURNEY23M_ROOT, **options) -> Report:
+    """raw/images/**/*.tar -> images/<member>; raw/table-*.parquet -> data.json."""
+    jobs = [TarJob(root, name, midjourney.IMAGE_FOLDER) for name in find_tars(root, 'raw/images/**/*.tar')]
+    return prepare('midjourney23m', root, jobs, midjourney.build_index, **options)
+
+
+def prepare_laion6m(root: str = LAION6M_ROOT, **options) -> Report:
+    """raw/*.tar and captions/*.tar extracted in place; data.json checked (or built)."""
+    jobs = [TarJob(root, name, os.path.dirname(name))
+            for name in find_tars(root, 'raw/*.tar') + find_tars(root, 'captions/*.tar')]
+    return prepare('laion6m', root, sorted(jobs, key=lambda job: job.name),
+                   partial(build_pair_index, layout=LAION6M_LAYOUT), **options)
+
+
+def prepare_dalle3(root: str = DALLE3_ROOT, *, caption_field: str = dalle3.DEFAULT_CAPTION_FIELD,
+                   write_txt: bool = False, **options) -> Report:
+    """*.tar -> data/<stem>.png + .json; dalle3.parquet; data/<stem>.txt with ``write_txt``."""
+    jobs = [TarJob(root, name, dalle3.DATA_FOLDER) for name in find_tars(root, '*.tar')]
+    return prepare('dalle3', root, jobs,
+                   partial(dalle3.build_index, caption_field=caption_field, write_txt=write_txt), **options)
+
+
+def prepare_redcaps5m(root: str = REDCAPS5M_ROOT, **options) -> Report:
+    """raw/*.tar extracted in place; redcaps5m_data.json checked (or built)."""
+    jobs = [TarJob(root, name, 'raw') for name in find_tars(root, 'raw/*.tar')]
+    return prepare('redcaps5m', root, jobs, partial(build_pair_index, layout=REDCAPS5M_LAYOUT), **options)
+
+
+def prepare_blip3o60k(root: str = BLIP3O60K_ROOT, **options) -> Report:
+    """raw/<stem>.tar -> raw/<stem>/; data.json checked (or built by pairing image and .txt)."""
+    jobs = [TarJob(root, name, name[:-len('.tar')]) for name in find_tars(root, 'raw/*.tar')]
+    return prepare('blip3o60k', root, jobs, partial(build_pair_index, layout=BLIP3O60K_LAYOUT), **options)

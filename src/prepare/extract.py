@@ -1,0 +1,188 @@
+"""Safe extraction of one tar shard: only regular files, only inside the target folder, all or nothing.
+
+Members are written into a per-tar staging folder first and moved into place once the tar has been
+read to its end, so an interrupted tar leaves nothing half written in the target: the next run
+clears the staging folder and extracts the tar again.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import shutil
+import tarfile
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class TarJob:
+    """One tar shard: ``name`` is its path relative to the dataset root, ``dest`` the folder
+    (relative to the root) its members go to."""
+
+    root: str
+    name: str
+    dest: str
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.root, self.name)
+
+
+@dataclass
+class TarResult:
+    """What one tar gave; ``status`` is 'done', 'partial' (the tar ends early or is damaged after
+    some members: those were kept) or 'failed' (nothing could be used)."""
+
+    name: str
+    status: str
+    members: int = 0
+    bytes: int = 0
+    refused: list = field(default_factory=list)  # [member name, reason]
+    error: str = ''
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def refusal(member: tarfile.TarInfo) -> str | None:
+    """Why ``member`` must not be written, or None for a regular file with a safe relative name.
+
+    Links are refused even when they point inside the folder: a dataset needs none, and the tar
+    member index (``--no-extract``) could not serve them either.
+    """
+    if member.issym() or member.islnk():
+        return 'link'
+    if member.ischr() or member.isblk() or member.isfifo():
+        return 'special-file'
+    if not member.isreg():
+        return 'unsupported-type'
+    if member.name.startswith('/') or posixpath.splitdrive(member.name)[0]:
+        return 'absolute-path'
+    if '..' in member.name.split('/'):
+        return 'parent-path'
+    if not member_path(member.name):
+        return 'empty-name'
+    return None
+
+
+def member_path(name: str) -> str:
+    """A member name as a clean relative path ('./a//b.jpg' -> 'a/b.jpg'); '' when nothing is left."""
+    path = posixpath.normpath(name)
+    return '' if path in ('.', '') else path
+
+
+def staging_folder(job: TarJob, step_name: str) -> str:
+    return os.path.join(job.root, '.prepare', 'staging', step_name, job.name)
+
+
+def end_of_archive_missing(f, offset: int) -> bool:
+    """True when no zero block follows the last header tarfile read: the file was cut short (at a
+    member boundary tarfile stops silently) or damaged."""
+    f.seek(offset)
+    block = f.read(tarfile.BLOCKSIZE)
+    return len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE
+
+
+class Extract:
+    """The per-tar step that extracts members into ``<root>/<job.dest>``.
+
+    The runner is given a step object; the tar member index (``--no-extract``) is the other one.
+    Besides ``process(job)`` a step says how the index builders see files: :meth:`listing` (the
+    paths that exist, relative to the root) and :meth:`read` (one file's bytes).
+    """
+
+    name = 'extract'
+
+    def process(self, job: TarJob) -> TarResult:
+        staging = staging_folder(job, self.name)
+        shutil.rmtree(staging, ignore_errors=True)  # what an interrupted earlier attempt left
+        result = TarResult(name=job.name, status='done')
+        written = []
+        try:
+            with open(job.path, 'rb') as f, tarfile.open(fileobj=f, mode='r:') as tar:
+                for member in tar:
+                    if member.isdir():
+                        continue  # folders are made as their files need them
+                    reason = refusal(member)
+                    if reason:
+                        result.refused.append([member.name, reason])
+                        continue
+                    path = member_path(member.name)
+                    target = os.path.join(staging, path)
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    try:
+                        with tar.extractfile(member) as src, open(target, 'wb') as dst:
+                            shutil.copyfileobj(src, dst, 1 << 20)
+                    except (tarfile.ReadError, EOFError) as e:
+                        result.status = 'partial'
+                        result.error = f'truncated: member {member.name} is cut short ({e})'
+                        os.remove(target)
+                        break
+                    written.append(path)
+                    result.bytes += member.size
+                else:
+                    if end_of_archive_missing(f, tar.offset):
+                        result.status = 'partial'
+                        last = written[-1] if written else 'the start'
+                        result.error = f'truncated: the tar ends early or is damaged after {last}'
+            move_into_place(staging, os.path.join(job.root, job.dest), written)
+        except (tarfile.TarError, OSError) as e:
+            return TarResult(name=job.name, status='failed', refused=result.refused,
+                             error=f'cannot extract {job.path}: {e}')
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        result.members = len(written)
+        return result
+
+    def listing(self, root: str, jobs: list[TarJob]) -> set[str]:
+        """Every file under the jobs' target folders, as paths relative to ``root``: one scan,
+        not one stat per index row."""
+        found = set()
+        for dest in sorted({job.dest for job in jobs}):
+            found |= scan_files(root, dest)
+        return found
+
+    def read(self, root: str, path: str) -> bytes:
+        with open(os.path.join(root, path), 'rb') as f:
+            return f.read()
+
+
+EXTRACT = Extract()
+
+
+def move_into_place(staging: str, dest: str, paths: list[str]) -> None:
+    made = set()
+    for path in paths:
+        target = os.path.join(dest, path)
+        folder = os.path.dirname(target)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        try:
+            os.replace(os.path.join(staging, path), target)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            shutil.move(os.path.join(staging, path), target)  # the target is on another disk
+
+
+def scan_files(root: str, folder: str) -> set[str]:
+    """Paths (relative to ``root``, '/'-separated) of the regular files under ``root/folder``,
+    skipping the preparation's own '.prepare' bookkeeping."""
+    found = set()
+    pending = [folder]
+    while pending:
+        rel = pending.pop()
+        try:
+            entries = os.scandir(os.path.join(root, rel))
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                path = f'{rel}/{entry.name}' if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != '.prepare':
+                        pending.append(path)
+                elif entry.is_file():
+                    found.add(path)
+    return found

@@ -1,0 +1,97 @@
+"""midjourney-23m: the parquet tables -> data.json, column by column.
+
+The guide walks 23M rows with ``iterrows``, stats every image and dumps with ``indent=2`` (the
+pure-Python encoder). Here every check is one Arrow/numpy operation over a whole column, existence
+is a hash lookup against one listing of the files, and the JSON goes out in chunks through the C
+encoder.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from src.datasets.errors import IndexFormatError
+from src.prepare.atomic import write_json_array
+from src.prepare.report import EXAMPLES_PER_REASON, Drops, Report
+from src.prepare.runner import Files
+
+TABLE_SCHEMA = pa.schema([('filename', pa.string()), ('prompt', pa.string()),
+                          ('width', pa.float64()), ('height', pa.float64())])
+IMAGE_FOLDER = 'images'
+INDEX = 'data.json'
+CHUNK = 100_000
+
+
+def read_tables(root: str) -> pa.Table:
+    """All ``raw/table-*.parquet`` in name order, as one table of :data:`TABLE_SCHEMA`."""
+    paths = sorted(glob.glob(os.path.join(root, 'raw', 'table-*.parquet')))
+    if not paths:
+        raise IndexFormatError(f'no raw/table-*.parquet under {root}: download the tables as the guide says')
+    tables = []
+    for path in paths:
+        try:
+            table = pq.read_table(path, columns=TABLE_SCHEMA.names)
+            tables.append(table.cast(TABLE_SCHEMA))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, OSError) as e:
+            raise IndexFormatError(f'{path}: cannot read columns {TABLE_SCHEMA.names}: {e}') from None
+    return pa.concat_tables(tables)
+
+
+def first_occurrences(names: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarray:
+    """Boolean mask: the rows of ``candidates`` (row numbers) whose name no earlier candidate has."""
+    codes = pc.dictionary_encode(names.cast(pa.large_string()).combine_chunks()).indices
+    codes = codes.to_numpy(zero_copy_only=False)[candidates]
+    _, first = np.unique(codes, return_index=True)
+    mask = np.zeros(len(names), dtype=bool)
+    mask[candidates[first]] = True
+    return mask
+
+
+def build_index(files: Files, report: Report) -> None:
+    table = read_tables(files.root)
+    index = report.add_index(os.path.join(files.root, INDEX))
+    images = pc.binary_join_element_wise(IMAGE_FOLDER + '/', table['filename'], '')
+    listed = pa.array([p for p in files.paths if p.startswith(IMAGE_FOLDER + '/')], pa.string())
+
+    # Each dropped row is counted once, under the first reason that applies.
+    problems = [
+        ('no-image', ~pc.fill_null(pc.is_in(images, value_set=listed), False).to_numpy(zero_copy_only=False)),
+        ('no-caption', is_missing(table['prompt'])),
+        ('no-size', is_missing(table['width']) | is_missing(table['height'])),
+    ]
+    keep = np.ones(len(table), dtype=bool)
+    for reason, rows in problems:
+        record_drops(index.drops, reason, table['filename'], rows & keep)
+        keep &= ~rows
+    unique = first_occurrences(table['filename'], np.flatnonzero(keep))
+    record_drops(index.drops, 'duplicate', table['filename'], keep & ~unique)
+    keep &= unique
+
+    kept = table.filter(pa.array(keep)).set_column(0, 'image', images.filter(pa.array(keep)))
+    index.entries, index.changed = write_json_array(index.path, records(kept))
+
+
+def is_missing(values: pa.ChunkedArray) -> np.ndarray:
+    return pc.is_null(values, nan_is_null=True).to_numpy(zero_copy_only=False)
+
+
+def record_drops(drops: Drops, reason: str, names: pa.ChunkedArray, rows: np.ndarray) -> None:
+    count = int(rows.sum())
+    if count:
+        examples = names.take(np.flatnonzero(rows)[:EXAMPLES_PER_REASON]).to_pylist()
+        drops.add_many(reason, [str(name) for name in examples], count)
+
+
+def records(table: pa.Table):
+    """The data.json records of ``table``, a chunk at a time."""
+    for batch in table.to_batches(max_chunksize=CHUNK):
+        widths = pc.cast(batch['width'], pa.int64(), safe=False).to_pylist()
+        heights = pc.cast(batch['height'], pa.int64(), safe=False).to_pylist()
+        yield [{'image': image, 'caption': caption, 'width': width, 'height': height}
+               for image, caption, width, height
+               in zip(batch['image'].to_pylist(), batch['prompt'].to_pylist(), widths, heights)]

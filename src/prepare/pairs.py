@@ -1,0 +1,157 @@
+"""Indexes of {"image", "annotation"} pairs (laion6m, redcaps5m, BLIP3o-60k): checked or built.
+
+A downloaded index is checked against the files and entries whose image or annotation is missing
+are dropped. The download is kept as ``<index>.orig`` the first time that changes anything, and
+later runs check the ``.orig`` again: a drop caused by a tar that was not extracted yet is undone
+once it is, and nothing from the download is ever lost. An index that was not downloaded is built
+by pairing each image with the caption file of the same name, and rebuilt on every run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from src.datasets.errors import IndexFormatError
+from src.prepare.atomic import WriteOutcome, atomic_write, write_json, write_json_array
+from src.prepare.report import Drops, Report
+from src.prepare.runner import Files
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
+CHUNK = 100_000
+
+
+@dataclass(frozen=True)
+class PairLayout:
+    """Where a dataset keeps things, as folders relative to its root.
+
+    ``image_folder`` / ``cap_folder``: what the config's image_folder / cap_folder point at (index
+    paths are relative to them); ``caption_folders``: where caption files may be, in order of
+    preference; ``caption_ext``: the caption file's extension.
+    """
+
+    index: str
+    image_folder: str
+    cap_folder: str
+    caption_folders: tuple[str, ...]
+    caption_ext: str
+
+
+def load_json_array(path: str) -> list:
+    try:
+        with open(path, encoding='utf-8') as f:
+            records = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise IndexFormatError(f'{path}: not valid JSON: {e}') from None
+    if not isinstance(records, list):
+        raise IndexFormatError(f'{path}: expected a JSON array of records, found {type(records).__name__}')
+    return records
+
+
+def caption_problem(data: bytes, ext: str) -> str | None:
+    """Why a caption file cannot be used ('unreadable json' / 'unreadable caption'), or None."""
+    try:
+        if ext == '.json':
+            return None if isinstance(json.loads(data), dict) else 'unreadable json'
+        data.decode('utf-8')
+    except UnicodeDecodeError:
+        return 'unreadable json' if ext == '.json' else 'unreadable caption'
+    except ValueError:
+        return 'unreadable json'
+    return None
+
+
+def check_pairs(records: list, files: Files, layout: PairLayout, drops: Drops) -> list:
+    """The records whose image exists and whose annotation (when named) exists and is readable."""
+    kept = []
+    for number, record in enumerate(tqdm(records, desc=f'checking {layout.index}', unit='entry')):
+        image = record.get('image') if isinstance(record, dict) else None
+        annotation = record.get('annotation') if isinstance(record, dict) else None
+        if not isinstance(image, str) or not isinstance(annotation, (str, type(None))):
+            drops.add('bad-record', f'entry {number}: {str(record)[:80]}')
+            continue
+        if posixpath.normpath(f'{layout.image_folder}/{image}') not in files:
+            drops.add('no-image', image)
+            continue
+        if annotation is not None:
+            caption = posixpath.normpath(f'{layout.cap_folder}/{annotation}')
+            problem = 'no-caption' if caption not in files else caption_problem(
+                files.read(caption), os.path.splitext(caption)[1])
+            if problem:
+                drops.add(problem, annotation)
+                continue
+        kept.append(record)
+    return kept
+
+
+def pair_by_name(files: Files, layout: PairLayout, drops: Drops) -> tuple[list, str]:
+    """One record per image under ``image_folder`` with a readable caption file of the same name
+    (path without extension) in the caption folder; returns (records, that folder).
+
+    The caption folder is the first of ``caption_folders`` that holds any caption file: captions
+    of one kind for the whole dataset, never re-captions for some images and the metadata beside
+    the image for the others.
+    """
+    caption_folder = next((folder for folder in layout.caption_folders
+                           if any(p.startswith(folder + '/') and p.endswith(layout.caption_ext)
+                                  for p in files.paths)), layout.caption_folders[0])
+    image_prefix = layout.image_folder + '/'
+    images = sorted(p for p in files.paths
+                    if p.startswith(image_prefix) and p.lower().endswith(IMAGE_EXTENSIONS))
+    records, paired = [], set()
+    for path in tqdm(images, desc=f'pairing {layout.index}', unit='image'):
+        stem = os.path.splitext(path[len(image_prefix):])[0]
+        caption = f'{caption_folder}/{stem}{layout.caption_ext}'
+        if caption not in files:
+            drops.add('no-caption', path)
+            continue
+        paired.add(caption)
+        problem = caption_problem(files.read(caption), layout.caption_ext)
+        if problem:
+            drops.add(problem, caption)
+            continue
+        records.append({'image': path[len(image_prefix):],
+                        'annotation': posixpath.relpath(caption, layout.cap_folder)})
+    drops.add_many('no-image', sorted(p for p in files.paths if p.startswith(caption_folder + '/')
+                                      and p.endswith(layout.caption_ext) and p not in paired))
+    return records, caption_folder
+
+
+def build_pair_index(files: Files, report: Report, layout: PairLayout) -> None:
+    """Check the downloaded index (or its kept original), or build one by pairing names."""
+    path = os.path.join(files.root, layout.index)
+    original = path + '.orig'
+    built_marker = os.path.join(files.root, '.prepare', layout.index + '.built.json')
+    index = report.add_index(path)
+    if os.path.exists(built_marker) or not (os.path.exists(path) or os.path.exists(original)):
+        records, caption_folder = pair_by_name(files, layout, index.drops)
+        write_json(built_marker, {'caption_folder': caption_folder, 'caption_ext': layout.caption_ext})
+        index.note = f'built by pairing each image with the {layout.caption_ext} of the same name in {caption_folder}/'
+    else:
+        source = original if os.path.exists(original) else path
+        downloaded = load_json_array(source)
+        records = check_pairs(downloaded, files, layout, index.drops)
+        index.note = f'checked {len(downloaded)} entries of {source} against the files'
+        if len(records) == len(downloaded):
+            # Nothing to drop: the index is the download, byte for byte.
+            index.entries, index.changed = len(records), copy_file(source, path)
+            return
+        if source == path:
+            copy_file(path, original)
+            index.note += f'; the download is kept as {original}'
+    index.entries, index.changed = write_json_array(
+        path, (records[i:i + CHUNK] for i in range(0, len(records), CHUNK)))
+
+
+def copy_file(source: str, target: str) -> bool:
+    """Copy atomically unless ``target`` already holds the same bytes; return whether it changed."""
+    if source == target:
+        return False
+    outcome = WriteOutcome()
+    with atomic_write(target, 'wb', only_if_changed=True, outcome=outcome) as f, open(source, 'rb') as src:
+        shutil.copyfileobj(src, f)
+    return outcome.changed

@@ -1,0 +1,150 @@
+"""What a preparation run did, as a summary a person can act on and as a small JSON report."""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from src.prepare.atomic import write_json
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES_PER_REASON = 5
+REPORT_NAME = 'prepare_report.json'
+
+
+@dataclass
+class Drops:
+    """Things left out, counted by reason, with the first few names of each as examples."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+
+    def add(self, reason: str, name: str, count: int = 1) -> None:
+        self.counts[reason] += count
+        names = self.examples.setdefault(reason, [])
+        if len(names) < EXAMPLES_PER_REASON:
+            names.append(name)
+
+    def add_many(self, reason: str, names: list[str], count: int | None = None) -> None:
+        """Count ``count`` (default ``len(names)``) drops for ``reason``, named by the first few
+        of ``names``."""
+        count = len(names) if count is None else count
+        if count:
+            self.counts[reason] += count
+            kept = self.examples.setdefault(reason, [])
+            kept.extend(names[:EXAMPLES_PER_REASON - len(kept)])
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict:
+        return {reason: {'count': n, 'examples': self.examples.get(reason, [])}
+                for reason, n in sorted(self.counts.items())}
+
+    def describe(self) -> str:
+        return '; '.join(f'{reason} {n} (e.g. {", ".join(self.examples.get(reason, []))})'
+                         for reason, n in sorted(self.counts.items()))
+
+
+@dataclass
+class IndexReport:
+    """One index file the run wrote (or found unchanged)."""
+
+    path: str
+    entries: int = 0
+    changed: bool = False
+    drops: Drops = field(default_factory=Drops)
+    note: str = ''
+
+    def to_dict(self) -> dict:
+        return {'path': self.path, 'entries': self.entries, 'changed': self.changed,
+                'dropped': self.drops.to_dict(), 'note': self.note}
+
+
+@dataclass
+class Report:
+    """Everything a run did. Tar results come from the runner, index results from the builders."""
+
+    dataset: str
+    root: str
+    tars_total: int = 0
+    tar_slice: tuple[int, int] = (0, 0)
+    tars: dict = field(default_factory=dict)  # tar name -> TarResult.to_dict() of this run or a marker
+    skipped_done: list = field(default_factory=list)
+    indexes: list = field(default_factory=list)
+    index_skipped: str = ''
+    index_error: str = ''
+
+    def add_index(self, path: str) -> IndexReport:
+        index = IndexReport(path=path)
+        self.indexes.append(index)
+        return index
+
+    def by_status(self, status: str) -> list[str]:
+        return sorted(name for name, result in self.tars.items() if result['status'] == status)
+
+    def refused(self) -> Drops:
+        drops = Drops()
+        for name, result in sorted(self.tars.items()):
+            for member, reason in result['refused']:
+                drops.add(reason, f'{name}:{member}')
+        return drops
+
+    def exit_code(self) -> int:
+        """1 when a tar could not be read (fully) or an index input is unreadable: the download
+        must be repaired; else 0 (dropped index entries are warnings)."""
+        return 1 if self.by_status('failed') or self.by_status('partial') or self.index_error else 0
+
+    def to_dict(self) -> dict:
+        return {
+            'dataset': self.dataset, 'root': self.root, 'tars_total': self.tars_total,
+            'slice': list(self.tar_slice), 'tars': self.tars, 'skipped_done': self.skipped_done,
+            'members_refused': self.refused().to_dict(),
+            'indexes': [index.to_dict() for index in self.indexes],
+            'index_skipped': self.index_skipped, 'index_error': self.index_error,
+            'exit_code': self.exit_code(),
+        }
+
+    def summary(self) -> str:
+        done_now = [r for name, r in self.tars.items() if name not in self.skipped_done]
+        extracted = sum(r['members'] for r in done_now)
+        start, end = self.tar_slice
+        lines = [
+            f'{self.dataset} at {self.root}',
+            f'tars: {self.tars_total} in total, {end - start} in this run (sorted tar list [{start}:{end}]): '
+            f'{len(self.by_status("done")) - len(self.skipped_done)} processed now, '
+            f'{len(self.skipped_done)} skipped (done by an earlier run), '
+            f'{len(self.by_status("partial"))} partial, {len(self.by_status("failed"))} failed',
+            f'members: {extracted} extracted by this run',
+        ]
+        refused = self.refused()
+        if refused.total():
+            lines.append(f'unsafe members refused (never written): {refused.total()}: {refused.describe()}')
+        for name in self.by_status('partial'):
+            r = self.tars[name]
+            lines.append(f'PARTIAL {name}: {r["error"]}; the members before it were kept. '
+                         'Download this tar again, then re-run.')
+        for name in self.by_status('failed'):
+            lines.append(f'FAILED {name}: {self.tars[name]["error"]}. Download this tar again, then re-run.')
+        for index in self.indexes:
+            state = 'written' if index.changed else 'unchanged'
+            lines.append(f'index {index.path}: {index.entries} entries ({state})'
+                         + (f'; {index.note}' if index.note else ''))
+            if index.drops.total():
+                lines.append(f'  dropped {index.drops.total()}: {index.drops.describe()}')
+        if self.index_skipped:
+            lines.append(f'index not built: {self.index_skipped}')
+        if self.index_error:
+            lines.append(f'INDEX NOT BUILT: {self.index_error}')
+        return '\n'.join(lines)
+
+    def finish(self) -> int:
+        """Log the summary, write ``<root>/prepare_report.json``; return the exit code."""
+        path = os.path.join(self.root, REPORT_NAME)
+        write_json(path, self.to_dict())
+        code = self.exit_code()
+        log = logger.warning if code else logger.info
+        log('%s\nreport: %s', self.summary(), path)
+        return code

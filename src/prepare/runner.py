@@ -1,0 +1,167 @@
+"""Runs a per-tar step over a dataset's tar shards in parallel, resumably, then builds its index.
+
+Resume works like img2dataset's per-shard ``_stats.json``: after a tar is processed, a small marker
+``<root>/.prepare/<step>/<tar>.done.json`` records the tar's size and mtime and what it gave. A
+later run skips tars whose marker matches, and redoes any tar without one (never finished, or
+failed) or whose file changed since.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from tqdm import tqdm
+
+from src.datasets.errors import IndexFormatError
+from src.prepare.atomic import write_json
+from src.prepare.extract import EXTRACT, TarJob, TarResult
+from src.prepare.report import Report
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NUM_PROCESSES = min(8, os.cpu_count() or 1)
+
+
+@dataclass
+class Files:
+    """The files an index builder may use: ``paths`` (relative to ``root``) and their bytes.
+
+    They come from the step: a folder scan after extraction, or tar member names without it.
+    """
+
+    root: str
+    paths: set
+    step: object
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.paths
+
+    def read(self, path: str) -> bytes:
+        return self.step.read(self.root, path)
+
+
+IndexBuilder = Callable[[Files, Report], None]
+
+
+def marker_path(job: TarJob, step_name: str) -> str:
+    return os.path.join(job.root, '.prepare', step_name, job.name + '.done.json')
+
+
+def tar_signature(job: TarJob) -> dict:
+    st = os.stat(job.path)
+    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns, 'dest': job.dest}
+
+
+def finished_result(job: TarJob, step_name: str) -> dict | None:
+    """The recorded result of ``job`` when its marker matches the tar as it is now, else None."""
+    try:
+        with open(marker_path(job, step_name), encoding='utf-8') as f:
+            marker = json.load(f)
+        current = tar_signature(job)
+    except (OSError, ValueError):
+        return None  # no marker, an unreadable one, or the tar is gone: not finished
+    return marker['result'] if marker.get('tar') == current else None
+
+
+def process_and_mark(step, job: TarJob) -> TarResult:
+    """Run ``step`` on one tar; record a marker unless it failed (a failed tar is retried)."""
+    try:
+        signature = tar_signature(job)
+    except OSError as e:
+        return TarResult(name=job.name, status='failed', error=f'cannot read {job.path}: {e}')
+    result = step.process(job)
+    if result.status != 'failed':
+        write_json(marker_path(job, step.name), {'tar': signature, 'result': result.to_dict()})
+    return result
+
+
+def _process_in_worker(args) -> TarResult:
+    return process_and_mark(*args)
+
+
+def select_slice(jobs: list, start: int, end: int) -> tuple[int, int]:
+    """``[start:end]`` of the sorted tar list as the guides take it (``end == -1``: to the end)."""
+    end = len(jobs) if end == -1 else min(end, len(jobs))
+    start = min(max(start, 0), end)
+    return start, end
+
+
+def prepare(dataset: str, root: str, jobs: list[TarJob], build_index: IndexBuilder, *,
+            num_processes: int = DEFAULT_NUM_PROCESSES, start: int = 0, end: int = -1,
+            step=EXTRACT) -> Report:
+    """Process ``jobs[start:end]`` with ``step`` on ``num_processes`` processes, skipping tars done
+    earlier, then, once no tar of the whole list is waiting any more (another machine may still be
+    on its slice), build the index. Returns the report; ``report.finish()`` prints and saves it."""
+    start, end = select_slice(jobs, start, end)
+    report = Report(dataset=dataset, root=root, tars_total=len(jobs), tar_slice=(start, end))
+    todo = []
+    for job in jobs[start:end]:
+        earlier = finished_result(job, step.name)
+        if earlier is None:
+            todo.append(job)
+        else:
+            report.tars[job.name] = earlier
+            report.skipped_done.append(job.name)
+
+    with tqdm(total=len(todo), unit='tar', desc=f'{dataset}: {step.name}') as bar:
+        members = 0
+        for result in run_parallel(step, todo, num_processes):
+            report.tars[result.name] = result.to_dict()
+            members += result.members
+            bar.set_postfix(members=members, refresh=False)
+            bar.update()
+            if result.status != 'done':
+                logger.warning('%s: %s: %s', result.name, result.status, result.error)
+
+    waiting = [job.name for job in jobs if job.name not in report.tars
+               and finished_result(job, step.name) is None]
+    if waiting:
+        report.index_skipped = (f'{len(waiting)} tars outside this run are not done yet (e.g. {waiting[0]}); '
+                                'the run that finishes the last one builds it')
+    else:
+        try:
+            build_index(Files(root, step.listing(root, jobs), step), report)
+        except IndexFormatError as e:
+            report.index_error = str(e)
+    return report
+
+
+def run_parallel(step, jobs: list[TarJob], num_processes: int):
+    """Yield each job's result as it finishes (in this process when one process is enough)."""
+    if num_processes <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield process_and_mark(step, job)
+        return
+    with multiprocessing.Pool(min(num_processes, len(jobs))) as pool:
+        yield from pool.imap_unordered(_process_in_worker, [(step, job) for job in jobs])
+
+
+def tool_parser(description: str, default_root: str) -> argparse.ArgumentParser:
+    """The options every tools/prepare_<name>.py shares."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--root', default=default_root,
+                        help='the dataset folder as the download left it (default: %(default)s)')
+    parser.add_argument('--num-processes', type=int, default=DEFAULT_NUM_PROCESSES,
+                        help='tars processed in parallel (default: %(default)s)')
+    parser.add_argument('--start', type=int, default=0, help='first tar of the sorted tar list')
+    parser.add_argument('--end', type=int, default=-1, help='end of the slice, -1 = all (default)')
+    return parser
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    return dict(root=args.root, num_processes=args.num_processes, start=args.start, end=args.end)
+
+
+def run_tool(prepare_fn: Callable[..., Report], args: argparse.Namespace, **options) -> int:
+    """Run a tool's ``prepare_fn`` with the shared and the tool's own options; return the exit code."""
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    if not os.path.isdir(args.root):
+        logger.error('%s is not a folder: pass --root, or run from the folder that holds data/', args.root)
+        return 2
+    return prepare_fn(**run_options(args), **options).finish()
