@@ -10,9 +10,10 @@ Decoding only what the crop needs, as far as Pillow allows:
   upsamples; the decode itself still covers the whole image, since Pillow exposes no region decode.
 - PNG, WebP and the rest decode fully: Pillow offers neither scaled nor region decoding for them
   (libwebp could crop and scale, Pillow does not expose it).
-- The crop is never copied out: one ``resize(box=...)`` crops and resizes, reducing by an integer
-  factor first (``reducing_gap``) when the crop is still much larger than the output. The EXIF
-  rotation/flip is applied to the small result instead of the full picture.
+- Only the crop is resized, with Pillow's bicubic filter as torch implements it (see ``_resize``);
+  the EXIF rotation/flip is applied to the small result instead of the full picture.
+- Not done: stopping the JPEG decode below the crop, or skipping PNG rows after it, would need
+  Pillow's private tile state; the saving (at most the discarded strip) does not justify that.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import zlib
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from src.datasets.errors import SampleError
@@ -36,10 +38,6 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 # away from ones that shell out (EPS runs Ghostscript) or parse exotic containers.
 SUPPORTED_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')
 Image.init()  # Image.open(formats=...) looks only among registered plugins; register them all (JPEG covers MPO)
-
-# Integer pre-reduction before the bicubic pass only where the crop is >= 2x the output: as
-# thumbnail() does, close to a full bicubic resample at a fraction of the cost.
-REDUCING_GAP = 2.0
 
 # What a broken or hostile file makes Pillow's plugins raise while reading a header or decoding.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
@@ -179,6 +177,18 @@ def _draft_reduction(crop_side: float, image_size: int) -> int:
     return next(factor for factor in (8, 4, 2, 1) if crop_side >= factor * image_size or factor == 1)
 
 
+def _resize(rgb: Image.Image, box: tuple[int, int, int, int], image_size: int) -> Image.Image:
+    """The region ``box`` of ``rgb`` resized to ``image_size`` x ``image_size``, bicubic, antialiased.
+
+    torch's uint8 antialiased bicubic is Pillow's BICUBIC filter (output within 1/255 of
+    ``Image.resize``, 2/255 when enlarging) in vectorised code, about 7x faster than Pillow's own
+    resampler, which otherwise takes as long as the reduced-scale JPEG decode.
+    """
+    pixels = torch.from_numpy(np.array(rgb.crop(box))).permute(2, 0, 1).unsqueeze(0)
+    square = F.interpolate(pixels, size=(image_size, image_size), mode='bicubic', antialias=True)
+    return Image.fromarray(square[0].permute(1, 2, 0).numpy(), 'RGB')
+
+
 def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: int) -> Image.Image:
     """Decode ``img`` and return the region ``box`` (upright full-resolution coordinates) as an RGB
     ``image_size`` x ``image_size`` picture (bicubic).
@@ -188,21 +198,18 @@ def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: in
     """
     name = _name_of(img)
     orientation = _orientation(img)
-    full_width, full_height = img.size
-    x0, y0, x1, y1 = _stored_box(box, orientation, img.size)
-    reduction = _draft_reduction(min(x1 - x0, y1 - y0), image_size)
-    scale_x = scale_y = 1.0
+    full_width = img.width
+    stored_box = _stored_box(box, orientation, img.size)
+    reduction = _draft_reduction(min(stored_box[2] - stored_box[0], stored_box[3] - stored_box[1]), image_size)
     if reduction > 1:
-        drafted = img.draft('RGB', (full_width // reduction, full_height // reduction))
-        if drafted is not None:  # None: not a JPEG, or a layout libjpeg cannot scale
-            _, (_, _, drafted_width, drafted_height) = drafted
-            scale_x, scale_y = drafted_width / full_width, drafted_height / full_height
+        drafted = img.draft('RGB', (img.width // reduction, img.height // reduction))
+        # None: not a JPEG, or one libjpeg cannot scale. Else the full picture's extent when drafted.
+        reduction = 1 if drafted is None else full_width / drafted[1][2]
+    # Rounded to whole decoded pixels: at most half a decoded pixel, so half an output pixel, off.
+    decoded_box = tuple(round(v / reduction) for v in stored_box)
     try:
         img.load()
-        rgb = to_rgb(img)
-        square = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC,
-                            box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y),
-                            reducing_gap=REDUCING_GAP)
+        square = _resize(to_rgb(img), decoded_box, image_size)
     except _DECODE_ERRORS as exc:
         raise SampleError('bad-image', f'{name}: cannot decode {img.format or "image"} data: {exc}') from None
     if orientation in _UPRIGHT:
