@@ -447,7 +447,8 @@ class SampleIndex:
                 return cls(table, source, cache=cache, fingerprint=fingerprint)
             except _CacheUnwritable as exc:
                 print_log(f'Cannot write the sample index cache {cache} ({exc}): building the '
-                          f'index of {source} in memory, in every process that loads it',
+                          f'index of {source} in memory, in every process that loads it; give '
+                          f'a writable cache_dir (index_cache_dir= of the dataset) to share it',
                           logger='current', level=logging.WARNING)
         return cls(_build_table(source, members), source)
 

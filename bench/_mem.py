@@ -1,0 +1,37 @@
+"""Memory of the current process, for benchmarks: peak RSS of one phase, and USS/PSS at a point.
+
+Peak RSS comes from VmHWM (the high-water mark of this process's own address space, which unlike
+``ru_maxrss`` does not inherit the parent's peak across fork+exec); ``reset_peak`` lowers the mark
+to the current RSS so that a phase's peak can be measured on its own.
+"""
+from __future__ import annotations
+
+import psutil
+
+MiB = 2 ** 20
+
+
+def _status_kib(field: str) -> int:
+    with open('/proc/self/status') as status:
+        for line in status:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'/proc/self/status has no {field}')
+
+
+def reset_peak() -> int:
+    """Sets the peak RSS back to the current RSS (Linux clear_refs '5'); returns that RSS in bytes."""
+    with open('/proc/self/clear_refs', 'w') as clear_refs:
+        clear_refs.write('5')
+    return _status_kib('VmRSS') * 1024
+
+
+def peak_rss() -> int:
+    """The highest RSS of this process since it started or since ``reset_peak``, in bytes."""
+    return _status_kib('VmHWM') * 1024
+
+
+def private_and_proportional() -> tuple[int, int]:
+    """(USS, PSS) of this process in bytes: memory only it holds, and its share of what it holds."""
+    info = psutil.Process().memory_full_info()
+    return info.uss, info.pss
