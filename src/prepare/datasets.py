@@ -37,14 +37,14 @@ def find_tars(root: str, pattern: str) -> list[str]:
 def prepare_midjourney23m(root: str = MIDJOURNEY23M_ROOT, **options) -> Report:
     """raw/images/**/*.tar -> images/<member>; raw/table-*.parquet -> data.json."""
     jobs = [TarJob(root, name, midjourney.IMAGE_FOLDER) for name in find_tars(root, 'raw/images/**/*.tar')]
-    return prepare('midjourney23m', root, jobs, midjourney.build_index, **options)
+    return prepare('midjourney23m', root, jobs, [midjourney.IMAGE_FOLDER], midjourney.build_index, **options)
 
 
 def prepare_laion6m(root: str = LAION6M_ROOT, **options) -> Report:
     """raw/*.tar and captions/*.tar extracted in place; data.json checked (or built)."""
     jobs = [TarJob(root, name, os.path.dirname(name))
             for name in find_tars(root, 'raw/*.tar') + find_tars(root, 'captions/*.tar')]
-    return prepare('laion6m', root, sorted(jobs, key=lambda job: job.name),
+    return prepare('laion6m', root, sorted(jobs, key=lambda job: job.name), ['raw', 'captions'],
                    partial(build_pair_index, layout=LAION6M_LAYOUT), **options)
 
 
@@ -52,17 +52,19 @@ def prepare_dalle3(root: str = DALLE3_ROOT, *, caption_field: str = dalle3.DEFAU
                    write_txt: bool = False, **options) -> Report:
     """*.tar -> data/<stem>.png + .json; dalle3.parquet; data/<stem>.txt with ``write_txt``."""
     jobs = [TarJob(root, name, dalle3.DATA_FOLDER) for name in find_tars(root, '*.tar')]
-    return prepare('dalle3', root, jobs,
+    return prepare('dalle3', root, jobs, [dalle3.DATA_FOLDER],
                    partial(dalle3.build_index, caption_field=caption_field, write_txt=write_txt), **options)
 
 
 def prepare_redcaps5m(root: str = REDCAPS5M_ROOT, **options) -> Report:
     """raw/*.tar extracted in place; redcaps5m_data.json checked (or built)."""
     jobs = [TarJob(root, name, 'raw') for name in find_tars(root, 'raw/*.tar')]
-    return prepare('redcaps5m', root, jobs, partial(build_pair_index, layout=REDCAPS5M_LAYOUT), **options)
+    return prepare('redcaps5m', root, jobs, ['raw'], partial(build_pair_index, layout=REDCAPS5M_LAYOUT),
+                   **options)
 
 
 def prepare_blip3o60k(root: str = BLIP3O60K_ROOT, **options) -> Report:
     """raw/<stem>.tar -> raw/<stem>/; data.json checked (or built by pairing image and .txt)."""
     jobs = [TarJob(root, name, name[:-len('.tar')]) for name in find_tars(root, 'raw/*.tar')]
-    return prepare('blip3o60k', root, jobs, partial(build_pair_index, layout=BLIP3O60K_LAYOUT), **options)
+    return prepare('blip3o60k', root, jobs, ['raw'], partial(build_pair_index, layout=BLIP3O60K_LAYOUT),
+                   **options)

@@ -134,12 +134,13 @@ class Extract:
         result.members = len(written)
         return result
 
-    def listing(self, root: str, jobs: list[TarJob]) -> set[str]:
-        """Every file under the jobs' target folders, as paths relative to ``root``: one scan,
-        not one stat per index row."""
+    def listing(self, root: str, jobs: list[TarJob], folders: list[str]) -> set[str]:
+        """Every file under ``folders`` (where the dataset's files are, relative to ``root``) as
+        paths relative to ``root``: one scan, not one stat per index row. Files that were there
+        before (extracted by hand, say) count as much as those extracted from ``jobs``."""
         found = set()
-        for dest in sorted({job.dest for job in jobs}):
-            found |= scan_files(root, dest)
+        for folder in folders:
+            found |= scan_files(root, folder)
         return found
 
     def read(self, root: str, path: str) -> bytes:

@@ -18,6 +18,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError
+from src.datasets.tar_index import INDEX_MEMBERS
 from src.prepare.atomic import write_json
 from src.prepare.extract import EXTRACT, TarJob, TarResult
 from src.prepare.report import Report
@@ -91,12 +92,13 @@ def select_slice(jobs: list, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def prepare(dataset: str, root: str, jobs: list[TarJob], build_index: IndexBuilder, *,
+def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], build_index: IndexBuilder, *,
             num_processes: int = DEFAULT_NUM_PROCESSES, start: int = 0, end: int = -1,
             step=EXTRACT) -> Report:
     """Process ``jobs[start:end]`` with ``step`` on ``num_processes`` processes, skipping tars done
     earlier, then, once no tar of the whole list is waiting any more (another machine may still be
-    on its slice), build the index. Returns the report; ``report.finish()`` prints and saves it."""
+    on its slice), build the index from the files under ``folders`` (relative to ``root``).
+    Returns the report; ``report.finish()`` prints and saves it."""
     start, end = select_slice(jobs, start, end)
     report = Report(dataset=dataset, root=root, tars_total=len(jobs), tar_slice=(start, end))
     todo = []
@@ -125,7 +127,7 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], build_index: IndexBuild
                                 'the run that finishes the last one builds it')
     else:
         try:
-            build_index(Files(root, step.listing(root, jobs), step), report)
+            build_index(Files(root, step.listing(root, jobs, folders), step), report)
         except IndexFormatError as e:
             report.index_error = str(e)
     return report
@@ -151,11 +153,15 @@ def tool_parser(description: str, default_root: str) -> argparse.ArgumentParser:
                         help='tars processed in parallel (default: %(default)s)')
     parser.add_argument('--start', type=int, default=0, help='first tar of the sorted tar list')
     parser.add_argument('--end', type=int, default=-1, help='end of the slice, -1 = all (default)')
+    parser.add_argument('--no-extract', action='store_true',
+                        help='leave the tars packed: index their members into <root>/tar_index.arrow '
+                             "instead, and set the dataset config's tar_index to that file")
     return parser
 
 
 def run_options(args: argparse.Namespace) -> dict:
-    return dict(root=args.root, num_processes=args.num_processes, start=args.start, end=args.end)
+    return dict(root=args.root, num_processes=args.num_processes, start=args.start, end=args.end,
+                step=INDEX_MEMBERS if args.no_extract else EXTRACT)
 
 
 def run_tool(prepare_fn: Callable[..., Report], args: argparse.Namespace, **options) -> int:
