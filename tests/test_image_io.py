@@ -1,0 +1,280 @@
+"""image_io: each step alone, the composed pipeline, the fast path against a plain reference, and
+every kind of bad file."""
+from __future__ import annotations
+
+import functools
+import io
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from src.datasets.errors import SampleError
+from src.datasets.image_io import (DEFAULT_MAX_PIXELS, check_size, load_pixel_values, load_square,
+                                   open_image, oriented_size, random_square_box, to_pixel_values,
+                                   to_rgb)
+from src.synthetic.images import (FORMAT_MODES, decompression_bomb_png, encode_image, not_an_image,
+                                  truncated)
+
+FORMAT_MODE_PAIRS = [(fmt, mode) for fmt, modes in FORMAT_MODES.items() for mode in modes]
+
+
+def encoded(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=None)
+def cached_image(width: int, height: int, fmt: str, mode: str = 'RGB') -> bytes:
+    return encode_image(width, height, fmt, mode, seed=2)
+
+
+@functools.lru_cache(maxsize=None)
+def smooth_picture(width: int, height: int, fmt: str) -> bytes:
+    """Gradients only: no edges, so any difference between two resamplings is the method's."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([255 * x / (width - 1), 255 * y / (height - 1),
+                    127.5 + 100 * np.sin((x + 2 * y) / 300)], axis=-1)
+    return encoded(Image.fromarray(rgb.round().astype(np.uint8), 'RGB'), fmt, quality=90)
+
+
+def reference_square(data: bytes, box, image_size: int) -> np.ndarray:
+    """The plain path: full decode, EXIF transpose, RGB, crop, resize (bicubic)."""
+    img = to_rgb(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    return np.asarray(img.crop(box).resize((image_size, image_size), Image.Resampling.BICUBIC))
+
+
+def fast_square(data: bytes, image_size: int, seed: int):
+    img = open_image(data, 'sample.img')
+    box = random_square_box(oriented_size(img), random.Random(seed))
+    return box, np.asarray(load_square(img, box, image_size))
+
+
+def abs_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(np.float64) - b.astype(np.float64))
+
+
+def pixel_values_of(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rgb).permute(2, 0, 1).float() / 127.5 - 1
+
+
+# --- the whole pipeline ------------------------------------------------------------------------
+
+@pytest.mark.parametrize('fmt,mode', FORMAT_MODE_PAIRS)
+@pytest.mark.parametrize('width,height,image_size', [(81, 500, 64), (257, 257, 256), (640, 480, 64)])
+def test_pixel_values_for_every_format_and_mode(fmt, mode, width, height, image_size):
+    data = encode_image(width, height, fmt, mode, seed=3)
+    pixels = load_pixel_values(data, f'img/a{fmt}.{mode}', image_size, random.Random(0))
+    assert pixels.shape == (3, image_size, image_size)
+    assert pixels.dtype == torch.float32
+    assert pixels.min() >= -1 and pixels.max() <= 1
+    assert pixels.std() > 0.1  # a picture, not a flat fill
+
+
+def test_same_rng_gives_same_pixels_and_another_seed_another_crop():
+    data = encode_image(900, 300, 'JPEG', seed=1)
+    first = load_pixel_values(data, 'a.jpg', 128, random.Random(5))
+    again = load_pixel_values(data, 'a.jpg', 128, random.Random(5))
+    other = load_pixel_values(data, 'a.jpg', 128, random.Random(6))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+def test_check_size_follows_upstream_rule():
+    check_size((81, 81), 'ok.jpg')
+    check_size((999, 100), 'ok.jpg')
+    for size in [(80, 500), (500, 80), (10, 10)]:
+        with pytest.raises(SampleError, match='small.jpg') as err:
+            check_size(size, 'small.jpg')
+        assert err.value.reason == 'too-small'
+    for size in [(1000, 100), (100, 1000), (3000, 200)]:
+        with pytest.raises(SampleError, match='long.jpg') as err:
+            check_size(size, 'long.jpg')
+        assert err.value.reason == 'bad-aspect'
+    check_size((120, 100), 'ok.jpg', min_image_size=99, max_aspect=1.25)
+    with pytest.raises(SampleError):
+        check_size((125, 100), 'long.jpg', min_image_size=99, max_aspect=1.25)
+
+
+def test_elongated_image_is_refused_by_the_pipeline():
+    with pytest.raises(SampleError, match='wide.png') as err:
+        load_pixel_values(encode_image(3000, 200, 'PNG'), 'wide.png', 64, random.Random(0))
+    assert err.value.reason == 'bad-aspect'
+
+
+@pytest.mark.parametrize('size', [(81, 500), (3000, 200), (257, 257), (2048, 1536), (1536, 2048)])
+def test_random_square_box_is_a_square_inside_the_picture(size):
+    width, height = size
+    boxes = {random_square_box(size, random.Random(seed)) for seed in range(50)}
+    for x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        assert x1 - x0 == y1 - y0 == min(width, height)
+    assert len(boxes) > 1 or width == height
+    assert random_square_box(size, random.Random(7)) == random_square_box(size, random.Random(7))
+
+
+def test_to_pixel_values_maps_0_255_to_minus_one_one_channel_first():
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[..., 0] = 255
+    rgb[0, 0] = (0, 128, 255)
+    pixels = to_pixel_values(Image.fromarray(rgb))
+    assert pixels.shape == (3, 4, 6) and pixels.dtype == torch.float32
+    assert torch.allclose(pixels, pixel_values_of(rgb))
+    assert pixels[0, 1, 1] == 1 and pixels[1, 1, 1] == -1
+
+
+# --- colour conversion ---------------------------------------------------------------------------
+
+def test_cmyk_jpeg_comes_back_as_its_colour():
+    # Pillow stores CMYK JPEGs Adobe-inverted and undoes it when reading; the colour must survive.
+    cmyk = (30, 200, 100, 50)
+    data = encoded(Image.new('CMYK', (200, 200), cmyk), 'JPEG', quality=95)
+    assert Image.open(io.BytesIO(data)).info.get('adobe') is not None
+    expected = [round((255 - c) * (255 - cmyk[3]) / 255) for c in cmyk[:3]]  # (181, 44, 124)
+    _, square = fast_square(data, 96, seed=0)
+    assert np.abs(square.reshape(-1, 3).mean(axis=0) - expected).max() < 3
+
+
+@pytest.mark.parametrize('mode', ['RGBA', 'LA', 'P-transparent'])
+def test_transparent_pixels_become_white(mode):
+    img = Image.new('RGBA', (100, 100), (255, 0, 0, 255))
+    img.paste((0, 0, 255, 0), (0, 0, 50, 100))  # left half fully transparent
+    if mode == 'LA':
+        img = img.convert('LA')
+    elif mode == 'P-transparent':
+        img = img.convert('RGB').convert('P', palette=Image.Palette.ADAPTIVE, colors=4)
+        img.info['transparency'] = img.getpixel((0, 0))
+    rgb = np.asarray(to_rgb(Image.open(io.BytesIO(encoded(img, 'PNG')))))
+    assert (rgb[:, :50] == 255).all()
+    assert (rgb[:, 50:] != 255).any()
+
+
+def test_half_transparent_red_is_blended_on_white():
+    img = Image.new('RGBA', (10, 10), (255, 0, 0, 128))
+    assert np.abs(np.asarray(to_rgb(img))[0, 0].astype(int) - (255, 127, 127)).max() <= 1
+
+
+@pytest.mark.parametrize('mode,key_colour,other', [('L', 40, 200), ('RGB', (10, 20, 30), (200, 0, 0))])
+def test_transparency_colour_key_in_info_becomes_white(mode, key_colour, other):
+    img = Image.new(mode, (20, 10), other)
+    img.paste(key_colour, (0, 0, 10, 10))
+    reread = Image.open(io.BytesIO(encoded(img, 'PNG', transparency=key_colour)))
+    assert 'transparency' in reread.info
+    rgb = np.asarray(to_rgb(reread))
+    assert (rgb[:, :10] == 255).all()
+    assert (rgb[:, 10:] == np.asarray(Image.new(mode, (1, 1), other).convert('RGB'))[0, 0]).all()
+
+
+@pytest.mark.parametrize('mode,value,expected', [('I;16', 40000, 156), ('I', 65535, 255), ('I', 0, 0),
+                                                 ('F', 0.5, 128), ('1', 1, 255), ('L', 77, 77)])
+def test_high_depth_and_bilevel_modes_scale_to_8_bits(mode, value, expected):
+    rgb = np.asarray(to_rgb(Image.new(mode, (3, 2), value)))
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
+    assert (rgb == expected).all()
+
+
+def test_16_bit_png_is_scaled_not_clipped():
+    data = encoded(Image.fromarray(np.full((100, 100), 32768, np.uint16)), 'PNG')
+    pixels = load_pixel_values(data, 'deep.png', 64, random.Random(0))
+    assert torch.allclose(pixels, torch.full_like(pixels, 128 / 127.5 - 1), atol=1 / 127.5)
+
+
+# --- orientation ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('orientation', range(2, 9))
+def test_every_exif_orientation_gives_the_upright_picture(orientation):
+    upright = encode_image(640, 400, 'JPEG', seed=4)
+    rotated = encode_image(640, 400, 'JPEG', seed=4, exif_orientation=orientation)
+    assert oriented_size(open_image(rotated, 'r.jpg')) == (640, 400)
+    for seed in range(3):
+        expected = load_pixel_values(upright, 'u.jpg', 128, random.Random(seed))
+        got = load_pixel_values(rotated, 'r.jpg', 128, random.Random(seed))
+        assert (got - expected).abs().mean() * 127.5 < 2  # only JPEG re-encoding differs
+
+
+# --- the fast path against the plain one ---------------------------------------------------------
+
+@pytest.mark.parametrize('fmt,mode,width,height,image_size', [
+    ('JPEG', 'RGB', 2048, 1536, 512), ('JPEG', 'RGB', 1536, 2048, 256), ('JPEG', 'RGB', 1001, 999, 64),
+    ('JPEG', 'L', 1200, 900, 256), ('JPEG', 'CMYK', 1200, 900, 128), ('PNG', 'RGBA', 700, 500, 256),
+    ('PNG', 'P', 500, 700, 64), ('WEBP', 'RGB', 900, 600, 256), ('JPEG', 'RGB', 81, 500, 256)])
+def test_fast_path_matches_plain_decode_crop_resize(fmt, mode, width, height, image_size):
+    data = cached_image(width, height, fmt, mode)
+    for seed in range(2):
+        box, square = fast_square(data, image_size, seed)
+        assert abs_difference(square, reference_square(data, box, image_size)).mean() < 3
+
+
+@pytest.mark.parametrize('fmt', ['JPEG', 'PNG', 'WEBP'])
+@pytest.mark.parametrize('image_size', [64, 256, 512])
+def test_fast_path_on_a_smooth_picture_is_close_everywhere(fmt, image_size):
+    data = smooth_picture(2048, 1536, fmt)
+    box, square = fast_square(data, image_size, seed=1)
+    difference = abs_difference(square, reference_square(data, box, image_size))
+    assert difference.mean() < 1.5 and difference.max() <= 8
+
+
+@pytest.mark.parametrize('width,height,image_size,reduction', [
+    (2048, 1536, 512, 2), (2048, 1536, 256, 4), (2048, 1536, 64, 8), (1000, 700, 256, 2),
+    (1000, 700, 351, 1), (257, 257, 256, 1)])
+def test_jpeg_is_decoded_at_the_smallest_scale_that_covers_the_crop(width, height, image_size, reduction):
+    img = open_image(cached_image(width, height, 'JPEG'), 'a.jpg')
+    box = random_square_box(oriented_size(img), random.Random(0))
+    load_square(img, box, image_size)
+    assert img.size == (-(-width // reduction), -(-height // reduction))
+    assert min(width, height) * img.width / width >= image_size
+
+
+# --- bad files -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('make,reason', [
+    (lambda: b'', 'bad-image'),
+    (not_an_image, 'bad-image'),
+    (lambda: truncated(encode_image(640, 480, 'JPEG')), 'bad-image'),
+    (lambda: truncated(encode_image(640, 480, 'PNG')), 'bad-image'),
+    (lambda: truncated(encode_image(640, 480, 'WEBP')), 'bad-image'),
+    (lambda: truncated(encode_image(640, 480, 'JPEG'), keep=0.02), 'bad-image'),
+    (decompression_bomb_png, 'too-large'),
+    (lambda: encode_image(80, 300, 'JPEG'), 'too-small'),
+])
+def test_bad_input_gives_a_sample_error_naming_the_file(make, reason):
+    name = 'shard-7/00042.jpg'
+    with pytest.raises(SampleError) as err:
+        load_pixel_values(make(), name, 64, random.Random(0))
+    assert err.value.reason == reason
+    assert name in str(err.value)
+    assert err.value.__context__ is None or err.value.__suppress_context__  # no Pillow traceback
+
+
+@pytest.mark.parametrize('pillow_limit', [None, Image.MAX_IMAGE_PIXELS])
+def test_bomb_is_refused_from_its_header_whatever_pillows_limit(monkeypatch, pillow_limit):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', pillow_limit)
+    # Claims 1e8 pixels: past DEFAULT_MAX_PIXELS, yet only a warning to Pillow at its default limit.
+    bomb = decompression_bomb_png(10_000, 10_000)
+    assert 10_000 * 10_000 > DEFAULT_MAX_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        with pytest.raises(SampleError, match='bomb.png') as err:
+            open_image(bomb, 'bomb.png')  # its pixel data is 16 bytes: a decode would fail as bad-image
+    assert err.value.reason == 'too-large'
+
+
+def test_max_pixels_bounds_an_ordinary_picture():
+    data = encode_image(300, 200, 'PNG')
+    with pytest.raises(SampleError, match='big.png') as err:
+        load_pixel_values(data, 'big.png', 64, random.Random(0), max_pixels=300 * 200 - 1)
+    assert err.value.reason == 'too-large'
+    assert load_pixel_values(data, 'big.png', 64, random.Random(0), max_pixels=300 * 200).shape == (3, 64, 64)
+
+
+def test_truncated_data_fails_in_load_square_after_a_good_header():
+    img = open_image(truncated(encode_image(640, 480, 'JPEG')), 'cut.jpg')
+    with pytest.raises(SampleError, match='cut.jpg') as err:
+        load_square(img, random_square_box(oriented_size(img), random.Random(0)), 64)
+    assert err.value.reason == 'bad-image'
