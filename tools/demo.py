@@ -1,0 +1,237 @@
+"""The whole data layer on miniature copies of the five downloads, offline, in well under a minute.
+
+1. writes a miniature raw download of each dataset under <workdir>/data/, laid out as its guide's
+   download leaves it, with the faults real downloads have (rows without images, missing and
+   malformed caption files, corrupt images, a tar cut short, members that try to escape the folder);
+2. prepares each with its tool's library (as `tools/prepare_<name>.py --num-processes 2` does) and
+   checks the result against what the download implies: the right index entries, the cut tar
+   reported, nothing written outside the dataset folders;
+3. builds a local tokenizer, loads configs/datasets/<name>.py and mix.py as a training run would
+   (Config.fromfile, Runner.build_dataloader; only the tokenizer path, image size, batch size and
+   workers changed), iterates a few batches and prints a table;
+4. saves <workdir>/preview.png: samples of each dataset as the model sees them, with the prompt
+   decoded from input_ids.
+
+Exits non-zero, saying what went wrong, when any step does not give what it should.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / 'configs' / 'datasets'
+MARKER = '.t2i-demo'  # marks a workdir as the demo's own, so that re-running may clear it
+logger = logging.getLogger('demo')
+
+
+class DemoError(Exception):
+    """A step did not give what it should; the message says what and where."""
+
+
+@contextlib.contextmanager
+def step(what: str):
+    """Run a step; any failure becomes a DemoError naming the step."""
+    logger.info('\n== %s', what)
+    try:
+        yield
+    except DemoError:
+        raise
+    except Exception as err:
+        traceback.print_exc()
+        raise DemoError(f'{what}: {type(err).__name__}: {err}') from err
+
+
+def clear_workdir(workdir: Path) -> None:
+    """An empty workdir for this run; refuses to clear a folder the demo did not make."""
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / MARKER).exists():
+            raise DemoError(f'{workdir} exists and was not made by the demo: pass another --workdir')
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).touch()
+
+
+def check_preparation(expected, report) -> list[str]:
+    """What differs between the prepared dataset and what its download implies."""
+    from src.datasets.sample_index import SampleIndex
+
+    problems = []
+    cut_tars = {f.path.split(':')[0] for f in expected.faults if f.kind == 'truncated-member'}
+    if set(report.by_status('partial')) != cut_tars:
+        problems.append(f'tars reported partial: {report.by_status("partial")}, expected {sorted(cut_tars)}')
+    if report.by_status('failed'):
+        problems.append(f'tars failed: {report.by_status("failed")}')
+    if report.index_error or report.index_skipped:
+        problems.append(f'index not built: {report.index_error or report.index_skipped}')
+    escaped = [str(p) for p in expected.must_not_exist if p.exists() or p.is_symlink()]
+    if escaped:
+        problems.append(f'unsafe members were written: {escaped}')
+    index_path = expected.root / expected.data_path
+    if not problems:
+        index = SampleIndex.load(str(index_path), use_cache=False)
+        image_key = 'filename' if expected.data_path.endswith('.parquet') else 'image'
+        indexed = {index[i][image_key] for i in range(len(index))}
+        if indexed != expected.indexed:
+            problems.append(f'{index_path}: entries missing {sorted(expected.indexed - indexed)}, '
+                            f'unexpected {sorted(indexed - expected.indexed)}')
+    return problems
+
+
+@dataclass
+class Row:
+    name: str
+    entries: int
+    dropped_by_tool: int
+    usable: int
+    shapes: str
+    samples_per_s: float
+
+
+def iterate(name: str, tokenizer_path: str, args) -> tuple[Row, dict, object]:
+    """Build ``configs/datasets/<name>.py``'s dataloader and time ``args.batches`` batches;
+    return its row (without the tool's numbers), the first batch and the dataset."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from src.synthetic.local_config import localize
+
+    cfg = Config.fromfile(str(CONFIGS / f'{name}.py'))
+    loader_cfg = localize(cfg, tokenizer_path, dataset_overrides=dict(image_size=args.image_size),
+                          batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=False)
+    loader = Runner.build_dataloader(loader_cfg, seed=args.seed)
+    start = time.perf_counter()
+    batches, first_at = [], None
+    for batch in loader:
+        batches.append(batch)
+        first_at = first_at or time.perf_counter()
+        if len(batches) == args.batches:
+            break
+    end = time.perf_counter()
+    # After the first batch, so that worker start-up is not counted as loading time.
+    timed, seconds = ((len(batches) - 1, end - first_at) if len(batches) > 1 else (1, end - start))
+    data = batches[0]['data']
+    shapes = f'{list(data["pixel_values"].shape)} {list(data["input_ids"].shape)}'
+    row = Row(name, 0, 0, len(loader.dataset), shapes, timed * args.batch_size / seconds)
+    return row, batches[0], loader.dataset
+
+
+def preview_tiles(batch: dict, dataset, count: int) -> list:
+    from src.synthetic.preview import Tile, caption_from_prompt, to_image
+
+    data, tiles = batch['data'], []
+    for i in range(min(count, len(data['pixel_values']))):
+        ids = data['input_ids'][i][data['attention_mask'][i]]
+        prompt = dataset.tokenizer.decode(ids, skip_special_tokens=False)
+        caption, unconditional = caption_from_prompt(prompt, dataset.prompt_template)
+        note = 'unconditional (CFG prompt)' if unconditional else ''
+        tiles.append(Tile(to_image(data['pixel_values'][i]), caption, note))
+    return tiles
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ('dataset', 'index entries', 'dropped by tool', 'usable', 'batch: pixel_values input_ids',
+              'samples/s')
+    cells = [header] + [(r.name, str(r.entries), str(r.dropped_by_tool), str(r.usable), r.shapes,
+                         f'{r.samples_per_s:.1f}') for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for n, row in enumerate(cells):
+        print('  '.join(cell.ljust(w) for cell, w in zip(row, widths)))
+        if n == 0:
+            print('  '.join('-' * w for w in widths))
+
+
+def run(args) -> Path:
+    """The four steps; returns the preview's path."""
+    from src.prepare import datasets as prepare
+    from src.synthetic.downloads import DEFAULT_ROOTS, make_all
+    from src.synthetic.preview import grid
+    from src.synthetic.tokenizer import build_tokenizer
+
+    workdir = Path(args.workdir).resolve()
+    with step(f'1. miniature raw downloads of the five datasets under {workdir / "data"}'):
+        clear_workdir(workdir)
+        os.chdir(workdir)  # the tools' default roots and the configs' paths start at data/
+        expected = make_all(Path('data').resolve(), n=args.samples, seed=args.seed, faults=True,
+                            hostile=True, truncated_tar=True)
+        for name, exp in expected.items():
+            logger.info('%-14s %s: %d samples, %d faults', name, DEFAULT_ROOTS[name], len(exp.samples),
+                        len(exp.faults))
+
+    rows = {}
+    for name, exp in expected.items():
+        with step(f'2. prepare {name} (tools/prepare_{name}.py --root {DEFAULT_ROOTS[name]} '
+                  f'--num-processes 2)'):
+            report = getattr(prepare, f'prepare_{name}')(DEFAULT_ROOTS[name], num_processes=2)
+            report.finish()
+            problems = check_preparation(exp, report)
+            if problems:
+                raise DemoError(f'preparing {name} did not give what the download implies:\n  '
+                                + '\n  '.join(problems))
+            entries = sum(index.entries for index in report.indexes)
+            dropped = sum(index.drops.total() for index in report.indexes)
+            rows[name] = Row(name, entries, dropped, 0, '', 0.0)
+            logger.info('-> as expected: %d index entries; %d dropped, %d unsafe members refused, '
+                        'the cut tar reported', entries, dropped, report.refused().total())
+
+    with step('3. load the configs and iterate their dataloaders'):
+        tokenizer_path = build_tokenizer(workdir / 'tokenizer')
+        sections = []
+        for name in [*expected, 'mix']:
+            row, batch, dataset = iterate(name, tokenizer_path, args)
+            if name == 'mix':
+                row.entries = sum(r.entries for r in rows.values())
+                row.dropped_by_tool = sum(r.dropped_by_tool for r in rows.values())
+            else:
+                row.entries, row.dropped_by_tool = rows[name].entries, rows[name].dropped_by_tool
+                sections.append((f'{name}  ({DEFAULT_ROOTS[name]})',
+                                 preview_tiles(batch, dataset, args.preview_per_dataset)))
+                if row.usable < len(expected[name].samples):
+                    raise DemoError(f'{name}: the dataset has {row.usable} samples, fewer than the '
+                                    f'{len(expected[name].samples)} usable ones of the download')
+            rows[name] = row
+        print()
+        print_table(list(rows.values()))
+        print('(usable: samples the dataset class keeps; it also skips, with a warning, images that '
+              'turn out unreadable when loaded)')
+
+    with step('4. preview grid'):
+        path = workdir / 'preview.png'
+        grid(sections).save(path)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--workdir', default='demo_output', help='where everything goes (default: %(default)s)')
+    parser.add_argument('--samples', type=int, default=12, help='well-formed samples per dataset (default: %(default)s)')
+    parser.add_argument('--batches', type=int, default=3, help='batches read per dataloader (default: %(default)s)')
+    parser.add_argument('--batch-size', type=int, default=4, help='(default: %(default)s)')
+    parser.add_argument('--image-size', type=int, default=256, help='(default: %(default)s)')
+    parser.add_argument('--num-workers', type=int, default=2, help='DataLoader workers (default: %(default)s)')
+    parser.add_argument('--preview-per-dataset', type=int, default=4, help='(default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0, help='(default: %(default)s)')
+    args = parser.parse_args(argv)
+    # The tokenizer is used before the DataLoader forks its workers; say so once instead of per fork.
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    started = time.perf_counter()
+    try:
+        preview = run(args)
+    except DemoError as err:
+        print(f'\ndemo FAILED: {err}', file=sys.stderr)
+        return 1
+    print(f'\ndemo OK in {time.perf_counter() - started:.0f} s; preview: {preview}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
