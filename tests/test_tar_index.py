@@ -1,4 +1,5 @@
-"""The tar member index: building it (parallel, resumable, safe), and reading members through it."""
+"""The tar member index: building it (the --no-extract step: parallel, resumable, safe), and
+reading members through it."""
 from __future__ import annotations
 
 import io
@@ -13,8 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.tar_index import (INDEX_NAME, Shard, StaleIndexError, TarMemberIndex,
-                                    build_tar_index, scan_tar)
+from src.datasets.tar_index import (INDEX_MEMBERS, INDEX_NAME, StaleIndexError, TarMemberIndex,
+                                    scan_tar, shard_index_path)
+from src.prepare.extract import TarJob
+from src.prepare.runner import prepare
 
 LONG_NAME = 'deep/' + 'nested_folder_' * 6 + '/' + 'x' * 120 + '.jpg'  # > 100 chars: long-name header
 UNICODE_NAME = 'ünïcødé/日本語の画像_🖼.png'
@@ -35,32 +38,44 @@ def write_tar(path, members: dict[str, bytes], fmt=tarfile.PAX_FORMAT) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def make_shards(root, n_shards=4, per_shard=5) -> tuple[list[Shard], dict[str, bytes]]:
+def index_tars(root, jobs: list[TarJob], num_processes: int = 1):
+    """The preparation run with the member-index step (and no dataset index to build)."""
+    report = prepare('test', str(root), jobs, sorted({job.dest for job in jobs}), lambda files, report: None,
+                     step=INDEX_MEMBERS, num_processes=num_processes)
+    assert not report.index_error and not report.index_skipped, report.summary()
+    return report
+
+
+def open_index(root) -> TarMemberIndex:
+    return TarMemberIndex.open(os.path.join(root, INDEX_NAME))
+
+
+def make_shards(root, n_shards=4, per_shard=5) -> tuple[list[TarJob], dict[str, bytes]]:
     """``n_shards`` tars under root/raw/<sub>/, extracted (in the dataset's terms) to images/."""
-    shards, expected = [], {}
+    jobs, expected = [], {}
     for s in range(n_shards):
         members = {f'{s:03d}/{i:04d}.jpg': payload(f'{s}-{i}', 300 + 97 * i) for i in range(per_shard)}
-        tar = os.path.join(root, 'raw', f'part{s % 2}', f'{s:05d}.tar')
-        write_tar(tar, members)
-        shards.append(Shard(tar, 'images'))
-        expected.update({f'images/{name}': data for name, data in members.items()})
-    return shards, expected
+        name = f'raw/part{s % 2}/{s:05d}.tar'
+        write_tar(os.path.join(root, name), members)
+        jobs.append(TarJob(str(root), name, 'images'))
+        expected.update({f'images/{member}': data for member, data in members.items()})
+    return jobs, expected
 
 
 @pytest.mark.parametrize('fmt', [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
 def test_reads_exact_bytes_of_nested_long_and_unicode_names(tmp_path, fmt):
     members = {'a.jpg': payload('a'), 'sub/dir/b.json': b'{"caption": "x"}', 'empty.txt': b'',
-               LONG_NAME: payload('long', 5000), UNICODE_NAME: payload('uni', 1)}
+               './dot/c.jpg': payload('c'), LONG_NAME: payload('long', 5000), UNICODE_NAME: payload('uni', 1)}
     write_tar(tmp_path / 'raw' / '0.tar', members, fmt)
-    report = build_tar_index(str(tmp_path), [Shard(str(tmp_path / 'raw' / '0.tar'), 'raw')])
-    assert report.members == len(members) and not report.shards[0].refused
+    report = index_tars(tmp_path, [TarJob(str(tmp_path), 'raw/0.tar', 'raw')])
+    assert report.tars['raw/0.tar']['members'] == len(members) and report.exit_code() == 0
 
-    index = TarMemberIndex.open(report.index_path)
+    index = open_index(tmp_path)
     assert len(index) == len(members)
     for name, data in members.items():
-        assert f'raw/{name}' in index
-        assert index.read(f'raw/{name}') == data
-    assert sorted(index.paths()) == sorted(f'raw/{n}' for n in members)
+        path = os.path.normpath(f'raw/{name}')
+        assert path in index and index.read(path) == data
+    assert sorted(index.paths()) == sorted(os.path.normpath(f'raw/{n}') for n in members)
     # the dataset names files as os.path.join(image_folder, image_file)
     assert index.read(index.relpath(str(tmp_path / 'raw' / LONG_NAME))) == members[LONG_NAME]
     assert 'raw/absent.jpg' not in index
@@ -70,39 +85,38 @@ def test_reads_exact_bytes_of_nested_long_and_unicode_names(tmp_path, fmt):
 
 
 def test_parallel_build_equals_sequential(tmp_path):
-    shards, expected = make_shards(tmp_path / 'a')
+    jobs, expected = make_shards(tmp_path / 'a')
     shutil.copytree(tmp_path / 'a', tmp_path / 'b')
-    sequential = build_tar_index(str(tmp_path / 'a'), shards, num_processes=1)
-    parallel = build_tar_index(
-        str(tmp_path / 'b'),
-        [Shard(s.tar.replace(str(tmp_path / 'a'), str(tmp_path / 'b')), s.prefix) for s in shards],
-        num_processes=2)
-    tables = [ipc.open_file(r.index_path).read_all() for r in (sequential, parallel)]
+    index_tars(tmp_path / 'a', jobs, num_processes=1)
+    index_tars(tmp_path / 'b', [TarJob(str(tmp_path / 'b'), j.name, j.dest) for j in jobs], num_processes=2)
+    tables = [ipc.open_file(str(tmp_path / r / INDEX_NAME)).read_all() for r in 'ab']
     assert tables[0].equals(tables[1]) and tables[0].num_rows == len(expected)
-    index = TarMemberIndex.open(parallel.index_path)
+    index = open_index(tmp_path / 'b')
     assert {p: index.read(p) for p in expected} == expected
 
 
-def test_resume_skips_unchanged_shards_and_redoes_a_changed_one(tmp_path):
-    shards, expected = make_shards(tmp_path)
-    first = build_tar_index(str(tmp_path), shards)
-    assert not any(s.up_to_date for s in first.shards)
-    shard_files = sorted(str(p) for p in (tmp_path / 'tar_index.shards').rglob('*.arrow'))
-    assert len(shard_files) == len(shards)
-    stamps = {p: os.stat(p).st_mtime_ns for p in shard_files}
+def test_resume_skips_unchanged_tars_and_redoes_a_changed_one(tmp_path):
+    jobs, expected = make_shards(tmp_path)
+    index_tars(tmp_path, jobs)
+    shard_files = {job.name: shard_index_path(str(tmp_path), job.name) for job in jobs}
+    stamps = {name: os.stat(path).st_mtime_ns for name, path in shard_files.items()}
 
     changed = {'001/new.jpg': payload('new', 1234), '001/0000.jpg': payload('changed', 10)}
-    write_tar(shards[1].tar, changed)
-    second = build_tar_index(str(tmp_path), shards)
-    assert [s.up_to_date for s in second.shards] == [True, False, True, True]
-    assert {p: os.stat(p).st_mtime_ns for p in shard_files if '00001' not in p} == \
-        {p: t for p, t in stamps.items() if '00001' not in p}
+    write_tar(os.path.join(tmp_path, jobs[1].name), changed)
+    second = index_tars(tmp_path, jobs)
+    assert sorted(second.skipped_done) == sorted(j.name for j in jobs if j is not jobs[1])
+    assert {n: os.stat(p).st_mtime_ns for n, p in shard_files.items() if n != jobs[1].name} == \
+        {n: t for n, t in stamps.items() if n != jobs[1].name}
 
-    index = TarMemberIndex.open(second.index_path)
+    index = open_index(tmp_path)
     expected = {p: d for p, d in expected.items() if not p.startswith('images/001/')}
     expected.update({f'images/{n}': d for n, d in changed.items()})
     assert len(index) == len(expected)
     assert {p: index.read(p) for p in expected} == expected
+
+    combined = os.stat(tmp_path / INDEX_NAME).st_mtime_ns
+    assert len(index_tars(tmp_path, jobs).skipped_done) == len(jobs)
+    assert os.stat(tmp_path / INDEX_NAME).st_mtime_ns == combined  # nothing new: not rewritten
 
 
 def test_truncated_tar_keeps_complete_members_and_names_the_broken_one(tmp_path):
@@ -114,21 +128,25 @@ def test_truncated_tar_keeps_complete_members_and_names_the_broken_one(tmp_path)
     # cut in the middle of member 2's data, and in the middle of member 3's header
     (tmp_path / 'in_data.tar').write_bytes(data[:infos[2].offset_data + 100])
     (tmp_path / 'in_header.tar').write_bytes(data[:infos[3].offset + 200])
-    for cut in ('in_data', 'in_header'):
+    for cut, complete in (('in_data', 2), ('in_header', 3)):
         found, refused, damage = scan_tar(str(tmp_path / f'{cut}.tar'))
-        complete = 2 if cut == 'in_data' else 3
         assert [name for name, _, _ in found] == list(members)[:complete] and not refused
         assert "'2.jpg'" in damage  # the member cut short, or the last one before the cut header
-
-    report = build_tar_index(str(tmp_path), [Shard(str(tmp_path / 'in_data.tar'))])
-    assert report.members == 2 and "'2.jpg'" in report.shards[0].truncated
-    assert 'damaged' in report.summary()
-    index = TarMemberIndex.open(report.index_path)
-    assert index.read('1.jpg') == members['1.jpg'] and '2.jpg' not in index
+    assert scan_tar(str(tmp_path / 'whole.tar')) == ([(n, i.offset_data, i.size) for n, i in
+                                                     zip(members, infos)], [], '')
 
     (tmp_path / 'not_a_tar.tar').write_bytes(b'garbage' * 100)
-    assert scan_tar(str(tmp_path / 'not_a_tar.tar'))[0] == []
-    assert scan_tar(str(tmp_path / 'not_a_tar.tar'))[2]
+    report = prepare('test', str(tmp_path), [TarJob(str(tmp_path), n, 'images') for n in
+                                             ('in_data.tar', 'not_a_tar.tar', 'whole.tar')],
+                     ['images'], lambda files, report: None, step=INDEX_MEMBERS, num_processes=1)
+    assert report.tars['in_data.tar']['status'] == 'partial' and report.tars['in_data.tar']['members'] == 2
+    assert "'2.jpg' is cut short" in report.tars['in_data.tar']['error']
+    assert report.tars['not_a_tar.tar']['status'] == 'failed' and report.exit_code() == 1
+    assert 'PARTIAL in_data.tar' in report.summary()
+    index = open_index(tmp_path)
+    assert len(index) == 4
+    tars = {index._tar_path(int(index._shard_ids[index._row(f'images/{n}')])) for n in members}
+    assert tars == {str(tmp_path / 'whole.tar')}  # the complete copy shadows the cut one
 
 
 def test_hostile_members_are_refused_and_reported(tmp_path):
@@ -145,41 +163,33 @@ def test_hostile_members_are_refused_and_reported(tmp_path):
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, 'good.jpg'
             tar.addfile(info)
-    report = build_tar_index(str(tmp_path), [Shard(str(tar_path), 'raw')])
-    index = TarMemberIndex.open(report.index_path)
-    assert index.paths() == ['raw/good.jpg']
-    refused = dict(report.shards[0].refused)
-    assert set(refused) == {'../escape.jpg', '/etc/absolute.jpg', 'a/../../up.jpg', 'sym.jpg',
-                            'hard.jpg', 'dev', 'fifo'}
-    assert 'absolute' in refused['/etc/absolute.jpg'] and 'symbolic link' in refused['sym.jpg']
-    assert '7 members refused' in report.summary()
-
-
-def test_tar_outside_the_root_is_refused(tmp_path):
-    write_tar(tmp_path / 'elsewhere' / '0.tar', {'a.jpg': b'a'})
-    with pytest.raises(ValueError, match='not under the dataset root'):
-        build_tar_index(str(tmp_path / 'root'), [Shard(str(tmp_path / 'elsewhere' / '0.tar'))])
+    report = index_tars(tmp_path, [TarJob(str(tmp_path), 'raw/hostile.tar', 'raw')])
+    assert open_index(tmp_path).paths() == ['raw/good.jpg']
+    assert dict(report.tars['raw/hostile.tar']['refused']) == {
+        '../escape.jpg': 'parent-path', '/etc/absolute.jpg': 'absolute-path', 'a/../../up.jpg': 'parent-path',
+        'sym.jpg': 'link', 'hard.jpg': 'link', 'dev': 'special-file', 'fifo': 'special-file'}
+    assert 'unsafe members refused (never written): 7' in report.summary()
 
 
 def test_a_path_in_two_members_reads_the_last_one(tmp_path):
     write_tar(tmp_path / '0.tar', {'a.jpg': b'first', 'b.jpg': b'b'})
     write_tar(tmp_path / '1.tar', {'a.jpg': b'second'})
-    report = build_tar_index(str(tmp_path), [Shard(str(tmp_path / f'{i}.tar')) for i in (0, 1)])
-    assert report.duplicates == ['a.jpg'] and report.members == 2
-    assert TarMemberIndex.open(report.index_path).read('a.jpg') == b'second'
+    index_tars(tmp_path, [TarJob(str(tmp_path), f'{i}.tar', '') for i in (0, 1)])
+    index = open_index(tmp_path)
+    assert len(index) == 2 and index.read('a.jpg') == b'second'
 
 
 def test_changed_or_vanished_tar_is_refused_with_a_clear_message(tmp_path):
-    shards, expected = make_shards(tmp_path, n_shards=3)
-    index_path = build_tar_index(str(tmp_path), shards).index_path
+    jobs, expected = make_shards(tmp_path, n_shards=3)
+    index_tars(tmp_path, jobs)
     paths = {s: next(p for p in expected if p.startswith(f'images/{s:03d}/')) for s in range(3)}
 
-    with open(shards[0].tar, 'ab') as f:
+    with open(jobs[0].path, 'ab') as f:
         f.write(b'\0' * 512)
-    st = os.stat(shards[1].tar)
-    os.utime(shards[1].tar, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
-    os.remove(shards[2].tar)
-    index = TarMemberIndex.open(index_path)
+    st = os.stat(jobs[1].path)
+    os.utime(jobs[1].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    os.remove(jobs[2].path)
+    index = open_index(tmp_path)
     with pytest.raises(StaleIndexError, match=r'00000\.tar changed.*size'):
         index.read(paths[0])
     with pytest.raises(StaleIndexError, match=r'00001\.tar changed.*mtime_ns'):
@@ -187,13 +197,19 @@ def test_changed_or_vanished_tar_is_refused_with_a_clear_message(tmp_path):
     with pytest.raises(StaleIndexError, match=r'00002\.tar .*is gone'):
         index.read(paths[2])
 
+    # re-running the preparation re-indexes the changed tars (the vanished one is not listed)
+    index_tars(tmp_path, jobs[:2])
+    index = open_index(tmp_path)
+    assert index.read(paths[0]) == expected[paths[0]] and index.read(paths[1]) == expected[paths[1]]
+
 
 def test_member_beyond_the_end_of_a_shrunk_tar_is_a_missing_file(tmp_path):
-    shards, expected = make_shards(tmp_path, n_shards=1)
-    index = TarMemberIndex.open(build_tar_index(str(tmp_path), shards).index_path)
+    jobs, expected = make_shards(tmp_path, n_shards=1)
+    index_tars(tmp_path, jobs)
+    index = open_index(tmp_path)
     first, *_, last = sorted(expected)
     assert index.read(first) == expected[first]  # opens and checks the tar
-    os.truncate(shards[0].tar, 1024)
+    os.truncate(jobs[0].path, 1024)
     with pytest.raises(SampleError, match='cut short') as err:
         index.read(last)
     assert err.value.reason == 'missing-file'
@@ -202,12 +218,13 @@ def test_member_beyond_the_end_of_a_shrunk_tar_is_a_missing_file(tmp_path):
 def test_unreadable_index_file_is_an_index_format_error(tmp_path):
     (tmp_path / INDEX_NAME).write_bytes(b'not arrow')
     with pytest.raises(IndexFormatError, match=INDEX_NAME):
-        TarMemberIndex.open(str(tmp_path / INDEX_NAME))
+        open_index(tmp_path)
 
 
 def test_pickles_without_its_open_handles(tmp_path):
-    shards, expected = make_shards(tmp_path, n_shards=2)
-    index = TarMemberIndex.open(build_tar_index(str(tmp_path), shards).index_path)
+    jobs, expected = make_shards(tmp_path, n_shards=2)
+    index_tars(tmp_path, jobs)
+    index = open_index(tmp_path)
     for path in expected:
         index.read(path)
     blob = pickle.dumps(index)
@@ -231,8 +248,9 @@ class _MemberDataset(Dataset):
 
 @pytest.mark.parametrize('context', ['fork', 'spawn'])
 def test_two_dataloader_workers_read_concurrently(tmp_path, context):
-    shards, expected = make_shards(tmp_path, n_shards=4, per_shard=8)
-    index = TarMemberIndex.open(build_tar_index(str(tmp_path), shards).index_path)
+    jobs, expected = make_shards(tmp_path, n_shards=4, per_shard=8)
+    index_tars(tmp_path, jobs)
+    index = open_index(tmp_path)
     paths = sorted(expected) * 3
     index.read(paths[0])  # the parent holds a descriptor that forked workers must not use
     loader = DataLoader(_MemberDataset(index, paths), batch_size=None, num_workers=2,

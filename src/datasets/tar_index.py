@@ -2,37 +2,37 @@
 
 A member index maps each regular-file member of the shards to the path it would have after the
 dataset's extraction (relative to the dataset root), with its shard, data offset and size. It is
-built from one pass over each tar's headers (no member data is read), one index file per shard so
-that an interrupted or repeated build redoes only the shards that are new or changed, and then
-combined into one Arrow file at the root (``tar_index.arrow``) that DataLoader workers memory-map
-and share, like the sample index.
+built from one pass over each tar's headers (no member data is read) by :data:`INDEX_MEMBERS`, the
+preparation runner's step for ``--no-extract`` (the runner gives it parallelism, resume markers and
+``--start/--end`` slices, as it gives them to extraction): one index file per tar, then, once every
+tar is done, one combined Arrow file at the root (``tar_index.arrow``) that DataLoader workers
+memory-map and share, like the sample index.
 
 Lookup goes through a 64-bit hash of the path: the combined table is sorted by it, so finding a
 member is a ``numpy.searchsorted`` over a memory-mapped column instead of a per-worker dict of
 millions of strings. Reading a member is one ``os.pread`` on a descriptor that each process opens
 for itself.
 
-Members that would be unsafe to extract (links, devices, absolute names, names with ``..``) are
-refused and reported, as safe extraction refuses them; so is the rest of a truncated tar.
+Members that safe extraction refuses (links, devices, absolute names, names with ``..``) are
+refused here too, by the same rule; a damaged tar gives its complete members and is reported.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import posixpath
 import tarfile
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
-from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError, SampleError
+from src.prepare.atomic import atomic_write
+from src.prepare.extract import TarJob, TarResult, end_of_archive_missing, member_path, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -46,59 +46,10 @@ _SHARD_SCHEMA = pa.schema([('path', pa.string()), ('key', pa.uint64()), ('offset
                            ('size', pa.int64())])
 _INDEX_SCHEMA = pa.schema([('key', pa.uint64()), ('path', pa.large_string()), ('shard', pa.int32()),
                            ('offset', pa.int64()), ('size', pa.int64())])
-_NOT_REGULAR = {tarfile.SYMTYPE: 'a symbolic link', tarfile.LNKTYPE: 'a hard link',
-                tarfile.CHRTYPE: 'a character device', tarfile.BLKTYPE: 'a block device',
-                tarfile.FIFOTYPE: 'a fifo', tarfile.GNUTYPE_SPARSE: 'a sparse file'}
 
 
-class StaleIndexError(RuntimeError):
+class StaleIndexError(IndexFormatError):
     """A tar changed (or vanished) after it was indexed: its offsets can no longer be trusted."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    """A tar, and the folder (relative to the dataset root) its members would be extracted into."""
-    tar: str
-    prefix: str = ''
-
-
-@dataclass
-class ShardReport:
-    """What indexing one tar found. ``refused`` holds (member, why); ``truncated`` says where the
-    readable part of a damaged tar ends, or is None for an intact one."""
-    tar: str
-    members: int = 0
-    up_to_date: bool = False
-    refused: list[tuple[str, str]] = field(default_factory=list)
-    truncated: str | None = None
-
-
-@dataclass
-class BuildReport:
-    index_path: str
-    shards: list[ShardReport]
-    members: int = 0
-    duplicates: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """A few lines a person can act on: what was indexed, skipped, refused and lost."""
-        up_to_date = sum(s.up_to_date for s in self.shards)
-        refused = [(s.tar, m, why) for s in self.shards for m, why in s.refused]
-        truncated = [s for s in self.shards if s.truncated]
-        lines = [f'tar index {self.index_path}: {self.members} members from {len(self.shards)} '
-                 f'tars ({len(self.shards) - up_to_date} indexed now, {up_to_date} up to date)']
-        if refused:
-            lines.append(f'  {len(refused)} members refused (not extracted, not indexed):')
-            lines += [f'    {tar}: {member!r}: {why}' for tar, member, why in refused[:10]]
-        if truncated:
-            lines.append(f'  {len(truncated)} tars are damaged; only their complete members are '
-                         'indexed:')
-            lines += [f'    {s.tar}: {s.truncated}' for s in truncated[:10]]
-        if self.duplicates:
-            lines.append(f'  {len(self.duplicates)} paths occur in more than one member; the last '
-                         f'(in tar order) is used, as extraction would leave it: '
-                         f'{", ".join(self.duplicates[:5])}')
-        return '\n'.join(lines)
 
 
 def path_key(relpath: str) -> int:
@@ -106,78 +57,57 @@ def path_key(relpath: str) -> int:
     return int.from_bytes(hashlib.blake2b(relpath.encode('utf-8'), digest_size=8).digest(), 'little')
 
 
-def member_problem(info: tarfile.TarInfo) -> str | None:
-    """Why ``info`` must not be extracted (and so is not indexed), or None if it is safe."""
-    if info.type in _NOT_REGULAR or not info.isreg():
-        return f'is {_NOT_REGULAR.get(info.type, f"of tar type {info.type!r}")}, not a regular file'
-    if info.name.startswith('/'):
-        return 'has an absolute path'
-    if '..' in info.name.split('/'):
-        return 'has ".." in its path (it would land outside the extraction folder)'
-    if posixpath.normpath(info.name) in ('', '.'):
-        return 'has an empty name'
-    try:
-        info.name.encode('utf-8')
-    except UnicodeEncodeError:
-        return 'has a name that is not valid UTF-8'
-    return None
-
-
-def scan_tar(tar_path: str) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]], str | None]:
-    """One pass over a tar's headers: (name, data offset, size) of each safe regular file,
-    the refused members as (name, why), and where a damaged tar stops being readable (or None)."""
-    members, refused = [], []
+def scan_tar(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]], str]:
+    """One pass over a tar's headers: (clean name, data offset, size) of each member extraction
+    would write, the refused members as [name, reason], and where a damaged tar stops being
+    readable ('' for an intact one). Raises ``tarfile.ReadError`` when not even the first header
+    can be read."""
+    members, refused, damage = [], [], ''
     file_size = os.path.getsize(tar_path)
-    try:
-        tar = tarfile.open(tar_path, 'r:')
-    except tarfile.ReadError as e:
-        return [], [], f'no readable tar header at the start ({e})'
-    damage = None
-    with tar:
+    with open(tar_path, 'rb') as f, tarfile.open(fileobj=f, mode='r:') as tar:
         while True:
             try:
-                info = tar.next()
+                member = tar.next()
             except tarfile.ReadError as e:  # raised when the previous member's data is cut short
                 damage = str(e)
                 break
-            if info is None:
+            if member is None:
+                if end_of_archive_missing(f, tar.offset):
+                    last = repr(members[-1][0]) if members else 'the start'
+                    damage = f'the tar ends early or is damaged after {last}'
                 break
-            if info.isdir():
+            if member.isdir():
                 continue
-            problem = member_problem(info)
-            if problem:
-                refused.append((info.name, problem))
+            reason = refusal(member) or _name_refusal(member.name)
+            if reason:
+                refused.append([member.name, reason])
             else:
-                members.append((posixpath.normpath(info.name), info.offset_data, info.size))
-        end = tar.offset
+                members.append((member_path(member.name), member.offset_data, member.size))
     # A member whose data runs past the end of the file is the one cut short.
     while members and members[-1][1] + members[-1][2] > file_size:
         name, offset, size = members.pop()
-        damage = (f'member {name!r} needs {size} bytes at byte {offset} but the file ends at '
-                  f'byte {file_size}')
-    if damage is None:
-        # tarfile stops quietly at a cut or garbled header; an intact tar has a zero block there.
-        with open(tar_path, 'rb') as f:
-            f.seek(end)
-            block = f.read(tarfile.BLOCKSIZE)
-        if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
-            last = f'after member {members[-1][0]!r}' if members else 'before any member'
-            damage = (f'no valid header or end-of-archive marker at byte {end} ({last}); '
-                      'the file is cut short or damaged there')
+        damage = f'member {name!r} is cut short ({size} bytes from byte {offset}, the file ends at {file_size})'
     return members, refused, damage
 
 
-def _shard_index_path(root: str, tar_rel: str) -> str:
-    return os.path.join(root, 'tar_index.shards', tar_rel + '.arrow')
+def _name_refusal(name: str) -> str | None:
+    """Names the index cannot hold: tarfile decodes undecodable bytes to lone surrogates."""
+    try:
+        name.encode('utf-8')
+    except UnicodeEncodeError:
+        return 'bad-name'
+    return None
 
 
-def _atomic_write_arrow(table: pa.Table, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with ipc.new_file(tmp, table.schema) as writer:
+def shard_index_path(root: str, tar_name: str) -> str:
+    """Where the member index of the tar ``<root>/<tar_name>`` is kept."""
+    return os.path.join(root, '.prepare', IndexMembers.name, tar_name + '.members.arrow')
+
+
+def _write_arrow(table: pa.Table, path: str) -> None:
+    with atomic_write(path, 'wb') as f, ipc.new_file(f, table.schema) as writer:
         # One record batch, so that readers get zero-copy numpy views of whole columns.
         writer.write_table(table, max_chunksize=max(table.num_rows, 1))
-    os.replace(tmp, path)
 
 
 def _read_arrow(path: str) -> pa.Table:
@@ -187,8 +117,8 @@ def _read_arrow(path: str) -> pa.Table:
         raise IndexFormatError(f'{path}: not a readable tar member index ({e})') from e
 
 
-def _shard_metadata(path: str) -> dict[str, str] | None:
-    """The stored metadata of a shard index, or None if it is missing or unreadable (redo it)."""
+def _metadata(path: str) -> dict[str, str] | None:
+    """The metadata stored in an index file, or None if it is missing or unreadable."""
     try:
         schema = ipc.open_file(pa.memory_map(path)).schema
     except (OSError, pa.ArrowInvalid):
@@ -196,91 +126,108 @@ def _shard_metadata(path: str) -> dict[str, str] | None:
     return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
 
 
-def _tar_signature(tar_path: str) -> dict[str, str]:
+def _tar_signature(tar_path: str) -> dict[str, int]:
     st = os.stat(tar_path)
-    return {'tar_size': str(st.st_size), 'tar_mtime_ns': str(st.st_mtime_ns)}
+    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
 
 
-def _report_from_metadata(tar_rel: str, meta: dict[str, str], up_to_date: bool) -> ShardReport:
-    return ShardReport(tar=tar_rel, members=int(meta['members']), up_to_date=up_to_date,
-                       refused=[tuple(r) for r in json.loads(meta['refused'])],
-                       truncated=meta['truncated'] or None)
+class IndexMembers:
+    """The preparation runner's step for ``--no-extract``: index each tar's members, in place.
+
+    ``process`` writes one tar's member index; ``listing`` (called once every tar is done) combines
+    them into ``<root>/tar_index.arrow`` and returns the member paths; ``read`` serves a member's
+    bytes to the index builders (caption json and .txt files).
+    """
+
+    name = 'tar-index'
+
+    def __init__(self):
+        self._open_indexes: dict[str, TarMemberIndex] = {}
+
+    def __getstate__(self) -> dict:
+        return {}  # the runner sends the step to worker processes: no open index travels
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def process(self, job: TarJob) -> TarResult:
+        try:
+            signature = _tar_signature(job.path)
+            members, refused, damage = scan_tar(job.path)
+        except (tarfile.TarError, OSError) as e:
+            return TarResult(name=job.name, status='failed', error=f'cannot index {job.path}: {e}')
+        paths = [posixpath.join(job.dest, name) for name, _, _ in members]
+        meta = {'tar_size': str(signature['size']), 'tar_mtime_ns': str(signature['mtime_ns']),
+                'version': FORMAT_VERSION}
+        _write_arrow(pa.table({'path': pa.array(paths, pa.string()),
+                               'key': pa.array([path_key(p) for p in paths], pa.uint64()),
+                               'offset': pa.array([m[1] for m in members], pa.int64()),
+                               'size': pa.array([m[2] for m in members], pa.int64())},
+                              schema=_SHARD_SCHEMA.with_metadata(meta)),
+                     shard_index_path(job.root, job.name))
+        return TarResult(name=job.name, status='partial' if damage else 'done', members=len(members),
+                         bytes=sum(m[2] for m in members), refused=refused, error=damage)
+
+    def listing(self, root: str, jobs: list[TarJob], folders: list[str] = ()) -> set[str]:
+        """The members of ``jobs`` (all of them land in ``folders``): loose files beside the tars
+        are not listed, since the dataset, reading through the member index, would not find them."""
+        index = TarMemberIndex.open(combine(root, jobs))
+        earlier = self._open_indexes.pop(os.path.abspath(root), None)
+        if earlier is not None:
+            earlier.close()
+        self._open_indexes[os.path.abspath(root)] = index
+        return set(index.paths())
+
+    def read(self, root: str, path: str) -> bytes:
+        root = os.path.abspath(root)
+        if root not in self._open_indexes:
+            self._open_indexes[root] = TarMemberIndex.open(os.path.join(root, INDEX_NAME))
+        return self._open_indexes[root].read(path)
 
 
-def index_shard(root: str, shard: Shard) -> ShardReport:
-    """Index one tar into its own file under ``<root>/tar_index.shards/``, unless that file is
-    already there for the tar's current size, mtime and prefix."""
-    tar_rel = os.path.relpath(shard.tar, root)
-    out = _shard_index_path(root, tar_rel)
-    signature = {**_tar_signature(shard.tar), 'prefix': shard.prefix, 'version': FORMAT_VERSION}
-    meta = _shard_metadata(out)
-    if meta is not None and all(meta.get(k) == v for k, v in signature.items()):
-        return _report_from_metadata(tar_rel, meta, up_to_date=True)
-    members, refused, truncated = scan_tar(shard.tar)
-    paths = [posixpath.join(shard.prefix, name) for name, _, _ in members]
-    meta = {**signature, 'members': str(len(members)), 'refused': json.dumps(refused),
-            'truncated': truncated or ''}
-    table = pa.table({'path': pa.array(paths, pa.string()),
-                      'key': pa.array([path_key(p) for p in paths], pa.uint64()),
-                      'offset': pa.array([m[1] for m in members], pa.int64()),
-                      'size': pa.array([m[2] for m in members], pa.int64())},
-                     schema=_SHARD_SCHEMA.with_metadata(meta))
-    _atomic_write_arrow(table, out)
-    return _report_from_metadata(tar_rel, meta, up_to_date=False)
+INDEX_MEMBERS = IndexMembers()
 
 
-def _index_shard_job(args: tuple[str, Shard]) -> ShardReport:
-    return index_shard(*args)
+def combine(root: str, jobs: list[TarJob], index_name: str = INDEX_NAME) -> str:
+    """Write ``<root>/<index_name>`` from the tars' own member indexes, unless it is already there
+    for exactly these tars as they are now; return its path.
 
-
-def index_shards(root: str, shards: list[Shard], *, num_processes: int = 1) -> list[ShardReport]:
-    """Index each shard (skipping those already indexed and unchanged), in parallel; reports come
-    back in the order of ``shards``. Damaged tars and refused members are logged here."""
-    root = os.path.abspath(root)
-    for shard in shards:
-        if os.path.commonpath([root, os.path.abspath(shard.tar)]) != root:
-            raise ValueError(f'{shard.tar} is not under the dataset root {root}')
-    jobs = [(root, Shard(os.path.abspath(s.tar), s.prefix)) for s in shards]
-    if num_processes > 1 and len(jobs) > 1:
-        with multiprocessing.get_context('spawn').Pool(min(num_processes, len(jobs))) as pool:
-            reports = list(tqdm(pool.imap(_index_shard_job, jobs), total=len(jobs),
-                                desc='indexing tars', unit='tar'))
-    else:
-        reports = [_index_shard_job(job) for job in tqdm(jobs, desc='indexing tars', unit='tar')]
-    for report in reports:
-        for member, why in report.refused:
-            logger.warning('%s: member %r refused: it %s', report.tar, member, why)
-        if report.truncated:
-            logger.warning('%s is damaged: %s; indexed its %d complete members',
-                           report.tar, report.truncated, report.members)
-    return reports
-
-
-def combine_shard_indexes(root: str, shards: list[Shard], *, index_name: str = INDEX_NAME
-                          ) -> tuple[str, int, list[str]]:
-    """Write ``<root>/<index_name>`` from the shards' own index files (which must be up to date).
-    Returns (index path, member count, paths found in more than one member)."""
-    root = os.path.abspath(root)
-    tables, shard_table = [], []
-    for shard_id, shard in enumerate(shards):
-        tar_rel = os.path.relpath(os.path.abspath(shard.tar), root)
-        table = _read_arrow(_shard_index_path(root, tar_rel))
-        meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
-        if {k: meta[k] for k in ('tar_size', 'tar_mtime_ns')} != _tar_signature(shard.tar):
-            raise StaleIndexError(f'{shard.tar} changed after it was indexed; index it again')
-        shard_table.append({'tar': tar_rel, 'size': int(meta['tar_size']),
+    A path that several members share is read from the last one (in tar order), as extraction
+    would leave it. A tar without a member index (it could not be read) contributes nothing.
+    """
+    out = os.path.join(root, index_name)
+    indexed, shard_table = [], []
+    for job in jobs:
+        meta = _metadata(shard_index_path(root, job.name))
+        if meta is None:
+            logger.warning('%s has no member index (it could not be read); its members are left out', job.path)
+            continue
+        if meta.get('version') != FORMAT_VERSION or (int(meta['tar_size']), int(meta['tar_mtime_ns'])) != tuple(
+                _tar_signature(job.path).values()):
+            raise StaleIndexError(f'{job.path} changed after it was indexed; run the preparation again')
+        indexed.append(job)
+        shard_table.append({'tar': job.name, 'size': int(meta['tar_size']),
                             'mtime_ns': int(meta['tar_mtime_ns'])})
+    existing = _metadata(out)
+    if existing is not None and existing.get('shards') == json.dumps(shard_table):
+        return out
+
+    tables = []
+    for shard_id, job in enumerate(indexed):
+        table = _read_arrow(shard_index_path(root, job.name))
         tables.append(pa.table({'key': table['key'], 'path': table['path'].cast(pa.large_string()),
                                 'shard': pa.array(np.full(table.num_rows, shard_id, np.int32)),
                                 'offset': table['offset'], 'size': table['size']}))
     combined = pa.concat_tables(tables) if tables else _INDEX_SCHEMA.empty_table()
     combined = combined.sort_by([('key', 'ascending'), ('shard', 'ascending'),
                                  ('offset', 'ascending')]).combine_chunks()
-    combined, duplicates = _drop_shadowed(combined)
-    out = os.path.join(root, index_name)
+    combined, shadowed = _drop_shadowed(combined)
+    if shadowed:
+        logger.warning('%d paths are in more than one tar member; the last (in tar order) is used, '
+                       'as extraction would leave it: e.g. %s', len(shadowed), ', '.join(shadowed[:5]))
     meta = {'version': FORMAT_VERSION, 'shards': json.dumps(shard_table)}
-    _atomic_write_arrow(combined.replace_schema_metadata(meta), out)
-    return out, combined.num_rows, duplicates
+    _write_arrow(combined.replace_schema_metadata(meta), out)
+    return out
 
 
 def _drop_shadowed(table: pa.Table) -> tuple[pa.Table, list[str]]:
@@ -288,25 +235,13 @@ def _drop_shadowed(table: pa.Table) -> tuple[pa.Table, list[str]]:
     ``table`` is sorted by (key, shard, offset), so equal paths are neighbours with equal keys."""
     keys = table['key'].to_numpy()
     same_key = np.flatnonzero(keys[1:] == keys[:-1])
-    if not len(same_key):
-        return table, []
     paths = table['path']
-    shadowed = [i for i in same_key if paths[int(i)] == paths[int(i) + 1]]
+    shadowed = [int(i) for i in same_key if paths[int(i)] == paths[int(i) + 1]]
     if not shadowed:
         return table, []
     keep = np.ones(table.num_rows, bool)
     keep[shadowed] = False
-    duplicates = sorted({paths[int(i)].as_py() for i in shadowed})
-    return table.filter(pa.array(keep)), duplicates
-
-
-def build_tar_index(root: str, shards: list[Shard], *, num_processes: int = 1,
-                    index_name: str = INDEX_NAME) -> BuildReport:
-    """Index every shard (resumable, parallel) and combine them into ``<root>/<index_name>``."""
-    reports = index_shards(root, shards, num_processes=num_processes)
-    index_path, members, duplicates = combine_shard_indexes(root, shards, index_name=index_name)
-    return BuildReport(index_path=index_path, shards=reports, members=members,
-                       duplicates=duplicates)
+    return table.filter(pa.array(keep)), sorted({paths[i].as_py() for i in shadowed})
 
 
 class TarMemberIndex:
