@@ -135,12 +135,13 @@ class CaptionDataset(Dataset):
     # ---- index ----------------------------------------------------------------------------------
     def _check_folders(self):
         """A wrong path in a config fails here, naming it, rather than as thousands of skipped samples."""
-        folders = dict(data_path=self.data_path, cap_folder=self.cap_folder,
-                       image_latents_folder=self.image_latents_folder,
+        folders = dict(data_path=self.data_path, image_latents_folder=self.image_latents_folder,
                        image_tokens_folder=self.image_tokens_folder)
         reads_image_files = self.image_latents_folder is None and self.image_tokens_folder is None
-        if reads_image_files and self.tar_index is None:
-            folders['image_folder'] = self.image_folder
+        if self.tar_index is None:  # else images and annotations are read from the tar shards
+            folders['cap_folder'] = self.cap_folder
+            if reads_image_files:
+                folders['image_folder'] = self.image_folder
         for name, path in folders.items():
             if path is not None and not os.path.exists(path):
                 raise FileNotFoundError(f'{type(self).__name__}: {name} {path!r} does not exist')
@@ -197,8 +198,11 @@ class CaptionDataset(Dataset):
             raise SampleError('missing-file', f'{path}: cannot be read: {err.strerror}') from None
 
     def read_image(self, image_file: str) -> bytes:
-        """The encoded image at ``image_folder/image_file``: from the tar shards when configured."""
-        path = os.path.join(self.image_folder or '', image_file)
+        """The encoded image at ``image_folder/image_file``."""
+        return self.read_dataset_file(os.path.join(self.image_folder or '', image_file))
+
+    def read_dataset_file(self, path: str) -> bytes:
+        """An image or annotation file: from the tar shards when ``tar_index`` is set, else from disk."""
         if self.tar_index is not None:
             return self.tar_index.read(self.tar_index.relpath(path))
         return self.read_file(path)
@@ -209,7 +213,7 @@ class CaptionDataset(Dataset):
 
     def read_annotation(self, annotation: str) -> str:
         path = os.path.join(self.cap_folder or '', annotation)
-        return self.parse_annotation(path, self.read_file(path))
+        return self.parse_annotation(path, self.read_dataset_file(path))
 
     def load_tensor(self, folder: str, image_file: str) -> torch.Tensor:
         """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens."""
