@@ -156,3 +156,10 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_dies(tmp_path):
     assert target.read_bytes() == before
     assert os.listdir(tmp_path) == ['data.json']
     assert write_json_array(target, [[{'a': 1}], [{'b': 'ü'}]]) == (2, False)  # same bytes: untouched
+
+
+def test_a_name_repeated_in_a_tar_is_extracted_once_last_copy_wins(tmp_path):
+    write_tar(str(tmp_path / 'a.tar'), lambda tar: [add_file(tar, 'x.jpg', b'first'), add_file(tar, './x.jpg', b'second')])
+    result = EXTRACT.process(TarJob(str(tmp_path), 'a.tar', 'out'))
+    assert result.status == 'done' and result.members == 1
+    assert (tmp_path / 'out/x.jpg').read_bytes() == b'second'

@@ -60,18 +60,33 @@ def write_json_array(path: str | os.PathLike, chunks: Iterable[list], *,
     """Stream a JSON array made of ``chunks`` (lists of JSON-able items) to ``path`` atomically.
 
     Each chunk is encoded by one ``json.dumps`` call (the C encoder; an indent would switch to the
-    pure-Python one) and becomes one line, so 23M records take seconds, not minutes, and the file
-    is still a plain array that ``json.load`` reads. Returns (items written, whether it changed).
+    pure-Python one). Returns (items written, whether the file changed).
     """
-    outcome = WriteOutcome()
     count = 0
+
+    def encoded():
+        nonlocal count
+        for chunk in chunks:
+            if chunk:
+                count += len(chunk)
+                yield json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))[1:-1]
+
+    changed = write_encoded_json_array(path, encoded(), only_if_changed=only_if_changed)
+    return count, changed
+
+
+def write_encoded_json_array(path: str | os.PathLike, pieces: Iterable[str], *,
+                             only_if_changed: bool = True) -> bool:
+    """Write a JSON array whose items come already encoded: each piece is one or more JSON values
+    joined by commas, and becomes one line. The file is UTF-8 (non-ASCII text is not escaped) and
+    a plain array that ``json.load`` reads. Returns whether the file changed."""
+    outcome = WriteOutcome()
     with atomic_write(path, only_if_changed=only_if_changed, outcome=outcome) as f:
         f.write('[')
-        for chunk in chunks:
-            if not chunk:
-                continue
-            f.write(',\n' if count else '\n')
-            f.write(json.dumps(chunk, separators=(',', ':'))[1:-1])
-            count += len(chunk)
+        separator = '\n'
+        for piece in pieces:
+            f.write(separator)
+            f.write(piece)
+            separator = ',\n'
         f.write('\n]\n')
-    return count, outcome.changed
+    return outcome.changed

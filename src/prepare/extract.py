@@ -56,7 +56,7 @@ def refusal(member: tarfile.TarInfo) -> str | None:
         return 'special-file'
     if not member.isreg():
         return 'unsupported-type'
-    if member.name.startswith('/') or posixpath.splitdrive(member.name)[0]:
+    if member.name.startswith('/'):
         return 'absolute-path'
     if '..' in member.name.split('/'):
         return 'parent-path'
@@ -97,12 +97,14 @@ class Extract:
         staging = staging_folder(job, self.name)
         shutil.rmtree(staging, ignore_errors=True)  # what an interrupted earlier attempt left
         result = TarResult(name=job.name, status='done')
-        written = []
+        written = {}  # relative path -> None: insertion-ordered, a name repeated in the tar counts once
         try:
             with open(job.path, 'rb') as f, tarfile.open(fileobj=f, mode='r:') as tar:
+                last = 'the start'
                 for member in tar:
                     if member.isdir():
                         continue  # folders are made as their files need them
+                    last = member.name
                     reason = refusal(member)
                     if reason:
                         result.refused.append([member.name, reason])
@@ -117,13 +119,13 @@ class Extract:
                         result.status = 'partial'
                         result.error = f'truncated: member {member.name} is cut short ({e})'
                         os.remove(target)
+                        written.pop(path, None)
                         break
-                    written.append(path)
+                    written[path] = None
                     result.bytes += member.size
                 else:
                     if end_of_archive_missing(f, tar.offset):
                         result.status = 'partial'
-                        last = written[-1] if written else 'the start'
                         result.error = f'truncated: the tar ends early or is damaged after {last}'
             move_into_place(staging, os.path.join(job.root, job.dest), written)
         except (tarfile.TarError, OSError) as e:
@@ -151,7 +153,7 @@ class Extract:
 EXTRACT = Extract()
 
 
-def move_into_place(staging: str, dest: str, paths: list[str]) -> None:
+def move_into_place(staging: str, dest: str, paths) -> None:
     made = set()
     for path in paths:
         target = os.path.join(dest, path)

@@ -2,12 +2,13 @@
 
 The guide walks 23M rows with ``iterrows``, stats every image and dumps with ``indent=2`` (the
 pure-Python encoder). Here every check is one Arrow/numpy operation over a whole column, existence
-is a hash lookup against one listing of the files, and the JSON goes out in chunks through the C
-encoder.
+is a hash lookup against one listing of the files, and the JSON text is joined by Arrow string
+kernels, a chunk at a time.
 """
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -16,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from src.datasets.errors import IndexFormatError
-from src.prepare.atomic import write_json_array
+from src.prepare.atomic import write_encoded_json_array
 from src.prepare.report import EXAMPLES_PER_REASON, Drops, Report
 from src.prepare.runner import Files
 
@@ -73,7 +74,8 @@ def build_index(files: Files, report: Report) -> None:
     keep &= unique
 
     kept = table.filter(pa.array(keep)).set_column(0, 'image', images.filter(pa.array(keep)))
-    index.entries, index.changed = write_json_array(index.path, records(kept))
+    index.entries = len(kept)
+    index.changed = write_encoded_json_array(index.path, encoded_records(kept))
 
 
 def is_missing(values: pa.ChunkedArray) -> np.ndarray:
@@ -87,11 +89,27 @@ def record_drops(drops: Drops, reason: str, names: pa.ChunkedArray, rows: np.nda
         drops.add_many(reason, [str(name) for name in examples], count)
 
 
-def records(table: pa.Table):
-    """The data.json records of ``table``, a chunk at a time."""
+def json_strings(values: pa.Array) -> pa.Array:
+    """Each string as a JSON string literal, escaped by Arrow kernels over the whole column; the
+    rare value holding a control character is encoded by ``json.dumps`` instead."""
+    escaped = pc.replace_substring(pc.replace_substring(values, '\\', '\\\\'), '"', '\\"')
+    control = pc.fill_null(pc.match_substring_regex(values, r'[\x00-\x1f]'), False)
+    if pc.any(control).as_py():
+        fixed = [json.dumps(value, ensure_ascii=False)[1:-1] for value in values.filter(control).to_pylist()]
+        escaped = pc.replace_with_mask(escaped, control, pa.array(fixed, pa.string()))
+    return pc.binary_join_element_wise('"', escaped, '"', '')
+
+
+def encoded_records(table: pa.Table):
+    """The data.json records of ``table``, already JSON-encoded, a chunk per line.
+
+    Building {"image", "caption", "width", "height"} dicts and encoding them costs ~5 us a row in
+    Python; joining the escaped columns with Arrow string kernels costs a small fraction of that.
+    """
     for batch in table.to_batches(max_chunksize=CHUNK):
-        widths = pc.cast(batch['width'], pa.int64(), safe=False).to_pylist()
-        heights = pc.cast(batch['height'], pa.int64(), safe=False).to_pylist()
-        yield [{'image': image, 'caption': caption, 'width': width, 'height': height}
-               for image, caption, width, height
-               in zip(batch['image'].to_pylist(), batch['prompt'].to_pylist(), widths, heights)]
+        sizes = [pc.cast(pc.cast(batch[name], pa.int64(), safe=False), pa.string()) for name in ('width', 'height')]
+        objects = pc.binary_join_element_wise(
+            '{"image":', json_strings(batch['image']), ',"caption":', json_strings(batch['prompt']),
+            ',"width":', sizes[0], ',"height":', sizes[1], '}', '')
+        lines = pa.ListArray.from_arrays(pa.array([0, len(objects)], pa.int32()), objects)
+        yield pc.binary_join(lines, ',').to_pylist()[0]

@@ -108,16 +108,15 @@ class Report:
         }
 
     def summary(self) -> str:
-        done_now = [r for name, r in self.tars.items() if name not in self.skipped_done]
-        extracted = sum(r['members'] for r in done_now)
+        now = [r for name, r in self.tars.items() if name not in self.skipped_done]
+        statuses = Counter(r['status'] for r in now)
         start, end = self.tar_slice
         lines = [
             f'{self.dataset} at {self.root}',
             f'tars: {self.tars_total} in total, {end - start} in this run (sorted tar list [{start}:{end}]): '
-            f'{len(self.by_status("done")) - len(self.skipped_done)} processed now, '
-            f'{len(self.skipped_done)} skipped (done by an earlier run), '
-            f'{len(self.by_status("partial"))} partial, {len(self.by_status("failed"))} failed',
-            f'members: {extracted} extracted by this run',
+            f'{len(now)} processed now ({statuses["done"]} done, {statuses["partial"]} partial, '
+            f'{statuses["failed"]} failed), {len(self.skipped_done)} skipped (done by an earlier run)',
+            f'members: {sum(r["members"] for r in now)} extracted by this run',
         ]
         refused = self.refused()
         if refused.total():
