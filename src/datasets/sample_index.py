@@ -75,17 +75,21 @@ def _member_files(path: Path) -> list[Path]:
 def iter_json_array(path, *, chunk_chars: int | None = None) -> Iterator[dict]:
     """Yields the objects of the JSON array in ``path``, holding only about one chunk of text.
 
-    Each record is decoded with ``json.JSONDecoder.raw_decode`` from a sliding text buffer; a record
-    cut by the end of the buffer is retried once more text has been read.
+    The records up to the last ``}`` of the text read so far are decoded in one call, as the array
+    ``[<that text>]``: that succeeds only if the text ends between two records (cut inside a
+    string or a record, the brackets do not match), and then means exactly what it would in the
+    file. Otherwise, and for precise error positions, records are decoded one at a time with
+    ``json.JSONDecoder.raw_decode``; a record cut by the end of the text is retried with more.
     """
     chunk_chars = chunk_chars or _JSON_CHUNK_CHARS
     decoder = json.JSONDecoder()
     with open(path, encoding='utf-8-sig') as file:
         buf, pos, eof = '', 0, False
+        may_decode_run = True  # tried at most once per text read, so a failure costs little
         consumed_chars = consumed_lines = 0  # text already dropped from the front of ``buf``
 
         def read_more() -> None:
-            nonlocal buf, pos, eof, consumed_chars, consumed_lines
+            nonlocal buf, pos, eof, consumed_chars, consumed_lines, may_decode_run
             consumed_lines += buf.count('\n', 0, pos)
             consumed_chars += pos
             try:
@@ -94,10 +98,39 @@ def iter_json_array(path, *, chunk_chars: int | None = None) -> Iterator[dict]:
                 raise _format_error(path, f'not UTF-8 text after character {consumed_chars}: '
                                           f'{exc}') from None
             buf, pos, eof = buf[pos:] + text, 0, not text
+            may_decode_run = True
 
         def fail(at: int, message: str) -> IndexFormatError:
             line = consumed_lines + buf.count('\n', 0, at) + 1
             return _format_error(path, f'line {line}, character {consumed_chars + at}: {message}')
+
+        def decode_run() -> tuple[list, int] | None:
+            """The records from ``pos`` to the last '}' read, and where they end; or None."""
+            end = buf.rfind('}', pos) + 1
+            if end == 0:
+                return None
+            try:
+                run = decoder.decode(f'[{buf[pos:end]}]')
+            except json.JSONDecodeError:
+                return None
+            return (run, end) if all(isinstance(record, dict) for record in run) else None
+
+        def decode_one() -> tuple[list, int]:
+            """The record at ``pos`` alone (reading on while it may be cut), and where it ends."""
+            while True:
+                try:
+                    record, end = decoder.raw_decode(buf, pos)
+                    break
+                except json.JSONDecodeError as exc:
+                    maybe_cut = (exc.pos >= len(buf) - _MAX_CUT_TOKEN
+                                 or exc.msg.startswith('Unterminated string'))
+                    if eof or not maybe_cut:
+                        raise fail(exc.pos, f'malformed JSON in record {count}: '
+                                            f'{exc.msg}') from None
+                    read_more()
+            if not isinstance(record, dict):
+                raise fail(pos, f'record {count} is a {type(record).__name__}, not a JSON object')
+            return [record], end
 
         def next_char() -> str:
             """The next non-blank character ('' at the end of the file), left at ``buf[pos]``."""
@@ -119,22 +152,13 @@ def iter_json_array(path, *, chunk_chars: int | None = None) -> Iterator[dict]:
         else:
             while True:
                 next_char()
-                while True:
-                    try:
-                        record, end = decoder.raw_decode(buf, pos)
-                        break
-                    except json.JSONDecodeError as exc:
-                        maybe_cut = (exc.pos >= len(buf) - _MAX_CUT_TOKEN
-                                     or exc.msg.startswith('Unterminated string'))
-                        if eof or not maybe_cut:
-                            raise fail(exc.pos, f'malformed JSON in record {count}: '
-                                                f'{exc.msg}') from None
-                        read_more()
-                if not isinstance(record, dict):
-                    raise fail(pos, f'record {count} is a {type(record).__name__}, '
-                                    f'not a JSON object')
-                yield record
-                count += 1
+                run = decode_run() if may_decode_run else None
+                if run is None:
+                    may_decode_run = False
+                    run = decode_one()
+                records, end = run
+                yield from records
+                count += len(records)
                 pos = end
                 char = next_char()
                 if char == ']':
