@@ -108,11 +108,12 @@ def test_record_counts(tmp_path, count):
     assert index[count // 2] == records[count // 2]
 
 
-@pytest.mark.parametrize('chunk_chars', [1, 3, 7, 64])
+@pytest.mark.parametrize('chunk_chars', [1, 3, 7, 64, 200])
 @pytest.mark.parametrize('indent', [None, 2])
 def test_json_reader_across_chunk_boundaries(tmp_path, chunk_chars, indent):
     records = make_records(9) + [{'s': '\\"]}', 'f': -1.5e-3, 'b': False, 't': True, 'z': None,
-                                  'u': '\u00e9\\u00e9'}]
+                                  'u': '\u00e9\\u00e9'}] + \
+        [{'nested': {'x': {'y': '}], {'}}, 'list': [i, {'z': '}'}]} for i in range(9)]
     path = write_json(tmp_path / 'data.json', records, indent=indent)
     assert list(iter_json_array(path, chunk_chars=chunk_chars)) == json.loads(path.read_text())
 
@@ -233,6 +234,17 @@ def test_malformed_json_array(tmp_path, text, where):
     with pytest.raises(IndexFormatError, match=where) as error:
         SampleIndex.load(path)
     assert str(path) in str(error.value)
+
+
+def test_malformed_record_deep_in_a_large_array_names_its_line(tmp_path):
+    text = json.dumps(make_records(3000), indent=2, ensure_ascii=False)
+    broken_at = text.index('"images/002500.jpg"')
+    text = text[:broken_at] + '"images/002500.jpg" oops' + text[broken_at + 19:]
+    path = tmp_path / 'data.json'
+    path.write_text(text, encoding='utf-8')
+    line = text.count('\n', 0, broken_at) + 1
+    with pytest.raises(IndexFormatError, match=f'line {line},.*record 2500'):
+        SampleIndex.load(path)
 
 
 @pytest.mark.parametrize('text, where', [
