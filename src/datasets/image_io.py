@@ -173,15 +173,18 @@ def _stored_box(box: tuple[float, float, float, float], orientation: int,
 
 
 def _draft_reduction(crop_side: float, image_size: int) -> int:
-    """The largest JPEG DCT reduction (8, 4, 2, 1) that leaves the crop at least ``image_size`` wide."""
-    return next(factor for factor in (8, 4, 2, 1) if crop_side >= factor * image_size or factor == 1)
+    """The largest JPEG DCT reduction (8, 4 or 2; else 1) leaving the crop ``image_size`` or wider."""
+    for factor in (8, 4, 2):
+        if crop_side >= factor * image_size:
+            return factor
+    return 1
 
 
 def _resize(rgb: Image.Image, box: tuple[int, int, int, int], image_size: int) -> Image.Image:
     """The region ``box`` of ``rgb`` resized to ``image_size`` x ``image_size``, bicubic, antialiased.
 
     torch's uint8 antialiased bicubic is Pillow's BICUBIC filter (output within 1/255 of
-    ``Image.resize``, 2/255 when enlarging) in vectorised code, about 7x faster than Pillow's own
+    ``Image.resize``, 2/255 when enlarging) in vectorised (AVX2) code, about 7x faster than Pillow's own
     resampler, which otherwise takes as long as the reduced-scale JPEG decode.
     """
     pixels = torch.from_numpy(np.array(rgb.crop(box))).permute(2, 0, 1).unsqueeze(0)
