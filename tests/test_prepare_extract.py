@@ -140,7 +140,7 @@ def test_changed_tar_is_redone_and_unchanged_is_skipped(tmp_path):
     third = prepare('demo', str(tmp_path), [job], ['out'], build_index, num_processes=1)
 
     assert first.skipped_done == [] and second.skipped_done == ['a.tar'] and third.skipped_done == []
-    assert 'members: 0 extracted by this run' in second.summary()  # skipped work is not counted again
+    assert 'members (extract): 0 by this run' in second.summary()  # skipped work is not counted again
     assert seen[0] == seen[1] == ['out/0.jpg', 'out/1.jpg', 'out/2.jpg']
     assert 'out/new.jpg' in seen[2]
 

@@ -53,7 +53,7 @@ def run_tool(name, *args, cwd=REPO):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_prepare_gives_what_the_download_expects(tmp_path, name):
-    expected = MAKERS[name](tmp_path / name, n=8, hostile=True, truncated_tar=True)
+    expected = MAKERS[name](tmp_path / name, n=6, hostile=True, truncated_tar=True)
 
     report = prepare(name, expected.root, num_processes=2)
     code = report.finish()
@@ -86,7 +86,7 @@ def test_prepare_gives_what_the_download_expects(tmp_path, name):
     index_mtime = (expected.root / expected.data_path).stat().st_mtime_ns
     again = prepare(name, expected.root, num_processes=2)
     assert sorted(again.skipped_done) == sorted(report.tars) and not again.indexes[0].changed
-    assert 'members: 0 extracted by this run' in again.summary()
+    assert 'members (extract): 0 by this run' in again.summary()
     assert tree(expected.root) == before
     assert (expected.root / expected.data_path).stat().st_mtime_ns == index_mtime
 
@@ -109,6 +109,15 @@ def test_tool_default_root_is_relative_to_the_working_directory(tmp_path):
     assert sorted(indexed_images(expected)) == sorted(expected.indexed)
     missing = run_tool('laion6m', cwd=tmp_path)
     assert missing.returncode == 2 and 'data/laion6m is not a folder' in missing.stderr
+
+
+def test_tool_command_no_extract_indexes_the_tars(tmp_path):
+    expected = MAKERS['blip3o60k'](tmp_path / 'blip3o', n=4)
+    result = run_tool('blip3o60k', '--root', expected.root, '--num-processes', 2, '--no-extract')
+    assert result.returncode == 0, result.stderr
+    assert 'members (tar-index)' in result.stderr and (expected.root / 'tar_index.arrow').is_file()
+    assert sorted(indexed_images(expected)) == sorted(expected.indexed)
+    assert not any((expected.root / 'raw' / image).exists() for image in expected.samples)
 
 
 class Interrupted(Exception):
@@ -232,7 +241,7 @@ def test_index_built_by_pairing_names_when_not_downloaded(tmp_path, name):
 
 
 def test_dalle3_caption_field_and_txt_files(tmp_path):
-    expected = MAKERS['dalle3'](tmp_path / 'dalle3', n=6)
+    expected = MAKERS['dalle3'](tmp_path / 'dalle3', n=4)
 
     report = prepare('dalle3', expected.root, caption_field='long_caption', write_txt=True)
 

@@ -69,6 +69,7 @@ class Report:
 
     dataset: str
     root: str
+    step: str = 'extract'
     tars_total: int = 0
     tar_slice: tuple[int, int] = (0, 0)
     tars: dict = field(default_factory=dict)  # tar name -> TarResult.to_dict() of this run or a marker
@@ -99,7 +100,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {
-            'dataset': self.dataset, 'root': self.root, 'tars_total': self.tars_total,
+            'dataset': self.dataset, 'root': self.root, 'step': self.step, 'tars_total': self.tars_total,
             'slice': list(self.tar_slice), 'tars': self.tars, 'skipped_done': self.skipped_done,
             'members_refused': self.refused().to_dict(),
             'indexes': [index.to_dict() for index in self.indexes],
@@ -116,7 +117,7 @@ class Report:
             f'tars: {self.tars_total} in total, {end - start} in this run (sorted tar list [{start}:{end}]): '
             f'{len(now)} processed now ({statuses["done"]} done, {statuses["partial"]} partial, '
             f'{statuses["failed"]} failed), {len(self.skipped_done)} skipped (done by an earlier run)',
-            f'members: {sum(r["members"] for r in now)} extracted by this run',
+            f'members ({self.step}): {sum(r["members"] for r in now)} by this run',
         ]
         refused = self.refused()
         if refused.total():

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError
 from src.datasets.tar_index import INDEX_MEMBERS
+from src.datasets.tar_index import INDEX_MEMBERS
 from src.prepare.atomic import write_json
 from src.prepare.extract import EXTRACT, TarJob, TarResult
 from src.prepare.report import Report
@@ -100,7 +101,7 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
     on its slice), build the index from the files under ``folders`` (relative to ``root``).
     Returns the report; ``report.finish()`` prints and saves it."""
     start, end = select_slice(jobs, start, end)
-    report = Report(dataset=dataset, root=root, tars_total=len(jobs), tar_slice=(start, end))
+    report = Report(dataset=dataset, root=root, step=step.name, tars_total=len(jobs), tar_slice=(start, end))
     todo = []
     for job in jobs[start:end]:
         earlier = finished_result(job, step.name)
