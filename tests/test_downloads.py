@@ -150,3 +150,16 @@ def test_index_can_be_left_out(tmp_path):
     for name in ('laion6m', 'blip3o60k'):
         exp = MAKERS[name](tmp_path / name, n=3, with_index=False)
         assert not (exp.root / exp.data_path).exists() and len(exp.samples) == 3
+
+
+def test_other_caption_fields_hold_what_the_raw_files_hold(downloads):
+    dalle3 = downloads['dalle3']
+    for image, long_caption in dalle3.other_captions['long_caption'].items():
+        meta = json.loads((dalle3.root / 'data' / image.replace('.png', '.json')).read_text())
+        assert meta['long_caption'] == long_caption != dalle3.samples[image]
+    for name, folder in (('laion6m', 'captions'), ('redcaps5m', 'raw')):
+        exp = downloads[name]
+        assert exp.other_captions['caption']
+        for image, caption in exp.other_captions['caption'].items():
+            record = json.loads((exp.root / folder / str(Path(image).with_suffix('.json'))).read_text())
+            assert record['caption'] == caption != exp.samples[image]

@@ -96,9 +96,9 @@ class Row:
     samples_per_s: float
 
 
-def iterate(name: str, tokenizer_path: str, args) -> tuple[Row, dict, object]:
-    """Build ``configs/datasets/<name>.py``'s dataloader and time ``args.batches`` batches;
-    return its row (without the tool's numbers), the first batch and the dataset."""
+def iterate(name: str, tokenizer_path: str, args):
+    """Build ``configs/datasets/<name>.py``'s dataloader as a training run does and read
+    ``args.batches`` batches; return the dataset, the first batch and the samples per second."""
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -116,12 +116,9 @@ def iterate(name: str, tokenizer_path: str, args) -> tuple[Row, dict, object]:
         if len(batches) == args.batches:
             break
     end = time.perf_counter()
-    # After the first batch, so that worker start-up is not counted as loading time.
-    timed, seconds = ((len(batches) - 1, end - first_at) if len(batches) > 1 else (1, end - start))
-    data = batches[0]['data']
-    shapes = f'{list(data["pixel_values"].shape)} {list(data["input_ids"].shape)}'
-    row = Row(name, 0, 0, len(loader.dataset), shapes, timed * args.batch_size / seconds)
-    return row, batches[0], loader.dataset
+    # Timed from the first batch on, so that worker start-up does not count as loading.
+    timed, seconds = (len(batches) - 1, end - first_at) if len(batches) > 1 else (1, end - start)
+    return loader.dataset, batches[0], timed * args.batch_size / seconds
 
 
 def preview_tiles(batch: dict, dataset, count: int) -> list:
@@ -151,14 +148,14 @@ def print_table(rows: list[Row]) -> None:
 
 def run(args) -> Path:
     """The four steps; returns the preview's path."""
+    workdir = Path(args.workdir).resolve()
+    clear_workdir(workdir)  # before the slow imports, so that a wrong --workdir is refused at once
     from src.prepare import datasets as prepare
     from src.synthetic.downloads import DEFAULT_ROOTS, make_all
     from src.synthetic.preview import grid
     from src.synthetic.tokenizer import build_tokenizer
 
-    workdir = Path(args.workdir).resolve()
     with step(f'1. miniature raw downloads of the five datasets under {workdir / "data"}'):
-        clear_workdir(workdir)
         os.chdir(workdir)  # the tools' default roots and the configs' paths start at data/
         expected = make_all(Path('data').resolve(), n=args.samples, seed=args.seed, faults=True,
                             hostile=True, truncated_tar=True)
@@ -166,7 +163,7 @@ def run(args) -> Path:
             logger.info('%-14s %s: %d samples, %d faults', name, DEFAULT_ROOTS[name], len(exp.samples),
                         len(exp.faults))
 
-    rows = {}
+    prepared = {}  # name -> (index entries, entries dropped)
     for name, exp in expected.items():
         with step(f'2. prepare {name} (tools/prepare_{name}.py --root {DEFAULT_ROOTS[name]} '
                   f'--num-processes 2)'):
@@ -176,30 +173,30 @@ def run(args) -> Path:
             if problems:
                 raise DemoError(f'preparing {name} did not give what the download implies:\n  '
                                 + '\n  '.join(problems))
-            entries = sum(index.entries for index in report.indexes)
-            dropped = sum(index.drops.total() for index in report.indexes)
-            rows[name] = Row(name, entries, dropped, 0, '', 0.0)
-            logger.info('-> as expected: %d index entries; %d dropped, %d unsafe members refused, '
-                        'the cut tar reported', entries, dropped, report.refused().total())
+            prepared[name] = (sum(index.entries for index in report.indexes),
+                              sum(index.drops.total() for index in report.indexes))
+            logger.info('-> as expected: %d index entries, %d dropped, %d unsafe members refused, '
+                        'the cut tar reported', *prepared[name], report.refused().total())
 
     with step('3. load the configs and iterate their dataloaders'):
         tokenizer_path = build_tokenizer(workdir / 'tokenizer')
-        sections = []
+        rows, sections = [], []
         for name in [*expected, 'mix']:
-            row, batch, dataset = iterate(name, tokenizer_path, args)
-            if name == 'mix':
-                row.entries = sum(r.entries for r in rows.values())
-                row.dropped_by_tool = sum(r.dropped_by_tool for r in rows.values())
-            else:
-                row.entries, row.dropped_by_tool = rows[name].entries, rows[name].dropped_by_tool
+            dataset, batch, rate = iterate(name, tokenizer_path, args)
+            parts = list(expected) if name == 'mix' else [name]
+            data = batch['data']
+            rows.append(Row(name, sum(prepared[p][0] for p in parts), sum(prepared[p][1] for p in parts),
+                            len(dataset), f'{list(data["pixel_values"].shape)} {list(data["input_ids"].shape)}',
+                            rate))
+            if name != 'mix':
+                exp = expected[name]
+                if not len(exp.samples) <= len(dataset) <= len(exp.indexed):
+                    raise DemoError(f'{name}: the dataset has {len(dataset)} samples; the download has '
+                                    f'{len(exp.samples)} usable ones and {len(exp.indexed)} index entries')
                 sections.append((f'{name}  ({DEFAULT_ROOTS[name]})',
                                  preview_tiles(batch, dataset, args.preview_per_dataset)))
-                if row.usable < len(expected[name].samples):
-                    raise DemoError(f'{name}: the dataset has {row.usable} samples, fewer than the '
-                                    f'{len(expected[name].samples)} usable ones of the download')
-            rows[name] = row
         print()
-        print_table(list(rows.values()))
+        print_table(rows)
         print('(usable: samples the dataset class keeps; it also skips, with a warning, images that '
               'turn out unreadable when loaded)')
 

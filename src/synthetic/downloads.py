@@ -61,8 +61,9 @@ class Fault:
     ``kind``: what was injected ('row-without-image', 'corrupt-image', 'unsafe-member', ...).
     ``path``: where, relative to the dataset root (``<tar>:<member>`` for a tar member, or a file).
     ``stage``: 'prepare' = the tool skips it, reports it in its summary with ``reason``, and the index
-    it writes does not name ``image``; 'load' = the index names ``image`` and the dataset skips the
-    sample at load time with ``SampleError(reason)``.
+    it writes does not name ``image``; 'load' = the index names ``image`` and the dataset never
+    yields it (filtered out by the index's width/height when it has them, else skipped with
+    ``SampleError(reason)`` when read).
     ``image``: the sample's image path as the config sees it (relative to ``image_folder``), or None
     when the fault is no sample (an unsafe member).
     """
