@@ -3,6 +3,7 @@ prompt template, pixels / latents / tokens, mmengine building, randomness, and e
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pandas as pd
@@ -228,6 +229,39 @@ def test_latents_and_tokens(tmp_path, make_dataset, mode, key, collate):
         assert err.value.reason == reason
 
 
+class MemberStore:
+    """Files served by path, as the tar member index serves them (its ``relpath`` and ``read``)."""
+
+    def __init__(self, root, files: dict):
+        self.root, self.files, self.asked = str(root), files, []
+
+    def relpath(self, path):
+        return os.path.relpath(path, self.root)
+
+    def read(self, relpath):
+        self.asked.append(relpath)
+        if relpath not in self.files:
+            raise SampleError('missing-file', f'{relpath}: no such member')
+        return self.files[relpath]
+
+
+def test_images_from_tar_shards(tmp_path, make_dataset):
+    records = [{'image': f'{i}.jpg', 'caption': f'in a tar {i}'} for i in range(3)]
+    store = MemberStore(tmp_path, {f'raw/{i}.jpg': encode_image(120, 100, seed=i) for i in range(2)})
+    # image_folder need not exist: the images are members of tars, not files
+    dataset = make_dataset(records, image_folder=str(tmp_path / 'raw'), tar_index=store)
+    assert dataset[1]['pixel_values'].shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    with pytest.raises(SampleError, match='raw/2.jpg: no such member'):
+        dataset.prepare_data(2)
+    assert store.asked[:2] == ['raw/1.jpg', 'raw/2.jpg']
+
+
+def test_tokenizer_and_template_are_required(tmp_path, make_dataset):
+    records = write_good_images(tmp_path / 'images', count=1)
+    with pytest.raises(ValueError, match='needs a tokenizer and a prompt_template'):
+        make_dataset(records, prompt_template=None)
+
+
 # ---- building from configs ----------------------------------------------------------------------
 @pytest.mark.parametrize('type_', ['CaptionDataset', CaptionDataset, 'BLIP3oDataset'])
 def test_registry_build_with_tokenizer_config(tmp_path, tokenizer_path, prompt_template, type_):
@@ -260,7 +294,7 @@ def test_runner_build_dataloader_from_processors_config(tmp_path, tokenizer_path
         lengths = data['attention_mask'].sum(dim=1)
         for row, length in zip(data['input_ids'], lengths):
             assert (row[length:] == cfg.pad_index).all()
-    del batches
+    del batches, loader  # stops the persistent workers now, not at exit
 
 
 # ---- randomness ---------------------------------------------------------------------------------
@@ -426,8 +460,14 @@ def test_failure_ratio_stops_a_misconfigured_dataset(make_dataset):
 
 def test_all_broken_in_dataloader_workers_raises(make_dataset):
     loader = DataLoader(make_dataset(broken_records(5)), batch_size=2, num_workers=2, collate_fn=collate_func_gen)
-    with pytest.raises(RuntimeError, match='missing-file'):
-        next(iter(loader))
+    batches = iter(loader)
+    try:
+        with pytest.raises(RuntimeError, match='missing-file'):
+            next(batches)
+    finally:
+        # torch's re-raise leaves the iterator in a reference cycle: stop its workers now rather than
+        # from the garbage collector, where the join waits out a 5 s timeout per worker
+        batches._shutdown_workers()
 
 
 def test_repeated_failures_are_logged_sparingly(make_dataset, logged):

@@ -91,4 +91,4 @@ def test_concat_dataset_config_through_runner(tmp_path, tokenizer_path):
             assert text.startswith('<|im_start|>user\nGenerate an image') and text.endswith('<img>')
             texts.append(text)
     assert any('midjourney' in text for text in texts) and any('blip3o' in text for text in texts)
-    del batches
+    del batches, loader  # stops the persistent workers now, not at exit

@@ -114,6 +114,8 @@ class CaptionDataset(Dataset):
         self.image_processor = build_component(image_processor)
         self.tokenizer = build_component(tokenizer)
         self.prompt_template = prompt_template
+        if self.tokenizer is None or prompt_template is None:
+            raise ValueError(f'{type(self).__name__} needs a tokenizer and a prompt_template to build input_ids')
         self.max_length = max_length
         self.min_image_size = min_image_size
         self.image_size = image_size
