@@ -67,7 +67,7 @@ def finished_result(job: TarJob, step_name: str) -> dict | None:
         current = tar_signature(job)
     except (OSError, ValueError):
         return None  # no marker, an unreadable one, or the tar is gone: not finished
-    return marker['result'] if marker.get('tar') == current else None
+    return marker.get('result') if isinstance(marker, dict) and marker.get('tar') == current else None
 
 
 def process_and_mark(step, job: TarJob) -> TarResult:
