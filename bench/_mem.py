@@ -20,7 +20,7 @@ def _status_kib(field: str) -> int:
 
 
 def reset_peak() -> int:
-    """Sets the peak RSS back to the current RSS (Linux clear_refs '5'); returns that RSS in bytes."""
+    """Lowers the peak RSS to the current RSS (Linux clear_refs 5); returns that RSS in bytes."""
     with open('/proc/self/clear_refs', 'w') as clear_refs:
         clear_refs.write('5')
     return _status_kib('VmRSS') * 1024
