@@ -1,6 +1,7 @@
 """Fixtures shared by the test files: a local tokenizer and the prompt template of the configs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ from src.synthetic.tokenizer import build_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROCESSORS_CONFIG = REPO_ROOT / 'configs' / 'processors.py'
+
+# DataLoader workers fork after the tokenizer has run: say up front that it runs single-threaded
+# there, instead of the tokenizers library warning about it in every worker.
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 
 @pytest.fixture(scope='session')

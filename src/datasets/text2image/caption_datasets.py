@@ -286,7 +286,7 @@ class CaptionDataset(Dataset):
 
     def __getitem__(self, idx):
         state = self._state()
-        seen, reasons = [], Counter()
+        reasons, last_errors = Counter(), deque(maxlen=RECENT_MESSAGES)
         for attempt in range(self.max_refetch + 1):
             if self.debug:
                 idx = 0
@@ -297,11 +297,11 @@ class CaptionDataset(Dataset):
                 return self.prepare_data(idx)
             except SampleError as err:
                 self._count_failure(state, err)
-                seen.append(f'[{err.reason}] {err}')
                 reasons[err.reason] += 1
-        raise RuntimeError(f'{self.data_path}: {len(seen)} samples in a row could not be used '
-                           f'(max_refetch={self.max_refetch}); reasons: {dict(reasons)}:\n  '
-                           + '\n  '.join(seen))
+                last_errors.append(f'[{err.reason}] {err}')
+        raise RuntimeError(f'{self.data_path}: {sum(reasons.values())} samples in a row could not be used '
+                           f'(max_refetch={self.max_refetch}); by reason: {dict(reasons)}. Last errors:\n  '
+                           + '\n  '.join(last_errors))
 
     def _count_failure(self, state: _ProcessState, err: SampleError):
         state.failures[err.reason] += 1
