@@ -278,3 +278,14 @@ def test_truncated_data_fails_in_load_square_after_a_good_header():
     with pytest.raises(SampleError, match='cut.jpg') as err:
         load_square(img, random_square_box(oriented_size(img), random.Random(0)), 64)
     assert err.value.reason == 'bad-image'
+
+
+@pytest.mark.parametrize('orientation', [None, 6])
+def test_pipeline_equals_its_steps_composed(orientation):
+    data = encode_image(700, 450, 'JPEG', seed=8, exif_orientation=orientation)
+    img = open_image(data, 'a.jpg')
+    size = oriented_size(img)
+    check_size(size, 'a.jpg')
+    steps = to_pixel_values(load_square(img, random_square_box(size, random.Random(3)), 200))
+    pipeline = load_pixel_values(data, 'a.jpg', 200, random.Random(3))
+    assert torch.equal(steps, pipeline) and pipeline.is_contiguous()

@@ -44,11 +44,11 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeEr
                   zlib.error, Image.DecompressionBombError)
 
 _EXIF_ORIENTATION = 0x0112
-# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+# EXIF orientation -> what turns a [C, H, W] tensor of the stored pixels upright, as
+# ImageOps.exif_transpose does (6: 90 degrees clockwise, 8: counter-clockwise, 5/7: the diagonals).
+_UPRIGHT = {2: lambda t: t.flip(-1), 3: lambda t: t.flip(-2, -1), 4: lambda t: t.flip(-2),
+            5: lambda t: t.transpose(-2, -1), 6: lambda t: t.rot90(-1, (-2, -1)),
+            7: lambda t: t.transpose(-2, -1).flip(-2, -1), 8: lambda t: t.rot90(1, (-2, -1))}
 
 # The file name travels with the opened image, so that decode errors can name it.
 _NAME_KEY = 'sample_name'
@@ -180,25 +180,21 @@ def _draft_reduction(crop_side: float, image_size: int) -> int:
     return 1
 
 
-def _resize(rgb: Image.Image, box: tuple[int, int, int, int], image_size: int) -> Image.Image:
-    """The region ``box`` of ``rgb`` resized to ``image_size`` x ``image_size``, bicubic, antialiased.
+def _resize(rgb: Image.Image, box: tuple[int, int, int, int], image_size: int) -> torch.Tensor:
+    """The region ``box`` of ``rgb`` resized to ``image_size`` x ``image_size`` (bicubic,
+    antialiased), as a uint8 ``[3, S, S]`` tensor.
 
     torch's uint8 antialiased bicubic is Pillow's BICUBIC filter (output within 1/255 of
-    ``Image.resize``, 2/255 when enlarging) in vectorised (AVX2) code, about 7x faster than Pillow's own
-    resampler, which otherwise takes as long as the reduced-scale JPEG decode.
+    ``Image.resize``, 2/255 when enlarging) in vectorised (AVX2) code, about 7x faster than Pillow's
+    own resampler, which otherwise takes as long as the reduced-scale JPEG decode.
     """
     pixels = torch.from_numpy(np.array(rgb.crop(box))).permute(2, 0, 1).unsqueeze(0)
-    square = F.interpolate(pixels, size=(image_size, image_size), mode='bicubic', antialias=True)
-    return Image.fromarray(square[0].permute(1, 2, 0).numpy(), 'RGB')
+    return F.interpolate(pixels, size=(image_size, image_size), mode='bicubic', antialias=True)[0]
 
 
-def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: int) -> Image.Image:
-    """Decode ``img`` and return the region ``box`` (upright full-resolution coordinates) as an RGB
-    ``image_size`` x ``image_size`` picture (bicubic).
-
-    ``img`` comes straight from ``open_image`` (or is a decoded full-resolution image); it is
-    decoded in place, at a reduced scale for JPEG. Truncated data -> ``SampleError('bad-image')``.
-    """
+def _load_square_pixels(img: Image.Image, box: tuple[int, int, int, int], image_size: int) -> torch.Tensor:
+    """``load_square`` as a uint8 ``[3, S, S]`` tensor, which the pixel pipeline uses without a
+    round trip through a PIL image."""
     name = _name_of(img)
     orientation = _orientation(img)
     full_width = img.width
@@ -216,14 +212,28 @@ def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: in
     except _DECODE_ERRORS as exc:
         raise SampleError('bad-image', f'{name}: cannot decode {img.format or "image"} data: {exc}') from None
     if orientation in _UPRIGHT:
-        square = square.transpose(_UPRIGHT[orientation])
+        square = _UPRIGHT[orientation](square).contiguous()
     return square
+
+
+def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: int) -> Image.Image:
+    """Decode ``img`` and return the region ``box`` (upright full-resolution coordinates) as an RGB
+    ``image_size`` x ``image_size`` picture (bicubic).
+
+    ``img`` comes straight from ``open_image`` (or is a decoded full-resolution image); it is
+    decoded in place, at a reduced scale for JPEG. Truncated data -> ``SampleError('bad-image')``.
+    """
+    return Image.fromarray(_load_square_pixels(img, box, image_size).permute(1, 2, 0).numpy(), 'RGB')
+
+
+def _normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[3, H, W]`` -> contiguous float32 in [-1, 1]."""
+    return pixels.contiguous().float().div_(127.5).sub_(1.0)
 
 
 def to_pixel_values(img: Image.Image) -> torch.Tensor:
     """An RGB picture as a float32 ``[3, H, W]`` tensor in [-1, 1]."""
-    pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-    return pixels.float().div_(127.5).sub_(1.0)
+    return _normalise(torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1))
 
 
 def load_pixel_values(data: bytes, name: str, image_size: int, rng: random.Random, *,
@@ -237,4 +247,5 @@ def load_pixel_values(data: bytes, name: str, image_size: int, rng: random.Rando
     size = oriented_size(img)
     check_size(size, name, min_image_size=min_image_size, max_aspect=max_aspect)
     box = random_square_box(size, rng)
-    return to_pixel_values(load_square(img, box, image_size))
+    # to_pixel_values(load_square(...)), without making a PIL image in between
+    return _normalise(_load_square_pixels(img, box, image_size))
