@@ -69,24 +69,24 @@ def write_json_array(path: str | os.PathLike, chunks: Iterable[list], *,
         for chunk in chunks:
             if chunk:
                 count += len(chunk)
-                yield json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))[1:-1]
+                yield json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))[1:-1].encode()
 
     changed = write_encoded_json_array(path, encoded(), only_if_changed=only_if_changed)
     return count, changed
 
 
-def write_encoded_json_array(path: str | os.PathLike, pieces: Iterable[str], *,
+def write_encoded_json_array(path: str | os.PathLike, pieces: Iterable[bytes], *,
                              only_if_changed: bool = True) -> bool:
     """Write a JSON array whose items come already encoded: each piece is one or more JSON values
-    joined by commas, and becomes one line. The file is UTF-8 (non-ASCII text is not escaped) and
+    joined by commas, in UTF-8 (non-ASCII text is not escaped), and becomes one line. The file is
     a plain array that ``json.load`` reads. Returns whether the file changed."""
     outcome = WriteOutcome()
-    with atomic_write(path, only_if_changed=only_if_changed, outcome=outcome) as f:
-        f.write('[')
-        separator = '\n'
+    with atomic_write(path, 'wb', only_if_changed=only_if_changed, outcome=outcome) as f:
+        f.write(b'[')
+        separator = b'\n'
         for piece in pieces:
             f.write(separator)
             f.write(piece)
-            separator = ',\n'
-        f.write('\n]\n')
+            separator = b',\n'
+        f.write(b'\n]\n')
     return outcome.changed

@@ -112,4 +112,4 @@ def encoded_records(table: pa.Table):
             '{"image":', json_strings(batch['image']), ',"caption":', json_strings(batch['prompt']),
             ',"width":', sizes[0], ',"height":', sizes[1], '}', '')
         lines = pa.ListArray.from_arrays(pa.array([0, len(objects)], pa.int32()), objects)
-        yield pc.binary_join(lines, ',').to_pylist()[0]
+        yield pc.binary_join(lines, ',').cast(pa.binary())[0].as_py()
