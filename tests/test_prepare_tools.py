@@ -271,7 +271,7 @@ def test_midjourney_tables_column_checks(tmp_path):
                              'width': [512.0, 1.0, 1.0, float('nan')], 'height': [256, 1, 1, 9],
                              'extra': ['', '', '', '']}, schema=schema), root / 'raw/table-1.parquet')
     pq.write_table(pa.table({'filename': ['sub/e.webp', 'b.png', None, 'd.png'],
-                             'prompt': ['東京', 'bee again', 'y', 'dee'],
+                             'prompt': ['東京 \\ "back\\slash"', 'bee again', 'y', 'dee'],
                              'width': [100.0, 5.0, 1.0, 64.0], 'height': [200, 5, 1, None],
                              'extra': ['', '', '', '']}, schema=schema), root / 'raw/table-2.parquet')
 
@@ -280,7 +280,7 @@ def test_midjourney_tables_column_checks(tmp_path):
     with open(root / 'data.json', encoding='utf-8') as f:
         assert json.load(f) == [
             {'image': 'images/b.png', 'caption': 'bee "quoted"\n', 'width': 512, 'height': 256},
-            {'image': 'images/sub/e.webp', 'caption': '東京', 'width': 100, 'height': 200}]
+            {'image': 'images/sub/e.webp', 'caption': '東京 \\ "back\\slash"', 'width': 100, 'height': 200}]
     drops = report.indexes[0].drops
     assert dict(drops.counts) == {'no-image': 2, 'no-caption': 1, 'no-size': 2, 'duplicate': 1}
     assert drops.examples['no-image'] == ['gone.png', 'None'] and drops.examples['duplicate'] == ['b.png']
