@@ -52,7 +52,7 @@ def test_no_extract_gives_the_same_index_and_samples(tmp_path, name, tokenizer_p
         root = workdir / DEFAULT_ROOTS[name]
         expected = MAKERS[name](root, n=6, hostile=True, truncated_tar=True)
         options = {} if step is None else {'step': step}
-        report = getattr(prepare, f'prepare_{name}')(str(root), num_processes=2, **options)
+        report = getattr(prepare, f'prepare_{name}')(str(root), num_processes=1, **options)
         assert not report.index_error and report.indexes, report.summary()
 
     packed_root = packed / DEFAULT_ROOTS[name]

@@ -118,6 +118,14 @@ def test_resume_skips_unchanged_tars_and_redoes_a_changed_one(tmp_path):
     assert len(index_tars(tmp_path, jobs).skipped_done) == len(jobs)
     assert os.stat(tmp_path / INDEX_NAME).st_mtime_ns == combined  # nothing new: not rewritten
 
+    # a lost or damaged member index of a finished tar is rebuilt when the index is combined
+    os.remove(shard_files[jobs[2].name])
+    with open(shard_files[jobs[3].name], 'r+b') as f:
+        f.write(b'garbage')
+    assert len(index_tars(tmp_path, jobs).skipped_done) == len(jobs)
+    index = open_index(tmp_path)
+    assert {p: index.read(p) for p in expected} == expected
+
 
 def test_truncated_tar_keeps_complete_members_and_names_the_broken_one(tmp_path):
     members = {f'{i}.jpg': payload(str(i), 2000) for i in range(4)}
@@ -177,6 +185,17 @@ def test_a_path_in_two_members_reads_the_last_one(tmp_path):
     index_tars(tmp_path, [TarJob(str(tmp_path), f'{i}.tar', '') for i in (0, 1)])
     index = open_index(tmp_path)
     assert len(index) == 2 and index.read('a.jpg') == b'second'
+
+
+def test_paths_whose_hashes_collide_are_told_apart(tmp_path, monkeypatch):
+    monkeypatch.setattr('src.datasets.tar_index.path_key', lambda path: 7)
+    write_tar(tmp_path / '0.tar', {'a.jpg': b'a0', 'b.jpg': b'b', 'c.jpg': b'c'})
+    write_tar(tmp_path / '1.tar', {'a.jpg': b'a1', 'd.jpg': b'd'})
+    index_tars(tmp_path, [TarJob(str(tmp_path), f'{i}.tar', '') for i in (0, 1)])
+    index = open_index(tmp_path)
+    assert {p: index.read(p) for p in index.paths()} == {'a.jpg': b'a1', 'b.jpg': b'b', 'c.jpg': b'c',
+                                                         'd.jpg': b'd'}
+    assert 'e.jpg' not in index
 
 
 def test_changed_or_vanished_tar_is_refused_with_a_clear_message(tmp_path):
@@ -246,14 +265,15 @@ class _MemberDataset(Dataset):
         return self.paths[i], torch.frombuffer(bytearray(self.index.read(self.paths[i])), dtype=torch.uint8)
 
 
-@pytest.mark.parametrize('context', ['fork', 'spawn'])
-def test_two_dataloader_workers_read_concurrently(tmp_path, context):
+def test_two_dataloader_workers_read_concurrently(tmp_path):
     jobs, expected = make_shards(tmp_path, n_shards=4, per_shard=8)
     index_tars(tmp_path, jobs)
     index = open_index(tmp_path)
     paths = sorted(expected) * 3
     index.read(paths[0])  # the parent holds a descriptor that forked workers must not use
+    # fork: the workers inherit the parent's descriptor; spawn would pickle the index, as
+    # test_pickles_without_its_open_handles does, at the price of importing torch twice more.
     loader = DataLoader(_MemberDataset(index, paths), batch_size=None, num_workers=2,
-                        multiprocessing_context=context)
+                        multiprocessing_context='fork')
     got = [(path, bytes(data.numpy())) for path, data in loader]
     assert got == [(p, expected[p]) for p in paths]

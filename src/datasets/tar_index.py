@@ -193,18 +193,18 @@ def combine(root: str, jobs: list[TarJob], index_name: str = INDEX_NAME) -> str:
     for exactly these tars as they are now; return its path.
 
     A path that several members share is read from the last one (in tar order), as extraction
-    would leave it. A tar without a member index (it could not be read) contributes nothing.
+    would leave it. A tar that cannot be read contributes nothing (the runner reports it).
     """
     out = os.path.join(root, index_name)
     indexed, shard_table = [], []
     for job in jobs:
-        meta = _metadata(shard_index_path(root, job.name))
-        if meta is None:
-            logger.warning('%s has no member index (it could not be read); its members are left out', job.path)
-            continue
-        if meta.get('version') != FORMAT_VERSION or (int(meta['tar_size']), int(meta['tar_mtime_ns'])) != tuple(
-                _tar_signature(job.path).values()):
-            raise StaleIndexError(f'{job.path} changed after it was indexed; run the preparation again')
+        meta = _current_shard_metadata(job)
+        if meta is None:  # lost, damaged or of another format, or the tar changed: index it again
+            result = INDEX_MEMBERS.process(job)
+            meta = _current_shard_metadata(job)
+            if meta is None:
+                logger.warning('%s: its members are left out: %s', job.path, result.error)
+                continue
         indexed.append(job)
         shard_table.append({'tar': job.name, 'size': int(meta['tar_size']),
                             'mtime_ns': int(meta['tar_mtime_ns'])})
@@ -214,7 +214,7 @@ def combine(root: str, jobs: list[TarJob], index_name: str = INDEX_NAME) -> str:
 
     tables = []
     for shard_id, job in enumerate(indexed):
-        table = _read_arrow(shard_index_path(root, job.name))
+        table = _read_arrow(shard_index_path(job.root, job.name))
         tables.append(pa.table({'key': table['key'], 'path': table['path'].cast(pa.large_string()),
                                 'shard': pa.array(np.full(table.num_rows, shard_id, np.int32)),
                                 'offset': table['offset'], 'size': table['size']}))
@@ -230,18 +230,39 @@ def combine(root: str, jobs: list[TarJob], index_name: str = INDEX_NAME) -> str:
     return out
 
 
+def _current_shard_metadata(job: TarJob) -> dict[str, str] | None:
+    """The metadata of the tar's member index if it is readable and was built from the tar as it
+    is now, else None."""
+    meta = _metadata(shard_index_path(job.root, job.name))
+    try:
+        signature = _tar_signature(job.path)
+    except OSError:
+        return None
+    if meta is None or meta.get('version') != FORMAT_VERSION:
+        return None
+    return meta if (meta['tar_size'], meta['tar_mtime_ns']) == (str(signature['size']),
+                                                                str(signature['mtime_ns'])) else None
+
+
 def _drop_shadowed(table: pa.Table) -> tuple[pa.Table, list[str]]:
     """Keep only the last member (in tar order) of each path, as extraction would leave it.
-    ``table`` is sorted by (key, shard, offset), so equal paths are neighbours with equal keys."""
+    ``table`` is sorted by (key, shard, offset): equal paths lie in runs of equal keys (which,
+    rarely, also hold other paths with the same hash)."""
     keys = table['key'].to_numpy()
-    same_key = np.flatnonzero(keys[1:] == keys[:-1])
+    same_as_next = np.flatnonzero(keys[1:] == keys[:-1])
+    if not len(same_as_next):
+        return table, []
     paths = table['path']
-    shadowed = [int(i) for i in same_key if paths[int(i)] == paths[int(i) + 1]]
+    in_runs = np.union1d(same_as_next, same_as_next + 1).tolist()
+    last = {}
+    for row in in_runs:
+        last[paths[row].as_py()] = row  # rows come in tar order: the last one stays
+    shadowed = sorted(set(in_runs) - set(last.values()))
     if not shadowed:
         return table, []
     keep = np.ones(table.num_rows, bool)
     keep[shadowed] = False
-    return table.filter(pa.array(keep)), sorted({paths[i].as_py() for i in shadowed})
+    return table.filter(pa.array(keep)), sorted({paths[row].as_py() for row in shadowed})
 
 
 class TarMemberIndex:
