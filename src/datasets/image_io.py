@@ -11,7 +11,8 @@ Decoding only what the crop needs, as far as Pillow allows:
 - PNG, WebP and the rest decode fully: Pillow offers neither scaled nor region decoding for them
   (libwebp could crop and scale, Pillow does not expose it).
 - Only the crop is resized, with Pillow's bicubic filter as torch implements it (see ``_resize``);
-  the EXIF rotation/flip is applied to the small result instead of the full picture.
+  the EXIF rotation/flip is applied to the small result instead of the full picture, and the
+  pixel pipeline keeps that result a tensor.
 - Not done: stopping the JPEG decode below the crop, or skipping PNG rows after it, would need
   Pillow's private tile state; the saving (at most the discarded strip) does not justify that.
 """
@@ -161,13 +162,11 @@ def _stored_box(box: tuple[float, float, float, float], orientation: int,
     """The region of the stored (not yet transposed) pixels that ``box`` of the upright picture shows."""
     x0, y0, x1, y1 = box
     width, height = stored_size
-    mirrored_x = width - x1, width - x0
     if orientation in (5, 6, 7, 8):  # the upright x axis runs along the stored y axis
-        mirrored_y = height - x1, height - x0
         xs = (y0, y1) if orientation in (5, 6) else (width - y1, width - y0)
-        ys = (x0, x1) if orientation in (5, 8) else mirrored_y
+        ys = (x0, x1) if orientation in (5, 8) else (height - x1, height - x0)
     else:
-        xs = mirrored_x if orientation in (2, 3) else (x0, x1)
+        xs = (width - x1, width - x0) if orientation in (2, 3) else (x0, x1)
         ys = (height - y1, height - y0) if orientation in (3, 4) else (y0, y1)
     return xs[0], ys[0], xs[1], ys[1]
 
