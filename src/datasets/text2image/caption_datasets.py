@@ -25,7 +25,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from src.datasets.captions import caption_keys, parse_annotation, resolve_caption
 from src.datasets.errors import SampleError
-from src.datasets.image_io import DEFAULT_MAX_PIXELS, load_pixel_values
+from src.datasets.image_io import load_pixel_values
 from src.datasets.sample_index import SampleIndex
 from src.datasets.tar_index import TarMemberIndex
 
@@ -236,8 +236,7 @@ class CaptionDataset(Dataset):
             return dict(image_latents=self.load_tensor(self.image_latents_folder, image_file))
         name = os.path.join(self.image_folder or '', image_file)
         pixel_values = load_pixel_values(self.read_image(image_file), name, self.image_size, rng,
-                                         min_image_size=self.min_image_size, max_aspect=MAX_ASPECT,
-                                         max_pixels=DEFAULT_MAX_PIXELS)
+                                         min_image_size=self.min_image_size, max_aspect=MAX_ASPECT)
         return dict(pixel_values=pixel_values)
 
     def process_text(self, text: str, rng: random.Random) -> dict:
