@@ -274,7 +274,8 @@ class CaptionDataset(Dataset):
         if self._process_state is None or self._process_state.pid != pid:
             worker = get_worker_info()
             base_seed = self.seed if self.seed is not None else torch.initial_seed()
-            stream = f'{base_seed}/{get_rank()}/{worker.id if worker is not None else "main"}'
+            # The index path too: datasets mixed in one ConcatDataset must not drop captions in step.
+            stream = f'{base_seed}/{get_rank()}/{worker.id if worker is not None else "main"}/{self.data_path}'
             self._process_state = _ProcessState(pid=pid, rng=random.Random(stream))
         return self._process_state
 
