@@ -1,5 +1,5 @@
 """Tar shards read in place vs extracted, on a midjourney-like layout (raw/images/<group>/*.tar
-of ~256 KB images, raw/table-1.parquet).
+of 256 KB images on average, raw/table-1.parquet).
 
 Preparation: tools/prepare_midjourney23m's library with extraction (safe, staged extraction of every
 shard into images/, then data.json) against ``--no-extract`` (one header pass per shard, the
@@ -7,7 +7,7 @@ combined member index, then the same data.json); the guide's own ``tar -xf`` loo
 Reading: one sample's bytes from a loose extracted file (open + read) against ``TarMemberIndex.read``
 (hash lookup + one pread), for the same random paths, page cache warm for both.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_tar.py [--small]
+    PYTHONPATH=. .venv/bin/python bench/bench_tar.py [--small] [--mean-kb N]
 """
 from __future__ import annotations
 
@@ -105,8 +105,12 @@ def main() -> None:
     parser.add_argument('--small', action='store_true', help='a quick run on a small layout')
     parser.add_argument('--num-processes', type=int, default=2)
     parser.add_argument('--workdir', default=None, help='where to build the layout (default: a temp dir)')
+    parser.add_argument('--mean-kb', type=int, default=None,
+                        help='mean member size (default: 256, 64 with --small); extraction cost grows '
+                             'with it, indexing does not')
     args = parser.parse_args()
-    groups, tars_per_group, members, mean_size = (2, 2, 100, 64_000) if args.small else (4, 4, 200, 256_000)
+    groups, tars_per_group, members, mean_kb = (2, 2, 100, 64) if args.small else (4, 4, 200, 256)
+    mean_size = (args.mean_kb or mean_kb) * 1000
 
     workdir = tempfile.mkdtemp(prefix='bench_tar_', dir=args.workdir)
     try:

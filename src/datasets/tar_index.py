@@ -104,8 +104,8 @@ def shard_index_path(root: str, tar_name: str) -> str:
     return os.path.join(root, '.prepare', IndexMembers.name, tar_name + '.members.arrow')
 
 
-def _write_arrow(table: pa.Table, path: str) -> None:
-    with atomic_write(path, 'wb') as f, ipc.new_file(f, table.schema) as writer:
+def _write_arrow(table: pa.Table, path: str, *, durable: bool = True) -> None:
+    with atomic_write(path, 'wb', durable=durable) as f, ipc.new_file(f, table.schema) as writer:
         # One record batch, so that readers get zero-copy numpy views of whole columns.
         writer.write_table(table, max_chunksize=max(table.num_rows, 1))
 
@@ -164,7 +164,8 @@ class IndexMembers:
                                'offset': pa.array([m[1] for m in members], pa.int64()),
                                'size': pa.array([m[2] for m in members], pa.int64())},
                               schema=_SHARD_SCHEMA.with_metadata(meta)),
-                     shard_index_path(job.root, job.name))
+                     # no sync: a member index lost to a power cut is rebuilt when combining
+                     shard_index_path(job.root, job.name), durable=False)
         return TarResult(name=job.name, status='partial' if damage else 'done', members=len(members),
                          bytes=sum(m[2] for m in members), refused=refused, error=damage)
 
