@@ -282,20 +282,20 @@ class TarMemberIndex:
             raise IndexFormatError(f'{self.index_path}: not a tar member index of format '
                                    f'{FORMAT_VERSION}; build it again with the preparation tool')
         self._shards = json.loads(meta['shards'])
-        self._paths = table['path'].combine_chunks()
-        self._keys = self._column(table, 'key')
-        self._shard_ids = self._column(table, 'shard')
-        self._offsets = self._column(table, 'offset')
-        self._sizes = self._column(table, 'size')
+        self._paths = self._column(table, 'path')
+        self._keys = self._column(table, 'key').to_numpy()
+        self._shard_ids = self._column(table, 'shard').to_numpy()
+        self._offsets = self._column(table, 'offset').to_numpy()
+        self._sizes = self._column(table, 'size').to_numpy()
         self._pid = os.getpid()
         self._fds: OrderedDict[int, int] = OrderedDict()
 
     @staticmethod
-    def _column(table: pa.Table, name: str) -> np.ndarray:
+    def _column(table: pa.Table, name: str) -> pa.Array:
+        """The column as one array viewing the memory map (combine_chunks would copy even one chunk,
+        into every process's private memory)."""
         column = table[name]
-        if column.num_chunks == 0:
-            return np.empty(0, column.type.to_pandas_dtype())
-        return column.combine_chunks().to_numpy()
+        return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
     @classmethod
     def open(cls, index_path: str) -> TarMemberIndex:
