@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.tar_index import (INDEX_MEMBERS, INDEX_NAME, StaleIndexError, TarMemberIndex,
-                                    scan_tar, shard_index_path)
+from src.datasets.tar_index import INDEX_NAME, StaleIndexError, TarMemberIndex
+from src.prepare.tar_members import INDEX_MEMBERS, scan_tar, shard_index_path
 from src.prepare.extract import TarJob
 from src.prepare.runner import prepare
 
@@ -188,7 +188,8 @@ def test_a_path_in_two_members_reads_the_last_one(tmp_path):
 
 
 def test_paths_whose_hashes_collide_are_told_apart(tmp_path, monkeypatch):
-    monkeypatch.setattr('src.datasets.tar_index.path_key', lambda path: 7)
+    for module in ('src.datasets.tar_index', 'src.prepare.tar_members'):  # the reader's and the builder's
+        monkeypatch.setattr(f'{module}.path_key', lambda path: 7)
     write_tar(tmp_path / '0.tar', {'a.jpg': b'a0', 'b.jpg': b'b', 'c.jpg': b'c'})
     write_tar(tmp_path / '1.tar', {'a.jpg': b'a1', 'd.jpg': b'd'})
     index_tars(tmp_path, [TarJob(str(tmp_path), f'{i}.tar', '') for i in (0, 1)])

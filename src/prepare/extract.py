@@ -44,6 +44,12 @@ class TarResult:
         return asdict(self)
 
 
+def file_signature(path: str) -> dict[str, int]:
+    """What tells a tar as it is now: a changed size or mtime means it was replaced or rewritten."""
+    st = os.stat(path)
+    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
+
+
 def refusal(member: tarfile.TarInfo) -> str | None:
     """Why ``member`` must not be written, or None for a regular file with a safe relative name.
 

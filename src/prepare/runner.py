@@ -18,11 +18,10 @@ from typing import Callable
 from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError
-from src.datasets.tar_index import INDEX_MEMBERS
-from src.datasets.tar_index import INDEX_MEMBERS
 from src.prepare.atomic import write_json
-from src.prepare.extract import EXTRACT, TarJob, TarResult
+from src.prepare.extract import EXTRACT, TarJob, TarResult, file_signature
 from src.prepare.report import Report
+from src.prepare.tar_members import INDEX_MEMBERS
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +54,7 @@ def marker_path(job: TarJob, step_name: str) -> str:
 
 
 def tar_signature(job: TarJob) -> dict:
-    st = os.stat(job.path)
-    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns, 'dest': job.dest}
+    return {**file_signature(job.path), 'dest': job.dest}
 
 
 def finished_result(job: TarJob, step_name: str) -> dict | None:

@@ -1,0 +1,231 @@
+"""``--no-extract``: index the members of a dataset's tars in place instead of extracting them.
+
+:data:`INDEX_MEMBERS` is the preparation runner's step for it (the runner gives it parallelism,
+resume markers and ``--start/--end`` slices, as it gives them to extraction): one pass over each
+tar's headers (no member data is read) writes that tar's member index; once every tar is done,
+:func:`combine` joins them into ``<root>/tar_index.arrow``, which ``src.datasets.tar_index`` reads.
+
+Members that safe extraction refuses (links, devices, absolute names, names with ``..``) are
+refused here too, by the same rule; a damaged tar gives its complete members and is reported.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from src.datasets.tar_index import (FORMAT_VERSION, INDEX_NAME, INDEX_SCHEMA, TarMemberIndex, path_key,
+                                    read_arrow)
+from src.prepare.atomic import atomic_write
+from src.prepare.extract import TarJob, TarResult, end_of_archive_missing, file_signature, member_path, refusal
+
+logger = logging.getLogger(__name__)
+
+_SHARD_SCHEMA = pa.schema([('path', pa.string()), ('key', pa.uint64()), ('offset', pa.int64()),
+                           ('size', pa.int64())])
+
+def scan_tar(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]], str]:
+    """One pass over a tar's headers: (clean name, data offset, size) of each member extraction
+    would write, the refused members as [name, reason], and where a damaged tar stops being
+    readable ('' for an intact one). Raises ``tarfile.ReadError`` when not even the first header
+    can be read."""
+    members, refused, damage = [], [], ''
+    file_size = os.path.getsize(tar_path)
+    with open(tar_path, 'rb') as f, tarfile.open(fileobj=f, mode='r:') as tar:
+        while True:
+            try:
+                member = tar.next()
+            except tarfile.ReadError as e:  # raised when the previous member's data is cut short
+                damage = str(e)
+                break
+            if member is None:
+                if end_of_archive_missing(f, tar.offset):
+                    last = repr(members[-1][0]) if members else 'the start'
+                    damage = f'the tar ends early or is damaged after {last}'
+                break
+            if member.isdir():
+                continue
+            reason = refusal(member) or _name_refusal(member.name)
+            if reason:
+                refused.append([member.name, reason])
+            else:
+                members.append((member_path(member.name), member.offset_data, member.size))
+    # A member whose data runs past the end of the file is the one cut short.
+    while members and members[-1][1] + members[-1][2] > file_size:
+        name, offset, size = members.pop()
+        damage = f'member {name!r} is cut short ({size} bytes from byte {offset}, the file ends at {file_size})'
+    return members, refused, damage
+
+
+def _name_refusal(name: str) -> str | None:
+    """Names the index cannot hold: tarfile decodes undecodable bytes to lone surrogates."""
+    try:
+        name.encode('utf-8')
+    except UnicodeEncodeError:
+        return 'bad-name'
+    return None
+
+
+def shard_index_path(root: str, tar_name: str) -> str:
+    """Where the member index of the tar ``<root>/<tar_name>`` is kept."""
+    return os.path.join(root, '.prepare', IndexMembers.name, tar_name + '.members.arrow')
+
+
+
+def _write_arrow(table: pa.Table, path: str, *, durable: bool = True) -> None:
+    with atomic_write(path, 'wb', durable=durable) as f, ipc.new_file(f, table.schema) as writer:
+        # One record batch, so that readers get zero-copy numpy views of whole columns.
+        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+
+
+
+def _metadata(path: str) -> dict[str, str] | None:
+    """The metadata stored in an index file, or None if it is missing or unreadable."""
+    try:
+        schema = ipc.open_file(pa.memory_map(path)).schema
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+
+
+class IndexMembers:
+    """The preparation runner's step for ``--no-extract``: index each tar's members, in place.
+
+    ``process`` writes one tar's member index; ``listing`` (called once every tar is done) combines
+    them into ``<root>/tar_index.arrow`` and returns the member paths; ``read`` serves a member's
+    bytes to the index builders (caption json and .txt files).
+    """
+
+    name = 'tar-index'
+
+    def __init__(self):
+        self._open_indexes: dict[str, TarMemberIndex] = {}
+
+    def __getstate__(self) -> dict:
+        return {}  # the runner sends the step to worker processes: no open index travels
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def process(self, job: TarJob) -> TarResult:
+        try:
+            signature = file_signature(job.path)
+            members, refused, damage = scan_tar(job.path)
+        except (tarfile.TarError, OSError) as e:
+            return TarResult(name=job.name, status='failed', error=f'cannot index {job.path}: {e}')
+        paths = [posixpath.join(job.dest, name) for name, _, _ in members]
+        meta = {'tar_size': str(signature['size']), 'tar_mtime_ns': str(signature['mtime_ns']),
+                'version': FORMAT_VERSION}
+        _write_arrow(pa.table({'path': pa.array(paths, pa.string()),
+                               'key': pa.array([path_key(p) for p in paths], pa.uint64()),
+                               'offset': pa.array([m[1] for m in members], pa.int64()),
+                               'size': pa.array([m[2] for m in members], pa.int64())},
+                              schema=_SHARD_SCHEMA.with_metadata(meta)),
+                     # no sync: a member index lost to a power cut is rebuilt when combining
+                     shard_index_path(job.root, job.name), durable=False)
+        return TarResult(name=job.name, status='partial' if damage else 'done', members=len(members),
+                         bytes=sum(m[2] for m in members), refused=refused, error=damage)
+
+    def listing(self, root: str, jobs: list[TarJob], folders: list[str] = ()) -> set[str]:
+        """The members of ``jobs`` (all of them land in ``folders``): loose files beside the tars
+        are not listed, since the dataset, reading through the member index, would not find them."""
+        index = TarMemberIndex.open(combine(root, jobs))
+        earlier = self._open_indexes.pop(os.path.abspath(root), None)
+        if earlier is not None:
+            earlier.close()
+        self._open_indexes[os.path.abspath(root)] = index
+        return set(index.paths())
+
+    def read(self, root: str, path: str) -> bytes:
+        root = os.path.abspath(root)
+        if root not in self._open_indexes:
+            self._open_indexes[root] = TarMemberIndex.open(os.path.join(root, INDEX_NAME))
+        return self._open_indexes[root].read(path)
+
+
+INDEX_MEMBERS = IndexMembers()
+
+
+def combine(root: str, jobs: list[TarJob], index_name: str = INDEX_NAME) -> str:
+    """Write ``<root>/<index_name>`` from the tars' own member indexes, unless it is already there
+    for exactly these tars as they are now; return its path.
+
+    A path that several members share is read from the last one (in tar order), as extraction
+    would leave it. A tar that cannot be read contributes nothing (the runner reports it).
+    """
+    out = os.path.join(root, index_name)
+    indexed, shard_table = [], []
+    for job in jobs:
+        meta = _current_shard_metadata(job)
+        if meta is None:  # lost, damaged or of another format, or the tar changed: index it again
+            result = INDEX_MEMBERS.process(job)
+            meta = _current_shard_metadata(job)
+            if meta is None:
+                logger.warning('%s: its members are left out: %s', job.path, result.error)
+                continue
+        indexed.append(job)
+        shard_table.append({'tar': job.name, 'size': int(meta['tar_size']),
+                            'mtime_ns': int(meta['tar_mtime_ns'])})
+    existing = _metadata(out)
+    if existing is not None and existing.get('shards') == json.dumps(shard_table):
+        return out
+
+    tables = []
+    for shard_id, job in enumerate(indexed):
+        table = read_arrow(shard_index_path(job.root, job.name))
+        tables.append(pa.table({'key': table['key'], 'path': table['path'].cast(pa.large_string()),
+                                'shard': pa.array(np.full(table.num_rows, shard_id, np.int32)),
+                                'offset': table['offset'], 'size': table['size']}))
+    combined = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
+    combined = combined.sort_by([('key', 'ascending'), ('shard', 'ascending'),
+                                 ('offset', 'ascending')]).combine_chunks()
+    combined, shadowed = _drop_shadowed(combined)
+    if shadowed:
+        logger.warning('%d paths are in more than one tar member; the last (in tar order) is used, '
+                       'as extraction would leave it: e.g. %s', len(shadowed), ', '.join(shadowed[:5]))
+    meta = {'version': FORMAT_VERSION, 'shards': json.dumps(shard_table)}
+    _write_arrow(combined.replace_schema_metadata(meta), out)
+    return out
+
+
+def _current_shard_metadata(job: TarJob) -> dict[str, str] | None:
+    """The metadata of the tar's member index if it is readable and was built from the tar as it
+    is now, else None."""
+    meta = _metadata(shard_index_path(job.root, job.name))
+    try:
+        signature = file_signature(job.path)
+    except OSError:
+        return None
+    if meta is None or meta.get('version') != FORMAT_VERSION:
+        return None
+    return meta if (meta['tar_size'], meta['tar_mtime_ns']) == (str(signature['size']),
+                                                                str(signature['mtime_ns'])) else None
+
+
+def _drop_shadowed(table: pa.Table) -> tuple[pa.Table, list[str]]:
+    """Keep only the last member (in tar order) of each path, as extraction would leave it.
+    ``table`` is sorted by (key, shard, offset): equal paths lie in runs of equal keys (which,
+    rarely, also hold other paths with the same hash)."""
+    keys = table['key'].to_numpy()
+    same_as_next = np.flatnonzero(keys[1:] == keys[:-1])
+    if not len(same_as_next):
+        return table, []
+    paths = table['path']
+    in_runs = np.union1d(same_as_next, same_as_next + 1).tolist()
+    last = {}
+    for row in in_runs:
+        last[paths[row].as_py()] = row  # rows come in tar order: the last one stays
+    shadowed = sorted(set(in_runs) - set(last.values()))
+    if not shadowed:
+        return table, []
+    keep = np.ones(table.num_rows, bool)
+    keep[shadowed] = False
+    return table.filter(pa.array(keep)), sorted({paths[row].as_py() for row in shadowed})
+
+
