@@ -224,6 +224,24 @@ def test_drops_are_undone_once_a_damaged_tar_is_downloaded_again(tmp_path):
     assert (expected.root / 'data.json').read_bytes() == download
 
 
+def test_annotations_outside_cap_folder_are_found_and_rewritten(tmp_path):
+    # OpenUni reads laion6m annotations relative to raw/, the guide relative to captions/: a
+    # download whose caption json sit only in raw/ must still pair, relative to the config's folder.
+    expected = MAKERS['laion6m'](tmp_path / 'laion', n=6, faults=False)
+    for tar in (expected.root / 'captions').glob('*.tar'):
+        tar.unlink()
+    download = (expected.root / 'data.json').read_bytes()
+
+    report = prepare('laion6m', expected.root)
+
+    rows = read_index(expected)
+    assert sorted(row['image'] for row in rows) == sorted(expected.indexed)
+    assert all(row['annotation'] == '../raw/' + row['image'][:-len('.jpg')] + '.json' for row in rows)
+    assert all((expected.root / expected.cap_folder / row['annotation']).is_file() for row in rows)
+    assert (expected.root / 'data.json.orig').read_bytes() == download
+    assert f'{len(rows)} annotations found outside captions/ were rewritten' in report.summary()
+
+
 @pytest.mark.parametrize('name', ['laion6m', 'blip3o60k'])
 def test_index_built_by_pairing_names_when_not_downloaded(tmp_path, name):
     expected = MAKERS[name](tmp_path / name, n=8, with_index=False)

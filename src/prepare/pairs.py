@@ -65,9 +65,25 @@ def caption_problem(data: bytes, ext: str) -> str | None:
     return None
 
 
-def check_pairs(records: list, files: Files, layout: PairLayout, drops: Drops) -> list:
-    """The records whose image exists and whose annotation (when named) exists and is readable."""
-    kept = []
+def annotation_folder(records: list, files: Files, layout: PairLayout) -> str:
+    """The folder the index's annotations are relative to: ``cap_folder`` if any of them is there,
+    else the first of ``caption_folders`` that holds any (upstream configs disagree: the guide reads
+    laion6m captions from ``captions/``, OpenUni from ``raw/``). One folder for the whole index, as
+    when pairing: never re-captions for some images and the metadata beside the image for others."""
+    folders = (layout.cap_folder,) + tuple(f for f in layout.caption_folders if f != layout.cap_folder)
+    annotations = [record['annotation'] for record in records
+                   if isinstance(record, dict) and isinstance(record.get('annotation'), str)]
+    for folder in folders:
+        if any(posixpath.normpath(f'{folder}/{annotation}') in files for annotation in annotations):
+            return folder
+    return layout.cap_folder
+
+
+def check_pairs(records: list, files: Files, layout: PairLayout, drops: Drops) -> tuple[list, int]:
+    """The records whose image exists and whose annotation (when named) exists and is readable,
+    and how many annotations were rewritten to be relative to ``cap_folder``."""
+    kept, relocated = [], 0
+    folder = annotation_folder(records, files, layout)
     for number, record in enumerate(tqdm(records, desc=f'checking {layout.index}', unit='entry')):
         image = record.get('image') if isinstance(record, dict) else None
         annotation = record.get('annotation') if isinstance(record, dict) else None
@@ -78,14 +94,17 @@ def check_pairs(records: list, files: Files, layout: PairLayout, drops: Drops) -
             drops.add('no-image', image)
             continue
         if annotation is not None:
-            caption = posixpath.normpath(f'{layout.cap_folder}/{annotation}')
+            caption = posixpath.normpath(f'{folder}/{annotation}')
             problem = 'no-caption' if caption not in files else caption_problem(
                 files.read(caption), os.path.splitext(caption)[1])
             if problem:
                 drops.add(problem, annotation)
                 continue
+            relative = posixpath.relpath(caption, layout.cap_folder)
+            if relative != posixpath.normpath(annotation):
+                record, relocated = {**record, 'annotation': relative}, relocated + 1
         kept.append(record)
-    return kept
+    return kept, relocated
 
 
 def pair_by_name(files: Files, layout: PairLayout, drops: Drops) -> tuple[list, str]:
@@ -134,9 +153,12 @@ def build_pair_index(files: Files, report: Report, layout: PairLayout) -> None:
     else:
         source = original if os.path.exists(original) else path
         downloaded = load_json_array(source)
-        records = check_pairs(downloaded, files, layout, index.drops)
+        records, relocated = check_pairs(downloaded, files, layout, index.drops)
         index.note = f'checked {len(downloaded)} entries of {source} against the files'
-        if len(records) == len(downloaded):
+        if relocated:
+            index.note += (f'; {relocated} annotations found outside {layout.cap_folder}/ were rewritten '
+                           f'relative to it, where the config\'s cap_folder points')
+        if len(records) == len(downloaded) and not relocated:
             # Nothing to drop: the index is the download, byte for byte.
             index.entries, index.changed = len(records), copy_file(source, path)
             return
