@@ -1,0 +1,35 @@
+"""Run every benchmark, one after another (each measures a pair of approaches side by side).
+
+    PYTHONPATH=. .venv/bin/python bench/run_all.py [--small]
+
+``--small`` runs each on its quick setting; without it each runs at the size whose results
+bench/RESULTS.md records (several minutes in all on 2 cores).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+BENCHMARKS = ['bench_index.py', 'bench_decode.py', 'bench_metadata.py', 'bench_tar.py']
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--small', action='store_true', help='the quick setting of each benchmark')
+    args = parser.parse_args()
+    failed = []
+    for name in BENCHMARKS:
+        command = [sys.executable, str(BENCH / name)] + (['--small'] if args.small else [])
+        print(f'\n### {" ".join(command[1:])}', flush=True)
+        if subprocess.run(command).returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f'\nfailed: {", ".join(failed)}', file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
