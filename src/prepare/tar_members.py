@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import tarfile
 
 import numpy as np
@@ -34,7 +35,16 @@ def scan_tar(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]]
     """One pass over a tar's headers: (clean name, data offset, size) of each member extraction
     would write, the refused members as [name, reason], and where a damaged tar stops being
     readable ('' for an intact one). Raises ``tarfile.ReadError`` when not even the first header
-    can be read."""
+    can be read.
+
+    A tar of plain ustar headers only (the common case) is read by :func:`scan_tar_headers`,
+    about four times faster; any other goes through tarfile (:func:`scan_tar_with_tarfile`)."""
+    found = scan_tar_headers(tar_path)
+    return found if found is not None else scan_tar_with_tarfile(tar_path)
+
+
+def scan_tar_with_tarfile(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]], str]:
+    """:func:`scan_tar` for any tar tarfile reads: pax and GNU extensions, links, damage."""
     members, refused, damage = [], [], ''
     file_size = os.path.getsize(tar_path)
     with open(tar_path, 'rb') as f, tarfile.open(fileobj=f, mode='r:') as tar:
@@ -61,6 +71,85 @@ def scan_tar(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]]
         name, offset, size = members.pop()
         damage = f'member {name!r} is cut short ({size} bytes from byte {offset}, the file ends at {file_size})'
     return members, refused, damage
+
+
+def _octal_field(width: int) -> bytes:
+    """A number field as tarfile's ``nti`` reads it: octal digits between spaces, ended by a NUL
+    (what follows it is ignored). The lookahead may run past the field only when the whole field
+    is digits and spaces, which ``nti`` reads too."""
+    return rb'(?= *[0-7]* *\0).{%d}' % width
+
+
+# The ustar header of a regular file or a folder whose every number field is plain octal: name,
+# mode, uid, gid, size, mtime, chksum, type, linkname..gname, devmajor, devminor, prefix, padding.
+# Base-256 numbers, pax and GNU extension headers, links and devices do not match.
+_PLAIN_HEADER = re.compile(rb'.{100}' + _octal_field(8) * 3 + _octal_field(12) * 2 + _octal_field(8)
+                           + rb'[05\0].{172}' + _octal_field(8) * 2 + rb'.{167}', re.DOTALL)
+# Names that member_path would change or refusal might refuse: '.' or '..' parts, empty parts,
+# absolute, a trailing slash, empty.
+_UNUSUAL_NAME = re.compile(r'(?:^|/)\.\.?(?:/|$)|//|^/|/$|^$')
+_END_OF_ARCHIVE = bytes(tarfile.BLOCKSIZE)
+
+
+def scan_tar_headers(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]], str] | None:
+    """:func:`scan_tar` read straight off the headers (one ``pread`` each, no member data), or
+    None unless every header is a plain ustar header (see ``_PLAIN_HEADER``) with a valid unsigned
+    checksum and the tar ends with its end-of-archive block: then tarfile reads it member for
+    member as this does, and everything else is left to :func:`scan_tar_with_tarfile`."""
+    members, refused, headers, checksums = [], [], [], []
+    with open(tar_path, 'rb') as f:
+        fd, file_size = f.fileno(), os.fstat(f.fileno()).st_size
+        offset = 0
+        try:
+            while True:
+                if offset + tarfile.BLOCKSIZE > file_size:
+                    return None  # cut short, or no end-of-archive block
+                header = os.pread(fd, tarfile.BLOCKSIZE, offset)
+                if header == _END_OF_ARCHIVE:
+                    break
+                if len(header) != tarfile.BLOCKSIZE or _PLAIN_HEADER.fullmatch(header) is None:
+                    return None
+                headers.append(header)
+                checksums.append(_octal(header[148:156]))
+                # Names as tarfile's frombuf makes them; an undecodable one raises (tarfile would
+                # keep it as lone surrogates, which _name_refusal refuses).
+                name, kind = _text(header[:100]), header[156:157]
+                if kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and name.endswith('/')):
+                    offset += tarfile.BLOCKSIZE  # tarfile skips no data after a folder's header
+                    continue
+                prefix = _text(header[345:500])
+                if prefix:
+                    name = f'{prefix}/{name}'
+                size = _octal(header[124:136])
+                if _UNUSUAL_NAME.search(name) is None:
+                    members.append((name, offset + tarfile.BLOCKSIZE, size))
+                else:
+                    info = tarfile.TarInfo(name)
+                    info.type = kind
+                    reason = refusal(info) or _name_refusal(name)
+                    if reason:
+                        refused.append([name, reason])
+                    else:
+                        members.append((member_path(name), offset + tarfile.BLOCKSIZE, size))
+                offset += tarfile.BLOCKSIZE + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        except ValueError:  # UnicodeDecodeError
+            return None
+    # tarfile also takes the signed sum some old tars wrote, and stops at a header that has neither
+    blocks = np.frombuffer(b''.join(headers), np.uint8).reshape(-1, tarfile.BLOCKSIZE)
+    sums = (blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64)
+            + 8 * ord(' '))
+    if not np.array_equal(sums, np.array(checksums, np.int64)):
+        return None
+    return members, refused, ''
+
+
+def _octal(field: bytes) -> int:
+    """A number field that matched ``_octal_field``."""
+    return int(field.split(b'\0', 1)[0].strip() or b'0', 8)
+
+
+def _text(field: bytes) -> str:
+    return field.split(b'\0', 1)[0].decode(tarfile.ENCODING)
 
 
 def _name_refusal(name: str) -> str | None:
