@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.tar_index import INDEX_NAME, StaleIndexError, TarMemberIndex
-from src.prepare.tar_members import INDEX_MEMBERS, scan_tar, shard_index_path
+from src.prepare.tar_members import (INDEX_MEMBERS, scan_tar, scan_tar_headers, scan_tar_with_tarfile,
+                                     shard_index_path)
 from src.prepare.extract import TarJob
 from src.prepare.runner import prepare
 
@@ -155,6 +156,115 @@ def test_truncated_tar_keeps_complete_members_and_names_the_broken_one(tmp_path)
     assert len(index) == 4
     tars = {index._tar_path(int(index._shard_ids[index._row(f'images/{n}')])) for n in members}
     assert tars == {str(tmp_path / 'whole.tar')}  # the complete copy shadows the cut one
+
+
+def tar_bytes(entries, fmt=tarfile.USTAR_FORMAT, **options) -> bytes:
+    """A tar of ``entries``: (name, data) for regular files, or (TarInfo, data or None)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w', format=fmt, **options) as tar:
+        for entry, data in entries:
+            info = entry if isinstance(entry, tarfile.TarInfo) else tarfile.TarInfo(entry)
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def header_offsets(data: bytes) -> list[int]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [member.offset for member in tar.getmembers()]
+
+
+def patch_header(data: bytes, member: int, start: int, value: bytes, checksum: str | None = 'unsigned') -> bytes:
+    """``data`` with bytes ``start..`` of the member's header replaced, and its checksum redone
+    ('unsigned', 'signed': as some old tars wrote it) or left as it was (None)."""
+    at = header_offsets(data)[member]
+    header = bytearray(data[at:at + 512])
+    header[start:start + len(value)] = value
+    if checksum:
+        header[148:156] = b' ' * 8
+        total = sum(b - 256 if checksum == 'signed' and b > 127 else b for b in header)
+        header[148:156] = b'%06o\0 ' % (total & 0o777777 if total >= 0 else total + 0o1000000)
+    return data[:at] + bytes(header) + data[at + 512:]
+
+
+def typed(name: str, kind: bytes, **fields) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info
+
+
+PLAIN = [('a.jpg', payload('a')), ('sub/dir/b.json', b'{"caption": "x"}'), ('c.txt', payload('c', 512))]
+PREFIXED = 'p' * 90 + '/' + 'q' * 60 + '/' + 'n' * 80 + '.jpg'  # 235 chars: ustar prefix + name
+WHOLE = tar_bytes(PLAIN)
+CUT = header_offsets(WHOLE)
+
+
+# (case, tar bytes, whether the header scan reads it: else tarfile does)
+SCAN_CASES = [
+    ('plain', WHOLE, True),
+    ('empty tar', tar_bytes([]), True),
+    ('zero-length member', tar_bytes([('empty.txt', b''), ('after.jpg', payload('x'))]), True),
+    ('folders, v7 folder, folder with a size', patch_header(patch_header(tar_bytes(
+        [(typed('d', tarfile.DIRTYPE), None), ('d/a.jpg', b'a'), (typed('v7/', tarfile.AREGTYPE), None),
+         (typed('sized', tarfile.DIRTYPE), None), ('v7/b.jpg', b'bb')]), 2, 156, b'\0'),
+        3, 124, b'00000001000\0'), True),
+    ('old regular type and space-padded numbers', patch_header(patch_header(WHOLE, 1, 156, b'\0'),
+                                                               0, 100, b'   644 \0'), True),
+    ('gnu format, short names', tar_bytes(PLAIN + [(UNICODE_NAME, b'u')], tarfile.GNU_FORMAT), True),
+    ('ustar prefix names', tar_bytes([(PREFIXED, payload('p')), ('x' * 100, b'x')]), True),
+    ('unusual and unsafe names', tar_bytes([('./dot/a.jpg', b'a'), ('b//c.jpg', b'b'), ('../up.jpg', b'u'),
+                                            ('/abs.jpg', b'x'), ('e/../../f.jpg', b'f'), ('g/./h.jpg', b'h'),
+                                            ('.', b'n'), ('ok..jpg', b'k')]), True),
+    ('gnu long names', tar_bytes([(LONG_NAME, payload('l')), ('a.jpg', b'a')], tarfile.GNU_FORMAT), False),
+    ('pax long and unicode names', tar_bytes([(LONG_NAME, b'l'), (UNICODE_NAME, b'u')], tarfile.PAX_FORMAT), False),
+    ('pax global header', tar_bytes(PLAIN, tarfile.PAX_FORMAT, pax_headers={'comment': 'x'}), False),
+    ('links and devices', tar_bytes(PLAIN + [(typed('s', tarfile.SYMTYPE, linkname='a.jpg'), None),
+                                             (typed('h', tarfile.LNKTYPE, linkname='a.jpg'), None),
+                                             (typed('c', tarfile.CHRTYPE), None)]), False),
+    ('contiguous file type', patch_header(WHOLE, 1, 156, b'7'), False),
+    ('base-256 number', tar_bytes(PLAIN[:1] + [(typed('old.jpg', tarfile.REGTYPE, mtime=-1), b'o')],
+                                  tarfile.GNU_FORMAT), False),
+    ('undecodable name', tar_bytes([('\udcff.jpg', b'x'), ('a.jpg', b'a')], encoding='utf-8',
+                                   errors='surrogateescape'), False),
+    ('signed checksum', patch_header(tar_bytes([('é.jpg', b'e'), ('a.jpg', b'a')], tarfile.GNU_FORMAT),
+                                     0, 0, 'é.jpg'.encode(), checksum='signed'), False),
+    ('bad checksum', patch_header(WHOLE, 1, 0, b'B', checksum=None), False),
+    ('number field tarfile cannot read', patch_header(WHOLE, 1, 100, b'0 644\0'), False),
+    ('first header bad', patch_header(WHOLE, 0, 100, b'0 644\0'), False),
+    ('cut in a header', WHOLE[:CUT[2] + 100], False),
+    ('cut in member data', WHOLE[:CUT[2] + 512 + 100], False),
+    ('cut in the padding after a member', WHOLE[:CUT[1] + 600], False),
+    ('cut at a member boundary', WHOLE[:CUT[2]], False),
+    ('garbage after the members', WHOLE[:CUT[2] + 1024] + b'x' * 1024, False),
+]
+
+
+@pytest.mark.parametrize('case, data, plain', SCAN_CASES, ids=[case[0] for case in SCAN_CASES])
+def test_header_scan_equals_tarfile(tmp_path, case, data, plain):
+    path = tmp_path / 'shard.tar'
+    path.write_bytes(data)
+    assert (scan_tar_headers(str(path)) is not None) == plain
+    try:
+        expected = scan_tar_with_tarfile(str(path))
+    except tarfile.ReadError:
+        with pytest.raises(tarfile.ReadError):
+            scan_tar(str(path))
+        return
+    assert scan_tar(str(path)) == expected
+
+
+def test_plain_tars_are_indexed_without_tarfile(tmp_path, monkeypatch):
+    def no_tarfile(path):
+        raise AssertionError(f'{path} went through tarfile')
+    monkeypatch.setattr('src.prepare.tar_members.scan_tar_with_tarfile', no_tarfile)
+    jobs, expected = make_shards(tmp_path, n_shards=2)
+    report = index_tars(tmp_path, jobs)
+    assert report.exit_code() == 0
+    index = open_index(tmp_path)
+    assert {p: index.read(p) for p in index.paths()} == expected
 
 
 def test_hostile_members_are_refused_and_reported(tmp_path):
