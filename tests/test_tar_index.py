@@ -261,8 +261,9 @@ def test_plain_tars_are_indexed_without_tarfile(tmp_path, monkeypatch):
         raise AssertionError(f'{path} went through tarfile')
     monkeypatch.setattr('src.prepare.tar_members.scan_tar_with_tarfile', no_tarfile)
     jobs, expected = make_shards(tmp_path, n_shards=2)
-    report = index_tars(tmp_path, jobs)
-    assert report.exit_code() == 0
+    (tmp_path / 'raw' / 'empty.tar').write_bytes(tar_bytes([]))
+    report = index_tars(tmp_path, jobs + [TarJob(str(tmp_path), 'raw/empty.tar', 'images')])
+    assert report.exit_code() == 0 and report.tars['raw/empty.tar']['members'] == 0
     index = open_index(tmp_path)
     assert {p: index.read(p) for p in index.paths()} == expected
 

@@ -117,9 +117,8 @@ def scan_tar_headers(tar_path: str) -> tuple[list[tuple[str, int, int]], list[li
                 if kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and name.endswith('/')):
                     offset += tarfile.BLOCKSIZE  # tarfile skips no data after a folder's header
                     continue
-                prefix = _text(header[345:500])
-                if prefix:
-                    name = f'{prefix}/{name}'
+                if header[345]:  # a ustar prefix: the name's first part
+                    name = f'{_text(header[345:500])}/{name}'
                 size = _octal(header[124:136])
                 if _UNUSUAL_NAME.search(name) is None:
                     members.append((name, offset + tarfile.BLOCKSIZE, size))
@@ -183,6 +182,20 @@ def _metadata(path: str) -> dict[str, str] | None:
     return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
 
 
+# Columns are made from buffers: pa.array imports pandas on its first call (~0.2 s), which every
+# worker process would pay once per run.
+def _numeric_array(values: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _string_array(strings: list[str]) -> pa.Array:
+    encoded = [s.encode('utf-8') for s in strings]
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets),
+                                                             pa.py_buffer(b''.join(encoded))])
+
+
 class IndexMembers:
     """The preparation runner's step for ``--no-extract``: index each tar's members, in place.
 
@@ -208,18 +221,20 @@ class IndexMembers:
             members, refused, damage = scan_tar(job.path)
         except (tarfile.TarError, OSError) as e:
             return TarResult(name=job.name, status='failed', error=f'cannot index {job.path}: {e}')
-        paths = [posixpath.join(job.dest, name) for name, _, _ in members]
+        names, offsets, sizes = zip(*members) if members else ((), (), ())
+        prefix = posixpath.join(job.dest, '')  # the names are relative: joining is concatenating
+        paths = [prefix + name for name in names]
+        sizes = np.array(sizes, np.int64)
         meta = {'tar_size': str(signature['size']), 'tar_mtime_ns': str(signature['mtime_ns']),
                 'version': FORMAT_VERSION}
-        _write_arrow(pa.table({'path': pa.array(paths, pa.string()),
-                               'key': pa.array([path_key(p) for p in paths], pa.uint64()),
-                               'offset': pa.array([m[1] for m in members], pa.int64()),
-                               'size': pa.array([m[2] for m in members], pa.int64())},
-                              schema=_SHARD_SCHEMA.with_metadata(meta)),
-                     # no sync: a member index lost to a power cut is rebuilt when combining
-                     shard_index_path(job.root, job.name), durable=False)
+        _write_arrow(pa.Table.from_arrays(
+            [_string_array(paths), _numeric_array(np.array([path_key(p) for p in paths], np.uint64)),
+             _numeric_array(np.array(offsets, np.int64)), _numeric_array(sizes)],
+            schema=_SHARD_SCHEMA.with_metadata(meta)),
+            # no sync: a member index lost to a power cut is rebuilt when combining
+            shard_index_path(job.root, job.name), durable=False)
         return TarResult(name=job.name, status='partial' if damage else 'done', members=len(members),
-                         bytes=sum(m[2] for m in members), refused=refused, error=damage)
+                         bytes=int(sizes.sum()), refused=refused, error=damage)
 
     def listing(self, root: str, jobs: list[TarJob], folders: list[str] = ()) -> set[str]:
         """The members of ``jobs`` (all of them land in ``folders``): loose files beside the tars
@@ -268,9 +283,10 @@ def combine(root: str, jobs: list[TarJob], index_name: str = INDEX_NAME) -> str:
     tables = []
     for shard_id, job in enumerate(indexed):
         table = read_arrow(shard_index_path(job.root, job.name))
-        tables.append(pa.table({'key': table['key'], 'path': table['path'].cast(pa.large_string()),
-                                'shard': pa.array(np.full(table.num_rows, shard_id, np.int32)),
-                                'offset': table['offset'], 'size': table['size']}))
+        tables.append(pa.Table.from_arrays(
+            [table['key'], table['path'].cast(pa.large_string()),
+             _numeric_array(np.full(table.num_rows, shard_id, np.int32)), table['offset'], table['size']],
+            schema=INDEX_SCHEMA))
     combined = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
     combined = combined.sort_by([('key', 'ascending'), ('shard', 'ascending'),
                                  ('offset', 'ascending')]).combine_chunks()
