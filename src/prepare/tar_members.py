@@ -16,11 +16,13 @@ import os
 import posixpath
 import re
 import tarfile
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from src.datasets.errors import IndexFormatError
 from src.datasets.tar_index import (FORMAT_VERSION, INDEX_NAME, INDEX_SCHEMA, TarMemberIndex, path_key,
                                     read_arrow)
 from src.prepare.atomic import atomic_write
@@ -179,7 +181,11 @@ def _metadata(path: str) -> dict[str, str] | None:
         schema = ipc.open_file(pa.memory_map(path)).schema
     except (OSError, pa.ArrowInvalid):
         return None
-    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+    return _decoded(schema.metadata)
+
+
+def _decoded(metadata: dict[bytes, bytes] | None) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (metadata or {}).items()}
 
 
 # Columns are made from buffers: pa.array imports pandas on its first call (~0.2 s), which every
@@ -264,29 +270,26 @@ def combine(root: str, jobs: list[TarJob], index_name: str = INDEX_NAME) -> str:
     would leave it. A tar that cannot be read contributes nothing (the runner reports it).
     """
     out = os.path.join(root, index_name)
-    indexed, shard_table = [], []
+    shards, shard_table = [], []
     for job in jobs:
-        meta = _current_shard_metadata(job)
-        if meta is None:  # lost, damaged or of another format, or the tar changed: index it again
+        shard = _current_shard(job)
+        if shard is None:  # lost, damaged or of another format, or the tar changed: index it again
             result = INDEX_MEMBERS.process(job)
-            meta = _current_shard_metadata(job)
-            if meta is None:
+            shard = _current_shard(job)
+            if shard is None:
                 logger.warning('%s: its members are left out: %s', job.path, result.error)
                 continue
-        indexed.append(job)
-        shard_table.append({'tar': job.name, 'size': int(meta['tar_size']),
-                            'mtime_ns': int(meta['tar_mtime_ns'])})
+        shards.append(shard)
+        shard_table.append({'tar': job.name, 'size': int(shard.meta['tar_size']),
+                            'mtime_ns': int(shard.meta['tar_mtime_ns'])})
     existing = _metadata(out)
     if existing is not None and existing.get('shards') == json.dumps(shard_table):
         return out
 
-    tables = []
-    for shard_id, job in enumerate(indexed):
-        table = read_arrow(shard_index_path(job.root, job.name))
-        tables.append(pa.Table.from_arrays(
-            [table['key'], table['path'].cast(pa.large_string()),
-             _numeric_array(np.full(table.num_rows, shard_id, np.int32)), table['offset'], table['size']],
-            schema=INDEX_SCHEMA))
+    tables = [pa.Table.from_arrays(
+        [shard.table['key'], shard.table['path'].cast(pa.large_string()),
+         _numeric_array(np.full(shard.table.num_rows, shard_id, np.int32)), shard.table['offset'],
+         shard.table['size']], schema=INDEX_SCHEMA) for shard_id, shard in enumerate(shards)]
     combined = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
     combined = combined.sort_by([('key', 'ascending'), ('shard', 'ascending'),
                                  ('offset', 'ascending')]).combine_chunks()
@@ -299,18 +302,24 @@ def combine(root: str, jobs: list[TarJob], index_name: str = INDEX_NAME) -> str:
     return out
 
 
-def _current_shard_metadata(job: TarJob) -> dict[str, str] | None:
-    """The metadata of the tar's member index if it is readable and was built from the tar as it
-    is now, else None."""
-    meta = _metadata(shard_index_path(job.root, job.name))
+class _Shard(NamedTuple):
+    table: pa.Table
+    meta: dict[str, str]
+
+
+def _current_shard(job: TarJob) -> _Shard | None:
+    """The tar's member index if it is readable and was built from the tar as it is now, else None."""
     try:
+        table = read_arrow(shard_index_path(job.root, job.name))
         signature = file_signature(job.path)
-    except OSError:
+    except (IndexFormatError, OSError):
         return None
-    if meta is None or meta.get('version') != FORMAT_VERSION:
+    meta = _decoded(table.schema.metadata)
+    if meta.get('version') != FORMAT_VERSION:
         return None
-    return meta if (meta['tar_size'], meta['tar_mtime_ns']) == (str(signature['size']),
-                                                                str(signature['mtime_ns'])) else None
+    current = (meta.get('tar_size'), meta.get('tar_mtime_ns')) == (str(signature['size']),
+                                                                   str(signature['mtime_ns']))
+    return _Shard(table, meta) if current else None
 
 
 def _drop_shadowed(table: pa.Table) -> tuple[pa.Table, list[str]]:
