@@ -97,9 +97,9 @@ def string_bytes(strings: pa.Array) -> np.ndarray:
     return np.frombuffer(strings.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
 
 
-def json_strings(values: pa.Array) -> pa.Array:
-    """Each string as a JSON string literal, escaped by Arrow kernels over the whole column; the
-    rare value holding a control character is encoded by ``json.dumps`` instead.
+def json_escaped(values: pa.Array) -> pa.Array:
+    """Each string as it goes between the quotes of a JSON string literal, escaped by Arrow kernels
+    over the whole column; the rare value holding a control character is encoded by ``json.dumps``.
 
     A kernel runs only when a scan of the column's bytes (a few ms) finds a byte it handles: in
     UTF-8 a byte below 0x80 is always that ASCII character. File names seldom need any kernel, and
@@ -114,7 +114,7 @@ def json_strings(values: pa.Array) -> pa.Array:
         control = pc.fill_null(pc.match_substring_regex(values, r'[\x00-\x1f]'), False)
         fixed = [json.dumps(value, ensure_ascii=False)[1:-1] for value in values.filter(control).to_pylist()]
         escaped = pc.replace_with_mask(escaped, control, pa.array(fixed, pa.string()))
-    return pc.binary_join_element_wise('"', escaped, '"', '')
+    return escaped
 
 
 def encoded_records(table: pa.Table):
@@ -128,6 +128,6 @@ def encoded_records(table: pa.Table):
     for batch in table.to_batches(max_chunksize=CHUNK):
         sizes = [pc.cast(pc.cast(batch[name], pa.int64(), safe=False), pa.string()) for name in ('width', 'height')]
         records = pc.binary_join_element_wise(
-            '{"image":', json_strings(batch['image']), ',"caption":', json_strings(batch['prompt']),
-            ',"width":', sizes[0], ',"height":', sizes[1], '},', '')
+            '{"image":"', json_escaped(batch['image']), '","caption":"', json_escaped(batch['prompt']),
+            '","width":', sizes[0], ',"height":', sizes[1], '},', '')
         yield string_bytes(records)[:-1]
