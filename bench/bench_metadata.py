@@ -2,14 +2,17 @@
 (pandas iterrows, os.path.exists per row, json.dump with indent=2) against src/prepare/midjourney.py
 (column-wise Arrow checks against one scan of images/, JSON text joined by Arrow kernels), in one
 run on the same synthetic tables and empty image files; each runs --repeat times, alternating, and
-its best time counts. Both outputs are loaded back and compared.
+its best time counts. Both outputs are loaded back and compared. --profile runs ours once more
+under cProfile and prints where its time goes.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_metadata.py [--rows N] [--tables 5] [--repeat 3] [--small]
+    PYTHONPATH=. .venv/bin/python bench/bench_metadata.py [--rows N] [--tables 5] [--repeat 3] [--small] [--profile]
 """
 import argparse
+import cProfile
 import glob
 import json
 import os
+import pstats
 import shutil
 import tempfile
 import time
@@ -89,6 +92,7 @@ def main():
     parser.add_argument('--repeat', type=int, default=3, help='runs of each; the best time counts')
     parser.add_argument('--small', action='store_true', help='20k rows: a quick check')
     parser.add_argument('--dir', default=None, help='where to make the synthetic download (a temp dir)')
+    parser.add_argument('--profile', action='store_true', help='then profile one more run of ours')
     args = parser.parse_args()
     rows = 20_000 if args.small else args.rows
 
@@ -111,6 +115,10 @@ def main():
             os.replace(our_json, guide_json)
             our_times.append(timed(ours, work))
             os.rename(our_json, our_json + '.done')  # the next run of ours starts without a data.json too
+        if args.profile:
+            profile = cProfile.Profile()
+            profile.runcall(ours, work)
+            pstats.Stats(profile).sort_stats('cumulative').print_stats(25)
         os.replace(our_json + '.done', our_json)
         guide_s, ours_s = min(guide_times), min(our_times)
 
