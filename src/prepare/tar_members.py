@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 _SHARD_SCHEMA = pa.schema([('path', pa.string()), ('key', pa.uint64()), ('offset', pa.int64()),
                            ('size', pa.int64())])
 
+
 def scan_tar(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]], str]:
     """One pass over a tar's headers: (clean name, data offset, size) of each member extraction
     would write, the refused members as [name, reason], and where a damaged tar stops being
@@ -78,8 +79,9 @@ def scan_tar_with_tarfile(tar_path: str) -> tuple[list[tuple[str, int, int]], li
 def _octal_field(width: int) -> bytes:
     """A number field as tarfile's ``nti`` reads it: octal digits between spaces, ended by a NUL
     (what follows it is ignored). The lookahead may run past the field only when the whole field
-    is digits and spaces, which ``nti`` reads too."""
-    return rb'(?= *[0-7]* *\0).{%d}' % width
+    is digits and spaces, which ``nti`` reads too. (Written so that no run of spaces can be split
+    two ways: a hostile header costs no backtracking.)"""
+    return rb'(?= *(?:[0-7]+ *)?\0).{%d}' % width
 
 
 # The ustar header of a regular file or a folder whose every number field is plain octal: name,
