@@ -92,7 +92,8 @@ def record_drops(drops: Drops, reason: str, names: pa.ChunkedArray, rows: np.nda
 
 
 def string_bytes(strings: pa.Array) -> np.ndarray:
-    """The UTF-8 bytes of a string array's values back to back: a view of its data buffer, no copy."""
+    """The UTF-8 bytes of a ``pa.string()`` array's values back to back (its offsets are int32): a
+    view of its data buffer, no copy."""
     offsets = np.frombuffer(strings.buffers()[1], np.int32, len(strings) + 1, strings.offset * 4)
     return np.frombuffer(strings.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
 
