@@ -57,13 +57,10 @@ def build_index(files: Files, report: Report) -> None:
     table = read_tables(files.root)
     index = report.add_index(os.path.join(files.root, INDEX))
     images = pc.binary_join_element_wise(IMAGE_FOLDER + '/', table['filename'], '')
-    # The listing is a Python set already: probing it with each row's path (~0.3 s a million rows)
-    # costs a third of turning its strings into an Arrow array for pc.is_in, which hashes them again.
-    exists = np.array(list(map(files.paths.__contains__, images.to_pylist())), dtype=bool)
 
     # Each dropped row is counted once, under the first reason that applies.
     problems = [
-        ('no-image', ~exists),
+        ('no-image', ~listed(files.paths, images)),
         ('no-caption', is_missing(table['prompt'])),
         ('no-size', is_missing(table['width']) | is_missing(table['height'])),
     ]
@@ -75,9 +72,23 @@ def build_index(files: Files, report: Report) -> None:
     record_drops(index.drops, 'duplicate', table['filename'], keep & ~unique)
     keep &= unique
 
-    kept = table.filter(pa.array(keep)).set_column(0, 'image', images.filter(pa.array(keep)))
-    index.entries = len(kept)
-    index.changed = write_encoded_json_array(index.path, encoded_records(kept))
+    index.entries = int(keep.sum())
+    index.changed = write_encoded_json_array(index.path, encoded_records(table.set_column(0, 'image', images), keep))
+
+
+def listed(paths: set, candidates: pa.ChunkedArray) -> np.ndarray:
+    """Whether each of ``candidates`` is in ``paths``, a chunk at a time.
+
+    The listing is a Python set already: probing it with each row's path costs less than turning
+    its strings into an Arrow array for pc.is_in, which hashes them again. Only a chunk of row paths
+    is held as Python strings at once: memory a process touches for the first time is slow to get
+    on a virtual machine (~1.5 s a GiB on ours), and a million strings would be ~90 MiB of it.
+    """
+    found = np.empty(len(candidates), dtype=bool)
+    for start in range(0, len(candidates), CHUNK):
+        chunk = candidates.slice(start, CHUNK).to_pylist()
+        found[start:start + len(chunk)] = list(map(paths.__contains__, chunk))
+    return found
 
 
 def is_missing(values: pa.ChunkedArray) -> np.ndarray:
@@ -118,15 +129,29 @@ def json_escaped(values: pa.Array) -> pa.Array:
     return escaped
 
 
-def encoded_records(table: pa.Table):
-    """The data.json records of ``table``, already JSON-encoded, a chunk per line.
+def kept_chunks(table: pa.Table, keep: np.ndarray):
+    """The ``keep`` rows of ``table`` as record batches of at most :data:`CHUNK` rows, each within
+    one of the table's own chunks (a line of data.json each, as since its first version, so that a
+    re-run leaves the file untouched). Each is filtered from the span of rows it comes from: the
+    kept rows are never copied whole (see :func:`listed` on fresh memory)."""
+    start = 0
+    for whole in table.to_batches():
+        rows = np.flatnonzero(keep[start:start + len(whole)])
+        for first in range(0, len(rows), CHUNK):
+            low, high = rows[first], rows[min(first + CHUNK, len(rows)) - 1] + 1
+            yield whole.slice(low, high - low).filter(pa.array(keep[start + low:start + high]))
+        start += len(whole)
+
+
+def encoded_records(table: pa.Table, keep: np.ndarray):
+    """The data.json records of the ``keep`` rows of ``table``, already JSON-encoded, a chunk per line.
 
     Building {"image", "caption", "width", "height"} dicts and encoding them costs ~5 us a row in
     Python; joining the escaped columns with Arrow string kernels costs a small fraction of that.
     Each record is joined with its trailing comma, so the chunk's text is the data buffer of the
     joined array as it is (less the last comma): it is written from there, never copied to bytes.
     """
-    for batch in table.to_batches(max_chunksize=CHUNK):
+    for batch in kept_chunks(table, keep):
         sizes = [pc.cast(pc.cast(batch[name], pa.int64(), safe=False), pa.string()) for name in ('width', 'height')]
         records = pc.binary_join_element_wise(
             '{"image":"', json_escaped(batch['image']), '","caption":"', json_escaped(batch['prompt']),
