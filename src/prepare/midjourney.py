@@ -73,7 +73,8 @@ def build_index(files: Files, report: Report) -> None:
     keep &= unique
 
     index.entries = int(keep.sum())
-    index.changed = write_encoded_json_array(index.path, encoded_records(table.set_column(0, 'image', images), keep))
+    records = encoded_records(table.set_column(0, 'image', images), keep)
+    index.changed = write_encoded_json_array(index.path, records)
 
 
 def listed(paths: set, candidates: pa.ChunkedArray) -> np.ndarray:
@@ -131,8 +132,8 @@ def json_escaped(values: pa.Array) -> pa.Array:
 
 def kept_chunks(table: pa.Table, keep: np.ndarray):
     """The ``keep`` rows of ``table`` as record batches of at most :data:`CHUNK` rows, each within
-    one of the table's own chunks (a line of data.json each, as since its first version, so that a
-    re-run leaves the file untouched). Each is filtered from the span of rows it comes from: the
+    one of the table's own chunks: a line of data.json each, where lines always broke, so that a
+    re-run with this code leaves an existing data.json untouched. Each is filtered from the span of rows it comes from: the
     kept rows are never copied whole (see :func:`listed` on fresh memory)."""
     start = 0
     for whole in table.to_batches():
@@ -149,7 +150,8 @@ def encoded_records(table: pa.Table, keep: np.ndarray):
     Building {"image", "caption", "width", "height"} dicts and encoding them costs ~5 us a row in
     Python; joining the escaped columns with Arrow string kernels costs a small fraction of that.
     Each record is joined with its trailing comma, so the chunk's text is the data buffer of the
-    joined array as it is (less the last comma): it is written from there, never copied to bytes.
+    joined array as it is (less the last comma): it is written from there, never copied to bytes
+    (each piece is a bytes-like numpy view).
     """
     for batch in kept_chunks(table, keep):
         sizes = [pc.cast(pc.cast(batch[name], pa.int64(), safe=False), pa.string()) for name in ('width', 'height')]
