@@ -305,6 +305,30 @@ def test_midjourney_tables_column_checks(tmp_path):
     assert report.exit_code() == 0
 
 
+def test_midjourney_encoding_across_chunk_edges(tmp_path, monkeypatch):
+    # The data.json text is assembled from Arrow buffers a chunk at a time; tiny chunks put quotes,
+    # backslashes, control characters and wholly dropped chunks on every edge.
+    from src.prepare import midjourney
+    monkeypatch.setattr(midjourney, 'CHUNK', 3)
+    root = tmp_path / 'mj'
+    (root / 'raw').mkdir(parents=True)
+    prompts = ['plain', 'q"uote', 'back\\slash', 'tab\there', 'nul\x00bell\x07', 'ünï 東京',
+               'line\nbreak', '', '"', '\\', 'end\x1f', 'last']
+    present = [i for i in range(len(prompts)) if i not in (3, 4, 5)]  # one whole chunk has no images
+    for i in present:
+        (root / 'images').mkdir(exist_ok=True)
+        (root / 'images' / f'{i}.png').touch()
+    pq.write_table(pa.table({'filename': [f'{i}.png' for i in range(len(prompts))], 'prompt': prompts,
+                             'width': [float(100 + i) for i in range(len(prompts))],
+                             'height': [200.0] * len(prompts)}), root / 'raw/table-1.parquet')
+
+    prepare('midjourney23m', root)
+
+    with open(root / 'data.json', encoding='utf-8') as f:
+        assert json.load(f) == [{'image': f'images/{i}.png', 'caption': prompts[i], 'width': 100 + i,
+                                 'height': 200} for i in present]
+
+
 def test_unreadable_index_or_table_is_reported_with_its_name(tmp_path):
     expected = MAKERS['redcaps5m'](tmp_path / 'redcaps', n=3, faults=False)
     (expected.root / 'redcaps5m_data.json').write_text('[{"image": "a.jpg", ')

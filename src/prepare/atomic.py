@@ -75,11 +75,11 @@ def write_json_array(path: str | os.PathLike, chunks: Iterable[list], *,
     return count, changed
 
 
-def write_encoded_json_array(path: str | os.PathLike, pieces: Iterable[bytes], *,
+def write_encoded_json_array(path: str | os.PathLike, pieces: Iterable, *,
                              only_if_changed: bool = True) -> bool:
-    """Write a JSON array whose items come already encoded: each piece is one or more JSON values
-    joined by commas, in UTF-8 (non-ASCII text is not escaped), and becomes one line. The file is
-    a plain array that ``json.load`` reads. Returns whether the file changed."""
+    """Write a JSON array whose items come already encoded: each piece (any bytes-like buffer) is
+    one or more JSON values joined by commas, in UTF-8 (non-ASCII text is not escaped), and becomes
+    one line. The file is a plain array that ``json.load`` reads. Returns whether it changed."""
     outcome = WriteOutcome()
     with atomic_write(path, 'wb', only_if_changed=only_if_changed, outcome=outcome) as f:
         f.write(b'[')
