@@ -51,6 +51,11 @@ def read_arrow(path: str) -> pa.Table:
         raise IndexFormatError(f'{path}: not a readable tar member index ({e})') from e
 
 
+def schema_metadata(schema: pa.Schema) -> dict[str, str]:
+    """The key/value metadata an index file keeps in its Arrow schema, as text."""
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+
+
 class TarMemberIndex:
     """Random access to the members of a dataset's tar shards, by their would-be extracted path.
 
@@ -62,7 +67,7 @@ class TarMemberIndex:
         self.index_path = os.path.abspath(index_path)
         self.root = os.path.dirname(self.index_path)
         table = read_arrow(self.index_path)
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        meta = schema_metadata(table.schema)
         if meta.get('version') != FORMAT_VERSION or table.schema.names != INDEX_SCHEMA.names:
             raise IndexFormatError(f'{self.index_path}: not a tar member index of format '
                                    f'{FORMAT_VERSION}; build it again with the preparation tool')

@@ -24,7 +24,7 @@ import pyarrow.ipc as ipc
 
 from src.datasets.errors import IndexFormatError
 from src.datasets.tar_index import (FORMAT_VERSION, INDEX_NAME, INDEX_SCHEMA, TarMemberIndex, path_key,
-                                    read_arrow)
+                                    read_arrow, schema_metadata)
 from src.prepare.atomic import atomic_write
 from src.prepare.extract import TarJob, TarResult, end_of_archive_missing, file_signature, member_path, refusal
 
@@ -169,12 +169,10 @@ def shard_index_path(root: str, tar_name: str) -> str:
     return os.path.join(root, '.prepare', IndexMembers.name, tar_name + '.members.arrow')
 
 
-
 def _write_arrow(table: pa.Table, path: str, *, durable: bool = True) -> None:
     with atomic_write(path, 'wb', durable=durable) as f, ipc.new_file(f, table.schema) as writer:
         # One record batch, so that readers get zero-copy numpy views of whole columns.
         writer.write_table(table, max_chunksize=max(table.num_rows, 1))
-
 
 
 def _metadata(path: str) -> dict[str, str] | None:
@@ -183,11 +181,7 @@ def _metadata(path: str) -> dict[str, str] | None:
         schema = ipc.open_file(pa.memory_map(path)).schema
     except (OSError, pa.ArrowInvalid):
         return None
-    return _decoded(schema.metadata)
-
-
-def _decoded(metadata: dict[bytes, bytes] | None) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in (metadata or {}).items()}
+    return schema_metadata(schema)
 
 
 # Columns are made from buffers: pa.array imports pandas on its first call (~0.2 s), which every
@@ -316,7 +310,7 @@ def _current_shard(job: TarJob) -> _Shard | None:
         signature = file_signature(job.path)
     except (IndexFormatError, OSError):
         return None
-    meta = _decoded(table.schema.metadata)
+    meta = schema_metadata(table.schema)
     if meta.get('version') != FORMAT_VERSION:
         return None
     current = (meta.get('tar_size'), meta.get('tar_mtime_ns')) == (str(signature['size']),
