@@ -21,11 +21,8 @@ class Drops:
     counts: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
 
-    def add(self, reason: str, name: str, count: int = 1) -> None:
-        self.counts[reason] += count
-        names = self.examples.setdefault(reason, [])
-        if len(names) < EXAMPLES_PER_REASON:
-            names.append(name)
+    def add(self, reason: str, name: str) -> None:
+        self.add_many(reason, [name])
 
     def add_many(self, reason: str, names: list[str], count: int | None = None) -> None:
         """Count ``count`` (default ``len(names)``) drops for ``reason``, named by the first few
