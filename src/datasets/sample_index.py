@@ -303,7 +303,7 @@ class _CacheUnwritable(Exception):
 
 
 def _fingerprint(resolved: Path, members: list[Path]) -> bytes:
-    stats = [(m.name, m.stat().st_size, m.stat().st_mtime_ns) for m in members]
+    stats = [(m.name, st.st_size, st.st_mtime_ns) for m in members for st in (m.stat(),)]
     return json.dumps({'format': FORMAT_VERSION, 'source': str(resolved), 'members': stats},
                       sort_keys=True).encode()
 
