@@ -337,6 +337,9 @@ def test_unreadable_index_or_table_is_reported_with_its_name(tmp_path):
     assert 'redcaps5m_data.json: not valid JSON' in report.summary()
 
     (tmp_path / 'mj/raw').mkdir(parents=True)
+    (tmp_path / 'mj/images').mkdir()
+    (tmp_path / 'mj/images/a.png').write_bytes(b'extracted by hand')
     pq.write_table(pa.table({'filename': ['a.png']}), tmp_path / 'mj/raw/table-1.parquet')
     report = prepare('midjourney23m', tmp_path / 'mj')
-    assert report.exit_code() == 1 and 'table-1.parquet: cannot read columns' in report.index_error
+    assert report.exit_code() == 1
+    assert "table-1.parquet: no column 'prompt', 'width', 'height'; its columns are ['filename']" in report.index_error

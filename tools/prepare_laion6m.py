@@ -1,4 +1,10 @@
-"""LAION 6M: extract raw/*.tar and captions/*.tar in place, then check data.json against the files (or build it by pairing each image with its caption json).
+"""LAION 6M, either download route:
+
+- image tars (the guide): extract raw/*.tar and captions/*.tar in place, then check data.json against the files (or build it by pairing each image with its caption json).
+- URL parquets (upstream today: parquets/*.parquet): the images are fetched with img2dataset into
+  raw/<shard>/<key>.jpg beside <key>.json (every other column of the parquet, re_caption among
+  them), and data.json pairs them, for configs/datasets/laion6m_recap.py. A re-run fetches only the
+  shards that did not finish; --no-extract keeps each shard as a tar (raw/<shard>.tar) instead.
 
 Safe to run again: finished tars are skipped. --start/--end take a slice of the sorted tar list so
 that several machines can share the work; the index is built by the run that finishes the last tar.
@@ -7,12 +13,15 @@ A summary is printed and written to <root>/prepare_report.json.
 import sys
 
 from src.prepare.datasets import LAION6M_ROOT, prepare_laion6m
+from src.prepare.recap import add_download_options, download_options
 from src.prepare.runner import run_tool, tool_parser
 
 
 def main(argv=None) -> int:
-    args = tool_parser(__doc__, LAION6M_ROOT).parse_args(argv)
-    return run_tool(prepare_laion6m, args)
+    parser = tool_parser(__doc__, LAION6M_ROOT)
+    add_download_options(parser)
+    args = parser.parse_args(argv)
+    return run_tool(prepare_laion6m, args, download=download_options(args))
 
 
 if __name__ == '__main__':

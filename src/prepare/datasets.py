@@ -12,6 +12,7 @@ from functools import partial
 from src.prepare import dalle3, midjourney
 from src.prepare.extract import TarJob
 from src.prepare.pairs import PairLayout, build_pair_index
+from src.prepare.recap import DownloadOptions, prepare_recap, recap_route
 from src.prepare.report import Report
 from src.prepare.runner import prepare
 
@@ -34,32 +35,51 @@ def find_tars(root: str, pattern: str) -> list[str]:
     return sorted(path.replace(os.sep, '/') for path in glob.glob(pattern, root_dir=root, recursive=True))
 
 
-def prepare_midjourney23m(root: str = MIDJOURNEY23M_ROOT, **options) -> Report:
+def prepare_midjourney23m(root: str = MIDJOURNEY23M_ROOT, *, columns: midjourney.Columns = midjourney.Columns(),
+                           **options) -> Report:
     """raw/images/**/*.tar -> images/<member>; raw/table-*.parquet -> data.json."""
     jobs = [TarJob(root, name, midjourney.IMAGE_FOLDER) for name in find_tars(root, 'raw/images/**/*.tar')]
-    return prepare('midjourney23m', root, jobs, [midjourney.IMAGE_FOLDER], midjourney.build_index, **options)
+    return prepare('midjourney23m', root, jobs, [midjourney.IMAGE_FOLDER],
+                   partial(midjourney.build_index, columns=columns),
+                   looked_for=f'image tars raw/images/**/*.tar ({midjourney.GATED})', **options)
 
 
-def prepare_laion6m(root: str = LAION6M_ROOT, **options) -> Report:
-    """raw/*.tar and captions/*.tar extracted in place; data.json checked (or built)."""
+def prepare_laion6m(root: str = LAION6M_ROOT, *, download: DownloadOptions = DownloadOptions(),
+                    **options) -> Report:
+    """raw/*.tar and captions/*.tar extracted in place; data.json checked (or built). Or, for a
+    download of URL parquets (parquets/*.parquet), the images fetched by img2dataset (recap.py)."""
+    parquets = recap_route(root)
+    if parquets:
+        return prepare_recap('laion6m', root, parquets, download, **options)
     jobs = [TarJob(root, name, os.path.dirname(name))
             for name in find_tars(root, 'raw/*.tar') + find_tars(root, 'captions/*.tar')]
     return prepare('laion6m', root, sorted(jobs, key=lambda job: job.name), ['raw', 'captions'],
-                   partial(build_pair_index, layout=LAION6M_LAYOUT), **options)
+                   partial(build_pair_index, layout=LAION6M_LAYOUT),
+                   looked_for='image tars raw/*.tar (the guide) or URL parquets parquets/*.parquet (today)',
+                   **options)
 
 
 def prepare_dalle3(root: str = DALLE3_ROOT, *, caption_field: str = dalle3.DEFAULT_CAPTION_FIELD,
                    write_txt: bool = False, **options) -> Report:
-    """*.tar -> data/<stem>.png + .json; dalle3.parquet; data/<stem>.txt with ``write_txt``."""
-    jobs = [TarJob(root, name, dalle3.DATA_FOLDER) for name in find_tars(root, '*.tar')]
+    """data/*.tar (the hub) or *.tar (the guide) -> data/<key>.<png|jpg|jpeg> + .json; dalle3.parquet;
+    data/<key>.txt with ``write_txt``."""
+    jobs = [TarJob(root, name, dalle3.DATA_FOLDER)
+            for name in find_tars(root, '*.tar') + find_tars(root, f'{dalle3.DATA_FOLDER}/*.tar')]
     return prepare('dalle3', root, jobs, [dalle3.DATA_FOLDER],
-                   partial(dalle3.build_index, caption_field=caption_field, write_txt=write_txt), **options)
+                   partial(dalle3.build_index, caption_field=caption_field, write_txt=write_txt),
+                   looked_for='tars data/*.tar (the hub) or *.tar (the guide)', **options)
 
 
-def prepare_redcaps5m(root: str = REDCAPS5M_ROOT, **options) -> Report:
-    """raw/*.tar extracted in place; redcaps5m_data.json checked (or built)."""
+def prepare_redcaps5m(root: str = REDCAPS5M_ROOT, *, download: DownloadOptions = DownloadOptions(),
+                      **options) -> Report:
+    """raw/*.tar extracted in place; redcaps5m_data.json checked (or built). Or, for a download of URL
+    parquets (parquets/*.parquet), the images fetched by img2dataset (recap.py)."""
+    parquets = recap_route(root)
+    if parquets:
+        return prepare_recap('redcaps5m', root, parquets, download, **options)
     jobs = [TarJob(root, name, 'raw') for name in find_tars(root, 'raw/*.tar')]
     return prepare('redcaps5m', root, jobs, ['raw'], partial(build_pair_index, layout=REDCAPS5M_LAYOUT),
+                   looked_for='image tars raw/*.tar (the guide) or URL parquets parquets/*.parquet (today)',
                    **options)
 
 
@@ -67,4 +87,4 @@ def prepare_blip3o60k(root: str = BLIP3O60K_ROOT, **options) -> Report:
     """raw/<stem>.tar -> raw/<stem>/; data.json checked (or built by pairing image and .txt)."""
     jobs = [TarJob(root, name, name[:-len('.tar')]) for name in find_tars(root, 'raw/*.tar')]
     return prepare('blip3o60k', root, jobs, ['raw'], partial(build_pair_index, layout=BLIP3O60K_LAYOUT),
-                   **options)
+                   looked_for='tars raw/*.tar', **options)

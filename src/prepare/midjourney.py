@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -26,20 +27,44 @@ TABLE_SCHEMA = pa.schema([('filename', pa.string()), ('prompt', pa.string()),
 IMAGE_FOLDER = 'images'
 INDEX = 'data.json'
 CHUNK = 100_000
+MAX_SIDE = 2 ** 31  # a size no image has: such a value is damage, not a picture
+GATED = ('the dataset is gated on the hub: run `huggingface-cli login`, accept its terms on its page, '
+         'then download again')
 
 
-def read_tables(root: str) -> pa.Table:
-    """All ``raw/table-*.parquet`` in name order, as one table of :data:`TABLE_SCHEMA`."""
-    paths = sorted(glob.glob(os.path.join(root, 'raw', 'table-*.parquet')))
+@dataclass(frozen=True)
+class Columns:
+    """The tables' file pattern (relative to the root) and column names; defaults as the guide reads them."""
+
+    tables: str = 'raw/table-*.parquet'
+    filename: str = 'filename'
+    caption: str = 'prompt'
+    width: str = 'width'
+    height: str = 'height'
+
+    def by_role(self) -> dict[str, str]:
+        """:data:`TABLE_SCHEMA` name -> the tables' column name."""
+        return dict(zip(TABLE_SCHEMA.names, (self.filename, self.caption, self.width, self.height)))
+
+
+def read_tables(root: str, columns: Columns = Columns()) -> pa.Table:
+    """All tables in name order, as one table of :data:`TABLE_SCHEMA`."""
+    paths = sorted(glob.glob(os.path.join(root, columns.tables)))
     if not paths:
-        raise IndexFormatError(f'no raw/table-*.parquet under {root}: download the tables as the guide says')
+        raise IndexFormatError(f'no {columns.tables} under {root}: no tables were downloaded ({GATED})')
+    wanted = columns.by_role()
     tables = []
     for path in paths:
         try:
-            table = pq.read_table(path, columns=TABLE_SCHEMA.names)
-            tables.append(table.cast(TABLE_SCHEMA))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, OSError) as e:
-            raise IndexFormatError(f'{path}: cannot read columns {TABLE_SCHEMA.names}: {e}') from None
+            present = pq.read_schema(path).names
+            missing = [name for name in wanted.values() if name not in present]
+            if missing:
+                raise IndexFormatError(f'{path}: no column {", ".join(map(repr, missing))}; its columns are '
+                                       f'{present}. Name them with --filename-col/--caption-col/--width-col/--height-col.')
+            table = pq.read_table(path, columns=list(wanted.values()))
+            tables.append(table.rename_columns(list(wanted)).cast(TABLE_SCHEMA))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+            raise IndexFormatError(f'{path}: cannot read columns {list(wanted.values())}: {e}') from None
     return pa.concat_tables(tables)
 
 
@@ -53,8 +78,8 @@ def first_occurrences(names: pa.ChunkedArray, candidates: np.ndarray) -> np.ndar
     return mask
 
 
-def build_index(files: Files, report: Report) -> None:
-    table = read_tables(files.root)
+def build_index(files: Files, report: Report, columns: Columns = Columns()) -> None:
+    table = read_tables(files.root, columns)
     index = report.add_index(os.path.join(files.root, INDEX))
     images = pc.binary_join_element_wise(IMAGE_FOLDER + '/', table['filename'], '')
 
@@ -63,6 +88,7 @@ def build_index(files: Files, report: Report) -> None:
         ('no-image', ~listed(files.paths, images)),
         ('no-caption', is_missing(table['prompt'])),
         ('no-size', is_missing(table['width']) | is_missing(table['height'])),
+        ('bad-size', ~is_plausible_size(table['width']) | ~is_plausible_size(table['height'])),
     ]
     keep = np.ones(len(table), dtype=bool)
     for reason, rows in problems:
@@ -94,6 +120,13 @@ def listed(paths: set, candidates: pa.ChunkedArray) -> np.ndarray:
 
 def is_missing(values: pa.ChunkedArray) -> np.ndarray:
     return pc.is_null(values, nan_is_null=True).to_numpy(zero_copy_only=False)
+
+
+def is_plausible_size(values: pa.ChunkedArray) -> np.ndarray:
+    """Finite and below :data:`MAX_SIDE` (nulls count as plausible here: they are 'no-size')."""
+    sizes = values.to_numpy(zero_copy_only=False)  # float64 with NaN for null
+    with np.errstate(invalid='ignore'):
+        return np.isnan(sizes) | (np.isfinite(sizes) & (np.abs(sizes) < MAX_SIDE))
 
 
 def record_drops(drops: Drops, reason: str, names: pa.ChunkedArray, rows: np.ndarray) -> None:

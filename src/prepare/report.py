@@ -53,11 +53,12 @@ class IndexReport:
     entries: int = 0
     changed: bool = False
     drops: Drops = field(default_factory=Drops)
+    remarks: Drops = field(default_factory=Drops)  # kept, but worth a look (counted like drops)
     note: str = ''
 
     def to_dict(self) -> dict:
         return {'path': self.path, 'entries': self.entries, 'changed': self.changed,
-                'dropped': self.drops.to_dict(), 'note': self.note}
+                'dropped': self.drops.to_dict(), 'remarks': self.remarks.to_dict(), 'note': self.note}
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Report:
     indexes: list = field(default_factory=list)
     index_skipped: str = ''
     index_error: str = ''
+    download: dict | None = None  # the URL route (img2dataset): see src.prepare.recap.download_summary
 
     def add_index(self, path: str) -> IndexReport:
         index = IndexReport(path=path)
@@ -90,10 +92,16 @@ class Report:
                 drops.add(reason, f'{name}:{member}')
         return drops
 
+    def empty_indexes(self) -> list[str]:
+        return [index.path for index in self.indexes if index.entries == 0]
+
     def exit_code(self) -> int:
-        """1 when a tar could not be read (fully) or an index input is unreadable: the download
-        must be repaired; else 0 (dropped index entries are warnings)."""
-        return 1 if self.by_status('failed') or self.by_status('partial') or self.index_error else 0
+        """1 when a tar could not be read (fully), an index input is unreadable, an index came out
+        empty or URL shards are unfinished: the download must be repaired or the run repeated;
+        else 0 (dropped index entries are warnings)."""
+        unfinished = self.download is not None and self.download['shards_unfinished']
+        return 1 if (self.by_status('failed') or self.by_status('partial') or self.index_error
+                     or self.empty_indexes() or unfinished) else 0
 
     def to_dict(self) -> dict:
         return {
@@ -102,20 +110,23 @@ class Report:
             'members_refused': self.refused().to_dict(),
             'indexes': [index.to_dict() for index in self.indexes],
             'index_skipped': self.index_skipped, 'index_error': self.index_error,
-            'exit_code': self.exit_code(),
+            'download': self.download, 'exit_code': self.exit_code(),
         }
 
     def summary(self) -> str:
         now = [r for name, r in self.tars.items() if name not in self.skipped_done]
         statuses = Counter(r['status'] for r in now)
         start, end = self.tar_slice
-        lines = [
-            f'{self.dataset} at {self.root}',
-            f'tars: {self.tars_total} in total, {end - start} in this run (sorted tar list [{start}:{end}]): '
-            f'{len(now)} processed now ({statuses["done"]} done, {statuses["partial"]} partial, '
-            f'{statuses["failed"]} failed), {len(self.skipped_done)} skipped (done by an earlier run)',
-            f'members ({self.step}): {sum(r["members"] for r in now)} by this run',
-        ]
+        lines = [f'{self.dataset} at {self.root}']
+        if self.download is not None:
+            lines += download_lines(self.download)
+        if self.tars_total or self.download is None:
+            lines += [
+                f'tars: {self.tars_total} in total, {end - start} in this run (sorted tar list [{start}:{end}]): '
+                f'{len(now)} processed now ({statuses["done"]} done, {statuses["partial"]} partial, '
+                f'{statuses["failed"]} failed), {len(self.skipped_done)} skipped (done by an earlier run)',
+                f'members ({self.step}): {sum(r["members"] for r in now)} by this run',
+            ]
         refused = self.refused()
         if refused.total():
             lines.append(f'unsafe members refused (never written): {refused.total()}: {refused.describe()}')
@@ -131,6 +142,11 @@ class Report:
                          + (f'; {index.note}' if index.note else ''))
             if index.drops.total():
                 lines.append(f'  dropped {index.drops.total()}: {index.drops.describe()}')
+            if index.remarks.total():
+                lines.append(f'  kept, but note {index.remarks.total()}: {index.remarks.describe()}')
+            if index.entries == 0:
+                lines.append(f'  EMPTY INDEX: no usable sample was found; the config would have nothing to read. '
+                             f'Check the download and the drops above.')
         if self.index_skipped:
             lines.append(f'index not built: {self.index_skipped}')
         if self.index_error:
@@ -145,3 +161,18 @@ class Report:
         log = logger.warning if code else logger.info
         log('%s\nreport: %s', self.summary(), path)
         return code
+
+
+def download_lines(download: dict) -> list[str]:
+    """The summary lines of a URL download (img2dataset's per-shard stats, added up)."""
+    failed = download['failed_by_reason']
+    lines = [f'download (img2dataset, {download["distributor"]}): {download["urls"]} URLs in '
+             f'{download["shards_total"]} shards; {download["shards_now"]} shards downloaded now, '
+             f'{download["shards_earlier"]} done by an earlier run (not downloaded again)',
+             f'  images downloaded: {download["successes"]}; failed: {sum(failed.values())}'
+             + (f' ({"; ".join(f"{reason} {n}" for reason, n in sorted(failed.items()))})' if failed else '')]
+    if download['shards_unfinished']:
+        lines.append(f'UNFINISHED: {len(download["shards_unfinished"])} shards have no stats (e.g. '
+                     f'{download["shards_unfinished"][0]}): img2dataset gave up on them or was stopped. '
+                     'Re-run the same command: finished shards are kept and only these are fetched.')
+    return lines

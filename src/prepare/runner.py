@@ -92,14 +92,17 @@ def select_slice(jobs: list, start: int, end: int) -> tuple[int, int]:
 
 
 def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], build_index: IndexBuilder, *,
-            num_processes: int = DEFAULT_NUM_PROCESSES, start: int = 0, end: int = -1,
-            step=EXTRACT) -> Report:
+            looked_for: str = 'tars', num_processes: int = DEFAULT_NUM_PROCESSES, start: int = 0, end: int = -1,
+            step=EXTRACT, report: Report | None = None) -> Report:
     """Process ``jobs[start:end]`` with ``step`` on ``num_processes`` processes, skipping tars done
     earlier, then, once no tar of the whole list is waiting any more (another machine may still be
     on its slice), build the index from the files under ``folders`` (relative to ``root``).
-    Returns the report; ``report.finish()`` prints and saves it."""
+    ``looked_for`` says what input the tars were searched as: with no tar and no file under
+    ``folders`` there is nothing to prepare, and the report says so (an error, not an empty index).
+    Returns the report (``report``, when given, is filled in); ``report.finish()`` prints and saves it."""
     start, end = select_slice(jobs, start, end)
-    report = Report(dataset=dataset, root=root, step=step.name, tars_total=len(jobs), tar_slice=(start, end))
+    report = report or Report(dataset=dataset, root=root)
+    report.step, report.tars_total, report.tar_slice = step.name, len(jobs), (start, end)
     todo = []
     for job in jobs[start:end]:
         earlier = finished_result(job, step.name)
@@ -125,8 +128,14 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
         report.index_skipped = (f'{len(waiting)} tars outside this run are not done yet (e.g. {waiting[0]}); '
                                 'the run that finishes the last one builds it')
     else:
+        files = Files(root, step.listing(root, jobs, folders), step)
+        if not jobs and not files.paths:
+            report.index_error = (f'nothing to prepare in {os.path.abspath(root)}: no {looked_for}, and no '
+                                  f'files in {", ".join(f + "/" for f in folders)}. Is --root the folder '
+                                  'the download went to?')
+            return report
         try:
-            build_index(Files(root, step.listing(root, jobs, folders), step), report)
+            build_index(files, report)
         except IndexFormatError as e:
             report.index_error = str(e)
     return report

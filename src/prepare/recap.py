@@ -1,0 +1,207 @@
+"""The URL route of laion6m and redcaps5m, as upstream ships them today: URL + caption parquets in
+``<root>/parquets/``, images fetched with img2dataset into ``<root>/raw/<shard>/<key>.jpg`` beside
+``<key>.json`` (the parquet's other columns, ``re_caption`` among them), and ``<root>/data.json`` of
+``{"image": "<shard>/<key>.jpg", "annotation": "<shard>/<key>.json"}``.
+
+img2dataset does the downloading (its multiprocessing distributor, or pyspark for a cluster) and
+its resume: a shard with a ``<shard>_stats.json`` is finished and never fetched again (incremental
+mode). Its per-shard stats are also where the summary's failure counts come from. With
+``--no-extract`` the shards are webdataset tars (``raw/<shard>.tar``) indexed in place, whose
+members have the same paths as the files layout: one ``data.json`` serves both.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import signal
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from src.datasets.errors import IndexFormatError
+from src.prepare.atomic import write_json
+from src.prepare.extract import EXTRACT, TarJob
+from src.prepare.pairs import PairLayout, build_pair_index
+from src.prepare.report import Report
+from src.prepare.runner import DEFAULT_NUM_PROCESSES, Files, prepare
+from src.prepare.tar_members import INDEX_MEMBERS
+
+PARQUET_FOLDER = 'parquets'
+IMAGE_FOLDER = 'raw'
+LAYOUT = PairLayout(index='data.json', image_folder=IMAGE_FOLDER, cap_folder=IMAGE_FOLDER,
+                    caption_folders=(IMAGE_FOLDER,), caption_ext='.json')
+DISTRIBUTORS = ('multiprocessing', 'pyspark')
+SHARD_DIGITS = 5  # img2dataset's oom_shard_count: shard names are 00000, 00001, ...
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """What the tools pass to img2dataset; the defaults keep every image as downloaded (no resize)."""
+
+    url_col: str = 'url'
+    distributor: str = 'multiprocessing'
+    thread_count: int = 64
+    timeout: int = 10
+    retries: int = 0
+    samples_per_shard: int = 10_000
+
+
+def find_parquets(root: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(root, PARQUET_FOLDER, '*.parquet')))
+
+
+def input_columns(parquets: list[str], url_col: str) -> list[str]:
+    """The columns kept in each sample's json: every column but the URL, which every file must have."""
+    first = None
+    for path in parquets:
+        try:
+            names = pq.read_schema(path).names
+        except Exception as e:  # pyarrow raises several types for a file that is not parquet
+            raise IndexFormatError(f'{path}: not a readable parquet file: {e}') from None
+        if url_col not in names:
+            raise IndexFormatError(f'{path}: no URL column {url_col!r}; its columns are {names}. '
+                                   'Name the URL column with --url-col.')
+        if first is None:
+            first = names
+        elif set(names) != set(first):
+            raise IndexFormatError(f'{path}: columns {names} differ from those of {parquets[0]} ({first})')
+    return [name for name in first if name != url_col]
+
+
+def shard_names(parquets: list[str], samples_per_shard: int) -> list[str]:
+    """Every shard img2dataset makes of ``parquets``: each file is cut into shards of
+    ``samples_per_shard`` rows, numbered on across the files in name order (as its reader does)."""
+    count = sum(math.ceil(pq.read_metadata(path).num_rows / samples_per_shard) for path in parquets)
+    return [f'{shard:0{SHARD_DIGITS}d}' for shard in range(count)]
+
+
+def finished_shards(output: str) -> set[str]:
+    return {name[:-len('_stats.json')] for name in os.listdir(output) if name.endswith('_stats.json')} \
+        if os.path.isdir(output) else set()
+
+
+def run_img2dataset(parquets: list[str], output: str, output_format: str, options: DownloadOptions,
+                    num_processes: int) -> None:
+    os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # albumentations asks the network on import
+    if options.distributor == 'pyspark':
+        try:
+            import pyspark  # noqa: F401
+        except ImportError:
+            raise IndexFormatError("--distributor pyspark needs pyspark: pip install 't2i-data[spark]' "
+                                   '(and Java), or run under spark-submit on the cluster') from None
+    from img2dataset import download
+
+    interrupt = signal.getsignal(signal.SIGINT)  # img2dataset replaces it with one that exits 0
+    try:
+        download(url_list=os.path.dirname(parquets[0]), input_format='parquet', url_col=options.url_col,
+                 save_additional_columns=input_columns(parquets, options.url_col),
+                 output_folder=output, output_format=output_format, resize_mode='no',
+                 processes_count=num_processes, thread_count=options.thread_count,
+                 number_sample_per_shard=options.samples_per_shard, oom_shard_count=SHARD_DIGITS,
+                 timeout=options.timeout, retries=options.retries, distributor=options.distributor,
+                 incremental_mode='incremental', enable_wandb=False)
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+
+
+def download_summary(output: str, shards: list[str], earlier: set[str], options: DownloadOptions,
+                     urls: int) -> dict:
+    """img2dataset's per-shard stats added up: what ``Report.download`` holds."""
+    successes, failed = 0, {}
+    done = finished_shards(output)
+    for shard in sorted(done & set(shards)):
+        with open(os.path.join(output, f'{shard}_stats.json'), encoding='utf-8') as f:
+            stats = json.load(f)
+        successes += stats['successes']
+        for reason, count in stats['status_dict'].items():
+            if reason != 'success':
+                failed[reason] = failed.get(reason, 0) + count
+    return {'distributor': options.distributor, 'urls': urls, 'shards_total': len(shards),
+            'shards_now': len((done - earlier) & set(shards)), 'shards_earlier': len(earlier & set(shards)),
+            'shards_unfinished': [shard for shard in shards if shard not in done],
+            'successes': successes, 'failed_by_reason': failed}
+
+
+def build_index(files: Files, report: Report) -> None:
+    """data.json from the samples in the shard folders (not img2dataset's per-shard stats and parquet
+    beside them)."""
+    in_shards = {path for path in files.paths if path.count('/') >= 2}
+    build_pair_index(Files(files.root, in_shards, files.step), report, LAYOUT)
+
+
+def prepare_recap(dataset: str, root: str, parquets: list[str], options: DownloadOptions, *,
+                  num_processes: int = DEFAULT_NUM_PROCESSES, start: int = 0, end: int = -1,
+                  step=EXTRACT) -> Report:
+    """Download what is missing, then index ``raw/`` (files, or with ``INDEX_MEMBERS`` the tars)."""
+    report = Report(dataset=dataset, root=root, step=step.name)
+    output = os.path.join(root, IMAGE_FOLDER)
+    output_format = 'webdataset' if step is INDEX_MEMBERS else 'files'
+    try:
+        if (start, end) != (0, -1):
+            raise IndexFormatError('--start/--end slice tars; the URL route spreads one download over many '
+                                   'machines with --distributor pyspark instead')
+        check_output_format(root, output_format)
+        shards = shard_names(parquets, options.samples_per_shard)
+        earlier = finished_shards(output)
+        if set(shards) - earlier:
+            run_img2dataset(parquets, output, output_format, options, num_processes)
+    except IndexFormatError as e:
+        report.index_error = str(e)
+        return report
+    urls = sum(pq.read_metadata(path).num_rows for path in parquets)
+    report.download = download_summary(output, shards, earlier, options, urls)
+    done = [shard for shard in shards if shard not in report.download['shards_unfinished']]
+    jobs = ([TarJob(root, f'{IMAGE_FOLDER}/{shard}.tar', f'{IMAGE_FOLDER}/{shard}') for shard in done]
+            if output_format == 'webdataset' else [])
+    looked_for = f'images downloaded from {PARQUET_FOLDER}/*.parquet into {IMAGE_FOLDER}/'
+    return prepare(dataset, root, jobs, [IMAGE_FOLDER], build_index, looked_for=looked_for,
+                   num_processes=num_processes, step=step, report=report)
+
+
+def check_output_format(root: str, output_format: str) -> None:
+    """One download is files or tars, never a mix: a run with the other choice is refused."""
+    marker = os.path.join(root, '.prepare', 'recap.json')
+    try:
+        with open(marker, encoding='utf-8') as f:
+            earlier = json.load(f).get('output_format')
+    except (OSError, ValueError, AttributeError):
+        earlier = None
+    if earlier not in (None, output_format):
+        flag = 'with' if earlier == 'webdataset' else 'without'
+        raise IndexFormatError(f'{root}/{IMAGE_FOLDER} was downloaded as {earlier} by an earlier run: run {flag} '
+                               f'--no-extract, or remove {IMAGE_FOLDER}/ and .prepare/ to download again')
+    write_json(marker, {'output_format': output_format})
+
+
+def recap_route(root: str) -> list[str] | None:
+    """The parquets of the URL route when the download is one (parquets, and no image tar), else None."""
+    parquets = find_parquets(root)
+    has_tars = glob.glob(os.path.join(root, IMAGE_FOLDER, '*.tar')) and not os.path.exists(
+        os.path.join(root, '.prepare', 'recap.json'))
+    return parquets if parquets and not has_tars else None
+
+
+
+def add_download_options(parser) -> None:
+    """The URL route's options, for the tools whose download may be URL parquets."""
+    group = parser.add_argument_group('URL parquets (parquets/*.parquet, fetched with img2dataset)')
+    defaults = DownloadOptions()
+    group.add_argument('--url-col', default=defaults.url_col, help='the URL column (default: %(default)s)')
+    group.add_argument('--distributor', choices=DISTRIBUTORS, default=defaults.distributor,
+                       help="img2dataset's distributor: this machine's processes, or a pyspark cluster "
+                            '(default: %(default)s)')
+    group.add_argument('--thread-count', type=int, default=defaults.thread_count,
+                       help='download threads per process (default: %(default)s)')
+    group.add_argument('--timeout', type=int, default=defaults.timeout,
+                       help='seconds before a URL counts as failed (default: %(default)s)')
+    group.add_argument('--retries', type=int, default=defaults.retries,
+                       help='retries of a failed URL (default: %(default)s)')
+    group.add_argument('--samples-per-shard', type=int, default=defaults.samples_per_shard,
+                       help='URLs per shard folder raw/<shard>/ (default: %(default)s)')
+
+
+def download_options(args) -> DownloadOptions:
+    return DownloadOptions(url_col=args.url_col, distributor=args.distributor, thread_count=args.thread_count,
+                           timeout=args.timeout, retries=args.retries, samples_per_shard=args.samples_per_shard)
