@@ -16,7 +16,7 @@ from src.synthetic.downloads import (DEFAULT_ROOTS, HOSTILE_ABSOLUTE, HOSTILE_ES
 EXTRACTION = {
     'midjourney23m': ('raw/images/**/*.tar', 'images', False),
     'laion6m': ('*/*.tar', None, False),  # in place: raw/ and captions/
-    'dalle3': ('*.tar', 'data', False),
+    'dalle3': ('data/*.tar', 'data', False),
     'redcaps5m': ('raw/*.tar', 'raw', False),
     'blip3o60k': ('raw/*.tar', 'raw', True),
 }
@@ -75,7 +75,8 @@ def test_roots_are_the_guides_defaults(downloads):
 @pytest.mark.parametrize('name', list(MAKERS))
 def test_every_sample_has_a_usable_image_and_its_caption(downloads, name):
     exp = downloads[name]
-    assert len(exp.samples) == 8 + 1  # n, plus the sample salvaged from the truncated tar
+    # n, plus the sample salvaged from the truncated tar (and dalle3's json naming another image)
+    assert len(exp.samples) == 8 + 1 + (name == 'dalle3')
     assert len(set(exp.samples.values())) == len(exp.samples)
     for image, caption in exp.samples.items():
         with Image.open(exp.root / exp.image_folder / image) as img:
@@ -155,8 +156,9 @@ def test_index_can_be_left_out(tmp_path):
 def test_other_caption_fields_hold_what_the_raw_files_hold(downloads):
     dalle3 = downloads['dalle3']
     for image, long_caption in dalle3.other_captions['long_caption'].items():
-        meta = json.loads((dalle3.root / 'data' / image.replace('.png', '.json')).read_text())
+        meta = json.loads((dalle3.root / 'data' / Path(image).with_suffix('.json')).read_text())
         assert meta['long_caption'] == long_caption != dalle3.samples[image]
+        assert meta['short_caption2'] == [dalle3.other_captions['short_caption2'][image]]
     for name, folder in (('laion6m', 'captions'), ('redcaps5m', 'raw')):
         exp = downloads[name]
         assert exp.other_captions['caption']

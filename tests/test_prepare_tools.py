@@ -258,22 +258,57 @@ def test_index_built_by_pairing_names_when_not_downloaded(tmp_path, name):
     assert 'built by pairing' in report.summary()
 
 
-def test_dalle3_caption_field_and_txt_files(tmp_path):
+@pytest.mark.parametrize('field', ['long_caption', 'short_caption2'])
+def test_dalle3_caption_field_and_txt_files(tmp_path, field):
     expected = MAKERS['dalle3'](tmp_path / 'dalle3', n=4)
 
-    report = prepare('dalle3', expected.root, caption_field='long_caption', write_txt=True)
+    report = prepare('dalle3', expected.root, caption_field=field, write_txt=True)
 
-    long_captions = expected.other_captions['long_caption']
+    captions = expected.other_captions[field]  # short_caption2 is a list: its first element
     rows = read_index(expected)
-    assert {row['filename']: row['caption'] for row in rows} == long_captions
+    assert {row['filename']: row['caption'] for row in rows} == captions
     assert pq.read_schema(expected.root / expected.data_path).names == ['width', 'height', 'caption', 'filename']
-    for image, caption in long_captions.items():
+    for image, caption in captions.items():
         assert (expected.root / 'data' / image).with_suffix('.txt').read_text() == caption
-    assert len(list((expected.root / 'data').glob('*.txt'))) == len(long_captions)
-    assert set(report.indexes[0].drops.counts) == {'no width', 'unreadable json'}
-    assert not list(MAKERS['dalle3'](tmp_path / 'plain', n=3, faults=False).root.rglob('*.txt'))
+    assert len(list((expected.root / 'data').glob('*.txt'))) == len(captions)
+    assert set(report.indexes[0].drops.counts) == {'no width', 'unreadable json', 'no-image'}
+    assert not list(MAKERS['dalle3'](tmp_path / 'plain', n=3, faults=False).root.glob('data/*.txt'))
     prepare('dalle3', tmp_path / 'plain')
-    assert not list((tmp_path / 'plain').rglob('*.txt'))  # only with --write-txt
+    assert not list((tmp_path / 'plain').glob('data/*.txt'))  # only with --write-txt
+
+
+def test_dalle3_hub_layout_pairs_by_key_and_counts_image_names_that_disagree(tmp_path):
+    expected = MAKERS['dalle3'](tmp_path / 'dalle3', n=6)
+    assert not list(expected.root.glob('*.tar')) and list(expected.root.glob('data/*.tar'))
+
+    report = prepare('dalle3', expected.root)
+
+    rows = read_index(expected)
+    assert {row['filename']: row['caption'] for row in rows} == expected.samples
+    assert {Path(row['filename']).suffix for row in rows} == {'.png', '.jpg', '.jpeg'}
+    (index,) = report.indexes
+    assert dict(index.remarks.counts) == {'image_name differs from its member (indexed under the member)': 1}
+    assert "'not-this-name.png'" in report.summary()
+    # The preview .jpg files, README and .cache/huggingface/ of the root are not samples.
+    assert not any('preview' in row['filename'] for row in rows)
+
+
+def test_dalle3_guide_layout_still_prepares(tmp_path):
+    expected = MAKERS['dalle3'](tmp_path / 'dalle3', n=4, layout='guide')
+    assert list(expected.root.glob('*.tar'))
+    assert prepare('dalle3', expected.root).exit_code() == 0
+    assert {row['filename']: row['caption'] for row in read_index(expected)} == expected.samples
+
+
+def test_dalle3_implausible_sizes_are_counted_drops(tmp_path):
+    root = tmp_path / 'dalle3'
+    (root / 'data').mkdir(parents=True)
+    for key, width in (('inf', '1e400'), ('nan', 'NaN'), ('text', '"wide"'), ('good', '512')):
+        (root / 'data' / f'{key}.png').write_bytes(b'image')
+        (root / 'data' / f'{key}.json').write_text(
+            f'{{"image_name": "{key}.png", "short_caption": "a cat", "width": {width}, "height": 512}}')
+    report = prepare('dalle3', root)
+    assert report.indexes[0].drops.counts == {'bad-size': 3} and report.indexes[0].entries == 1
 
 
 def test_midjourney_tables_column_checks(tmp_path):

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -518,7 +517,7 @@ class SampleIndex:
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
             values = column.cast(pa.float64()).to_numpy()
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            values = pd.to_numeric(column.to_pandas(), errors='coerce').to_numpy(np.float64)
+            values = parse_numbers(column)
         else:
             values = np.full(self._table.num_rows, np.nan)
         return self._view(values)
@@ -559,3 +558,19 @@ def _reopen(source: str, cache: Path, fingerprint: bytes, rows) -> SampleIndex:
         raise IndexFormatError(f'{source}: its index cache {cache} changed or vanished after the '
                                f'index was pickled; load the index again')
     return SampleIndex(table, source, cache=cache, fingerprint=fingerprint, rows=rows)
+
+
+def parse_numbers(column: pa.ChunkedArray) -> np.ndarray:
+    """Text as float64 (correctly rounded), NaN where it is no number. Arrow parses a column of
+    numbers at once; one with other text in it (rare: mixed types are stored as text) value by value."""
+    try:
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.array([_number(value) for value in column.to_pylist()], dtype=np.float64)
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float('nan')

@@ -289,6 +289,7 @@ def make_midjourney23m(root, n: int = 12, seed: int = 0, faults: bool = True, ho
     for kind, filename, stage, reason, image in pending_faults:
         where = filename if filename in download.member_tars else f'{table_of[filename]}:{filename}'
         download.fault(kind, where, stage, reason, image)
+    _hub_extras(expected.root / 'raw')
     return expected
 
 
@@ -371,41 +372,58 @@ def make_laion6m(root, n: int = 12, seed: int = 0, faults: bool = True, hostile:
     if with_index:
         index = [{'image': f'{key}.jpg', 'annotation': f'{key}.json'} for key, _, _ in samples]
         _write(expected.root / 'data.json', _json(index))
+    _hub_extras(expected.root)
     return expected
 
 
 def make_dalle3(root, n: int = 12, seed: int = 0, faults: bool = True, hostile: bool = False,
-                truncated_tar: bool = False, shards: int = 3) -> Expected:
-    """``data-<k>.tar`` (in the root itself) of ``<stem>.png`` + ``<stem>.json`` pairs; the json has
-    ``image_name, md5_pil_hash, md5_file_hash, short_caption, long_caption, resolution, width,
-    height, url``. The expected caption is ``short_caption`` (the guide's); ``long_caption`` is in
-    ``other_captions``.
+                truncated_tar: bool = False, shards: int = 3, layout: str = 'hub') -> Expected:
+    """Webdataset tars of ``<key>.json`` + one image each. ``layout='hub'`` (as the hub repository
+    is today): ``data/data-<k>.tar``, images ``.png``, ``.jpg`` and ``.jpeg``, the json with every
+    field of the dataset card (``short_caption2`` / ``long_caption2`` as lists), and the root also
+    holding README.md, CITATION.cff, hashing_functions.py, preview .jpg files and
+    ``.cache/huggingface/``. ``layout='guide'``: ``data-<k>.tar`` in the root, ``.png`` only.
+    The expected caption is ``short_caption`` (the guide's); ``long_caption`` and
+    ``short_caption2`` (its first element) are in ``other_captions``.
 
     Faults: a json without ``width`` (its image is extracted, its row skipped as the guide does:
-    'prepare', 'no width'); a malformed json ('prepare', 'unreadable json').
+    'prepare', 'no width'); a malformed json ('prepare', 'unreadable json'); with the hub layout
+    also a json whose image is in no tar ('prepare', 'no-image'), and a json whose ``image_name``
+    names another file than its member (kept under the member: a usable sample, counted in the
+    summary as a remark).
     """
+    if layout not in ('hub', 'guide'):
+        raise ValueError(f"layout is 'hub' or 'guide', not {layout!r}")
+    hub = layout == 'hub'
     rng = random.Random(f'dalle3-{seed}')
     expected = Expected('dalle3', Path(root), image_folder='data', data_path='dalle3.parquet',
                         cap_folder=None)
     download = _Download(expected, expected.root / 'data')
-    captions = iter(_captions(rng, n + 4))
+    captions = iter(_captions(rng, n + 6))
     pairs, pending_faults = [], []
+    jpeg_exts = itertools.cycle(['.jpg', '.jpeg'])  # both are on the hub
 
-    def pair(image: _Image, usable: bool = True, damage=None) -> list[tuple[str, bytes]]:
-        """[(png name, image), (json name, metadata)]; ``damage`` rewrites the metadata bytes."""
-        stem, caption = _hex(rng, 16), next(captions)
+    def pair(image: _Image, usable: bool = True, damage=None, image_name=None) -> list[tuple[str, bytes]]:
+        """[(image name, image), (json name, metadata)]; ``damage`` rewrites the metadata bytes."""
+        key, caption = _hex(rng, 16), next(captions)
+        ext = image.ext if image.ext != '.jpg' else next(jpeg_exts)
         subject, style = caption.split(', ')[0], caption.split(', ')[-1]
         long_caption = (f'The image shows {subject}. It is rendered in the style of {style}, '
                         f'with careful attention to light and texture.')
-        meta = {'image_name': f'{stem}.png', 'md5_pil_hash': _hex(rng, 32),
+        meta = {'image_name': image_name or f'{key}{ext}', 'md5_pil_hash': _hex(rng, 32),
                 'md5_file_hash': hashlib.md5(image.data).hexdigest(), 'short_caption': caption,
                 'long_caption': long_caption, 'resolution': f'{image.width}x{image.height}',
                 'width': image.width, 'height': image.height,
-                'url': f'https://cdn.example.com/dalle3/{stem}.png'}
+                'url': f'https://cdn.example.com/dalle3/{key}{ext}'}
+        if hub:
+            meta.update(sha512_hash=_hex(rng, 128), source='dalle3', original_prompt=f'Make {subject}',
+                        short_caption2=[f'{subject}, {style}'], long_caption2=[long_caption.upper()])
         if usable:
-            expected.samples[f'{stem}.png'] = caption
-            expected.other_captions.setdefault('long_caption', {})[f'{stem}.png'] = long_caption
-        return [(f'{stem}.png', image.data), (f'{stem}.json', damage(meta) if damage else _json(meta))]
+            expected.samples[f'{key}{ext}'] = caption
+            expected.other_captions.setdefault('long_caption', {})[f'{key}{ext}'] = long_caption
+            if hub:
+                expected.other_captions.setdefault('short_caption2', {})[f'{key}{ext}'] = f'{subject}, {style}'
+        return [(f'{key}{ext}', image.data), (f'{key}.json', damage(meta) if damage else _json(meta))]
 
     def without_size(meta: dict) -> bytes:
         return _json({k: v for k, v in meta.items() if k not in ('width', 'height', 'resolution')})
@@ -413,22 +431,45 @@ def make_dalle3(root, n: int = 12, seed: int = 0, faults: bool = True, hostile: 
     def malformed(meta: dict) -> bytes:
         return _json(meta)[:-20]
 
+    kinds = [kind for pair_ in zip(_PNG, _JPEG) for kind in pair_] if hub else _PNG
     for i in range(n):
-        pairs.append(pair(_image(rng, i, _PNG)))
+        pairs.append(pair(_image(rng, i, kinds)))
     if faults:
         for kind, damage, reason in [('json-without-width', without_size, 'no width'),
                                      ('malformed-json', malformed, 'unreadable json')]:
             members = pair(_image(rng, 0, _PNG), usable=False, damage=damage)
             pending_faults.append((kind, members[1][0], 'prepare', reason, members[0][0]))
             pairs.insert(rng.randrange(len(pairs) + 1), members)
+        if hub:
+            members = pair(_image(rng, 0, _PNG), usable=False)
+            pending_faults.append(('json-without-image', members[1][0], 'prepare', 'no-image', members[0][0]))
+            pairs.insert(rng.randrange(len(pairs) + 1), members[1:])  # its image is in no tar
+            renamed = pair(_image(rng, 1, _JPEG), image_name='not-this-name.png')
+            pairs.insert(rng.randrange(len(pairs) + 1), renamed)
+    folder = 'data/' if hub else ''
     for k, chunk in enumerate(_split(pairs, shards)):
-        download.tar(f'data-{k:06d}.tar', [m for members in chunk for m in members], hostile and k == 0)
+        download.tar(f'{folder}data-{k:06d}.tar', [m for members in chunk for m in members], hostile and k == 0)
     if truncated_tar:
         kept, cut = pair(_image(rng, 1, _PNG)), pair(_image(rng, 2, _PNG), usable=False)
-        download.truncated_tar('data-999999.tar', kept + cut[::-1], cut[0][0])
+        download.truncated_tar(f'{folder}data-999999.tar', kept + cut[::-1], cut[0][0])
     for fault in pending_faults:
         download.fault(*fault)
+    if hub:
+        _hub_extras(expected.root, previews=2)
     return expected
+
+
+def _hub_extras(root: Path, previews: int = 0) -> None:
+    """What ``huggingface-cli download --local-dir`` leaves beside the data: the card, its
+    bookkeeping in ``.cache/huggingface/``, and for some repositories preview images."""
+    _write(root / 'README.md', b'---\nlicense: cc0-1.0\n---\n# A dataset card\n')
+    _write(root / '.cache/huggingface/download/README.md.metadata', b'0123abcd\netag\n1700000000.0\n')
+    _write(root / '.cache/huggingface/.gitignore', b'*\n')
+    if previews:
+        _write(root / 'CITATION.cff', b'cff-version: 1.2.0\n')
+        _write(root / 'hashing_functions.py', b'import hashlib\n')
+        for i in range(previews):
+            _write(root / f'preview_{i}.jpg', encode_image(128, 96, fmt='JPEG', mode='RGB', seed=i))
 
 
 def make_redcaps5m(root, n: int = 12, seed: int = 0, faults: bool = True, hostile: bool = False,
@@ -480,12 +521,19 @@ def make_redcaps5m(root, n: int = 12, seed: int = 0, faults: bool = True, hostil
         download.fault(*fault)
     index = [{'image': image, 'annotation': annotation} for image, annotation, _ in samples]
     _write(expected.root / 'redcaps5m_data.json', _json(index))
+    _hub_extras(expected.root)
     return expected
+
+
+# The hub's eleven tars are named by category.
+BLIP3O60K_TARS = ('dalle3', 'geneval_train', 'human_gestures', 'journeyDB', 'landmarks', 'objects',
+                  'occupations', 'scenes', 'sports', 'text_1', 'text_2')
 
 
 def make_blip3o60k(root, n: int = 12, seed: int = 0, faults: bool = True, hostile: bool = False,
                    truncated_tar: bool = False, shards: int = 3, with_index: bool = True) -> Expected:
-    """``raw/<stem>.tar`` of ``<id>.<jpg|png|webp>`` + ``<id>.txt`` captions (with the stray
+    """``raw/<category>.tar`` (named as on the hub: ``dalle3.tar``, ``geneval_train.tar``, ...) of
+    ``<id>.<jpg|png|webp>`` + ``<id>.txt`` captions (with the stray
     whitespace real files have: the expected caption is stripped), extracted by the tool into
     ``raw/<stem>/``; and ``data.json`` (``{"image": "<stem>/<id>.jpg", "annotation":
     "<stem>/<id>.txt"}``, relative to ``raw/``) unless ``with_index=False``.
@@ -496,7 +544,7 @@ def make_blip3o60k(root, n: int = 12, seed: int = 0, faults: bool = True, hostil
     rng = random.Random(f'blip3o60k-{seed}')
     expected = Expected('blip3o60k', Path(root), image_folder='raw', data_path='data.json',
                         cap_folder='raw')
-    download = _Download(expected, expected.root / 'raw' / '00000')
+    download = _Download(expected, expected.root / 'raw' / BLIP3O60K_TARS[0])
     captions = iter(_captions(rng, n + 4))
     # (id, image, .txt bytes or None, expected caption, or (kind, reason) of a fault, or None: cut)
     samples = []
@@ -537,13 +585,14 @@ def make_blip3o60k(root, n: int = 12, seed: int = 0, faults: bool = True, hostil
         return index
 
     index = []
-    for k, chunk in enumerate(_split(samples, shards)):
-        index += tar(f'{k:05d}', chunk, hostile and k == 0)
+    for stem, chunk in zip(BLIP3O60K_TARS, _split(samples, min(shards, len(BLIP3O60K_TARS) - 1))):
+        index += tar(stem, chunk, hostile and stem == BLIP3O60K_TARS[0])
     if truncated_tar:
         kept, cut = sample(_image(rng, 1, _MIXED)), sample(_image(rng, 2, _MIXED))
-        index += tar('99999', [kept, cut[:3] + (None,)], cut=True)
+        index += tar(BLIP3O60K_TARS[-1], [kept, cut[:3] + (None,)], cut=True)
     if with_index:
         _write(expected.root / 'data.json', _json(index))
+    _hub_extras(expected.root / 'raw')  # the guide downloads the repository into raw/
     return expected
 
 
