@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
-from mmengine.config import Config
-from mmengine.runner import Runner
 
 from src.prepare import datasets as prepare
 from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
-from src.synthetic.local_config import dataset_configs, localize
+from src.synthetic.local_config import dataset_configs
 
-CONFIGS = Path(__file__).resolve().parents[1] / 'configs' / 'datasets'
+from config_helpers import assert_reads_expected_samples, build, load
+
 NAMES = list(MAKERS)
 
 # The contract's table: what each config reads.
@@ -33,10 +31,6 @@ CONTRACT = {
 }
 UPSTREAM_KEYS = {'image_size', 'unconditional', 'prompt_template', 'ceph_folder', 'ceph_config',
                  'tokenizer', 'max_length'}
-
-
-def load(name: str) -> Config:
-    return Config.fromfile(str(CONFIGS / f'{name}.py'))
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -82,32 +76,12 @@ def in_workdir(prepared):
     os.chdir(cwd)
 
 
-def build(name: str, tokenizer_path: str, **overrides):
-    loader_cfg = localize(load(name), tokenizer_path,
-                          dataset_overrides=dict(image_size=64, unconditional=0, seed=0),
-                          batch_size=4, num_workers=0, pin_memory=False, **overrides)
-    return Runner.build_dataloader(loader_cfg, seed=0)
-
-
-def expected_ids(tokenizer, template: dict, caption: str) -> list[int]:
-    prompt = template['INSTRUCTION'].format(input=template['GENERATION'].format(input=caption.strip()))
-    return tokenizer.encode(prompt + template['IMG_START_TOKEN'])[:128]
-
-
 @pytest.mark.parametrize('name', NAMES)
 def test_config_reads_every_expected_sample_with_its_caption(in_workdir, name, tokenizer_path, tokenizer,
                                                              prompt_template):
     expected = in_workdir[name]
     loader = build(name, tokenizer_path)
-    dataset = loader.dataset
-    found = {}
-    for idx in range(len(dataset)):
-        sample = dataset[idx]
-        found.setdefault(sample['image_file'], sample['input_ids'].tolist())
-        assert sample['pixel_values'].shape == (3, 64, 64)
-    assert set(found) == set(expected.samples)
-    for image, caption in expected.samples.items():
-        assert found[image] == expected_ids(tokenizer, prompt_template, caption), image
+    assert_reads_expected_samples(loader.dataset, expected.samples, tokenizer, prompt_template)
     batch = next(iter(loader))
     assert batch['data']['pixel_values'].shape == (4, 3, 64, 64)
     assert batch['data']['input_ids'].dtype == torch.int64

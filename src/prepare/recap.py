@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import math
 import os
 import signal
@@ -34,6 +35,10 @@ LAYOUT = PairLayout(index='data.json', image_folder=IMAGE_FOLDER, cap_folder=IMA
                     caption_folders=(IMAGE_FOLDER,), caption_ext='.json')
 DISTRIBUTORS = ('multiprocessing', 'pyspark')
 SHARD_DIGITS = 5  # img2dataset's oom_shard_count: shard names are 00000, 00001, ...
+RESERVED_COLUMNS = {'key', 'caption', 'url', 'width', 'height', 'original_width', 'original_height', 'status',
+                    'error_message', 'exif', 'md5', 'sha256', 'sha512'}  # img2dataset's own json keys
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,10 +98,17 @@ def run_img2dataset(parquets: list[str], output: str, output_format: str, option
                                    '(and Java), or run under spark-submit on the cluster') from None
     from img2dataset import download
 
+    columns = input_columns(parquets, options.url_col)
+    # img2dataset writes these keys itself; 'caption' it takes as its caption column instead.
+    skipped = [name for name in columns if name in RESERVED_COLUMNS and name != 'caption']
+    if skipped:
+        logger.warning('columns %s of the parquets are not kept in the json: img2dataset writes its own '
+                       'values under those names', skipped)
     interrupt = signal.getsignal(signal.SIGINT)  # img2dataset replaces it with one that exits 0
     try:
         download(url_list=os.path.dirname(parquets[0]), input_format='parquet', url_col=options.url_col,
-                 save_additional_columns=input_columns(parquets, options.url_col),
+                 caption_col='caption' if 'caption' in columns else None,
+                 save_additional_columns=[name for name in columns if name not in RESERVED_COLUMNS] or None,
                  output_folder=output, output_format=output_format, resize_mode='no',
                  processes_count=num_processes, thread_count=options.thread_count,
                  number_sample_per_shard=options.samples_per_shard, oom_shard_count=SHARD_DIGITS,

@@ -112,7 +112,7 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
             report.tars[job.name] = earlier
             report.skipped_done.append(job.name)
 
-    with tqdm(total=len(todo), unit='tar', desc=f'{dataset}: {step.name}') as bar:
+    with tqdm(total=len(todo), unit='tar', desc=f'{dataset}: {step.name}', disable=not jobs) as bar:
         members = 0
         for result in run_parallel(step, todo, num_processes):
             report.tars[result.name] = result.to_dict()

@@ -28,6 +28,7 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import random
 import tarfile
@@ -593,6 +594,56 @@ def make_blip3o60k(root, n: int = 12, seed: int = 0, faults: bool = True, hostil
     if with_index:
         _write(expected.root / 'data.json', _json(index))
     _hub_extras(expected.root / 'raw')  # the guide downloads the repository into raw/
+    return expected
+
+
+def make_recap(name: str, root, server, n: int = 8, seed: int = 0, faults: bool = True, parquets: int = 2,
+               samples_per_shard: int = 4) -> Expected:
+    """The URL route of laion6m / redcaps5m, as upstream ships it today: ``parquets/*.parquet`` of
+    ``url``, ``re_caption`` (the expected caption), ``caption`` (the alt text or Reddit title, in
+    ``other_captions``) and a few more columns, whose URLs ``server`` (a
+    :class:`~src.synthetic.url_server.UrlServer`) serves; plus the hub's README and .cache/.
+
+    ``Expected.samples`` names each image as img2dataset writes it with ``samples_per_shard``:
+    ``<shard>/<key>.jpg``, the shards numbered on across the parquets in name order.
+    Faults ('prepare', reason 'download failed'): a URL that answers 404, one whose body is an
+    HTML page, one that answers after 3 s (a timeout for a client that waits less).
+    """
+    from src.synthetic.url_server import Response
+
+    rng = random.Random(f'{name}-recap-{seed}')
+    expected = Expected(name, Path(root), image_folder='raw', data_path='data.json', cap_folder='raw')
+    captions = iter(_captions(rng, 2 * (n + 3)))
+    rows = []  # (row of the parquet, fault kind or None)
+    for i in range(n):
+        image = _image(rng, i, _MOSTLY_JPEG)
+        path = f'/{name}/{_hex(rng, 10)}{image.ext}'
+        content_type = {'.jpg': 'image/jpeg', '.png': 'image/png', '.webp': 'image/webp'}[image.ext]
+        rows.append(({'url': server.add(path, Response(image.data, content_type=content_type))}, None))
+    if faults:
+        for kind, response in [('http-404', None), ('not-an-image', Response(b'<html>gone</html>', content_type='text/html')),
+                               ('timeout', Response(b'late', delay=3.0))]:
+            path = f'/{name}/{_hex(rng, 10)}.jpg'
+            rows.insert(rng.randrange(len(rows) + 1),
+                        ({'url': server.add(path, response) if response else server.url(path)}, kind))
+    for row, _ in rows:
+        row.update(re_caption=next(captions), caption=f'alt text: {next(captions)}', aesthetic=rng.random())
+    digits = max(1, math.ceil(math.log10(samples_per_shard)))
+    shard = 0
+    (expected.root / 'parquets').mkdir(parents=True, exist_ok=True)
+    for part, chunk in enumerate(_split(rows, parquets)):
+        pq.write_table(pa.Table.from_pylist([row for row, _ in chunk]),
+                       expected.root / f'parquets/part-{part:05d}.parquet')
+        for first in range(0, len(chunk), samples_per_shard):
+            for offset, (row, fault) in enumerate(chunk[first:first + samples_per_shard]):
+                image = f'{shard:05d}/{shard * 10 ** digits + offset:0{5 + digits}d}.jpg'
+                if fault:
+                    expected.faults.append(Fault(fault, row['url'], 'prepare', 'download failed', image))
+                else:
+                    expected.samples[image] = row['re_caption']
+                    expected.other_captions.setdefault('caption', {})[image] = row['caption']
+            shard += 1
+    _hub_extras(expected.root / 'parquets')  # the guides download the repository into parquets/
     return expected
 
 

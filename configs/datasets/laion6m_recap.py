@@ -1,0 +1,33 @@
+# LAION 6M re-captioned, the route upstream (OpenUni) uses today: URL + caption parquets in
+# data/laion6m/parquets, images fetched with img2dataset by `tools/prepare_laion6m.py` into
+# raw/<shard>/<key>.jpg beside <key>.json, which holds the parquet's re_caption. As upstream's config.
+from mmengine.config import read_base
+from mmengine.dataset import InfiniteSampler
+
+from src.datasets.collate_functions import collate_func_gen
+from src.datasets.text2image.caption_datasets import CaptionDataset
+
+with read_base():
+    from ..processors import image_size, pad_index, prompt_template, tokenizer
+
+max_length = 128
+
+dataset = dict(type=CaptionDataset,
+               image_size=image_size,
+               cap_source='re_caption',
+               cap_folder='data/laion6m/raw',
+               data_path='data/laion6m/data.json',
+               image_folder='data/laion6m/raw',
+               unconditional=0.1,
+               prompt_template=prompt_template,
+               ceph_folder=None,
+               ceph_config=None,
+               tokenizer=tokenizer,
+               max_length=max_length)
+
+train_dataloader = dict(batch_size=32,
+                        num_workers=4,
+                        pin_memory=True,
+                        dataset=dataset,
+                        sampler=dict(type=InfiniteSampler, shuffle=True),
+                        collate_fn=dict(type=collate_func_gen, pad_index=pad_index))
