@@ -1,12 +1,15 @@
 """The whole data layer on miniature copies of the five downloads, offline, in well under a minute.
 
-1. writes a miniature raw download of each dataset under <workdir>/data/, laid out as its guide's
-   download leaves it, with the faults real downloads have (rows without images, missing and
-   malformed caption files, corrupt images, a tar cut short, members that try to escape the folder);
-2. prepares each with its tool's library (as `tools/prepare_<name>.py --num-processes 2` does) and
-   checks the result against what the download implies: the right index entries, the cut tar
+1. writes a miniature raw download of each dataset under <workdir>/data/, laid out as the hub has it
+   (and as its guide draws it where they agree), with the faults real downloads have (rows without
+   images, missing and malformed caption files, corrupt images, a tar cut short, members that try to
+   escape the folder); and for laion6m and redcaps5m, the URL parquets upstream ships today, under
+   <workdir>/urls/data/, whose URLs a local HTTP server on 127.0.0.1 serves (some fail: 404, a page
+   that is no image, a timeout);
+2. prepares each with its tool's library (as `tools/prepare_<name>.py --num-processes 2` does; the
+   URL parquets are fetched through img2dataset) and checks the result against what the download implies: the right index entries, the cut tar
    reported, nothing written outside the dataset folders;
-3. builds a local tokenizer, loads configs/datasets/<name>.py and mix.py as a training run would
+3. builds a local tokenizer, loads configs/datasets/<name>.py (<name>_recap.py for the URL route) and mix.py as a training run would
    (Config.fromfile, Runner.build_dataloader; only the tokenizer path, image size, batch size and
    workers changed), iterates a few batches and prints a table;
 4. saves <workdir>/preview.png: samples of each dataset as the model sees them, with the prompt
@@ -146,42 +149,65 @@ def print_table(rows: list[Row]) -> None:
             print('  '.join('-' * w for w in widths))
 
 
+URL_ROUTE = ('laion6m', 'redcaps5m')  # the datasets whose download today is URL parquets
+
+
 def run(args) -> Path:
     """The four steps; returns the preview's path."""
     workdir = Path(args.workdir).resolve()
     clear_workdir(workdir)  # before the slow imports, so that a wrong --workdir is refused at once
     from src.prepare import datasets as prepare
-    from src.synthetic.downloads import DEFAULT_ROOTS, make_all
+    from src.prepare.recap import DownloadOptions
+    from src.synthetic.downloads import DEFAULT_ROOTS, make_all, make_recap
     from src.synthetic.preview import grid
     from src.synthetic.tokenizer import build_tokenizer
+    from src.synthetic.url_server import UrlServer
 
-    with step(f'1. miniature raw downloads of the five datasets under {workdir / "data"}'):
-        os.chdir(workdir)  # the tools' default roots and the configs' paths start at data/
-        expected = make_all(Path('data').resolve(), n=args.samples, seed=args.seed, faults=True,
-                            hostile=True, truncated_tar=True)
-        for name, exp in expected.items():
-            logger.info('%-14s %s: %d samples, %d faults', name, DEFAULT_ROOTS[name], len(exp.samples),
-                        len(exp.faults))
+    # config name -> (the folder its data/ is in, the download, its --root)
+    downloads = {}
+    with contextlib.ExitStack() as stack:
+        with step(f'1. miniature raw downloads of the five datasets under {workdir / "data"}, and the URL '
+                  f'parquets of {" and ".join(URL_ROUTE)} under {workdir / "urls" / "data"}, served on 127.0.0.1'):
+            os.chdir(workdir)  # the tools' default roots and the configs' paths start at data/
+            expected = make_all(Path('data').resolve(), n=args.samples, seed=args.seed, faults=True,
+                                hostile=True, truncated_tar=True)
+            downloads.update((name, (workdir, exp, DEFAULT_ROOTS[name])) for name, exp in expected.items())
+            server = stack.enter_context(UrlServer())
+            for name in URL_ROUTE:
+                root = workdir / 'urls' / DEFAULT_ROOTS[name]
+                downloads[f'{name}_recap'] = (workdir / 'urls', make_recap(name, root, server, n=args.samples,
+                                                                          seed=args.seed), str(root))
+            for name, (_, exp, root) in downloads.items():
+                logger.info('%-16s %s: %d samples, %d faults', name, os.path.relpath(root, workdir),
+                            len(exp.samples), len(exp.faults))
 
-    prepared = {}  # name -> (index entries, entries dropped)
-    for name, exp in expected.items():
-        with step(f'2. prepare {name} (tools/prepare_{name}.py --root {DEFAULT_ROOTS[name]} '
-                  f'--num-processes 2)'):
-            report = getattr(prepare, f'prepare_{name}')(DEFAULT_ROOTS[name], num_processes=2)
-            report.finish()
-            problems = check_preparation(exp, report)
-            if problems:
-                raise DemoError(f'preparing {name} did not give what the download implies:\n  '
-                                + '\n  '.join(problems))
-            prepared[name] = (sum(index.entries for index in report.indexes),
-                              sum(index.drops.total() for index in report.indexes))
-            logger.info('-> as expected: %d index entries, %d dropped, %d unsafe members refused, '
-                        'the cut tar reported', *prepared[name], report.refused().total())
+        prepared = {}  # name -> (index entries, entries dropped)
+        for name, (_, exp, root) in downloads.items():
+            with step(f'2. prepare {name} (tools/prepare_{exp.name}.py --root {os.path.relpath(root, workdir)} '
+                      f'--num-processes 2)'):
+                # The served timeout answers after 3 s: a 1 s timeout fails it without waiting long.
+                options = {'download': DownloadOptions(timeout=1, samples_per_shard=4)} if name.endswith('_recap') else {}
+                report = getattr(prepare, f'prepare_{exp.name}')(root, num_processes=2, **options)
+                report.finish()
+                problems = check_preparation(exp, report)
+                if problems:
+                    raise DemoError(f'preparing {name} did not give what the download implies:\n  '
+                                    + '\n  '.join(problems))
+                failed_urls = sum(report.download['failed_by_reason'].values()) if report.download else 0
+                prepared[name] = (sum(index.entries for index in report.indexes),
+                                  sum(index.drops.total() for index in report.indexes) + failed_urls)
+                if report.download is not None:
+                    logger.info('-> as expected: %d index entries; %d URLs downloaded, %d failed (counted by reason)',
+                                prepared[name][0], report.download['successes'], failed_urls)
+                else:
+                    logger.info('-> as expected: %d index entries, %d dropped, %d unsafe members refused, '
+                                'the cut tar reported', *prepared[name], report.refused().total())
 
     with step('3. load the configs and iterate their dataloaders'):
         tokenizer_path = build_tokenizer(workdir / 'tokenizer')
         rows, sections = [], []
-        for name in [*expected, 'mix']:
+        for name in [*downloads, 'mix']:
+            os.chdir(downloads[name][0] if name in downloads else workdir)
             dataset, batch, rate = iterate(name, tokenizer_path, args)
             parts = list(expected) if name == 'mix' else [name]
             data = batch['data']
@@ -189,11 +215,11 @@ def run(args) -> Path:
                             len(dataset), f'{list(data["pixel_values"].shape)} {list(data["input_ids"].shape)}',
                             rate))
             if name != 'mix':
-                exp = expected[name]
+                _, exp, root = downloads[name]
                 if not len(exp.samples) <= len(dataset) <= len(exp.indexed):
                     raise DemoError(f'{name}: the dataset has {len(dataset)} samples; the download has '
                                     f'{len(exp.samples)} usable ones and {len(exp.indexed)} index entries')
-                sections.append((f'{name}  ({DEFAULT_ROOTS[name]})',
+                sections.append((f'{name}  ({os.path.relpath(root, workdir)})',
                                  preview_tiles(batch, dataset, args.preview_per_dataset)))
         print()
         print_table(rows)
