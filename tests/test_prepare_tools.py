@@ -340,6 +340,31 @@ def test_midjourney_tables_column_checks(tmp_path):
     assert report.exit_code() == 0
 
 
+def test_midjourney_column_names_are_options_and_bad_sizes_are_counted(tmp_path):
+    from src.prepare.midjourney import Columns
+    root = tmp_path / 'mj'
+    (root / 'raw/meta').mkdir(parents=True)
+    for name in ('a.png', 'b.png', 'c.png', 'd.png'):
+        (root / 'images').mkdir(exist_ok=True)
+        (root / 'images' / name).touch()
+    pq.write_table(pa.table({'file': ['a.png', 'b.png', 'c.png', 'd.png'], 'text': ['aa', 'bb', 'cc', 'dd'],
+                             'w': [512.0, float('inf'), 1e300, None], 'h': [384.0, 10.0, 10.0, 10.0]}),
+                   root / 'raw/meta/part-0.parquet')
+    columns = Columns(tables='raw/meta/*.parquet', filename='file', caption='text', width='w', height='h')
+
+    report = prepare('midjourney23m', root, columns=columns)
+
+    assert json.loads((root / 'data.json').read_text()) == [
+        {'image': 'images/a.png', 'caption': 'aa', 'width': 512, 'height': 384}]
+    assert dict(report.indexes[0].drops.counts) == {'bad-size': 2, 'no-size': 1}
+    result = run_tool('midjourney23m', '--root', root, '--tables', 'raw/meta/*.parquet', '--filename-col', 'file',
+                      '--caption-col', 'text', '--width-col', 'w', '--height-col', 'h')
+    assert result.returncode == 0, result.stderr
+    wrong = run_tool('midjourney23m', '--root', root, '--tables', 'raw/meta/*.parquet')
+    assert wrong.returncode == 1
+    assert "no column 'filename', 'prompt', 'width', 'height'; its columns are ['file', 'text', 'w', 'h']" in wrong.stderr
+
+
 def test_midjourney_encoding_across_chunk_edges(tmp_path, monkeypatch):
     # The data.json text is assembled from Arrow buffers a chunk at a time; tiny chunks put quotes,
     # backslashes, control characters and wholly dropped chunks on every edge.
