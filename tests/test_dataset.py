@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 
 from conftest import PROCESSORS_CONFIG
 from src.datasets.collate_functions import collate_func_gen, collate_func_gen_latents, collate_func_gen_tokens
+from src.datasets import failure_policy
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.text2image import caption_datasets
 from src.datasets.text2image.blip3_o import BLIP3oDataset
@@ -71,8 +72,8 @@ def make_dataset(tmp_path, tokenizer, prompt_template):
 def logged(monkeypatch):
     """What the dataset logs, as (level, message)."""
     lines = []
-    monkeypatch.setattr(caption_datasets, 'print_log',
-                        lambda msg, logger=None, level=None: lines.append((level, msg)))
+    for module in (caption_datasets, failure_policy):
+        monkeypatch.setattr(module, 'print_log', lambda msg, logger=None, level=None: lines.append((level, msg)))
     return lines
 
 
@@ -439,24 +440,49 @@ def broken_records(count):
     return [{'image': f'missing{i}.jpg', 'caption': 'x'} for i in range(count)]
 
 
-def test_all_broken_raises_after_max_refetch(make_dataset):
+def test_all_broken_raises_with_the_counts_and_last_messages(make_dataset, logged):
     dataset = make_dataset(broken_records(5))
     with pytest.raises(RuntimeError) as err:
         dataset[0]
     message = str(err.value)
-    assert '11 samples in a row' in message and 'max_refetch=10' in message
-    assert "{'missing-file': 11}" in message and 'no such file' in message
-    assert message.count('[missing-file]') == 5  # the last few errors, not all of them
-    assert dataset.failures == {'missing-file': 11}
-
-
-def test_failure_ratio_stops_a_misconfigured_dataset(make_dataset):
-    dataset = make_dataset(broken_records(5), max_refetch=1000)
-    with pytest.raises(RuntimeError) as err:
-        dataset[0]
-    message = str(err.value)
-    assert '50 of 50 samples' in message and 'max_failure_ratio=0.5' in message
+    assert '50 of the last 50 samples' in message and 'every one of them failed' in message
     assert "{'missing-file': 50}" in message and 'no such file' in message
+    assert message.count('[missing-file]') == 5  # the last few errors, not all of them
+    assert dataset.failures == {'missing-file': 50}
+    # Past max_refetch in a row the draw went on, and said why.
+    assert any('11 samples in a row could not be used (max_refetch=10)' in w for w in warnings_of(logged))
+
+
+def test_a_rate_above_the_ratio_stops_even_when_some_samples_work(tmp_path, make_dataset):
+    records = write_good_images(tmp_path / 'images', count=1) + broken_records(9)  # 90% fail
+    dataset = make_dataset(records, image_folder=str(tmp_path / 'images'), seed=0)
+    with pytest.raises(RuntimeError, match=r'above max_failure_ratio=0.5 beyond doubt'):
+        for idx in range(1000):
+            dataset[idx % len(dataset)]
+
+
+def test_a_rate_below_the_ratio_never_stops_a_run_through_a_streak(make_dataset, monkeypatch):
+    """38% of samples fail (as with 38% of latents missing): a million draws, no error, though
+    streaks longer than max_refetch happen, as they must at that rate."""
+    dataset = make_dataset(broken_records(100), seed=0)
+    failing = {i for i in range(100) if i % 50 < 19}  # 38 of 100
+    streaks = {'now': 0, 'longest': 0}
+
+    def prepare(idx):
+        if idx in failing:
+            streaks['now'] += 1
+            streaks['longest'] = max(streaks['longest'], streaks['now'])
+            raise SampleError('missing-file', f'sample {idx}: no such file')
+        streaks['now'] = 0
+        return {'idx': idx}
+
+    monkeypatch.setattr(dataset, 'prepare_data', prepare)
+    monkeypatch.setattr('src.datasets.failure_policy.print_log', lambda *args, **kwargs: None)
+    for call in range(1_000_000):
+        dataset[call % 100]
+    failed = dataset.failures['missing-file']
+    assert 0.37 < failed / (1_000_000 + failed) < 0.39
+    assert streaks['longest'] > dataset.max_refetch + 1  # what used to end the run
 
 
 def test_all_broken_in_dataloader_workers_raises(make_dataset):
@@ -471,12 +497,13 @@ def test_all_broken_in_dataloader_workers_raises(make_dataset):
         batches._shutdown_workers()
 
 
-def test_repeated_failures_are_logged_sparingly(make_dataset, logged):
-    dataset = make_dataset(broken_records(5), max_refetch=149, max_failure_ratio=1.0)
-    with pytest.raises(RuntimeError, match='150 samples in a row'):
-        dataset[0]
-    warnings = warnings_of(logged)
-    assert len(warnings) == 21  # the first 20, then the 100th
+def test_repeated_failures_are_logged_sparingly(tmp_path, make_dataset, logged):
+    records = write_good_images(tmp_path / 'images', count=1) + broken_records(4)
+    dataset = make_dataset(records, image_folder=str(tmp_path / 'images'), max_failure_ratio=1.0, seed=0)
+    while sum(dataset.failures.values()) < 250:
+        dataset[1]
+    warnings = [w for w in warnings_of(logged) if 'Skipped a sample' in w]
+    assert len(warnings) == 20 + 2  # the first 20, then every 100th
     assert 'every 100th' in warnings[19]
     assert "100 skipped so far in this process: {'missing-file': 100}" in warnings[20]
 

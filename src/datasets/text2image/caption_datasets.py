@@ -12,8 +12,8 @@ import io
 import logging
 import os
 import random
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from src.datasets.captions import caption_keys, parse_annotation, resolve_caption
 from src.datasets.errors import SampleError
+from src.datasets.failure_policy import FailureTracker
 from src.datasets.image_io import load_pixel_values
 from src.datasets.sample_index import SampleIndex
 from src.datasets.tar_index import TarMemberIndex
@@ -33,11 +34,6 @@ from src.datasets.tar_index import TarMemberIndex
 COMPONENTS = Registry('text2image data components')
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
-FAILURE_RATIO_MIN_ATTEMPTS = 50  # attempts in a process before the failure ratio is judged
-LOG_FIRST_FAILURES = 20  # then every LOG_EVERY_FAILURES-th, with the running counts
-LOG_EVERY_FAILURES = 100
-RECENT_MESSAGES = 5
-
 
 def build_component(cfg):
     """An instance as is; a config dict (plain or ConfigDict, lazy objects allowed) built from `type`."""
@@ -52,9 +48,7 @@ class _ProcessState:
     """What each process (main, every DataLoader worker) draws and counts on its own."""
     pid: int
     rng: random.Random
-    failures: Counter = field(default_factory=Counter)
-    attempts: int = 0
-    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_MESSAGES))
+    tracker: FailureTracker
 
 
 @DATASETS.register_module()
@@ -64,8 +58,9 @@ class CaptionDataset(Dataset):
     The keywords up to ``unconditional`` are upstream OpenUni's, in its order. Added:
     ``image_key``: the record key holding the image path (the dalle3 parquet uses 'filename');
     ``seed``: crop, dropout and replacement draws (None: the process's torch seed);
-    ``max_refetch``: replacements tried per ``__getitem__`` call;
-    ``max_failure_ratio``: above this share of failed samples (after 50 attempts) the dataset stops;
+    ``max_refetch``: failures in a row after which a warning says that drawing goes on;
+    ``max_failure_ratio``: the failure rate a run accepts; the dataset stops when the recent rate
+    exceeds it beyond doubt, or every recent sample fails (``src.datasets.failure_policy``);
     ``index_cache_dir``: where ``SampleIndex`` keeps its memory-mapped copy of the index;
     ``tar_index``: the path of a tar member index (``tar_index.arrow``, see ``src.datasets.tar_index``),
     or an object / config with its ``relpath(path)`` and ``read(relpath)``: image files are then read
@@ -276,46 +271,31 @@ class CaptionDataset(Dataset):
             base_seed = self.seed if self.seed is not None else torch.initial_seed()
             # The index path too: datasets mixed in one ConcatDataset must not drop captions in step.
             stream = f'{base_seed}/{get_rank()}/{worker.id if worker is not None else "main"}/{self.data_path}'
-            self._process_state = _ProcessState(pid=pid, rng=random.Random(stream))
+            self._process_state = _ProcessState(
+                pid=pid, rng=random.Random(stream),
+                tracker=FailureTracker(self.data_path, self.max_refetch, self.max_failure_ratio))
         return self._process_state
 
     @property
     def failures(self) -> Counter:
         """Samples that could not be used in this process, by reason."""
-        return self._state().failures
+        return self._state().tracker.failures
 
     def __getitem__(self, idx):
+        """Sample ``idx``, or, when it cannot be used, a random other one: see ``failure_policy``
+        for when drawing stops."""
         state = self._state()
-        reasons, last_errors = Counter(), deque(maxlen=RECENT_MESSAGES)
-        for attempt in range(self.max_refetch + 1):
+        streak = 0
+        while True:
             if self.debug:
                 idx = 0
-            elif attempt:
+            elif streak:
                 idx = state.rng.randrange(len(self))
-            state.attempts += 1
             try:
-                return self.prepare_data(idx)
+                sample = self.prepare_data(idx)
             except SampleError as err:
-                self._count_failure(state, err)
-                reasons[err.reason] += 1
-                last_errors.append(f'[{err.reason}] {err}')
-        raise RuntimeError(f'{self.data_path}: {sum(reasons.values())} samples in a row could not be used '
-                           f'(max_refetch={self.max_refetch}); by reason: {dict(reasons)}. Last errors:\n  '
-                           + '\n  '.join(last_errors))
-
-    def _count_failure(self, state: _ProcessState, err: SampleError):
-        state.failures[err.reason] += 1
-        state.recent.append(f'[{err.reason}] {err}')
-        failed = sum(state.failures.values())
-        if failed <= LOG_FIRST_FAILURES or failed % LOG_EVERY_FAILURES == 0:
-            counts = f' ({failed} skipped so far in this process: {dict(state.failures)})' if failed > 1 else ''
-            quieter = (f'; from now on every {LOG_EVERY_FAILURES}th skip is logged'
-                       if failed == LOG_FIRST_FAILURES else '')
-            print_log(f'Skipped a sample [{err.reason}]: {err}{counts}{quieter}',
-                      logger='current', level=logging.WARNING)
-        if state.attempts >= FAILURE_RATIO_MIN_ATTEMPTS and failed > self.max_failure_ratio * state.attempts:
-            raise RuntimeError(
-                f'{self.data_path}: {failed} of {state.attempts} samples tried in this process could not '
-                f'be used (more than max_failure_ratio={self.max_failure_ratio}); by reason: '
-                f'{dict(state.failures)}. Check image_folder / cap_folder / cap_source. Last errors:\n  '
-                + '\n  '.join(state.recent))
+                streak += 1
+                state.tracker.failure(err, streak)
+                continue
+            state.tracker.success()
+            return sample
