@@ -1,11 +1,17 @@
-"""Batch collation for text-to-image samples: images stacked, prompts right-padded with a mask."""
+"""Batch collation for text-to-image samples: images stacked, prompts right-padded with a mask; VGT's
+per-batch resolutions and Harmon's per-source ``CollateConcat`` as those projects use them."""
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import torch
 
+from src.datasets.image_io import fit_to_resolution
+
 DEFAULT_PAD_INDEX = 0  # xtuner's DEFAULT_PAD_TOKEN_INDEX, without importing xtuner
+VGT_DEFAULT_RESOLUTION = (512, 512)  # (width, height), VGT's when the config gives none
 
 
 def pad_input_ids(input_ids: Sequence, pad_index: int = DEFAULT_PAD_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,8 +35,34 @@ def collate_image_and_prompt(instances: Sequence[Mapping], image_key: str,
             'data_samples': None}
 
 
-def collate_func_gen(instances: Sequence[Mapping], pad_index: int = DEFAULT_PAD_INDEX) -> dict:
-    return collate_image_and_prompt(instances, 'pixel_values', pad_index)
+def pick_resolution(resolutions, resolutions_ratio=None, rng: random.Random | None = None) -> tuple[int, int]:
+    """VGT's batch resolution: ``resolutions`` as a (width, height) pair, or one of a list of them,
+    drawn with the weights ``resolutions_ratio`` (equal weights when None)."""
+    if resolutions is None:
+        return VGT_DEFAULT_RESOLUTION
+    if len(resolutions) == 2 and all(isinstance(side, int) for side in resolutions):
+        return tuple(resolutions)
+    choices = [tuple(resolution) for resolution in resolutions]
+    if resolutions_ratio is not None and len(resolutions_ratio) != len(choices):
+        raise ValueError(f'resolutions_ratio has {len(resolutions_ratio)} weights for {len(choices)} resolutions')
+    return (rng or random).choices(choices, weights=resolutions_ratio)[0]
+
+
+def collate_func_gen(instances: Sequence[Mapping], pad_index: int = DEFAULT_PAD_INDEX, resolutions=None,
+                     resolutions_ratio=None, crop_mode: str | None = None) -> dict:
+    """OpenUni's batch. With any of VGT's keywords, VGT's: every image resized to one resolution
+    for the batch (``resolutions``: a (width, height) pair or a list to draw from by
+    ``resolutions_ratio``; 512 x 512 when not given), cropped or padded by ``crop_mode``
+    ('center_crop' by default, 'random_crop', 'pad_resize'), and ``batch_resolution`` added."""
+    if resolutions is None and resolutions_ratio is None and crop_mode is None:
+        return collate_image_and_prompt(instances, 'pixel_values', pad_index)
+    resolution = pick_resolution(resolutions, resolutions_ratio)
+    resized = [{**sample, 'pixel_values': fit_to_resolution(sample['pixel_values'], resolution,
+                                                            crop_mode or 'center_crop')}
+               for sample in instances]
+    batch = collate_image_and_prompt(resized, 'pixel_values', pad_index)
+    batch['data']['batch_resolution'] = resolution
+    return batch
 
 
 def collate_func_gen_latents(instances: Sequence[Mapping], pad_index: int = DEFAULT_PAD_INDEX) -> dict:
@@ -39,3 +71,39 @@ def collate_func_gen_latents(instances: Sequence[Mapping], pad_index: int = DEFA
 
 def collate_func_gen_tokens(instances: Sequence[Mapping], pad_index: int = DEFAULT_PAD_INDEX) -> dict:
     return collate_image_and_prompt(instances, 'image_tokens', pad_index)
+
+
+class CollateConcat:
+    """Harmon's collate for batches drawn from one source of a mix (``FixedBatchMultiSourceSampler``):
+    the batch's samples' ``type`` picks one of ``collate_fns`` (configs with a ``type``, matched to
+    ``keys`` in order), and the batch is ``{'data': {type: that collate's data}, 'data_samples': None}``.
+
+    It is built either way a runner builds collate functions: as Harmon's runner does
+    (``CollateConcat(collate_fns=..., keys=...)``, then called on each batch), and as mmengine's
+    ``Runner.build_dataloader`` does (``partial(CollateConcat, collate_fns=..., keys=...)`` called on
+    each batch, which then returns the collated batch itself).
+    """
+
+    def __new__(cls, *batch, collate_fns=None, keys=None):
+        if batch and collate_fns is not None:  # mmengine's partial(CollateConcat, **cfg)(batch)
+            return cls(collate_fns=collate_fns, keys=keys)(batch[0])
+        return super().__new__(cls)
+
+    def __init__(self, collate_fns=None, keys=None):
+        if collate_fns is None or keys is None or len(collate_fns) != len(keys):
+            raise ValueError('CollateConcat needs collate_fns and keys of the same length, '
+                             f'got {collate_fns!r} and {keys!r}')
+        self.keys = list(keys)
+        self.collate_fns = {}
+        for key, cfg in zip(keys, collate_fns):
+            cfg = dict(cfg)  # the config stays as it was: it may be built again
+            self.collate_fns[key] = partial(cfg.pop('type'), **cfg)
+
+    def __call__(self, data_samples: Sequence[Mapping]) -> dict:
+        samples = [sample for sample in data_samples if len(sample) > 0]
+        kinds = {sample['type'] for sample in samples}
+        if len(kinds) != 1 or not kinds <= set(self.collate_fns):
+            raise ValueError(f'a batch must hold samples of one type among {self.keys}, got {sorted(kinds)}: '
+                             'draw it with FixedBatchMultiSourceSampler')
+        key = kinds.pop()
+        return {'data': {key: self.collate_fns[key](samples)['data']}, 'data_samples': None}

@@ -237,14 +237,48 @@ def to_pixel_values(img: Image.Image) -> torch.Tensor:
 
 def load_pixel_values(data: bytes, name: str, image_size: int, rng: random.Random, *,
                       min_image_size: int = 80, max_aspect: float = 10.0,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+                      max_pixels: int = DEFAULT_MAX_PIXELS, crop: bool = True) -> torch.Tensor:
     """The whole pipeline: ``[3, image_size, image_size]`` in [-1, 1] from a random square crop of
-    the image in ``data``. Raises ``SampleError`` (reason 'bad-image', 'too-large', 'too-small' or
+    the image in ``data`` (with ``crop=False``, the whole image squeezed to a square, as Harmon's
+    ``crop_image=False``). Raises ``SampleError`` (reason 'bad-image', 'too-large', 'too-small' or
     'bad-aspect') naming ``name``.
     """
     img = open_image(data, name, max_pixels=max_pixels)
     size = oriented_size(img)
     check_size(size, name, min_image_size=min_image_size, max_aspect=max_aspect)
-    box = random_square_box(size, rng)
+    box = random_square_box(size, rng) if crop else (0, 0, *size)
     # to_pixel_values(load_square(...)), without making a PIL image in between
     return _normalise(_load_square_pixels(img, box, image_size))
+
+
+CROP_MODES = ('center_crop', 'random_crop', 'pad_resize')
+
+
+def fit_to_resolution(pixels: torch.Tensor, resolution: tuple[int, int], mode: str = 'center_crop',
+                      rng: random.Random | None = None) -> torch.Tensor:
+    """VGT's per-batch resize of a ``[C, H, W]`` tensor to ``resolution`` = (width, height), as its
+    ``smart_resize_and_crop`` does: bilinear, keeping the aspect ratio, then a centre or random crop
+    ('center_crop', 'random_crop') or zero padding around the whole picture ('pad_resize')."""
+    if pixels.dim() != 3:
+        raise ValueError(f'expected a [C, H, W] tensor, got shape {tuple(pixels.shape)}')
+    if mode not in CROP_MODES:
+        raise ValueError(f'crop_mode {mode!r} is not one of {CROP_MODES}')
+    _, height, width = pixels.shape
+    target_w, target_h = resolution
+    scale_w, scale_h = target_w / width, target_h / height
+    if mode == 'pad_resize':
+        scale = min(scale_w, scale_h)
+        new_w, new_h = int(width * scale), int(height * scale)
+    else:
+        scale = max(scale_w, scale_h)
+        new_w, new_h = max(target_w, int(width * scale)), max(target_h, int(height * scale))
+    resized = F.interpolate(pixels.unsqueeze(0), size=(new_h, new_w), mode='bilinear', align_corners=False)[0]
+    if mode == 'pad_resize':
+        pad_w, pad_h = target_w - new_w, target_h - new_h
+        return F.pad(resized, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0)
+    if mode == 'center_crop':
+        top, left = (new_h - target_h) // 2, (new_w - target_w) // 2
+    else:
+        rng = rng or random
+        top, left = rng.randint(0, new_h - target_h), rng.randint(0, new_w - target_w)
+    return resized[:, top:top + target_h, left:left + target_w]

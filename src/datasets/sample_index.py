@@ -33,6 +33,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -574,3 +575,23 @@ def _number(text) -> float:
         return float(text)
     except (TypeError, ValueError):
         return float('nan')
+
+
+class RecordList(Sequence):
+    """A read-only, list-like view of a :class:`SampleIndex`: what code written against upstream's
+    ``self.data_list`` (a list of dicts) reads, without the copy of every record. A slice is a view too."""
+
+    def __init__(self, index: SampleIndex):
+        self._index = index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return RecordList(self._index.select(np.arange(len(self._index))[i]))
+        i = operator.index(i)
+        return self._index[i + len(self._index) if i < 0 else i]
+
+    def __repr__(self) -> str:
+        return f'RecordList({len(self)} records of {self._index.source})'

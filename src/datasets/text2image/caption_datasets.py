@@ -27,13 +27,15 @@ from src.datasets.captions import caption_keys, parse_annotation, resolve_captio
 from src.datasets.errors import SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.image_io import load_pixel_values
-from src.datasets.sample_index import SampleIndex
+from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.tar_index import TarMemberIndex
 
 # Builds the tokenizer / image processor / tar index configs, whose `type` is a callable.
 COMPONENTS = Registry('text2image data components')
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
+HARMON_GENERATION = 'Generate an image: {input}'  # Harmon's prompts, for templates without their own
+HARMON_CFG = 'Generate an image.'
 
 def build_component(cfg):
     """An instance as is; a config dict (plain or ConfigDict, lazy objects allowed) built from `type`."""
@@ -64,8 +66,13 @@ class CaptionDataset(Dataset):
     ``index_cache_dir``: where ``SampleIndex`` keeps its memory-mapped copy of the index;
     ``tar_index``: the path of a tar member index (``tar_index.arrow``, see ``src.datasets.tar_index``),
     or an object / config with its ``relpath(path)`` and ``read(relpath)``: image files are then read
-    straight from the tar shards instead of ``image_folder``.
+    straight from the tar shards instead of ``image_folder``;
+    ``train_number_samples`` (VGT's): only the first N records of the index are used.
+
+    ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index.
     """
+
+    crop_image = True  # a random square crop; False squeezes the whole image (Harmon's option)
 
     def __init__(self,
                  data_path,
@@ -93,7 +100,8 @@ class CaptionDataset(Dataset):
                  max_refetch=10,
                  max_failure_ratio=0.5,
                  index_cache_dir=None,
-                 tar_index=None):
+                 tar_index=None,
+                 train_number_samples=None):
         super().__init__()
         if ceph_folder is not None or latents_ceph_folder is not None:
             raise ValueError('ceph storage (ceph_folder / latents_ceph_folder) is not supported here: '
@@ -125,9 +133,16 @@ class CaptionDataset(Dataset):
         self.max_failure_ratio = max_failure_ratio
         self.tar_index = (TarMemberIndex.open(os.fspath(tar_index)) if isinstance(tar_index, (str, os.PathLike))
                           else build_component(tar_index))
+        self.train_number_samples = train_number_samples
         self._check_folders()
         self.index = self.load_index(index_cache_dir)
         self._process_state = None
+
+    @property
+    def data_list(self) -> RecordList:
+        """The records as upstream's ``self.data_list[idx]`` reads them, without copying them into
+        every worker: indexing, ``len``, iteration and slices over the memory-mapped index."""
+        return RecordList(self.index)
 
     # ---- index ----------------------------------------------------------------------------------
     def _check_folders(self):
@@ -146,6 +161,10 @@ class CaptionDataset(Dataset):
     def load_index(self, cache_dir=None) -> SampleIndex:
         """The index, without the records that cannot be used; each kind of drop is logged once."""
         index = SampleIndex.load(self.data_path, cache_dir=cache_dir)
+        if self.train_number_samples and 0 < self.train_number_samples < len(index):
+            print_log(f'Using the first {self.train_number_samples} of the {len(index)} records of '
+                      f'{self.data_path} (train_number_samples)', logger='current', level=logging.INFO)
+            index = index.select(np.arange(self.train_number_samples))
         total = len(index)
         keep = index.has_value(self.image_key)
         dropped = {f'without {self.image_key!r}': self._log_dropped(~keep, total, f'have no {self.image_key!r}')}
@@ -231,18 +250,22 @@ class CaptionDataset(Dataset):
             return dict(image_latents=self.load_tensor(self.image_latents_folder, image_file))
         name = os.path.join(self.image_folder or '', image_file)
         pixel_values = load_pixel_values(self.read_image(image_file), name, self.image_size, rng,
-                                         min_image_size=self.min_image_size, max_aspect=MAX_ASPECT)
+                                         min_image_size=self.min_image_size, max_aspect=MAX_ASPECT,
+                                         crop=self.crop_image)
         return dict(pixel_values=pixel_values)
 
     def process_text(self, text: str, rng: random.Random) -> dict:
-        """Upstream's prompt: the caption (or, with probability ``unconditional``, CFG) in the template."""
+        """Upstream's prompt: the caption (or, with probability ``unconditional``, CFG) in the template.
+
+        A chat template made for understanding (xtuner's ``qwen_chat``, as Harmon uses it) has no
+        GENERATION, CFG or IMG_START_TOKEN: Harmon's own wording is used, with no start token."""
         template = self.prompt_template
         if rng.uniform(0, 1) < self.unconditional:
-            prompt = template['CFG']
+            prompt = template.get('CFG', HARMON_CFG)
         else:
-            prompt = template['GENERATION'].format(input=text.strip())
+            prompt = template.get('GENERATION', HARMON_GENERATION).format(input=text.strip())
         prompt = template['INSTRUCTION'].format(input=prompt)
-        if template.get('IMG_START_TOKEN_FOR_GENERATION', True):
+        if template.get('IMG_START_TOKEN_FOR_GENERATION', True) and 'IMG_START_TOKEN' in template:
             prompt += template['IMG_START_TOKEN']
         input_ids = self.tokenizer.encode(prompt, return_tensors='pt', **self.tokenizer_kwargs)[0]
         return dict(input_ids=input_ids[:self.max_length])

@@ -1,0 +1,1 @@
+"""Samplers at upstream's import paths: ``multi_source_sampler.FixedBatchMultiSourceSampler``."""
