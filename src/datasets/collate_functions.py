@@ -11,15 +11,22 @@ import torch
 from src.datasets.image_io import fit_to_resolution
 
 DEFAULT_PAD_INDEX = 0  # xtuner's DEFAULT_PAD_TOKEN_INDEX, without importing xtuner
+IGNORE_INDEX = -100  # xtuner's, for labels
 VGT_DEFAULT_RESOLUTION = (512, 512)  # (width, height), VGT's when the config gives none
 
 
-def pad_input_ids(input_ids: Sequence, pad_index: int = DEFAULT_PAD_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` (1-D tensors or lists) right-padded to ``[B, L]`` int64, and the bool mask of real ids."""
+def pad_input_ids(input_ids: Sequence, pad_index: int = DEFAULT_PAD_INDEX,
+                  side: str = 'right') -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` (1-D tensors or lists) padded to ``[B, L]`` int64 on ``side`` ('right', or
+    'left' as upstream pads image editing prompts), and the bool mask of real ids."""
     rows = [torch.as_tensor(ids, dtype=torch.long) for ids in input_ids]
     lengths = torch.tensor([len(row) for row in rows])
+    if side == 'left':
+        rows = [row.flip(0) for row in rows]
     padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_index)
     attention_mask = torch.arange(padded.shape[1]) < lengths[:, None]
+    if side == 'left':
+        padded, attention_mask = padded.flip(1), attention_mask.flip(1)
     return padded, attention_mask
 
 
@@ -71,6 +78,31 @@ def collate_func_gen_latents(instances: Sequence[Mapping], pad_index: int = DEFA
 
 def collate_func_gen_tokens(instances: Sequence[Mapping], pad_index: int = DEFAULT_PAD_INDEX) -> dict:
     return collate_image_and_prompt(instances, 'image_tokens', pad_index)
+
+
+def collate_func_img2img(instances: Sequence[Mapping], pad_index: int = DEFAULT_PAD_INDEX) -> dict:
+    """Upstream's image editing batch: prompts padded on the left, ``pixel_values`` stacked, and
+    every sample's source image (or list of them) stacked into ``pixel_values_src``."""
+    sources = []
+    for sample in instances:
+        src = sample['pixel_values_src']
+        sources += [src] if isinstance(src, torch.Tensor) else list(src)
+    input_ids, attention_mask = pad_input_ids([sample['input_ids'] for sample in instances], pad_index, 'left')
+    return {'data': {'input_ids': input_ids, 'attention_mask': attention_mask,
+                     'pixel_values': torch.stack([sample['pixel_values'] for sample in instances]),
+                     'pixel_values_src': torch.stack(sources)},
+            'data_samples': None}
+
+
+def collate_func_und(instances: Sequence[Mapping], pad_index: int = DEFAULT_PAD_INDEX) -> dict:
+    """Upstream's understanding batch: ``input_ids`` and ``labels`` (padded with IGNORE_INDEX)
+    right-padded, ``pixel_values`` stacked when the samples have them (else None)."""
+    input_ids, attention_mask = pad_input_ids([sample['input_ids'] for sample in instances], pad_index)
+    labels, _ = pad_input_ids([sample['labels'] for sample in instances], IGNORE_INDEX)
+    images = [sample['pixel_values'] for sample in instances if 'pixel_values' in sample]
+    return {'data': {'input_ids': input_ids, 'attention_mask': attention_mask, 'labels': labels,
+                     'pixel_values': torch.stack(images) if images else None},
+            'data_samples': None}
 
 
 class CollateConcat:

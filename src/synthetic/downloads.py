@@ -647,6 +647,31 @@ def make_recap(name: str, root, server, n: int = 8, seed: int = 0, faults: bool 
     return expected
 
 
+def make_caption_layout(workdir, data_path: str, image_folder: str, cap_source: str, cap_folder: str | None = None,
+                        n: int = 6, seed: int = 0) -> dict[str, str]:
+    """A prepared dataset in any upstream config's layout, for configs of datasets without a tool
+    here (VGT's megalith-10m, text-to-image-2M, ...): ``n`` images under ``image_folder`` and the
+    index ``data_path`` (paths relative to ``workdir``). With ``cap_folder`` the records are
+    ``{"image", "annotation"}`` and each caption is the ``cap_source`` key of a json file there;
+    without, the records hold the caption inline under ``cap_source``. Returns image -> caption."""
+    rng = random.Random(f'{data_path}-{seed}')
+    workdir = Path(workdir)
+    samples, records = {}, []
+    for i, caption in enumerate(_captions(rng, n)):
+        image = _image(rng, i, _MOSTLY_JPEG)
+        name = f'{_hex(rng, 8)}{image.ext}'
+        _write(workdir / image_folder / name, image.data)
+        samples[name] = caption
+        if cap_folder is None:
+            records.append({'image': name, cap_source: caption})
+        else:
+            annotation = f'{Path(name).stem}.json'
+            _write(workdir / cap_folder / annotation, _json({cap_source: caption, 'other': f'not {caption}'}))
+            records.append({'image': name, 'annotation': annotation})
+    _write(workdir / data_path, _json(records))
+    return samples
+
+
 MAKERS = {
     'midjourney23m': make_midjourney23m,
     'laion6m': make_laion6m,
