@@ -47,10 +47,12 @@ def build_component(cfg):
 
 @dataclass
 class _ProcessState:
-    """What each process (main, every DataLoader worker) draws and counts on its own."""
+    """What each process (main, every DataLoader worker) draws and counts on its own. ``rng`` is
+    the process's stream; ``draw_rng`` the generator of the sample being read (see ``__getitem__``)."""
     pid: int
     rng: random.Random
     tracker: FailureTracker
+    draw_rng: random.Random | None = None
 
 
 @DATASETS.register_module()
@@ -272,7 +274,8 @@ class CaptionDataset(Dataset):
 
     def prepare_data(self, idx: int) -> dict:
         """Sample ``idx``, or a ``SampleError`` whose message names the index file, record and image."""
-        rng = self._state().rng
+        state = self._state()
+        rng = state.draw_rng or state.rng  # the process's stream when called outside __getitem__
         record = self.index[idx]
         image_file = record[self.image_key]
         try:
@@ -304,16 +307,30 @@ class CaptionDataset(Dataset):
         """Samples that could not be used in this process, by reason."""
         return self._state().tracker.failures
 
+    def draw_rng(self, idx) -> random.Random:
+        """The random generator of one ``__getitem__`` call (crop, caption dropout, replacements).
+
+        An index that says which draw of its rank it is (``src.engine.positions.Draw``, given out
+        by ``ResumableTrainLoop``) gets a generator of its own, keyed on that draw: a resumed run
+        reads the very samples an uninterrupted one would, whatever the number of workers. A plain
+        index draws from the process's stream."""
+        position = getattr(idx, 'position', None)
+        if position is None:
+            return self._state().rng
+        seed = self.seed if self.seed is not None else idx.seed
+        return random.Random(f'{seed}/{idx.rank}/{position}/{self.data_path}')
+
     def __getitem__(self, idx):
         """Sample ``idx``, or, when it cannot be used, a random other one: see ``failure_policy``
         for when drawing stops."""
         state = self._state()
+        state.draw_rng = rng = self.draw_rng(idx)
         streak = 0
         while True:
             if self.debug:
                 idx = 0
             elif streak:
-                idx = state.rng.randrange(len(self))
+                idx = rng.randrange(len(self))
             try:
                 sample = self.prepare_data(idx)
             except SampleError as err:
