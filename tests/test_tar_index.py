@@ -320,7 +320,9 @@ def test_changed_or_vanished_tar_is_refused_with_a_clear_message(tmp_path):
     st = os.stat(jobs[1].path)
     os.utime(jobs[1].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
     os.remove(jobs[2].path)
-    index = open_index(tmp_path)
+    with pytest.raises(StaleIndexError, match=r'00000\.tar changed.*size'):
+        TarMemberIndex.open(str(tmp_path / INDEX_NAME))  # at start-up, before any read
+    index = TarMemberIndex(str(tmp_path / INDEX_NAME))  # as a worker holds it: refused at the read
     with pytest.raises(StaleIndexError, match=r'00000\.tar changed.*size'):
         index.read(paths[0])
     with pytest.raises(StaleIndexError, match=r'00001\.tar changed.*mtime_ns'):

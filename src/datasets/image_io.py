@@ -152,9 +152,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == 'RGB':
         return img
     if img.mode.startswith('I') or img.mode == 'F':
-        values = np.asarray(img, dtype=np.float32) * (255 if img.mode == 'F' else 255 / 65535)
-        img = Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), 'L')
+        values = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(values * _grey_scale(img.mode, values) + 0.5, 0, 255).astype(np.uint8), 'L')
     return img.convert('RGB')
+
+
+def _grey_scale(mode: str, values: np.ndarray) -> float:
+    """The factor to 8 bits of a 16-bit, 32-bit integer or float grey image: 'F' holds 0..1, an
+    'I;16' mode 16 bits; 'I' (32 bits) holds 16-bit data when it fits (PNG), else its own range."""
+    if mode == 'F':
+        return 255.0
+    top = float(values.max(initial=0))
+    if mode.startswith('I;16') or top <= 65535:
+        return 255 / 65535
+    return 255 / top
 
 
 def _stored_box(box: tuple[float, float, float, float], orientation: int,

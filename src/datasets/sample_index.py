@@ -25,6 +25,7 @@ import bisect
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -239,11 +240,14 @@ def _source_batches(members: list[Path]) -> Iterator[pa.RecordBatch]:
         suffix = member.suffix.lower()
         if suffix == '.parquet':
             yield from _parquet_batches(member)
-        else:
-            # Not pyarrow.json for .jsonl: its reader fixes the schema from the first block (a key
-            # first seen later or a type that changes is an error) and names no line on errors.
-            yield from _batched(iter_jsonl(member) if suffix == '.jsonl' else
-                                iter_json_array(member))
+            continue
+        # Not pyarrow.json for .jsonl: its reader fixes the schema from the first block (a key
+        # first seen later or a type that changes is an error) and names no line on errors.
+        try:
+            yield from _batched(iter_jsonl(member) if suffix == '.jsonl' else iter_json_array(member))
+        except RecursionError:
+            raise _format_error(member, 'a record is nested deeper than the JSON parser can follow '
+                                        '(thousands of levels): not an index of samples') from None
 
 
 # ------------------------------------------------------------------- one schema for all batches
@@ -395,6 +399,10 @@ def _build_cache(source: str, members: list[Path], cache: Path, fingerprint: byt
         table = _open_cache(cache, fingerprint)
         if table is not None:
             return table
+        # What a build killed midway left (temp file and segments): this lock's holder builds now.
+        for leftover in cache.parent.glob(f'.{glob.escape(cache.name)}.*.tmp*'):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         print_log(f'Indexing {source} into {cache} (done once; later loads memory-map it)',
                   logger='current', level=logging.INFO)
         started = time.perf_counter()
@@ -497,6 +505,10 @@ class SampleIndex:
     @property
     def columns(self) -> list[str]:
         return list(self._names)
+
+    def column_type(self, name: str) -> pa.DataType | None:
+        """The Arrow type of field ``name`` (text for a field of mixed types), or None when absent."""
+        return self._table.schema.field(name).type if name in self._names else None
 
     def _view(self, values: np.ndarray) -> np.ndarray:
         return values if self._rows is None else values[self._rows]

@@ -89,7 +89,12 @@ class TarMemberIndex:
 
     @classmethod
     def open(cls, index_path: str) -> TarMemberIndex:
-        return cls(index_path)
+        """The index, with every tar it names checked (one stat each): a tar replaced or changed
+        since indexing fails here, at start-up, not when a worker first reads from it."""
+        index = cls(index_path)
+        for shard in range(len(index._shards)):
+            index._check_signature(shard, index._stat(shard))
+        return index
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -159,21 +164,35 @@ class TarMemberIndex:
             os.close(self._fds.popitem(last=False)[1])
         return fd
 
-    def _open_checked(self, shard: int) -> int:
-        """Open a tar, refusing one that is not the file that was indexed."""
-        tar, expected = self._tar_path(shard), self._shards[shard]
+    def _stat(self, shard: int) -> os.stat_result:
         try:
-            fd = os.open(tar, os.O_RDONLY)
+            return os.stat(self._tar_path(shard))
         except FileNotFoundError:
-            raise StaleIndexError(f'{tar} was indexed in {self.index_path} but is gone; run the '
-                                  'preparation tool with --no-extract again') from None
-        st = os.fstat(fd)
+            raise self._gone(shard) from None
+
+    def _gone(self, shard: int) -> StaleIndexError:
+        return StaleIndexError(f'{self._tar_path(shard)} was indexed in {self.index_path} but is gone; run the '
+                               'preparation tool with --no-extract again')
+
+    def _check_signature(self, shard: int, st: os.stat_result) -> None:
+        expected = self._shards[shard]
         changes = [f'{what} {old} -> {new}' for what, old, new in
                    (('size', expected['size'], st.st_size),
                     ('mtime_ns', expected['mtime_ns'], st.st_mtime_ns)) if old != new]
         if changes:
-            os.close(fd)
-            raise StaleIndexError(f'{tar} changed after it was indexed in {self.index_path} '
+            raise StaleIndexError(f'{self._tar_path(shard)} changed after it was indexed in {self.index_path} '
                                   f'({", ".join(changes)}); run the preparation tool with '
                                   '--no-extract again to re-index it')
+
+    def _open_checked(self, shard: int) -> int:
+        """Open a tar, refusing one that is not the file that was indexed."""
+        try:
+            fd = os.open(self._tar_path(shard), os.O_RDONLY)
+        except FileNotFoundError:
+            raise self._gone(shard) from None
+        try:
+            self._check_signature(shard, os.fstat(fd))
+        except StaleIndexError:
+            os.close(fd)
+            raise
         return fd

@@ -1,11 +1,17 @@
 """Writes that a killed run never leaves half done: a temporary file beside the target, then os.replace."""
 from __future__ import annotations
 
-import filecmp
+import io
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from typing import IO, Iterable, Iterator
+
+from src.prepare.lock import HOST
+
+
+TEMP_MARK = '.tmp-'  # <target>.tmp-<host>-<pid>: a killed writer's leftover is told by its host and pid
 
 
 class WriteOutcome:
@@ -14,33 +20,103 @@ class WriteOutcome:
     changed: bool = False
 
 
+class _SameOrWrite(io.RawIOBase):
+    """The sink of ``atomic_write(only_if_changed=True)``: while what is written equals the target's
+    bytes it only compares; at the first difference it starts the temp file with the equal prefix
+    and writes on into it. An unchanged output is never written at all, so a re-run on a read-only
+    root, or one that finds nothing new, writes nothing."""
+
+    def __init__(self, path: str, tmp: str):
+        self.path, self.tmp = path, tmp
+        self.existing = open(path, 'rb') if os.path.isfile(path) else None
+        self.out = None if self.existing else open(tmp, 'wb')
+        self.position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast('B')
+        if self.out is None and self.existing.read(len(data)) != data:
+            self._diverge()
+        if self.out is not None:
+            self.out.write(data)
+        self.position += len(data)
+        return len(data)
+
+    def _diverge(self) -> None:
+        self.out = open(self.tmp, 'wb')
+        self.existing.seek(0)
+        shutil.copyfileobj(_Prefix(self.existing, self.position), self.out)
+
+    def finish(self, durable: bool) -> bool:
+        """Whether the target must be replaced by the temp file (which is then complete)."""
+        if self.out is None and self.existing.read(1):
+            self._diverge()  # the target is longer: what was written is a prefix of it
+        if self.out is None:
+            return False
+        self.out.flush()
+        if durable:
+            os.fsync(self.out.fileno())
+        return True
+
+    def close(self) -> None:
+        for f in (self.existing, self.out):
+            if f is not None:
+                f.close()
+        super().close()
+
+
+class _Prefix:
+    """The first ``size`` bytes of a file, for ``shutil.copyfileobj``."""
+
+    def __init__(self, f, size: int):
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = 'w', *, only_if_changed: bool = False,
                  durable: bool = True, outcome: WriteOutcome | None = None) -> Iterator[IO]:
     """Yield a file whose content replaces ``path`` only when the block finishes without error.
 
     With ``only_if_changed``, a target that already holds the same bytes is left untouched (its
-    mtime too), so that a re-run that finds nothing new does not touch its outputs. ``durable``
-    also syncs the data to disk (a power cut, not just a killed process); skip it for the
-    million small files of a dataset, where one sync each would take longer than the rest.
+    mtime too, and nothing is written: see ``_SameOrWrite``), so that a re-run that finds nothing
+    new does not touch its outputs. ``durable`` also syncs the data to disk (a power cut, not just a
+    killed process); skip it for the million small files of a dataset, where one sync each would
+    take longer than the rest.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    encoding = None if 'b' in mode else 'utf-8'
+    tmp = f'{path}{TEMP_MARK}{HOST}-{os.getpid()}'
     try:
-        with open(tmp, mode, encoding=encoding) as f:
-            yield f
-            if durable:
+        if only_if_changed:
+            sink = _SameOrWrite(path, tmp)
+            with sink:
+                f = io.BufferedWriter(sink) if 'b' in mode else io.TextIOWrapper(io.BufferedWriter(sink), encoding='utf-8')
+                yield f
                 f.flush()
-                os.fsync(f.fileno())
-        same = only_if_changed and os.path.isfile(path) and filecmp.cmp(tmp, path, shallow=False)
-        if same:
-            os.remove(tmp)
+                changed = sink.finish(durable)
+                f.detach() if 'b' in mode else f.detach().detach()  # the sink closes its own files
         else:
+            with open(tmp, mode, encoding=None if 'b' in mode else 'utf-8') as f:
+                yield f
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            changed = True
+        if changed:
             os.replace(tmp, path)
         if outcome is not None:
-            outcome.changed = not same
+            outcome.changed = changed
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

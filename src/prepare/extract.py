@@ -6,6 +6,7 @@ clears the staging folder and extracts the tar again.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -39,6 +40,7 @@ class TarResult:
     bytes: int = 0
     refused: list = field(default_factory=list)  # [member name, reason]
     error: str = ''
+    cause: str = ''  # of a failure: 'storage' (the disk is full or read-only: the tar is fine) or '' (the tar)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +60,8 @@ def refusal(member: tarfile.TarInfo) -> str | None:
     """
     if member.issym() or member.islnk():
         return 'link'
+    if member.issparse():
+        return 'sparse'  # the tar member index could not serve its holes: refused by both steps alike
     if member.ischr() or member.isblk() or member.isfifo():
         return 'special-file'
     if not member.isreg():
@@ -68,7 +72,30 @@ def refusal(member: tarfile.TarInfo) -> str | None:
         return 'parent-path'
     if not member_path(member.name):
         return 'empty-name'
+    try:
+        member.name.encode('utf-8')
+    except UnicodeEncodeError:  # tarfile keeps bytes that are not UTF-8 as lone surrogates
+        return 'bad-name'
     return None
+
+
+# What one member's name can meet on the file system: its own problem, not the run's.
+NAME_ERRORS = {errno.ENAMETOOLONG: 'name-too-long', errno.ENOTDIR: 'path-clash', errno.EEXIST: 'path-clash',
+               errno.EISDIR: 'path-clash', errno.EINVAL: 'unwritable-name', errno.EILSEQ: 'unwritable-name'}
+# What the storage itself can meet: the run stops, says so, and the tar stays as good as it was.
+STORAGE_ERRORS = {errno.ENOSPC: 'no space left on the disk', errno.EDQUOT: 'disk quota exceeded',
+                  errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied',
+                  errno.EPERM: 'permission denied', errno.EIO: 'an I/O error of the disk'}
+
+
+def storage_problem(err: OSError) -> str | None:
+    """What is wrong with the storage when ``err`` is a storage failure, else None."""
+    return STORAGE_ERRORS.get(err.errno)
+
+
+def printable(name: str) -> str:
+    """A name as a report can hold it: bytes that were not UTF-8 shown as \\x escapes."""
+    return name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 
 def member_path(name: str) -> str:
@@ -113,30 +140,38 @@ class Extract:
                     last = member.name
                     reason = refusal(member)
                     if reason:
-                        result.refused.append([member.name, reason])
+                        result.refused.append([printable(member.name), reason])
                         continue
                     path = member_path(member.name)
                     target = os.path.join(staging, path)
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
                     try:
-                        with tar.extractfile(member) as src, open(target, 'wb') as dst:
-                            shutil.copyfileobj(src, dst, 1 << 20)
+                        write_member(tar, member, target)
                     except (tarfile.ReadError, EOFError) as e:
                         result.status = 'partial'
                         result.error = f'truncated: member {member.name} is cut short ({e})'
-                        os.remove(target)
                         written.pop(path, None)
                         break
+                    except OSError as e:
+                        if e.errno not in NAME_ERRORS:
+                            raise
+                        result.refused.append([printable(member.name), NAME_ERRORS[e.errno]])
+                        written.pop(path, None)
+                        continue
                     written[path] = None
                     result.bytes += member.size
                 else:
                     if end_of_archive_missing(f, tar.offset):
                         result.status = 'partial'
                         result.error = f'truncated: the tar ends early or is damaged after {last}'
-            move_into_place(staging, os.path.join(job.root, job.dest), written)
+            clashes = move_into_place(staging, os.path.join(job.root, job.dest), written)
+            result.refused += [[path, 'path-clash'] for path in clashes]
+            for path in clashes:
+                written.pop(path)
         except (tarfile.TarError, OSError) as e:
+            problem = storage_problem(e) if isinstance(e, OSError) else None
             return TarResult(name=job.name, status='failed', refused=result.refused,
-                             error=f'cannot extract {job.path}: {e}')
+                             error=f'cannot extract {job.path}: {problem or e} ({e})' if problem
+                             else f'cannot extract {job.path}: {e}', cause='storage' if problem else '')
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         result.members = len(written)
@@ -160,20 +195,40 @@ class Extract:
 EXTRACT = Extract()
 
 
-def move_into_place(staging: str, dest: str, paths) -> None:
-    made = set()
+def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:
+    """Write one member's data to ``target``; on any failure nothing is left there."""
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with tar.extractfile(member) as src, open(target, 'wb') as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(target)
+        raise
+
+
+def move_into_place(staging: str, dest: str, paths) -> list[str]:
+    """Move the staged ``paths`` to ``dest``; return those that clash with what is there (a file
+    where a folder is needed, or the reverse): they are left out, the rest moved."""
+    made, clashes = set(), []
     for path in paths:
         target = os.path.join(dest, path)
         folder = os.path.dirname(target)
-        if folder not in made:
-            os.makedirs(folder, exist_ok=True)
-            made.add(folder)
         try:
-            os.replace(os.path.join(staging, path), target)
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
+            try:
+                os.replace(os.path.join(staging, path), target)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                shutil.move(os.path.join(staging, path), target)  # the target is on another disk
         except OSError as e:
-            if e.errno != errno.EXDEV:
+            if e.errno not in NAME_ERRORS:
                 raise
-            shutil.move(os.path.join(staging, path), target)  # the target is on another disk
+            clashes.append(path)
+    return clashes
 
 
 def scan_files(root: str, folder: str) -> set[str]:

@@ -43,10 +43,12 @@ class PairLayout:
 
 def load_json_array(path: str) -> list:
     try:
-        with open(path, encoding='utf-8') as f:
+        with open(path, encoding='utf-8-sig') as f:  # a byte order mark, as some editors write, is fine
             records = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise IndexFormatError(f'{path}: not valid JSON: {e}') from None
+    except RecursionError:
+        raise IndexFormatError(f'{path}: nested deeper than the JSON parser can follow: not an index') from None
     if not isinstance(records, list):
         raise IndexFormatError(f'{path}: expected a JSON array of records, found {type(records).__name__}')
     return records

@@ -12,6 +12,7 @@ import json
 import logging
 import multiprocessing
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,13 +20,17 @@ from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError
 from src.prepare.atomic import write_json
-from src.prepare.extract import EXTRACT, TarJob, TarResult, file_signature
+from src.prepare import lock
+from src.prepare.cleanup import remove_leftovers
+from src.prepare.extract import EXTRACT, TarJob, TarResult, file_signature, storage_problem
 from src.prepare.report import Report
 from src.prepare.tar_members import INDEX_MEMBERS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_PROCESSES = min(8, os.cpu_count() or 1)
+INDEX_WAIT = 3 * 3600.0  # seconds a run waits for another run's index build before giving up
+BUSY_POLL = 1.0
 
 
 @dataclass
@@ -69,14 +74,27 @@ def finished_result(job: TarJob, step_name: str) -> dict | None:
 
 
 def process_and_mark(step, job: TarJob) -> TarResult:
-    """Run ``step`` on one tar; record a marker unless it failed (a failed tar is retried)."""
+    """Run ``step`` on one tar; record a marker unless it failed (a failed tar is retried). A tar
+    another live run has claimed is left to it: status 'busy', its holder in ``error``."""
     try:
         signature = tar_signature(job)
     except OSError as e:
         return TarResult(name=job.name, status='failed', error=f'cannot read {job.path}: {e}')
-    result = step.process(job)
-    if result.status != 'failed':
-        write_json(marker_path(job, step.name), {'tar': signature, 'result': result.to_dict()})
+    try:
+        with lock.held(lock.tar_claim_path(job.root, job.name)):
+            if finished_result(job, step.name) is not None:  # done by another run meanwhile
+                return TarResult(name=job.name, status='busy', error='finished by another run')
+            result = step.process(job)
+            if result.status != 'failed':
+                write_json(marker_path(job, step.name), {'tar': signature, 'result': result.to_dict()})
+    except lock.Busy as busy:
+        return TarResult(name=job.name, status='busy', error=f'being processed by another run ({busy.holder.describe()})')
+    except OSError as e:
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        return TarResult(name=job.name, status='failed', cause='storage',
+                         error=f'cannot record {job.name} as done ({problem}: {e})')
     return result
 
 
@@ -112,15 +130,22 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
             report.tars[job.name] = earlier
             report.skipped_done.append(job.name)
 
+    remove_leftovers(root)
     with tqdm(total=len(todo), unit='tar', desc=f'{dataset}: {step.name}', disable=not jobs) as bar:
         members = 0
-        for result in run_parallel(step, todo, num_processes):
-            report.tars[result.name] = result.to_dict()
-            members += result.members
-            bar.set_postfix(members=members, refresh=False)
-            bar.update()
-            if result.status != 'done':
-                logger.warning('%s: %s: %s', result.name, result.status, result.error)
+        while todo:
+            busy = []
+            for result in run_parallel(step, todo, num_processes):
+                if result.status == 'busy':
+                    busy.append(result)
+                    continue
+                report.tars[result.name] = result.to_dict()
+                members += result.members
+                bar.set_postfix(members=members, refresh=False)
+                bar.update()
+                if result.status != 'done':
+                    logger.warning('%s: %s: %s', result.name, result.status, result.error)
+            todo = wait_for_others(busy, jobs, step, report, bar)
 
     waiting = [job.name for job in jobs if job.name not in report.tars
                and finished_result(job, step.name) is None]
@@ -135,10 +160,46 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
                                   'the download went to?')
             return report
         try:
-            build_index(files, report)
+            with lock.held(lock.index_claim_path(root), wait=INDEX_WAIT, on_wait=lambda busy: logger.warning(
+                    'waiting for another run to finish building the index (%s)', busy.holder.describe())):
+                build_index(files, report)
         except IndexFormatError as e:
             report.index_error = str(e)
+        except lock.Busy as busy:
+            report.index_error = (f'another run has been building the index for over {INDEX_WAIT:.0f} s '
+                                  f'({busy.holder.describe()}): re-run once it is done')
+        except OSError as e:
+            problem = storage_problem(e)
+            if problem is None:
+                raise
+            report.index_error = (f'cannot write the index: {problem} ({e}). Free space or make the folder '
+                                  'writable, then re-run: every finished tar is kept')
     return report
+
+
+def wait_for_others(busy: list[TarResult], jobs: list[TarJob], step, report: Report, bar) -> list[TarJob]:
+    """The tars to try again once others that live runs held are released: those runs' finished
+    tars count as skipped (done by another run), and a tar whose run died is taken over."""
+    if not busy:
+        return []
+    holders = sorted({result.error for result in busy if result.error != 'finished by another run'})
+    if holders:
+        logger.warning('%d tars are held by another run, waiting for them: %s', len(busy), '; '.join(holders))
+    pending = {result.name for result in busy}
+    by_name = {job.name: job for job in jobs}
+    while True:
+        for name in sorted(pending):
+            earlier = finished_result(by_name[name], step.name)
+            if earlier is not None:
+                report.tars[name] = earlier
+                report.skipped_done.append(name)
+                bar.update()
+                pending.discard(name)
+        unclaimed = [name for name in sorted(pending) if not os.path.exists(lock.tar_claim_path(report.root, name))
+                     or lock.is_stale(lock.tar_claim_path(report.root, name))]
+        if unclaimed or not pending:
+            return [by_name[name] for name in unclaimed]
+        time.sleep(BUSY_POLL)
 
 
 def run_parallel(step, jobs: list[TarJob], num_processes: int):

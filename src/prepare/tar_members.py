@@ -26,7 +26,8 @@ from src.datasets.errors import IndexFormatError
 from src.datasets.tar_index import (FORMAT_VERSION, INDEX_NAME, INDEX_SCHEMA, TarMemberIndex, path_key,
                                     read_arrow, schema_metadata)
 from src.prepare.atomic import atomic_write
-from src.prepare.extract import TarJob, TarResult, end_of_archive_missing, file_signature, member_path, refusal
+from src.prepare.extract import (TarJob, TarResult, end_of_archive_missing, file_signature, member_path, printable,
+                                 refusal)
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ def scan_tar_with_tarfile(tar_path: str) -> tuple[list[tuple[str, int, int]], li
                 break
             if member.isdir():
                 continue
-            reason = refusal(member) or _name_refusal(member.name)
+            reason = refusal(member)
             if reason:
-                refused.append([member.name, reason])
+                refused.append([printable(member.name), reason])
             else:
                 members.append((member_path(member.name), member.offset_data, member.size))
     # A member whose data runs past the end of the file is the one cut short.
@@ -116,7 +117,7 @@ def scan_tar_headers(tar_path: str) -> tuple[list[tuple[str, int, int]], list[li
                 headers.append(header)
                 checksums.append(_octal(header[148:156]))
                 # Names as tarfile's frombuf makes them; an undecodable one raises (tarfile would
-                # keep it as lone surrogates, which _name_refusal refuses).
+                # keep it as lone surrogates, which refusal refuses).
                 name, kind = _text(header[:100]), header[156:157]
                 if kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and name.endswith('/')):
                     offset += tarfile.BLOCKSIZE  # tarfile skips no data after a folder's header
@@ -129,7 +130,7 @@ def scan_tar_headers(tar_path: str) -> tuple[list[tuple[str, int, int]], list[li
                 else:
                     info = tarfile.TarInfo(name)
                     info.type = kind
-                    reason = refusal(info) or _name_refusal(name)
+                    reason = refusal(info)
                     if reason:
                         refused.append([name, reason])
                     else:
@@ -153,15 +154,6 @@ def _octal(field: bytes) -> int:
 
 def _text(field: bytes) -> str:
     return field.split(b'\0', 1)[0].decode(tarfile.ENCODING)
-
-
-def _name_refusal(name: str) -> str | None:
-    """Names the index cannot hold: tarfile decodes undecodable bytes to lone surrogates."""
-    try:
-        name.encode('utf-8')
-    except UnicodeEncodeError:
-        return 'bad-name'
-    return None
 
 
 def shard_index_path(root: str, tar_name: str) -> str:

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 from mmengine.config import ConfigDict
 from mmengine.dist import get_rank
@@ -24,7 +25,7 @@ from mmengine.registry import DATASETS, Registry, build_from_cfg
 from torch.utils.data import Dataset, get_worker_info
 
 from src.datasets.captions import caption_keys, parse_annotation, resolve_caption
-from src.datasets.errors import SampleError
+from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.image_io import load_pixel_values
 from src.datasets.sample_index import RecordList, SampleIndex
@@ -168,6 +169,7 @@ class CaptionDataset(Dataset):
                       f'{self.data_path} (train_number_samples)', logger='current', level=logging.INFO)
             index = index.select(np.arange(self.train_number_samples))
         total = len(index)
+        self._check_image_column(index)
         keep = index.has_value(self.image_key)
         dropped = {f'without {self.image_key!r}': self._log_dropped(~keep, total, f'have no {self.image_key!r}')}
         if 'width' in index.columns and 'height' in index.columns:
@@ -189,6 +191,17 @@ class CaptionDataset(Dataset):
         print_log(f'Loaded {len(rows)} samples from {self.data_path} '
                   f'(dropped: {self._describe_drops(dropped)})', logger='current', level=logging.INFO)
         return index.select(rows) if len(rows) < total else index
+
+    def _check_image_column(self, index: SampleIndex) -> None:
+        """Image paths must be text: a column of numbers, lists or objects is a wrong ``image_key``
+        or a broken index, said here rather than as a TypeError inside a DataLoader worker."""
+        kind = index.column_type(self.image_key)
+        if kind is None or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
+            return
+        first = int(np.argmax(index.has_value(self.image_key)))
+        raise IndexFormatError(f'{self.data_path}: the {self.image_key!r} field holds {kind} values (record #{first}: '
+                               f'{index[first].get(self.image_key)!r}), not image paths. Is image_key right? '
+                               f'The records have {index.columns}.')
 
     def _log_dropped(self, mask: np.ndarray, total: int, what: str) -> int:
         count = int(mask.sum())
