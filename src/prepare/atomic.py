@@ -123,8 +123,10 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w', *, only_if_changed: b
 
 
 def write_json(path: str | os.PathLike, obj, **kwargs) -> bool:
-    """Write ``obj`` as indented JSON atomically; return whether the file changed."""
+    """Write ``obj`` as indented JSON atomically, unless the file already holds it; return whether
+    the file changed."""
     outcome = WriteOutcome()
+    kwargs.setdefault('only_if_changed', True)
     with atomic_write(path, outcome=outcome, **kwargs) as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.write('\n')

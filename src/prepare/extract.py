@@ -174,6 +174,7 @@ class Extract:
                              else f'cannot extract {job.path}: {e}', cause='storage' if problem else '')
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            remove_empty_parents(staging, os.path.join(job.root, '.prepare', 'staging'))
         result.members = len(written)
         return result
 
@@ -193,6 +194,17 @@ class Extract:
 
 
 EXTRACT = Extract()
+
+
+def remove_empty_parents(path: str, top: str) -> None:
+    """Remove the folders from ``path``'s parent up to ``top`` (included) while they are empty."""
+    folder, top = os.path.normpath(os.path.dirname(path)), os.path.normpath(top)
+    while folder.startswith(top):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return  # not empty (another tar's staging is there), or gone
+        folder = os.path.dirname(folder)
 
 
 def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:

@@ -135,7 +135,10 @@ class Report:
             lines.append(f'PARTIAL {name}: {r["error"]}; the members before it were kept. '
                          'Download this tar again, then re-run.')
         for name in self.by_status('failed'):
-            lines.append(f'FAILED {name}: {self.tars[name]["error"]}. Download this tar again, then re-run.')
+            result = self.tars[name]
+            advice = ('The tar itself is fine: free space or make the folder writable, then re-run.'
+                      if result.get('cause') == 'storage' else 'Download this tar again, then re-run.')
+            lines.append(f'FAILED {name}: {result["error"]}. {advice}')
         for index in self.indexes:
             state = 'written' if index.changed else 'unchanged'
             lines.append(f'index {index.path}: {index.entries} entries ({state})'
@@ -156,10 +159,14 @@ class Report:
     def finish(self) -> int:
         """Log the summary, write ``<root>/prepare_report.json``; return the exit code."""
         path = os.path.join(self.root, REPORT_NAME)
-        write_json(path, self.to_dict())
+        try:
+            write_json(path, self.to_dict())
+            saved = f'report: {path}'
+        except OSError as e:  # a full disk or a read-only root: the summary is still printed
+            saved = f'report not saved ({e.strerror}: {path})'
         code = self.exit_code()
         log = logger.warning if code else logger.info
-        log('%s\nreport: %s', self.summary(), path)
+        log('%s\n%s', self.summary(), saved)
         return code
 
 
