@@ -166,6 +166,25 @@ def test_sparse_members_are_refused_never_misread(tmp_path, fmt):
 
 
 # ---- 5. the same path in two tars ---------------------------------------------------------------
+@pytest.mark.parametrize('order', ['in order', 'later tar first'])
+def test_a_path_in_two_tars_is_the_last_tar_s_copy_as_with_no_extract(tmp_path, order):
+    from src.datasets.tar_index import TarMemberIndex
+    from src.prepare.extract import TarJob
+    write_tar(tmp_path / 'raw' / '0.tar', [('same.jpg', b'first tar'), ('only0.jpg', JPEG)])
+    write_tar(tmp_path / 'raw' / '1.tar', [('same.jpg', b'second tar'), ('only1.jpg', JPEG)])
+    jobs = [TarJob(str(tmp_path), name, 'raw') for name in ('raw/0.tar', 'raw/1.tar')]
+    if order == 'later tar first':
+        run_prepare('test', str(tmp_path), jobs, ['raw'], lambda files, report: None, start=1, num_processes=1)
+    report = run_prepare('test', str(tmp_path), jobs, ['raw'], lambda files, report: None, num_processes=1)
+    assert (tmp_path / 'raw' / 'same.jpg').read_bytes() == b'second tar'
+    assert report.shared_paths == ['raw/same.jpg'] and 'more than one tar' in report.summary()
+    packed = tmp_path / 'packed'
+    shutil.copytree(tmp_path / 'raw', packed / 'raw', ignore=shutil.ignore_patterns('*.jpg'))
+    run_prepare('test', str(packed), [TarJob(str(packed), j.name, 'raw') for j in jobs], ['raw'],
+                lambda files, report: None, step=INDEX_MEMBERS, num_processes=1)
+    assert TarMemberIndex.open(str(packed / 'tar_index.arrow')).read('raw/same.jpg') == b'second tar'
+
+
 # ---- 6. a full disk and a read-only root ----------------------------------------------------------
 @contextmanager
 def mounted_tmpfs(path: Path, size: str):

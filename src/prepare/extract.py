@@ -14,6 +14,8 @@ import shutil
 import tarfile
 from dataclasses import asdict, dataclass, field
 
+from src.prepare.atomic import atomic_write
+
 
 @dataclass(frozen=True)
 class TarJob:
@@ -41,9 +43,13 @@ class TarResult:
     refused: list = field(default_factory=list)  # [member name, reason]
     error: str = ''
     cause: str = ''  # of a failure: 'storage' (the disk is full or read-only: the tar is fine) or '' (the tar)
+    replaced: list = field(default_factory=list)  # paths that were there already (another tar's?)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+MAX_REPLACED = 10_000  # per tar: beyond that many shared paths, the rest keep extraction order
 
 
 def file_signature(path: str) -> dict[str, int]:
@@ -163,8 +169,9 @@ class Extract:
                     if end_of_archive_missing(f, tar.offset):
                         result.status = 'partial'
                         result.error = f'truncated: the tar ends early or is damaged after {last}'
-            clashes = move_into_place(staging, os.path.join(job.root, job.dest), written)
+            clashes, replaced = move_into_place(staging, os.path.join(job.root, job.dest), written)
             result.refused += [[path, 'path-clash'] for path in clashes]
+            result.replaced = [posixpath.join(job.dest, path) for path in replaced[:MAX_REPLACED]]
             for path in clashes:
                 written.pop(path)
         except (tarfile.TarError, OSError) as e:
@@ -177,6 +184,36 @@ class Extract:
             remove_empty_parents(staging, os.path.join(job.root, '.prepare', 'staging'))
         result.members = len(written)
         return result
+
+    def settle(self, root: str, jobs: list[TarJob], results: dict) -> list[str]:
+        """Make a path that several tars hold the last one's (in tar order), whatever order the tars
+        were extracted in, as ``--no-extract`` reads it; return those paths.
+
+        Only paths a tar found already there are looked at (``TarResult.replaced``): for them the
+        tars' headers are scanned (no data read) and the last holder's bytes written in place."""
+        candidates = {path for result in results.values() for path in result.get('replaced', [])}
+        if not candidates:
+            return []
+        from src.prepare.tar_members import scan_tar  # the header scan of --no-extract
+        last, holders = {}, {}
+        for job in jobs:  # in tar order: a later holder replaces an earlier one
+            try:
+                members = scan_tar(job.path)[0]
+            except (OSError, tarfile.TarError):
+                continue  # reported by the run as failed
+            for name, offset, size in members:
+                path = posixpath.join(job.dest, name)
+                if path in candidates:
+                    last[path] = (job, offset, size)
+                    holders.setdefault(path, set()).add(job.name)
+        shared = sorted(path for path, tars in holders.items() if len(tars) > 1)
+        for path in shared:
+            job, offset, size = last[path]
+            with open(job.path, 'rb') as f:
+                data = os.pread(f.fileno(), size, offset)
+            with atomic_write(os.path.join(root, path), 'wb', only_if_changed=True, durable=False) as out:
+                out.write(data)
+        return shared
 
     def listing(self, root: str, jobs: list[TarJob], folders: list[str]) -> set[str]:
         """Every file under ``folders`` (where the dataset's files are, relative to ``root``) as
@@ -207,11 +244,22 @@ def remove_empty_parents(path: str, top: str) -> None:
         folder = os.path.dirname(folder)
 
 
+def open_new(target: str, attempts: int = 5):
+    """``open(target, 'wb')``, making its folders; another tar's worker may remove an empty
+    staging folder of the chain at the same moment (``remove_empty_parents``): then again."""
+    for attempt in range(attempts):
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            return open(target, 'wb')
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+
+
 def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:
     """Write one member's data to ``target``; on any failure nothing is left there."""
     try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with tar.extractfile(member) as src, open(target, 'wb') as dst:
+        with tar.extractfile(member) as src, open_new(target) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -219,10 +267,10 @@ def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> 
         raise
 
 
-def move_into_place(staging: str, dest: str, paths) -> list[str]:
-    """Move the staged ``paths`` to ``dest``; return those that clash with what is there (a file
-    where a folder is needed, or the reverse): they are left out, the rest moved."""
-    made, clashes = set(), []
+def move_into_place(staging: str, dest: str, paths) -> tuple[list[str], list[str]]:
+    """Move the staged ``paths`` to ``dest``; return (those that clash with what is there, a file
+    where a folder is needed or the reverse: left out; those that replaced a file already there)."""
+    made, clashes, replaced = set(), [], []
     for path in paths:
         target = os.path.join(dest, path)
         folder = os.path.dirname(target)
@@ -230,6 +278,8 @@ def move_into_place(staging: str, dest: str, paths) -> list[str]:
             if folder not in made:
                 os.makedirs(folder, exist_ok=True)
                 made.add(folder)
+            if os.path.lexists(target):
+                replaced.append(path)
             try:
                 os.replace(os.path.join(staging, path), target)
             except OSError as e:
@@ -240,7 +290,7 @@ def move_into_place(staging: str, dest: str, paths) -> list[str]:
             if e.errno not in NAME_ERRORS:
                 raise
             clashes.append(path)
-    return clashes
+    return clashes, replaced
 
 
 def scan_files(root: str, folder: str) -> set[str]:

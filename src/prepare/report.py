@@ -76,6 +76,7 @@ class Report:
     index_skipped: str = ''
     index_error: str = ''
     download: dict | None = None  # the URL route (img2dataset): see src.prepare.recap.download_summary
+    shared_paths: list = field(default_factory=list)  # paths several tars hold (the last tar's is kept)
 
     def add_index(self, path: str) -> IndexReport:
         index = IndexReport(path=path)
@@ -110,7 +111,7 @@ class Report:
             'members_refused': self.refused().to_dict(),
             'indexes': [index.to_dict() for index in self.indexes],
             'index_skipped': self.index_skipped, 'index_error': self.index_error,
-            'download': self.download, 'exit_code': self.exit_code(),
+            'download': self.download, 'shared_paths': self.shared_paths, 'exit_code': self.exit_code(),
         }
 
     def summary(self) -> str:
@@ -130,6 +131,9 @@ class Report:
         refused = self.refused()
         if refused.total():
             lines.append(f'unsafe members refused (never written): {refused.total()}: {refused.describe()}')
+        if self.shared_paths:
+            lines.append(f'{len(self.shared_paths)} paths are in more than one tar: the last tar\'s copy (in tar '
+                         f'order) is kept, as with --no-extract; e.g. {", ".join(self.shared_paths[:5])}')
         for name in self.by_status('partial'):
             r = self.tars[name]
             lines.append(f'PARTIAL {name}: {r["error"]}; the members before it were kept. '

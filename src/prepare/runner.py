@@ -153,6 +153,8 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
         report.index_skipped = (f'{len(waiting)} tars outside this run are not done yet (e.g. {waiting[0]}); '
                                 'the run that finishes the last one builds it')
     else:
+        if hasattr(step, 'settle'):
+            report.shared_paths = step.settle(root, jobs, report.tars)
         files = Files(root, step.listing(root, jobs, folders), step)
         if not jobs and not files.paths:
             report.index_error = (f'nothing to prepare in {os.path.abspath(root)}: no {looked_for}, and no '
