@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ['bench_index.py', 'bench_decode.py', 'bench_metadata.py', 'bench_tar.py']
+BENCHMARKS = ['bench_index.py', 'bench_decode.py', 'bench_metadata.py', 'bench_tar.py', 'bench_resume.py',
+              'bench_large_png.py']
 
 
 def main() -> int:

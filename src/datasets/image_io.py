@@ -34,6 +34,7 @@ from src.datasets.errors import SampleError
 # A header claiming more pixels than this is refused, never decoded: 8192 x 8192 RGB is 200 MB per
 # worker already. Below Pillow's own default limit, so Pillow's bomb warning stays quiet.
 DEFAULT_MAX_PIXELS = 8192 * 8192
+REDUCING_GAP = 2.0  # the bicubic pass sees at least this many source pixels per output pixel
 
 # The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
 # away from ones that shell out (EPS runs Ghostscript) or parse exotic containers.
@@ -198,7 +199,13 @@ def _resize(rgb: Image.Image, box: tuple[int, int, int, int], image_size: int) -
     ``Image.resize``, 2/255 when enlarging) in vectorised (AVX2) code, about 7x faster than Pillow's
     own resampler, which otherwise takes as long as the reduced-scale JPEG decode.
     """
-    pixels = torch.from_numpy(np.array(rgb.crop(box))).permute(2, 0, 1).unsqueeze(0)
+    side = min(box[2] - box[0], box[3] - box[1])
+    gap = int(side // (REDUCING_GAP * image_size))
+    # A region many times the output (a large PNG, which cannot be decoded at a reduced scale) is
+    # first box-reduced by Pillow straight from the decoded picture, as Pillow's own reducing_gap
+    # does: no full-size copy of the crop, and the bicubic pass runs on a small image.
+    region = rgb.reduce(gap, box=box) if gap >= 2 else rgb.crop(box)
+    pixels = torch.from_numpy(np.array(region)).permute(2, 0, 1).unsqueeze(0)
     return F.interpolate(pixels, size=(image_size, image_size), mode='bicubic', antialias=True)[0]
 
 
