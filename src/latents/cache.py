@@ -1,0 +1,122 @@
+"""The latent cache job: every usable image of a dataset (or of each part of a ConcatDataset)
+encoded once, on one process or many ranks.
+
+Each rank takes a disjoint share of every dataset's records (record ``i`` goes to rank ``i %
+world``), drops those whose latent is already complete *before* reading their image, and encodes
+the rest: DataLoader workers decode and crop while the model encodes. The crop of an image is drawn
+from a generator keyed on its path, so a killed and resumed run writes the very latents an
+uninterrupted one would. Images that cannot be used are counted by reason and named; a full disk
+or an unwritable output stops the job with what is done kept.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from src.datasets.errors import SampleError
+from src.latents.store import is_complete, latent_folder, latent_path, save_latent
+
+EXAMPLES = 5
+
+
+@dataclass
+class RankReport:
+    """What one rank did: latents written, found complete already, images that failed by reason."""
+
+    encoded: int = 0
+    already_there: int = 0
+    failed: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+
+    def fail(self, reason: str, message: str) -> None:
+        self.failed[reason] += 1
+        kept = self.examples.setdefault(reason, [])
+        if len(kept) < EXAMPLES:
+            kept.append(message)
+
+    def to_dict(self) -> dict:
+        return {'encoded': self.encoded, 'already_there': self.already_there, 'failed': dict(self.failed),
+                'examples': self.examples}
+
+    def add(self, other: dict) -> None:
+        self.encoded += other['encoded']
+        self.already_there += other['already_there']
+        self.failed.update(other['failed'])
+        for reason, messages in other['examples'].items():
+            kept = self.examples.setdefault(reason, [])
+            kept.extend(messages[:EXAMPLES - len(kept)])
+
+
+def leaf_datasets(dataset) -> list:
+    """The datasets whose images are encoded: the parts of a ConcatDataset, or the dataset itself."""
+    parts = getattr(dataset, 'datasets', None)
+    return [leaf for part in parts for leaf in leaf_datasets(part)] if parts is not None else [dataset]
+
+
+def output_folder(dataset, out: str | None = None) -> str:
+    if dataset.image_latents_folder is not None or dataset.image_tokens_folder is not None:
+        raise ValueError(f'{dataset.data_path}: the config reads latents or tokens already; give the config '
+                         'that reads the images (image_folder), whose latents are to be cached')
+    return out or latent_folder(dataset.image_folder or '.', dataset.image_size)
+
+
+class Pending(Dataset):
+    """The images of one rank's share whose latent is missing: decoded and cropped in workers."""
+
+    def __init__(self, dataset, items: list[tuple[str, str]]):
+        self.dataset, self.items = dataset, items  # (image file, latent path)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict:
+        image_file, out = self.items[k]
+        try:
+            pixels = self.dataset.load_image_data(image_file, random.Random(f'latents/{image_file}'))['pixel_values']
+        except SampleError as err:
+            return {'out': out, 'error': (err.reason, str(err))}
+        return {'out': out, 'pixels': pixels}
+
+
+def _collate(samples: list[dict]) -> list[dict]:
+    return samples
+
+
+def share(dataset, rank: int, world: int, out: str, report: RankReport) -> list[tuple[str, str]]:
+    """This rank's records of ``dataset`` whose latent is not complete yet (none of them read)."""
+    items = []
+    for i in range(rank, len(dataset), world):
+        image_file = dataset.index[i][dataset.image_key]
+        path = latent_path(out, image_file)
+        if is_complete(path):
+            report.already_there += 1
+        else:
+            items.append((image_file, path))
+    return items
+
+
+def encode_dataset(dataset, encoder, report: RankReport, *, rank: int = 0, world: int = 1, out: str | None = None,
+                   batch_size: int = 16, num_workers: int = 2, save_dtype=torch.bfloat16, progress=None) -> None:
+    """Encode this rank's share of ``dataset`` into its latent folder (see the module)."""
+    folder = output_folder(dataset, out)
+    items = share(dataset, rank, world, folder, report)
+    if not items:
+        return
+    loader = DataLoader(Pending(dataset, items), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate, persistent_workers=False)
+    for batch in loader:
+        good = [sample for sample in batch if 'pixels' in sample]
+        for sample in batch:
+            if 'error' in sample:
+                report.fail(*sample['error'])
+        if good:
+            latents = encoder(torch.stack([sample['pixels'] for sample in good])).to('cpu', save_dtype)
+            for sample, latent in zip(good, latents):
+                save_latent(latent, sample['out'])
+                report.encoded += 1
+        if progress is not None:
+            progress.update(len(batch))

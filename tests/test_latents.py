@@ -1,0 +1,200 @@
+"""tools/cache_latents.py with tiny autoencoders of both classes (random weights from a small config,
+saved with save_pretrained; nothing from the hub): upstream's layout and tensor, skip before read,
+resume after a kill, two ranks under torchrun, and a *_latents config reading what it wrote."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.latents import cache as latent_cache
+from src.latents.autoencoder import load_encoder
+from src.latents.store import is_complete
+from src.prepare.datasets import prepare_midjourney23m
+from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
+from src.synthetic.local_config import localize
+
+from config_helpers import load
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = DEFAULT_ROOTS['midjourney23m']
+FOLDER = f'{ROOT}_dc32_64'
+
+
+def tiny_autoencoder(kind: str, folder: Path) -> str:
+    import diffusers
+    if kind == 'AutoencoderDC':
+        model = diffusers.AutoencoderDC(
+            in_channels=3, latent_channels=4, attention_head_dim=8, encoder_block_types='ResBlock',
+            decoder_block_types='ResBlock', encoder_block_out_channels=(8, 16), decoder_block_out_channels=(8, 16),
+            encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), encoder_qkv_multiscales=((), ()),
+            decoder_qkv_multiscales=((), ()), upsample_block_type='interpolate', downsample_block_type='Conv',
+            scaling_factor=0.5)
+    else:
+        model = diffusers.AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=('DownEncoderBlock2D',) * 2,
+            up_block_types=('UpDecoderBlock2D',) * 2, block_out_channels=(8, 16), layers_per_block=1,
+            latent_channels=4, norm_num_groups=4, sample_size=64, scaling_factor=0.3, shift_factor=0.1)
+    torch.manual_seed(0)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope='module')
+def vaes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('vae')
+    return {kind: tiny_autoencoder(kind, folder / kind) for kind in ('AutoencoderDC', 'AutoencoderKL')}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    expected = MAKERS['midjourney23m'](tmp_path / ROOT, n=10)  # with a corrupt image among them
+    assert prepare_midjourney23m(str(tmp_path / ROOT), num_processes=1).exit_code() == 0
+    monkeypatch.chdir(tmp_path)
+    return expected
+
+
+def tool(*args, tokenizer_path, cwd=None, launcher=()):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
+    command = [*launcher, str(REPO / 'tools' / 'cache_latents.py'), str(REPO / 'configs/datasets/midjourney23m.py'),
+               '--cfg-options', f'dataset.tokenizer.pretrained_model_name_or_path={tokenizer_path}',
+               'dataset.image_size=64', '--batch-size', '2', '--num-workers', '1', *args]
+    if not launcher:
+        command.insert(0, sys.executable)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def latents(folder: Path) -> dict[str, torch.Tensor]:
+    return {str(p.relative_to(folder)): torch.load(p) for p in sorted(folder.rglob('*.pt'))}
+
+
+def usable(expected) -> set[str]:
+    return {f'{image}.pt' for image in expected.samples}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kind', ['AutoencoderDC', 'AutoencoderKL'])
+def test_every_usable_image_is_encoded_once_as_upstream_writes_it(workdir, vaes, kind, tokenizer_path):
+    result = tool('--vae', vaes[kind], tokenizer_path=tokenizer_path, cwd=workdir.root.parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = latents(workdir.root.parents[1] / FOLDER)
+    assert set(written) == usable(workdir)  # the corrupt image is counted, not written
+    assert 'bad-image 1' in result.stderr and '0 there already' in result.stderr
+    image, latent = next(iter(written.items()))
+    assert latent.dtype == torch.bfloat16 and latent.shape == (4, 32, 32)
+    # The same tensor as encoding that image's crop directly, scaled as the config declares.
+    from src.datasets.image_io import load_pixel_values
+    pixels = load_pixel_values((workdir.root / image[:-3]).read_bytes(), image, 64,
+                               random.Random(f'latents/{image[:-3]}'), min_image_size=80)
+    encoder = load_encoder(vaes[kind], torch.device('cpu'), torch.float32)
+    direct = encoder(pixels[None])[0]  # alone, not in a batch: equal up to bfloat16 rounding
+    assert torch.allclose(direct, latent.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_a_rerun_reads_no_image_and_a_truncated_latent_is_redone(workdir, vaes, tokenizer_path, monkeypatch):
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS
+    cfg = Config.fromfile(str(REPO / 'configs/datasets/midjourney23m.py'))
+    cfg.dataset.tokenizer.pretrained_model_name_or_path = tokenizer_path
+    cfg.dataset.image_size = 64
+    dataset = DATASETS.build(cfg.dataset)
+    encoder = load_encoder(vaes['AutoencoderDC'], torch.device('cpu'), torch.float32)
+    first = latent_cache.RankReport()
+    latent_cache.encode_dataset(dataset, encoder, first, num_workers=0)
+    assert first.encoded == len(workdir.samples) and dict(first.failed) == {'bad-image': 1}
+
+    reads = []
+    original = type(dataset).load_image_data
+    monkeypatch.setattr(type(dataset), 'load_image_data', lambda self, *a: reads.append(a[0]) or original(self, *a))
+    folder = Path(FOLDER)
+    victim = sorted(folder.rglob('*.pt'))[0]
+    victim.write_bytes(victim.read_bytes()[:100])  # as upstream's torch.save leaves a killed write
+    assert not is_complete(str(victim))
+    again = latent_cache.RankReport()
+    latent_cache.encode_dataset(dataset, encoder, again, num_workers=0)
+    assert again.encoded == 1 and again.already_there == len(workdir.samples) - 1
+    assert sorted(reads) == sorted([str(victim.relative_to(folder))[:-3], next(
+        f.image for f in workdir.faults if f.reason == 'bad-image')])  # the redone one, and the corrupt one again
+    assert is_complete(str(victim))
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_what_an_uninterrupted_one_writes(tmp_path, vaes, tokenizer_path):
+    whole = MAKERS['midjourney23m'](tmp_path / 'whole' / ROOT, n=24, faults=False)
+    killed = MAKERS['midjourney23m'](tmp_path / 'killed' / ROOT, n=24, faults=False)
+    for expected in (whole, killed):
+        assert prepare_midjourney23m(str(expected.root), num_processes=1).exit_code() == 0
+    assert tool('--vae', vaes['AutoencoderDC'], tokenizer_path=tokenizer_path, cwd=tmp_path / 'whole').returncode == 0
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / 'tools' / 'cache_latents.py'), str(REPO / 'configs/datasets/midjourney23m.py'),
+         '--cfg-options', f'dataset.tokenizer.pretrained_model_name_or_path={tokenizer_path}', 'dataset.image_size=64',
+         '--batch-size', '2', '--num-workers', '1', '--vae', vaes['AutoencoderDC']],
+        cwd=tmp_path / 'killed', env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    folder = tmp_path / 'killed' / FOLDER
+    deadline = time.monotonic() + 120
+    while len(list(folder.rglob('*.pt'))) < 6 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(list(folder.rglob('*.pt')))
+    assert 0 < done < 24
+
+    result = tool('--vae', vaes['AutoencoderDC'], tokenizer_path=tokenizer_path, cwd=tmp_path / 'killed')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'{24 - done} encoded now, {done} there already' in result.stderr
+    resumed, uninterrupted = latents(folder), latents(tmp_path / 'whole' / FOLDER)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    assert not [p for p in folder.rglob('*') if '.tmp-' in p.name]
+
+
+@pytest.mark.slow
+def test_two_ranks_write_each_latent_once(workdir, vaes, tokenizer_path):
+    cwd = workdir.root.parents[1]
+    result = tool('--vae', vaes['AutoencoderDC'], tokenizer_path=tokenizer_path, cwd=cwd,
+                  launcher=(sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+    report = json.loads((cwd / FOLDER / 'cache_latents_report.json').read_text())
+    assert report['world_size'] == 2 and report['encoded'] == len(workdir.samples)
+    assert all(rank['encoded'] > 0 for rank in report['ranks'])
+    assert set(latents(cwd / FOLDER)) == usable(workdir)
+
+
+def test_a_latents_config_reads_what_the_tool_wrote(workdir, vaes, tokenizer_path):
+    from mmengine.runner import Runner
+    from src.datasets.errors import SampleError  # noqa: F401
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS
+    cfg = Config.fromfile(str(REPO / 'configs/datasets/midjourney23m.py'))
+    cfg.dataset.tokenizer.pretrained_model_name_or_path = tokenizer_path
+    cfg.dataset.image_size = 64
+    encoder = load_encoder(vaes['AutoencoderDC'], torch.device('cpu'), torch.float32)
+    latent_cache.encode_dataset(DATASETS.build(cfg.dataset), encoder, latent_cache.RankReport(), num_workers=0)
+    written = latents(Path(FOLDER))
+
+    loader_cfg = localize(load('midjourney23m_latents'), tokenizer_path,
+                          dataset_overrides=dict(image_latents_folder=FOLDER, seed=0), batch_size=4, num_workers=0,
+                          pin_memory=False)
+    loader = Runner.build_dataloader(loader_cfg, seed=0)
+    dataset = loader.dataset
+    seen = 0
+    for idx in range(len(dataset)):
+        image_file = dataset.data_list[idx]['image']
+        if f'{image_file}.pt' not in written:
+            continue  # the corrupt image has no latent: the dataset skips it
+        sample = dataset.prepare_data(idx)
+        assert torch.equal(sample['image_latents'], written[f'{image_file}.pt'])
+        seen += 1
+    assert seen == len(workdir.samples)
+    batch = next(iter(loader))
+    assert batch['data']['image_latents'].shape == (4, 4, 32, 32)

@@ -1,0 +1,148 @@
+"""Cache image latents for ``*_latents`` configs: every usable image of CONFIG's dataset (or of each
+part of its ConcatDataset) encoded once by a diffusers autoencoder.
+
+    python tools/cache_latents.py configs/datasets/laion6m_recap.py --vae mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers
+    torchrun --nproc_per_node 8 tools/cache_latents.py CONFIG [--cfg-options dataset.image_size=512 ...]
+
+Output, as upstream's script writes it and its *_latents configs read it:
+<image_folder>_dc32_<image_size>/<image_file>.pt, one tensor each (bfloat16, scaled as the
+autoencoder's config declares). Under torchrun (NCCL on GPUs, gloo on CPU) each rank takes a
+disjoint share. A latent that is there already is skipped before its image is read; every write is
+atomic, so a killed run resumes where it stopped; a .pt that upstream's script left cut short is
+redone. Images that cannot be used are counted by reason and named in the summary, saved as
+cache_latents_report.json in each latent folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+logger = logging.getLogger('cache_latents')
+DEFAULT_VAE = 'mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers'
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='a dataset or training config whose train_dataloader.dataset (or dataset) '
+                                       'reads the images')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help="override config keys, as mmengine's tools take them")
+    parser.add_argument('--vae', default=DEFAULT_VAE, help='hub id or local folder of an AutoencoderDC or '
+                                                            'AutoencoderKL (default: %(default)s)')
+    parser.add_argument('--format', choices=['pt'], default='pt',
+                        help="one .pt per image, upstream's layout (the only format so far)")
+    parser.add_argument('--out', help='latent folder (one dataset only; default: <image_folder>_dc32_<image_size>)')
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--num-workers', type=int, default=4, help='DataLoader workers decoding per rank')
+    parser.add_argument('--device', default=None, help='default: the rank\'s GPU, else the CPU')
+    parser.add_argument('--dtype', choices=['bfloat16', 'float32'], default=None,
+                        help='model dtype (default: bfloat16 on GPU, float32 on CPU); latents are saved as bfloat16')
+    return parser.parse_args(argv)
+
+
+def dataset_cfg(cfg):
+    """``dataset``, as upstream's script builds it (``--cfg-options dataset.image_size=...``), else
+    the training dataloader's."""
+    if 'dataset' in cfg:
+        return cfg.dataset
+    if 'train_dataloader' in cfg and 'dataset' in cfg.train_dataloader:
+        return cfg.train_dataloader.dataset
+    raise SystemExit(f'{cfg.filename}: no dataset nor train_dataloader.dataset to cache latents of')
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    import torch
+    import torch.distributed as dist
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS
+    from tqdm import tqdm
+
+    from src.latents.autoencoder import AutoencoderError, load_encoder
+    from src.latents.cache import RankReport, encode_dataset, leaf_datasets, output_folder
+    from src.prepare.atomic import write_json
+    from src.prepare.extract import storage_problem
+
+    distributed = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
+    cuda = torch.cuda.is_available()
+    if distributed:
+        dist.init_process_group('nccl' if cuda else 'gloo')
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = torch.device(args.device or (f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}' if cuda else 'cpu'))
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    dtype = getattr(torch, args.dtype or ('bfloat16' if device.type == 'cuda' else 'float32'))
+
+    cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options)
+    datasets = leaf_datasets(DATASETS.build(dataset_cfg(cfg)))
+    if args.out and len(datasets) > 1:
+        raise SystemExit('--out names one folder; this config has several datasets: leave --out out')
+    try:
+        encoder = load_encoder(args.vae, device, dtype)
+    except AutoencoderError as e:
+        logger.error('%s', e)
+        return 2
+
+    reports, stopped = [], ''
+    for dataset in datasets:
+        report = RankReport()
+        reports.append(report)
+        if stopped:
+            continue
+        folder = output_folder(dataset, args.out)
+        with tqdm(total=len(dataset) // world, unit='image', desc=f'latents of {dataset.data_path}',
+                  disable=rank != 0) as bar:
+            try:
+                encode_dataset(dataset, encoder, report, rank=rank, world=world, out=folder,
+                               batch_size=args.batch_size, num_workers=args.num_workers, progress=bar)
+            except OSError as e:
+                problem = storage_problem(e)
+                if problem is None:
+                    raise
+                stopped = f'rank {rank} stopped: {problem} ({e}); every latent written so far is whole and kept'
+
+    gathered = [None] * world
+    payload = {'reports': [report.to_dict() for report in reports], 'stopped': stopped}
+    if distributed:
+        dist.all_gather_object(gathered, payload)
+    else:
+        gathered = [payload]
+    if rank == 0:
+        for number, dataset in enumerate(datasets):
+            total = RankReport()
+            for ranked in gathered:
+                total.add(ranked['reports'][number])
+            folder = output_folder(dataset, args.out)
+            failed = sum(total.failed.values())
+            logger.info('%s -> %s: %d encoded now, %d there already (skipped unread), %d failed%s',
+                        dataset.data_path, folder, total.encoded, total.already_there, failed,
+                        ''.join(f'\n  {reason} {n}: e.g. {"; ".join(total.examples[reason][:2])}'
+                                for reason, n in sorted(total.failed.items())))
+            summary = {'data_path': dataset.data_path, 'latent_folder': folder, 'vae': args.vae,
+                       'world_size': world, **total.to_dict(), 'ranks': [r['reports'][number] for r in gathered]}
+            try:
+                write_json(os.path.join(folder, 'cache_latents_report.json'), summary)
+            except OSError as e:
+                logger.warning('report not saved (%s)', e)
+        for ranked in gathered:
+            if ranked['stopped']:
+                logger.error('%s. Free space or make the folder writable, then run the same command again.',
+                             ranked['stopped'])
+    code = 1 if any(ranked['stopped'] for ranked in gathered) else 0
+    if distributed:
+        dist.destroy_process_group()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())
