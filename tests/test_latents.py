@@ -168,13 +168,20 @@ def test_two_ranks_write_each_latent_once(workdir, vaes, tokenizer_path):
     assert report['world_size'] == 2 and report['encoded'] == len(workdir.samples)
     assert all(rank['encoded'] > 0 for rank in report['ranks'])
     assert set(latents(cwd / FOLDER)) == usable(workdir)
+    sharded = tool('--vae', vaes['AutoencoderDC'], '--format', 'shards', '--shard-size', '3', '--out', 'sharded',
+                   tokenizer_path=tokenizer_path, cwd=cwd,
+                   launcher=(sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2'))
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    from src.datasets.tar_index import TarMemberIndex
+    index = TarMemberIndex.open(str(cwd / 'sharded' / 'tar_index.arrow'))
+    assert set(index.paths()) == usable(workdir)  # each latent once, over both ranks' shards
+    assert {p.name[:4] for p in (cwd / 'sharded' / 'shards').glob('*.tar')} == {'r000', 'r001'}
 
 
 def test_a_latents_config_reads_what_the_tool_wrote(workdir, vaes, tokenizer_path):
-    from mmengine.runner import Runner
-    from src.datasets.errors import SampleError  # noqa: F401
     from mmengine.config import Config
     from mmengine.registry import DATASETS
+    from mmengine.runner import Runner
     cfg = Config.fromfile(str(REPO / 'configs/datasets/midjourney23m.py'))
     cfg.dataset.tokenizer.pretrained_model_name_or_path = tokenizer_path
     cfg.dataset.image_size = 64
@@ -198,3 +205,41 @@ def test_a_latents_config_reads_what_the_tool_wrote(workdir, vaes, tokenizer_pat
     assert seen == len(workdir.samples)
     batch = next(iter(loader))
     assert batch['data']['image_latents'].shape == (4, 4, 32, 32)
+
+
+def test_the_sharded_store_gives_the_same_latents_through_the_same_config(workdir, vaes, tokenizer_path):
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS
+
+    from src.datasets.errors import SampleError
+    from src.latents.store import index_shards
+    cfg = Config.fromfile(str(REPO / 'configs/datasets/midjourney23m.py'))
+    cfg.dataset.tokenizer.pretrained_model_name_or_path = tokenizer_path
+    cfg.dataset.image_size = 64
+    images = DATASETS.build(cfg.dataset)
+    encoder = load_encoder(vaes['AutoencoderDC'], torch.device('cpu'), torch.float32)
+    latent_cache.encode_dataset(images, encoder, latent_cache.RankReport(), num_workers=0)
+    report = latent_cache.RankReport()
+    latent_cache.encode_dataset(images, encoder, report, num_workers=0, out='sharded', fmt='shards', shard_size=4)
+    assert report.encoded == len(workdir.samples)
+    index_shards('sharded')
+    assert len(list(Path('sharded/shards').glob('*.tar'))) == -(-len(workdir.samples) // 4)
+    again = latent_cache.RankReport()  # a re-run finds them all in the shards, reads no image
+    latent_cache.encode_dataset(images, encoder, again, num_workers=0, out='sharded', fmt='shards', shard_size=4)
+    assert again.encoded == 0 and again.already_there == len(workdir.samples)
+
+    def read_all(folder):
+        loader_cfg = localize(load('midjourney23m_latents'), tokenizer_path,
+                              dataset_overrides=dict(image_latents_folder=folder, seed=0), num_workers=0)
+        dataset = DATASETS.build(loader_cfg.dataset)
+        found = {}
+        for idx in range(len(dataset)):
+            try:
+                found[dataset.data_list[idx]['image']] = dataset.prepare_data(idx)['image_latents']
+            except SampleError:  # the corrupt image has no latent in either store
+                continue
+        return found
+
+    files, shards = read_all(FOLDER), read_all('sharded')
+    assert files.keys() == shards.keys() and len(files) == len(workdir.samples)
+    assert all(torch.equal(files[k], shards[k]) for k in files)

@@ -6,7 +6,8 @@ part of its ConcatDataset) encoded once by a diffusers autoencoder.
 
 Output, as upstream's script writes it and its *_latents configs read it:
 <image_folder>_dc32_<image_size>/<image_file>.pt, one tensor each (bfloat16, scaled as the
-autoencoder's config declares). Under torchrun (NCCL on GPUs, gloo on CPU) each rank takes a
+autoencoder's config declares); or, with --format shards, the same tensors packed in tar shards
+with one index, which the same *_latents config reads unchanged. Under torchrun (NCCL on GPUs, gloo on CPU) each rank takes a
 disjoint share. A latent that is there already is skipped before its image is read; every write is
 atomic, so a killed run resumes where it stopped; a .pt that upstream's script left cut short is
 redone. Images that cannot be used are counted by reason and named in the summary, saved as
@@ -37,8 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="override config keys, as mmengine's tools take them")
     parser.add_argument('--vae', default=DEFAULT_VAE, help='hub id or local folder of an AutoencoderDC or '
                                                             'AutoencoderKL (default: %(default)s)')
-    parser.add_argument('--format', choices=['pt'], default='pt',
-                        help="one .pt per image, upstream's layout (the only format so far)")
+    parser.add_argument('--format', choices=['pt', 'shards'], default='pt',
+                        help="pt: one .pt per image, upstream's layout (default); shards: the latents packed in "
+                             'tar shards under <folder>/shards/ with <folder>/tar_index.arrow, which CaptionDataset '
+                             'reads through the same image_latents_folder (23M latents in a few thousand files)')
+    parser.add_argument('--shard-size', type=int, default=4096, help='latents per shard (default: %(default)s)')
     parser.add_argument('--out', help='latent folder (one dataset only; default: <image_folder>_dc32_<image_size>)')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--num-workers', type=int, default=4, help='DataLoader workers decoding per rank')
@@ -69,6 +73,7 @@ def main(argv=None) -> int:
 
     from src.latents.autoencoder import AutoencoderError, load_encoder
     from src.latents.cache import RankReport, encode_dataset, leaf_datasets, output_folder
+    from src.latents.store import index_shards
     from src.prepare.atomic import write_json
     from src.prepare.extract import storage_problem
 
@@ -104,7 +109,8 @@ def main(argv=None) -> int:
                   disable=rank != 0) as bar:
             try:
                 encode_dataset(dataset, encoder, report, rank=rank, world=world, out=folder,
-                               batch_size=args.batch_size, num_workers=args.num_workers, progress=bar)
+                               batch_size=args.batch_size, num_workers=args.num_workers, fmt=args.format,
+                               shard_size=args.shard_size, progress=bar)
             except OSError as e:
                 problem = storage_problem(e)
                 if problem is None:
@@ -117,6 +123,9 @@ def main(argv=None) -> int:
         dist.all_gather_object(gathered, payload)
     else:
         gathered = [payload]
+    if rank == 0 and args.format == 'shards' and not any(ranked['stopped'] for ranked in gathered):
+        for dataset in datasets:  # every rank's shards are whole now: one index over them
+            logger.info('indexed the shards: %s', index_shards(output_folder(dataset, args.out)))
     if rank == 0:
         for number, dataset in enumerate(datasets):
             total = RankReport()

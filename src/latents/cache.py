@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import SampleError
-from src.latents.store import is_complete, latent_folder, latent_path, save_latent
+from src.latents.store import ShardWriter, is_complete, latent_folder, latent_path, save_latent, stored_latents
 
 EXAMPLES = 5
 
@@ -78,45 +78,79 @@ class Pending(Dataset):
         try:
             pixels = self.dataset.load_image_data(image_file, random.Random(f'latents/{image_file}'))['pixel_values']
         except SampleError as err:
-            return {'out': out, 'error': (err.reason, str(err))}
-        return {'out': out, 'pixels': pixels}
+            return {'image': image_file, 'out': out, 'error': (err.reason, str(err))}
+        return {'image': image_file, 'out': out, 'pixels': pixels}
 
 
 def _collate(samples: list[dict]) -> list[dict]:
     return samples
 
 
-def share(dataset, rank: int, world: int, out: str, report: RankReport) -> list[tuple[str, str]]:
-    """This rank's records of ``dataset`` whose latent is not complete yet (none of them read)."""
-    items = []
-    for i in range(rank, len(dataset), world):
-        image_file = dataset.index[i][dataset.image_key]
-        path = latent_path(out, image_file)
-        if is_complete(path):
-            report.already_there += 1
-        else:
-            items.append((image_file, path))
-    return items
+class _Files:
+    """The .pt layout: one file per latent, complete ones done."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def done(self, image_file: str, path: str) -> bool:
+        return is_complete(path)
+
+    def save(self, image_file: str, path: str, latent: torch.Tensor) -> None:
+        save_latent(latent, path)
+
+    def close(self, ok: bool) -> None:
+        pass
+
+
+class _Shards:
+    """The sharded layout: latents in this rank's tar shards, those in whole shards done."""
+
+    def __init__(self, folder: str, rank: int, shard_size: int):
+        self.stored = stored_latents(folder)
+        self.writer = ShardWriter(folder, rank, shard_size)
+
+    def done(self, image_file: str, path: str) -> bool:
+        return f'{image_file}.pt' in self.stored
+
+    def save(self, image_file: str, path: str, latent: torch.Tensor) -> None:
+        self.writer.add(image_file, latent)
+
+    def close(self, ok: bool) -> None:
+        self.writer.close() if ok else self.writer.discard()
 
 
 def encode_dataset(dataset, encoder, report: RankReport, *, rank: int = 0, world: int = 1, out: str | None = None,
-                   batch_size: int = 16, num_workers: int = 2, save_dtype=torch.bfloat16, progress=None) -> None:
-    """Encode this rank's share of ``dataset`` into its latent folder (see the module)."""
+                   batch_size: int = 16, num_workers: int = 2, fmt: str = 'pt', shard_size: int = 4096,
+                   save_dtype=torch.bfloat16, progress=None) -> None:
+    """Encode this rank's share of ``dataset`` into its latent folder (see the module). ``fmt`` is
+    'pt' (upstream's file per latent) or 'shards' (see ``store``; index them once every rank is done)."""
     folder = output_folder(dataset, out)
-    items = share(dataset, rank, world, folder, report)
-    if not items:
-        return
-    loader = DataLoader(Pending(dataset, items), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate, persistent_workers=False)
-    for batch in loader:
-        good = [sample for sample in batch if 'pixels' in sample]
-        for sample in batch:
-            if 'error' in sample:
-                report.fail(*sample['error'])
-        if good:
-            latents = encoder(torch.stack([sample['pixels'] for sample in good])).to('cpu', save_dtype)
-            for sample, latent in zip(good, latents):
-                save_latent(latent, sample['out'])
-                report.encoded += 1
-        if progress is not None:
-            progress.update(len(batch))
+    store = _Shards(folder, rank, shard_size) if fmt == 'shards' else _Files(folder)
+    items = []
+    for i in range(rank, len(dataset), world):  # this rank's share; none of its images read here
+        image_file = dataset.index[i][dataset.image_key]
+        path = latent_path(folder, image_file)
+        if store.done(image_file, path):
+            report.already_there += 1
+        else:
+            items.append((image_file, path))
+    ok = False
+    try:
+        if items:
+            loader = DataLoader(Pending(dataset, items), batch_size=batch_size, num_workers=num_workers,
+                                collate_fn=_collate, persistent_workers=False)
+            for batch in loader:
+                good = [sample for sample in batch if 'pixels' in sample]
+                for sample in batch:
+                    if 'error' in sample:
+                        report.fail(*sample['error'])
+                if good:
+                    latents = encoder(torch.stack([sample['pixels'] for sample in good])).to('cpu', save_dtype)
+                    for sample, latent in zip(good, latents):
+                        store.save(sample['image'], sample['out'], latent)
+                        report.encoded += 1
+                if progress is not None:
+                    progress.update(len(batch))
+        ok = True
+    finally:
+        store.close(ok)

@@ -7,7 +7,10 @@ script left cut short is told by its missing zip end record and redone, never tr
 """
 from __future__ import annotations
 
+import io
+import itertools
 import os
+import tarfile
 
 import torch
 
@@ -50,3 +53,88 @@ def save_latent(tensor: torch.Tensor, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+# ---- the sharded store (--format shards) ---------------------------------------------------------
+# Latents packed as members <image_file>.pt of tar shards (thousands each, webdataset-compatible)
+# under <folder>/shards/, indexed by the tar member index (<folder>/tar_index.arrow) that
+# --no-extract uses: CaptionDataset reads a latent with one pread, the index memory-mapped and
+# shared by workers. A shard is written under a temporary name and renamed once whole: a killed
+# run loses at most the shard it was writing, whose latents the next run encodes again.
+SHARDS = 'shards'
+
+
+def completed_shards(folder: str) -> list[str]:
+    """The whole shards of a latent folder, relative to it, sorted."""
+    shard_dir = os.path.join(folder, SHARDS)
+    if not os.path.isdir(shard_dir):
+        return []
+    return sorted(f'{SHARDS}/{name}' for name in os.listdir(shard_dir) if name.endswith('.tar'))
+
+
+def stored_latents(folder: str) -> set[str]:
+    """The member names (``<image_file>.pt``) of the whole shards: the latents that are done."""
+    from src.prepare.tar_members import scan_tar  # the header scan: no latent is read
+    done = set()
+    for shard in completed_shards(folder):
+        done.update(name for name, _, _ in scan_tar(os.path.join(folder, shard))[0])
+    return done
+
+
+class ShardWriter:
+    """Appends latents to this rank's shards of ``folder``, ``shard_size`` to a shard."""
+
+    def __init__(self, folder: str, rank: int, shard_size: int):
+        self.folder, self.rank, self.shard_size = folder, rank, shard_size
+        os.makedirs(os.path.join(folder, SHARDS), exist_ok=True)
+        taken = {os.path.basename(shard) for shard in completed_shards(folder)}
+        self._numbers = (n for n in itertools.count() if f'r{rank:03d}-{n:05d}.tar' not in taken)
+        self._tar = None
+
+    def add(self, image_file: str, tensor: torch.Tensor) -> None:
+        if self._tar is None:
+            name = f'r{self.rank:03d}-{next(self._numbers):05d}.tar'
+            self._final = os.path.join(self.folder, SHARDS, name)
+            self._tmp = f'{self._final}{TEMP_MARK}{HOST}-{os.getpid()}'
+            self._tar, self._count = tarfile.open(self._tmp, 'w', format=tarfile.PAX_FORMAT), 0
+        data = io.BytesIO()
+        torch.save(tensor.contiguous().clone(), data)
+        info = tarfile.TarInfo(image_file + '.pt')
+        info.size, info.mtime = data.tell(), 0
+        data.seek(0)
+        self._tar.addfile(info, data)
+        self._count += 1
+        if self._count == self.shard_size:
+            self.close()
+
+    def close(self) -> None:
+        """Finish the open shard: synced, then renamed into place."""
+        if self._tar is None:
+            return
+        self._tar.close()
+        with open(self._tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.replace(self._tmp, self._final)
+        self._tar = None
+
+    def discard(self) -> None:
+        """Drop the open shard (after a failure): its latents are encoded again by the next run."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+            if os.path.exists(self._tmp):
+                os.remove(self._tmp)
+
+
+def index_shards(folder: str) -> str:
+    """Write ``<folder>/tar_index.arrow`` over the whole shards (the --no-extract step); its path."""
+    from src.datasets.tar_index import INDEX_NAME
+    from src.prepare.extract import TarJob
+    from src.prepare.runner import prepare
+    from src.prepare.tar_members import INDEX_MEMBERS
+    jobs = [TarJob(folder, shard, '') for shard in completed_shards(folder)]
+    report = prepare('latents', folder, jobs, [SHARDS], lambda files, report: None, step=INDEX_MEMBERS,
+                     num_processes=1)
+    if report.index_error or report.by_status('failed'):
+        raise OSError(f'cannot index the latent shards of {folder}: {report.summary()}')
+    return os.path.join(folder, INDEX_NAME)

@@ -29,7 +29,7 @@ from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.image_io import load_pixel_values
 from src.datasets.sample_index import RecordList, SampleIndex
-from src.datasets.tar_index import TarMemberIndex
+from src.datasets.tar_index import INDEX_NAME, TarMemberIndex
 
 # Builds the tokenizer / image processor / tar index configs, whose `type` is a callable.
 COMPONENTS = Registry('text2image data components')
@@ -138,6 +138,7 @@ class CaptionDataset(Dataset):
                           else build_component(tar_index))
         self.train_number_samples = train_number_samples
         self._check_folders()
+        self._latent_shards = self._open_latent_shards()
         self.index = self.load_index(index_cache_dir)
         self._process_state = None
 
@@ -246,10 +247,20 @@ class CaptionDataset(Dataset):
         path = os.path.join(self.cap_folder or '', annotation)
         return self.parse_annotation(path, self.read_dataset_file(path))
 
+    def _open_latent_shards(self) -> TarMemberIndex | None:
+        """The sharded latent store (``tools/cache_latents.py --format shards``) when
+        ``image_latents_folder`` holds one: latents are then read from its shards."""
+        if self.image_latents_folder is None:
+            return None
+        index = os.path.join(self.image_latents_folder, INDEX_NAME)
+        return TarMemberIndex.open(index) if os.path.exists(index) else None
+
     def load_tensor(self, folder: str, image_file: str) -> torch.Tensor:
-        """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens."""
+        """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens (a file,
+        or a member of the latent shards)."""
         path = os.path.join(folder, image_file + '.pt')
-        data = self.read_file(path)
+        shards = self._latent_shards if folder == self.image_latents_folder else None
+        data = shards.read(shards.relpath(path)) if shards is not None else self.read_file(path)
         try:
             tensor = torch.load(io.BytesIO(data), map_location='cpu')
         except Exception as err:  # torch.load reports damaged files with many exception types
