@@ -35,7 +35,6 @@ def loader_cfg(tokenizer_path: str) -> dict:
 
 def child(args) -> None:
     """One timed resume (a fresh process, so that no page cache of decoded state carries over)."""
-    import torch  # noqa: F401
     from mmengine.runner import IterBasedTrainLoop
 
     from resume_helpers import collate_with_files, train
@@ -52,7 +51,8 @@ def child(args) -> None:
 def checkpoint_at(iteration: int, base: str, out: str) -> str:
     import torch
 
-    from src.engine import ResumableTrainLoop  # noqa: F401  (loads mmengine's checkpoints)
+    from src.engine.checkpoint import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
     state = torch.load(base, weights_only=True)
     state['meta']['iter'] = iteration
     state['message_hub']['runtime_info']['iter'] = iteration

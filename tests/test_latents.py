@@ -243,3 +243,26 @@ def test_the_sharded_store_gives_the_same_latents_through_the_same_config(workdi
     files, shards = read_all(FOLDER), read_all('sharded')
     assert files.keys() == shards.keys() and len(files) == len(workdir.samples)
     assert all(torch.equal(files[k], shards[k]) for k in files)
+
+
+def test_a_missing_or_wrong_vae_is_a_clear_error(workdir, tmp_path, tokenizer_path):
+    cwd = workdir.root.parents[1]
+    missing = tool('--vae', str(tmp_path / 'no-such-model'), tokenizer_path=tokenizer_path, cwd=cwd)
+    assert missing.returncode == 2 and 'Traceback' not in missing.stderr
+    assert 'cannot load a AutoencoderDC' in missing.stderr or 'no-such-model' in missing.stderr
+    wrong = tmp_path / 'not-a-vae'
+    wrong.mkdir()
+    (wrong / 'config.json').write_text('{"_class_name": "UNet2DModel"}')
+    result = tool('--vae', str(wrong), tokenizer_path=tokenizer_path, cwd=cwd)
+    assert result.returncode == 2 and "names 'UNet2DModel', not one of" in result.stderr
+
+
+def test_an_output_folder_that_cannot_be_written_stops_with_a_summary(workdir, vaes, tmp_path, tokenizer_path):
+    from test_reliability import mounted_tmpfs, remount_read_only
+    cwd = workdir.root.parents[1]
+    with mounted_tmpfs(tmp_path / 'ro', '1m') as disk:
+        remount_read_only(disk)
+        result = tool('--vae', vaes['AutoencoderDC'], '--out', str(disk / 'latents'), tokenizer_path=tokenizer_path,
+                      cwd=cwd)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert 'the file system is read-only' in result.stderr and 'run the same command again' in result.stderr

@@ -155,3 +155,14 @@ def test_every_tool_on_an_empty_download_exits_non_zero_saying_where_it_looked(t
         if name == 'midjourney23m':
             assert 'gated' in result.stderr and 'huggingface-cli login' in result.stderr
         shutil.rmtree(root)
+
+
+def test_the_pyspark_distributor_without_pyspark_says_how_to_get_it(tmp_path):
+    import importlib.util
+    if importlib.util.find_spec('pyspark') is not None:
+        pytest.skip('pyspark is installed here')
+    root = tmp_path / 'laion6m'
+    (root / 'parquets').mkdir(parents=True)
+    pq.write_table(pa.table({'url': ['http://127.0.0.1:9/a.jpg'], 're_caption': ['a']}), root / 'parquets' / 'p.parquet')
+    report = datasets.prepare_laion6m(str(root), download=DownloadOptions(distributor='pyspark'), num_processes=1)
+    assert report.exit_code() == 1 and "pip install 't2i-data[spark]'" in report.index_error

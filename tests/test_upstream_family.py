@@ -8,13 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.synthetic.downloads import make_caption_layout
-from src.synthetic.local_config import dataset_configs, localize
+from src.synthetic.local_config import localize
 
 UPSTREAM = Path(__file__).resolve().parent / 'upstream_configs'
 

@@ -16,7 +16,6 @@ cache_latents_report.json in each latent folder.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

@@ -12,6 +12,7 @@ members have the same paths as the files layout: one ``data.json`` serves both.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import logging
 import math
@@ -90,12 +91,9 @@ def finished_shards(output: str) -> set[str]:
 def run_img2dataset(parquets: list[str], output: str, output_format: str, options: DownloadOptions,
                     num_processes: int) -> None:
     os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # albumentations asks the network on import
-    if options.distributor == 'pyspark':
-        try:
-            import pyspark  # noqa: F401
-        except ImportError:
-            raise IndexFormatError("--distributor pyspark needs pyspark: pip install 't2i-data[spark]' "
-                                   '(and Java), or run under spark-submit on the cluster') from None
+    if options.distributor == 'pyspark' and importlib.util.find_spec('pyspark') is None:
+        raise IndexFormatError("--distributor pyspark needs pyspark: pip install 't2i-data[spark]' "
+                               '(and Java), or run under spark-submit on the cluster')
     from img2dataset import download
 
     columns = input_columns(parquets, options.url_col)

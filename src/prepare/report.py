@@ -152,8 +152,8 @@ class Report:
             if index.remarks.total():
                 lines.append(f'  kept, but note {index.remarks.total()}: {index.remarks.describe()}')
             if index.entries == 0:
-                lines.append(f'  EMPTY INDEX: no usable sample was found; the config would have nothing to read. '
-                             f'Check the download and the drops above.')
+                lines.append('  EMPTY INDEX: no usable sample was found; the config would have nothing to read. '
+                             'Check the download and the drops above.')
         if self.index_skipped:
             lines.append(f'index not built: {self.index_skipped}')
         if self.index_error:

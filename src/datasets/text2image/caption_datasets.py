@@ -1,7 +1,7 @@
 """CaptionDataset: one text-to-image sample (image + tokenized prompt) per index record.
 
 Steps, each a method a subclass can replace: ``load_index`` (read and filter the index),
-``read_file`` / ``read_image`` (bytes of one file), ``parse_annotation`` (caption from a caption
+``read_image`` (bytes of one image, from the reader chosen at construction: ``src.datasets.storage``), ``parse_annotation`` (caption from a caption
 file), ``load_image_data`` (pixels, latents or tokens), ``process_text`` (prompt ids) and
 ``prepare_data`` (one sample, or ``SampleError``). ``__getitem__`` adds the failure policy:
 a sample that cannot be used is counted, logged and replaced, a bounded number of times.
@@ -29,12 +29,14 @@ from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.image_io import load_pixel_values
 from src.datasets.sample_index import RecordList, SampleIndex
-from src.datasets.tar_index import INDEX_NAME, TarMemberIndex
+from src.datasets.storage import LocalFiles, TarMembers, folder_storage
+from src.datasets.tar_index import TarMemberIndex
 
 # Builds the tokenizer / image processor / tar index configs, whose `type` is a callable.
 COMPONENTS = Registry('text2image data components')
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
+LOCAL_FILES = LocalFiles()
 HARMON_GENERATION = 'Generate an image: {input}'  # Harmon's prompts, for templates without their own
 HARMON_CFG = 'Generate an image.'
 
@@ -136,9 +138,11 @@ class CaptionDataset(Dataset):
         self.max_failure_ratio = max_failure_ratio
         self.tar_index = (TarMemberIndex.open(os.fspath(tar_index)) if isinstance(tar_index, (str, os.PathLike))
                           else build_component(tar_index))
+        # Readers, chosen once: images and annotations, and latents (a folder of .pt files or shards).
+        self.files = TarMembers(self.tar_index) if self.tar_index is not None else LocalFiles()
+        self.latent_files = folder_storage(image_latents_folder)
         self.train_number_samples = train_number_samples
         self._check_folders()
-        self._latent_shards = self._open_latent_shards()
         self.index = self.load_index(index_cache_dir)
         self._process_state = None
 
@@ -219,25 +223,9 @@ class CaptionDataset(Dataset):
         return len(self.index)
 
     # ---- reading one sample ---------------------------------------------------------------------
-    def read_file(self, path: str) -> bytes:
-        """The bytes of a local file; a missing or unreadable one is a ``SampleError``."""
-        try:
-            with open(path, 'rb') as f:
-                return f.read()
-        except FileNotFoundError:
-            raise SampleError('missing-file', f'{path}: no such file') from None
-        except OSError as err:
-            raise SampleError('missing-file', f'{path}: cannot be read: {err.strerror}') from None
-
     def read_image(self, image_file: str) -> bytes:
         """The encoded image at ``image_folder/image_file``."""
-        return self.read_dataset_file(os.path.join(self.image_folder or '', image_file))
-
-    def read_dataset_file(self, path: str) -> bytes:
-        """An image or annotation file: from the tar shards when ``tar_index`` is set, else from disk."""
-        if self.tar_index is not None:
-            return self.tar_index.read(self.tar_index.relpath(path))
-        return self.read_file(path)
+        return self.files.read(os.path.join(self.image_folder or '', image_file))
 
     def parse_annotation(self, path: str, data: bytes) -> str:
         """The caption in the annotation file ``path`` (``.json``: a ``cap_source`` key; ``.txt``: the text)."""
@@ -245,22 +233,13 @@ class CaptionDataset(Dataset):
 
     def read_annotation(self, annotation: str) -> str:
         path = os.path.join(self.cap_folder or '', annotation)
-        return self.parse_annotation(path, self.read_dataset_file(path))
-
-    def _open_latent_shards(self) -> TarMemberIndex | None:
-        """The sharded latent store (``tools/cache_latents.py --format shards``) when
-        ``image_latents_folder`` holds one: latents are then read from its shards."""
-        if self.image_latents_folder is None:
-            return None
-        index = os.path.join(self.image_latents_folder, INDEX_NAME)
-        return TarMemberIndex.open(index) if os.path.exists(index) else None
+        return self.parse_annotation(path, self.files.read(path))
 
     def load_tensor(self, folder: str, image_file: str) -> torch.Tensor:
         """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens (a file,
         or a member of the latent shards)."""
         path = os.path.join(folder, image_file + '.pt')
-        shards = self._latent_shards if folder == self.image_latents_folder else None
-        data = shards.read(shards.relpath(path)) if shards is not None else self.read_file(path)
+        data = (self.latent_files if folder == self.image_latents_folder else LOCAL_FILES).read(path)
         try:
             tensor = torch.load(io.BytesIO(data), map_location='cpu')
         except Exception as err:  # torch.load reports damaged files with many exception types

@@ -1,0 +1,42 @@
+"""Where a dataset's files are read from, chosen once when the dataset is built: a reader gives the
+bytes of a path (as the dataset names it: ``os.path.join(folder, file)``) or a ``SampleError``.
+
+- :class:`LocalFiles`: files on a local or mounted file system;
+- :class:`TarMembers`: members of tar shards, through a tar member index (``tar_index.arrow``,
+  written by the preparation tools' ``--no-extract`` and by ``cache_latents.py --format shards``):
+  one ``pread`` each.
+"""
+from __future__ import annotations
+
+import os
+
+from src.datasets.errors import SampleError
+from src.datasets.tar_index import INDEX_NAME, TarMemberIndex
+
+
+class LocalFiles:
+    def read(self, path: str) -> bytes:
+        try:
+            with open(path, 'rb') as f:
+                return f.read()
+        except FileNotFoundError:
+            raise SampleError('missing-file', f'{path}: no such file') from None
+        except OSError as err:
+            raise SampleError('missing-file', f'{path}: cannot be read: {err.strerror}') from None
+
+
+class TarMembers:
+    """``index`` is a ``TarMemberIndex`` (or any object with its ``relpath(path)`` and ``read(relpath)``)."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def read(self, path: str) -> bytes:
+        return self.index.read(self.index.relpath(path))
+
+
+def folder_storage(folder: str | None):
+    """The reader of a folder that may hold tar shards with their index (the sharded latent store),
+    else of its files."""
+    index = os.path.join(folder, INDEX_NAME) if folder is not None else None
+    return TarMembers(TarMemberIndex.open(index)) if index and os.path.exists(index) else LocalFiles()
