@@ -29,6 +29,7 @@ from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.image_io import load_pixel_values
 from src.datasets.sample_index import RecordList, SampleIndex
+from src.datasets.object_store import ObjectFolder
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
 
@@ -108,10 +109,6 @@ class CaptionDataset(Dataset):
                  tar_index=None,
                  train_number_samples=None):
         super().__init__()
-        if ceph_folder is not None or latents_ceph_folder is not None:
-            raise ValueError('ceph storage (ceph_folder / latents_ceph_folder) is not supported here: '
-                             'point image_folder / image_latents_folder at local folders, or use tar '
-                             'shards through tar_index')
         self.data_path = str(data_path)
         self.image_folder = image_folder
         self.cap_folder = cap_folder
@@ -133,14 +130,16 @@ class CaptionDataset(Dataset):
         self.unconditional = unconditional
         self.tokenizer_kwargs = dict(add_special_tokens=True) if tokenizer_kwargs is None else dict(tokenizer_kwargs)
         self.ceph_config = ceph_config
+        self.ceph_folder = ceph_folder
+        self.latents_ceph_folder = latents_ceph_folder
+        # Upstream's rule: object storage is used when ceph_config names an existing file.
+        self.use_ceph = ceph_config is not None and os.path.isfile(os.fspath(ceph_config))
         self.seed = seed
         self.max_refetch = max_refetch
         self.max_failure_ratio = max_failure_ratio
         self.tar_index = (TarMemberIndex.open(os.fspath(tar_index)) if isinstance(tar_index, (str, os.PathLike))
                           else build_component(tar_index))
-        # Readers, chosen once: images and annotations, and latents (a folder of .pt files or shards).
-        self.files = TarMembers(self.tar_index) if self.tar_index is not None else LocalFiles()
-        self.latent_files = folder_storage(image_latents_folder)
+        self._choose_readers()
         self.train_number_samples = train_number_samples
         self._check_folders()
         self.index = self.load_index(index_cache_dir)
@@ -152,16 +151,42 @@ class CaptionDataset(Dataset):
         every worker: indexing, ``len``, iteration and slices over the memory-mapped index."""
         return RecordList(self.index)
 
+    def _choose_readers(self):
+        """Where images, annotations and latents are read from, chosen once (``src.datasets.storage``).
+
+        As upstream: images from ``<ceph_folder>/<image>`` when there is no image_folder, annotations
+        from ``<ceph_folder>/<annotation>`` when there is no cap_folder, latents from
+        ``<latents_ceph_folder>/<image>.pt`` when it is set; else the local folders (or tar shards)."""
+        ceph = self._object_folder(self.ceph_folder)
+        local = TarMembers(self.tar_index) if self.tar_index is not None else LOCAL_FILES
+        self.image_files, self.image_root = ((ceph, self.ceph_folder) if ceph and self.image_folder is None
+                                             else (local, self.image_folder))
+        self.annotation_files, self.cap_root = ((ceph, self.ceph_folder) if ceph and self.cap_folder is None
+                                                else (local, self.cap_folder))
+        latents_ceph = self._object_folder(self.latents_ceph_folder)
+        self.latent_files, self.latent_root = ((latents_ceph, self.latents_ceph_folder) if latents_ceph
+                                               else (folder_storage(self.image_latents_folder), self.image_latents_folder))
+
+    def _object_folder(self, folder):
+        """The object-storage folder ``folder`` when upstream would read it (checked now: a wrong
+        endpoint, key or bucket fails here), else None."""
+        if folder is None or not self.use_ceph:
+            return None
+        store = ObjectFolder(folder, os.fspath(self.ceph_config))
+        store.check()
+        return store
+
     # ---- index ----------------------------------------------------------------------------------
     def _check_folders(self):
         """A wrong path in a config fails here, naming it, rather than as thousands of skipped samples."""
-        folders = dict(data_path=self.data_path, image_latents_folder=self.image_latents_folder,
-                       image_tokens_folder=self.image_tokens_folder)
-        reads_image_files = self.image_latents_folder is None and self.image_tokens_folder is None
-        if self.tar_index is None:  # else images and annotations are read from the tar shards
-            folders['cap_folder'] = self.cap_folder
-            if reads_image_files:
-                folders['image_folder'] = self.image_folder
+        folders = dict(data_path=self.data_path, image_tokens_folder=self.image_tokens_folder)
+        if isinstance(self.latent_files, LocalFiles):
+            folders['image_latents_folder'] = self.latent_root
+        reads_image_files = self.latent_root is None and self.image_tokens_folder is None
+        if isinstance(self.annotation_files, LocalFiles):  # else tar shards or objects
+            folders['cap_folder'] = self.cap_root
+        if reads_image_files and isinstance(self.image_files, LocalFiles):
+            folders['image_folder'] = self.image_root
         for name, path in folders.items():
             if path is not None and not os.path.exists(path):
                 raise FileNotFoundError(f'{type(self).__name__}: {name} {path!r} does not exist')
@@ -225,21 +250,21 @@ class CaptionDataset(Dataset):
     # ---- reading one sample ---------------------------------------------------------------------
     def read_image(self, image_file: str) -> bytes:
         """The encoded image at ``image_folder/image_file``."""
-        return self.files.read(os.path.join(self.image_folder or '', image_file))
+        return self.image_files.read(os.path.join(self.image_root or '', image_file))
 
     def parse_annotation(self, path: str, data: bytes) -> str:
         """The caption in the annotation file ``path`` (``.json``: a ``cap_source`` key; ``.txt``: the text)."""
         return parse_annotation(path, data, self.cap_keys)
 
     def read_annotation(self, annotation: str) -> str:
-        path = os.path.join(self.cap_folder or '', annotation)
-        return self.parse_annotation(path, self.files.read(path))
+        path = os.path.join(self.cap_root or '', annotation)
+        return self.parse_annotation(path, self.annotation_files.read(path))
 
     def load_tensor(self, folder: str, image_file: str) -> torch.Tensor:
         """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens (a file,
         or a member of the latent shards)."""
         path = os.path.join(folder, image_file + '.pt')
-        data = (self.latent_files if folder == self.image_latents_folder else LOCAL_FILES).read(path)
+        data = (self.latent_files if folder == self.latent_root else LOCAL_FILES).read(path)
         try:
             tensor = torch.load(io.BytesIO(data), map_location='cpu')
         except Exception as err:  # torch.load reports damaged files with many exception types
@@ -251,9 +276,9 @@ class CaptionDataset(Dataset):
     def load_image_data(self, image_file: str, rng: random.Random) -> dict:
         if self.image_tokens_folder is not None:
             return dict(image_tokens=self.load_tensor(self.image_tokens_folder, image_file).long())
-        if self.image_latents_folder is not None:
-            return dict(image_latents=self.load_tensor(self.image_latents_folder, image_file))
-        name = os.path.join(self.image_folder or '', image_file)
+        if self.latent_root is not None:
+            return dict(image_latents=self.load_tensor(self.latent_root, image_file))
+        name = os.path.join(self.image_root or '', image_file)
         pixel_values = load_pixel_values(self.read_image(image_file), name, self.image_size, rng,
                                          min_image_size=self.min_image_size, max_aspect=MAX_ASPECT,
                                          crop=self.crop_image)

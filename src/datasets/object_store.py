@@ -1,0 +1,146 @@
+"""Objects in S3-protocol storage (Ceph's gateway, MinIO, any cloud), read as upstream reads ceph
+through petrel_client: ``ceph_config`` is petrel-client's INI file and folders are
+``s3://bucket/prefix`` (the default cluster) or ``<cluster>:s3://bucket/prefix``.
+
+The client is boto3's, made lazily in each process (clients are not fork-safe), with bounded
+retries in botocore's standard mode (throttling, 5xx, dropped connections) and timeouts on connect
+and read, so no request hangs. A missing object is one sample's ``missing-file``; a wrong
+endpoint, wrong keys or a missing bucket fail at start-up (:meth:`ObjectFolder.check`) naming the
+setting. Secrets are never part of a message: only the cluster, endpoint and bucket are.
+"""
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from dataclasses import dataclass, field
+
+from src.datasets.errors import SampleError
+
+CONNECT_TIMEOUT = 10  # seconds
+READ_TIMEOUT = 60
+MAX_ATTEMPTS = 5  # per request, botocore's standard retry mode (with backoff)
+BODY_ATTEMPTS = 3  # a body cut off mid-read is fetched again this many times
+_FOLDER = re.compile(r'^(?:(?P<cluster>[^:/]+):)?s3://(?P<bucket>[^/]+)/?(?P<prefix>.*)$')
+
+
+class StorageConfigError(ValueError):
+    """A ceph_config or a folder that cannot work; the message names the setting, never a secret."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    endpoint: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+
+
+def read_petrel_config(path: str) -> tuple[dict[str, Cluster], str | None]:
+    """The clusters of a petrel-client INI file and its default cluster. Keys a section lacks come
+    from the standard AWS environment variables."""
+    parser = configparser.ConfigParser()
+    try:
+        with open(path, encoding='utf-8') as f:
+            parser.read_file(f)
+    except (OSError, configparser.Error) as e:
+        raise StorageConfigError(f'ceph_config {path}: not a readable INI file ({type(e).__name__})') from None
+    default = parser.defaults().get('default_cluster')
+    clusters = {}
+    for name in parser.sections():
+        section = parser[name]
+        endpoint = section.get('host_base') or os.environ.get('AWS_ENDPOINT_URL')
+        access = section.get('access_key') or os.environ.get('AWS_ACCESS_KEY_ID')
+        secret = section.get('secret_key') or os.environ.get('AWS_SECRET_ACCESS_KEY')
+        missing = [key for key, value in (('host_base', endpoint), ('access_key', access), ('secret_key', secret))
+                   if not value]
+        if missing:
+            raise StorageConfigError(f'ceph_config {path}: section [{name}] has no {", ".join(missing)} '
+                                     '(nor the AWS environment variable for it)')
+        if not re.match(r'^https?://', endpoint):
+            endpoint = f'http://{endpoint}'  # petrel's host_base may omit the scheme
+        clusters[name] = Cluster(name, endpoint, access, secret)
+    return clusters, default
+
+
+class ObjectFolder:
+    """A folder ``[cluster:]s3://bucket/prefix`` of ``ceph_config``'s clusters; reads the objects
+    under it by the paths the dataset makes (``os.path.join(folder, file)``)."""
+
+    def __init__(self, folder: str, ceph_config: str):
+        match = _FOLDER.match(folder.rstrip('/'))
+        if match is None:
+            raise StorageConfigError(f'{folder!r} is not [cluster:]s3://bucket/prefix')
+        clusters, default = read_petrel_config(ceph_config)
+        name = match.group('cluster') or default
+        if name is None or name not in clusters:
+            raise StorageConfigError(f'{folder}: cluster {name!r} is not in ceph_config {ceph_config} '
+                                     f'(its clusters: {sorted(clusters)}; default_cluster: {default!r})')
+        self.folder = folder.rstrip('/')
+        self.cluster = clusters[name]
+        self.bucket = match.group('bucket')
+        self.prefix = match.group('prefix')
+        self._client, self._pid = None, None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state['_client'] = state['_pid'] = None  # a worker makes its own client
+        return state
+
+    def describe(self) -> str:
+        return f'{self.folder} (endpoint {self.cluster.endpoint}, bucket {self.bucket})'
+
+    def client(self):
+        if self._client is None or self._pid != os.getpid():
+            import boto3
+            from botocore.config import Config
+            self._client = boto3.session.Session().client(
+                's3', endpoint_url=self.cluster.endpoint, aws_access_key_id=self.cluster.access_key,
+                aws_secret_access_key=self.cluster.secret_key,
+                config=Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+                              retries={'max_attempts': MAX_ATTEMPTS, 'mode': 'standard'},
+                              s3={'addressing_style': 'path'}))
+            self._pid = os.getpid()
+        return self._client
+
+    def key(self, path: str) -> str:
+        if not path.startswith(self.folder + '/'):
+            raise ValueError(f'{path} is not under {self.folder}')
+        return f'{self.prefix}/{path[len(self.folder) + 1:]}' if self.prefix else path[len(self.folder) + 1:]
+
+    def check(self) -> None:
+        """Fail now, naming the setting, when the endpoint, the keys or the bucket cannot work."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            self.client().head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            code = e.response.get('Error', {}).get('Code', '')
+            what = {'404': 'the bucket does not exist', 'NoSuchBucket': 'the bucket does not exist',
+                    '403': 'access denied: check access_key / secret_key of the cluster',
+                    'InvalidAccessKeyId': 'the access_key is not known to the endpoint',
+                    'SignatureDoesNotMatch': 'the secret_key does not match the access_key'}.get(code, code)
+            raise StorageConfigError(f'{self.describe()}: {what}') from None
+        except BotoCoreError as e:
+            raise StorageConfigError(f'{self.describe()}: the endpoint cannot be reached ({type(e).__name__}); '
+                                     'check host_base of the cluster') from None
+
+    def read(self, path: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+        key = self.key(path)
+        for attempt in range(BODY_ATTEMPTS):
+            try:
+                response = self.client().get_object(Bucket=self.bucket, Key=key)
+                data = response['Body'].read()
+                if len(data) != response.get('ContentLength', len(data)):
+                    raise SampleError('missing-file', f'{path}: {len(data)} of {response["ContentLength"]} bytes')
+                return data
+            except ClientError as e:
+                code = e.response.get('Error', {}).get('Code', '')
+                if code in ('NoSuchKey', '404'):
+                    raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
+                raise SampleError('missing-file', f'{path}: {code or e} from {self.describe()}') from None
+            except (BotoCoreError, SampleError) as e:  # cut off mid-read, or a timeout after the retries
+                if attempt == BODY_ATTEMPTS - 1:
+                    raise SampleError('missing-file', f'{path}: cannot be read from {self.describe()} '
+                                                      f'({type(e).__name__})') from None
+        raise AssertionError('unreachable')

@@ -1,0 +1,138 @@
+"""ceph_folder / latents_ceph_folder / ceph_config as upstream uses them, over S3: a real
+S3-protocol server (moto's standalone server) on 127.0.0.1, started and stopped by the tests."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.datasets.errors import SampleError
+from src.datasets.object_store import ObjectFolder, StorageConfigError
+from src.datasets.text2image.caption_datasets import CaptionDataset
+from src.prepare.datasets import prepare_redcaps5m
+from src.synthetic.downloads import MAKERS
+
+pytestmark = pytest.mark.slow  # a server process of its own
+ACCESS, SECRET = 'test-access-key', 'test-secret-key-never-printed'
+
+
+@pytest.fixture(scope='module')
+def s3():
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    import boto3
+    client = boto3.client('s3', endpoint_url=f'http://{host}:{port}', aws_access_key_id=ACCESS,
+                          aws_secret_access_key=SECRET, region_name='us-east-1')
+    yield f'http://{host}:{port}', client
+    server.stop()
+
+
+def petrel_config(path: Path, endpoint: str, **section) -> str:
+    values = {**dict(access_key=ACCESS, secret_key=SECRET, host_base=endpoint), **section}
+    lines = ['[DEFAULT]', 'default_cluster = cluster1', '', '[cluster1]']
+    lines += [f'{key} = {value}' for key, value in values.items() if value is not None]
+    path.write_text('\n'.join(lines) + '\n')
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def uploaded(s3, tmp_path_factory):
+    """A prepared redcaps5m download, its raw/ uploaded to s3://data/redcaps5m/raw."""
+    endpoint, client = s3
+    root = tmp_path_factory.mktemp('s3data') / 'redcaps5m'
+    expected = MAKERS['redcaps5m'](root, n=6, faults=False)
+    assert prepare_redcaps5m(str(root), num_processes=1).exit_code() == 0
+    client.create_bucket(Bucket='data')
+    for path in (root / 'raw').rglob('*'):
+        if path.is_file() and path.suffix != '.tar':
+            client.put_object(Bucket='data', Key=f'redcaps5m/raw/{path.relative_to(root / "raw")}', Body=path.read_bytes())
+    return expected
+
+
+def dataset(expected, tokenizer, prompt_template, **keywords) -> CaptionDataset:
+    return CaptionDataset(str(expected.root / 'redcaps5m_data.json'), tokenizer=tokenizer,
+                          prompt_template=prompt_template, image_size=64, cap_source='re_caption', seed=0,
+                          unconditional=0, **keywords)
+
+
+def test_samples_from_the_bucket_equal_those_from_the_local_copy(uploaded, s3, tmp_path, tokenizer, prompt_template):
+    config = petrel_config(tmp_path / 'petreloss.conf', s3[0])
+    local = dataset(uploaded, tokenizer, prompt_template, image_folder=str(uploaded.root / 'raw'),
+                    cap_folder=str(uploaded.root / 'raw'))
+    remote = dataset(uploaded, tokenizer, prompt_template, ceph_folder='cluster1:s3://data/redcaps5m/raw',
+                     ceph_config=config)
+    assert len(remote) == len(local) == len(uploaded.samples)
+    for idx in range(len(local)):
+        ours, theirs = remote.prepare_data(idx), local.prepare_data(idx)
+        assert torch.equal(ours['pixel_values'], theirs['pixel_values'])
+        assert torch.equal(ours['input_ids'], theirs['input_ids'])
+
+
+def test_a_missing_object_is_a_counted_missing_file(uploaded, s3, tmp_path, tokenizer, prompt_template):
+    config = petrel_config(tmp_path / 'petreloss.conf', s3[0])
+    remote = dataset(uploaded, tokenizer, prompt_template, ceph_folder='s3://data/redcaps5m/raw', ceph_config=config)
+    image = remote.data_list[0]['image']
+    s3[1].delete_object(Bucket='data', Key=f'redcaps5m/raw/{image}')
+    try:
+        with pytest.raises(SampleError, match='no such object') as err:
+            remote.prepare_data(0)
+        assert err.value.reason == 'missing-file'
+        assert remote[0]['image_file'] != image and remote.failures == {'missing-file': 1}
+    finally:
+        s3[1].put_object(Bucket='data', Key=f'redcaps5m/raw/{image}',
+                         Body=(uploaded.root / 'raw' / image).read_bytes())
+
+
+def test_latents_come_from_latents_ceph_folder(uploaded, s3, tmp_path, tokenizer, prompt_template):
+    config = petrel_config(tmp_path / 'petreloss.conf', s3[0])
+    written = {}
+    for i, record in enumerate(dataset(uploaded, tokenizer, prompt_template,
+                                       image_folder=str(uploaded.root / 'raw')).data_list):
+        written[record['image']] = torch.full((4, 2, 2), float(i), dtype=torch.bfloat16)
+        buf = io.BytesIO()
+        torch.save(written[record['image']], buf)
+        s3[1].put_object(Bucket='data', Key=f'latents/{record["image"]}.pt', Body=buf.getvalue())
+    remote = dataset(uploaded, tokenizer, prompt_template, cap_folder=str(uploaded.root / 'raw'),
+                     latents_ceph_folder='s3://data/latents', ceph_config=config)
+    for idx in range(len(remote)):
+        sample = remote.prepare_data(idx)
+        assert torch.equal(sample['image_latents'], written[sample['image_file']])
+
+
+@pytest.mark.parametrize('change, words', [
+    (dict(folder='s3://no-such-bucket/x'), 'bucket no-such-bucket): the bucket does not exist'),
+    (dict(endpoint='http://127.0.0.1:1'), 'the endpoint cannot be reached'),
+    (dict(secret_key=None), 'section [cluster1] has no secret_key'),
+    (dict(folder='other:s3://data/x'), "cluster 'other' is not in ceph_config"),
+    (dict(folder='data/x'), 'is not [cluster:]s3://bucket/prefix'),
+])
+def test_a_wrong_setting_fails_at_start_up_naming_it_and_no_secret(s3, tmp_path, monkeypatch, change, words):
+    for name in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_ENDPOINT_URL'):
+        monkeypatch.delenv(name, raising=False)
+    section = {key: value for key, value in change.items() if key in ('secret_key',)}
+    config = petrel_config(tmp_path / 'petreloss.conf', change.get('endpoint', s3[0]), **section)
+    with pytest.raises(StorageConfigError) as err:
+        ObjectFolder(change.get('folder', 's3://data/redcaps5m/raw'), config).check()
+    assert words in str(err.value) and SECRET not in str(err.value) and ACCESS not in str(err.value)
+
+
+def test_an_upstream_style_config_builds_and_reads_from_the_bucket(uploaded, s3, tmp_path, tokenizer_path):
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from config_helpers import CONFIGS
+    from src.synthetic.local_config import localize
+    config = petrel_config(tmp_path / 'petreloss.conf', s3[0])
+    cfg = Config.fromfile(str(CONFIGS / 'redcaps5m.py'))
+    loader_cfg = localize(cfg, tokenizer_path, dataset_overrides=dict(
+        data_path=str(uploaded.root / 'redcaps5m_data.json'), image_folder=None, cap_folder=None, image_size=64,
+        ceph_folder='cluster1:s3://data/redcaps5m/raw', ceph_config=config), batch_size=3, num_workers=2,
+        pin_memory=False)
+    batch = next(iter(Runner.build_dataloader(loader_cfg, seed=0)))
+    assert batch['data']['pixel_values'].shape == (3, 3, 64, 64)
+    assert os.environ.get('AWS_SECRET_ACCESS_KEY') != SECRET  # nothing leaked into the environment
