@@ -136,3 +136,17 @@ def test_an_upstream_style_config_builds_and_reads_from_the_bucket(uploaded, s3,
     batch = next(iter(Runner.build_dataloader(loader_cfg, seed=0)))
     assert batch['data']['pixel_values'].shape == (3, 3, 64, 64)
     assert os.environ.get('AWS_SECRET_ACCESS_KEY') != SECRET  # nothing leaked into the environment
+
+
+def test_throttling_and_dropped_connections_are_survived_with_bounded_retries(uploaded, s3, tmp_path, tokenizer,
+                                                                              prompt_template):
+    from flaky_proxy import FlakyProxy
+    local = dataset(uploaded, tokenizer, prompt_template, image_folder=str(uploaded.root / 'raw'),
+                    cap_folder=str(uploaded.root / 'raw'))
+    with FlakyProxy(s3[0], throttle_every=3, cut_every=4) as proxy:
+        config = petrel_config(tmp_path / 'petreloss.conf', proxy.url)
+        remote = dataset(uploaded, tokenizer, prompt_template, ceph_folder='s3://data/redcaps5m/raw',
+                         ceph_config=config)
+        for idx in range(len(local)):
+            assert torch.equal(remote.prepare_data(idx)['pixel_values'], local.prepare_data(idx)['pixel_values'])
+    assert proxy.throttled > 0 and proxy.cut > 0  # both happened, and every sample still came whole

@@ -1,0 +1,99 @@
+"""A proxy on 127.0.0.1 in front of an S3 server that fails the way real object stores do: some
+requests answered 503 SlowDown (throttling), some bodies cut off mid-way (a dropped connection)."""
+from __future__ import annotations
+
+import http.client
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+             b'<Message>Please reduce your request rate.</Message></Error>')
+
+
+class FlakyProxy:
+    """Every ``throttle_every``-th request gets a 503; every ``cut_every``-th GET of an object gets
+    half of its body and a closed connection. Counts what it did."""
+
+    def __init__(self, upstream: str, throttle_every: int = 3, cut_every: int = 4):
+        target = urlsplit(upstream)
+        self.host, self.port = target.hostname, target.port
+        self.throttle_every, self.cut_every = throttle_every, cut_every
+        self.requests = self.throttled = self.cut = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f'http://{host}:{port}'
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def _forward(self):
+                with proxy._lock:
+                    proxy.requests += 1
+                    number = proxy.requests
+                length = int(self.headers.get('Content-Length') or 0)
+                body = self.rfile.read(length) if length else None
+                if proxy.throttle_every and number % proxy.throttle_every == 0:
+                    with proxy._lock:
+                        proxy.throttled += 1
+                    self._reply(503, {'Content-Type': 'application/xml'}, SLOW_DOWN)
+                    return
+                connection = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != 'host'}
+                headers['Host'] = f'{proxy.host}:{proxy.port}'
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+                connection.close()
+                cut = (self.command == 'GET' and response.status == 200 and len(data) > 64
+                       and proxy.cut_every and number % proxy.cut_every == 0)
+                reply_headers = {k: v for k, v in response.getheaders()
+                                 if k.lower() not in ('transfer-encoding', 'connection', 'content-length')}
+                if cut:
+                    with proxy._lock:
+                        proxy.cut += 1
+                    self.send_response(response.status)
+                    for key, value in reply_headers.items():
+                        self.send_header(key, value)
+                    self.send_header('Content-Length', str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self._reply(response.status, reply_headers, data)
+
+            def _reply(self, status, headers, data):
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                if self.command != 'HEAD':
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+    def __enter__(self) -> 'FlakyProxy':
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
