@@ -150,3 +150,26 @@ def test_throttling_and_dropped_connections_are_survived_with_bounded_retries(up
         for idx in range(len(local)):
             assert torch.equal(remote.prepare_data(idx)['pixel_values'], local.prepare_data(idx)['pixel_values'])
     assert proxy.throttled > 0 and proxy.cut > 0  # both happened, and every sample still came whole
+
+
+def test_upload_sends_a_prepared_folder_and_a_rerun_sends_nothing(s3, tmp_path):
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    expected = MAKERS['blip3o60k'](tmp_path / 'blip3o', n=4, faults=False)
+    from src.prepare.datasets import prepare_blip3o60k
+    assert prepare_blip3o60k(str(expected.root), num_processes=1).exit_code() == 0
+    s3[1].create_bucket(Bucket='uploads')
+    config = petrel_config(tmp_path / 'petreloss.conf', s3[0])
+    command = [sys.executable, str(repo / 'tools' / 'upload.py'), str(expected.root), 's3://uploads/blip3o',
+               '--ceph-config', config, '--workers', '4']
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    keys = {item['Key'] for item in s3[1].list_objects_v2(Bucket='uploads')['Contents']}
+    local = {p.relative_to(expected.root).as_posix() for p in expected.root.rglob('*')
+             if p.is_file() and '.prepare' not in p.parts and '.cache' not in p.parts}
+    assert keys == {f'blip3o/{path}' for path in local}
+    assert 'already there with the same size (skipped)' in first.stderr and ', 0 already there' in first.stderr
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0 and f'0 files uploaded (0.0 MiB), {len(local)} already there' in again.stderr

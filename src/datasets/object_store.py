@@ -63,15 +63,25 @@ def read_petrel_config(path: str) -> tuple[dict[str, Cluster], str | None]:
     return clusters, default
 
 
+def _environment_cluster() -> tuple[dict[str, Cluster], str]:
+    values = {key: os.environ.get(key) for key in ('AWS_ENDPOINT_URL', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY')}
+    missing = [key for key, value in values.items() if not value]
+    if missing:
+        raise StorageConfigError(f'no ceph_config, and the environment lacks {", ".join(missing)}')
+    return {'env': Cluster('env', *values.values())}, 'env'
+
+
 class ObjectFolder:
     """A folder ``[cluster:]s3://bucket/prefix`` of ``ceph_config``'s clusters; reads the objects
     under it by the paths the dataset makes (``os.path.join(folder, file)``)."""
 
-    def __init__(self, folder: str, ceph_config: str):
+    def __init__(self, folder: str, ceph_config: str | None):
+        """``ceph_config`` None: one cluster from the AWS environment variables (AWS_ENDPOINT_URL,
+        AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
         match = _FOLDER.match(folder.rstrip('/'))
         if match is None:
             raise StorageConfigError(f'{folder!r} is not [cluster:]s3://bucket/prefix')
-        clusters, default = read_petrel_config(ceph_config)
+        clusters, default = read_petrel_config(ceph_config) if ceph_config else _environment_cluster()
         name = match.group('cluster') or default
         if name is None or name not in clusters:
             raise StorageConfigError(f'{folder}: cluster {name!r} is not in ceph_config {ceph_config} '

@@ -1,0 +1,99 @@
+"""Upload a prepared dataset (loose files, or tar shards with their indexes, latents) to S3-protocol
+object storage, where ceph_folder / latents_ceph_folder read it.
+
+    python tools/upload.py data/redcaps5m/raw cluster1:s3://data/redcaps5m/raw --ceph-config ~/petreloss.conf
+    python tools/upload.py data/laion6m_dc32_512 s3://data/laion6m_dc32_512        # AWS_* variables
+
+In parallel (--workers), resumable: an object already there with the same size is skipped, so a
+re-run after a failure uploads only what is missing. The preparation's bookkeeping (.prepare/) and
+temporary files are left out. Ends with a summary (uploaded, skipped, failed with the reason) and
+a non-zero exit when anything failed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+logger = logging.getLogger('upload')
+
+
+def local_files(root: Path):
+    """(relative path, size) of the files to upload: not .prepare/, not temp files, not caches."""
+    from src.prepare.atomic import TEMP_MARK
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(name for name in subfolders if name not in ('.prepare', '.cache'))
+        for name in sorted(files):
+            if TEMP_MARK in name or name.endswith('.sampleindex.arrow') or name.endswith('.lock'):
+                continue
+            path = Path(folder) / name
+            yield path.relative_to(root).as_posix(), path.stat().st_size
+
+
+def remote_sizes(store) -> dict[str, int]:
+    """Key (relative to the folder's prefix) -> size of the objects already there."""
+    prefix = f'{store.prefix}/' if store.prefix else ''
+    sizes = {}
+    for page in store.client().get_paginator('list_objects_v2').paginate(Bucket=store.bucket, Prefix=prefix):
+        for item in page.get('Contents', []):
+            sizes[item['Key'][len(prefix):]] = item['Size']
+    return sizes
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('root', help='the local folder to upload')
+    parser.add_argument('url', help='[cluster:]s3://bucket/prefix it goes to')
+    parser.add_argument('--ceph-config', help="petrel-client's INI file (default: the AWS_* environment variables)")
+    parser.add_argument('--workers', type=int, default=16, help='uploads at once (default: %(default)s)')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    from tqdm import tqdm
+
+    from src.datasets.object_store import ObjectFolder, StorageConfigError
+    root = Path(args.root)
+    if not root.is_dir():
+        logger.error('%s is not a folder', root)
+        return 2
+    try:
+        store = ObjectFolder(args.url, args.ceph_config)
+        store.check()
+    except StorageConfigError as e:
+        logger.error('%s', e)
+        return 2
+    there = remote_sizes(store)
+    todo, skipped = [], 0
+    for relpath, size in local_files(root):
+        if there.get(relpath) == size:
+            skipped += 1
+        else:
+            todo.append((relpath, size))
+    failed = []
+    client = store.client()  # boto3 clients are thread-safe; the transfer manager does multipart and retries
+    with tqdm(total=sum(size for _, size in todo), unit='B', unit_scale=True, desc=f'upload to {store.folder}') as bar, \
+            ThreadPoolExecutor(args.workers) as pool:
+        futures = {pool.submit(client.upload_file, str(root / relpath), store.bucket,
+                               store.key(f'{store.folder}/{relpath}')): (relpath, size) for relpath, size in todo}
+        for future in as_completed(futures):
+            relpath, size = futures[future]
+            try:
+                future.result()
+            except Exception as e:  # boto3 reports failures with many exception types
+                failed.append(f'{relpath}: {type(e).__name__}: {e}')
+            bar.update(size)
+    uploaded = len(todo) - len(failed)
+    logger.info('%s -> %s: %d files uploaded (%.1f MiB), %d already there with the same size (skipped), %d failed%s',
+                root, store.describe(), uploaded, sum(size for _, size in todo) / 2 ** 20, skipped, len(failed),
+                ''.join(f'\n  {line}' for line in failed[:10]))
+    if failed:
+        logger.error('run the same command again to upload what failed')
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
