@@ -71,13 +71,14 @@ class FlakyProxy:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                self._reply(response.status, reply_headers, data)
+                self._reply(response.status, reply_headers, data, response.getheader('Content-Length'))
 
-            def _reply(self, status, headers, data):
+            def _reply(self, status, headers, data, length=None):
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
-                self.send_header('Content-Length', str(len(data)))
+                # a HEAD answer has no body but says the object's length
+                self.send_header('Content-Length', length if self.command == 'HEAD' and length else str(len(data)))
                 self.end_headers()
                 if self.command != 'HEAD':
                     self.wfile.write(data)

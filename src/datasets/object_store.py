@@ -11,9 +11,13 @@ setting. Secrets are never part of a message: only the cluster, endpoint and buc
 from __future__ import annotations
 
 import configparser
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from src.datasets.errors import SampleError
 
@@ -22,6 +26,11 @@ READ_TIMEOUT = 60
 MAX_ATTEMPTS = 5  # per request, botocore's standard retry mode (with backoff)
 BODY_ATTEMPTS = 3  # a body cut off mid-read is fetched again this many times
 _FOLDER = re.compile(r'^(?:(?P<cluster>[^:/]+):)?s3://(?P<bucket>[^/]+)/?(?P<prefix>.*)$')
+DEFAULT_CACHE = Path.home() / '.cache' / 't2i-data' / 'objects'
+
+
+def is_object_url(path) -> bool:
+    return isinstance(path, str) and _FOLDER.match(path) is not None
 
 
 class StorageConfigError(ValueError):
@@ -134,12 +143,22 @@ class ObjectFolder:
             raise StorageConfigError(f'{self.describe()}: the endpoint cannot be reached ({type(e).__name__}); '
                                      'check host_base of the cluster') from None
 
-    def read(self, path: str) -> bytes:
+    def size(self, path: str) -> int:
+        """The size of the object ``path`` (a HEAD request); ``SampleError`` when it is missing."""
+        from botocore.exceptions import ClientError
+        try:
+            return self.client().head_object(Bucket=self.bucket, Key=self.key(path))['ContentLength']
+        except ClientError:
+            raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
+
+    def read(self, path: str, offset: int | None = None, size: int | None = None) -> bytes:
+        """The object ``path``, or its ``size`` bytes from ``offset`` (one ranged GET)."""
         from botocore.exceptions import BotoCoreError, ClientError
         key = self.key(path)
+        ranged = {} if offset is None else {'Range': f'bytes={offset}-{offset + size - 1}'}
         for attempt in range(BODY_ATTEMPTS):
             try:
-                response = self.client().get_object(Bucket=self.bucket, Key=key)
+                response = self.client().get_object(Bucket=self.bucket, Key=key, **ranged)
                 data = response['Body'].read()
                 if len(data) != response.get('ContentLength', len(data)):
                     raise SampleError('missing-file', f'{path}: {len(data)} of {response["ContentLength"]} bytes')
@@ -154,3 +173,68 @@ class ObjectFolder:
                     raise SampleError('missing-file', f'{path}: cannot be read from {self.describe()} '
                                                       f'({type(e).__name__})') from None
         raise AssertionError('unreachable')
+
+
+def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
+    """A local copy of the object ``url`` (an index: data.json, a parquet table, tar_index.arrow),
+    fetched once per machine into ``cache_dir`` and fetched again only when the object changes
+    (its ETag); ranks and workers of a machine that ask at once wait for one download."""
+    folder, name = url.rstrip('/').rsplit('/', 1)
+    store = ObjectFolder(folder, ceph_config)
+    store.check()
+    key = store.key(url)
+    try:
+        etag = store.client().head_object(Bucket=store.bucket, Key=key)['ETag']
+    except Exception:  # botocore's ClientError for a missing key, among others
+        raise StorageConfigError(f'{url}: no such object in {store.describe()}') from None
+    cache = Path(cache_dir or DEFAULT_CACHE) / hashlib.sha1(url.encode()).hexdigest()[:16] / name
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    stamp = cache.parent / f'.{name}.etag'
+    with open(cache.parent / f'.{name}.lock', 'a') as lock:
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if cache.exists() and stamp.exists() and stamp.read_text() == etag:
+            return str(cache)
+        tmp = cache.parent / f'.{name}.download-{os.getpid()}'
+        try:
+            store.client().download_file(store.bucket, key, str(tmp))
+            os.replace(tmp, cache)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        stamp.write_text(etag)
+    return str(cache)
+
+
+class ObjectTarMembers:
+    """Members of tar shards in a bucket, located by their tar member index (fetched once per
+    machine): each read is one ranged GET of exactly the member's bytes. Paths are those the
+    dataset makes under the index's folder (``<folder>/raw/x.jpg`` for ``<folder>/tar_index.arrow``).
+    A shard whose size in the bucket is not the indexed one is refused on its first read."""
+
+    def __init__(self, index_url: str, ceph_config: str | None, cache_dir=None):
+        from src.datasets.tar_index import TarMemberIndex
+        self.folder = index_url.rstrip('/').rsplit('/', 1)[0]
+        self.store = ObjectFolder(self.folder, ceph_config)
+        self.index = TarMemberIndex(fetch_to_cache(index_url, ceph_config, cache_dir))
+        self._checked = set()
+
+    def read(self, path: str) -> bytes:
+        from src.datasets.tar_index import StaleIndexError
+        if not path.startswith(self.folder + '/'):
+            raise SampleError('missing-file', f'{path}: not under the folder of its tar index, {self.folder}')
+        found = self.index.locate(path[len(self.folder) + 1:])
+        if found is None:
+            raise SampleError('missing-file', f'{path}: no such member in the tars indexed in {self.folder}')
+        tar, expected_size, offset, size = found
+        shard = f'{self.folder}/{tar}'
+        if tar not in self._checked:
+            actual = self.store.size(shard)
+            if actual != expected_size:
+                raise StaleIndexError(f'{shard} has {actual} bytes in the bucket, {expected_size} when it was '
+                                      'indexed: upload the shards and their index together again')
+            self._checked.add(tar)
+        data = self.store.read(shard, offset, size)
+        if len(data) != size:
+            raise SampleError('missing-file', f'{path}: {len(data)} of its {size} bytes came from {shard}')
+        return data

@@ -117,6 +117,15 @@ class TarMemberIndex:
         """Every member path (in no particular order): what extraction would have created."""
         return self._paths.to_pylist()
 
+    def locate(self, relpath: str) -> tuple[str, int, int, int] | None:
+        """(tar path relative to the root, the tar's indexed size, data offset, data size) of the
+        member ``relpath``, or None: where a reader that is not a local file gets its bytes."""
+        row = self._row(relpath)
+        if row is None:
+            return None
+        shard = self._shards[int(self._shard_ids[row])]
+        return shard['tar'], int(shard['size']), int(self._offsets[row]), int(self._sizes[row])
+
     def read(self, relpath: str) -> bytes:
         """The bytes of the member that would be extracted to ``<root>/<relpath>``."""
         row = self._row(relpath)

@@ -29,7 +29,7 @@ from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.image_io import load_pixel_values
 from src.datasets.sample_index import RecordList, SampleIndex
-from src.datasets.object_store import ObjectFolder
+from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
 
@@ -137,7 +137,13 @@ class CaptionDataset(Dataset):
         self.seed = seed
         self.max_refetch = max_refetch
         self.max_failure_ratio = max_failure_ratio
-        self.tar_index = (TarMemberIndex.open(os.fspath(tar_index)) if isinstance(tar_index, (str, os.PathLike))
+        # A data_path or tar_index in the bucket is fetched once per machine, then read locally.
+        self.index_source = (fetch_to_cache(self.data_path, os.fspath(ceph_config), index_cache_dir)
+                             if self.use_ceph and is_object_url(self.data_path) else self.data_path)
+        self.remote_tars = (ObjectTarMembers(tar_index, os.fspath(ceph_config), index_cache_dir)
+                            if self.use_ceph and is_object_url(tar_index) else None)
+        self.tar_index = (None if self.remote_tars is not None else
+                          TarMemberIndex.open(os.fspath(tar_index)) if isinstance(tar_index, (str, os.PathLike))
                           else build_component(tar_index))
         self._choose_readers()
         self.train_number_samples = train_number_samples
@@ -156,8 +162,9 @@ class CaptionDataset(Dataset):
 
         As upstream: images from ``<ceph_folder>/<image>`` when there is no image_folder, annotations
         from ``<ceph_folder>/<annotation>`` when there is no cap_folder, latents from
-        ``<latents_ceph_folder>/<image>.pt`` when it is set; else the local folders (or tar shards)."""
-        ceph = self._object_folder(self.ceph_folder)
+        ``<latents_ceph_folder>/<image>.pt`` when it is set; else the local folders (or tar shards).
+        With ``tar_index`` in the bucket too, the ceph_folder reads are ranged GETs of its shards."""
+        ceph = self.remote_tars if self.remote_tars is not None else self._object_folder(self.ceph_folder)
         local = TarMembers(self.tar_index) if self.tar_index is not None else LOCAL_FILES
         self.image_files, self.image_root = ((ceph, self.ceph_folder) if ceph and self.image_folder is None
                                              else (local, self.image_folder))
@@ -179,7 +186,7 @@ class CaptionDataset(Dataset):
     # ---- index ----------------------------------------------------------------------------------
     def _check_folders(self):
         """A wrong path in a config fails here, naming it, rather than as thousands of skipped samples."""
-        folders = dict(data_path=self.data_path, image_tokens_folder=self.image_tokens_folder)
+        folders = dict(data_path=self.index_source, image_tokens_folder=self.image_tokens_folder)
         if isinstance(self.latent_files, LocalFiles):
             folders['image_latents_folder'] = self.latent_root
         reads_image_files = self.latent_root is None and self.image_tokens_folder is None
@@ -193,7 +200,7 @@ class CaptionDataset(Dataset):
 
     def load_index(self, cache_dir=None) -> SampleIndex:
         """The index, without the records that cannot be used; each kind of drop is logged once."""
-        index = SampleIndex.load(self.data_path, cache_dir=cache_dir)
+        index = SampleIndex.load(self.index_source, cache_dir=cache_dir)
         if self.train_number_samples and 0 < self.train_number_samples < len(index):
             print_log(f'Using the first {self.train_number_samples} of the {len(index)} records of '
                       f'{self.data_path} (train_number_samples)', logger='current', level=logging.INFO)
