@@ -237,3 +237,43 @@ def test_a_shard_whose_size_differs_from_its_index_is_refused(s3, tmp_path, toke
                             tar_index='s3://data/stale/tar_index.arrow', index_cache_dir=str(tmp_path / 'cache'))
     with pytest.raises(StaleIndexError, match='00000.tar has 1024 bytes in the bucket'):
         remote.prepare_data(0)
+
+
+@pytest.mark.parametrize('name', list(MAKERS))
+def test_every_dataset_reads_the_same_from_the_bucket_as_from_disk(name, s3, tmp_path, tokenizer_path):
+    """Each prepared miniature download uploaded whole; its config with image_folder=None and
+    ceph_folder in the bucket (captions in their own folder stay local, as upstream reads them)."""
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS
+
+    from config_helpers import CONFIGS
+    from src.prepare import datasets as prepare
+    from src.synthetic.downloads import DEFAULT_ROOTS
+    from src.synthetic.local_config import localize
+    workdir = tmp_path / 'work'
+    expected = MAKERS[name](workdir / DEFAULT_ROOTS[name], n=4, faults=False)
+    assert getattr(prepare, f'prepare_{name}')(str(expected.root), num_processes=1).exit_code() == 0
+    s3[1].create_bucket(Bucket=f'every-{name.lower()}')
+    upload_folder(s3[1], f'every-{name.lower()}', expected.root, 'root')
+    config = petrel_config(tmp_path / 'petreloss.conf', s3[0])
+    os.chdir(workdir)
+    try:
+        local_cfg = localize(Config.fromfile(str(CONFIGS / f'{name}.py')), tokenizer_path,
+                             dataset_overrides=dict(image_size=64, seed=0)).dataset
+        local = DATASETS.build(local_cfg)
+        image_folder = os.path.relpath(local_cfg.image_folder, DEFAULT_ROOTS[name])
+        same_folder = local_cfg.get('cap_folder') in (None, local_cfg.image_folder)
+        remote_cfg = localize(Config.fromfile(str(CONFIGS / f'{name}.py')), tokenizer_path, dataset_overrides=dict(
+            image_size=64, seed=0, image_folder=None, ceph_config=config,
+            ceph_folder=f's3://every-{name.lower()}/root/{image_folder}'.rstrip('/.'),
+            cap_folder=None if same_folder else local_cfg.cap_folder)).dataset
+        remote = DATASETS.build(remote_cfg)
+        assert len(remote) == len(local) > 0
+        for idx in range(len(local)):
+            image = local.data_list[idx][local.image_key]
+            assert remote.read_image(image) == local.read_image(image)
+            record = local.data_list[idx]
+            if 'annotation' in record:
+                assert remote.read_annotation(record['annotation']) == local.read_annotation(record['annotation'])
+    finally:
+        os.chdir(Path(__file__).resolve().parents[1])
