@@ -277,3 +277,61 @@ def test_every_dataset_reads_the_same_from_the_bucket_as_from_disk(name, s3, tmp
                 assert remote.read_annotation(record['annotation']) == local.read_annotation(record['annotation'])
     finally:
         os.chdir(Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope='module')
+def s3_with_auth():
+    """A moto server that checks credentials (after the 4 set-up calls): an IAM user with a key."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
+                              env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT='4'),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f'http://127.0.0.1:{port}'
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        anyone = dict(endpoint_url=endpoint, region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')
+        iam = boto3.client('iam', **anyone)
+        iam.create_user(UserName='trainer')
+        key = iam.create_access_key(UserName='trainer')['AccessKey']
+        iam.put_user_policy(UserName='trainer', PolicyName='all', PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'))
+        boto3.client('s3', **anyone).create_bucket(Bucket='secured')
+        yield endpoint, key['AccessKeyId'], key['SecretAccessKey']
+    finally:
+        server.terminate()
+        server.wait()
+
+
+# A HEAD answer has no body to say which key is wrong: both are 'access denied' naming both settings.
+@pytest.mark.parametrize('keys, words', [('good', None), ('unknown', 'access denied: check access_key / secret_key'),
+                                         ('wrong-secret', 'access denied: check access_key / secret_key')])
+def test_wrong_keys_fail_at_start_up_without_printing_them(s3_with_auth, tmp_path, monkeypatch, keys, words):
+    endpoint, access, secret = s3_with_auth
+    access_key = {'unknown': 'AKIANOTAKEYATALL0000'}.get(keys, access)
+    secret_key = {'wrong-secret': 'not-the-secret-' + secret[:4]}.get(keys, secret)
+    config = petrel_config(tmp_path / 'petreloss.conf', endpoint, access_key=access_key, secret_key=secret_key)
+    folder = ObjectFolder('s3://secured/x', config)
+    if words is None:
+        folder.check()  # the right keys pass
+        return
+    with pytest.raises(StorageConfigError) as err:
+        folder.check()
+    message = str(err.value)
+    assert words in message and 'secured' in message, message
+    assert secret_key not in message and access_key not in message
