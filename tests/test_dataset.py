@@ -524,3 +524,21 @@ def test_other_errors_propagate(tmp_path, make_dataset, monkeypatch):
 def test_debug_always_reads_the_first_sample(tmp_path, make_dataset):
     dataset = make_dataset(write_good_images(tmp_path / 'images', count=3), debug=True)
     assert [dataset[i]['image_file'] for i in range(3)] == ['good0.jpg'] * 3
+
+
+def test_truncation_by_caption_keeps_the_template_end_and_image_start(tmp_path, make_dataset, tokenizer,
+                                                                      prompt_template):
+    long_caption = ' '.join(['a very long and detailed description of the picture'] * 40)
+    records = write_good_images(tmp_path / 'images', count=1)
+    records[0]['caption'] = long_caption
+    upstream = make_dataset(records, max_length=40, unconditional=0)
+    ours = make_dataset(records, max_length=40, unconditional=0, truncation='caption')
+    full = tokenizer.encode(upstream.prompt_of(long_caption))
+    cut = upstream[0]['input_ids'].tolist()
+    assert cut == full[:40]  # upstream's cut: IMG_START_TOKEN and the template's end are gone
+    end = tokenizer.encode(upstream.prompt_of('x'))[-6:]  # the template's last tokens, IMG_START_TOKEN last
+    kept = ours[0]['input_ids'].tolist()
+    assert len(kept) <= 40 and kept[-6:] == end and kept != cut
+    assert kept[:len(tokenizer.encode(upstream.prompt_of('')))][:5] == full[:5]  # the caption's start is kept
+    with pytest.raises(ValueError, match="truncation='words'"):
+        make_dataset(records, truncation='words')

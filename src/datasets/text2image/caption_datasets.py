@@ -38,6 +38,7 @@ COMPONENTS = Registry('text2image data components')
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
 LOCAL_FILES = LocalFiles()
+TRUNCATIONS = ('ids', 'caption')
 HARMON_GENERATION = 'Generate an image: {input}'  # Harmon's prompts, for templates without their own
 HARMON_CFG = 'Generate an image.'
 
@@ -73,7 +74,10 @@ class CaptionDataset(Dataset):
     ``tar_index``: the path of a tar member index (``tar_index.arrow``, see ``src.datasets.tar_index``),
     or an object / config with its ``relpath(path)`` and ``read(relpath)``: image files are then read
     straight from the tar shards instead of ``image_folder``;
-    ``train_number_samples`` (VGT's): only the first N records of the index are used.
+    ``train_number_samples`` (VGT's): only the first N records of the index are used;
+    ``truncation``: a prompt longer than ``max_length`` is cut as upstream cuts it, its ids
+    (``'ids'``, the default: the template's end and IMG_START_TOKEN may be lost), or by shortening
+    the caption so that they survive (``'caption'``).
 
     ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index.
     """
@@ -107,7 +111,8 @@ class CaptionDataset(Dataset):
                  max_failure_ratio=0.5,
                  index_cache_dir=None,
                  tar_index=None,
-                 train_number_samples=None):
+                 train_number_samples=None,
+                 truncation='ids'):
         super().__init__()
         self.data_path = str(data_path)
         self.image_folder = image_folder
@@ -147,6 +152,9 @@ class CaptionDataset(Dataset):
                           else build_component(tar_index))
         self._choose_readers()
         self.train_number_samples = train_number_samples
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f'truncation={truncation!r}: one of {TRUNCATIONS}')
+        self.truncation = truncation
         self._check_folders()
         self.index = self.load_index(index_cache_dir)
         self._process_state = None
@@ -296,16 +304,42 @@ class CaptionDataset(Dataset):
 
         A chat template made for understanding (xtuner's ``qwen_chat``, as Harmon uses it) has no
         GENERATION, CFG or IMG_START_TOKEN: Harmon's own wording is used, with no start token."""
+        conditional = rng.uniform(0, 1) >= self.unconditional
+        input_ids = self._encode(self.prompt_of(text.strip() if conditional else None))
+        if len(input_ids) > self.max_length and conditional and self.truncation == 'caption':
+            input_ids = self._fit_caption(text.strip())
+        return dict(input_ids=input_ids[:self.max_length])
+
+    def prompt_of(self, caption: str | None) -> str:
+        """The whole prompt text of ``caption`` (None: the unconditional CFG prompt)."""
         template = self.prompt_template
-        if rng.uniform(0, 1) < self.unconditional:
+        if caption is None:
             prompt = template.get('CFG', HARMON_CFG)
         else:
-            prompt = template.get('GENERATION', HARMON_GENERATION).format(input=text.strip())
+            prompt = template.get('GENERATION', HARMON_GENERATION).format(input=caption)
         prompt = template['INSTRUCTION'].format(input=prompt)
         if template.get('IMG_START_TOKEN_FOR_GENERATION', True) and 'IMG_START_TOKEN' in template:
             prompt += template['IMG_START_TOKEN']
-        input_ids = self.tokenizer.encode(prompt, return_tensors='pt', **self.tokenizer_kwargs)[0]
-        return dict(input_ids=input_ids[:self.max_length])
+        return prompt
+
+    def _encode(self, prompt: str) -> torch.Tensor:
+        return self.tokenizer.encode(prompt, return_tensors='pt', **self.tokenizer_kwargs)[0]
+
+    def _fit_caption(self, caption: str) -> torch.Tensor:
+        """``truncation='caption'``: the prompt of the longest start of the caption (in tokens) that
+        fits in ``max_length``, so the template's end and IMG_START_TOKEN survive (a binary search:
+        a few tokenizations, for the rare prompt that is too long)."""
+        words = self.tokenizer.encode(caption, add_special_tokens=False)
+        fits, best = 0, self._encode(self.prompt_of(''))
+        low, high = 1, len(words)
+        while low <= high:
+            middle = (low + high) // 2
+            ids = self._encode(self.prompt_of(self.tokenizer.decode(words[:middle]).strip()))
+            if len(ids) <= self.max_length:
+                fits, best, low = middle, ids, middle + 1
+            else:
+                high = middle - 1
+        return best
 
     def prepare_data(self, idx: int) -> dict:
         """Sample ``idx``, or a ``SampleError`` whose message names the index file, record and image."""
