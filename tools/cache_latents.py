@@ -51,27 +51,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def dataset_cfg(cfg):
-    """``dataset``, as upstream's script builds it (``--cfg-options dataset.image_size=...``), else
-    the training dataloader's."""
-    if 'dataset' in cfg:
-        return cfg.dataset
-    if 'train_dataloader' in cfg and 'dataset' in cfg.train_dataloader:
-        return cfg.train_dataloader.dataset
-    raise SystemExit(f'{cfg.filename}: no dataset nor train_dataloader.dataset to cache latents of')
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     import torch
     import torch.distributed as dist
     from mmengine.config import Config
-    from mmengine.registry import DATASETS
     from tqdm import tqdm
 
     from src.latents.autoencoder import AutoencoderError, load_encoder
-    from src.latents.cache import RankReport, encode_dataset, leaf_datasets, output_folder
+    from src.datasets.build import build_leaf_datasets
+    from src.latents.cache import RankReport, encode_dataset, output_folder
     from src.latents.store import index_shards
     from src.prepare.atomic import write_json
     from src.prepare.extract import storage_problem
@@ -88,7 +78,7 @@ def main(argv=None) -> int:
 
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
-    datasets = leaf_datasets(DATASETS.build(dataset_cfg(cfg)))
+    datasets = build_leaf_datasets(cfg)
     if args.out and len(datasets) > 1:
         raise SystemExit('--out names one folder; this config has several datasets: leave --out out')
     try:

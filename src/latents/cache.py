@@ -51,12 +51,6 @@ class RankReport:
             kept.extend(messages[:EXAMPLES - len(kept)])
 
 
-def leaf_datasets(dataset) -> list:
-    """The datasets whose images are encoded: the parts of a ConcatDataset, or the dataset itself."""
-    parts = getattr(dataset, 'datasets', None)
-    return [leaf for part in parts for leaf in leaf_datasets(part)] if parts is not None else [dataset]
-
-
 def output_folder(dataset, out: str | None = None) -> str:
     if dataset.image_latents_folder is not None or dataset.image_tokens_folder is not None:
         raise ValueError(f'{dataset.data_path}: the config reads latents or tokens already; give the config '

@@ -1,0 +1,100 @@
+"""The dataset report as one self-contained HTML page: plots (matplotlib, embedded as PNG), the
+numbers beside them, and a preview grid of samples as the model sees them."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+
+from src.report.statistics import DatasetStats
+
+STYLE = '''body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.3em .7em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:1em}
+.grid{display:flex;flex-wrap:wrap;gap:.8em}.tile{width:220px;font-size:.8em}.tile img{width:220px;height:220px}
+.warn{color:#a33;font-weight:bold}'''
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=90, bbox_inches='tight')
+    import matplotlib.pyplot as plt
+    plt.close(figure)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _plots(stats: DatasetStats) -> list[str]:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    plots = []
+    if stats.prompt_tokens:
+        figure, axis = plt.subplots(figsize=(5.5, 3.2))
+        axis.hist(stats.prompt_tokens, bins=40, color='#4a7ab5')
+        axis.axvline(stats.max_length, color='#c33', linestyle='--', label=f'max_length {stats.max_length}')
+        axis.set(title='prompt length (tokens)', xlabel='tokens', ylabel='prompts')
+        axis.legend()
+        plots.append(_png(figure))
+    if stats.widths:
+        widths, heights = np.array(stats.widths), np.array(stats.heights)
+        figure, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        axes[0].scatter(widths, heights, s=6, alpha=.5, color='#4a7ab5')
+        axes[0].set(title=f'image size ({stats.sizes_from})', xlabel='width', ylabel='height')
+        axes[1].hist(np.log2(widths / heights), bins=40, color='#6a9a4a')
+        axes[1].set(title='aspect ratio', xlabel='log2(width / height)', ylabel='images')
+        plots.append(_png(figure))
+    if stats.caption_chars:
+        figure, axis = plt.subplots(figsize=(5.5, 3.2))
+        axis.hist(stats.caption_chars, bins=40, color='#b5824a')
+        axis.set(title='caption length', xlabel='characters', ylabel='captions')
+        plots.append(_png(figure))
+    return plots
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    cells = ''.join('<tr>' + ''.join(f'<td>{html.escape(str(c))}</td>' for c in row) + '</tr>' for row in rows)
+    return f'<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in header)}</tr>{cells}</table>'
+
+
+def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
+    """One dataset: counts and drops, prompt lengths, images, captions, preview (image data URL, caption)."""
+    lengths = np.array(stats.prompt_tokens or [0])
+    counts = [('records in the index', stats.records), ('usable (the dataset keeps)', stats.usable),
+              ('dropped when loading (no image, too small, aspect)', stats.records - stats.usable),
+              ('sampled for this report', stats.sampled)]
+    counts += [(f'dropped by the preparation tool: {reason}', n) for reason, n in sorted(stats.prepare_drops.items())]
+    counts += [(f'sampled, unusable: {reason}', n) for reason, n in sorted(stats.failures.items())]
+    share = stats.cut / max(len(stats.prompt_tokens), 1)
+    prompts = [('median / 95th percentile / longest', f'{np.median(lengths):.0f} / {np.percentile(lengths, 95):.0f} / '
+                                                       f'{lengths.max()}'),
+               ('longer than max_length: cut (truncation="ids", upstream)', f'{stats.cut} ({share:.1%})'),
+               ('of them losing IMG_START_TOKEN', stats.lose_image_start),
+               ('losing IMG_START_TOKEN with truncation="caption"', 0)]
+    captions = [('duplicates among the sampled', stats.duplicate_captions),
+                ('median length (characters)', f'{np.median(stats.caption_chars or [0]):.0f}')]
+    warn = (f'<p class="warn">{stats.lose_image_start} of {len(stats.prompt_tokens)} sampled prompts lose '
+            'IMG_START_TOKEN at max_length: raise max_length or use truncation="caption".</p>'
+            if stats.lose_image_start else '')
+    grid = ''.join(f'<div class="tile"><img src="{image}"><div>{html.escape(caption[:200])}</div></div>'
+                   for image, caption in tiles)
+    return (f'<h2>{html.escape(stats.data_path)}</h2>{_table(counts, ("records", "count"))}'
+            f'<h3>prompts</h3>{warn}{_table(prompts, ("prompts", "sampled"))}'
+            f'<h3>captions</h3>{_table(captions, ("captions", "sampled"))}'
+            f'<div class="plots">{"".join(_plots(stats))}</div><h3>samples as the model sees them</h3>'
+            f'<div class="grid">{grid}</div>')
+
+
+def page(title: str, sections: list[str]) -> str:
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{"".join(sections)}</body></html>')
+
+
+def image_data_url(pixel_values) -> str:
+    """A [3, S, S] tensor in [-1, 1] as an embedded PNG."""
+    from src.synthetic.preview import to_image
+    buffer = io.BytesIO()
+    to_image(pixel_values).save(buffer, format='PNG')
+    return f'data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'
