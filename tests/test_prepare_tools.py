@@ -403,3 +403,25 @@ def test_unreadable_index_or_table_is_reported_with_its_name(tmp_path):
     report = prepare('midjourney23m', tmp_path / 'mj')
     assert report.exit_code() == 1
     assert "table-1.parquet: no column 'prompt', 'width', 'height'; its columns are ['filename']" in report.index_error
+
+
+def test_resize_to_writes_smaller_images_with_the_same_index_and_crops(tmp_path):
+    from PIL import Image, ImageOps
+    plain = MAKERS['blip3o60k'](tmp_path / 'plain', n=6, faults=False)
+    small = MAKERS['blip3o60k'](tmp_path / 'small', n=6, faults=False)
+    assert run_tool('blip3o60k', '--root', plain.root).returncode == 0
+    result = run_tool('blip3o60k', '--root', small.root, '--resize-to', 100)
+    assert result.returncode == 0, result.stderr
+    assert (small.root / 'data.json').read_bytes() == (plain.root / 'data.json').read_bytes()
+    for image in small.samples:
+        with Image.open(plain.root / 'raw' / image) as original, Image.open(small.root / 'raw' / image) as resized:
+            upright = ImageOps.exif_transpose(original)
+            if min(upright.size) <= 100:  # small enough already: left byte for byte as it was
+                assert (small.root / 'raw' / image).read_bytes() == (plain.root / 'raw' / image).read_bytes()
+                continue
+            assert min(resized.size) == 100 and resized.format == original.format
+            assert abs(resized.width / resized.height - upright.width / upright.height) < 0.02
+    again = run_tool('blip3o60k', '--root', small.root, '--resize-to', 80)  # another size redoes every tar
+    assert again.returncode == 0 and 'members (extract): 0 by this run' not in again.stderr
+    refused = run_tool('blip3o60k', '--root', small.root, '--resize-to', 80, '--no-extract')
+    assert refused.returncode != 0 and 'cannot be used with --no-extract' in refused.stderr

@@ -132,6 +132,14 @@ class Extract:
 
     name = 'extract'
 
+    def __init__(self, resize_to: int | None = None):
+        self.resize_to = resize_to
+
+    @property
+    def options(self) -> dict:
+        """What, beside the tar, decides this step's output (recorded in each tar's marker)."""
+        return {'resize_to': self.resize_to} if self.resize_to else {}
+
     def process(self, job: TarJob) -> TarResult:
         staging = staging_folder(job, self.name)
         shutil.rmtree(staging, ignore_errors=True)  # what an interrupted earlier attempt left
@@ -152,6 +160,8 @@ class Extract:
                     target = os.path.join(staging, path)
                     try:
                         write_member(tar, member, target)
+                        if self.resize_to:
+                            shrink_image(target, self.resize_to)
                     except (tarfile.ReadError, EOFError) as e:
                         result.status = 'partial'
                         result.error = f'truncated: member {member.name} is cut short ({e})'
@@ -254,6 +264,34 @@ def open_new(target: str, attempts: int = 5):
         except FileNotFoundError:
             if attempt == attempts - 1:
                 raise
+
+
+RESIZABLE = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.webp': 'WEBP'}
+
+
+def shrink_image(path: str, short_side: int) -> bool:
+    """Rewrite the image at ``path`` with its short side ``short_side`` (aspect kept, same format,
+    EXIF orientation applied first, so the picture and its crops are those of the original) when it
+    is larger; leave other files and smaller or unreadable images as they are (the dataset reports
+    unreadable ones when it meets them). Returns whether it was rewritten."""
+    from PIL import Image, ImageOps
+    fmt = RESIZABLE.get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        return False
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if min(img.size) <= short_side:
+                return False
+            scale = short_side / min(img.size)
+            size = (max(short_side, round(img.width * scale)), max(short_side, round(img.height * scale)))
+            small = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+    if fmt == 'JPEG' and small.mode not in ('RGB', 'L', 'CMYK'):
+        small = small.convert('RGB')
+    small.save(path, fmt, **({'quality': 95} if fmt in ('JPEG', 'WEBP') else {}))
+    return True
 
 
 def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:

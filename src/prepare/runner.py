@@ -22,7 +22,7 @@ from src.datasets.errors import IndexFormatError
 from src.prepare.atomic import write_json
 from src.prepare import lock
 from src.prepare.cleanup import remove_leftovers
-from src.prepare.extract import EXTRACT, TarJob, TarResult, file_signature, storage_problem
+from src.prepare.extract import EXTRACT, Extract, TarJob, TarResult, file_signature, storage_problem
 from src.prepare.report import Report
 from src.prepare.tar_members import INDEX_MEMBERS
 
@@ -58,16 +58,17 @@ def marker_path(job: TarJob, step_name: str) -> str:
     return os.path.join(job.root, '.prepare', step_name, job.name + '.done.json')
 
 
-def tar_signature(job: TarJob) -> dict:
-    return {**file_signature(job.path), 'dest': job.dest}
+def tar_signature(job: TarJob, options: dict | None = None) -> dict:
+    """The tar as it is now, where it goes and the step's options (another --resize-to redoes it)."""
+    return {**file_signature(job.path), 'dest': job.dest, **(options or {})}
 
 
-def finished_result(job: TarJob, step_name: str) -> dict | None:
+def finished_result(job: TarJob, step_name: str, options: dict | None = None) -> dict | None:
     """The recorded result of ``job`` when its marker matches the tar as it is now, else None."""
     try:
         with open(marker_path(job, step_name), encoding='utf-8') as f:
             marker = json.load(f)
-        current = tar_signature(job)
+        current = tar_signature(job, options)
     except (OSError, ValueError):
         return None  # no marker, an unreadable one, or the tar is gone: not finished
     return marker.get('result') if isinstance(marker, dict) and marker.get('tar') == current else None
@@ -77,12 +78,12 @@ def process_and_mark(step, job: TarJob) -> TarResult:
     """Run ``step`` on one tar; record a marker unless it failed (a failed tar is retried). A tar
     another live run has claimed is left to it: status 'busy', its holder in ``error``."""
     try:
-        signature = tar_signature(job)
+        signature = tar_signature(job, step.options)
     except OSError as e:
         return TarResult(name=job.name, status='failed', error=f'cannot read {job.path}: {e}')
     try:
         with lock.held(lock.tar_claim_path(job.root, job.name)):
-            if finished_result(job, step.name) is not None:  # done by another run meanwhile
+            if finished_result(job, step.name, step.options) is not None:  # done by another run meanwhile
                 return TarResult(name=job.name, status='busy', error='finished by another run')
             result = step.process(job)
             if result.status != 'failed':
@@ -123,7 +124,7 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
     report.step, report.tars_total, report.tar_slice = step.name, len(jobs), (start, end)
     todo = []
     for job in jobs[start:end]:
-        earlier = finished_result(job, step.name)
+        earlier = finished_result(job, step.name, step.options)
         if earlier is None:
             todo.append(job)
         else:
@@ -148,7 +149,7 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
             todo = wait_for_others(busy, jobs, step, report, bar)
 
     waiting = [job.name for job in jobs if job.name not in report.tars
-               and finished_result(job, step.name) is None]
+               and finished_result(job, step.name, step.options) is None]
     if waiting:
         report.index_skipped = (f'{len(waiting)} tars outside this run are not done yet (e.g. {waiting[0]}); '
                                 'the run that finishes the last one builds it')
@@ -191,7 +192,7 @@ def wait_for_others(busy: list[TarResult], jobs: list[TarJob], step, report: Rep
     by_name = {job.name: job for job in jobs}
     while True:
         for name in sorted(pending):
-            earlier = finished_result(by_name[name], step.name)
+            earlier = finished_result(by_name[name], step.name, step.options)
             if earlier is not None:
                 report.tars[name] = earlier
                 report.skipped_done.append(name)
@@ -227,12 +228,17 @@ def tool_parser(description: str, default_root: str) -> argparse.ArgumentParser:
     parser.add_argument('--no-extract', action='store_true',
                         help='leave the tars packed: index their members into <root>/tar_index.arrow '
                              "instead, and set the dataset config's tar_index to that file")
+    parser.add_argument('--resize-to', type=int, metavar='N',
+                        help='extract images resized so that their short side is N (those larger only), '
+                             'for training at one resolution: same paths and crops, less to decode')
     return parser
 
 
 def run_options(args: argparse.Namespace) -> dict:
-    return dict(root=args.root, num_processes=args.num_processes, start=args.start, end=args.end,
-                step=INDEX_MEMBERS if args.no_extract else EXTRACT)
+    if args.no_extract and args.resize_to:
+        raise SystemExit('--resize-to writes resized files: it cannot be used with --no-extract')
+    step = INDEX_MEMBERS if args.no_extract else Extract(resize_to=args.resize_to) if args.resize_to else EXTRACT
+    return dict(root=args.root, num_processes=args.num_processes, start=args.start, end=args.end, step=step)
 
 
 def run_tool(prepare_fn: Callable[..., Report], args: argparse.Namespace, **options) -> int:

@@ -199,6 +199,7 @@ class IndexMembers:
     """
 
     name = 'tar-index'
+    options: dict = {}  # nothing but the tar decides its member index
 
     def __init__(self):
         self._open_indexes: dict[str, TarMemberIndex] = {}
