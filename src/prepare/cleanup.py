@@ -65,7 +65,7 @@ def remove_leftovers(root: str) -> None:
                     if not os.path.exists(claim) or lock.is_stale(claim):
                         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
                         removed.append(f'.prepare/staging/{os.path.basename(step_dir)}/{tar_name}/')
-        _remove_empty_folders(step_dir)
+    remove_empty_folders(staging)
     if removed:
         logger.info('removed %d leftovers of interrupted runs (e.g. %s)', len(removed), ', '.join(removed[:3]))
 
@@ -76,7 +76,8 @@ def _subfolders(path: str) -> list[str]:
     return []
 
 
-def _remove_empty_folders(top: str) -> None:
+def remove_empty_folders(top: str) -> None:
+    """Remove ``top`` and the folders under it that are empty (bottom up)."""
     for folder, _, _ in os.walk(top, topdown=False):
         with contextlib.suppress(OSError):
             os.rmdir(folder)  # only succeeds when empty

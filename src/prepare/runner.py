@@ -21,7 +21,7 @@ from tqdm import tqdm
 from src.datasets.errors import IndexFormatError
 from src.prepare.atomic import write_json
 from src.prepare import lock
-from src.prepare.cleanup import remove_leftovers
+from src.prepare.cleanup import remove_empty_folders, remove_leftovers
 from src.prepare.extract import EXTRACT, Extract, TarJob, TarResult, file_signature, storage_problem
 from src.prepare.report import Report
 from src.prepare.tar_members import INDEX_MEMBERS
@@ -78,12 +78,12 @@ def process_and_mark(step, job: TarJob) -> TarResult:
     """Run ``step`` on one tar; record a marker unless it failed (a failed tar is retried). A tar
     another live run has claimed is left to it: status 'busy', its holder in ``error``."""
     try:
-        signature = tar_signature(job, step.options)
+        signature = tar_signature(job, getattr(step, 'options', {}))
     except OSError as e:
         return TarResult(name=job.name, status='failed', error=f'cannot read {job.path}: {e}')
     try:
         with lock.held(lock.tar_claim_path(job.root, job.name)):
-            if finished_result(job, step.name, step.options) is not None:  # done by another run meanwhile
+            if finished_result(job, step.name, getattr(step, 'options', {})) is not None:  # done by another run meanwhile
                 return TarResult(name=job.name, status='busy', error='finished by another run')
             result = step.process(job)
             if result.status != 'failed':
@@ -124,7 +124,7 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
     report.step, report.tars_total, report.tar_slice = step.name, len(jobs), (start, end)
     todo = []
     for job in jobs[start:end]:
-        earlier = finished_result(job, step.name, step.options)
+        earlier = finished_result(job, step.name, getattr(step, 'options', {}))
         if earlier is None:
             todo.append(job)
         else:
@@ -147,9 +147,10 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
                 if result.status != 'done':
                     logger.warning('%s: %s: %s', result.name, result.status, result.error)
             todo = wait_for_others(busy, jobs, step, report, bar)
+    remove_empty_folders(os.path.join(root, '.prepare', 'staging'))  # what the tars' staging left
 
     waiting = [job.name for job in jobs if job.name not in report.tars
-               and finished_result(job, step.name, step.options) is None]
+               and finished_result(job, step.name, getattr(step, 'options', {})) is None]
     if waiting:
         report.index_skipped = (f'{len(waiting)} tars outside this run are not done yet (e.g. {waiting[0]}); '
                                 'the run that finishes the last one builds it')
@@ -192,7 +193,7 @@ def wait_for_others(busy: list[TarResult], jobs: list[TarJob], step, report: Rep
     by_name = {job.name: job for job in jobs}
     while True:
         for name in sorted(pending):
-            earlier = finished_result(by_name[name], step.name, step.options)
+            earlier = finished_result(by_name[name], step.name, getattr(step, 'options', {}))
             if earlier is not None:
                 report.tars[name] = earlier
                 report.skipped_done.append(name)
