@@ -108,8 +108,8 @@ def test_unreadable_tar_fails_and_is_retried(tmp_path, content):
     assert report.by_status('failed') == ['bad.tar'] and report.by_status('done') == ['good.tar']
     assert 'bad.tar' in report.tars['bad.tar']['error'] and report.exit_code() == 1
     assert 'FAILED bad.tar' in report.summary()
-    assert finished_result(jobs[0], 'extract') is None  # no marker: the next run tries it again
-    assert finished_result(jobs[1], 'extract')['members'] == 3
+    assert finished_result(jobs[0], EXTRACT) is None  # no marker: the next run tries it again
+    assert finished_result(jobs[1], EXTRACT)['members'] == 3
 
 
 def test_leftovers_of_an_interrupted_tar_are_cleared_and_it_is_redone(tmp_path):

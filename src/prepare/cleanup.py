@@ -62,7 +62,7 @@ def remove_leftovers(root: str) -> None:
                     subfolders.remove(name)  # a tar's staging folder: not walked into
                     tar_name = os.path.relpath(os.path.join(folder, name), step_dir)
                     claim = lock.tar_claim_path(root, tar_name)
-                    if not os.path.exists(claim) or lock.is_stale(claim):
+                    if lock.is_free(claim):
                         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
                         removed.append(f'.prepare/staging/{os.path.basename(step_dir)}/{tar_name}/')
     remove_empty_folders(staging)

@@ -110,14 +110,14 @@ def acquire(path: str) -> None:
     raise Busy(path, holder or Holder('unknown', 0, time.time()))
 
 
-def is_stale(path: str) -> bool:
-    """Whether the claim ``path`` is left by a run that is gone (False when it is missing)."""
+def is_free(path: str) -> bool:
+    """Whether no live run holds the claim ``path``: it is missing, or left by a run that is gone."""
     holder = _read_holder(path)
     try:
         if holder is None:
             return time.time() - os.stat(path).st_mtime > 5
     except FileNotFoundError:
-        return False
+        return True
     return not _alive(holder, path)
 
 

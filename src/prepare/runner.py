@@ -58,17 +58,17 @@ def marker_path(job: TarJob, step_name: str) -> str:
     return os.path.join(job.root, '.prepare', step_name, job.name + '.done.json')
 
 
-def tar_signature(job: TarJob, options: dict | None = None) -> dict:
+def tar_signature(job: TarJob, step) -> dict:
     """The tar as it is now, where it goes and the step's options (another --resize-to redoes it)."""
-    return {**file_signature(job.path), 'dest': job.dest, **(options or {})}
+    return {**file_signature(job.path), 'dest': job.dest, **getattr(step, 'options', {})}
 
 
-def finished_result(job: TarJob, step_name: str, options: dict | None = None) -> dict | None:
-    """The recorded result of ``job`` when its marker matches the tar as it is now, else None."""
+def finished_result(job: TarJob, step) -> dict | None:
+    """The recorded result of ``step`` on ``job`` when its marker matches the tar as it is now, else None."""
     try:
-        with open(marker_path(job, step_name), encoding='utf-8') as f:
+        with open(marker_path(job, step.name), encoding='utf-8') as f:
             marker = json.load(f)
-        current = tar_signature(job, options)
+        current = tar_signature(job, step)
     except (OSError, ValueError):
         return None  # no marker, an unreadable one, or the tar is gone: not finished
     return marker.get('result') if isinstance(marker, dict) and marker.get('tar') == current else None
@@ -78,12 +78,12 @@ def process_and_mark(step, job: TarJob) -> TarResult:
     """Run ``step`` on one tar; record a marker unless it failed (a failed tar is retried). A tar
     another live run has claimed is left to it: status 'busy', its holder in ``error``."""
     try:
-        signature = tar_signature(job, getattr(step, 'options', {}))
+        signature = tar_signature(job, step)
     except OSError as e:
         return TarResult(name=job.name, status='failed', error=f'cannot read {job.path}: {e}')
     try:
         with lock.held(lock.tar_claim_path(job.root, job.name)):
-            if finished_result(job, step.name, getattr(step, 'options', {})) is not None:  # done by another run meanwhile
+            if finished_result(job, step) is not None:  # done by another run meanwhile
                 return TarResult(name=job.name, status='busy', error='finished by another run')
             result = step.process(job)
             if result.status != 'failed':
@@ -124,7 +124,7 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
     report.step, report.tars_total, report.tar_slice = step.name, len(jobs), (start, end)
     todo = []
     for job in jobs[start:end]:
-        earlier = finished_result(job, step.name, getattr(step, 'options', {}))
+        earlier = finished_result(job, step)
         if earlier is None:
             todo.append(job)
         else:
@@ -150,7 +150,7 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
     remove_empty_folders(os.path.join(root, '.prepare', 'staging'))  # what the tars' staging left
 
     waiting = [job.name for job in jobs if job.name not in report.tars
-               and finished_result(job, step.name, getattr(step, 'options', {})) is None]
+               and finished_result(job, step) is None]
     if waiting:
         report.index_skipped = (f'{len(waiting)} tars outside this run are not done yet (e.g. {waiting[0]}); '
                                 'the run that finishes the last one builds it')
@@ -193,14 +193,13 @@ def wait_for_others(busy: list[TarResult], jobs: list[TarJob], step, report: Rep
     by_name = {job.name: job for job in jobs}
     while True:
         for name in sorted(pending):
-            earlier = finished_result(by_name[name], step.name, getattr(step, 'options', {}))
+            earlier = finished_result(by_name[name], step)
             if earlier is not None:
                 report.tars[name] = earlier
                 report.skipped_done.append(name)
                 bar.update()
                 pending.discard(name)
-        unclaimed = [name for name in sorted(pending) if not os.path.exists(lock.tar_claim_path(report.root, name))
-                     or lock.is_stale(lock.tar_claim_path(report.root, name))]
+        unclaimed = [name for name in sorted(pending) if lock.is_free(lock.tar_claim_path(report.root, name))]
         if unclaimed or not pending:
             return [by_name[name] for name in unclaimed]
         time.sleep(BUSY_POLL)

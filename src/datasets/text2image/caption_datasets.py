@@ -1,8 +1,8 @@
 """CaptionDataset: one text-to-image sample (image + tokenized prompt) per index record.
 
 Steps, each a method a subclass can replace: ``load_index`` (read and filter the index),
-``read_image`` (bytes of one image, from the reader chosen at construction: ``src.datasets.storage``), ``parse_annotation`` (caption from a caption
-file), ``load_image_data`` (pixels, latents or tokens), ``process_text`` (prompt ids) and
+``read_image`` (bytes of one image, from the reader chosen at construction: ``src.datasets.storage``),
+``parse_annotation`` (caption from a caption file), ``load_image_data`` (pixels, latents or tokens), ``process_text`` (prompt ids) and
 ``prepare_data`` (one sample, or ``SampleError``). ``__getitem__`` adds the failure policy:
 a sample that cannot be used is counted, logged and replaced, a bounded number of times.
 """
@@ -330,13 +330,13 @@ class CaptionDataset(Dataset):
         fits in ``max_length``, so the template's end and IMG_START_TOKEN survive (a binary search:
         a few tokenizations, for the rare prompt that is too long)."""
         words = self.tokenizer.encode(caption, add_special_tokens=False)
-        fits, best = 0, self._encode(self.prompt_of(''))
+        best = self._encode(self.prompt_of(''))
         low, high = 1, len(words)
         while low <= high:
             middle = (low + high) // 2
             ids = self._encode(self.prompt_of(self.tokenizer.decode(words[:middle]).strip()))
             if len(ids) <= self.max_length:
-                fits, best, low = middle, ids, middle + 1
+                best, low = ids, middle + 1
             else:
                 high = middle - 1
         return best
