@@ -76,10 +76,10 @@ def input_columns(parquets: list[str], url_col: str) -> list[str]:
     return [name for name in first if name != url_col]
 
 
-def shard_names(parquets: list[str], samples_per_shard: int) -> list[str]:
-    """Every shard img2dataset makes of ``parquets``: each file is cut into shards of
-    ``samples_per_shard`` rows, numbered on across the files in name order (as its reader does)."""
-    count = sum(math.ceil(pq.read_metadata(path).num_rows / samples_per_shard) for path in parquets)
+def shard_names(rows: list[int], samples_per_shard: int) -> list[str]:
+    """Every shard img2dataset makes of parquets of ``rows`` rows each: each file is cut into shards
+    of ``samples_per_shard`` rows, numbered on across the files in name order (as its reader does)."""
+    count = sum(math.ceil(n / samples_per_shard) for n in rows)
     return [f'{shard:0{SHARD_DIGITS}d}' for shard in range(count)]
 
 
@@ -153,15 +153,15 @@ def prepare_recap(dataset: str, root: str, parquets: list[str], options: Downloa
             raise IndexFormatError('--start/--end slice tars; the URL route spreads one download over many '
                                    'machines with --distributor pyspark instead')
         check_output_format(root, output_format)
-        shards = shard_names(parquets, options.samples_per_shard)
+        rows = [pq.read_metadata(path).num_rows for path in parquets]
+        shards = shard_names(rows, options.samples_per_shard)
         earlier = finished_shards(output)
         if set(shards) - earlier:
             run_img2dataset(parquets, output, output_format, options, num_processes)
     except IndexFormatError as e:
         report.index_error = str(e)
         return report
-    urls = sum(pq.read_metadata(path).num_rows for path in parquets)
-    report.download = download_summary(output, shards, earlier, options, urls)
+    report.download = download_summary(output, shards, earlier, options, sum(rows))
     done = [shard for shard in shards if shard not in report.download['shards_unfinished']]
     jobs = ([TarJob(root, f'{IMAGE_FOLDER}/{shard}.tar', f'{IMAGE_FOLDER}/{shard}') for shard in done]
             if output_format == 'webdataset' else [])
