@@ -5,19 +5,22 @@ from __future__ import annotations
 import functools
 import io
 import random
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
 
+from src.datasets import image_io
 from src.datasets.errors import SampleError
 from src.datasets.image_io import (DEFAULT_MAX_PIXELS, check_size, load_pixel_values, load_square,
                                    open_image, oriented_size, random_square_box, to_pixel_values,
                                    to_rgb)
-from src.synthetic.images import (FORMAT_MODES, decompression_bomb_png, encode_image, not_an_image,
-                                  truncated)
+from src.synthetic.images import (FORMAT_MODES, convert_mode, decompression_bomb_png, encode_image,
+                                  make_picture, not_an_image, truncated)
 
 FORMAT_MODE_PAIRS = [(fmt, mode) for fmt, modes in FORMAT_MODES.items() for mode in modes]
 
@@ -289,3 +292,63 @@ def test_pipeline_equals_its_steps_composed(orientation):
     steps = to_pixel_values(load_square(img, random_square_box(size, random.Random(3)), 200))
     pipeline = load_pixel_values(data, 'a.jpg', 200, random.Random(3))
     assert torch.equal(steps, pipeline) and pipeline.is_contiguous()
+
+
+# --- decoders ------------------------------------------------------------------------------------
+
+def _opened(img: Image.Image, **save) -> Image.Image:
+    return open_image(encoded(img, 'PNG', **save), 'a.png')
+
+
+def png_rgb_16_bit(width: int, height: int) -> bytes:
+    """A 48-bit RGB PNG, which Pillow cannot write: Pillow opens it as 'RGB' cut to 8 bits."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+    row = b'\x00' + b'\x80\x00' * 3 * width
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 16, 2, 0, 0, 0))
+            + chunk(b'IDAT', zlib.compress(row * height)) + chunk(b'IEND', b''))
+
+
+def test_pyspng_takes_only_the_pngs_it_decodes_as_pillow_does():
+    rgb = make_picture(120, 90, seed=1)
+    assert image_io._spng_decodes(_opened(rgb))
+    assert image_io._spng_decodes(_opened(rgb, interlace=1))
+    for other in [convert_mode(rgb, 'RGBA'), convert_mode(rgb, 'P'), convert_mode(rgb, 'L'),
+                  Image.fromarray(np.asarray(rgb)[..., 0].astype(np.uint16) * 257)]:
+        assert not image_io._spng_decodes(_opened(other)), other.mode
+    deep = open_image(png_rgb_16_bit(120, 90), 'deep.png')
+    assert deep.mode == 'RGB' and not image_io._spng_decodes(deep)
+    assert torch.allclose(load_pixel_values(png_rgb_16_bit(120, 90), 'deep.png', 64, random.Random(0)),
+                          torch.full((3, 64, 64), 128 / 127.5 - 1), atol=1e-6)
+    assert not image_io._spng_decodes(_opened(rgb, transparency=(0, 0, 0)))  # composited on white
+    assert not image_io._spng_decodes(open_image(encode_image(120, 90, 'JPEG'), 'a.jpg'))
+
+
+@pytest.mark.parametrize('width,height,image_size,interlace', [(300, 200, 128, 0), (200, 300, 200, 1),
+                                                               (257, 400, 256, 0)])
+def test_pyspng_pixels_equal_pillows(monkeypatch, width, height, image_size, interlace):
+    data = encoded(make_picture(width, height, seed=4), 'PNG', interlace=interlace)
+    through_spng = [load_pixel_values(data, 'a.png', image_size, random.Random(seed)) for seed in range(3)]
+    monkeypatch.setattr(image_io, '_spng_decodes', lambda img: False)
+    through_pillow = [load_pixel_values(data, 'a.png', image_size, random.Random(seed)) for seed in range(3)]
+    for spng, pillow in zip(through_spng, through_pillow):
+        assert torch.equal(spng, pillow)
+
+
+def test_broken_png_through_pyspng_is_a_bad_image_naming_the_file():
+    data = encode_image(300, 200, 'PNG')
+    assert image_io._spng_decodes(open_image(data, 'a.png'))
+    with pytest.raises(SampleError, match='shard-1/cut.png') as err:
+        load_pixel_values(truncated(data), 'shard-1/cut.png', 128, random.Random(0))
+    assert err.value.reason == 'bad-image' and err.value.__suppress_context__
+
+
+def test_a_crop_already_at_the_output_size_is_not_resampled():
+    # 512x768 JPEG to 256: drafted to 256x384, so the crop is 256 a side and is used as decoded.
+    data = encode_image(512, 768, 'JPEG', seed=6)
+    pixels = load_pixel_values(data, 'a.jpg', 256, random.Random(1))
+    img = Image.open(io.BytesIO(data))
+    img.draft('RGB', (256, 384))
+    box = random_square_box((512, 768), random.Random(1))
+    expected = np.asarray(img.convert('RGB').crop(tuple(v // 2 for v in box)))
+    assert torch.equal(pixels, pixel_values_of(expected.copy()))

@@ -4,15 +4,23 @@ Small steps, each testable alone, and ``load_pixel_values`` composing them the w
 does: open (header only) -> check size -> draw the crop -> decode + crop + resize -> tensor.
 Every failure is a ``SampleError`` whose message names the file; no Pillow traceback escapes.
 
-Decoding only what the crop needs, as far as Pillow allows:
-- JPEG: ``draft`` makes libjpeg decode at the smallest DCT scale (1/8, 1/4, 1/2) whose copy of the
-  crop still has at least ``image_size`` pixels a side, so it resamples from less and never
-  upsamples; the decode itself still covers the whole image, since Pillow exposes no region decode.
-- PNG, WebP and the rest decode fully: Pillow offers neither scaled nor region decoding for them
-  (libwebp could crop and scale, Pillow does not expose it).
-- Only the crop is resized, with Pillow's bicubic filter as torch implements it (see ``_resize``);
-  the EXIF rotation/flip is applied to the small result instead of the full picture, and the
-  pixel pipeline keeps that result a tensor.
+Decoding only what the crop needs, with the fastest decoder that gives the same pixels
+(``bench/bench_decoders.py`` surveys them per format):
+- JPEG: Pillow, with ``draft`` making libjpeg-turbo decode at the smallest DCT scale (1/8, 1/4,
+  1/2) whose copy of the crop still has at least ``image_size`` pixels a side, so it resamples from
+  less and never upsamples; Pillow exposes no region decode, so the whole picture is decoded.
+  simplejpeg and torchvision.io are no faster; PyTurboJPEG gives the same pixels up to 1.3x faster
+  but loads the system's libjpeg-turbo through ctypes (its 2.x needs libjpeg-turbo 3, newer than
+  Debian 12's), which no pip install provides.
+- PNG: 8-bit RGB through pyspng (libspng), 1.35x faster than Pillow with identical pixels; other
+  modes through Pillow, which neither scales nor crops a PNG decode.
+- WebP and the rest: Pillow (torchvision.io decodes WebP 1.2x faster, but none of the five
+  datasets is WebP, and torchvision is not a dependency of the core).
+- Only the crop is resized, with Pillow's bicubic filter as torch implements it (see ``_resize``),
+  and not at all when the decoded crop already has the output size; the EXIF rotation/flip is
+  applied to the small result instead of the full picture, and the pixel pipeline keeps that
+  result a tensor. Pillow's decoded pixels reach torch through its Arrow export, without a copy.
+  ``bench/bench_sample.py`` shows what each step costs against the decode alone.
 - Not done: stopping the JPEG decode below the crop, or skipping PNG rows after it, would need
   Pillow's private tile state; the saving (at most the discarded strip) does not justify that.
 """
@@ -25,6 +33,8 @@ import warnings
 import zlib
 
 import numpy as np
+import pyarrow as pa
+import pyspng
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -104,10 +114,12 @@ def _orientation(img: Image.Image) -> int:
 
 def oriented_size(img: Image.Image) -> tuple[int, int]:
     """``(width, height)`` once the EXIF orientation is applied."""
-    width, height = img.size
-    if _orientation(img) in (5, 6, 7, 8):
-        return height, width
-    return width, height
+    return _upright_size(img.size, _orientation(img))
+
+
+def _upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    width, height = size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def check_size(size: tuple[int, int], name: str, min_image_size: int = 80,
@@ -191,45 +203,92 @@ def _draft_reduction(crop_side: float, image_size: int) -> int:
     return 1
 
 
-def _resize(rgb: Image.Image, box: tuple[int, int, int, int], image_size: int) -> torch.Tensor:
-    """The region ``box`` of ``rgb`` resized to ``image_size`` x ``image_size`` (bicubic,
-    antialiased), as a uint8 ``[3, S, S]`` tensor.
+def _spng_decodes(img: Image.Image) -> bool:
+    """Whether pyspng decodes ``img`` to the very pixels Pillow would: an 8-bit RGB PNG without a
+    transparent colour (the common case; others keep Pillow's conversions) held in memory."""
+    return (img.format == 'PNG' and img.mode == 'RGB' and 'transparency' not in img.info
+            and len(img.tile) == 1 and img.tile[0].args == 'RGB' and isinstance(img.fp, io.BytesIO))
 
-    torch's uint8 antialiased bicubic is Pillow's BICUBIC filter (output within 1/255 of
-    ``Image.resize``, 2/255 when enlarging) in vectorised (AVX2) code, about 7x faster than Pillow's
-    own resampler, which otherwise takes as long as the reduced-scale JPEG decode.
+
+def _decode_region(img: Image.Image, stored_box: tuple[float, float, float, float], image_size: int) -> np.ndarray:
+    """The region ``stored_box`` of the stored pixels, decoded to a uint8 ``[H, W, C]`` array (RGB,
+    and with C = 4 a padding byte after each pixel) no less than ``image_size`` a side, at a reduced scale where the decoder allows (JPEG DCT
+    scaling, Pillow's box reduce for a region many times the output).
+
+    8-bit RGB PNGs go to pyspng (libspng), which decodes them 1.35x faster than Pillow with the
+    same pixels (bench/bench_decoders.py); the rest to Pillow.
     """
-    side = min(box[2] - box[0], box[3] - box[1])
+    side = min(stored_box[2] - stored_box[0], stored_box[3] - stored_box[1])
     gap = int(side // (REDUCING_GAP * image_size))
-    # A region many times the output (a large PNG, which cannot be decoded at a reduced scale) is
-    # first box-reduced by Pillow straight from the decoded picture, as Pillow's own reducing_gap
-    # does: no full-size copy of the crop, and the bicubic pass runs on a small image.
-    region = rgb.reduce(gap, box=box) if gap >= 2 else rgb.crop(box)
-    pixels = torch.from_numpy(np.array(region)).permute(2, 0, 1).unsqueeze(0)
-    return F.interpolate(pixels, size=(image_size, image_size), mode='bicubic', antialias=True)[0]
-
-
-def _load_square_pixels(img: Image.Image, box: tuple[int, int, int, int], image_size: int) -> torch.Tensor:
-    """``load_square`` as a uint8 ``[3, S, S]`` tensor, which the pixel pipeline uses without a
-    round trip through a PIL image."""
-    name = _name_of(img)
-    orientation = _orientation(img)
+    if gap < 2 and _spng_decodes(img):
+        x0, y0, x1, y1 = (round(v) for v in stored_box)
+        try:
+            return pyspng.load(img.fp.getvalue(), 'RGB')[y0:y1, x0:x1]
+        except RuntimeError as exc:  # pyspng reports every broken file this way
+            raise SampleError('bad-image', f'{_name_of(img)}: cannot decode PNG data: {exc}') from None
     full_width = img.width
-    stored_box = _stored_box(box, orientation, img.size)
-    reduction = _draft_reduction(min(stored_box[2] - stored_box[0], stored_box[3] - stored_box[1]), image_size)
+    reduction = _draft_reduction(side, image_size)
     if reduction > 1:
         drafted = img.draft('RGB', (img.width // reduction, img.height // reduction))
         # None: not a JPEG, or one libjpeg cannot scale. Else the full picture's extent when drafted.
         reduction = 1 if drafted is None else full_width / drafted[1][2]
     # Rounded to whole decoded pixels: at most half a decoded pixel, so half an output pixel, off.
-    decoded_box = tuple(round(v / reduction) for v in stored_box)
+    box = tuple(round(v / reduction) for v in stored_box)
     try:
         img.load()
-        square = _resize(to_rgb(img), decoded_box, image_size)
+        rgb = to_rgb(img)
+        # A region many times the output (a large PNG, which cannot be decoded at a reduced scale) is
+        # box-reduced by Pillow straight from the decoded picture, as Pillow's own reducing_gap
+        # does: no full-size copy of the crop, and the bicubic pass runs on a small image.
+        gap = int(min(box[2] - box[0], box[3] - box[1]) // (REDUCING_GAP * image_size))
+        if gap >= 2:
+            return np.asarray(rgb.reduce(gap, box=box))
     except _DECODE_ERRORS as exc:
-        raise SampleError('bad-image', f'{name}: cannot decode {img.format or "image"} data: {exc}') from None
+        raise SampleError('bad-image', f'{_name_of(img)}: cannot decode {img.format or "image"} data: {exc}') from None
+    return _pixels_of(rgb)[box[1]:box[3], box[0]:box[2]]
+
+
+def _pixels_of(rgb: Image.Image) -> np.ndarray:
+    """An RGB image's pixels as a read-only array over Pillow's own memory (its Arrow export: no
+    copy): ``[H, W, 4]``, RGB and a padding byte, as Pillow keeps them. An image Pillow keeps in
+    several blocks (over 16 MB) cannot be exported: a ``[H, W, 3]`` copy then."""
+    try:
+        buffer = pa.array(rgb).buffers()[-1]
+    except ValueError:
+        return np.asarray(rgb)
+    return np.frombuffer(buffer, np.uint8).reshape(rgb.height, rgb.width, 4)
+
+
+def _resize(region: np.ndarray, image_size: int) -> torch.Tensor:
+    """``region`` (``[H, W, 3 or 4]``, see ``_decode_region``) resized to ``image_size`` x
+    ``image_size`` (bicubic, antialiased), as a uint8 ``[3, S, S]`` tensor, possibly a view. A
+    region already that size is taken as it is (bicubic at scale 1 is the identity), which saves a
+    whole pass for a JPEG decoded at exactly the output scale.
+
+    torch's uint8 antialiased bicubic is Pillow's BICUBIC filter (output within 1/255 of
+    ``Image.resize``, 2/255 when enlarging) in vectorised (AVX2) code, about 4x faster than Pillow's
+    own resampler, which otherwise takes as long as the reduced-scale JPEG decode. That code works
+    on 4 bytes a pixel: Pillow's padded pixels go in as they are (a 3-channel view of them would be
+    copied first, at twice the cost of the resize), and the padding channel is dropped after.
+    """
+    with warnings.catch_warnings():
+        # Pillow's arrays are read-only views of its bytes; nothing here writes to them (the output
+        # is new, and an unresized square is copied by _normalise), so no copy is made for torch.
+        warnings.simplefilter('ignore', UserWarning)
+        pixels = torch.from_numpy(region).permute(2, 0, 1)
+    if pixels.shape[1:] != (image_size, image_size):
+        pixels = F.interpolate(pixels.unsqueeze(0), size=(image_size, image_size), mode='bicubic', antialias=True)[0]
+    return pixels[:3]
+
+
+def _load_square_pixels(img: Image.Image, box: tuple[int, int, int, int], image_size: int,
+                        orientation: int | None = None) -> torch.Tensor:
+    """``load_square`` as a uint8 ``[3, S, S]`` tensor, which the pixel pipeline uses without a
+    round trip through a PIL image. ``orientation``: the EXIF tag when the caller has read it."""
+    orientation = _orientation(img) if orientation is None else orientation
+    square = _resize(_decode_region(img, _stored_box(box, orientation, img.size), image_size), image_size)
     if orientation in _UPRIGHT:
-        square = _UPRIGHT[orientation](square).contiguous()
+        square = _UPRIGHT[orientation](square)
     return square
 
 
@@ -244,8 +303,13 @@ def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: in
 
 
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[3, H, W]`` -> contiguous float32 in [-1, 1]."""
-    return pixels.contiguous().float().div_(127.5).sub_(1.0)
+    """uint8 ``[3, H, W]`` in any layout -> contiguous float32 in [-1, 1], exactly x / 127.5 - 1.
+
+    ``copy_`` converts and reorders in one pass (``.contiguous().float()`` takes two from a
+    channels-last source). Measured slower: ``addcdiv`` in place, and ``div``/``add`` with ``out=``
+    from uint8; a fused multiply-add would also land 255 a rounding error above 1.0.
+    """
+    return torch.empty(pixels.shape, dtype=torch.float32).copy_(pixels).div_(127.5).sub_(1.0)
 
 
 def to_pixel_values(img: Image.Image) -> torch.Tensor:
@@ -262,11 +326,12 @@ def load_pixel_values(data: bytes, name: str, image_size: int, rng: random.Rando
     'bad-aspect') naming ``name``.
     """
     img = open_image(data, name, max_pixels=max_pixels)
-    size = oriented_size(img)
+    orientation = _orientation(img)
+    size = _upright_size(img.size, orientation)  # oriented_size, with the EXIF block read once
     check_size(size, name, min_image_size=min_image_size, max_aspect=max_aspect)
     box = random_square_box(size, rng) if crop else (0, 0, *size)
     # to_pixel_values(load_square(...)), without making a PIL image in between
-    return _normalise(_load_square_pixels(img, box, image_size))
+    return _normalise(_load_square_pixels(img, box, image_size, orientation))
 
 
 CROP_MODES = ('center_crop', 'random_crop', 'pad_resize')
