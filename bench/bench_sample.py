@@ -101,18 +101,13 @@ class Sample:
 
     def decode_floor(self) -> None:
         """The decode alone, as the dataset's decoder does it for this sample."""
-        img = Image.open(io.BytesIO(self.data))
-        if image_io._spng_decodes(img):
+        if image_io._spng_decodes(Image.open(io.BytesIO(self.data))):
             pyspng.load(self.data, 'RGB')
-            return
-        side = min(self.stored_box[2] - self.stored_box[0], self.stored_box[3] - self.stored_box[1])
-        reduction = image_io._draft_reduction(side, self.dataset.image_size)
-        if reduction > 1:
-            img.draft('RGB', (img.width // reduction, img.height // reduction))
-        img.load()
+        else:
+            self.pillow_decode()
 
     def pillow_decode(self) -> None:
-        """Pillow's decode at the same scale, whatever the dataset uses (the reference decoder)."""
+        """Pillow's decode at the scale the sample needs, whatever the dataset uses (the reference)."""
         img = Image.open(io.BytesIO(self.data))
         side = min(self.stored_box[2] - self.stored_box[0], self.stored_box[3] - self.stored_box[1])
         reduction = image_io._draft_reduction(side, self.dataset.image_size)
