@@ -6,7 +6,9 @@ The server is moto's standalone server in its own process on 127.0.0.1, so the C
 here (this process only) is the client's own work per request: what a DataLoader worker spends
 besides waiting. Wall time includes moto, which is far slower than a real store; it is shown, but
 the CPU column is the comparison that carries over. Also timed: making a client, which every
-worker does once (s3fs makes its real client on first use, so its figure says little). Clients that are not installed are listed as missing (s3fs pins botocore to
+worker does once (s3fs makes its real client on first use, so its figure says little). And
+checked: whether a client made in a forked child still answers once the parent has made a request,
+as DataLoader workers need. Clients that are not installed are listed as missing (s3fs pins botocore to
 its aiobotocore's range, so it usually cannot share an environment with a current boto3: run
 this script in a second environment for it, as bench/RESULTS.md records).
 
@@ -88,7 +90,8 @@ def clients(endpoint: str) -> dict[str, tuple[Callable, Callable] | str]:
 
         def make_obstore():
             return S3Store(BUCKET, endpoint=endpoint, access_key_id=KEY, secret_access_key=SECRET,
-                           region=REGION, client_options={'allow_http': True})
+                           region=REGION, client_options={'allow_http': True, 'timeout': '60s',
+                                                                  'connect_timeout': '10s'})
 
         def obstore_reads(store):
             return (lambda key: obstore.get(store, key).bytes().to_bytes(),
@@ -112,6 +115,27 @@ def upload(endpoint: str, count: int, size: int) -> tuple[list[str], dict[str, b
     s3.put_object(Bucket=BUCKET, Key='shards/000000.tar', Body=shard)
     data['shards/000000.tar'] = shard
     return sorted(k for k in data if k.startswith('images/')), data
+
+
+def survives_fork(make: Callable, reads: Callable, key: str, wait: float = 10.0) -> str:
+    """Whether a client made in a forked child answers after the parent has made one request, as a
+    DataLoader worker must (Linux forks them, and the main process reads a sample or checks the
+    bucket first)."""
+    reads(make())[0](key)
+    pid = os.fork()
+    if pid == 0:  # the child: a client of its own, one read
+        try:
+            reads(make())[0](key)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return 'yes'
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return f'no: the child hung ({wait:.0f} s)'
 
 
 def timed(work: Callable[[], None], count: int) -> tuple[float, float]:
@@ -148,20 +172,23 @@ def main() -> int:
                 results[name]['get'].append(timed(lambda: [get(key) for key in keys], count))
                 results[name]['range'].append(timed(
                     lambda: [get_range('shards/000000.tar', i * size, (i + 1) * size) for i in range(count)], count))
+        # Last: a fork can leave a client's pooled connections shared with a hung child.
+        forks = {name: survives_fork(*available[name], keys[0]) for name in readers}
     finally:
         server.kill()
 
     print(f'{count} objects of {args.size_kb} KB and {count} ranged GETs of a {count * args.size_kb // 1024} MB '
           f'shard, moto on 127.0.0.1 in its own process; medians of {rounds} interleaved rounds')
     print(f'{"client":<22}{"make client":>13}{"GET wall":>10}{"GET CPU":>9}{"range wall":>12}{"range CPU":>11}'
-          f'   (ms; CPU of this process only)')
+          f'   (ms; CPU of this process only)   works in a forked worker')
     for name, found in clients(endpoint).items():
         if isinstance(found, str):
             print(f'{name:<22}{found}')
             continue
         get = [statistics.median(v) for v in zip(*results[name]['get'])]
         rng = [statistics.median(v) for v in zip(*results[name]['range'])]
-        print(f'{name:<22}{made[name]:>13.2f}{get[0]:>10.2f}{get[1]:>9.3f}{rng[0]:>12.2f}{rng[1]:>11.3f}')
+        print(f'{name:<22}{made[name]:>13.2f}{get[0]:>10.2f}{get[1]:>9.3f}{rng[0]:>12.2f}{rng[1]:>11.3f}'
+              f'   {forks[name]}')
     return 0
 
 

@@ -352,3 +352,10 @@ def test_a_crop_already_at_the_output_size_is_not_resampled():
     box = random_square_box((512, 768), random.Random(1))
     expected = np.asarray(img.convert('RGB').crop(tuple(v // 2 for v in box)))
     assert torch.equal(pixels, pixel_values_of(expected.copy()))
+
+
+@pytest.mark.parametrize('size', [(300, 200), (2100, 2100)])  # one block, and several (over 16 MB)
+def test_pixels_of_gives_pillows_pixels_with_or_without_a_copy(size):
+    rgb = make_picture(*size, seed=3)
+    pixels = image_io._pixels_of(rgb)
+    assert np.array_equal(pixels[..., :3], np.asarray(rgb))

@@ -212,15 +212,16 @@ def _spng_decodes(img: Image.Image) -> bool:
 
 def _decode_region(img: Image.Image, stored_box: tuple[float, float, float, float], image_size: int) -> np.ndarray:
     """The region ``stored_box`` of the stored pixels, decoded to a uint8 ``[H, W, C]`` array (RGB,
-    and with C = 4 a padding byte after each pixel) no less than ``image_size`` a side, at a reduced scale where the decoder allows (JPEG DCT
-    scaling, Pillow's box reduce for a region many times the output).
+    with C = 4 a padding byte after each pixel) no less than ``image_size`` a side, at a reduced
+    scale where the decoder allows (JPEG DCT scaling, Pillow's box reduce for a region many times
+    the output).
 
     8-bit RGB PNGs go to pyspng (libspng), which decodes them 1.35x faster than Pillow with the
     same pixels (bench/bench_decoders.py); the rest to Pillow.
     """
     side = min(stored_box[2] - stored_box[0], stored_box[3] - stored_box[1])
     gap = int(side // (REDUCING_GAP * image_size))
-    if gap < 2 and _spng_decodes(img):
+    if gap < 2 and _spng_decodes(img):  # a region to box-reduce keeps Pillow: no full-size array
         x0, y0, x1, y1 = (round(v) for v in stored_box)
         try:
             return pyspng.load(img.fp.getvalue(), 'RGB')[y0:y1, x0:x1]
