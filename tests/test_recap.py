@@ -166,3 +166,32 @@ def test_the_pyspark_distributor_without_pyspark_says_how_to_get_it(tmp_path):
     pq.write_table(pa.table({'url': ['http://127.0.0.1:9/a.jpg'], 're_caption': ['a']}), root / 'parquets' / 'p.parquet')
     report = datasets.prepare_laion6m(str(root), download=DownloadOptions(distributor='pyspark'), num_processes=1)
     assert report.exit_code() == 1 and "pip install 't2i-data[spark]'" in report.index_error
+
+
+def _spark_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec('pyspark') is not None and shutil.which('java') is not None
+
+
+@pytest.mark.skipif(not _spark_available(), reason="needs the 'spark' extra and Java")
+def test_the_pyspark_distributor_downloads_in_a_local_session(tmp_path, server, monkeypatch):
+    root = tmp_path / DEFAULT_ROOTS['laion6m']
+    expected = make_recap('laion6m', root, server)
+    options = DownloadOptions(timeout=1, samples_per_shard=4, thread_count=4, distributor='pyspark')
+
+    # Executors whose Python lacks img2dataset: a clear error, not Spark's traceback.
+    system_python = shutil.which('python3', path='/usr/bin')
+    if system_python and subprocess.run([system_python, '-c', 'import img2dataset'],
+                                        capture_output=True).returncode != 0:
+        monkeypatch.setenv('PYSPARK_PYTHON', system_python)
+        failed = datasets.prepare_laion6m(str(root), download=options, num_processes=1)
+        assert failed.exit_code() == 1
+        assert 'pyspark download failed' in failed.index_error and 'PYSPARK_PYTHON' in failed.index_error
+        monkeypatch.delenv('PYSPARK_PYTHON')
+
+    report = datasets.prepare_laion6m(str(root), download=options, num_processes=1)
+    assert report.finish() == 0, report.summary()
+    rows = json.loads((root / 'data.json').read_text())
+    assert [row['image'] for row in rows] == sorted(expected.samples)
+    assert report.download['distributor'] == 'pyspark' and report.download['successes'] == len(expected.samples)
+    assert sum(report.download['failed_by_reason'].values()) == len(expected.faults)

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import sys
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
@@ -102,6 +103,10 @@ def run_img2dataset(parquets: list[str], output: str, output_format: str, option
     if skipped:
         logger.warning('columns %s of the parquets are not kept in the json: img2dataset writes its own '
                        'values under those names', skipped)
+    if options.distributor == 'pyspark':
+        # A local session's executors start "python3" from PATH, which may lack img2dataset; this
+        # interpreter has it. A cluster's own spark.pyspark.python setting still wins.
+        os.environ.setdefault('PYSPARK_PYTHON', sys.executable)
     interrupt = signal.getsignal(signal.SIGINT)  # img2dataset replaces it with one that exits 0
     try:
         download(url_list=os.path.dirname(parquets[0]), input_format='parquet', url_col=options.url_col,
@@ -112,6 +117,13 @@ def run_img2dataset(parquets: list[str], output: str, output_format: str, option
                  number_sample_per_shard=options.samples_per_shard, oom_shard_count=SHARD_DIGITS,
                  timeout=options.timeout, retries=options.retries, distributor=options.distributor,
                  incremental_mode='incremental', enable_wandb=False)
+    except Exception as e:  # noqa: BLE001 - Spark reports an executor's failure as one of many types
+        if options.distributor != 'pyspark':
+            raise
+        first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise IndexFormatError(f'the pyspark download failed ({type(e).__name__}: {first_line.strip()[:300]}); '
+                               'finished shards are kept. Every executor needs this project and img2dataset '
+                               'in its Python (PYSPARK_PYTHON or spark.pyspark.python)') from None
     finally:
         signal.signal(signal.SIGINT, interrupt)
 
