@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.tar_index import INDEX_NAME, StaleIndexError, TarMemberIndex
+from src.prepare import tar_members
 from src.prepare.tar_members import (INDEX_MEMBERS, scan_tar, scan_tar_headers, scan_tar_with_tarfile,
                                      shard_index_path)
 from src.prepare.extract import TarJob
@@ -243,10 +244,17 @@ SCAN_CASES = [
 
 
 @pytest.mark.parametrize('case, data, plain', SCAN_CASES, ids=[case[0] for case in SCAN_CASES])
-def test_header_scan_equals_tarfile(tmp_path, case, data, plain):
+def test_header_scan_equals_tarfile(tmp_path, monkeypatch, case, data, plain):
     path = tmp_path / 'shard.tar'
     path.write_bytes(data)
     assert (scan_tar_headers(str(path)) is not None) == plain
+    # Reading through (before an extraction) sees the same headers, in large reads or small ones
+    # that end between headers.
+    assert scan_tar_headers(str(path), read_through=True) == scan_tar_headers(str(path))
+    monkeypatch.setattr(tar_members._HeaderReader, 'CHUNK', 1024)
+    assert scan_tar_headers(str(path), read_through=True) == scan_tar_headers(str(path))
+    monkeypatch.setattr(tar_members._HeaderReader, 'DENSE', 1024)  # some headers in chunks, some alone
+    assert scan_tar_headers(str(path), read_through=True) == scan_tar_headers(str(path))
     try:
         expected = scan_tar_with_tarfile(str(path))
     except tarfile.ReadError:

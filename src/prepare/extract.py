@@ -177,7 +177,7 @@ class Extract:
             return False
         from src.prepare.tar_members import scan_tar_headers
         try:
-            scanned = scan_tar_headers(job.path)
+            scanned = scan_tar_headers(job.path, read_through=True)  # GNU tar reads it next
         except OSError:
             return False
         if scanned is None or scanned[1] or scanned[2]:

@@ -96,20 +96,51 @@ _UNUSUAL_NAME = re.compile(r'(?:^|/)\.\.?(?:/|$)|//|^/|/$|^$')
 _END_OF_ARCHIVE = bytes(tarfile.BLOCKSIZE)
 
 
-def scan_tar_headers(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]], str] | None:
-    """:func:`scan_tar` read straight off the headers (one ``pread`` each, no member data), or
-    None unless every header is a plain ustar header (see ``_PLAIN_HEADER``) with a valid unsigned
+class _HeaderReader:
+    """512-byte blocks at increasing offsets of a file: one ``pread`` each, or with ``read_through``
+    small members' headers out of large sequential reads.
+
+    A ``pread`` per header reads no member data, which indexing needs (``--no-extract``) and which
+    suits large members before an extraction too. Small members' headers are a few KB apart, and
+    a small read each is the slow way to the page cache GNU tar then reads: with 16 KB members
+    the scan took twice as long as GNU tar's whole extraction of an uncached tar. Read through in
+    4 MB reads, the scan is one sequential pass whose pages GNU tar finds in memory (the pair
+    twice as fast); with 1 MB members reading through costs more than it saves, so headers more
+    than ``DENSE`` apart keep their own small read."""
+
+    CHUNK = 4 << 20
+    DENSE = 256 << 10
+
+    def __init__(self, fd: int, read_through: bool):
+        self.fd, self.read_through = fd, read_through
+        self.start, self.chunk, self.last = 0, b'', 0
+
+    def block(self, offset: int) -> bytes:
+        near, self.last = offset - self.last <= self.DENSE, offset
+        if not (self.read_through and near):
+            return os.pread(self.fd, tarfile.BLOCKSIZE, offset)
+        if not self.start <= offset <= self.start + len(self.chunk) - tarfile.BLOCKSIZE:
+            self.start, self.chunk = offset, os.pread(self.fd, self.CHUNK, offset)
+        return self.chunk[offset - self.start:offset - self.start + tarfile.BLOCKSIZE]
+
+
+def scan_tar_headers(tar_path: str, read_through: bool = False
+                     ) -> tuple[list[tuple[str, int, int]], list[list[str]], str] | None:
+    """:func:`scan_tar` read straight off the headers (no member data; with ``read_through`` the
+    whole file sequentially, for an extraction that reads it next: see ``_HeaderReader``), or None
+    unless every header is a plain ustar header (see ``_PLAIN_HEADER``) with a valid unsigned
     checksum and the tar ends with its end-of-archive block: then tarfile reads it member for
     member as this does, and everything else is left to :func:`scan_tar_with_tarfile`."""
     members, refused, headers, checksums = [], [], [], []
     with open(tar_path, 'rb') as f:
         fd, file_size = f.fileno(), os.fstat(f.fileno()).st_size
+        reader = _HeaderReader(fd, read_through)
         offset = 0
         try:
             while True:
                 if offset + tarfile.BLOCKSIZE > file_size:
                     return None  # cut short, or no end-of-archive block
-                header = os.pread(fd, tarfile.BLOCKSIZE, offset)
+                header = reader.block(offset)
                 if header == _END_OF_ARCHIVE:
                     break
                 if len(header) != tarfile.BLOCKSIZE or _PLAIN_HEADER.fullmatch(header) is None:
