@@ -95,13 +95,14 @@ class Sample:
         img = image_io.open_image(self.data, self.file)
         self.box = image_io.random_square_box(image_io.oriented_size(img), random.Random(idx))
         self.stored_box = image_io._stored_box(self.box, image_io._orientation(img), img.size)
+        self.spng = image_io._spng_decodes(img)  # decided here: the floor is the decode alone
         self.region = image_io._decode_region(img, self.stored_box, dataset.image_size)
         self.square = image_io._resize(self.region, dataset.image_size)
         self.caption = resolve_caption(self.record, dataset.cap_keys, dataset.read_annotation)
 
     def decode_floor(self) -> None:
         """The decode alone, as the dataset's decoder does it for this sample."""
-        if image_io._spng_decodes(Image.open(io.BytesIO(self.data))):
+        if self.spng:
             pyspng.load(self.data, 'RGB')
         else:
             self.pillow_decode()
