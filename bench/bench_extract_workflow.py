@@ -62,7 +62,10 @@ def main() -> int:
     parser.add_argument('--mean-kb', type=int, default=16)
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--num-processes', type=int, default=2)
+    parser.add_argument('--small', action='store_true', help='4 tars x 200 images, 1 round: a quick check')
     args = parser.parse_args()
+    if args.small:
+        args.tars, args.members, args.rounds = 4, 200, 1
     from bench.bench_tar import make_layout
     with tempfile.TemporaryDirectory() as work:
         root = os.path.join(work, 'midjourney-23m')
