@@ -14,7 +14,7 @@ import tarfile
 
 import torch
 
-from src.prepare.atomic import TEMP_MARK
+from src.prepare.atomic import TEMP_MARK, atomic_write
 from src.prepare.lock import HOST
 
 _ZIP_END = b'PK\x05\x06'  # torch.save writes a zip archive; its last record starts so
@@ -44,15 +44,10 @@ def is_complete(path: str) -> bool:
 
 
 def save_latent(tensor: torch.Tensor, path: str) -> None:
-    """``torch.save`` atomically (a temp file renamed into place)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}{TEMP_MARK}{HOST}-{os.getpid()}'
-    try:
-        torch.save(tensor.contiguous().clone(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``torch.save`` atomically (a temp file renamed into place); not synced one by one, as the
+    million files of a dataset would take longer to sync than to write."""
+    with atomic_write(path, 'wb', durable=False) as f:
+        torch.save(tensor.contiguous().clone(), f)
 
 
 # ---- the sharded store (--format shards) ---------------------------------------------------------
