@@ -1,9 +1,10 @@
 """CaptionDataset: one text-to-image sample (image + tokenized prompt) per index record.
 
 Steps, each a method a subclass can replace: ``load_index`` (read and filter the index),
-``read_image`` (bytes of one image, from the reader chosen at construction: ``src.datasets.storage``),
-``parse_annotation`` (caption from a caption file), ``load_image_data`` (pixels, latents or tokens), ``process_text`` (prompt ids) and
-``prepare_data`` (one sample, or ``SampleError``). ``__getitem__`` adds the failure policy:
+``read_image`` (bytes of one image, from the reader chosen at construction:
+``src.datasets.storage``), ``parse_annotation`` (caption from a caption file), ``load_image_data``
+(pixels, latents or tokens), ``process_text`` (prompt ids) and ``prepare_data`` (one sample, or
+``SampleError``). ``__getitem__`` adds the failure policy:
 a sample that cannot be used is counted, logged and replaced, a bounded number of times.
 """
 from __future__ import annotations
@@ -28,8 +29,8 @@ from src.datasets.captions import caption_keys, parse_annotation, resolve_captio
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.image_io import load_pixel_values
-from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
+from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
 
