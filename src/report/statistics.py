@@ -3,7 +3,6 @@ what upstream's cut of ``input_ids`` costs), captions, image sizes. Computed on 
 records drawn with a fixed seed, so a report can be made again and checked."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -11,10 +10,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from src.datasets.captions import resolve_caption
 from src.datasets.errors import SampleError
+from src.datasets.image_io import open_image
 
 
 @dataclass
@@ -56,11 +55,6 @@ def prepare_drops(data_path: str) -> dict:
     return dict(drops)
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as img:  # the header only: nothing is decoded
-        return img.size
-
-
 def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
     """The statistics of ``dataset`` (a CaptionDataset) over ``sample`` of its records."""
     from src.datasets.sample_index import SampleIndex
@@ -80,7 +74,8 @@ def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
             if index_sizes:
                 width, height = record.get('width'), record.get('height')
             else:
-                width, height = image_size(dataset.read_image(record[dataset.image_key]))
+                image_file = record[dataset.image_key]  # the header only: nothing is decoded
+                width, height = open_image(dataset.read_image(image_file), image_file).size
         except SampleError as err:
             failures[err.reason] += 1
             continue
