@@ -18,36 +18,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))  # the tests' moto server
+from moto_server import moto_server  # noqa: E402
 
 BUCKET = 'bench'
 KEY, SECRET, REGION = 'testing', 'testing', 'us-east-1'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def start_server(python: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen([python, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f'http://127.0.0.1:{port}'
-    for _ in range(200):
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=0.1).close()
-            return server, endpoint
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    raise RuntimeError(f'moto server did not start on {endpoint}')
 
 
 def clients(endpoint: str) -> dict[str, tuple[Callable, Callable] | str]:
@@ -154,8 +135,7 @@ def main() -> int:
     args = parser.parse_args()
     count, rounds = (40, 2) if args.small else (args.objects, args.rounds)
     size = args.size_kb * 1024
-    server, endpoint = start_server(args.server_python)
-    try:
+    with moto_server(args.server_python) as endpoint:
         keys, data = upload(endpoint, count, size)
         available = {name: c for name, c in clients(endpoint).items() if not isinstance(c, str)}
         readers, made = {}, {}
@@ -174,8 +154,6 @@ def main() -> int:
                     lambda: [get_range('shards/000000.tar', i * size, (i + 1) * size) for i in range(count)], count))
         # Last: a fork can leave a client's pooled connections shared with a hung child.
         forks = {name: survives_fork(*available[name], keys[0]) for name in readers}
-    finally:
-        server.kill()
 
     print(f'{count} objects of {args.size_kb} KB and {count} ranged GETs of a {count * args.size_kb // 1024} MB '
           f'shard, moto on 127.0.0.1 in its own process; medians of {rounds} interleaved rounds')

@@ -282,29 +282,10 @@ def test_every_dataset_reads_the_same_from_the_bucket_as_from_disk(name, s3, tmp
 @pytest.fixture(scope='module')
 def s3_with_auth():
     """A moto server that checks credentials (after the 4 set-up calls): an IAM user with a key."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
     import boto3
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-                              env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT='4'),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f'http://127.0.0.1:{port}'
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(('127.0.0.1', port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+
+    from moto_server import moto_server
+    with moto_server(env={'INITIAL_NO_AUTH_ACTION_COUNT': '4'}) as endpoint:
         anyone = dict(endpoint_url=endpoint, region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')
         iam = boto3.client('iam', **anyone)
         iam.create_user(UserName='trainer')
@@ -313,9 +294,6 @@ def s3_with_auth():
             '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'))
         boto3.client('s3', **anyone).create_bucket(Bucket='secured')
         yield endpoint, key['AccessKeyId'], key['SecretAccessKey']
-    finally:
-        server.terminate()
-        server.wait()
 
 
 # A HEAD answer has no body to say which key is wrong: both are 'access denied' naming both settings.
