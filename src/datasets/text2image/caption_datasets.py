@@ -324,7 +324,9 @@ class CaptionDataset(Dataset):
         return prompt
 
     def _encode(self, prompt: str) -> torch.Tensor:
-        return self.tokenizer.encode(prompt, return_tensors='pt', **self.tokenizer_kwargs)[0]
+        # The list, then one tensor: return_tensors='pt' would build a BatchEncoding and a tensor
+        # for every field of it, which took as long as the tokenization (bench/bench_sample.py).
+        return torch.tensor(self.tokenizer.encode(prompt, **self.tokenizer_kwargs), dtype=torch.long)
 
     def _fit_caption(self, caption: str) -> torch.Tensor:
         """``truncation='caption'``: the prompt of the longest start of the caption (in tokens) that
