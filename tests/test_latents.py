@@ -17,6 +17,7 @@ import torch
 from src.latents import cache as latent_cache
 from src.latents.autoencoder import load_encoder
 from src.latents.store import is_complete
+from src.prepare import lock
 from src.prepare.datasets import prepare_midjourney23m
 from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
 from src.synthetic.local_config import localize
@@ -147,14 +148,24 @@ def test_a_killed_run_resumes_to_what_an_uninterrupted_one_writes(tmp_path, vaes
     process.wait()
     done = len(list(folder.rglob('*.pt')))
     assert 0 < done < 24
+    # what a kill in the middle of torch.save leaves (the kill above only sometimes lands there), and
+    # the temp file of a live writer, which must be kept
+    uninterrupted = latents(tmp_path / 'whole' / FOLDER)
+    missing = sorted(uninterrupted.keys() - latents(folder).keys())
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    (folder / f'{missing[0]}.tmp-{lock.HOST}-{dead.pid}').write_bytes(b'PK half a latent')
+    alive = folder / f'{missing[1]}.tmp-{lock.HOST}-{os.getpid()}'
+    alive.write_bytes(b'being written')
 
     result = tool('--vae', vaes['AutoencoderDC'], tokenizer_path=tokenizer_path, cwd=tmp_path / 'killed')
     assert result.returncode == 0, result.stderr[-3000:]
     assert f'{24 - done} encoded now, {done} there already' in result.stderr
-    resumed, uninterrupted = latents(folder), latents(tmp_path / 'whole' / FOLDER)
+    resumed = latents(folder)
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
-    assert not [p for p in folder.rglob('*') if '.tmp-' in p.name]
+    assert [p for p in folder.rglob('*') if '.tmp-' in p.name] == [alive]
+    assert 'leftovers of interrupted runs' in result.stderr
 
 
 @pytest.mark.slow

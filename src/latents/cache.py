@@ -5,8 +5,9 @@ Each rank takes a disjoint share of every dataset's records (record ``i`` goes t
 world``), drops those whose latent is already complete *before* reading their image, and encodes
 the rest: DataLoader workers decode and crop while the model encodes. The crop of an image is drawn
 from a generator keyed on its path, so a killed and resumed run writes the very latents an
-uninterrupted one would. Images that cannot be used are counted by reason and named; a full disk
-or an unwritable output stops the job with what is done kept.
+uninterrupted one would; the temp files a killed run was writing are removed. Images that cannot be
+used are counted by reason and named; a full disk or an unwritable output stops the job with what
+is done kept.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import SampleError
 from src.latents.store import ShardWriter, is_complete, latent_folder, latent_path, save_latent, stored_latents
+from src.prepare.cleanup import remove_temp_leftovers
 
 EXAMPLES = 5
 
@@ -119,6 +121,8 @@ def encode_dataset(dataset, encoder, report: RankReport, *, rank: int = 0, world
     """Encode this rank's share of ``dataset`` into its latent folder (see the module). ``fmt`` is
     'pt' (upstream's file per latent) or 'shards' (see ``store``; index them once every rank is done)."""
     folder = output_folder(dataset, out)
+    if rank == 0:  # one walk of the folder; the temp files of live ranks are told apart by pid or age
+        remove_temp_leftovers(folder)
     store = _Shards(folder, rank, shard_size) if fmt == 'shards' else _Files(folder)
     items = []
     for i in range(rank, len(dataset), world):  # this rank's share; none of its images read here

@@ -1,5 +1,6 @@
-"""What runs killed midway leave in a dataset root, removed by the next run: the temporary files
-of atomic writes (a ``data.json.tmp-<host>-<pid>`` can be gigabytes), and staging folders of tars
+"""What runs killed midway leave in a dataset root or a latent folder, removed by the next run: the
+temporary files of atomic writes (a ``data.json.tmp-<host>-<pid>`` can be gigabytes, a latent folder
+holds one per latent being written), and staging folders of tars
 no live run is working on. A temp file is left over when its writer is gone: on this host its pid
 no longer runs; from another host it has not grown for ``lock.STALE_AFTER`` seconds."""
 from __future__ import annotations
@@ -35,9 +36,7 @@ def _writer_gone(path: str, host: str | None, pid: int) -> bool:
         return False
 
 
-def _temp_files(root: str):
-    """Temp files in the root itself and anywhere under ``.prepare/`` (markers, indexes, claims)."""
-    folders = [root] + [folder for folder, _, _ in os.walk(os.path.join(root, '.prepare'))]
+def _temp_files(folders):
     for folder in folders:
         with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
             for entry in entries:
@@ -46,14 +45,36 @@ def _temp_files(root: str):
                     yield entry.path, match.group('host'), int(match.group('pid'))
 
 
-def remove_leftovers(root: str) -> None:
-    """Remove the leftovers of killed runs under ``root``; log what went."""
+def _remove_dead_temp_files(folders, top: str) -> list[str]:
+    """Remove the temp files in ``folders`` whose writer is gone; their paths relative to ``top``."""
     removed = []
-    for path, host, pid in _temp_files(root):
+    for path, host, pid in _temp_files(folders):
         if pid != os.getpid() and _writer_gone(path, host, pid):
             with contextlib.suppress(OSError):
                 os.remove(path)
-                removed.append(os.path.relpath(path, root))
+                removed.append(os.path.relpath(path, top))
+    return removed
+
+
+def _log(removed: list[str], where: str) -> None:
+    if removed:
+        logger.info('removed %d leftovers of interrupted runs from %s (e.g. %s)', len(removed), where,
+                    ', '.join(removed[:3]))
+
+
+def remove_temp_leftovers(top: str) -> int:
+    """Remove the temp files of killed writers anywhere under ``top`` (a latent folder: a ``.pt``
+    killed midway leaves ``<image>.pt.tmp-<host>-<pid>`` beside where it was to go); how many went."""
+    removed = _remove_dead_temp_files((folder for folder, _, _ in os.walk(top)), top)
+    _log(removed, top)
+    return len(removed)
+
+
+def remove_leftovers(root: str) -> None:
+    """Remove the leftovers of killed runs under ``root``; log what went."""
+    # temp files in the root itself and anywhere under .prepare/ (markers, indexes, claims)
+    folders = [root] + [folder for folder, _, _ in os.walk(os.path.join(root, '.prepare'))]
+    removed = _remove_dead_temp_files(folders, root)
     staging = os.path.join(root, '.prepare', 'staging')
     for step_dir in _subfolders(staging):
         for folder, subfolders, _ in os.walk(step_dir, topdown=True):
@@ -66,8 +87,7 @@ def remove_leftovers(root: str) -> None:
                         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
                         removed.append(f'.prepare/staging/{os.path.basename(step_dir)}/{tar_name}/')
     remove_empty_folders(staging)
-    if removed:
-        logger.info('removed %d leftovers of interrupted runs (e.g. %s)', len(removed), ', '.join(removed[:3]))
+    _log(removed, root)
 
 
 def _subfolders(path: str) -> list[str]:
