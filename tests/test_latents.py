@@ -155,7 +155,7 @@ def test_a_killed_run_resumes_to_what_an_uninterrupted_one_writes(tmp_path, vaes
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
     (folder / f'{missing[0]}.tmp-{lock.HOST}-{dead.pid}').write_bytes(b'PK half a latent')
-    alive = folder / f'{missing[1]}.tmp-{lock.HOST}-{os.getpid()}'
+    alive = folder / f'{missing[0]}.tmp-{lock.HOST}-{os.getpid()}'
     alive.write_bytes(b'being written')
 
     result = tool('--vae', vaes['AutoencoderDC'], tokenizer_path=tokenizer_path, cwd=tmp_path / 'killed')
