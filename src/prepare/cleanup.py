@@ -1,8 +1,8 @@
 """What runs killed midway leave in a dataset root or a latent folder, removed by the next run: the
 temporary files of atomic writes (a ``data.json.tmp-<host>-<pid>`` can be gigabytes, a latent folder
-holds one per latent being written), and staging folders of tars
-no live run is working on. A temp file is left over when its writer is gone: on this host its pid
-no longer runs; from another host it has not grown for ``lock.STALE_AFTER`` seconds."""
+holds one per latent being written), and staging folders of tars no live run is working on. A temp
+file is left over when its writer is gone: on this host its pid no longer runs; from another host it
+has not grown for ``lock.STALE_AFTER`` seconds."""
 from __future__ import annotations
 
 import contextlib
