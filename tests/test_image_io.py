@@ -132,6 +132,20 @@ def test_to_pixel_values_maps_0_255_to_minus_one_one_channel_first():
     assert pixels[0, 1, 1] == 1 and pixels[1, 1, 1] == -1
 
 
+def test_normalise_is_exactly_torchs_float_division_from_every_layout():
+    values = (torch.arange(3 * 32 * 32) % 256).to(torch.uint8)  # every value, 12 times
+    padded = torch.cat([values.view(32, 32, 3), torch.zeros(32, 32, 1, dtype=torch.uint8)], -1)
+    layouts = {'planar': values.view(3, 32, 32),
+               "Pillow's 4-byte pixels": padded.permute(2, 0, 1)[:3],
+               'transposed': values.view(3, 32, 32).transpose(1, 2)}
+    for name, pixels in layouts.items():
+        before = pixels.clone()
+        got = image_io._normalise(pixels)
+        assert got.dtype == torch.float32 and got.is_contiguous(), name
+        assert torch.equal(got, pixels.float() / 127.5 - 1), name
+        assert got.min() == -1 and got.max() == 1 and torch.equal(pixels, before), name
+
+
 # --- colour conversion ---------------------------------------------------------------------------
 
 def test_cmyk_jpeg_comes_back_as_its_colour():
