@@ -37,13 +37,15 @@ from src.synthetic.images import encode_image
 from src.synthetic.tokenizer import build_tokenizer
 
 # The issue's JPEGs (1024-1536 px a side, as LAION / Midjourney downloads hold), the same prepared
-# with --resize-to 512 (src.prepare.extract.shrink_image), and DALL-E 3's PNGs: (format, sizes,
-# short side the files are shrunk to).
+# with pretokenize=True (prompt ids stored once: src.datasets.prompt_ids), the same prepared with
+# --resize-to 512 (src.prepare.extract.shrink_image), and DALL-E 3's PNGs: (format, sizes, short
+# side the files are shrunk to, pretokenize).
 JPEG_SIZES = [(1024, 1024), (1536, 1024), (1024, 1536), (1280, 1280), (1536, 1536), (1344, 1024)]
 CASES = {
-    'JPEG 1024-1536 px': ('JPEG', JPEG_SIZES, None),
-    'JPEG 1024-1536 px prepared with --resize-to 512': ('JPEG', JPEG_SIZES, 512),
-    'PNG 1024 px': ('PNG', [(1024, 1024), (1024, 1024), (1280, 1024)], None),
+    'JPEG 1024-1536 px': ('JPEG', JPEG_SIZES, None, False),
+    'JPEG 1024-1536 px, pretokenize=True': ('JPEG', JPEG_SIZES, None, True),
+    'JPEG 1024-1536 px prepared with --resize-to 512': ('JPEG', JPEG_SIZES, 512, False),
+    'PNG 1024 px': ('PNG', [(1024, 1024), (1024, 1024), (1280, 1024)], None, False),
 }
 # Captions of the length these datasets hold: a short one, a Midjourney prompt, a long recaption.
 CAPTIONS = [
@@ -56,7 +58,7 @@ CAPTIONS = [
 
 
 def make_dataset(folder: Path, fmt: str, shapes: list[tuple[int, int]], count: int, image_size: int,
-                 template: dict, resize_to: int | None = None) -> CaptionDataset:
+                 template: dict, resize_to: int | None = None, pretokenize: bool = False) -> CaptionDataset:
     (folder / 'images').mkdir(parents=True)
     records = []
     for i in range(count):
@@ -70,7 +72,7 @@ def make_dataset(folder: Path, fmt: str, shapes: list[tuple[int, int]], count: i
     tokenizer = build_tokenizer(folder / 'tokenizer')
     return CaptionDataset(data_path=str(folder / 'data.json'), image_folder=str(folder / 'images'),
                           tokenizer=_tokenizer(tokenizer), prompt_template=template,
-                          image_size=image_size, unconditional=0.1, seed=0)
+                          image_size=image_size, unconditional=0.1, seed=0, pretokenize=pretokenize)
 
 
 def _tokenizer(path: str):
@@ -139,7 +141,7 @@ class Sample:
         image_io._normalise(self.square)
 
     def tokenize(self) -> None:
-        self.dataset.process_text(self.caption, self.rng)
+        self.dataset.process_text(self.caption, self.rng, self.dataset._stored_ids(self.idx))
 
     def whole(self) -> None:
         self.dataset[self.idx]
@@ -210,9 +212,9 @@ def main() -> None:
     torch.set_num_threads(1)  # as in a DataLoader worker; more threads would count in CPU time
     template = _template()
     with tempfile.TemporaryDirectory() as tmp:
-        for n, (label, (fmt, shapes, resize_to)) in enumerate(CASES.items()):
+        for n, (label, (fmt, shapes, resize_to, pretokenize)) in enumerate(CASES.items()):
             dataset = make_dataset(Path(tmp) / str(n), fmt, shapes, per_shape * len(shapes), args.image_size,
-                                   template, resize_to)
+                                   template, resize_to, pretokenize)
             report(label, [Sample(dataset, i) for i in range(len(dataset))], rounds)
 
 

@@ -487,12 +487,33 @@ class SampleIndex:
     def __len__(self) -> int:
         return self._table.num_rows if self._rows is None else len(self._rows)
 
+    @property
+    def cache(self) -> Path | None:
+        """The memory-mapped cache file, or None for an index held in memory."""
+        return self._cache
+
+    @property
+    def fingerprint(self) -> bytes | None:
+        """What the cache was built from (the source's files, sizes and times), or None."""
+        return self._fingerprint
+
+    def table_row(self, i) -> int:
+        """The row of the whole index that record ``i`` of this (possibly selected) view is."""
+        i = operator.index(i)
+        return i if self._rows is None else int(self._rows[i])
+
+    def whole(self) -> 'SampleIndex':
+        """All the records, whatever this view selects."""
+        if self._rows is None:
+            return self
+        return SampleIndex(self._table, self.source, cache=self._cache, fingerprint=self._fingerprint)
+
     def __getitem__(self, i) -> dict:
         i = operator.index(i)
         if not 0 <= i < len(self):
             raise IndexError(f'record {i} is out of range for the {len(self)} records of '
                              f'{self.source}')
-        row = i if self._rows is None else int(self._rows[i])
+        row = self.table_row(i)
         batch = bisect.bisect_right(self._batch_starts, row) - 1
         offset = row - self._batch_starts[batch]
         record = {}

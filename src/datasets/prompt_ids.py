@@ -1,0 +1,235 @@
+"""Every record's prompt tokenized once and memory-mapped: ``CaptionDataset(pretokenize=True)``.
+
+A prompt goes through transformers' tokenizer in every epoch to the same ids, and in a DataLoader
+worker that costs 0.5-0.7 ms a sample (bench/bench_sample.py): a tenth of a JPEG's decode. With
+``pretokenize=True`` the prompts of all records whose caption is in the index are tokenized once,
+in batches (a fast tokenizer's batch call runs on every core), and a sample reads its ids from
+a memory-mapped array that every worker and rank on the machine shares.
+
+The arrays live in a folder beside the sample index's cache, named by a digest of all the ids
+depend on: the index's own fingerprint, the tokenizer (its class, its serialised state, its
+settings), the prompt template, ``tokenizer_kwargs``, the caption keys, and the versions of
+transformers and tokenizers. A changed input gives another name, so nothing stale is ever read;
+opening one also re-tokenizes a few prompts and compares, which catches what a digest misses.
+One process builds it under a lock, in a temporary folder renamed into place when whole; the
+others wait and then map it. Where no folder can be written, the prompts are tokenized as they
+are read, as without the option.
+
+- ``ids.int32``: all the prompts' ids end to end (raw little-endian int32, written as they come);
+- ``offsets.npy``: int64, one more than the index has rows; row ``r``'s ids are
+  ``ids[offsets[r]:offsets[r + 1]]``;
+- ``known.npy``: bool per row, False where the caption is not in the index (it is in an
+  annotation file, or unusable: the dataset then reads it, or reports it, as it always does).
+
+Only fast tokenizers (those with a ``backend_tokenizer``) are supported: a slow one has no state
+that can be fingerprinted reliably, so it is refused with an error saying so.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import itertools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import transformers
+from mmengine.logging import print_log
+from tqdm import tqdm
+
+from src.datasets.captions import resolve_caption
+from src.datasets.errors import SampleError
+from src.datasets.sample_index import SampleIndex
+
+FORMAT_VERSION = 1
+_BATCH = 4096  # prompts per tokenizer call
+_SPOT_CHECKS = 3  # prompts re-tokenized on opening, compared with what is stored
+# tokenizer_kwargs whose batch call gives each prompt the ids a single call gives it (padding to
+# the longest of a batch would not, so it and the rest are refused).
+SUPPORTED_KWARGS = ('add_special_tokens', 'truncation', 'max_length')
+_ARRAYS = ('offsets', 'known')  # .npy files; the ids are a raw file, written batch by batch
+_IDS = 'ids.int32'
+
+
+class _NotInline(Exception):
+    """The record's caption is in an annotation file: it is read with the sample, not here."""
+
+
+def _no_annotation(_annotation: str) -> str:
+    raise _NotInline
+
+
+def tokenizer_state(tokenizer) -> str:
+    """What a tokenizer's ids depend on, as text: its class, its backend's serialised state without
+    the truncation and padding settings transformers changes on every call, and its settings
+    without the file paths it was loaded from (the same tokenizer loaded elsewhere is the same)."""
+    backend = getattr(tokenizer, 'backend_tokenizer', None)
+    if backend is None:
+        raise ValueError(f'pretokenize=True needs a fast tokenizer (one with a backend_tokenizer); '
+                         f'{type(tokenizer).__name__} is not one: load it with use_fast=True, or '
+                         f'leave pretokenize off')
+    state = json.loads(backend.to_str())
+    state.pop('truncation', None)
+    state.pop('padding', None)
+    settings = {key: value for key, value in tokenizer.init_kwargs.items()
+                if key != 'name_or_path' and not key.endswith('_file')}
+    return json.dumps([type(tokenizer).__qualname__, state, settings], sort_keys=True, default=str)
+
+
+class PromptIds:
+    """The stored ids of each row of the whole index (``SampleIndex.table_row`` maps a dataset's
+    position to its row); ``get(row)`` is a read-only int32 array, or None when not stored."""
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, known: np.ndarray, folder: Path | None = None):
+        self.ids, self.offsets, self.known, self.folder = ids, offsets, known, folder
+
+    def get(self, row: int) -> np.ndarray | None:
+        if not self.known[row]:
+            return None
+        return self.ids[self.offsets[row]:self.offsets[row + 1]]
+
+    def __len__(self) -> int:
+        return len(self.known)
+
+    def __reduce__(self):
+        # Workers started with spawn map the folder again instead of receiving a copy of the arrays.
+        if self.folder is not None:
+            return _map, (self.folder,)
+        return PromptIds, (self.ids, self.offsets, self.known)
+
+
+def _map(folder: Path) -> PromptIds:
+    ids_file = folder / _IDS
+    # np.memmap refuses an empty file (no record had its caption inline)
+    ids = np.memmap(ids_file, '<i4', mode='r') if ids_file.stat().st_size else np.zeros(0, '<i4')
+    # Plain arrays over the mappings: slicing an np.memmap runs Python code for every slice.
+    return PromptIds(np.asarray(ids), *(np.asarray(np.load(folder / f'{name}.npy', mmap_mode='r'))
+                                        for name in _ARRAYS), folder)
+
+
+def tokenize_index(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Callable[[str], str],
+                   tokenizer, tokenizer_kwargs: dict, write: Callable[[np.ndarray], None], *,
+                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenizes the prompt of every row of ``index`` (a whole index: no selection), passing the
+    ids to ``write`` a batch at a time, end to end; returns ``offsets`` and ``known``."""
+    lengths, known = np.zeros(len(index), np.int64), np.zeros(len(index), bool)
+    bar = tqdm(total=len(index), unit='prompt', desc='tokenizing prompts', disable=not progress)
+    with bar:
+        for start in range(0, len(index), _BATCH):
+            rows, prompts = [], []
+            for row in range(start, min(start + _BATCH, len(index))):
+                try:
+                    caption = resolve_caption(index[row], cap_keys, _no_annotation)
+                except (_NotInline, SampleError):
+                    continue  # read (or reported) with the sample, as without pretokenize
+                rows.append(row)
+                prompts.append(prompt_of(caption.strip()))
+            if prompts:
+                encoded = tokenizer(prompts, **tokenizer_kwargs)['input_ids']
+                lengths[rows] = [len(ids) for ids in encoded]
+                known[rows] = True
+                write(np.fromiter(itertools.chain.from_iterable(encoded), '<i4', int(lengths[rows].sum())))
+            bar.update(min(_BATCH, len(index) - start))
+    offsets = np.zeros(len(index) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, known
+
+
+def _digest(index_fingerprint: bytes, tokenizer, tokenizer_kwargs: dict, template: dict,
+            cap_keys: Sequence[str]) -> str:
+    parts = [FORMAT_VERSION, index_fingerprint.decode(), tokenizer_state(tokenizer),
+             sorted(tokenizer_kwargs.items()), template, list(cap_keys), transformers.__version__,
+             importlib.metadata.version('tokenizers')]  # transformers' Rust backend
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _build(folder: Path, arguments: tuple) -> int:
+    """Tokenizes into ``folder`` atomically (a temporary folder beside it, renamed when whole);
+    how many prompts it holds."""
+    temp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'{folder.name}.tmp-'))
+    try:
+        with open(temp / _IDS, 'wb') as ids:
+            offsets, known = tokenize_index(*arguments, write=lambda batch: batch.tofile(ids))
+        np.save(temp / 'offsets.npy', offsets)
+        np.save(temp / 'known.npy', known)
+        os.rename(temp, folder)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return int(known.sum())
+
+
+def _in_memory(arguments: tuple) -> PromptIds:
+    batches = []
+    offsets, known = tokenize_index(*arguments, write=batches.append)
+    return PromptIds(np.concatenate(batches) if batches else np.zeros(0, '<i4'), offsets, known)
+
+
+def load_prompt_ids(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Callable[[str], str],
+                    tokenizer, tokenizer_kwargs: dict, template: dict,
+                    check: Callable[[str], Sequence[int]]) -> PromptIds | None:
+    """The prompt ids of ``index``'s whole table: mapped from the folder beside its cache, built
+    there first if need be; built in memory for an index held in memory; None (and a warning)
+    where the folder cannot be written. ``check(prompt)``: the ids the dataset would compute."""
+    unsupported = sorted(set(tokenizer_kwargs) - set(SUPPORTED_KWARGS))
+    if unsupported:
+        raise ValueError(f'pretokenize=True supports tokenizer_kwargs {list(SUPPORTED_KWARGS)}, not '
+                         f'{unsupported}: with those a batch call may not give the ids a single one does')
+    whole = index.whole()
+    arguments = (whole, cap_keys, prompt_of, tokenizer, tokenizer_kwargs)
+    if index.cache is None:
+        print_log(f'Tokenizing the prompts of {index.source} in memory (its index is held in memory)',
+                  logger='current', level=logging.INFO)
+        return _in_memory(arguments)
+    folder = index.cache.with_name(f'{index.cache.name}.prompt-ids-'
+                                   f'{_digest(index.fingerprint, tokenizer, tokenizer_kwargs, template, cap_keys)}')
+    try:
+        stored = _open_or_build(folder, arguments, index.source)
+        if not _agrees(stored, whole, cap_keys, prompt_of, check):
+            print_log(f'The prompt ids in {folder} differ from what the tokenizer gives now: '
+                      f'rebuilding them (the tokenizer changed in a way its fingerprint missed)',
+                      logger='current', level=logging.WARNING)
+            shutil.rmtree(folder, ignore_errors=True)
+            stored = _open_or_build(folder, arguments, index.source)
+        return stored
+    except OSError as exc:
+        print_log(f'Cannot store the prompt ids of {index.source} in {folder} ({exc}): prompts are '
+                  f'tokenized as they are read; give a writable index_cache_dir to store them',
+                  logger='current', level=logging.WARNING)
+        return None
+
+
+def _open_or_build(folder: Path, arguments: tuple, source: str) -> PromptIds:
+    if not folder.is_dir():
+        with open(f'{folder}.lock', 'a') as lock:
+            # Ranks starting together wait here rather than all tokenizing; where flock does not
+            # work (some NFS), the atomic rename still keeps the folder whole.
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if not folder.is_dir():
+                for leftover in folder.parent.glob(f'{folder.name}.tmp-*'):  # a build killed midway
+                    shutil.rmtree(leftover, ignore_errors=True)
+                print_log(f'Tokenizing the prompts of {source} into {folder} (done once per tokenizer '
+                          f'and template; later runs map it)', logger='current', level=logging.INFO)
+                started = time.perf_counter()
+                count = _build(folder, arguments)
+                print_log(f'Tokenized {count} prompts of {source} in {time.perf_counter() - started:.1f} s '
+                          f'({len(arguments[0]) - count} records have no usable caption in the index: '
+                          f'theirs are read and tokenized with the sample)', logger='current', level=logging.INFO)
+    return _map(folder)
+
+
+def _agrees(stored: PromptIds, whole: SampleIndex, cap_keys, prompt_of, check) -> bool:
+    """Whether the first few stored prompts are what the tokenizer gives them now."""
+    for row in np.flatnonzero(stored.known)[:_SPOT_CHECKS].tolist():
+        prompt = prompt_of(resolve_caption(whole[row], cap_keys, _no_annotation).strip())
+        if list(check(prompt)) != stored.get(row).tolist():
+            return False
+    return True
