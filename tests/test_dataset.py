@@ -442,8 +442,20 @@ def broken_records(count):
     return [{'image': f'missing{i}.jpg', 'caption': 'x'} for i in range(count)]
 
 
+def never_endless(dataset, draws=5000):
+    """Fails the test, instead of hanging it, if the dataset draws on and on without stopping."""
+    prepare, calls = dataset.prepare_data, iter(range(draws))
+
+    def bounded(idx):
+        if next(calls, None) is None:
+            raise AssertionError(f'{draws} draws and the failure policy has not stopped the run')
+        return prepare(idx)
+    dataset.prepare_data = bounded
+    return dataset
+
+
 def test_all_broken_raises_with_the_counts_and_last_messages(make_dataset, logged):
-    dataset = make_dataset(broken_records(5))
+    dataset = never_endless(make_dataset(broken_records(5)))
     with pytest.raises(RuntimeError) as err:
         dataset[0]
     message = str(err.value)
@@ -457,7 +469,7 @@ def test_all_broken_raises_with_the_counts_and_last_messages(make_dataset, logge
 
 def test_a_rate_above_the_ratio_stops_even_when_some_samples_work(tmp_path, make_dataset):
     records = write_good_images(tmp_path / 'images', count=1) + broken_records(9)  # 90% fail
-    dataset = make_dataset(records, image_folder=str(tmp_path / 'images'), seed=0)
+    dataset = never_endless(make_dataset(records, image_folder=str(tmp_path / 'images'), seed=0))
     with pytest.raises(RuntimeError, match=r'above max_failure_ratio=0.5 beyond doubt'):
         for idx in range(1000):
             dataset[idx % len(dataset)]
@@ -488,7 +500,8 @@ def test_a_rate_below_the_ratio_never_stops_a_run_through_a_streak(make_dataset,
 
 
 def test_all_broken_in_dataloader_workers_raises(make_dataset):
-    loader = DataLoader(make_dataset(broken_records(5)), batch_size=2, num_workers=2, collate_fn=collate_func_gen)
+    loader = DataLoader(never_endless(make_dataset(broken_records(5))), batch_size=2, num_workers=2,
+                        collate_fn=collate_func_gen)
     batches = iter(loader)
     try:
         with pytest.raises(RuntimeError, match='missing-file'):
