@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import configparser
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.datasets.errors import SampleError
+from src.datasets.locks import wait_for_lock
 
 CONNECT_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60
@@ -190,9 +190,7 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
     cache = Path(cache_dir or DEFAULT_CACHE) / hashlib.sha1(url.encode()).hexdigest()[:16] / name
     cache.parent.mkdir(parents=True, exist_ok=True)
     stamp = cache.parent / f'.{name}.etag'
-    with open(cache.parent / f'.{name}.lock', 'a') as lock:
-        with contextlib.suppress(OSError):
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with wait_for_lock(cache.parent / f'.{name}.lock'):
         if cache.exists() and stamp.exists() and stamp.read_text() == etag:
             return str(cache)
         tmp = cache.parent / f'.{name}.download-{os.getpid()}'

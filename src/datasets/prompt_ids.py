@@ -26,8 +26,6 @@ that can be fingerprinted reliably, so it is refused with an error saying so.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import itertools
@@ -47,6 +45,7 @@ from tqdm import tqdm
 
 from src.datasets.captions import resolve_caption
 from src.datasets.errors import SampleError
+from src.datasets.locks import wait_for_lock
 from src.datasets.sample_index import SampleIndex
 
 FORMAT_VERSION = 1
@@ -208,11 +207,9 @@ def load_prompt_ids(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Call
 
 def _open_or_build(folder: Path, arguments: tuple, source: str) -> PromptIds:
     if not folder.is_dir():
-        with open(f'{folder}.lock', 'a') as lock:
-            # Ranks starting together wait here rather than all tokenizing; where flock does not
-            # work (some NFS), the atomic rename still keeps the folder whole.
-            with contextlib.suppress(OSError):
-                fcntl.flock(lock, fcntl.LOCK_EX)
+        # Ranks starting together wait here rather than all tokenizing; where the lock does not
+        # work, the atomic rename still keeps the folder whole.
+        with wait_for_lock(f'{folder}.lock'):
             if not folder.is_dir():
                 for leftover in folder.parent.glob(f'{folder.name}.tmp-*'):  # a build killed midway
                     shutil.rmtree(leftover, ignore_errors=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
-import fcntl
 import glob
 import hashlib
 import json
@@ -45,6 +44,7 @@ import pyarrow.parquet as pq
 from mmengine.logging import print_log
 
 from src.datasets.errors import IndexFormatError
+from src.datasets.locks import wait_for_lock
 
 # Bump when the cache layout or the conversion of records changes: old caches are then rebuilt.
 FORMAT_VERSION = 1
@@ -388,14 +388,12 @@ def _build_cache(source: str, members: list[Path], cache: Path, fingerprint: byt
     """Builds the cache file once (other processes building the same one wait for it)."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(f'{cache}.lock', 'a')
+        # Ranks starting together wait here instead of all parsing the source; the atomic rename
+        # below keeps the cache whole where the lock does not work.
+        lock = wait_for_lock(f'{cache}.lock')
     except OSError as exc:
         raise _CacheUnwritable(exc) from exc
     with lock:
-        # Best effort: ranks starting together wait here instead of all parsing the source; the
-        # atomic rename below keeps the cache whole even where flock does not work (some NFS).
-        with contextlib.suppress(OSError):
-            fcntl.flock(lock, fcntl.LOCK_EX)
         table = _open_cache(cache, fingerprint)
         if table is not None:
             return table
