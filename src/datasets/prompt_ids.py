@@ -95,9 +95,6 @@ class PromptIds:
             return None
         return self.ids[self.offsets[row]:self.offsets[row + 1]]
 
-    def __len__(self) -> int:
-        return len(self.known)
-
     def __reduce__(self):
         # Workers started with spawn map the folder again instead of receiving a copy of the arrays.
         if self.folder is not None:
@@ -115,13 +112,12 @@ def _map(folder: Path) -> PromptIds:
 
 
 def tokenize_index(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Callable[[str], str],
-                   tokenizer, tokenizer_kwargs: dict, write: Callable[[np.ndarray], None], *,
-                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   tokenizer, tokenizer_kwargs: dict, write: Callable[[np.ndarray], None]
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Tokenizes the prompt of every row of ``index`` (a whole index: no selection), passing the
     ids to ``write`` a batch at a time, end to end; returns ``offsets`` and ``known``."""
     lengths, known = np.zeros(len(index), np.int64), np.zeros(len(index), bool)
-    bar = tqdm(total=len(index), unit='prompt', desc='tokenizing prompts', disable=not progress)
-    with bar:
+    with tqdm(total=len(index), unit='prompt', desc='tokenizing prompts') as bar:
         for start in range(0, len(index), _BATCH):
             rows, prompts = [], []
             for row in range(start, min(start + _BATCH, len(index))):
