@@ -12,6 +12,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from src.datasets import image_io
@@ -144,6 +145,19 @@ def test_normalise_is_exactly_torchs_float_division_from_every_layout():
         assert got.dtype == torch.float32 and got.is_contiguous(), name
         assert torch.equal(got, pixels.float() / 127.5 - 1), name
         assert got.min() == -1 and got.max() == 1 and torch.equal(pixels, before), name
+
+
+@pytest.mark.parametrize('channels', [3, 4])
+def test_resize_leaves_the_pixels_channels_last_for_normalise_to_unpack(channels):
+    # torch resizes in the layout the input's strides suggest; read as planar, it repacked its
+    # output plane by plane in a pass as slow as the resampling. Same pixels either way.
+    region = np.random.default_rng(0).integers(0, 256, (90, 120, channels), dtype=np.uint8)[:, 10:100]
+    square = image_io._resize(region, 64)
+    assert square.shape == (3, 64, 64) and square.stride() == (1, 64 * channels, channels)
+    planar = F.interpolate(torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None].contiguous(),
+                           size=(64, 64), mode='bicubic', antialias=True)[0, :3]
+    assert torch.equal(square, planar)
+    assert torch.equal(image_io._normalise(square), planar.float() / 127.5 - 1)
 
 
 # --- colour conversion ---------------------------------------------------------------------------
