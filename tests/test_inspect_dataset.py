@@ -7,9 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
 
-from src.prepare.datasets import prepare_blip3o60k
+from src.datasets import prompt_ids
+from src.prepare.datasets import prepare_blip3o60k, prepare_midjourney23m
 from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,3 +44,41 @@ def test_report_numbers_equal_an_independent_count(tmp_path, monkeypatch, tokeni
     page = Path('report/report.html').read_text()
     assert page.count('data:image/png;base64') >= 3 + 8  # plots and the preview grid
     assert 'lose IMG_START_TOKEN' in page and os.path.getsize('report/report.html') > 10_000
+
+
+
+def test_all_prompts_counts_every_record_from_the_stored_ids(tmp_path, monkeypatch, tokenizer_path, tokenizer,
+                                                              prompt_template):
+    # Midjourney's captions are in its index, so every record's prompt ids are stored.
+    expected = MAKERS['midjourney23m'](tmp_path / DEFAULT_ROOTS['midjourney23m'], n=12, faults=False)
+    assert prepare_midjourney23m(str(expected.root), num_processes=1).finish() == 0
+    lengths = [len(tokenizer.encode(prompt_template['INSTRUCTION'].format(
+        input=prompt_template['GENERATION'].format(input=caption)) + prompt_template['IMG_START_TOKEN']))
+        for caption in expected.samples.values()]
+    max_length = int(np.median(lengths))  # some prompts on each side of it
+    monkeypatch.chdir(tmp_path)
+    sys.path.insert(0, str(REPO / 'tools'))
+    import inspect_dataset
+    options = ['--cfg-options', f'dataset.tokenizer.pretrained_model_name_or_path={tokenizer_path}',
+               f'dataset.max_length={max_length}', 'dataset.image_size=64']
+    config = str(REPO / 'configs/datasets/midjourney23m.py')
+    assert inspect_dataset.main([config, '--out', 'report', '--sample', '3', '--preview', '1', '--all-prompts',
+                                 *options]) == 0
+    (stats,) = json.loads(Path('report/report.json').read_text())
+
+    whole = stats['all_prompts']
+    assert stats['sampled'] == len(stats['prompt_tokens']) == 3  # the sample stays a sample
+    assert whole['stored'] == len(lengths) and whole['not_stored'] == 0
+    assert whole['cut'] == whole['lose_image_start'] == sum(n > max_length for n in lengths) > 0
+    assert whole['longest'] == max(lengths) and whole['median'] == float(np.median(lengths))
+    edges, counts = whole['histogram']['edges'], whole['histogram']['counts']
+    assert counts == np.histogram(lengths, bins=edges)[0].tolist() and sum(counts) == len(lengths)
+    assert edges[0] == min(lengths) - 0.5 and max(lengths) < edges[-1] and len(set(np.diff(edges))) == 1
+    page = Path('report/report.html').read_text()
+    assert f'all {len(lengths)} stored' in page and f'{whole["cut"]} of {len(lengths)} prompts lose' in page
+
+    # The ids are stored where a dataset with pretokenize=True finds them: nothing is tokenized again.
+    monkeypatch.setattr(prompt_ids, 'tokenize_index', lambda *a, **k: pytest.fail('tokenized again'))
+    assert inspect_dataset.main([config, '--out', 'again', '--sample', '3', '--preview', '0', '--all-prompts',
+                                 *options]) == 0
+    assert json.loads(Path('again/report.json').read_text())[0]['all_prompts'] == whole

@@ -6,7 +6,9 @@ caption lengths and duplicates, and a preview grid of samples as the model sees 
     python tools/inspect_dataset.py configs/datasets/laion6m.py --out report/ [--cfg-options ...]
 
 Writes <out>/report.html (one self-contained page) and <out>/report.json (the numbers). Statistics
-come from --sample records drawn with a fixed seed.
+come from --sample records drawn with a fixed seed. The prompt lengths are also counted over every
+record where the dataset stores its prompt ids (pretokenize=True), or with --all-prompts, which
+tokenizes them all once and stores them where a training run with pretokenize=True reads them.
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ def main(argv=None) -> int:
     parser.add_argument('--out', required=True, help='folder for report.html and report.json')
     parser.add_argument('--sample', type=int, default=2000, help='records looked at per dataset (default: %(default)s)')
     parser.add_argument('--preview', type=int, default=8, help='samples shown per dataset (default: %(default)s)')
+    parser.add_argument('--all-prompts', action='store_true',
+                        help='count prompt lengths over every record: stores the prompt ids as pretokenize=True '
+                             'does (once per tokenizer and template; training with pretokenize=True reuses them)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     from tqdm import tqdm
@@ -44,6 +49,8 @@ def main(argv=None) -> int:
     cfg.merge_from_dict(args.cfg_options)
     sections, numbers = [], []
     for dataset in tqdm(build_leaf_datasets(cfg), desc='datasets', unit='dataset'):
+        if args.all_prompts and dataset.prompt_ids is None:
+            dataset.prompt_ids = dataset.load_prompt_ids()
         stats = dataset_stats(dataset, args.sample)
         tiles = []
         if dataset.latent_root is None and dataset.image_tokens_folder is None:
@@ -58,8 +65,10 @@ def main(argv=None) -> int:
                 tiles.append((image_data_url(sample['pixel_values']), caption))
         sections.append(dataset_section(stats, tiles))
         numbers.append(stats.to_dict())
-        logger.info('%s: %d usable of %d records; %d of %d sampled prompts longer than max_length %d',
-                    stats.data_path, stats.usable, stats.records, stats.cut, len(stats.prompt_tokens), stats.max_length)
+        cut, prompts = ((stats.all_prompts['cut'], f'{stats.all_prompts["stored"]} stored') if stats.all_prompts
+                        else (stats.cut, f'{len(stats.prompt_tokens)} sampled'))
+        logger.info('%s: %d usable of %d records; %d of %s prompts longer than max_length %d',
+                    stats.data_path, stats.usable, stats.records, cut, prompts, stats.max_length)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'report.html'), 'w', encoding='utf-8') as f:
         f.write(page(f'Dataset report: {args.config}', sections))

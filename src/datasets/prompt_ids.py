@@ -95,6 +95,11 @@ class PromptIds:
             return None
         return self.ids[self.offsets[row]:self.offsets[row + 1]]
 
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        """The prompt length in tokens of each of ``rows`` that is stored (others are left out)."""
+        rows = rows[self.known[rows]]
+        return self.offsets[rows + 1] - self.offsets[rows]
+
     def __reduce__(self):
         # Workers started with spawn map the folder again instead of receiving a copy of the arrays.
         if self.folder is not None:

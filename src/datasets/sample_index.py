@@ -500,6 +500,10 @@ class SampleIndex:
         i = operator.index(i)
         return i if self._rows is None else int(self._rows[i])
 
+    def table_rows(self) -> np.ndarray:
+        """``table_row`` of every record of this view, as an int64 array."""
+        return np.arange(len(self), dtype=np.int64) if self._rows is None else np.asarray(self._rows, np.int64)
+
     def whole(self) -> 'SampleIndex':
         """All the records, whatever this view selects."""
         if self._rows is None:

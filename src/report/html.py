@@ -31,11 +31,18 @@ def _plots(stats: DatasetStats) -> list[str]:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     plots = []
-    if stats.prompt_tokens:
+    histogram = stats.all_prompts.get('histogram', {})
+    if histogram.get('counts') or stats.prompt_tokens:
         figure, axis = plt.subplots(figsize=(5.5, 3.2))
-        axis.hist(stats.prompt_tokens, bins=40, color='#4a7ab5')
-        axis.axvline(stats.max_length, color='#c33', linestyle='--', label=f'max_length {stats.max_length}')
-        axis.set(title='prompt length (tokens)', xlabel='tokens', ylabel='prompts')
+        if histogram.get('counts'):  # every stored prompt, binned when the numbers were made
+            axis.stairs(histogram['counts'], histogram['edges'], fill=True, color='#4a7ab5')
+            title = f'prompt length (tokens), all {stats.all_prompts["stored"]} stored'
+        else:
+            axis.hist(stats.prompt_tokens, bins=40, color='#4a7ab5')
+            title = f'prompt length (tokens), {len(stats.prompt_tokens)} sampled'
+        # between the longest prompt kept whole and the shortest one cut
+        axis.axvline(stats.max_length + 0.5, color='#c33', linestyle='--', label=f'max_length {stats.max_length}')
+        axis.set(title=title, xlabel='tokens', ylabel='prompts')
         axis.legend()
         plots.append(_png(figure))
     if stats.widths:
@@ -67,21 +74,31 @@ def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
               ('sampled for this report', stats.sampled)]
     counts += [(f'dropped by the preparation tool: {reason}', n) for reason, n in sorted(stats.prepare_drops.items())]
     counts += [(f'sampled, unusable: {reason}', n) for reason, n in sorted(stats.failures.items())]
-    share = stats.cut / max(len(stats.prompt_tokens), 1)
     prompts = [('median / 95th percentile / longest', f'{np.median(lengths):.0f} / {np.percentile(lengths, 95):.0f} / '
                                                        f'{lengths.max()}'),
-               ('longer than max_length: cut (truncation="ids", upstream)', f'{stats.cut} ({share:.1%})'),
+               ('longer than max_length: cut (truncation="ids", upstream)',
+                f'{stats.cut} ({stats.cut / max(len(stats.prompt_tokens), 1):.1%})'),
                ('of them losing IMG_START_TOKEN', stats.lose_image_start),
                ('losing IMG_START_TOKEN with truncation="caption"', 0)]
+    prompt_columns = ('prompts', 'sampled')
+    whole = stats.all_prompts
+    if whole.get('stored'):
+        prompt_columns += (f'all {whole["stored"]} stored',)
+        column = [f'{whole["median"]:.0f} / {whole["p95"]:.0f} / {whole["longest"]}',
+                  f'{whole["cut"]} ({whole["cut"] / whole["stored"]:.1%})', whole['lose_image_start'], 0]
+        prompts = [row + (value,) for row, value in zip(prompts, column)]
+        if whole['not_stored']:
+            prompts.append(('captions in annotation files (not stored, not counted)', '', whole['not_stored']))
     captions = [('duplicates among the sampled', stats.duplicate_captions),
                 ('median length (characters)', f'{np.median(stats.caption_chars or [0]):.0f}')]
-    warn = (f'<p class="warn">{stats.lose_image_start} of {len(stats.prompt_tokens)} sampled prompts lose '
-            'IMG_START_TOKEN at max_length: raise max_length or use truncation="caption".</p>'
-            if stats.lose_image_start else '')
+    lost, among = ((whole['lose_image_start'], f'{whole["stored"]} prompts') if whole.get('stored') else
+                   (stats.lose_image_start, f'{len(stats.prompt_tokens)} sampled prompts'))
+    warn = (f'<p class="warn">{lost} of {among} lose IMG_START_TOKEN at max_length: raise max_length or use '
+            'truncation="caption".</p>' if lost else '')
     grid = ''.join(f'<div class="tile"><img src="{image}"><div>{html.escape(caption[:200])}</div></div>'
                    for image, caption in tiles)
     return (f'<h2>{html.escape(stats.data_path)}</h2>{_table(counts, ("records", "count"))}'
-            f'<h3>prompts</h3>{warn}{_table(prompts, ("prompts", "sampled"))}'
+            f'<h3>prompts</h3>{warn}{_table(prompts, prompt_columns)}'
             f'<h3>captions</h3>{_table(captions, ("captions", "sampled"))}'
             f'<div class="plots">{"".join(_plots(stats))}</div><h3>samples as the model sees them</h3>'
             f'<div class="grid">{grid}</div>')

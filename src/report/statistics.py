@@ -1,6 +1,7 @@
 """What a dataset holds, as numbers: records and drops, prompt lengths against ``max_length`` (and
 what upstream's cut of ``input_ids`` costs), captions, image sizes. Computed on a sample of
-records drawn with a fixed seed, so a report can be made again and checked."""
+records drawn with a fixed seed, so a report can be made again and checked; the prompt lengths also
+over every record where the prompt ids are stored (``src.datasets.prompt_ids``)."""
 from __future__ import annotations
 
 import json
@@ -33,6 +34,9 @@ class DatasetStats:
     prepare_drops: dict = field(default_factory=dict)  # from prepare_report.json beside the index
     cut: int = 0  # prompts longer than max_length: cut by upstream
     lose_image_start: int = 0  # of those, the ones whose IMG_START_TOKEN is cut away
+    # The same over every record whose prompt ids are stored (pretokenize, or --all-prompts), not a
+    # sample: stored, not_stored, cut, lose_image_start, median, p95, longest, histogram.
+    all_prompts: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,8 +69,6 @@ def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
     index_sizes = 'width' in dataset.index.columns and 'height' in dataset.index.columns
     stats.sizes_from = 'index' if index_sizes else 'image headers'
     failures, seen = Counter(), set()
-    start_token = dataset.prompt_template.get('IMG_START_TOKEN') if dataset.prompt_template.get(
-        'IMG_START_TOKEN_FOR_GENERATION', True) else None
     for row in rows:
         record = dataset.index[row]
         try:
@@ -88,8 +90,37 @@ def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
         if caption in seen:
             stats.duplicate_captions += 1
         seen.add(caption)
-    lengths = np.array(stats.prompt_tokens, dtype=np.int64)
-    stats.cut = int((lengths > dataset.max_length).sum())
-    stats.lose_image_start = stats.cut if start_token else 0  # the start token is the prompt's last
+    stats.cut, stats.lose_image_start = _cuts(dataset, np.array(stats.prompt_tokens, dtype=np.int64))
     stats.failures = dict(failures)
+    if dataset.prompt_ids is not None:
+        stats.all_prompts = all_prompts(dataset)
     return stats
+
+
+def _cuts(dataset, lengths: np.ndarray) -> tuple[int, int]:
+    """Prompts longer than ``max_length``, and how many of them lose IMG_START_TOKEN to upstream's
+    cut (all of them where the template ends with it: it is the prompt's last token)."""
+    cut = int((lengths > dataset.max_length).sum())
+    template = dataset.prompt_template
+    ends_with_start = template.get('IMG_START_TOKEN') and template.get('IMG_START_TOKEN_FOR_GENERATION', True)
+    return cut, cut if ends_with_start else 0
+
+
+def all_prompts(dataset, bins: int = 40) -> dict:
+    """Prompt-length numbers over every record of ``dataset`` whose prompt ids are stored
+    (``dataset.prompt_ids``): exact counts from the stored offsets, nothing tokenized again."""
+    rows = dataset.index.table_rows()
+    lengths = dataset.prompt_ids.lengths(rows)
+    cut, lose_image_start = _cuts(dataset, lengths)
+    counts, edges = np.zeros(0), np.zeros(0)
+    if len(lengths):  # bins of whole tokens centred on them, so that none straddles max_length + 0.5
+        low, high = int(lengths.min()), int(lengths.max())
+        width = -(-(high - low + 1) // bins)
+        counts, edges = np.histogram(lengths, bins=np.arange(low, high + width + 1, width) - 0.5)
+    summary = dict(stored=len(lengths), not_stored=len(rows) - len(lengths), cut=cut,
+                   lose_image_start=lose_image_start,
+                   histogram=dict(edges=edges.tolist(), counts=counts.astype(int).tolist()))
+    if len(lengths):
+        summary.update(median=float(np.median(lengths)), p95=float(np.percentile(lengths, 95)),
+                       longest=int(lengths.max()))
+    return summary

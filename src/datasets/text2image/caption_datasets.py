@@ -1,6 +1,7 @@
 """CaptionDataset: one text-to-image sample (image + tokenized prompt) per index record.
 
 Steps, each a method a subclass can replace: ``load_index`` (read and filter the index),
+``load_prompt_ids`` (the stored prompt ids, with ``pretokenize``),
 ``read_image`` (bytes of one image, from the reader chosen at construction:
 ``src.datasets.storage``), ``parse_annotation`` (caption from a caption file), ``load_image_data``
 (pixels, latents or tokens), ``process_text`` (prompt ids) and ``prepare_data`` (one sample, or
@@ -30,7 +31,7 @@ from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.image_io import load_pixel_values
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
-from src.datasets.prompt_ids import load_prompt_ids
+from src.datasets.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
@@ -164,9 +165,7 @@ class CaptionDataset(Dataset):
         self.truncation = truncation
         self._check_folders()
         self.index = self.load_index(index_cache_dir)
-        self.prompt_ids = (load_prompt_ids(self.index, self.cap_keys, self.prompt_of, self.tokenizer,
-                                           self.tokenizer_kwargs, self.prompt_template, self._encode)
-                           if pretokenize else None)
+        self.prompt_ids = self.load_prompt_ids() if pretokenize else None
         self._cfg_ids = None  # the unconditional prompt's ids, the same for every sample
         self._process_state = None
 
@@ -247,6 +246,12 @@ class CaptionDataset(Dataset):
         print_log(f'Loaded {len(rows)} samples from {self.data_path} '
                   f'(dropped: {self._describe_drops(dropped)})', logger='current', level=logging.INFO)
         return index.select(rows) if len(rows) < total else index
+
+    def load_prompt_ids(self) -> PromptIds | None:
+        """The stored prompt ids of the whole index (``pretokenize``: built once, then mapped), or
+        None where they cannot be stored."""
+        return load_prompt_ids(self.index, self.cap_keys, self.prompt_of, self.tokenizer,
+                               self.tokenizer_kwargs, self.prompt_template, self._encode)
 
     def _check_image_column(self, index: SampleIndex) -> None:
         """Image paths must be text: a column of numbers, lists or objects is a wrong ``image_key``
