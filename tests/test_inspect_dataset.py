@@ -45,6 +45,16 @@ def test_report_numbers_equal_an_independent_count(tmp_path, monkeypatch, tokeni
     assert page.count('data:image/png;base64') >= 3 + 8  # plots and the preview grid
     assert 'lose IMG_START_TOKEN' in page and os.path.getsize('report/report.html') > 10_000
 
+    # Its captions are in caption files: --all-prompts has none to store, and the page says so.
+    code = inspect_dataset.main([str(REPO / 'configs/datasets/blip3o60k.py'), '--out', 'all', '--all-prompts',
+                                 '--preview', '0', '--cfg-options',
+                                 f'dataset.tokenizer.pretrained_model_name_or_path={tokenizer_path}'])
+    assert code == 0
+    (stats,) = json.loads(Path('all/report.json').read_text())
+    assert stats['all_prompts']['stored'] == 0 and stats['all_prompts']['not_stored'] == len(expected.samples)
+    page = Path('all/report.html').read_text()
+    assert f'{len(expected.samples)} records have their caption in an annotation file' in page
+
 
 
 def test_all_prompts_counts_every_record_from_the_stored_ids(tmp_path, monkeypatch, tokenizer_path, tokenizer,

@@ -65,8 +65,8 @@ def main(argv=None) -> int:
                 tiles.append((image_data_url(sample['pixel_values']), caption))
         sections.append(dataset_section(stats, tiles))
         numbers.append(stats.to_dict())
-        cut, prompts = ((stats.all_prompts['cut'], f'{stats.all_prompts["stored"]} stored') if stats.all_prompts
-                        else (stats.cut, f'{len(stats.prompt_tokens)} sampled'))
+        cut, prompts = ((stats.all_prompts['cut'], f'{stats.all_prompts["stored"]} stored')
+                        if stats.all_prompts.get('stored') else (stats.cut, f'{len(stats.prompt_tokens)} sampled'))
         logger.info('%s: %d usable of %d records; %d of %s prompts longer than max_length %d',
                     stats.data_path, stats.usable, stats.records, cut, prompts, stats.max_length)
     os.makedirs(args.out, exist_ok=True)

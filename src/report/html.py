@@ -87,8 +87,9 @@ def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
         column = [f'{whole["median"]:.0f} / {whole["p95"]:.0f} / {whole["longest"]}',
                   f'{whole["cut"]} ({whole["cut"] / whole["stored"]:.1%})', whole['lose_image_start'], 0]
         prompts = [row + (value,) for row, value in zip(prompts, column)]
-        if whole['not_stored']:
-            prompts.append(('captions in annotation files (not stored, not counted)', '', whole['not_stored']))
+    not_stored = (f'<p>{whole["not_stored"]} records have their caption in an annotation file: their prompt ids '
+                  f'are not stored, and only the sampled ones among them are counted.</p>'
+                  if whole.get('not_stored') else '')
     captions = [('duplicates among the sampled', stats.duplicate_captions),
                 ('median length (characters)', f'{np.median(stats.caption_chars or [0]):.0f}')]
     lost, among = ((whole['lose_image_start'], f'{whole["stored"]} prompts') if whole.get('stored') else
@@ -98,7 +99,7 @@ def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
     grid = ''.join(f'<div class="tile"><img src="{image}"><div>{html.escape(caption[:200])}</div></div>'
                    for image, caption in tiles)
     return (f'<h2>{html.escape(stats.data_path)}</h2>{_table(counts, ("records", "count"))}'
-            f'<h3>prompts</h3>{warn}{_table(prompts, prompt_columns)}'
+            f'<h3>prompts</h3>{warn}{_table(prompts, prompt_columns)}{not_stored}'
             f'<h3>captions</h3>{_table(captions, ("captions", "sampled"))}'
             f'<div class="plots">{"".join(_plots(stats))}</div><h3>samples as the model sees them</h3>'
             f'<div class="grid">{grid}</div>')
