@@ -66,6 +66,11 @@ def _no_annotation(_annotation: str) -> str:
     raise _NotInline
 
 
+def _inline_prompt(record: dict, cap_keys: Sequence[str], prompt_of: Callable[[str], str]) -> str:
+    """The prompt of a record whose caption is in the index; ``_NotInline`` or ``SampleError`` else."""
+    return prompt_of(resolve_caption(record, cap_keys, _no_annotation).strip())
+
+
 def tokenizer_state(tokenizer) -> str:
     """What a tokenizer's ids depend on, as text: its class, its backend's serialised state without
     the truncation and padding settings transformers changes on every call, and its settings
@@ -127,11 +132,10 @@ def tokenize_index(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Calla
             rows, prompts = [], []
             for row in range(start, min(start + _BATCH, len(index))):
                 try:
-                    caption = resolve_caption(index[row], cap_keys, _no_annotation)
+                    prompts.append(_inline_prompt(index[row], cap_keys, prompt_of))
                 except (_NotInline, SampleError):
                     continue  # read (or reported) with the sample, as without pretokenize
                 rows.append(row)
-                prompts.append(prompt_of(caption.strip()))
             if prompts:
                 encoded = tokenizer(prompts, **tokenizer_kwargs)['input_ids']
                 lengths[rows] = [len(ids) for ids in encoded]
@@ -227,7 +231,6 @@ def _open_or_build(folder: Path, arguments: tuple, source: str) -> PromptIds:
 def _agrees(stored: PromptIds, whole: SampleIndex, cap_keys, prompt_of, check) -> bool:
     """Whether the first few stored prompts are what the tokenizer gives them now."""
     for row in np.flatnonzero(stored.known)[:_SPOT_CHECKS].tolist():
-        prompt = prompt_of(resolve_caption(whole[row], cap_keys, _no_annotation).strip())
-        if list(check(prompt)) != stored.get(row).tolist():
+        if list(check(_inline_prompt(whole[row], cap_keys, prompt_of))) != stored.get(row).tolist():
             return False
     return True
