@@ -101,9 +101,7 @@ def _cuts(dataset, lengths: np.ndarray) -> tuple[int, int]:
     """Prompts longer than ``max_length``, and how many of them lose IMG_START_TOKEN to upstream's
     cut (all of them where the template ends with it: it is the prompt's last token)."""
     cut = int((lengths > dataset.max_length).sum())
-    template = dataset.prompt_template
-    ends_with_start = template.get('IMG_START_TOKEN') and template.get('IMG_START_TOKEN_FOR_GENERATION', True)
-    return cut, cut if ends_with_start else 0
+    return cut, cut if dataset.image_start_token else 0
 
 
 def all_prompts(dataset, bins: int = 40) -> dict:

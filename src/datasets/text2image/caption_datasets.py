@@ -341,10 +341,16 @@ class CaptionDataset(Dataset):
             prompt = template.get('CFG', HARMON_CFG)
         else:
             prompt = template.get('GENERATION', HARMON_GENERATION).format(input=caption)
-        prompt = template['INSTRUCTION'].format(input=prompt)
-        if template.get('IMG_START_TOKEN_FOR_GENERATION', True) and 'IMG_START_TOKEN' in template:
-            prompt += template['IMG_START_TOKEN']
-        return prompt
+        return template['INSTRUCTION'].format(input=prompt) + (self.image_start_token or '')
+
+    @property
+    def image_start_token(self) -> str | None:
+        """IMG_START_TOKEN where the template ends every prompt with it (a cut at ``max_length``
+        then loses it first), else None."""
+        template = self.prompt_template
+        if template.get('IMG_START_TOKEN_FOR_GENERATION', True):
+            return template.get('IMG_START_TOKEN') or None
+        return None
 
     def _encode(self, prompt: str) -> torch.Tensor:
         # The list, then one tensor: return_tensors='pt' would build a BatchEncoding and a tensor
