@@ -136,15 +136,37 @@ def test_to_pixel_values_maps_0_255_to_minus_one_one_channel_first():
 def test_normalise_is_exactly_torchs_float_division_from_every_layout():
     values = (torch.arange(3 * 32 * 32) % 256).to(torch.uint8)  # every value, 12 times
     padded = torch.cat([values.view(32, 32, 3), torch.zeros(32, 32, 1, dtype=torch.uint8)], -1)
+    # rows twice as long as the crops taken of them
+    wide, wide3 = torch.cat([padded, padded], 1), torch.cat([values.view(32, 32, 3)] * 2, 1)
+    read_only = np.frombuffer(padded.numpy().tobytes(), np.uint8).reshape(32, 32, 4)  # as Pillow exports
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # torch on a read-only array: nothing writes
+        exported = torch.from_numpy(read_only).permute(2, 0, 1)[:3]
     layouts = {'planar': values.view(3, 32, 32),
                "Pillow's 4-byte pixels": padded.permute(2, 0, 1)[:3],
-               'transposed': values.view(3, 32, 32).transpose(1, 2)}
+               'read-only 4-byte pixels': exported,
+               '3-byte pixels': values.view(32, 32, 3).permute(2, 0, 1),
+               'a crop of 4-byte pixels': wide[3:29, 40:61].permute(2, 0, 1)[:3],
+               'a crop of 3-byte pixels': wide3[3:29, 40:61].permute(2, 0, 1),
+               'a crop of planes': values.view(3, 32, 32)[:, 5:, 7:20],
+               'flipped': padded.permute(2, 0, 1)[:3].flip(-1),
+               'transposed': values.view(3, 32, 32).transpose(1, 2),
+               'rotated': padded.permute(2, 0, 1)[:3].rot90(1, (-2, -1)),
+               'one pixel': values.view(32, 32, 3)[:1, :1].permute(2, 0, 1)}
     for name, pixels in layouts.items():
         before = pixels.clone()
         got = image_io._normalise(pixels)
-        assert got.dtype == torch.float32 and got.is_contiguous(), name
+        assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == pixels.shape, name
         assert torch.equal(got, pixels.float() / 127.5 - 1), name
-        assert got.min() == -1 and got.max() == 1 and torch.equal(pixels, before), name
+        assert got.min() == -1 and got.max() == 1 or name in ('a crop of planes', 'one pixel'), name
+        assert torch.equal(pixels, before), name
+
+
+def test_normalise_names_what_it_cannot_take():
+    with pytest.raises(ValueError, match=r'uint8 \[3, H, W\].*torch.float32 \[3, 4, 4\]'):
+        image_io._normalise(torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match=r'torch.uint8 \[4, 4\]'):
+        image_io._normalise(torch.zeros(4, 4, dtype=torch.uint8))
 
 
 @pytest.mark.parametrize('channels', [3, 4])

@@ -44,7 +44,6 @@ from src.datasets.errors import SampleError
 # A header claiming more pixels than this is refused, never decoded: 8192 x 8192 RGB is 200 MB per
 # worker already. Below Pillow's own default limit, so Pillow's bomb warning stays quiet.
 DEFAULT_MAX_PIXELS = 8192 * 8192
-_HALF_RANGE, _ONE = np.float32(127.5), np.float32(1.0)  # float32 scalars keep numpy in float32
 REDUCING_GAP = 2.0  # the bicubic pass sees at least this many source pixels per output pixel
 
 # The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
@@ -278,7 +277,7 @@ def _resize(region: np.ndarray, image_size: int) -> torch.Tensor:
     last, and torch writes the output in that layout too. Added after (``unsqueeze`` of the
     ``[C, H, W]`` view), the axis gets a stride that reads as planar; torch then repacked its
     result into planes in a scalar pass that cost as much as the resampling (0.7 ms of 3.1 for
-    640 -> 512 px), where ``_normalise`` de-interleaves 4-byte pixels in 0.3 ms.
+    640 -> 512 px), where ``_normalise`` reads 4-byte pixels as they are.
     """
     with warnings.catch_warnings():
         # Pillow's arrays are read-only views of its bytes; nothing here writes to them (the output
@@ -312,19 +311,20 @@ def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: in
 
 
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[3, H, W]`` in any layout -> contiguous float32 in [-1, 1], exactly x / 127.5 - 1
-    (a float32 division, then the subtraction, as ``x.float() / 127.5 - 1`` computes it).
+    """uint8 ``[3, H, W]`` in any layout -> contiguous float32 in [-1, 1], exactly x / 127.5 - 1,
+    in one pass over memory (``pixel_planes``)."""
+    # Imported on the first use, not with this module: numba takes 0.4 s to import, which the
+    # preparation tools (headers only) need not pay.
+    from src.datasets.pixel_planes import float_planes
+    return float_planes(pixels)
 
-    The channel planes are made contiguous in uint8 first: reading Pillow's 4-byte pixels with a
-    stride while converting is what made torch's ``copy_`` slow. numpy's division then converts in
-    small buffers, so the float output is written once and subtracted from once, where torch's
-    ``float().div_().sub_()`` passes over it three times (bench/bench_sample.py: 1.0 -> 0.8 ms).
-    """
-    planar = np.ascontiguousarray(pixels.numpy())
-    out = np.empty(planar.shape, np.float32)
-    np.divide(planar, _HALF_RANGE, out=out, dtype=np.float32)
-    np.subtract(out, _ONE, out=out)
-    return torch.from_numpy(out)
+
+def compile_pixel_loop() -> None:
+    """Compile ``_normalise``'s loop (numba; loaded from its disk cache after the first time) in this
+    process now. DataLoader workers are forked from the process that built the dataset: compiled
+    there, the machine code is shared by all of them; compiled in each worker on its first sample,
+    it costs each about a second and 130 MB of its own memory."""
+    _normalise(torch.zeros((3, 1, 1), dtype=torch.uint8))
 
 
 def to_pixel_values(img: Image.Image) -> torch.Tensor:
