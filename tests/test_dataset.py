@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -200,6 +202,31 @@ def test_caption_dropout_rate(tmp_path, make_dataset, tokenizer, prompt_template
     assert abs(dropped(p, n, rng) - n * p) < bound
     assert dropped(0.0, 200, rng) == 0
     assert dropped(1.0, 200, rng) == 200
+
+
+def test_building_the_dataset_compiles_the_pixel_loop_that_its_workers_share(tmp_path, tokenizer_path,
+                                                                             prompt_template):
+    # DataLoader workers are forked from the process that built the dataset: the loop compiled
+    # there is shared; compiled in each worker, it costs each a second and 130 MB. A fresh process,
+    # so that no other test has compiled it; a dataset of stored latents decodes nothing, and so
+    # does not even import numba.
+    write(tmp_path / 'data.json', json.dumps(write_good_images(tmp_path / 'images')))
+    (tmp_path / 'latents').mkdir()
+    options = dict(data_path=str(tmp_path / 'data.json'), prompt_template=prompt_template, image_size=64)
+    code = f"""if True:
+        import sys
+        from transformers import AutoTokenizer
+        from src.datasets.text2image.caption_datasets import CaptionDataset
+        options = dict({options!r}, tokenizer=AutoTokenizer.from_pretrained({tokenizer_path!r}))
+        CaptionDataset(image_latents_folder={str(tmp_path / 'latents')!r}, **options)
+        imported = 'numba' in sys.modules
+        CaptionDataset(image_folder={str(tmp_path / 'images')!r}, **options)
+        from src.datasets import pixel_planes
+        print('numba imported for latents:', imported, '- compiled loops:', len(pixel_planes._fill.signatures))
+    """
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'numba imported for latents: False - compiled loops: 1' in result.stdout.splitlines()
 
 
 # ---- latents and tokens -------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, get_worker_info
 from src.datasets.captions import caption_keys, parse_annotation, resolve_caption
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
-from src.datasets.image_io import load_pixel_values
+from src.datasets.image_io import compile_pixel_loop, load_pixel_values
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.sample_index import RecordList, SampleIndex
@@ -164,6 +164,8 @@ class CaptionDataset(Dataset):
             raise ValueError(f'truncation={truncation!r}: one of {TRUNCATIONS}')
         self.truncation = truncation
         self._check_folders()
+        if self.decodes_images:
+            compile_pixel_loop()
         self.index = self.load_index(index_cache_dir)
         self.prompt_ids = self.load_prompt_ids() if pretokenize else None
         self._cfg_ids = None  # the unconditional prompt's ids, the same for every sample
@@ -207,10 +209,9 @@ class CaptionDataset(Dataset):
         folders = dict(data_path=self.index_source, image_tokens_folder=self.image_tokens_folder)
         if isinstance(self.latent_files, LocalFiles):
             folders['image_latents_folder'] = self.latent_root
-        reads_image_files = self.latent_root is None and self.image_tokens_folder is None
         if isinstance(self.annotation_files, LocalFiles):  # else tar shards or objects
             folders['cap_folder'] = self.cap_root
-        if reads_image_files and isinstance(self.image_files, LocalFiles):
+        if self.decodes_images and isinstance(self.image_files, LocalFiles):
             folders['image_folder'] = self.image_root
         for name, path in folders.items():
             if path is not None and not os.path.exists(path):
@@ -342,6 +343,11 @@ class CaptionDataset(Dataset):
         else:
             prompt = template.get('GENERATION', HARMON_GENERATION).format(input=caption)
         return template['INSTRUCTION'].format(input=prompt) + (self.image_start_token or '')
+
+    @property
+    def decodes_images(self) -> bool:
+        """Whether samples hold pixels decoded from the images (else stored latents or tokens)."""
+        return self.latent_root is None and self.image_tokens_folder is None
 
     @property
     def image_start_token(self) -> str | None:
