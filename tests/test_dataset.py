@@ -207,7 +207,7 @@ def test_caption_dropout_rate(tmp_path, make_dataset, tokenizer, prompt_template
 def test_building_the_dataset_compiles_the_pixel_loop_that_its_workers_share(tmp_path, tokenizer_path,
                                                                              prompt_template):
     # DataLoader workers are forked from the process that built the dataset: the loop compiled
-    # there is shared; compiled in each worker, it costs each a second and 130 MB. A fresh process,
+    # there is shared; compiled in each worker, it costs each a second and 150 MiB. A fresh process,
     # so that no other test has compiled it; a dataset of stored latents decodes nothing, and so
     # does not even import numba.
     write(tmp_path / 'data.json', json.dumps(write_good_images(tmp_path / 'images')))

@@ -323,7 +323,7 @@ def compile_pixel_loop() -> None:
     """Compile ``_normalise``'s loop (numba; loaded from its disk cache after the first time) in this
     process now. DataLoader workers are forked from the process that built the dataset: compiled
     there, the machine code is shared by all of them; compiled in each worker on its first sample,
-    it costs each about a second and 130 MB of its own memory."""
+    it costs each a second and 150 MiB of memory of its own (bench/bench_pixel_planes.py)."""
     _normalise(torch.zeros((3, 1, 1), dtype=torch.uint8))
 
 

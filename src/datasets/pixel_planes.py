@@ -3,9 +3,10 @@
 numpy and torch take three passes for this (the planes out of the interleaved pixels, the division
 into floats, the subtraction), each at the speed of memory: 0.9-1.25 ms for a 512 px square, the
 largest cost of a sample after the decode. The loops below read each pixel once and write each
-float once, about 3x faster (bench/bench_sample.py, bench/RESULTS.md). numba compiles them on the
-first call in a process and caches the machine code on disk, so a DataLoader worker loads it in
-well under a second; FFCV builds its loaders' stages the same way.
+float once, 2.2x faster than numpy (bench/bench_pixel_planes.py). numba compiles them on the first
+call in a process and caches the machine code on disk; ``CaptionDataset`` makes that call where it
+is built, so that forked DataLoader workers share the code. FFCV builds its loaders' stages the
+same way.
 
 The values are exactly ``x.float() / 127.5 - 1``: a float32 division, then a float32 subtraction
 (numba keeps IEEE semantics unless asked for fastmath).
