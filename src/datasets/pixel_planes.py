@@ -13,14 +13,36 @@ The values are exactly ``x.float() / 127.5 - 1``: a float32 division, then a flo
 """
 from __future__ import annotations
 
+import functools
+import logging
+
 import numpy as np
 import torch
+from mmengine.logging import print_log
 from numba import njit
 
 _HALF_RANGE, _ONE = np.float32(127.5), np.float32(1.0)
 
 
-@njit(nogil=True, cache=True)
+def _compiled(function):
+    """``function`` compiled with numba, its machine code cached on disk where numba finds a
+    writable folder (``NUMBA_CACHE_DIR``, beside this file, the user's cache folder); where none
+    is (read-only code and home), compiled in each process instead: 2 s rather than 1."""
+    try:
+        return njit(nogil=True, cache=True)(function)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available for file ..."
+        _say_not_cached()
+        return njit(nogil=True)(function)
+
+
+@functools.cache
+def _say_not_cached() -> None:
+    print_log(f'numba finds no writable folder to cache the pixel loop of {__file__} in: it is compiled '
+              'in each process. Set NUMBA_CACHE_DIR to a writable folder to keep it.',
+              logger='current', level=logging.WARNING)
+
+
+@_compiled
 def _pixels_to_planes(row, step, r, g, b):
     # Called with a literal step (3 or 4): once inlined, the loads form an interleaved group of
     # constant stride, which LLVM vectorises; a step only known at run time keeps the loop scalar.
@@ -30,13 +52,13 @@ def _pixels_to_planes(row, step, r, g, b):
         b[x] = np.float32(row[step * x + 2]) / _HALF_RANGE - _ONE
 
 
-@njit(nogil=True, cache=True)
+@_compiled
 def _plane_to_plane(row, out):
     for x in range(out.shape[0]):
         out[x] = np.float32(row[x]) / _HALF_RANGE - _ONE
 
 
-@njit(nogil=True, cache=True)
+@_compiled
 def _fill(src, channel_stride, row_stride, pixel_stride, out):
     for y in range(out.shape[1]):
         start = y * row_stride
