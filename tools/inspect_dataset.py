@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             dataset.prompt_ids = dataset.load_prompt_ids()
         stats = dataset_stats(dataset, args.sample)
         tiles = []
-        if dataset.latent_root is None and dataset.image_tokens_folder is None:
+        if dataset.decodes_images:
             for row in range(len(dataset)):
                 if len(tiles) == args.preview:
                     break
@@ -65,9 +65,8 @@ def main(argv=None) -> int:
                 tiles.append((image_data_url(sample['pixel_values']), caption))
         sections.append(dataset_section(stats, tiles))
         numbers.append(stats.to_dict())
-        cut, prompts = ((stats.all_prompts['cut'], f'{stats.all_prompts["stored"]} stored')
-                        if stats.all_prompts.get('stored') else (stats.cut, f'{len(stats.prompt_tokens)} sampled'))
-        logger.info('%s: %d usable of %d records; %d of %s prompts longer than max_length %d',
+        cut, _, prompts = stats.prompt_counts()
+        logger.info('%s: %d usable of %d records; %d of %s longer than max_length %d',
                     stats.data_path, stats.usable, stats.records, cut, prompts, stats.max_length)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'report.html'), 'w', encoding='utf-8') as f:

@@ -92,8 +92,7 @@ def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
                   if whole.get('not_stored') else '')
     captions = [('duplicates among the sampled', stats.duplicate_captions),
                 ('median length (characters)', f'{np.median(stats.caption_chars or [0]):.0f}')]
-    lost, among = ((whole['lose_image_start'], f'{whole["stored"]} prompts') if whole.get('stored') else
-                   (stats.lose_image_start, f'{len(stats.prompt_tokens)} sampled prompts'))
+    _, lost, among = stats.prompt_counts()
     warn = (f'<p class="warn">{lost} of {among} lose IMG_START_TOKEN at max_length: raise max_length or use '
             'truncation="caption".</p>' if lost else '')
     grid = ''.join(f'<div class="tile"><img src="{image}"><div>{html.escape(caption[:200])}</div></div>'

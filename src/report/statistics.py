@@ -41,6 +41,14 @@ class DatasetStats:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def prompt_counts(self) -> tuple[int, int, str]:
+        """(prompts cut, of them losing IMG_START_TOKEN, over what) for a headline: over all the
+        prompts where the stored ones were counted, else over the sample."""
+        whole = self.all_prompts
+        if whole.get('stored'):
+            return whole['cut'], whole['lose_image_start'], f'{whole["stored"]} prompts'
+        return self.cut, self.lose_image_start, f'{len(self.prompt_tokens)} sampled prompts'
+
 
 def prepare_drops(data_path: str) -> dict:
     """Drop reasons -> counts of the preparation run, from ``prepare_report.json`` beside the index."""
