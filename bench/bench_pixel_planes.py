@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench._mem import MiB, private_and_proportional
+
 _FLUSH = np.zeros(32 << 20, np.uint8)  # larger than the last-level cache
 
 
@@ -135,13 +137,7 @@ def _record_start(_worker_id: int) -> None:
 
 
 def _uss_mib() -> float:
-    """Memory this process holds alone (pages no other process maps): private clean + dirty."""
-    total = 0
-    with open('/proc/self/smaps_rollup') as f:
-        for line in f:
-            if line.startswith(('Private_Clean:', 'Private_Dirty:')):
-                total += int(line.split()[1])
-    return total / 1024
+    return private_and_proportional()[0] / MiB
 
 
 def workers(samples: int) -> None:
