@@ -56,7 +56,6 @@ def test_report_numbers_equal_an_independent_count(tmp_path, monkeypatch, tokeni
     assert f'{len(expected.samples)} records have their caption in an annotation file' in page
 
 
-
 def test_all_prompts_counts_every_record_from_the_stored_ids(tmp_path, monkeypatch, tokenizer_path, tokenizer,
                                                               prompt_template):
     # Midjourney's captions are in its index, so every record's prompt ids are stored.
