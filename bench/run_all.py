@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ['bench_index.py', 'bench_decode.py', 'bench_sample.py', 'bench_pixel_planes.py',
+BENCHMARKS = ['bench_index.py', 'bench_decode.py', 'bench_sample.py',
               'bench_decoders.py', 'bench_metadata.py', 'bench_tar.py', 'bench_resume.py',
               'bench_large_png.py', 'bench_latents.py', 'bench_object_store.py', 'bench_s3_clients.py',
               'bench_extract_workflow.py']

@@ -310,21 +310,26 @@ def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: in
     return Image.fromarray(_load_square_pixels(img, box, image_size).permute(1, 2, 0).numpy(), 'RGB')
 
 
+_HALF_RANGE, _ONE = np.float32(127.5), np.float32(1.0)
+
+
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[3, H, W]`` in any layout -> contiguous float32 in [-1, 1], exactly x / 127.5 - 1,
-    in one pass over memory (``pixel_planes``)."""
-    # Imported on the first use, not with this module: numba takes 0.4 s to import, which the
-    # preparation tools (headers only) need not pay.
-    from src.datasets.pixel_planes import float_planes
-    return float_planes(pixels)
+    """uint8 ``[3, H, W]`` in any layout -> contiguous float32 planes in [-1, 1], exactly
+    ``x.float() / 127.5 - 1``.
 
-
-def compile_pixel_loop() -> None:
-    """Compile ``_normalise``'s loop (numba; loaded from its disk cache after the first time) in this
-    process now. DataLoader workers are forked from the process that built the dataset: compiled
-    there, the machine code is shared by all of them; compiled in each worker on its first sample,
-    it costs each a second and 150 MiB of memory of its own (bench/bench_pixel_planes.py)."""
-    _normalise(torch.zeros((3, 1, 1), dtype=torch.uint8))
+    Two passes over memory: numpy's division reads the pixels where they are (Pillow's 4-byte
+    pixels, a crop, a transpose) and writes the float planes, then the subtraction runs in place.
+    A compiled loop (numba) did it in one pass, 0.7 ms faster a sample, but cost every process that
+    built a dataset 0.4 s and 169 MB of LLVM: the wrong trade at 8 ranks a node
+    (bench/RESULTS.md, "Float planes"). torch's ``float().div_().sub_()`` keeps the 4-byte
+    pixels' strides and takes 2-3x as long.
+    """
+    if pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[0] != 3:
+        raise ValueError(f'_normalise takes uint8 [3, H, W] pixels, not {pixels.dtype} {list(pixels.shape)}')
+    planes = np.empty(pixels.shape, np.float32)
+    np.divide(pixels.numpy(), _HALF_RANGE, out=planes, dtype=np.float32)
+    np.subtract(planes, _ONE, out=planes)
+    return torch.from_numpy(planes)
 
 
 def to_pixel_values(img: Image.Image) -> torch.Tensor:

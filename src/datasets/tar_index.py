@@ -23,7 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from src.datasets.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError, SampleError
+from src.datasets.files import MAX_FILE_BYTES
 
 INDEX_NAME = 'tar_index.arrow'
 FORMAT_VERSION = '1'
@@ -73,10 +75,10 @@ class TarMemberIndex:
                                    f'{FORMAT_VERSION}; build it again with the preparation tool')
         self._shards = json.loads(meta['shards'])
         self._paths = self._column(table, 'path')
-        self._keys = self._column(table, 'key').to_numpy()
-        self._shard_ids = self._column(table, 'shard').to_numpy()
-        self._offsets = self._column(table, 'offset').to_numpy()
-        self._sizes = self._column(table, 'size').to_numpy()
+        self._keys = to_numpy(self._column(table, 'key'))
+        self._shard_ids = to_numpy(self._column(table, 'shard'))
+        self._offsets = to_numpy(self._column(table, 'offset'))
+        self._sizes = to_numpy(self._column(table, 'size'))
         self._pid = os.getpid()
         self._fds: OrderedDict[int, int] = OrderedDict()
 
@@ -133,6 +135,9 @@ class TarMemberIndex:
             raise SampleError('missing-file', f'{os.path.join(self.root, relpath)}: no such member '
                                               f'in the tars indexed by {self.index_path}')
         shard, offset, size = int(self._shard_ids[row]), int(self._offsets[row]), int(self._sizes[row])
+        if size > MAX_FILE_BYTES:
+            raise SampleError('too-large', f'{relpath}: member of {self._tar_path(shard)} has {size} bytes, more '
+                                           f'than the {MAX_FILE_BYTES} a sample may read')
         data = os.pread(self._fd(shard), size, offset)
         if len(data) != size:
             raise SampleError('missing-file', f'{relpath}: member of {self._tar_path(shard)} at byte '

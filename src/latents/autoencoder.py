@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from src.datasets.extras import require
+
 DC_DEFAULT_SCALING = 0.41407  # upstream's, for a DC-AE config without scaling_factor
 KINDS = ('AutoencoderDC', 'AutoencoderKL')
 
@@ -60,7 +62,7 @@ def _kind_of(vae: str) -> str:
 
 def load_encoder(vae: str, device: torch.device, dtype: torch.dtype) -> Encoder:
     """The autoencoder of ``vae`` (a hub id or a local folder), in eval mode on ``device``."""
-    import diffusers  # here: only the latent tools need it
+    diffusers = require('diffusers')  # here: only the latent tools need it
 
     kind = _kind_of(vae)
     try:

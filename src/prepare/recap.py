@@ -12,7 +12,6 @@ members have the same paths as the files layout: one ``data.json`` serves both.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import logging
 import math
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from src.datasets.errors import IndexFormatError
+from src.datasets.extras import require
 from src.prepare.atomic import write_json
 from src.prepare.extract import EXTRACT, TarJob
 from src.prepare.pairs import PairLayout, build_pair_index
@@ -92,10 +92,9 @@ def finished_shards(output: str) -> set[str]:
 def run_img2dataset(parquets: list[str], output: str, output_format: str, options: DownloadOptions,
                     num_processes: int) -> None:
     os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # albumentations asks the network on import
-    if options.distributor == 'pyspark' and importlib.util.find_spec('pyspark') is None:
-        raise IndexFormatError("--distributor pyspark needs pyspark: pip install 't2i-data[spark]' "
-                               '(and Java), or run under spark-submit on the cluster')
-    from img2dataset import download
+    if options.distributor == 'pyspark':
+        require('pyspark')
+    download = require('img2dataset').download
 
     columns = input_columns(parquets, options.url_col)
     # img2dataset writes these keys itself; 'caption' it takes as its caption column instead.

@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 
+from src.datasets.extras import require
 from src.report.statistics import DatasetStats
 
 STYLE = '''body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -19,6 +20,9 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.plots{displ
 
 
 def _png(figure) -> str:
+    from matplotlib.ticker import MaxNLocator
+    for axis in figure.axes:  # counts of prompts, images, captions: whole numbers
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png', dpi=90, bbox_inches='tight')
     import matplotlib.pyplot as plt
@@ -27,7 +31,7 @@ def _png(figure) -> str:
 
 
 def _plots(stats: DatasetStats) -> list[str]:
-    import matplotlib
+    matplotlib = require('matplotlib')
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     plots = []
