@@ -64,14 +64,33 @@ def test_json_annotation_without_the_key_names_file_and_present_keys():
     (b'', 'line 1 column 1'),
     (b'["a", "b"]', 'found an array'),
     (b'"just text"', 'found a string'),
-    (b'{"caption": 42}', "'caption' is a number"),
-    (b'{"caption": ["a", "b"]}', "'caption' is an array"),
+    (b'{"caption": ' + b'[' * 100_000 + b']' * 100_000 + b'}', 'nested deeper than the parser follows'),
 ])
 def test_bad_json_annotation(data, expected):
     with pytest.raises(SampleError) as err:
         caption_from_json(data, ('caption',), 'c/a.json')
     assert err.value.reason == 'bad-annotation'
     assert 'c/a.json' in str(err.value) and expected in str(err.value)
+
+
+@pytest.mark.parametrize('value, expected', [
+    (42, 'is a number'), (4.5, 'is a number'), (float('nan'), 'is a number'), (float('inf'), 'is a number'),
+    (True, 'is a boolean'), ({'en': 'a cat'}, 'is an object'), ([], 'is an array'), ([3, 'a cat'], 'is an array'),
+])
+def test_a_caption_that_is_not_text_is_a_bad_caption_never_its_printed_form(value, expected):
+    for read in (lambda: caption_from_json(json.dumps({'caption': value}).encode(), ('caption',), 'c/a.json'),
+                 lambda: check_caption(value, "inline 'caption'")):
+        with pytest.raises(SampleError) as err:
+            read()
+        assert err.value.reason == 'bad-caption' and expected in str(err.value)
+
+
+def test_a_list_of_captions_gives_its_first():
+    """The rule the dalle3 tool follows for DALL-E 3's list-valued caption fields."""
+    assert caption_from_json(b'{"caption": ["first", "second"]}', ('caption',), 'c/a.json') == 'first'
+    assert resolve_caption({'caption': ['first', 'second']}, ('caption',), no_file) == 'first'
+    with pytest.raises(SampleError, match='empty'):
+        check_caption([' ', 'second'], 'x')
 
 
 @pytest.mark.parametrize('text', ['', '   ', '\n\t '])

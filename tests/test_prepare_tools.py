@@ -421,7 +421,13 @@ def test_resize_to_writes_smaller_images_with_the_same_index_and_crops(tmp_path)
                 continue
             assert min(resized.size) == 100 and resized.format == original.format
             assert abs(resized.width / resized.height - upright.width / upright.height) < 0.02
-    again = run_tool('blip3o60k', '--root', small.root, '--resize-to', 80)  # another size redoes every tar
-    assert again.returncode == 0 and 'members (extract): 0 by this run' not in again.stderr
+    again = run_tool('blip3o60k', '--root', small.root, '--resize-to', 100)
+    assert again.returncode == 0 and 'members (extract): 0 by this run' in again.stderr
+    # Another size on a root prepared with one (a second slice started with another value) would
+    # leave half the images at each size and the index unbuilt: refused, naming both.
+    other = run_tool('blip3o60k', '--root', small.root, '--resize-to', 80)
+    assert other.returncode != 0
+    assert 'were prepared with --resize-to 100' in other.stderr and 'asks for --resize-to 80' in other.stderr
+    assert run_tool('blip3o60k', '--root', small.root).returncode != 0  # nor without --resize-to
     refused = run_tool('blip3o60k', '--root', small.root, '--resize-to', 80, '--no-extract')
     assert refused.returncode != 0 and 'cannot be used with --no-extract' in refused.stderr

@@ -29,10 +29,18 @@ def caption_keys(cap_source: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def check_caption(value, where: str) -> str:
-    """``value`` if it is usable caption text; ``where`` says which file and key it came from."""
+    """``value`` as caption text; ``where`` says which file and key it came from.
+
+    The rule for values that are not text: a list of texts gives its first element (a caption
+    field that holds several, as DALL-E 3's ``*_caption2`` fields do in one revision); anything
+    else (an object, a number, a boolean, JSON's NaN or Infinity, null) is ``'bad-caption'``,
+    never its printed form. Empty or blank text is ``'empty-caption'``.
+    """
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        value = value[0]
     if not isinstance(value, str):
-        raise SampleError('bad-annotation', f'{where} is {_JSON_TYPES.get(type(value), type(value).__name__)}, '
-                                            f'not text: {value!r:.80}')
+        raise SampleError('bad-caption', f'{where} is {_JSON_TYPES.get(type(value), type(value).__name__)}, '
+                                         f'not text: {value!r:.80}')
     if not value.strip():
         raise SampleError('empty-caption', f'{where} is empty ({value!r:.20})')
     return value
@@ -52,12 +60,20 @@ def caption_from_text(data: bytes, name: str) -> str:
     return check_caption(decode_text(data, name).strip(), f'{name}: the caption text')
 
 
-def caption_from_json(data: bytes, keys: Sequence[str], name: str) -> str:
-    """A ``.json`` caption file: the first of ``keys`` that the object holds (null counts as absent)."""
+def parse_json(data: bytes, name: str):
+    """The JSON value in ``data``, or ``SampleError('bad-annotation')`` naming ``name``: malformed,
+    not UTF-8, or nested deeper than the parser follows (a hostile file's thousands of brackets)."""
     try:
-        obj = json.loads(decode_text(data, name))
+        return json.loads(decode_text(data, name))
     except json.JSONDecodeError as err:
         raise SampleError('bad-annotation', f'{name}: malformed JSON: {err}') from None
+    except RecursionError:
+        raise SampleError('bad-annotation', f'{name}: JSON nested deeper than the parser follows') from None
+
+
+def caption_from_json(data: bytes, keys: Sequence[str], name: str) -> str:
+    """A ``.json`` caption file: the first of ``keys`` that the object holds (null counts as absent)."""
+    obj = parse_json(data, name)
     if not isinstance(obj, dict):
         raise SampleError('bad-annotation', f'{name}: expected a JSON object, found '
                                             f'{_JSON_TYPES.get(type(obj), type(obj).__name__)}')

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.datasets.errors import SampleError
+from src.datasets.extras import require
+from src.datasets.files import MAX_FILE_BYTES, read_text_file, unsafe_path
 from src.datasets.locks import wait_for_lock
 
 CONNECT_TIMEOUT = 10  # seconds
@@ -48,12 +50,17 @@ class Cluster:
 def read_petrel_config(path: str) -> tuple[dict[str, Cluster], str | None]:
     """The clusters of a petrel-client INI file and its default cluster. Keys a section lacks come
     from the standard AWS environment variables."""
-    parser = configparser.ConfigParser()
+    # Raw: with interpolation, a '%' in a secret key is an error whose message quotes the secret.
+    parser = configparser.ConfigParser(interpolation=None)
     try:
-        with open(path, encoding='utf-8') as f:
-            parser.read_file(f)
-    except (OSError, configparser.Error) as e:
-        raise StorageConfigError(f'ceph_config {path}: not a readable INI file ({type(e).__name__})') from None
+        parser.read_string(read_text_file(path, max_bytes=1 << 20), source=path)
+    except SampleError as e:
+        raise StorageConfigError(f'ceph_config {path}: {e.reason}: cannot be read as a config file') from None
+    except (UnicodeDecodeError, configparser.Error) as e:
+        # Only the kind of error and its line: the messages of configparser quote the line, a secret maybe.
+        line = getattr(e, 'lineno', None) or getattr(e, 'errors', [[None]])[0][0]
+        where = f' at line {line}' if line else ''
+        raise StorageConfigError(f'ceph_config {path}: not a readable INI file ({type(e).__name__}{where})') from None
     default = parser.defaults().get('default_cluster')
     clusters = {}
     for name in parser.sections():
@@ -111,7 +118,7 @@ class ObjectFolder:
 
     def client(self):
         if self._client is None or self._pid != os.getpid():
-            import boto3
+            boto3 = require('boto3')
             from botocore.config import Config
             self._client = boto3.session.Session().client(
                 's3', endpoint_url=self.cluster.endpoint, aws_access_key_id=self.cluster.access_key,
@@ -123,15 +130,21 @@ class ObjectFolder:
         return self._client
 
     def key(self, path: str) -> str:
-        if not path.startswith(self.folder + '/'):
-            raise ValueError(f'{path} is not under {self.folder}')
-        return f'{self.prefix}/{path[len(self.folder) + 1:]}' if self.prefix else path[len(self.folder) + 1:]
+        """The object key of ``path`` (``<folder>/<relative path>``); ``SampleError('unsafe-path')``
+        for a path outside the folder, or one that climbs out of it with '..' (which some gateways
+        resolve)."""
+        relative = path[len(self.folder) + 1:]
+        reason = 'outside-folder' if not path.startswith(self.folder + '/') else unsafe_path(relative)
+        if reason:
+            raise SampleError('unsafe-path', f'{path}: refused ({reason}): objects are read under {self.folder}')
+        return f'{self.prefix}/{relative}' if self.prefix else relative
 
     def check(self) -> None:
         """Fail now, naming the setting, when the endpoint, the keys or the bucket cannot work."""
+        client = self.client()  # says which extra to install when boto3 is missing
         from botocore.exceptions import BotoCoreError, ClientError
         try:
-            self.client().head_bucket(Bucket=self.bucket)
+            client.head_bucket(Bucket=self.bucket)
         except ClientError as e:
             code = e.response.get('Error', {}).get('Code', '')
             what = {'404': 'the bucket does not exist', 'NoSuchBucket': 'the bucket does not exist',
@@ -159,6 +172,10 @@ class ObjectFolder:
         for attempt in range(BODY_ATTEMPTS):
             try:
                 response = self.client().get_object(Bucket=self.bucket, Key=key, **ranged)
+                if response.get('ContentLength', 0) > MAX_FILE_BYTES:
+                    response['Body'].close()
+                    raise SampleError('too-large', f'{path}: {response["ContentLength"]} bytes, more than the '
+                                                   f'{MAX_FILE_BYTES} a sample may read')
                 data = response['Body'].read()
                 if len(data) != response.get('ContentLength', len(data)):
                     raise SampleError('missing-file', f'{path}: {len(data)} of {response["ContentLength"]} bytes')
@@ -169,6 +186,8 @@ class ObjectFolder:
                     raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
                 raise SampleError('missing-file', f'{path}: {code or e} from {self.describe()}') from None
             except (BotoCoreError, SampleError) as e:  # cut off mid-read, or a timeout after the retries
+                if getattr(e, 'reason', None) == 'too-large':
+                    raise
                 if attempt == BODY_ATTEMPTS - 1:
                     raise SampleError('missing-file', f'{path}: cannot be read from {self.describe()} '
                                                       f'({type(e).__name__})') from None

@@ -43,11 +43,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from mmengine.logging import print_log
 
+from src.datasets.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError
 from src.datasets.locks import wait_for_lock
 
 # Bump when the cache layout or the conversion of records changes: old caches are then rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _FINGERPRINT_KEY = b'sampleindex.fingerprint'
 _BATCH_ROWS = 65536            # records per Arrow batch (bounds the memory of a build)
 _JSON_CHUNK_CHARS = 1 << 20    # text read at a time by the streaming .json array reader
@@ -64,12 +65,15 @@ def _format_error(path, message: str) -> IndexFormatError:
 # ----------------------------------------------------------------------------- reading the source
 
 def _member_files(path: Path) -> list[Path]:
-    """The files that make up the index at ``path`` (a folder: its ``.json`` arrays, sorted)."""
+    """The files that make up the index at ``path`` (a folder: its ``.json`` arrays, sorted).
+    Only regular files: a FIFO would hang the reader, a device read without end."""
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.suffix.lower() == '.json' and p.is_file())
     if path.suffix.lower() not in ('.json', '.jsonl', '.parquet'):
         raise _format_error(path, 'unsupported index format (expected a .json array, a .jsonl '
                                   'file, a folder of .json arrays or a .parquet table)')
+    if not path.is_file():
+        raise _format_error(path, 'not a regular file')
     return [path]
 
 
@@ -199,20 +203,43 @@ def _as_text(value):
                                                                             ensure_ascii=False)
 
 
-def _column(values: list) -> pa.Array:
+# A column whose values are of several types (a caption that is text in one record and a list,
+# a number or NaN in another) is stored as text, the values that were not text as their JSON; a
+# hidden boolean column beside it says which, so that a record gives back the value it held and
+# a caption that is a list or a number is never taken for text.
+_JSON_FLAG = '__t2i_json__/'
+
+
+def json_flag(name: str) -> str:
+    return _JSON_FLAG + name
+
+
+def _is_flag(name: str) -> bool:
+    return name.startswith(_JSON_FLAG)
+
+
+def _column(values: list) -> tuple[pa.Array, pa.Array | None]:
+    """The values as one Arrow array, and None; or, for values of mixed types (1 in one record, '1'
+    in another) or ints beyond int64, as text with the flags of the values that were not text."""
     try:
-        return pa.array(values)
+        return pa.array(values), None
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        # Values of mixed types (1 in one record, '1' in another) or ints beyond int64: the column
-        # is kept as text, strings as they are and anything else as its JSON text.
-        return pa.array([_as_text(value) for value in values], pa.string())
+        return (pa.array([_as_text(value) for value in values], pa.string()),
+                pa.array([value is not None and not isinstance(value, str) for value in values]))
 
 
 def _records_to_batch(records: list[dict]) -> pa.RecordBatch:
     """One batch of the union of the records' keys; a key a record lacks is null there."""
     keys = list(dict.fromkeys(key for record in records for key in record))
-    return pa.RecordBatch.from_arrays([_column([r.get(key) for r in records]) for key in keys],
-                                      names=keys)
+    arrays, names = [], []
+    for key in keys:
+        column, flags = _column([r.get(key) for r in records])
+        arrays.append(column)
+        names.append(key)
+        if flags is not None:
+            arrays.append(flags)
+            names.append(json_flag(key))
+    return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
 def _batched(records: Iterable[dict]) -> Iterator[pa.RecordBatch]:
@@ -254,13 +281,15 @@ def _source_batches(members: list[Path]) -> Iterator[pa.RecordBatch]:
 
 def _unified_schema(schemas: Iterable[pa.Schema]) -> pa.Schema:
     """Every field seen, in order of appearance; a field whose types differ between batches is
-    float64 if they are all numbers, else text (see ``_column``)."""
+    float64 if they are all numbers, else text with the flags of its JSON values (see ``_column``)."""
     types: dict[str, set] = {}
     for schema in schemas:
         for field in schema:
             types.setdefault(field.name, set()).add(field.type)
-    fields = []
+    fields, flags = [], []
     for name, seen in types.items():
+        if _is_flag(name):
+            continue
         seen.discard(pa.null())
         if len(seen) <= 1:
             fields.append(pa.field(name, seen.pop() if seen else pa.null()))
@@ -268,24 +297,34 @@ def _unified_schema(schemas: Iterable[pa.Schema]) -> pa.Schema:
             fields.append(pa.field(name, pa.float64()))
         else:
             fields.append(pa.field(name, pa.string()))
-    return pa.schema(fields)
+            flags.append(json_flag(name))
+        if json_flag(name) in types and json_flag(name) not in flags:
+            flags.append(json_flag(name))
+    return pa.schema(fields + [pa.field(flag, pa.bool_()) for flag in flags])
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    columns = []
+    columns = {}
     for field in schema:
+        if _is_flag(field.name):
+            continue
         index = batch.schema.get_field_index(field.name)
         if index < 0:
-            columns.append(pa.nulls(len(batch), field.type))
+            columns[field.name] = pa.nulls(len(batch), field.type)
             continue
         column = batch.column(index)
         if column.type == field.type:
-            columns.append(column)
+            columns[field.name] = column
         elif field.type == pa.string() and not pa.types.is_null(column.type):
-            columns.append(pa.array([_as_text(v) for v in column.to_pylist()], pa.string()))
+            columns[field.name] = pa.array([_as_text(v) for v in column.to_pylist()], pa.string())
+            columns[json_flag(field.name)] = pc.is_valid(column)  # none of them was text
         else:
-            columns.append(column.cast(field.type, safe=False))
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+            columns[field.name] = column.cast(field.type, safe=False)
+    for field in schema:
+        if _is_flag(field.name) and field.name not in columns:
+            index = batch.schema.get_field_index(field.name)
+            columns[field.name] = batch.column(index) if index >= 0 else pa.nulls(len(batch), pa.bool_())
+    return pa.RecordBatch.from_arrays([columns[field.name] for field in schema], schema=schema)
 
 
 def _no_records(source) -> IndexFormatError:
@@ -451,6 +490,8 @@ class SampleIndex:
         self._fingerprint = fingerprint
         self._rows = rows
         self._names = table.column_names
+        # (column, its flag) of the columns of mixed types: see ``_column``.
+        self._json_columns = [(name[len(_JSON_FLAG):], name) for name in self._names if _is_flag(name)]
         # The columns of each batch, so that one record costs a bisect and a scalar per column.
         batches = [batch for batch in table.to_batches() if len(batch)]
         self._batch_columns = [batch.columns for batch in batches]
@@ -523,11 +564,14 @@ class SampleIndex:
             value = column[offset].as_py()
             if value is not None:
                 record[name] = value
+        for name, flag in self._json_columns:
+            if record.pop(flag, False):
+                record[name] = json.loads(record[name])  # the list, number, NaN, ... it was
         return record
 
     @property
     def columns(self) -> list[str]:
-        return list(self._names)
+        return [name for name in self._names if not _is_flag(name)]
 
     def column_type(self, name: str) -> pa.DataType | None:
         """The Arrow type of field ``name`` (text for a field of mixed types), or None when absent."""
@@ -540,8 +584,24 @@ class SampleIndex:
         """Per record: whether field ``name`` is present and not null."""
         if name not in self._names:
             return np.zeros(len(self), dtype=bool)
-        valid = pc.is_valid(self._table.column(name)).to_numpy(zero_copy_only=False)
+        valid = to_numpy(pc.is_valid(self._table.column(name)))
         return self._view(valid)
+
+    def text_mask(self, name: str, test) -> np.ndarray:
+        """Per record: ``test`` (an Arrow string column -> one bool per value) of field ``name``;
+        False where the field is absent, null, or a value that is not text."""
+        kind = self.column_type(name)
+        if kind is None or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            return np.zeros(len(self), dtype=bool)
+        return self._view(test(self._table.column(name))) & ~self.not_text(name)
+
+    def not_text(self, name: str) -> np.ndarray:
+        """Per record: whether field ``name`` holds a value that is not text (a list, a number, ...)
+        in a column whose other values are text."""
+        flag = json_flag(name)
+        if flag not in self._names:
+            return np.zeros(len(self), dtype=bool)
+        return self._view(to_numpy(self._table.column(flag), fill=False))
 
     def numbers(self, name: str) -> np.ndarray:
         """Per record: field ``name`` as float64, NaN where it is missing or not a number
@@ -551,7 +611,7 @@ class SampleIndex:
         column = self._table.column(name)
         kind = column.type
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-            values = column.cast(pa.float64()).to_numpy()
+            values = to_numpy(column.cast(pa.float64()), fill=np.nan)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
             values = parse_numbers(column)
         else:
@@ -600,7 +660,7 @@ def parse_numbers(column: pa.ChunkedArray) -> np.ndarray:
     """Text as float64 (correctly rounded), NaN where it is no number. Arrow parses a column of
     numbers at once; one with other text in it (rare: mixed types are stored as text) value by value."""
     try:
-        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return to_numpy(column.cast(pa.float64()), fill=np.nan)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return np.array([_number(value) for value in column.to_pylist()], dtype=np.float64)
 

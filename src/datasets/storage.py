@@ -1,7 +1,7 @@
 """Where a dataset's files are read from, chosen once when the dataset is built: a reader gives the
 bytes of a path (as the dataset names it: ``os.path.join(folder, file)``) or a ``SampleError``.
 
-- :class:`LocalFiles`: files on a local or mounted file system;
+- :class:`LocalFiles`: files on a local or mounted file system (regular files only, bounded);
 - :class:`TarMembers`: members of tar shards, through a tar member index (``tar_index.arrow``,
   written by the preparation tools' ``--no-extract`` and by ``cache_latents.py --format shards``):
   one ``pread`` each.
@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import os
 
-from src.datasets.errors import SampleError
+from src.datasets.files import read_file
 from src.datasets.tar_index import INDEX_NAME, TarMemberIndex
 
 
 class LocalFiles:
+    """Regular files only, and bounded: see ``src.datasets.files.read_file``."""
+
     def read(self, path: str) -> bytes:
-        try:
-            with open(path, 'rb') as f:
-                return f.read()
-        except FileNotFoundError:
-            raise SampleError('missing-file', f'{path}: no such file') from None
-        except OSError as err:
-            raise SampleError('missing-file', f'{path}: cannot be read: {err.strerror}') from None
+        return read_file(path)
 
 
 class TarMembers:

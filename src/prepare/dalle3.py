@@ -8,7 +8,6 @@ last extension), ``<key>.json`` plus one image, ``.jpg``, ``.jpeg`` or ``.png``.
 """
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 
@@ -16,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from src.datasets.captions import parse_json
+from src.datasets.errors import SampleError
 from src.prepare.atomic import WriteOutcome, atomic_write
 from src.prepare.report import Report
 from src.prepare.runner import Files
@@ -84,8 +85,8 @@ def build_index(files: Files, report: Report, *, caption_field: str = DEFAULT_CA
     for key in tqdm(sorted(jsons), desc='dalle3: reading json', unit='file'):
         path = jsons[key]
         try:
-            content = json.loads(files.read(path))
-        except (ValueError, UnicodeDecodeError):
+            content = parse_json(files.read(path), path)
+        except SampleError:  # malformed, not UTF-8, nested past the parser's depth, not a file
             index.drops.add('unreadable json', path)
             continue
         image = images.get(key)

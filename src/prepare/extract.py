@@ -15,7 +15,9 @@ import subprocess
 import tarfile
 from dataclasses import asdict, dataclass, field
 
+from src.datasets.files import read_file
 from src.prepare.atomic import atomic_write
+from src.prepare.resize import NotResized, shrink_image
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class TarResult:
     error: str = ''
     cause: str = ''  # of a failure: 'storage' (the disk is full or read-only: the tar is fine) or '' (the tar)
     replaced: list = field(default_factory=list)  # paths that were there already (another tar's?)
+    not_resized: list = field(default_factory=list)  # --resize-to: [member, reason], kept as extracted
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,7 +155,10 @@ class Extract:
                 self._extract_member_by_member(job, staging, result, written)
             if self.resize_to:
                 for path in written:
-                    shrink_image(os.path.join(staging, path), self.resize_to)
+                    try:
+                        shrink_image(os.path.join(staging, path), self.resize_to)
+                    except NotResized as kept:
+                        result.not_resized.append([path, kept.reason])
             clashes, replaced = move_into_place(staging, os.path.join(job.root, job.dest), written)
             result.refused += [[path, 'path-clash'] for path in clashes]
             result.replaced = [posixpath.join(job.dest, path) for path in replaced[:MAX_REPLACED]]
@@ -275,8 +281,8 @@ class Extract:
         return found
 
     def read(self, root: str, path: str) -> bytes:
-        with open(os.path.join(root, path), 'rb') as f:
-            return f.read()
+        """A file's bytes (``src.datasets.files.read_file``: regular files only, bounded)."""
+        return read_file(os.path.join(root, path))
 
 
 EXTRACT = Extract()
@@ -302,34 +308,6 @@ def open_new(target: str, attempts: int = 5):
         except FileNotFoundError:
             if attempt == attempts - 1:
                 raise
-
-
-RESIZABLE = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.webp': 'WEBP'}
-
-
-def shrink_image(path: str, short_side: int) -> bool:
-    """Rewrite the image at ``path`` with its short side ``short_side`` (aspect kept, same format,
-    EXIF orientation applied first, so the picture and its crops are those of the original) when it
-    is larger; leave other files and smaller or unreadable images as they are (the dataset reports
-    unreadable ones when it meets them). Returns whether it was rewritten."""
-    from PIL import Image, ImageOps
-    fmt = RESIZABLE.get(os.path.splitext(path)[1].lower())
-    if fmt is None:
-        return False
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if min(img.size) <= short_side:
-                return False
-            scale = short_side / min(img.size)
-            size = (max(short_side, round(img.width * scale)), max(short_side, round(img.height * scale)))
-            small = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return False
-    if fmt == 'JPEG' and small.mode not in ('RGB', 'L', 'CMYK'):
-        small = small.convert('RGB')
-    small.save(path, fmt, **({'quality': 95} if fmt in ('JPEG', 'WEBP') else {}))
-    return True
 
 
 def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:

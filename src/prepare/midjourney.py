@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from src.datasets.errors import IndexFormatError
+from src.datasets.files import unsafe_path_mask
 from src.prepare.atomic import write_encoded_json_array
 from src.prepare.report import EXAMPLES_PER_REASON, Drops, Report
 from src.prepare.runner import Files
@@ -85,6 +86,7 @@ def build_index(files: Files, report: Report, columns: Columns = Columns()) -> N
 
     # Each dropped row is counted once, under the first reason that applies.
     problems = [
+        ('unsafe-path', unsafe_path_mask(table['filename'])),  # absolute, or climbing out of images/
         ('no-image', ~listed(files.paths, images)),
         ('no-caption', is_missing(table['prompt'])),
         ('no-size', is_missing(table['width']) | is_missing(table['height'])),

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from src.datasets.errors import IndexFormatError
+from src.datasets.captions import parse_json
+from src.datasets.errors import IndexFormatError, SampleError
+from src.datasets.files import unsafe_path
 from src.prepare.atomic import WriteOutcome, atomic_write, write_json, write_json_array
 from src.prepare.report import Drops, Report
 from src.prepare.runner import Files
@@ -42,6 +44,8 @@ class PairLayout:
 
 
 def load_json_array(path: str) -> list:
+    if not os.path.isfile(path):  # a FIFO would hang the reader, a device read without end
+        raise IndexFormatError(f'{path}: not a regular file')
     try:
         with open(path, encoding='utf-8-sig') as f:  # a byte order mark, as some editors write, is fine
             records = json.load(f)
@@ -54,16 +58,22 @@ def load_json_array(path: str) -> list:
     return records
 
 
-def caption_problem(data: bytes, ext: str) -> str | None:
-    """Why a caption file cannot be used ('unreadable json' / 'unreadable caption'), or None."""
+def caption_problem(files: Files, path: str) -> str | None:
+    """Why the caption file ``path`` cannot be used ('unreadable json' / 'unreadable caption', or
+    why it cannot be read: 'not-a-file', 'too-large'), or None."""
     try:
-        if ext == '.json':
-            return None if isinstance(json.loads(data), dict) else 'unreadable json'
+        data = files.read(path)
+    except SampleError as err:
+        return err.reason
+    if path.lower().endswith('.json'):
+        try:
+            return None if isinstance(parse_json(data, path), dict) else 'unreadable json'
+        except SampleError:  # malformed, not UTF-8, or nested past the parser's depth
+            return 'unreadable json'
+    try:
         data.decode('utf-8')
     except UnicodeDecodeError:
-        return 'unreadable json' if ext == '.json' else 'unreadable caption'
-    except ValueError:
-        return 'unreadable json'
+        return 'unreadable caption'
     return None
 
 
@@ -92,13 +102,15 @@ def check_pairs(records: list, files: Files, layout: PairLayout, drops: Drops) -
         if not isinstance(image, str) or not isinstance(annotation, (str, type(None))):
             drops.add('bad-record', f'entry {number}: {str(record)[:80]}')
             continue
+        if unsafe_path(image) or (annotation is not None and unsafe_path(annotation)):
+            drops.add('unsafe-path', f'entry {number}: {image!r}, {annotation!r}')  # would leave its folder
+            continue
         if posixpath.normpath(f'{layout.image_folder}/{image}') not in files:
             drops.add('no-image', image)
             continue
         if annotation is not None:
             caption = posixpath.normpath(f'{folder}/{annotation}')
-            problem = 'no-caption' if caption not in files else caption_problem(
-                files.read(caption), os.path.splitext(caption)[1])
+            problem = 'no-caption' if caption not in files else caption_problem(files, caption)
             if problem:
                 drops.add(problem, annotation)
                 continue
@@ -131,7 +143,7 @@ def pair_by_name(files: Files, layout: PairLayout, drops: Drops) -> tuple[list, 
             drops.add('no-caption', path)
             continue
         paired.add(caption)
-        problem = caption_problem(files.read(caption), layout.caption_ext)
+        problem = caption_problem(files, caption)
         if problem:
             drops.add(problem, caption)
             continue

@@ -93,6 +93,14 @@ class Report:
                 drops.add(reason, f'{name}:{member}')
         return drops
 
+    def not_resized(self) -> Drops:
+        """``--resize-to``: images kept as extracted, by reason."""
+        drops = Drops()
+        for name, result in sorted(self.tars.items()):
+            for member, reason in result.get('not_resized', []):
+                drops.add(reason, f'{name}:{member}')
+        return drops
+
     def empty_indexes(self) -> list[str]:
         return [index.path for index in self.indexes if index.entries == 0]
 
@@ -108,7 +116,7 @@ class Report:
         return {
             'dataset': self.dataset, 'root': self.root, 'step': self.step, 'tars_total': self.tars_total,
             'slice': list(self.tar_slice), 'tars': self.tars, 'skipped_done': self.skipped_done,
-            'members_refused': self.refused().to_dict(),
+            'members_refused': self.refused().to_dict(), 'not_resized': self.not_resized().to_dict(),
             'indexes': [index.to_dict() for index in self.indexes],
             'index_skipped': self.index_skipped, 'index_error': self.index_error,
             'download': self.download, 'shared_paths': self.shared_paths, 'exit_code': self.exit_code(),
@@ -131,6 +139,10 @@ class Report:
         refused = self.refused()
         if refused.total():
             lines.append(f'unsafe members refused (never written): {refused.total()}: {refused.describe()}')
+        kept = self.not_resized()
+        if kept.total():
+            lines.append(f'images kept as extracted, not resized (the dataset judges them when it reads them): '
+                         f'{kept.total()}: {kept.describe()}')
         if self.shared_paths:
             lines.append(f'{len(self.shared_paths)} paths are in more than one tar: the last tar\'s copy (in tar '
                          f'order) is kept, as with --no-extract; e.g. {", ".join(self.shared_paths[:5])}')

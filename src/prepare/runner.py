@@ -74,6 +74,37 @@ def finished_result(job: TarJob, step) -> dict | None:
     return marker.get('result') if isinstance(marker, dict) and marker.get('tar') == current else None
 
 
+def recorded_options(job: TarJob, step) -> dict | None:
+    """The step options (``--resize-to``) a finished earlier run recorded for ``job``, or None."""
+    try:
+        with open(marker_path(job, step.name), encoding='utf-8') as f:
+            recorded = json.load(f)['tar']
+        return {key: value for key, value in recorded.items() if key not in ('size', 'mtime_ns', 'dest')}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def options_conflict(jobs: list[TarJob], step) -> str:
+    """Why ``step``'s options cannot be used on this root: tars an earlier run (maybe another
+    slice) prepared with other ones, which would leave the root half one way and half the other."""
+    wanted = getattr(step, 'options', {})
+    others = {}
+    for job in jobs:
+        recorded = recorded_options(job, step)
+        if recorded is not None and recorded != wanted:
+            others.setdefault(json.dumps(recorded, sort_keys=True), []).append(job.name)
+    if not others:
+        return ''
+    recorded, names = next(iter(others.items()))
+    return (f'{len(names)} tars of this root were prepared with {describe_options(json.loads(recorded))} '
+            f'(e.g. {names[0]}), and this run asks for {describe_options(wanted)}: run with the same option, '
+            f'or remove the extracted files and {os.path.join(jobs[0].root, ".prepare")} to prepare again')
+
+
+def describe_options(options: dict) -> str:
+    return ' '.join(f'--{key.replace("_", "-")} {value}' for key, value in sorted(options.items())) or 'no --resize-to'
+
+
 def process_and_mark(step, job: TarJob) -> TarResult:
     """Run ``step`` on one tar; record a marker unless it failed (a failed tar is retried). A tar
     another live run has claimed is left to it: status 'busy', its holder in ``error``."""
@@ -122,6 +153,9 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
     start, end = select_slice(jobs, start, end)
     report = report or Report(dataset=dataset, root=root)
     report.step, report.tars_total, report.tar_slice = step.name, len(jobs), (start, end)
+    report.index_error = options_conflict(jobs, step)
+    if report.index_error:
+        return report
     todo = []
     for job in jobs[start:end]:
         earlier = finished_result(job, step)

@@ -58,6 +58,10 @@ def scan_tar_with_tarfile(tar_path: str) -> tuple[list[tuple[str, int, int]], li
             except tarfile.ReadError as e:  # raised when the previous member's data is cut short
                 damage = str(e)
                 break
+            except (ValueError, OverflowError):  # a size beyond any file (a pax 'size' of 10**30)
+                damage = f'member {members[-1][0]!r} claims more bytes than the tar holds' if members else \
+                    'a header claims more bytes than the tar holds'
+                break
             if member is None:
                 if end_of_archive_missing(f, tar.offset):
                     last = repr(members[-1][0]) if members else 'the start'

@@ -26,10 +26,11 @@ from mmengine.logging import print_log
 from mmengine.registry import DATASETS, Registry, build_from_cfg
 from torch.utils.data import Dataset, get_worker_info
 
-from src.datasets.captions import caption_keys, parse_annotation, resolve_caption
+from src.datasets.captions import ANNOTATION_KEY, caption_keys, parse_annotation, resolve_caption
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
-from src.datasets.image_io import compile_pixel_loop, load_pixel_values
+from src.datasets.files import join_inside, unsafe_path_mask
+from src.datasets.image_io import load_pixel_values
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.sample_index import RecordList, SampleIndex
@@ -42,6 +43,7 @@ COMPONENTS = Registry('text2image data components')
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
 LOCAL_FILES = LocalFiles()
 TRUNCATIONS = ('ids', 'caption')
+EMPTY_CAPTIONS = ('skip', 'keep')
 HARMON_GENERATION = 'Generate an image: {input}'  # Harmon's prompts, for templates without their own
 HARMON_CFG = 'Generate an image.'
 
@@ -84,7 +86,12 @@ class CaptionDataset(Dataset):
     ``pretokenize``: tokenize every prompt whose caption is in the index once, into memory-mapped
     arrays beside the index's cache (``src.datasets.prompt_ids``; the same ids, 0.5 ms or more less
     per sample; a build on first use for each tokenizer and template, and about 4 bytes a token of
-    disk). Off by default.
+    disk). Off by default;
+    ``allow_outside_paths``: image and annotation paths in the index that are absolute or climb out
+    of their folder with '..' are refused and counted ('unsafe-path') unless this is True;
+    ``empty_captions``: an empty or blank caption is a counted ``empty-caption`` skip (``'skip'``,
+    the default: a picture trained against an empty prompt teaches nothing about its text), or is
+    trained on as upstream does, as the prompt "Generate an image: " (``'keep'``).
 
     ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index.
     """
@@ -120,7 +127,9 @@ class CaptionDataset(Dataset):
                  tar_index=None,
                  train_number_samples=None,
                  truncation='ids',
-                 pretokenize=False):
+                 pretokenize=False,
+                 allow_outside_paths=False,
+                 empty_captions='skip'):
         super().__init__()
         self.data_path = str(data_path)
         self.image_folder = image_folder
@@ -163,9 +172,11 @@ class CaptionDataset(Dataset):
         if truncation not in TRUNCATIONS:
             raise ValueError(f'truncation={truncation!r}: one of {TRUNCATIONS}')
         self.truncation = truncation
+        self.allow_outside_paths = allow_outside_paths
+        if empty_captions not in EMPTY_CAPTIONS:
+            raise ValueError(f'empty_captions={empty_captions!r}: one of {EMPTY_CAPTIONS}')
+        self.empty_captions = empty_captions
         self._check_folders()
-        if self.decodes_images:
-            compile_pixel_loop()
         self.index = self.load_index(index_cache_dir)
         self.prompt_ids = self.load_prompt_ids() if pretokenize else None
         self._cfg_ids = None  # the unconditional prompt's ids, the same for every sample
@@ -228,6 +239,17 @@ class CaptionDataset(Dataset):
         self._check_image_column(index)
         keep = index.has_value(self.image_key)
         dropped = {f'without {self.image_key!r}': self._log_dropped(~keep, total, f'have no {self.image_key!r}')}
+        not_text = keep & index.not_text(self.image_key)
+        dropped['image path not text'] = self._log_dropped(not_text, total, f'have a {self.image_key!r} that is not text')
+        keep &= ~not_text
+        if not self.allow_outside_paths:
+            unsafe = np.zeros(total, dtype=bool)
+            for key in (self.image_key, ANNOTATION_KEY):
+                unsafe |= keep & index.text_mask(key, unsafe_path_mask)
+            dropped['unsafe path'] = self._log_dropped(
+                unsafe, total, 'name an image or annotation path that is absolute or climbs out of its folder '
+                               "with '..' (refused: set allow_outside_paths=True to read them)")
+            keep &= ~unsafe
         if 'width' in index.columns and 'height' in index.columns:
             width, height = index.numbers('width'), index.numbers('height')
             # NaN (size unknown) compares False everywhere: such records are checked when read.
@@ -280,25 +302,32 @@ class CaptionDataset(Dataset):
         return len(self.index)
 
     # ---- reading one sample ---------------------------------------------------------------------
+    def data_path_of(self, folder: str | None, relpath: str) -> str:
+        """``folder/relpath``, where ``relpath`` comes from the index: one that is absolute or climbs
+        out of ``folder`` is a ``SampleError('unsafe-path')`` unless ``allow_outside_paths``."""
+        return join_inside(folder, relpath, allow_outside=self.allow_outside_paths)
+
     def read_image(self, image_file: str) -> bytes:
         """The encoded image at ``image_folder/image_file``."""
-        return self.image_files.read(os.path.join(self.image_root or '', image_file))
+        return self.image_files.read(self.data_path_of(self.image_root, image_file))
 
     def parse_annotation(self, path: str, data: bytes) -> str:
         """The caption in the annotation file ``path`` (``.json``: a ``cap_source`` key; ``.txt``: the text)."""
         return parse_annotation(path, data, self.cap_keys)
 
     def read_annotation(self, annotation: str) -> str:
-        path = os.path.join(self.cap_root or '', annotation)
+        path = self.data_path_of(self.cap_root, annotation)
         return self.parse_annotation(path, self.annotation_files.read(path))
 
     def load_tensor(self, folder: str, image_file: str) -> torch.Tensor:
         """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens (a file,
         or a member of the latent shards)."""
-        path = os.path.join(folder, image_file + '.pt')
+        path = self.data_path_of(folder, image_file + '.pt')
         data = (self.latent_files if folder == self.latent_root else LOCAL_FILES).read(path)
         try:
-            tensor = torch.load(io.BytesIO(data), map_location='cpu')
+            # weights_only, always: a downloaded .pt is a pickle, which could run code otherwise
+            # (torch honours an explicit True whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says).
+            tensor = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
         except Exception as err:  # torch.load reports damaged files with many exception types
             raise SampleError('bad-tensor', f'{path}: torch.load failed: {err}') from None
         if not isinstance(tensor, torch.Tensor):
@@ -310,7 +339,7 @@ class CaptionDataset(Dataset):
             return dict(image_tokens=self.load_tensor(self.image_tokens_folder, image_file).long())
         if self.latent_root is not None:
             return dict(image_latents=self.load_tensor(self.latent_root, image_file))
-        name = os.path.join(self.image_root or '', image_file)
+        name = self.data_path_of(self.image_root, image_file)
         pixel_values = load_pixel_values(self.read_image(image_file), name, self.image_size, rng,
                                          min_image_size=self.min_image_size, max_aspect=MAX_ASPECT,
                                          crop=self.crop_image)
@@ -387,13 +416,23 @@ class CaptionDataset(Dataset):
         image_file = record[self.image_key]
         try:
             # The caption first: a missing caption is found without decoding the image.
-            caption = resolve_caption(record, self.cap_keys, self.read_annotation)
+            caption = self.caption_of(record)
             data = self.load_image_data(image_file, rng)
         except SampleError as err:
             raise SampleError(err.reason, f'{self.data_path} sample #{idx} (image {image_file!r}): {err}') from err
         data.update(self.process_text(caption, rng, self._stored_ids(idx)))
         data.update(image_dir=self.image_folder, image_file=image_file, type='text2image')
         return data
+
+    def caption_of(self, record: dict) -> str:
+        """The record's caption (``src.datasets.captions``); an empty one is a ``SampleError``, or
+        with ``empty_captions='keep'`` the empty text that upstream trains on."""
+        try:
+            return resolve_caption(record, self.cap_keys, self.read_annotation)
+        except SampleError as err:
+            if err.reason != 'empty-caption' or self.empty_captions == 'skip':
+                raise
+            return ''
 
     def _stored_ids(self, idx) -> torch.Tensor | None:
         ids = None if self.prompt_ids is None else self.prompt_ids.get(self.index.table_row(idx))

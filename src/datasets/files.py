@@ -1,0 +1,107 @@
+"""Reading the files a download holds, trusting none of them: the one place that opens a data file.
+
+- :func:`unsafe_path` says why a path taken from an index (an image, an annotation, an object key)
+  must not be joined to its folder: it is absolute, or climbs out with ``..``. Such paths are
+  refused and counted by the dataset and the preparation tools, unless a config says it wants
+  them (``allow_outside_paths=True``); :func:`unsafe_path_mask` judges a whole index column at once.
+- :func:`read_file` reads a regular file, and only a regular file, up to a bound: a FIFO or a device
+  planted in an image folder would otherwise hang a DataLoader worker or read until memory runs
+  out. Symbolic links are followed (a hub download's files are often links into its cache); what
+  keeps a read inside its folder is the path check above, applied to the paths an index names.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import numpy as np
+
+from src.datasets.errors import SampleError
+
+# The largest file a sample may read: no image of these datasets comes close (a 8192 x 8192 PNG is
+# ~200 MB at worst), and a bound keeps a wrong path (a disk image, a log) from filling memory.
+MAX_FILE_BYTES = 512 << 20
+_READ_CHUNK = 8 << 20
+
+
+def unsafe_path(path: str) -> str | None:
+    """'absolute-path' or 'parent-path' when ``path`` (as an index names it) would leave the folder
+    it is joined to, 'bad-path' for one holding a NUL byte (no file system takes it); else None."""
+    if '\0' in path:
+        return 'bad-path'
+    if path.startswith('/'):
+        return 'absolute-path'
+    if '..' in path.split('/'):
+        return 'parent-path'
+    return None
+
+
+def unsafe_path_mask(column) -> np.ndarray:
+    """Per value of an Arrow string column: whether :func:`unsafe_path` refuses it (nulls: no)."""
+    import pyarrow.compute as pc
+
+    from src.datasets.arrow_numpy import to_numpy
+    pattern = r'^/|(^|/)\.\.(/|$)|\x00'  # what unsafe_path refuses, as one regex
+    return to_numpy(pc.match_substring_regex(column, pattern), fill=False)
+
+
+def join_inside(folder: str | None, path: str, *, allow_outside: bool = False) -> str:
+    """``os.path.join(folder, path)``, refusing (``SampleError('unsafe-path')``) a path that is
+    absolute or climbs out of ``folder``, unless ``allow_outside``."""
+    if not isinstance(path, str):
+        raise SampleError('bad-path', f'{path!r} is a {type(path).__name__}, not a path')
+    reason = None if allow_outside else unsafe_path(path)
+    if reason:
+        raise SampleError('unsafe-path', f'{path!r} is refused ({reason}): paths in an index stay inside '
+                                         f'their folder ({folder or "the working directory"}); set '
+                                         'allow_outside_paths=True to read such paths')
+    return os.path.join(folder or '', path)
+
+
+def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file ``path``, at most ``max_bytes`` of them.
+
+    Raises ``SampleError``: 'missing-file' (absent or unreadable), 'not-a-file' (a folder, FIFO,
+    socket or device: opened without blocking and never read), 'too-large' (over ``max_bytes``).
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer would otherwise wait for one forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_NOCTTY', 0) | getattr(os, 'O_CLOEXEC', 0))
+    except FileNotFoundError:
+        raise SampleError('missing-file', f'{path}: no such file') from None
+    except OSError as err:
+        if err.errno == errno.ENXIO:  # a socket, or a FIFO refused for lack of a writer
+            raise SampleError('not-a-file', f'{path}: not a regular file') from None
+        raise SampleError('missing-file', f'{path}: cannot be read: {err.strerror}') from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = 'a folder' if stat.S_ISDIR(info.st_mode) else 'a FIFO' if stat.S_ISFIFO(info.st_mode) else \
+                'a device' if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else 'not a regular file'
+            raise SampleError('not-a-file', f'{path}: {kind}, not a regular file: not read')
+        if info.st_size > max_bytes:
+            raise SampleError('too-large', f'{path}: {info.st_size} bytes, more than the {max_bytes} a sample may read')
+        return _read_bounded(fd, path, info.st_size, max_bytes)
+    except OSError as err:
+        raise SampleError('missing-file', f'{path}: cannot be read: {err.strerror}') from None
+    finally:
+        os.close(fd)
+
+
+def _read_bounded(fd: int, path: str, size: int, max_bytes: int) -> bytes:
+    """All of ``fd`` to its end, ``size`` (its stat) as the first read's length, failing past ``max_bytes``
+    (a file that grows while it is read)."""
+    chunks, total, want = [], 0, size + 1
+    while chunk := os.read(fd, want):
+        total += len(chunk)
+        if total > max_bytes:
+            raise SampleError('too-large', f'{path}: grew past the {max_bytes} bytes a sample may read')
+        chunks.append(chunk)
+        want = _READ_CHUNK
+    return b''.join(chunks)  # one chunk: that very object, no copy
+
+
+def read_text_file(path: str, max_bytes: int = 1 << 20) -> str:
+    """A small text file (a config, a report) as UTF-8, through :func:`read_file`."""
+    return read_file(path, max_bytes).decode('utf-8-sig')
