@@ -59,12 +59,12 @@ class RecordingModel(BaseModel):
 
 
 def train(work_dir, loader_cfg: dict, max_iters: int, checkpoint_every: int, resume_from=None,
-          launcher: str = 'none', loop=ResumableTrainLoop) -> list[dict]:
+          launcher: str = 'none', loop=ResumableTrainLoop, **loop_options) -> list[dict]:
     """Train ``max_iters`` iterations (resuming from ``resume_from``); the batches the model saw."""
     model = RecordingModel()
     runner = Runner(
         model=model, work_dir=str(work_dir), train_dataloader=loader_cfg,
-        train_cfg=dict(type=loop, max_iters=max_iters),
+        train_cfg=dict(type=loop, max_iters=max_iters, **loop_options),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=checkpoint_every, by_epoch=False),
                            logger=dict(type='LoggerHook', interval=100)),

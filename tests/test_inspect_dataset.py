@@ -42,7 +42,8 @@ def test_report_numbers_equal_an_independent_count(tmp_path, monkeypatch, tokeni
     assert stats['prepare_drops'] == {'no-caption': 1, 'unreadable caption': 1}
     assert stats['duplicate_captions'] == 0 and sorted(stats['caption_chars']) == sorted(map(len, expected.samples.values()))
     page = Path('report/report.html').read_text()
-    assert page.count('data:image/png;base64') >= 3 + 8  # plots and the preview grid
+    assert page.count('data:image/png;base64') >= 3 and page.count('data:image/jpeg;base64') == 8  # plots, preview
+    assert stats['decoded'] == len(expected.samples) and stats['decode_failures'] == {}
     assert 'lose IMG_START_TOKEN' in page and os.path.getsize('report/report.html') > 10_000
 
     # Its captions are in caption files: --all-prompts has none to store, and the page says so.
@@ -91,3 +92,29 @@ def test_all_prompts_counts_every_record_from_the_stored_ids(tmp_path, monkeypat
     assert inspect_dataset.main([config, '--out', 'again', '--sample', '3', '--preview', '0', '--all-prompts',
                                  *options]) == 0
     assert json.loads(Path('again/report.json').read_text())[0]['all_prompts'] == whole
+
+
+def test_images_that_cannot_be_decoded_are_counted_not_hidden(tmp_path, monkeypatch, tokenizer_path):
+    """The most common real fault, a file that is not the picture its header promised, is invisible
+    to the index: the report reads records as training does and counts what fails by reason."""
+    expected = MAKERS['blip3o60k'](tmp_path / DEFAULT_ROOTS['blip3o60k'], n=12, faults=False)
+    assert prepare_blip3o60k(str(expected.root), num_processes=1).finish() == 0
+    broken = sorted(expected.samples)[:2]
+    for image in broken:
+        path = expected.root / 'raw' / image
+        path.write_bytes(path.read_bytes()[:200])  # the header survives, the pixels do not
+    monkeypatch.chdir(tmp_path)
+    sys.path.insert(0, str(REPO / 'tools'))
+    import inspect_dataset
+    options = ['--tokenizer', tokenizer_path, '--cfg-options', 'dataset.image_size=64']
+    assert inspect_dataset.main([str(REPO / 'configs/datasets/blip3o60k.py'), '--out', 'verified', '--verify',
+                                 *options]) == 0
+    (stats,) = json.loads(Path('verified/report.json').read_text())
+    assert stats['decoded'] == 12 and stats['decoded_all'] and stats['decode_failures'] == {'bad-image': 2}
+    assert all(any(image in line for line in stats['decode_examples']) for image in broken)
+    page = Path('verified/report.html').read_text()
+    assert '2 of 12 records read failed (bad-image 2)' in page and page.count('data:image/jpeg;base64') == 8
+    assert inspect_dataset.main([str(REPO / 'configs/datasets/blip3o60k.py'), '--out', 'sampled', '--decode', '6',
+                                 *options]) == 0
+    (stats,) = json.loads(Path('sampled/report.json').read_text())
+    assert stats['decoded'] == 6 and not stats['decoded_all']

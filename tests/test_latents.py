@@ -3,6 +3,7 @@ saved with save_pretrained; nothing from the hub): upstream's layout and tensor,
 resume after a kill, two ranks under torchrun, and a *_latents config reading what it wrote."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -124,6 +125,24 @@ def test_a_rerun_reads_no_image_and_a_truncated_latent_is_redone(workdir, vaes, 
     assert sorted(reads) == sorted([str(victim.relative_to(folder))[:-3], next(
         f.image for f in workdir.faults if f.reason == 'bad-image')])  # the redone one, and the corrupt one again
     assert is_complete(str(victim))
+
+
+def test_the_folder_records_what_made_it_and_refuses_mixing_or_leaving_it(workdir, vaes, tokenizer_path):
+    cwd = workdir.root.parents[1]
+    index = workdir.root / 'data.json'
+    records = json.loads(index.read_text())
+    outside = cwd / 'elsewhere' / 'abs.jpg'
+    outside.parent.mkdir()
+    outside.write_bytes((workdir.root / records[0]['image']).read_bytes())
+    index.write_text(json.dumps(records + [dict(records[0], image=str(outside))]))
+    result = tool('--vae', vaes['AutoencoderDC'], '--cfg-options', 'dataset.allow_outside_paths=True',
+                  tokenizer_path=tokenizer_path, cwd=cwd)
+    assert result.returncode == 0 and 'unsafe-path 1' in result.stderr, result.stderr[-3000:]
+    assert not list(outside.parent.glob('*.pt')) and not (cwd / 'elsewhere' / 'abs.jpg.pt').exists()
+    info = json.loads((cwd / FOLDER / 'latents.json').read_text())
+    assert info['vae'] == vaes['AutoencoderDC'] and info['image_size'] == 64 and info['shapes'] == {'64x64': [4, 32, 32]}
+    other = tool('--vae', vaes['AutoencoderKL'], tokenizer_path=tokenizer_path, cwd=cwd)
+    assert other.returncode == 2 and 'this folder holds latents made with' in other.stderr
 
 
 @pytest.mark.slow

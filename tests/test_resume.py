@@ -108,6 +108,21 @@ def test_a_checkpoint_of_mmengine_s_own_loop_resumes_from_its_iteration(in_data,
     assert len(resumed) == ITERS - EVERY and min(read_positions(log)) == EVERY * BATCH
 
 
+def test_other_records_under_the_same_count_are_refused_or_resumed_when_asked(in_data, tmp_path, tokenizer_path):
+    index = tmp_path / 'data.json'
+    records = json.loads((in_data / 'data/midjourney-23m/data.json').read_text())
+    index.write_text(json.dumps(records))
+    cfg = loader_cfg('midjourney23m', tokenizer_path, dict(type='InfiniteSampler'), data_path=str(index))
+    train(tmp_path / 'whole', cfg, EVERY, EVERY)
+    index.write_text(json.dumps(records[::-1]))  # the same records, in another order: the same count
+    checkpoint = str(tmp_path / 'whole' / f'iter_{EVERY}.pth')
+    with pytest.raises(ResumeError, match=r'other records than when the checkpoint was made \(fingerprint \d+:\w+ '
+                                          r'then, \d+:\w+ now.*allow_data_change=True'):
+        train(tmp_path / 'refused', cfg, ITERS, EVERY, resume_from=checkpoint)
+    resumed = train(tmp_path / 'asked', cfg, ITERS, EVERY, resume_from=checkpoint, allow_data_change=True)
+    assert len(resumed) == ITERS - EVERY
+
+
 @pytest.mark.slow
 def test_two_ranks_resume_rank_by_rank(data, tmp_path, tokenizer_path):
     cfg = loader_cfg('midjourney23m', tokenizer_path, dict(type='InfiniteSampler', shuffle=True),

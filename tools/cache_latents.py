@@ -29,12 +29,11 @@ DEFAULT_VAE = 'mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from src.cli.config import add_config_options
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='a dataset or training config whose train_dataloader.dataset (or dataset) '
                                        'reads the images')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help="override config keys, as mmengine's tools take them")
+    add_config_options(parser)
     parser.add_argument('--vae', default=DEFAULT_VAE, help='hub id or local folder of an AutoencoderDC or '
                                                             'AutoencoderKL (default: %(default)s)')
     parser.add_argument('--format', choices=['pt', 'shards'], default='pt',
@@ -44,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--shard-size', type=int, default=4096, help='latents per shard (default: %(default)s)')
     parser.add_argument('--out', help='latent folder (one dataset only; default: <image_folder>_dc32_<image_size>)')
     parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--num-workers', type=int, default=4, help='DataLoader workers decoding per rank')
+    parser.add_argument('--num-workers', type=int, default=min(4, os.cpu_count() or 1),
+                        help='DataLoader workers decoding per rank (default: %(default)s, at most one per core)')
     parser.add_argument('--device', default=None, help='default: the rank\'s GPU, else the CPU')
     parser.add_argument('--dtype', choices=['bfloat16', 'float32'], default=None,
                         help='model dtype (default: bfloat16 on GPU, float32 on CPU); latents are saved as bfloat16')
@@ -56,13 +56,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     import torch
     import torch.distributed as dist
-    from mmengine.config import Config
     from tqdm import tqdm
+
+    from src.cli.config import load_config
+    from src.cli.hub import HubUnreachable, resolve
+    from src.datasets.extras import MissingExtra
 
     from src.latents.autoencoder import AutoencoderError, load_encoder
     from src.datasets.build import build_leaf_datasets
     from src.latents.cache import RankReport, encode_dataset, output_folder
-    from src.latents.store import index_shards
+    from src.latents.store import check_and_record, index_shards
     from src.prepare.atomic import write_json
     from src.prepare.extract import storage_problem
 
@@ -76,14 +79,14 @@ def main(argv=None) -> int:
         torch.cuda.set_device(device)
     dtype = getattr(torch, args.dtype or ('bfloat16' if device.type == 'cuda' else 'float32'))
 
-    cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
-    datasets = build_leaf_datasets(cfg)
-    if args.out and len(datasets) > 1:
-        raise SystemExit('--out names one folder; this config has several datasets: leave --out out')
     try:
-        encoder = load_encoder(args.vae, device, dtype)
-    except AutoencoderError as e:
+        cfg = load_config(args.config, args.cfg_options, args.tokenizer)
+        vae_options = resolve(args.vae, 'the autoencoder', '--vae')
+        datasets = build_leaf_datasets(cfg)
+        if args.out and len(datasets) > 1:
+            raise SystemExit('--out names one folder; this config has several datasets: leave --out out')
+        encoder = load_encoder(args.vae, device, dtype, **vae_options)
+    except (AutoencoderError, HubUnreachable, MissingExtra) as e:
         logger.error('%s', e)
         return 2
 
@@ -94,7 +97,15 @@ def main(argv=None) -> int:
         if stopped:
             continue
         folder = output_folder(dataset, args.out)
-        with tqdm(total=len(dataset) // world, unit='image', desc=f'latents of {dataset.data_path}',
+        try:  # every rank checks; rank 0 writes the record
+            check_and_record(folder, args.vae, encoder.kind, dataset.image_size, write=rank == 0)
+        except ValueError as e:
+            logger.error('%s', e)
+            return 2
+        except OSError as e:
+            stopped = f'rank {rank} stopped: {storage_problem(e) or e} ({e}); nothing was written'
+            continue
+        with tqdm(total=len(range(rank, len(dataset), world)), unit='image', desc=f'latents of {dataset.data_path}',
                   disable=rank != 0) as bar:
             try:
                 encode_dataset(dataset, encoder, report, rank=rank, world=world, out=folder,
@@ -129,6 +140,7 @@ def main(argv=None) -> int:
             summary = {'data_path': dataset.data_path, 'latent_folder': folder, 'vae': args.vae,
                        'world_size': world, **total.to_dict(), 'ranks': [r['reports'][number] for r in gathered]}
             try:
+                check_and_record(folder, args.vae, encoder.kind, dataset.image_size, shapes=total.shapes)
                 write_json(os.path.join(folder, 'cache_latents_report.json'), summary)
             except OSError as e:
                 logger.warning('report not saved (%s)', e)

@@ -1,14 +1,17 @@
 """A report of what a dataset config holds, to look at before training on it: counts and drop
-reasons (from prepare_report.json and the index), prompt lengths against max_length (how many
-prompts upstream's cut shortens, and how many lose IMG_START_TOKEN), image sizes and aspect ratios,
-caption lengths and duplicates, and a preview grid of samples as the model sees them.
+reasons (from prepare_report.json and the index), records that fail when read as training reads
+them, prompt lengths against max_length (how many prompts upstream's cut shortens, and how many
+lose IMG_START_TOKEN), image sizes and aspect ratios, caption lengths and duplicates, and a preview
+grid of samples as the model sees them.
 
-    python tools/inspect_dataset.py configs/datasets/laion6m.py --out report/ [--cfg-options ...]
+    .venv/bin/python tools/inspect_dataset.py configs/datasets/laion6m.py --out report/ [--tokenizer PATH]
 
 Writes <out>/report.html (one self-contained page) and <out>/report.json (the numbers). Statistics
-come from --sample records drawn with a fixed seed. The prompt lengths are also counted over every
-record where the dataset stores its prompt ids (pretokenize=True), or with --all-prompts, which
-tokenizes them all once and stores them where a training run with pretokenize=True reads them.
+come from --sample records drawn with a fixed seed; --decode of them are read as training reads them
+(the image decoded, the caption and prompt made), or every record with --verify. The prompt lengths
+are also counted over every record where the dataset stores its prompt ids (pretokenize=True), or
+with --all-prompts, which tokenizes them all once and stores them where a training run with
+pretokenize=True reads them.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -24,53 +28,75 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 logger = logging.getLogger('inspect_dataset')
 
 
-def main(argv=None) -> int:
-    from mmengine.config import Config, DictAction
+def parse_args(argv=None) -> argparse.Namespace:
+    from src.cli.config import add_config_options
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    add_config_options(parser)
     parser.add_argument('--out', required=True, help='folder for report.html and report.json')
     parser.add_argument('--sample', type=int, default=2000, help='records looked at per dataset (default: %(default)s)')
+    parser.add_argument('--decode', type=int, default=200,
+                        help='of them, records read as training reads them, image decoded (default: %(default)s)')
+    parser.add_argument('--verify', action='store_true', help='read every record as training does (a progress bar)')
     parser.add_argument('--preview', type=int, default=8, help='samples shown per dataset (default: %(default)s)')
     parser.add_argument('--all-prompts', action='store_true',
                         help='count prompt lengths over every record: stores the prompt ids as pretokenize=True '
                              'does (once per tokenizer and template; training with pretokenize=True reuses them)')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def inspect(dataset, args) -> tuple:
+    """The statistics of one dataset and its section of the page."""
+    from src.report.html import dataset_section, image_data_url
+    from src.report.statistics import check_decoding, dataset_stats
+
+    if args.all_prompts and dataset.prompt_ids is None:
+        dataset.prompt_ids = dataset.load_prompt_ids()
+    stats = dataset_stats(dataset, args.sample)
+    rows = (range(len(dataset)) if args.verify else
+            sorted(random.Random(1).sample(range(len(dataset)), min(args.decode, len(dataset)))))
+    tiles = []
+
+    def preview(row, sample):
+        if len(tiles) < args.preview and 'pixel_values' in sample:
+            tiles.append((image_data_url(sample['pixel_values']), dataset.caption_of(dataset.index[row])))
+
+    check_decoding(dataset, rows, stats, on_sample=preview, progress=args.verify)
+    stats.decoded_all = args.verify
+    return stats, dataset_section(stats, tiles)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     from tqdm import tqdm
 
+    from src.cli.config import load_config
+    from src.cli.hub import HubUnreachable
     from src.datasets.build import build_leaf_datasets
-    from src.datasets.captions import resolve_caption
-    from src.datasets.errors import SampleError
-    from src.report.html import dataset_section, image_data_url, page
-    from src.report.statistics import dataset_stats
+    from src.datasets.extras import MissingExtra
+    from src.report.html import page
 
-    cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
-    sections, numbers = [], []
-    for dataset in tqdm(build_leaf_datasets(cfg), desc='datasets', unit='dataset'):
-        if args.all_prompts and dataset.prompt_ids is None:
-            dataset.prompt_ids = dataset.load_prompt_ids()
-        stats = dataset_stats(dataset, args.sample)
-        tiles = []
-        if dataset.decodes_images:
-            for row in range(len(dataset)):
-                if len(tiles) == args.preview:
-                    break
-                try:
-                    sample = dataset.prepare_data(row)
-                    caption = resolve_caption(dataset.index[row], dataset.cap_keys, dataset.read_annotation)
-                except SampleError:
-                    continue
-                tiles.append((image_data_url(sample['pixel_values']), caption))
-        sections.append(dataset_section(stats, tiles))
-        numbers.append(stats.to_dict())
-        cut, _, prompts = stats.prompt_counts()
-        logger.info('%s: %d usable of %d records; %d of %s longer than max_length %d',
-                    stats.data_path, stats.usable, stats.records, cut, prompts, stats.max_length)
+    try:
+        cfg = load_config(args.config, args.cfg_options, args.tokenizer)
+        sections, numbers = [], []
+        for dataset in tqdm(build_leaf_datasets(cfg), desc='datasets', unit='dataset'):
+            stats, section = inspect(dataset, args)
+            sections.append(section)
+            numbers.append(stats.to_dict())
+            cut, _, prompts = stats.prompt_counts()
+            failed = sum(stats.decode_failures.values())
+            logger.info('%s: %d usable of %d records; %d of %d read as training reads them failed%s; %d of %s '
+                        'longer than max_length %d', stats.data_path, stats.usable, stats.records, failed,
+                        stats.decoded, f' ({stats.decode_failures})' if failed else '', cut, prompts,
+                        stats.max_length)
+        html = page(f'Dataset report: {args.config}', sections)
+    except (HubUnreachable, MissingExtra) as e:
+        logger.error('%s', e)
+        return 2
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'report.html'), 'w', encoding='utf-8') as f:
-        f.write(page(f'Dataset report: {args.config}', sections))
+        f.write(html)
     with open(os.path.join(args.out, 'report.json'), 'w', encoding='utf-8') as f:
         json.dump(numbers, f, indent=1)
     logger.info('report: %s', os.path.join(args.out, 'report.html'))

@@ -3,6 +3,7 @@ object storage, where ceph_folder / latents_ceph_folder read it.
 
     python tools/upload.py data/redcaps5m/raw cluster1:s3://data/redcaps5m/raw --ceph-config ~/petreloss.conf
     python tools/upload.py data/laion6m_dc32_512 s3://data/laion6m_dc32_512        # AWS_* variables
+    python tools/upload.py data/dalle3 s3://new-bucket/dalle3 --create-bucket      # a bucket not made yet
 
 In parallel (--workers), resumable: an object already there with the same size is skipped, so a
 re-run after a failure uploads only what is missing. The preparation's bookkeeping (.prepare/) and
@@ -51,20 +52,26 @@ def main(argv=None) -> int:
     parser.add_argument('url', help='[cluster:]s3://bucket/prefix it goes to')
     parser.add_argument('--ceph-config', help="petrel-client's INI file (default: the AWS_* environment variables)")
     parser.add_argument('--workers', type=int, default=16, help='uploads at once (default: %(default)s)')
+    parser.add_argument('--create-bucket', action='store_true',
+                        help='make the bucket first when it does not exist (else it must exist)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     from tqdm import tqdm
 
+    from src.datasets.extras import MissingExtra
     from src.datasets.object_store import ObjectFolder, StorageConfigError
     root = Path(args.root)
     if not root.is_dir():
         logger.error('%s is not a folder', root)
         return 2
     try:
-        store = ObjectFolder(args.url, args.ceph_config)
+        store = ObjectFolder(args.url, args.ceph_config, connections=args.workers)  # a connection per thread
+        if args.create_bucket:
+            store.create_bucket()
         store.check()
-    except StorageConfigError as e:
-        logger.error('%s', e)
+    except (StorageConfigError, MissingExtra) as e:
+        logger.error('%s%s', e, '' if args.create_bucket or 'does not exist' not in str(e) else
+                     ' (--create-bucket makes it)')
         return 2
     there = remote_sizes(store)
     todo, skipped = [], 0

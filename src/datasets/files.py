@@ -59,12 +59,10 @@ def join_inside(folder: str | None, path: str, *, allow_outside: bool = False) -
     return os.path.join(folder or '', path)
 
 
-def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of the regular file ``path``, at most ``max_bytes`` of them.
-
-    Raises ``SampleError``: 'missing-file' (absent or unreadable), 'not-a-file' (a folder, FIFO,
-    socket or device: opened without blocking and never read), 'too-large' (over ``max_bytes``).
-    """
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file ``path`` and its stat (the caller closes it). Raises
+    ``SampleError``: 'missing-file' (absent or unreadable) or 'not-a-file' (a folder, FIFO, socket
+    or device: opened without blocking, never read)."""
     try:
         # O_NONBLOCK: opening a FIFO with no writer would otherwise wait for one forever.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_NOCTTY', 0) | getattr(os, 'O_CLOEXEC', 0))
@@ -74,12 +72,22 @@ def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         if err.errno == errno.ENXIO:  # a socket, or a FIFO refused for lack of a writer
             raise SampleError('not-a-file', f'{path}: not a regular file') from None
         raise SampleError('missing-file', f'{path}: cannot be read: {err.strerror}') from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = 'a folder' if stat.S_ISDIR(info.st_mode) else 'a FIFO' if stat.S_ISFIFO(info.st_mode) else \
+            'a device' if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else 'not a regular file'
+        raise SampleError('not-a-file', f'{path}: {kind}, not a regular file: not read')
+    return fd, info
+
+
+def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file ``path``, at most ``max_bytes`` of them.
+
+    Raises ``SampleError``: those of :func:`open_regular`, and 'too-large' (over ``max_bytes``).
+    """
+    fd, info = open_regular(path)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = 'a folder' if stat.S_ISDIR(info.st_mode) else 'a FIFO' if stat.S_ISFIFO(info.st_mode) else \
-                'a device' if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else 'not a regular file'
-            raise SampleError('not-a-file', f'{path}: {kind}, not a regular file: not read')
         if info.st_size > max_bytes:
             raise SampleError('too-large', f'{path}: {info.st_size} bytes, more than the {max_bytes} a sample may read')
         return _read_bounded(fd, path, info.st_size, max_bytes)

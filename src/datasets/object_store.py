@@ -91,9 +91,10 @@ class ObjectFolder:
     """A folder ``[cluster:]s3://bucket/prefix`` of ``ceph_config``'s clusters; reads the objects
     under it by the paths the dataset makes (``os.path.join(folder, file)``)."""
 
-    def __init__(self, folder: str, ceph_config: str | None):
+    def __init__(self, folder: str, ceph_config: str | None, *, connections: int = 10):
         """``ceph_config`` None: one cluster from the AWS environment variables (AWS_ENDPOINT_URL,
-        AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
+        AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). ``connections``: the client's connection pool, as
+        many as the threads that share it (botocore's default is 10)."""
         match = _FOLDER.match(folder.rstrip('/'))
         if match is None:
             raise StorageConfigError(f'{folder!r} is not [cluster:]s3://bucket/prefix')
@@ -106,6 +107,7 @@ class ObjectFolder:
         self.cluster = clusters[name]
         self.bucket = match.group('bucket')
         self.prefix = match.group('prefix')
+        self.connections = connections
         self._client, self._pid = None, None
 
     def __getstate__(self) -> dict:
@@ -125,7 +127,7 @@ class ObjectFolder:
                 aws_secret_access_key=self.cluster.secret_key,
                 config=Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
                               retries={'max_attempts': MAX_ATTEMPTS, 'mode': 'standard'},
-                              s3={'addressing_style': 'path'}))
+                              s3={'addressing_style': 'path'}, max_pool_connections=self.connections))
             self._pid = os.getpid()
         return self._client
 
@@ -155,6 +157,16 @@ class ObjectFolder:
         except BotoCoreError as e:
             raise StorageConfigError(f'{self.describe()}: the endpoint cannot be reached ({type(e).__name__}); '
                                      'check host_base of the cluster') from None
+
+    def create_bucket(self) -> None:
+        """Make the bucket (``tools/upload.py --create-bucket``); one that exists already is fine."""
+        from botocore.exceptions import ClientError
+        try:
+            self.client().create_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            if e.response.get('Error', {}).get('Code') not in ('BucketAlreadyOwnedByYou', 'BucketAlreadyExists'):
+                raise StorageConfigError(f'{self.describe()}: cannot create the bucket '
+                                         f'({e.response.get("Error", {}).get("Code", "error")})') from None
 
     def size(self, path: str) -> int:
         """The size of the object ``path`` (a HEAD request); ``SampleError`` when it is missing."""

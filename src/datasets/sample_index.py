@@ -545,6 +545,33 @@ class SampleIndex:
         """``table_row`` of every record of this view, as an int64 array."""
         return np.arange(len(self), dtype=np.int64) if self._rows is None else np.asarray(self._rows, np.int64)
 
+    def content_digest(self, name: str) -> str:
+        """A digest of field ``name``'s values in this view's records, in their order: what tells a
+        resumed run that the index it meets holds other records, or the same ones reordered. The
+        whole table's part is computed once per cache (kept in a file beside it)."""
+        digest = hashlib.blake2b(self._column_digest(name).encode(), digest_size=16)
+        if self._rows is not None:
+            digest.update(np.ascontiguousarray(self._rows, dtype='<i8').tobytes())
+        return digest.hexdigest()
+
+    def _column_digest(self, name: str) -> str:
+        sidecar = None if self._cache is None else self._cache.with_name(f'{self._cache.name}.digests.json')
+        known = {}
+        if sidecar is not None:
+            with contextlib.suppress(OSError, ValueError):
+                known = json.loads(sidecar.read_text())
+            if known.get('fingerprint') != self._fingerprint.decode():
+                known = {}
+        if name not in known.get('columns', {}):
+            known = {'fingerprint': self._fingerprint.decode() if self._fingerprint else None,
+                     'columns': {**known.get('columns', {}), name: _digest_column(self._table, name)}}
+            if sidecar is not None:
+                with contextlib.suppress(OSError):  # a read-only cache folder: computed again next time
+                    temp = sidecar.with_name(f'{sidecar.name}.{os.getpid()}.tmp')
+                    temp.write_text(json.dumps(known))
+                    os.replace(temp, sidecar)
+        return known['columns'][name]
+
     def whole(self) -> 'SampleIndex':
         """All the records, whatever this view selects."""
         if self._rows is None:
@@ -646,6 +673,29 @@ class SampleIndex:
     def __repr__(self) -> str:
         where = f'memory-mapped from {self._cache}' if self._cache else 'in memory'
         return f'SampleIndex({self.source!r}: {len(self)} records, {where})'
+
+
+def _digest_column(table: pa.Table, name: str) -> str:
+    """A digest of a column's values, the same however the table is cut into batches: each value's
+    length and bytes for text, the values' bytes for numbers, and which are null."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([name, str(table.schema.field(name).type) if name in table.column_names else None]).encode())
+    if name not in table.column_names:
+        return digest.hexdigest()
+    for chunk in table.column(name).chunks:
+        if not len(chunk):
+            continue
+        digest.update(np.packbits(to_numpy(pc.is_valid(chunk))).tobytes())
+        kind = chunk.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            width = np.int32 if pa.types.is_string(kind) else np.int64
+            offsets = np.frombuffer(chunk.buffers()[1], width, count=len(chunk) + 1, offset=chunk.offset * width().itemsize)
+            digest.update(np.diff(offsets).astype('<i8').tobytes())
+            if offsets[-1] > offsets[0]:
+                digest.update(memoryview(chunk.buffers()[2])[int(offsets[0]):int(offsets[-1])])
+        else:
+            digest.update(json.dumps(chunk.to_pylist(), default=str).encode())  # numbers, lists: rare as keys
+    return digest.hexdigest()
 
 
 def _reopen(source: str, cache: Path, fingerprint: bytes, rows) -> SampleIndex:

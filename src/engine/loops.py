@@ -28,10 +28,11 @@ POSITION_KEY = 'data_position'
 @LOOPS.register_module()
 class ResumableTrainLoop(IterBasedTrainLoop):
     """xtuner ``TrainLoop``'s arguments: ``max_iters`` or ``max_epochs`` (epochs of the dataloader),
-    and mmengine's ``val_begin``, ``val_interval``, ``dynamic_intervals``."""
+    and mmengine's ``val_begin``, ``val_interval``, ``dynamic_intervals``. ``allow_data_change``: resume
+    at the checkpoint's position even when the dataset now holds other records (refused otherwise)."""
 
     def __init__(self, runner, dataloader, max_iters=None, max_epochs=None, val_begin: int = 1,
-                 val_interval: int = 1000, dynamic_intervals=None) -> None:
+                 val_interval: int = 1000, dynamic_intervals=None, allow_data_change: bool = False) -> None:
         if (max_iters is None) == (max_epochs is None):
             raise ValueError('ResumableTrainLoop: give exactly one of max_iters and max_epochs in train_cfg, '
                              f'got max_iters={max_iters}, max_epochs={max_epochs}')
@@ -52,6 +53,7 @@ class ResumableTrainLoop(IterBasedTrainLoop):
             self.runner.visualizer.dataset_meta = self.dataloader.dataset.metainfo
         self.dynamic_milestones, self.dynamic_intervals = calc_dynamic_intervals(val_interval, dynamic_intervals)
         self.dataloader_iterator = None
+        self.allow_data_change = allow_data_change
         # The hub outlives a runner in the same process (same experiment name): only a checkpoint
         # loaded after this point may put a data position there.
         runner.message_hub.pop_info(POSITION_KEY)
@@ -65,11 +67,12 @@ class ResumableTrainLoop(IterBasedTrainLoop):
         inner = batch_sampler.sampler
         hub = self.runner.message_hub
         saved_info = hub.get_info(POSITION_KEY) if self._iter else None
-        saved = DataFacts(**saved_info) if saved_info else None
+        saved = DataFacts.from_dict(saved_info) if saved_info else None
         if saved is not None and restore_seed(inner, saved.seed):
             print_log(f'sampler seed restored to the checkpoint\'s, {saved.seed}', logger='current')
         now = facts_of(self.dataloader, (rank, world_size))
-        start = plan_resume(self._iter, saved, now, drop_last=getattr(batch_sampler, 'drop_last', False))
+        start = plan_resume(self._iter, saved, now, drop_last=getattr(batch_sampler, 'drop_last', False),
+                            allow_data_change=self.allow_data_change)
         if self._iter:
             print_log(f'Resuming the data at iteration {self._iter}: sampler epoch {start.epoch}, '
                       f'{start.skip} indices skipped without reading a sample'

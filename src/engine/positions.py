@@ -13,8 +13,9 @@ uninterrupted one would, whatever the number of DataLoader workers.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Iterator
 
 from mmengine.dataset import DefaultSampler, InfiniteSampler
@@ -58,9 +59,16 @@ class DataFacts:
     sampler: str
     seed: int | None
     samples_per_epoch: int | None  # per rank; None for an endless sampler
+    data: str | None = None  # the dataset's fingerprint (its records, in order); None when it has none
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> 'DataFacts':
+        """The facts a checkpoint saved; those an older checkpoint lacks are None."""
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in known})
 
 
 @dataclass(frozen=True)
@@ -82,22 +90,46 @@ def is_endless(sampler) -> bool:
     return not isinstance(sampler, DefaultSampler)
 
 
+def data_fingerprint(dataset) -> str | None:
+    """What the records of ``dataset`` are, as a digest (``CaptionDataset.fingerprint``; the parts'
+    in order for a ConcatDataset); None for a dataset that cannot say."""
+    parts = getattr(dataset, 'datasets', None)
+    if parts is not None:
+        prints = [data_fingerprint(part) for part in parts]
+        if any(fingerprint is None for fingerprint in prints):
+            return None
+        return hashlib.blake2b('|'.join(prints).encode(), digest_size=16).hexdigest()
+    return getattr(dataset, 'fingerprint', None)
+
+
 def facts_of(loader, rank_world: tuple[int, int]) -> DataFacts:
     sampler = loader.batch_sampler.sampler
     sampler = getattr(sampler, 'inner', sampler)
     batch_size = loader.batch_sampler.batch_size
     return DataFacts(batch_size=batch_size, world_size=rank_world[1], dataset_size=len(loader.dataset),
                      sampler=type(sampler).__name__, seed=getattr(sampler, 'seed', None),
-                     samples_per_epoch=None if is_endless(sampler) else len(sampler))
+                     samples_per_epoch=None if is_endless(sampler) else len(sampler),
+                     data=data_fingerprint(loader.dataset))
 
 
-def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_last: bool = False) -> StartPoint:
+def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_last: bool = False,
+                allow_data_change: bool = False) -> StartPoint:
     """The start point of a run resumed after ``iteration`` iterations. ``saved`` is None for a
-    checkpoint made by mmengine's own loop: the position is then derived as if nothing changed."""
+    checkpoint made by mmengine's own loop: the position is then derived as if nothing changed.
+    Records other than the checkpoint's (same count, other or reordered ones) are refused, unless
+    ``allow_data_change``: the position would silently land on other samples."""
     note = ''
     if saved is None:
         saved = now
         note = 'the checkpoint has no data position (made by another loop): derived from its iteration count'
+    if saved.data is not None and now.data is not None and saved.data != now.data:
+        if not allow_data_change:
+            raise ResumeError(
+                f'cannot resume the data position: the dataset holds other records than when the checkpoint was '
+                f'made (fingerprint {saved.data} then, {now.data} now: other records, or the same ones in another '
+                'order). Resume on the same index, or set allow_data_change=True in train_cfg to go on from the '
+                'same position in the new records.')
+        note = f'the records changed (fingerprint {saved.data} -> {now.data}); resumed at the same position, as asked'
     for name, what in (('batch_size', 'batch size'), ('dataset_size', 'dataset size'), ('sampler', 'sampler')):
         if getattr(saved, name) != getattr(now, name):
             raise ResumeError(f'cannot resume the data position: the checkpoint was made with {what} '

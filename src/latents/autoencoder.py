@@ -60,13 +60,14 @@ def _kind_of(vae: str) -> str:
     return 'AutoencoderKL' if 'kl' in vae.lower().split('/')[-1].split('-') else 'AutoencoderDC'
 
 
-def load_encoder(vae: str, device: torch.device, dtype: torch.dtype) -> Encoder:
-    """The autoencoder of ``vae`` (a hub id or a local folder), in eval mode on ``device``."""
+def load_encoder(vae: str, device: torch.device, dtype: torch.dtype, **options) -> Encoder:
+    """The autoencoder of ``vae`` (a hub id or a local folder), in eval mode on ``device``; ``options``
+    go to ``from_pretrained`` (``local_files_only``, see ``src.cli.hub``)."""
     diffusers = require('diffusers')  # here: only the latent tools need it
 
     kind = _kind_of(vae)
     try:
-        model = getattr(diffusers, kind).from_pretrained(vae)
+        model = getattr(diffusers, kind).from_pretrained(vae, **options)
     except (OSError, ValueError) as e:  # diffusers reports a missing model or weights as OSError
         raise AutoencoderError(f'--vae {vae}: cannot load a {kind}: {e}') from None
     model = model.eval().to(device, dtype)

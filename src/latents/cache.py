@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import SampleError
+from src.datasets.latent_store import size_key
 from src.latents.store import ShardWriter, is_complete, latent_folder, latent_path, save_latent, stored_latents
 from src.prepare.cleanup import remove_temp_leftovers
 
@@ -33,6 +34,7 @@ class RankReport:
     already_there: int = 0
     failed: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
+    shapes: dict = field(default_factory=dict)  # '<height>x<width>' of the crop -> the latent shape written
 
     def fail(self, reason: str, message: str) -> None:
         self.failed[reason] += 1
@@ -42,12 +44,13 @@ class RankReport:
 
     def to_dict(self) -> dict:
         return {'encoded': self.encoded, 'already_there': self.already_there, 'failed': dict(self.failed),
-                'examples': self.examples}
+                'examples': self.examples, 'shapes': self.shapes}
 
     def add(self, other: dict) -> None:
         self.encoded += other['encoded']
         self.already_there += other['already_there']
         self.failed.update(other['failed'])
+        self.shapes.update(other['shapes'])
         for reason, messages in other['examples'].items():
             kept = self.examples.setdefault(reason, [])
             kept.extend(messages[:EXAMPLES - len(kept)])
@@ -127,11 +130,17 @@ def encode_dataset(dataset, encoder, report: RankReport, *, rank: int = 0, world
     items = []
     for i in range(rank, len(dataset), world):  # this rank's share; none of its images read here
         image_file = dataset.index[i][dataset.image_key]
-        path = latent_path(folder, image_file)
+        try:
+            path = latent_path(folder, image_file)
+        except SampleError as err:  # a path that would write outside the latent folder
+            report.fail(err.reason, str(err))
+            continue
         if store.done(image_file, path):
             report.already_there += 1
         else:
             items.append((image_file, path))
+    if progress is not None:  # what is done already counts: a re-run's bar runs to its end too
+        progress.update(len(range(rank, len(dataset), world)) - len(items))
     ok = False
     try:
         if items:
@@ -147,6 +156,8 @@ def encode_dataset(dataset, encoder, report: RankReport, *, rank: int = 0, world
                     for sample, latent in zip(good, latents):
                         store.save(sample['image'], sample['out'], latent)
                         report.encoded += 1
+                    height, width = good[0]['pixels'].shape[-2:]
+                    report.shapes[size_key(height, width)] = list(latents.shape[1:])
                 if progress is not None:
                     progress.update(len(batch))
         ok = True

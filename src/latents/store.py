@@ -14,7 +14,11 @@ import tarfile
 
 import torch
 
-from src.prepare.atomic import TEMP_MARK, atomic_write
+from src.datasets.errors import SampleError
+from src.datasets.files import join_inside, open_regular
+from src.datasets.latent_store import FORMAT, INFO_NAME, read_info
+from src.datasets.storage import LocalFiles
+from src.prepare.atomic import TEMP_MARK, atomic_write, write_json
 from src.prepare.lock import HOST
 
 _ZIP_END = b'PK\x05\x06'  # torch.save writes a zip archive; its last record starts so
@@ -27,20 +31,27 @@ def latent_folder(image_folder: str, image_size: int) -> str:
 
 
 def latent_path(folder: str, image_file: str) -> str:
-    return os.path.join(folder, image_file + '.pt')
+    """``<folder>/<image_file>.pt``; ``SampleError('unsafe-path')`` for an image path that is
+    absolute or climbs out of the folder (it would be written elsewhere)."""
+    return join_inside(folder, image_file + '.pt')
 
 
 def is_complete(path: str) -> bool:
-    """Whether ``path`` is a whole ``torch.save`` file (cheap: only its end is read)."""
+    """Whether ``path`` is a whole ``torch.save`` file (cheap: only its end is read; a FIFO or a
+    device in its place is not one, and is not waited on)."""
     try:
-        with open(path, 'rb') as f:
-            size = f.seek(0, os.SEEK_END)
-            if size < _ZIP_END_MIN:
-                return False
-            f.seek(max(0, size - _ZIP_END_MIN - 65535))
-            return _ZIP_END in f.read()
+        fd, info = open_regular(path)
+    except SampleError:
+        return False
+    try:
+        if info.st_size < _ZIP_END_MIN:
+            return False
+        start = max(0, info.st_size - _ZIP_END_MIN - 65535)
+        return _ZIP_END in os.pread(fd, info.st_size - start, start)
     except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
 def save_latent(tensor: torch.Tensor, path: str) -> None:
@@ -48,6 +59,22 @@ def save_latent(tensor: torch.Tensor, path: str) -> None:
     million files of a dataset would take longer to sync than to write."""
     with atomic_write(path, 'wb', durable=False) as f:
         torch.save(tensor.contiguous().clone(), f)
+
+
+def check_and_record(folder: str, vae: str, kind: str, image_size: int, buckets=None, shapes=None,
+                     write: bool = True) -> None:
+    """The latent folder's record (``src.datasets.latent_store``): refuse a folder that holds latents
+    of another autoencoder or image size (mixed shapes in one folder), then write the record with
+    ``shapes`` added (when ``write``)."""
+    recorded = read_info(LocalFiles().read, folder) or {}
+    made_with = {'vae': vae, 'vae_kind': kind, 'image_size': image_size, 'buckets': buckets}
+    earlier = {key: recorded[key] for key in made_with if key in recorded}
+    if earlier and earlier != made_with:
+        raise ValueError(f'{os.path.join(folder, INFO_NAME)}: this folder holds latents made with {earlier}; this run '
+                         f'would add latents made with {made_with}. Give --out another folder, or remove this one.')
+    if write:
+        info = {'format': FORMAT, **made_with, 'shapes': {**recorded.get('shapes', {}), **(shapes or {})}}
+        write_json(os.path.join(folder, INFO_NAME), info)
 
 
 # ---- the sharded store (--format shards) ---------------------------------------------------------

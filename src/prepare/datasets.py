@@ -31,8 +31,10 @@ BLIP3O60K_LAYOUT = PairLayout(index='data.json', image_folder='raw', cap_folder=
 
 
 def find_tars(root: str, pattern: str) -> list[str]:
-    """The tars matching ``pattern`` (relative to ``root``; '**' spans folders), sorted."""
-    return sorted(path.replace(os.sep, '/') for path in glob.glob(pattern, root_dir=root, recursive=True))
+    """The tars matching ``pattern`` (relative to ``root``; '**' spans folders), sorted. Regular files
+    only: a FIFO named like a tar would hang the step that opens it."""
+    return sorted(path.replace(os.sep, '/') for path in glob.glob(pattern, root_dir=root, recursive=True)
+                  if os.path.isfile(os.path.join(root, path)))
 
 
 def prepare_midjourney23m(root: str = MIDJOURNEY23M_ROOT, *, columns: midjourney.Columns = midjourney.Columns(),

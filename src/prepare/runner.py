@@ -8,10 +8,13 @@ failed) or whose file changed since.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +22,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError
+from src.datasets.extras import MissingExtra
 from src.prepare.atomic import write_json
 from src.prepare import lock
 from src.prepare.cleanup import remove_empty_folders, remove_leftovers
@@ -245,8 +249,14 @@ def run_parallel(step, jobs: list[TarJob], num_processes: int):
         for job in jobs:
             yield process_and_mark(step, job)
         return
-    with multiprocessing.Pool(min(num_processes, len(jobs))) as pool:
+    with multiprocessing.Pool(min(num_processes, len(jobs)), initializer=_ignore_interrupts) as pool:
         yield from pool.imap_unordered(_process_in_worker, [(step, job) for job in jobs])
+
+
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches every process of the terminal's group: the workers leave it to the parent,
+    which stops them (the pool's exit terminates them), instead of each printing a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def tool_parser(description: str, default_root: str) -> argparse.ArgumentParser:
@@ -276,9 +286,22 @@ def run_options(args: argparse.Namespace) -> dict:
 
 
 def run_tool(prepare_fn: Callable[..., Report], args: argparse.Namespace, **options) -> int:
-    """Run a tool's ``prepare_fn`` with the shared and the tool's own options; return the exit code."""
+    """Run a tool's ``prepare_fn`` with the shared and the tool's own options; return the exit code
+    (130 after Ctrl-C, with one line saying what was kept)."""
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     if not os.path.isdir(args.root):
         logger.error('%s is not a folder: pass --root, or run from the folder that holds data/', args.root)
         return 2
-    return prepare_fn(**run_options(args), **options).finish()
+    run = run_options(args)
+    try:
+        return prepare_fn(**run, **options).finish()
+    except KeyboardInterrupt:
+        done = glob.glob(os.path.join(glob.escape(args.root), '.prepare', run['step'].name, '**', '*.done.json'),
+                         recursive=True)
+        print(f'\ninterrupted: {len(done)} tars are done and kept (their markers are in '
+              f'{os.path.join(args.root, ".prepare", run["step"].name)}); run the same command again to go on '
+              'with the rest', file=sys.stderr)
+        return 130
+    except MissingExtra as e:
+        logger.error('%s', e)
+        return 2

@@ -78,6 +78,10 @@ def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
               ('sampled for this report', stats.sampled)]
     counts += [(f'dropped by the preparation tool: {reason}', n) for reason, n in sorted(stats.prepare_drops.items())]
     counts += [(f'sampled, unusable: {reason}', n) for reason, n in sorted(stats.failures.items())]
+    if stats.decoded:
+        counts.append(('read as training reads them' + (' (every record: --verify)' if stats.decoded_all else
+                                                          ' (a sample; --verify reads all)'), stats.decoded))
+        counts += [(f'failed when read: {reason}', n) for reason, n in sorted(stats.decode_failures.items())]
     prompts = [('median / 95th percentile / longest', f'{np.median(lengths):.0f} / {np.percentile(lengths, 95):.0f} / '
                                                        f'{lengths.max()}'),
                ('longer than max_length: cut (truncation="ids", upstream)',
@@ -99,9 +103,15 @@ def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
     _, lost, among = stats.prompt_counts()
     warn = (f'<p class="warn">{lost} of {among} lose IMG_START_TOKEN at max_length: raise max_length or use '
             'truncation="caption".</p>' if lost else '')
+    failed = sum(stats.decode_failures.values())
+    unreadable = (f'<p class="warn">{failed} of {stats.decoded} records read failed '
+                  f'({", ".join(f"{reason} {n}" for reason, n in sorted(stats.decode_failures.items()))}): training '
+                  f'skips them, about {failed / stats.decoded:.1%} of the {stats.usable} usable records. For example:</p>'
+                  f'<ul>{"".join(f"<li>{html.escape(line)}</li>" for line in stats.decode_examples)}</ul>'
+                  if failed else '')
     grid = ''.join(f'<div class="tile"><img src="{image}"><div>{html.escape(caption[:200])}</div></div>'
                    for image, caption in tiles)
-    return (f'<h2>{html.escape(stats.data_path)}</h2>{_table(counts, ("records", "count"))}'
+    return (f'<h2>{html.escape(stats.data_path)}</h2>{unreadable}{_table(counts, ("records", "count"))}'
             f'<h3>prompts</h3>{warn}{_table(prompts, prompt_columns)}{not_stored}'
             f'<h3>captions</h3>{_table(captions, ("captions", "sampled"))}'
             f'<div class="plots">{"".join(_plots(stats))}</div><h3>samples as the model sees them</h3>'
@@ -113,9 +123,12 @@ def page(title: str, sections: list[str]) -> str:
             f'<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{"".join(sections)}</body></html>')
 
 
-def image_data_url(pixel_values) -> str:
-    """A [3, S, S] tensor in [-1, 1] as an embedded PNG."""
+def image_data_url(pixel_values, side: int = 256) -> str:
+    """A [3, H, W] tensor in [-1, 1] as an embedded JPEG thumbnail (a page of PNGs of every sample was
+    13 MB for the mix)."""
     from src.synthetic.preview import to_image
+    image = to_image(pixel_values)
+    image.thumbnail((side, side))
     buffer = io.BytesIO()
-    to_image(pixel_values).save(buffer, format='PNG')
-    return f'data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'
+    image.save(buffer, format='JPEG', quality=85)
+    return f'data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}'

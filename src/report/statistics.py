@@ -12,9 +12,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from src.datasets.captions import resolve_caption
 from src.datasets.errors import SampleError
+from src.datasets.files import read_text_file
 from src.datasets.image_io import open_image
+
+
+EXAMPLES = 5
 
 
 @dataclass
@@ -37,6 +40,12 @@ class DatasetStats:
     # The same over every record whose prompt ids are stored (pretokenize, or --all-prompts), not a
     # sample: stored, not_stored, cut, lose_image_start, median, p95, longest, histogram.
     all_prompts: dict = field(default_factory=dict)
+    # Records read as training reads them (image decoded, or latent loaded; caption; prompt): a
+    # sample of them, or every one with --verify. The index cannot tell a broken image from a good one.
+    decoded: int = 0
+    decoded_all: bool = False
+    decode_failures: dict = field(default_factory=dict)  # by reason
+    decode_examples: list = field(default_factory=list)  # the first messages
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,9 +63,10 @@ def prepare_drops(data_path: str) -> dict:
     """Drop reasons -> counts of the preparation run, from ``prepare_report.json`` beside the index."""
     path = os.path.join(os.path.dirname(os.path.abspath(data_path)), 'prepare_report.json')
     try:
-        with open(path, encoding='utf-8') as f:
-            report = json.load(f)
-    except (OSError, ValueError):
+        report = json.loads(read_text_file(path))
+    except (SampleError, ValueError, RecursionError):
+        return {}
+    if not isinstance(report, dict):
         return {}
     drops = Counter()
     for index in report.get('indexes', []):
@@ -80,7 +90,7 @@ def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
     for row in rows:
         record = dataset.index[row]
         try:
-            caption = resolve_caption(record, dataset.cap_keys, dataset.read_annotation).strip()
+            caption = dataset.caption_of(record).strip()
             if index_sizes:
                 width, height = record.get('width'), record.get('height')
             else:
@@ -103,6 +113,26 @@ def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
     if dataset.prompt_ids is not None:
         stats.all_prompts = all_prompts(dataset)
     return stats
+
+
+def check_decoding(dataset, rows, stats: DatasetStats, on_sample=None, progress: bool = False) -> None:
+    """Read each of ``rows`` as training reads it (``dataset.prepare_data``: caption, image decoded or
+    latent loaded, prompt); count what fails by reason in ``stats``. ``on_sample(row, sample)`` sees
+    each sample that works (the report's preview)."""
+    from tqdm import tqdm
+    failures = Counter(stats.decode_failures)
+    for row in tqdm(rows, desc=f'reading {dataset.data_path}', unit='sample', disable=not progress):
+        stats.decoded += 1
+        try:
+            sample = dataset.prepare_data(row)
+        except SampleError as err:
+            failures[err.reason] += 1
+            if len(stats.decode_examples) < EXAMPLES:
+                stats.decode_examples.append(f'[{err.reason}] {err}')
+            continue
+        if on_sample is not None:
+            on_sample(row, sample)
+    stats.decode_failures = dict(failures)
 
 
 def _cuts(dataset, lengths: np.ndarray) -> tuple[int, int]:

@@ -10,6 +10,7 @@ a sample that cannot be used is counted, logged and replaced, a bounded number o
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -31,6 +32,7 @@ from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.files import join_inside, unsafe_path_mask
 from src.datasets.image_io import load_pixel_values
+from src.datasets.latent_store import LatentShapes
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.sample_index import RecordList, SampleIndex
@@ -178,6 +180,7 @@ class CaptionDataset(Dataset):
         self.empty_captions = empty_captions
         self._check_folders()
         self.index = self.load_index(index_cache_dir)
+        self.latent_shapes = self.load_latent_shapes() if self.latent_root is not None else None
         self.prompt_ids = self.load_prompt_ids() if pretokenize else None
         self._cfg_ids = None  # the unconditional prompt's ids, the same for every sample
         self._process_state = None
@@ -301,6 +304,12 @@ class CaptionDataset(Dataset):
     def __len__(self):
         return len(self.index)
 
+    @property
+    def fingerprint(self) -> str:
+        """The records this dataset reads, as a resume checks them: their number and a digest of
+        their image paths in order (another index, or the same one reordered, differs)."""
+        return f'{len(self)}:{self.index.content_digest(self.image_key)}'
+
     # ---- reading one sample ---------------------------------------------------------------------
     def data_path_of(self, folder: str | None, relpath: str) -> str:
         """``folder/relpath``, where ``relpath`` comes from the index: one that is absolute or climbs
@@ -334,11 +343,24 @@ class CaptionDataset(Dataset):
             raise SampleError('bad-tensor', f'{path}: holds a {type(tensor).__name__}, not a tensor')
         return tensor
 
+    def load_latent_shapes(self) -> LatentShapes:
+        """The latent shape expected for each image size (``src.datasets.latent_store``)."""
+        reader = LOCAL_FILES if isinstance(self.latent_files, TarMembers) else self.latent_files  # info beside shards
+        first = (latent for i in range(min(len(self), 32)) for latent in self._latent_or_none(i))
+        return LatentShapes.of_folder(self.latent_root, reader.read, self.image_size, None, first)
+
+    def _latent_or_none(self, i: int):
+        with contextlib.suppress(SampleError):
+            yield self.load_tensor(self.latent_root, self.index[i][self.image_key])
+
     def load_image_data(self, image_file: str, rng: random.Random) -> dict:
         if self.image_tokens_folder is not None:
             return dict(image_tokens=self.load_tensor(self.image_tokens_folder, image_file).long())
         if self.latent_root is not None:
-            return dict(image_latents=self.load_tensor(self.latent_root, image_file))
+            latent = self.load_tensor(self.latent_root, image_file)
+            self.latent_shapes.check(latent, self.data_path_of(self.latent_root, image_file + '.pt'),
+                                     self.image_size, self.image_size)
+            return dict(image_latents=latent)
         name = self.data_path_of(self.image_root, image_file)
         pixel_values = load_pixel_values(self.read_image(image_file), name, self.image_size, rng,
                                          min_image_size=self.min_image_size, max_aspect=MAX_ASPECT,

@@ -1,0 +1,62 @@
+"""A dataset or training config as the tools load it: ``Config.fromfile``, mmengine's
+``--cfg-options``, ``--tokenizer PATH`` for every tokenizer of its datasets, and each hub model
+checked up front (``src.cli.hub``)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from src.cli.hub import resolve
+from src.datasets.build import dataset_config
+
+NAME_KEY = 'pretrained_model_name_or_path'
+
+
+def add_config_options(parser) -> None:
+    """The options of every tool that builds a config's datasets."""
+    from mmengine.config import DictAction
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help="override config keys, as mmengine's tools take them (key=value ...)")
+    parser.add_argument('--tokenizer', metavar='PATH',
+                        help='a local tokenizer folder (or hub id) for every dataset of the config, in place of '
+                             'the one it names: what a machine without the hub needs')
+
+
+def dataset_roots(cfg) -> list:
+    """The dataset configs of ``cfg``: ``dataset``, and ``train_dataloader.dataset``."""
+    roots = [cfg[key] for key in ('dataset',) if key in cfg]
+    if 'train_dataloader' in cfg and 'dataset' in cfg.train_dataloader:
+        roots.append(cfg.train_dataloader.dataset)
+    return roots
+
+
+def tokenizer_configs(node) -> Iterator[dict]:
+    """Every tokenizer config under ``node`` (dicts whose ``type`` loads a tokenizer), nested ones too."""
+    if isinstance(node, dict):
+        if NAME_KEY in node and 'tokenizer' in str(node.get('type', '')).lower():
+            yield node
+        for value in node.values():
+            yield from tokenizer_configs(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from tokenizer_configs(value)
+
+
+def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | None = None, *,
+                builds: str = 'dataset'):
+    """The config at ``path``, with ``cfg_options`` merged and every dataset tokenizer pointed at
+    ``tokenizer`` when given. Each tokenizer of what the tool builds (``builds``: 'dataset', the
+    config's ``dataset`` as upstream's scripts take it, else the training dataloader's; or
+    'train_dataloader') that names a hub model is checked: loaded from the hub cache when the hub is
+    out of reach, or a ``HubUnreachable`` that says what to pass."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(path)
+    cfg.merge_from_dict(cfg_options or {})
+    if tokenizer is not None:
+        for root in dataset_roots(cfg):
+            for node in tokenizer_configs(root):
+                node[NAME_KEY] = tokenizer
+    built = dataset_config(cfg) if builds == 'dataset' else cfg.train_dataloader.dataset
+    for node in tokenizer_configs(built):
+        node.update(resolve(node[NAME_KEY], f'the tokenizer of {path}', '--tokenizer',
+                            probe_file='tokenizer_config.json'))
+    return cfg
