@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 
 import torch
+from torch.utils.data import default_collate
 
 from src.datasets.image_io import fit_to_resolution
 
@@ -30,6 +31,14 @@ def pad_input_ids(input_ids: Sequence, pad_index: int = DEFAULT_PAD_INDEX,
     return padded, attention_mask
 
 
+def stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``, into shared memory when called in a DataLoader worker (torch's
+    ``default_collate`` does it so): the batch then reaches the main process as it is. Stacked into
+    private memory, a 96 MiB batch of pixels is copied into shared memory a second time when the
+    worker sends it (bench/bench_handoff.py)."""
+    return default_collate(list(tensors))
+
+
 def collate_image_and_prompt(instances: Sequence[Mapping], image_key: str,
                              pad_index: int = DEFAULT_PAD_INDEX) -> dict:
     """``{'data': {image_key: stacked, 'input_ids', 'attention_mask'}, 'data_samples': None}``.
@@ -37,7 +46,7 @@ def collate_image_and_prompt(instances: Sequence[Mapping], image_key: str,
     Reads the instances without changing them: a caller may still hold on to its samples.
     """
     input_ids, attention_mask = pad_input_ids([sample['input_ids'] for sample in instances], pad_index)
-    images = torch.stack([sample[image_key] for sample in instances])
+    images = stack([sample[image_key] for sample in instances])
     return {'data': {image_key: images, 'input_ids': input_ids, 'attention_mask': attention_mask},
             'data_samples': None}
 
@@ -89,8 +98,8 @@ def collate_func_img2img(instances: Sequence[Mapping], pad_index: int = DEFAULT_
         sources += [src] if isinstance(src, torch.Tensor) else list(src)
     input_ids, attention_mask = pad_input_ids([sample['input_ids'] for sample in instances], pad_index, 'left')
     return {'data': {'input_ids': input_ids, 'attention_mask': attention_mask,
-                     'pixel_values': torch.stack([sample['pixel_values'] for sample in instances]),
-                     'pixel_values_src': torch.stack(sources)},
+                     'pixel_values': stack([sample['pixel_values'] for sample in instances]),
+                     'pixel_values_src': stack(sources)},
             'data_samples': None}
 
 
@@ -101,7 +110,7 @@ def collate_func_und(instances: Sequence[Mapping], pad_index: int = DEFAULT_PAD_
     labels, _ = pad_input_ids([sample['labels'] for sample in instances], IGNORE_INDEX)
     images = [sample['pixel_values'] for sample in instances if 'pixel_values' in sample]
     return {'data': {'input_ids': input_ids, 'attention_mask': attention_mask, 'labels': labels,
-                     'pixel_values': torch.stack(images) if images else None},
+                     'pixel_values': stack(images) if images else None},
             'data_samples': None}
 
 
