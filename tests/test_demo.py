@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from noise import noise
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,8 @@ def test_demo_smallest_setting(tmp_path):
         assert f'\n{name} ' in table
         assert '[2, 3, 64, 64]' in table
     assert 'demo OK' in result.stdout
+    assert noise(result.stdout + result.stderr) == []
+    assert (workdir / 'tokenizer' / 'tokenizer.json').exists() and (workdir / 'tiny-vae' / 'config.json').exists()
     with Image.open(workdir / 'preview.png') as preview:
         assert preview.width > 2 * 256 and preview.height > 5 * 256
 

@@ -20,6 +20,7 @@ from src.latents.autoencoder import load_encoder
 from src.latents.store import is_complete
 from src.prepare import lock
 from src.prepare.datasets import prepare_midjourney23m
+from src.synthetic.autoencoder import KINDS, build_autoencoder
 from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
 from src.synthetic.local_config import localize
 
@@ -30,29 +31,10 @@ ROOT = DEFAULT_ROOTS['midjourney23m']
 FOLDER = f'{ROOT}_dc32_64'
 
 
-def tiny_autoencoder(kind: str, folder: Path) -> str:
-    import diffusers
-    if kind == 'AutoencoderDC':
-        model = diffusers.AutoencoderDC(
-            in_channels=3, latent_channels=4, attention_head_dim=8, encoder_block_types='ResBlock',
-            decoder_block_types='ResBlock', encoder_block_out_channels=(8, 16), decoder_block_out_channels=(8, 16),
-            encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), encoder_qkv_multiscales=((), ()),
-            decoder_qkv_multiscales=((), ()), upsample_block_type='interpolate', downsample_block_type='Conv',
-            scaling_factor=0.5)
-    else:
-        model = diffusers.AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=('DownEncoderBlock2D',) * 2,
-            up_block_types=('UpDecoderBlock2D',) * 2, block_out_channels=(8, 16), layers_per_block=1,
-            latent_channels=4, norm_num_groups=4, sample_size=64, scaling_factor=0.3, shift_factor=0.1)
-    torch.manual_seed(0)
-    model.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture(scope='module')
 def vaes(tmp_path_factory):
     folder = tmp_path_factory.mktemp('vae')
-    return {kind: tiny_autoencoder(kind, folder / kind) for kind in ('AutoencoderDC', 'AutoencoderKL')}
+    return {kind: build_autoencoder(folder / kind, kind) for kind in KINDS}
 
 
 @pytest.fixture

@@ -186,7 +186,7 @@ def test_the_pyspark_distributor_downloads_in_a_local_session(tmp_path, server, 
         monkeypatch.setenv('PYSPARK_PYTHON', system_python)
         failed = datasets.prepare_laion6m(str(root), download=options, num_processes=1)
         assert failed.exit_code() == 1
-        assert 'pyspark download failed' in failed.index_error and 'PYSPARK_PYTHON' in failed.index_error
+        assert 'download (pyspark) failed' in failed.index_error and 'PYSPARK_PYTHON' in failed.index_error
         monkeypatch.delenv('PYSPARK_PYTHON')
 
     report = datasets.prepare_laion6m(str(root), download=options, num_processes=1)

@@ -53,14 +53,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    from src.cli.config import load_config
+    from src.cli.hub import HubUnreachable, resolve
+    from src.cli.logs import setup_logging
+    from src.datasets.extras import MissingExtra
+    setup_logging('cache_latents')
+    try:  # before torch is even imported: a model out of reach is said in seconds
+        cfg = load_config(args.config, args.cfg_options, args.tokenizer)
+        vae_options = resolve(args.vae, 'the autoencoder', '--vae')
+    except (HubUnreachable, MissingExtra) as e:
+        logger.error('%s', e)
+        return 2
     import torch
     import torch.distributed as dist
     from tqdm import tqdm
-
-    from src.cli.config import load_config
-    from src.cli.hub import HubUnreachable, resolve
-    from src.datasets.extras import MissingExtra
 
     from src.latents.autoencoder import AutoencoderError, load_encoder
     from src.datasets.build import build_leaf_datasets
@@ -80,13 +86,11 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype or ('bfloat16' if device.type == 'cuda' else 'float32'))
 
     try:
-        cfg = load_config(args.config, args.cfg_options, args.tokenizer)
-        vae_options = resolve(args.vae, 'the autoencoder', '--vae')
         datasets = build_leaf_datasets(cfg)
         if args.out and len(datasets) > 1:
             raise SystemExit('--out names one folder; this config has several datasets: leave --out out')
         encoder = load_encoder(args.vae, device, dtype, **vae_options)
-    except (AutoencoderError, HubUnreachable, MissingExtra) as e:
+    except (AutoencoderError, MissingExtra) as e:
         logger.error('%s', e)
         return 2
 

@@ -15,6 +15,11 @@
 4. saves <workdir>/preview.png: samples of each dataset as the model sees them, with the prompt
    decoded from input_ids.
 
+It also leaves in <workdir> what the tools need offline: tokenizer/ (for --tokenizer) and
+tiny-vae/ (a tiny AutoencoderDC with random weights, for tools/cache_latents.py --vae). With
+--download-only it writes the raw downloads, the tokenizer and the autoencoder only: what
+docs/walkthrough.md starts from.
+
 Exits non-zero, saying what went wrong, when any step does not give what it should.
 """
 from __future__ import annotations
@@ -152,15 +157,14 @@ def print_table(rows: list[Row]) -> None:
 URL_ROUTE = ('laion6m', 'redcaps5m')  # the datasets whose download today is URL parquets
 
 
-def run(args) -> Path:
-    """The four steps; returns the preview's path."""
+def run(args) -> Path | None:
+    """The four steps; returns the preview's path (None with --download-only)."""
     workdir = Path(args.workdir).resolve()
     clear_workdir(workdir)  # before the slow imports, so that a wrong --workdir is refused at once
     from src.prepare import datasets as prepare
     from src.prepare.recap import DownloadOptions
     from src.synthetic.downloads import DEFAULT_ROOTS, make_all, make_recap
     from src.synthetic.preview import grid
-    from src.synthetic.tokenizer import build_tokenizer
     from src.synthetic.url_server import UrlServer
 
     # config name -> (the folder its data/ is in, the download, its --root)
@@ -169,17 +173,23 @@ def run(args) -> Path:
         with step(f'1. miniature raw downloads of the five datasets under {workdir / "data"}, and the URL '
                   f'parquets of {" and ".join(URL_ROUTE)} under {workdir / "urls" / "data"}, served on 127.0.0.1'):
             os.chdir(workdir)  # the tools' default roots and the configs' paths start at data/
+            # The walkthrough's download has no tar cut short: its prepare step ends with exit status 0.
             expected = make_all(Path('data').resolve(), n=args.samples, seed=args.seed, faults=True,
-                                hostile=True, truncated_tar=True)
+                                hostile=True, truncated_tar=not args.download_only)
             downloads.update((name, (workdir, exp, DEFAULT_ROOTS[name])) for name, exp in expected.items())
             server = stack.enter_context(UrlServer())
-            for name in URL_ROUTE:
+            for name in URL_ROUTE if not args.download_only else ():
                 root = workdir / 'urls' / DEFAULT_ROOTS[name]
                 downloads[f'{name}_recap'] = (workdir / 'urls', make_recap(name, root, server, n=args.samples,
                                                                           seed=args.seed), str(root))
             for name, (_, exp, root) in downloads.items():
                 logger.info('%-16s %s: %d samples, %d faults', name, os.path.relpath(root, workdir),
                             len(exp.samples), len(exp.faults))
+
+        tools_need = offline_models(workdir)
+        if args.download_only:
+            logger.info('raw downloads in %s; %s', workdir / 'data', tools_need)
+            return None
 
         prepared = {}  # name -> (index entries, entries dropped)
         for name, (_, exp, root) in downloads.items():
@@ -204,7 +214,7 @@ def run(args) -> Path:
                                 'the cut tar reported', *prepared[name], report.refused().total())
 
     with step('3. load the configs and iterate their dataloaders'):
-        tokenizer_path = build_tokenizer(workdir / 'tokenizer')
+        tokenizer_path = str(workdir / 'tokenizer')
         rows, sections = [], []
         for name in [*downloads, 'mix']:
             os.chdir(downloads[name][0] if name in downloads else workdir)
@@ -232,6 +242,19 @@ def run(args) -> Path:
     return path
 
 
+def offline_models(workdir: Path) -> str:
+    """The tokenizer and the tiny autoencoder the tools take offline (--tokenizer, --vae)."""
+    from src.datasets.extras import MissingExtra
+    from src.synthetic.autoencoder import build_autoencoder
+    from src.synthetic.tokenizer import build_tokenizer
+    build_tokenizer(workdir / 'tokenizer')
+    try:
+        build_autoencoder(workdir / 'tiny-vae')
+    except MissingExtra as e:
+        return f'tokenizer/ for --tokenizer; no tiny-vae/ ({e})'
+    return 'tokenizer/ for --tokenizer, tiny-vae/ for --vae'
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--workdir', default='demo_output', help='where everything goes (default: %(default)s)')
@@ -242,17 +265,20 @@ def main(argv=None) -> int:
     parser.add_argument('--num-workers', type=int, default=2, help='DataLoader workers (default: %(default)s)')
     parser.add_argument('--preview-per-dataset', type=int, default=4, help='(default: %(default)s)')
     parser.add_argument('--seed', type=int, default=0, help='(default: %(default)s)')
+    parser.add_argument('--download-only', action='store_true',
+                        help='write the raw downloads, tokenizer/ and tiny-vae/ only (docs/walkthrough.md)')
     args = parser.parse_args(argv)
     # The tokenizer is used before the DataLoader forks its workers; say so once instead of per fork.
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    from src.cli.logs import setup_logging
+    setup_logging('demo')
     started = time.perf_counter()
     try:
         preview = run(args)
     except DemoError as err:
         print(f'\ndemo FAILED: {err}', file=sys.stderr)
         return 1
-    print(f'\ndemo OK in {time.perf_counter() - started:.0f} s; preview: {preview}')
+    print(f'\ndemo OK in {time.perf_counter() - started:.0f} s' + (f'; preview: {preview}' if preview else ''))
     return 0
 
 

@@ -68,17 +68,18 @@ def inspect(dataset, args) -> tuple:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
-    from tqdm import tqdm
-
+    from src.cli.logs import setup_logging
+    setup_logging('inspect_dataset')
     from src.cli.config import load_config
     from src.cli.hub import HubUnreachable
-    from src.datasets.build import build_leaf_datasets
     from src.datasets.extras import MissingExtra
-    from src.report.html import page
 
     try:
-        cfg = load_config(args.config, args.cfg_options, args.tokenizer)
+        cfg = load_config(args.config, args.cfg_options, args.tokenizer)  # first: the hub is checked in seconds
+        from tqdm import tqdm
+
+        from src.datasets.build import build_leaf_datasets
+        from src.report.html import page
         sections, numbers = [], []
         for dataset in tqdm(build_leaf_datasets(cfg), desc='datasets', unit='dataset'):
             stats, section = inspect(dataset, args)

@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument('--create-bucket', action='store_true',
                         help='make the bucket first when it does not exist (else it must exist)')
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    from src.cli.logs import setup_logging
+    setup_logging('upload')
     from tqdm import tqdm
 
     from src.datasets.extras import MissingExtra

@@ -3,6 +3,7 @@ says, in one line, which extra brings it."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 # module -> (extra, what needs it)
 EXTRAS = {
@@ -18,13 +19,24 @@ class MissingExtra(ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
 
 
+def check(module: str) -> None:
+    """``MissingExtra`` naming the extra to install when ``module`` is not installed (nothing imported:
+    for a module that runs in another process)."""
+    if importlib.util.find_spec(module) is None:
+        raise _missing(module)
+
+
+def _missing(module: str) -> MissingExtra:
+    top = module.split('.')[0]
+    extra, what = EXTRAS[top]
+    return MissingExtra(f"{what} needs {top}, which is not installed: pip install 't2i-data[{extra}]'")
+
+
 def require(module: str):
     """``import module``, or ``MissingExtra`` naming the extra to install."""
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        top = module.split('.')[0]
-        if err.name is not None and err.name.split('.')[0] != top:
+        if err.name is not None and err.name.split('.')[0] != module.split('.')[0]:
             raise  # the package is there but broken: its own error says more
-        extra, what = EXTRAS[top]
-        raise MissingExtra(f"{what} needs {top}, which is not installed: pip install 't2i-data[{extra}]'") from None
+        raise _missing(module) from None

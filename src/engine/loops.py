@@ -11,6 +11,7 @@ reads a sample of the skipped batches, not even while prefetching.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from mmengine.dist import get_dist_info
@@ -23,6 +24,23 @@ from mmengine.runner.utils import calc_dynamic_intervals
 from src.engine.positions import DataFacts, PositionedSampler, facts_of, plan_resume, restore_seed
 
 POSITION_KEY = 'data_position'
+
+
+# mmengine 0.10.6's CheckpointHook makes a FileClient before a run and at every save, whatever its
+# arguments, and each time logs that FileClient (and HardDiskBackend) will be deprecated: notes
+# about mmengine's own code, which no config can act on.
+_MMENGINE_NOTES = ('"FileClient" will be deprecated', '"HardDiskBackend" is the alias')
+
+
+@contextlib.contextmanager
+def _without_mmengine_notes(logger):
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_MMENGINE_NOTES)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 @LOOPS.register_module()
@@ -86,6 +104,10 @@ class ResumableTrainLoop(IterBasedTrainLoop):
 
     def run(self):
         """Launch training, from where a resumed checkpoint left off."""
+        with _without_mmengine_notes(self.runner.logger):
+            return self._run()
+
+    def _run(self):
         self.runner.call_hook('before_train')
         self.runner.call_hook('before_train_epoch')
         self._place_sampler()

@@ -16,14 +16,17 @@ import json
 import logging
 import math
 import os
-import signal
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError
-from src.datasets.extras import require
+from src.datasets.extras import MissingExtra, check
 from src.prepare.atomic import write_json
 from src.prepare.extract import EXTRACT, TarJob
 from src.prepare.pairs import PairLayout, build_pair_index
@@ -89,42 +92,54 @@ def finished_shards(output: str) -> set[str]:
         if os.path.isdir(output) else set()
 
 
-def run_img2dataset(parquets: list[str], output: str, output_format: str, options: DownloadOptions,
-                    num_processes: int) -> None:
-    os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # albumentations asks the network on import
-    if options.distributor == 'pyspark':
-        require('pyspark')
-    download = require('img2dataset').download
+# img2dataset runs in a process of its own: its advice lines, per-worker statistics and progress
+# bars (and Spark's log) would otherwise interleave with this tool's lines. What it did is read from
+# its per-shard stats files, and the bar here counts them as they appear.
+_DOWNLOAD = 'import json, sys\nfrom img2dataset import download\ndownload(**json.loads(sys.argv[1]))\n'
+POLL_SECONDS = 0.5
 
+
+def run_img2dataset(parquets: list[str], output: str, output_format: str, options: DownloadOptions,
+                    num_processes: int, shards: list[str]) -> None:
+    """Download what is missing of ``shards`` (img2dataset's incremental mode), with a progress bar."""
+    check('img2dataset')
+    if options.distributor == 'pyspark':
+        check('pyspark')
     columns = input_columns(parquets, options.url_col)
     # img2dataset writes these keys itself; 'caption' it takes as its caption column instead.
     skipped = [name for name in columns if name in RESERVED_COLUMNS and name != 'caption']
     if skipped:
         logger.warning('columns %s of the parquets are not kept in the json: img2dataset writes its own '
                        'values under those names', skipped)
-    if options.distributor == 'pyspark':
-        # A local session's executors start "python3" from PATH, which may lack img2dataset; this
-        # interpreter has it. A cluster's own spark.pyspark.python setting still wins.
-        os.environ.setdefault('PYSPARK_PYTHON', sys.executable)
-    interrupt = signal.getsignal(signal.SIGINT)  # img2dataset replaces it with one that exits 0
-    try:
-        download(url_list=os.path.dirname(parquets[0]), input_format='parquet', url_col=options.url_col,
-                 caption_col='caption' if 'caption' in columns else None,
-                 save_additional_columns=[name for name in columns if name not in RESERVED_COLUMNS] or None,
-                 output_folder=output, output_format=output_format, resize_mode='no',
-                 processes_count=num_processes, thread_count=options.thread_count,
-                 number_sample_per_shard=options.samples_per_shard, oom_shard_count=SHARD_DIGITS,
-                 timeout=options.timeout, retries=options.retries, distributor=options.distributor,
-                 incremental_mode='incremental', enable_wandb=False)
-    except Exception as e:  # noqa: BLE001 - Spark reports an executor's failure as one of many types
-        if options.distributor != 'pyspark':
-            raise
-        first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise IndexFormatError(f'the pyspark download failed ({type(e).__name__}: {first_line.strip()[:300]}); '
-                               'finished shards are kept. Every executor needs this project and img2dataset '
-                               'in its Python (PYSPARK_PYTHON or spark.pyspark.python)') from None
-    finally:
-        signal.signal(signal.SIGINT, interrupt)
+    arguments = dict(url_list=os.path.dirname(parquets[0]), input_format='parquet', url_col=options.url_col,
+                     caption_col='caption' if 'caption' in columns else None,
+                     save_additional_columns=[name for name in columns if name not in RESERVED_COLUMNS] or None,
+                     output_folder=output, output_format=output_format, resize_mode='no',
+                     processes_count=num_processes, thread_count=options.thread_count,
+                     number_sample_per_shard=options.samples_per_shard, oom_shard_count=SHARD_DIGITS,
+                     timeout=options.timeout, retries=options.retries, distributor=options.distributor,
+                     incremental_mode='incremental', enable_wandb=False)
+    # albumentations asks the network on import; a local Spark session's executors start the
+    # python3 of PATH, which may lack img2dataset (a cluster's spark.pyspark.python still wins).
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE='1', PYSPARK_PYTHON=os.environ.get('PYSPARK_PYTHON', sys.executable))
+    with tempfile.TemporaryFile('w+') as log, \
+            tqdm(total=len(shards), initial=len(finished_shards(output) & set(shards)), unit='shard',
+                 desc=f'downloading {os.path.dirname(output)}') as bar:
+        process = subprocess.Popen([sys.executable, '-c', _DOWNLOAD, json.dumps(arguments)], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            time.sleep(POLL_SECONDS)
+            bar.update(len(finished_shards(output) & set(shards)) - bar.n)
+        bar.update(len(finished_shards(output) & set(shards)) - bar.n)
+        if process.returncode != 0:
+            log.seek(0)
+            lines = [line.strip() for line in log.read().splitlines() if line.strip()]
+            last = next((line for line in reversed(lines) if 'Error' in line or 'Exception' in line),
+                        lines[-1] if lines else f'exit status {process.returncode}')
+            hint = (' Every executor needs this project and img2dataset in its Python (PYSPARK_PYTHON or '
+                    'spark.pyspark.python).' if options.distributor == 'pyspark' else '')
+            raise IndexFormatError(f'the img2dataset download ({options.distributor}) failed: {last[:300]}; '
+                                   f'finished shards are kept.{hint}')
 
 
 def download_summary(output: str, shards: list[str], earlier: set[str], options: DownloadOptions,
@@ -168,8 +183,8 @@ def prepare_recap(dataset: str, root: str, parquets: list[str], options: Downloa
         shards = shard_names(rows, options.samples_per_shard)
         earlier = finished_shards(output)
         if set(shards) - earlier:
-            run_img2dataset(parquets, output, output_format, options, num_processes)
-    except IndexFormatError as e:
+            run_img2dataset(parquets, output, output_format, options, num_processes, shards)
+    except (IndexFormatError, MissingExtra) as e:
         report.index_error = str(e)
         return report
     report.download = download_summary(output, shards, earlier, options, sum(rows))

@@ -21,6 +21,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from src.cli.logs import setup_logging
 from src.datasets.errors import IndexFormatError
 from src.datasets.extras import MissingExtra
 from src.prepare.atomic import write_json
@@ -288,7 +289,7 @@ def run_options(args: argparse.Namespace) -> dict:
 def run_tool(prepare_fn: Callable[..., Report], args: argparse.Namespace, **options) -> int:
     """Run a tool's ``prepare_fn`` with the shared and the tool's own options; return the exit code
     (130 after Ctrl-C, with one line saying what was kept)."""
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    setup_logging()
     if not os.path.isdir(args.root):
         logger.error('%s is not a folder: pass --root, or run from the folder that holds data/', args.root)
         return 2

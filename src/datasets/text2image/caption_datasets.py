@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import torch
-from mmengine.config import ConfigDict
 from mmengine.dist import get_rank
 from mmengine.logging import print_log
-from mmengine.registry import DATASETS, Registry, build_from_cfg
+from mmengine.registry import DATASETS
 from torch.utils.data import Dataset, get_worker_info
 
 from src.datasets.captions import ANNOTATION_KEY, caption_keys, parse_annotation, resolve_caption
+from src.datasets.components import build_component
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.files import join_inside, unsafe_path_mask
@@ -39,23 +39,12 @@ from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
 
-# Builds the tokenizer / image processor / tar index configs, whose `type` is a callable.
-COMPONENTS = Registry('text2image data components')
-
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
 LOCAL_FILES = LocalFiles()
 TRUNCATIONS = ('ids', 'caption')
 EMPTY_CAPTIONS = ('skip', 'keep')
 HARMON_GENERATION = 'Generate an image: {input}'  # Harmon's prompts, for templates without their own
 HARMON_CFG = 'Generate an image.'
-
-def build_component(cfg):
-    """An instance as is; a config dict (plain or ConfigDict, lazy objects allowed) built from `type`."""
-    if cfg is None or not isinstance(cfg, dict):
-        return cfg
-    # ConfigDict resolves the lazy objects of pure-python configs when its items are read.
-    return build_from_cfg(ConfigDict(cfg), COMPONENTS)
-
 
 @dataclass
 class _ProcessState:

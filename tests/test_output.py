@@ -1,0 +1,74 @@
+"""What the tools print: their own lines, not third-party warnings the project can prevent; and what
+they do offline: a hub model that cannot be reached fails in seconds, naming the option to pass."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from noise import noise
+from src.prepare.datasets import prepare_midjourney23m
+from src.synthetic.autoencoder import build_autoencoder
+from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / 'configs/datasets/midjourney23m.py')
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('output')
+    MAKERS['midjourney23m'](workdir / DEFAULT_ROOTS['midjourney23m'], n=8)
+    assert prepare_midjourney23m(str(workdir / DEFAULT_ROOTS['midjourney23m']), num_processes=1).exit_code() == 0
+    return workdir
+
+
+def run(tool: str, *args, cwd, **env) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, PYTHONPATH=str(REPO), **env)
+    return subprocess.run([sys.executable, str(REPO / 'tools' / tool), *map(str, args)], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_tools_print_their_own_lines_only(prepared, tokenizer_path, tmp_path):
+    vae = build_autoencoder(tmp_path / 'vae')
+    runs = {
+        'inspect_dataset.py': run('inspect_dataset.py', CONFIG, '--tokenizer', tokenizer_path, '--out', tmp_path / 'r',
+                                  '--cfg-options', 'dataset.image_size=64', cwd=prepared),
+        'cache_latents.py': run('cache_latents.py', CONFIG, '--tokenizer', tokenizer_path, '--vae', vae,
+                                '--out', tmp_path / 'latents', '--cfg-options', 'dataset.image_size=64', cwd=prepared),
+        'train.py': run('train.py', str(REPO / 'configs/examples/tiny_t2i.py'), '--tokenizer', tokenizer_path,
+                        '--work-dir', tmp_path / 'work', '--cfg-options', 'train_cfg.max_iters=3', cwd=prepared),
+        'prepare_midjourney23m.py': run('prepare_midjourney23m.py', '--num-processes', '2', cwd=prepared),
+    }
+    for tool, result in runs.items():
+        assert result.returncode == 0, f'{tool}: {result.stderr[-3000:]}'
+        assert noise(result.stdout + result.stderr) == [], tool
+
+
+@pytest.mark.parametrize('tool, offline', [('inspect_dataset.py', 'HF_HUB_OFFLINE=1'),
+                                           ('cache_latents.py', 'hub unreachable'), ('train.py', 'HF_HUB_OFFLINE=1')])
+def test_a_hub_model_out_of_reach_fails_in_seconds_naming_the_option(prepared, tmp_path, tool, offline):
+    env = dict(HF_HOME=str(tmp_path / 'empty-cache'), HF_ENDPOINT='http://127.0.0.1:9')  # refused at once
+    if offline == 'HF_HUB_OFFLINE=1':
+        env['HF_HUB_OFFLINE'] = '1'
+    config = str(REPO / 'configs/examples/tiny_t2i.py') if tool == 'train.py' else CONFIG
+    extra = ['--out', tmp_path / 'r'] if tool == 'inspect_dataset.py' else []
+    started = time.monotonic()
+    result = run(tool, config, *extra, cwd=prepared, **env)
+    assert time.monotonic() - started < 10  # the whole tool, its imports included
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert "'OpenGVLab/InternVL3-2B'" in result.stderr and '--tokenizer /path/to/it' in result.stderr
+    assert ('HF_HUB_OFFLINE' if offline == 'HF_HUB_OFFLINE=1' else 'HF_ENDPOINT') in result.stderr
+
+
+def test_the_default_autoencoder_out_of_reach_names_vae(prepared, tmp_path, tokenizer_path):
+    started = time.monotonic()
+    result = run('cache_latents.py', CONFIG, '--tokenizer', tokenizer_path, cwd=prepared,
+                 HF_HOME=str(tmp_path / 'empty-cache'), HF_HUB_OFFLINE='1')
+    assert time.monotonic() - started < 10
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert "'mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers'" in result.stderr and '--vae /path/to/it' in result.stderr
