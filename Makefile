@@ -1,7 +1,8 @@
-# The two commands of the README. Each creates .venv/ when missing and is safe to run again:
-# the install step reruns only when pyproject.toml changes.
+# The two commands of the README. Each creates .venv/ when missing and is safe to run again: the
+# install step reruns only when pyproject.toml or this file changes.
 VENV := .venv
 PY := $(VENV)/bin/python
+EXTRAS := all,spark,xtuner,dev
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: demo test bench
@@ -15,12 +16,31 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py
 
-# xtuner 0.2.0 pins bitsandbytes 0.45.0, which fails to import with this torch's triton
-# ('No module named triton.ops'), and diffusers imports bitsandbytes when it is installed: 0.50.2
-# replaces it (xtuner still imports; tests/test_environment.py checks both).
-$(VENV)/.installed: pyproject.toml Makefile
+# Debian packages: a font with CJK glyphs (captions in the preview and the report) and Java 17 (Spark,
+# for img2dataset's pyspark distributor and its test). Installed when missing, as root (as CI runs);
+# otherwise one line says what is missing.
+$(VENV)/.system: Makefile
+	@mkdir -p $(VENV)
+	@missing=""; \
+	dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || missing="$$missing fonts-wqy-microhei"; \
+	command -v java >/dev/null 2>&1 || missing="$$missing default-jre-headless"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+	  else \
+	    echo "not installed (Debian packages, needed for CJK captions and the Spark test):$$missing"; \
+	  fi; \
+	fi
+	@touch $@
+
+# xtuner 0.2.0 pins bitsandbytes 0.45.0, which fails to import with this torch's triton, and
+# diffusers imports bitsandbytes whenever it is installed. Nothing here uses it (xtuner's dataset code
+# and diffusers' autoencoders import without it): it is removed after the install.
+$(VENV)/.installed: pyproject.toml Makefile | $(VENV)/.system
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[xtuner,dev]'
-	$(PY) -m pip install -q 'bitsandbytes==0.50.2'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip show -q bitsandbytes >/dev/null 2>&1 && $(PY) -m pip uninstall -q -y bitsandbytes || true
 	touch $@

@@ -1,14 +1,33 @@
-"""The installed environment imports what the tools need, together: xtuner (configs), diffusers
-(latents; through a bitsandbytes that works with this torch) and img2dataset (URL downloads)."""
+"""The installed environment: xtuner (configs), diffusers (latents) and img2dataset (URL downloads)
+import together, quietly, and without bitsandbytes, which nothing here needs; the core's declared
+dependencies leave the optional stacks to their extras."""
+import importlib.util
 import os
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+from noise import noise
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_xtuner_diffusers_and_img2dataset_import_in_one_process():
+def test_xtuner_diffusers_and_img2dataset_import_in_one_process_without_noise():
     code = ('import xtuner.dataset, diffusers, img2dataset; '
             'from diffusers import AutoencoderDC, AutoencoderKL; print(diffusers.__version__)')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE='1'))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == '0.33.1'
+    assert result.stdout.strip() == '0.33.1' and noise(result.stderr) == []
+    assert importlib.util.find_spec('bitsandbytes') is None  # xtuner's pin fails with this torch
+
+
+def test_the_core_leaves_the_optional_stacks_to_extras():
+    project = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']
+    core = ' '.join(project['dependencies'])
+    for package, extra in (('diffusers', 'latents'), ('boto3', 's3'), ('img2dataset', 'download'),
+                           ('matplotlib', 'report'), ('pyspark', 'spark'), ('numba', None), ('pandas', None)):
+        assert package not in core, package
+        if extra:
+            assert any(package in requirement for requirement in project['optional-dependencies'][extra]), package

@@ -72,3 +72,40 @@ def test_the_default_autoencoder_out_of_reach_names_vae(prepared, tmp_path, toke
     assert time.monotonic() - started < 10
     assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
     assert "'mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers'" in result.stderr and '--vae /path/to/it' in result.stderr
+
+
+HIDE = '''import sys
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {hidden!r}:
+            raise ModuleNotFoundError(f'No module named {{name!r}}', name=name)
+sys.meta_path.insert(0, Hide())
+'''
+
+
+@pytest.mark.parametrize('hidden, tool, args, extra', [
+    ('boto3', 'upload.py', ['data', 's3://bucket/x'], 's3'),
+    ('diffusers', 'cache_latents.py', [CONFIG, '--vae', 'vae'], 'latents'),
+    ('matplotlib', 'inspect_dataset.py', [CONFIG, '--out', 'report'], 'report'),
+    ('img2dataset', 'prepare_laion6m.py', ['--root', 'urls'], 'download'),
+])
+def test_a_missing_extra_is_named_in_one_line(prepared, tokenizer_path, tmp_path, hidden, tool, args, extra):
+    """Without an optional stack, its feature says which extra installs it: one line, no traceback."""
+    (tmp_path / 'hook').mkdir()
+    (tmp_path / 'hook' / 'sitecustomize.py').write_text(HIDE.format(hidden=[hidden]))
+    (tmp_path / 'vae').mkdir()
+    (tmp_path / 'vae' / 'config.json').write_text('{"_class_name": "AutoencoderDC"}')
+    (tmp_path / 'urls' / 'parquets').mkdir(parents=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({'url': ['http://127.0.0.1:9/a.jpg'], 're_caption': ['a']}),
+                   tmp_path / 'urls' / 'parquets' / 'p.parquet')
+    env = dict(os.environ, PYTHONPATH=f'{tmp_path / "hook"}:{REPO}', AWS_ENDPOINT_URL='http://127.0.0.1:9',
+               AWS_ACCESS_KEY_ID='k', AWS_SECRET_ACCESS_KEY='s')
+    tokenizer = ['--tokenizer', tokenizer_path] if tool in ('cache_latents.py', 'inspect_dataset.py') else []
+    os.symlink(prepared / 'data', tmp_path / 'data')
+    result = subprocess.run([sys.executable, str(REPO / 'tools' / tool), *args, *tokenizer], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if f"pip install 't2i-data[{extra}]'" in line]
+    assert len(lines) == 1 and hidden in lines[0], result.stderr[-3000:]

@@ -1,7 +1,7 @@
 """Cache image latents for ``*_latents`` configs: every usable image of CONFIG's dataset (or of each
 part of its ConcatDataset) encoded once by a diffusers autoencoder.
 
-    python tools/cache_latents.py configs/datasets/laion6m_recap.py --vae mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers
+    .venv/bin/python tools/cache_latents.py configs/datasets/laion6m_recap.py --vae mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers
     torchrun --nproc_per_node 8 tools/cache_latents.py CONFIG [--cfg-options dataset.image_size=512 ...]
 
 Output, as upstream's script writes it and its *_latents configs read it:

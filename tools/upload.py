@@ -1,9 +1,9 @@
 """Upload a prepared dataset (loose files, or tar shards with their indexes, latents) to S3-protocol
 object storage, where ceph_folder / latents_ceph_folder read it.
 
-    python tools/upload.py data/redcaps5m/raw cluster1:s3://data/redcaps5m/raw --ceph-config ~/petreloss.conf
-    python tools/upload.py data/laion6m_dc32_512 s3://data/laion6m_dc32_512        # AWS_* variables
-    python tools/upload.py data/dalle3 s3://new-bucket/dalle3 --create-bucket      # a bucket not made yet
+    .venv/bin/python tools/upload.py data/redcaps5m/raw cluster1:s3://data/redcaps5m/raw --ceph-config ~/petreloss.conf
+    .venv/bin/python tools/upload.py data/laion6m_dc32_512 s3://data/laion6m_dc32_512        # AWS_* variables
+    .venv/bin/python tools/upload.py data/dalle3 s3://new-bucket/dalle3 --create-bucket      # a bucket not made yet
 
 In parallel (--workers), resumable: an object already there with the same size is skipped, so a
 re-run after a failure uploads only what is missing. The preparation's bookkeeping (.prepare/) and

@@ -22,7 +22,11 @@ class MissingExtra(ImportError):
 def check(module: str) -> None:
     """``MissingExtra`` naming the extra to install when ``module`` is not installed (nothing imported:
     for a module that runs in another process)."""
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module)
+    except ImportError:  # a parent package missing, or a finder that refuses the name
+        found = None
+    if found is None:
         raise _missing(module)
 
 

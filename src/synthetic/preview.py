@@ -40,12 +40,21 @@ def caption_from_prompt(prompt: str, template: dict) -> tuple[str, bool]:
     return body.removeprefix(generation_head).removesuffix(generation_tail), False
 
 
+# Fonts that draw Chinese and Japanese captions too (with Latin, Greek and Cyrillic), in order of
+# preference; the Makefile installs the first (Debian's fonts-wqy-microhei). DejaVu Sans covers
+# accented Latin, which Pillow's built-in font lacks, but draws CJK as empty boxes.
+FONTS = ('/usr/share/fonts/truetype/wqy/wqy-microhei.ttc', '/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc',
+         '/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc', '/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf',
+         'DejaVuSans.ttf')
+
+
 def _font(size: int) -> ImageFont.ImageFont:
-    """DejaVu Sans where installed (it covers accented Latin, which Pillow's built-in font lacks)."""
-    try:
-        return ImageFont.truetype('DejaVuSans.ttf', size)
-    except OSError:
-        return ImageFont.load_default(size=size)
+    for name in FONTS:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
 
 
 def grid(rows: list[tuple[str, list[Tile]]]) -> Image.Image:
