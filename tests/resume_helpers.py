@@ -59,9 +59,10 @@ class RecordingModel(BaseModel):
 
 
 def train(work_dir, loader_cfg: dict, max_iters: int, checkpoint_every: int, resume_from=None,
-          launcher: str = 'none', loop=ResumableTrainLoop, **loop_options) -> list[dict]:
-    """Train ``max_iters`` iterations (resuming from ``resume_from``); the batches the model saw."""
-    model = RecordingModel()
+          launcher: str = 'none', loop=ResumableTrainLoop, model=None, **loop_options) -> list[dict]:
+    """Train ``max_iters`` iterations (resuming from ``resume_from``); the batches the model saw
+    (``model``: one with a ``batches`` list, a ``RecordingModel`` by default)."""
+    model = model or RecordingModel()
     runner = Runner(
         model=model, work_dir=str(work_dir), train_dataloader=loader_cfg,
         train_cfg=dict(type=loop, max_iters=max_iters, **loop_options),

@@ -25,8 +25,8 @@ def test_demo_smallest_setting(tmp_path):
                       '--image-size', '64', '--num-workers', '0')
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = result.stdout.split('samples/s', 1)[1]
-    for name in ('midjourney23m', 'laion6m', 'dalle3', 'redcaps5m', 'blip3o60k', 'laion6m_recap',
-                 'redcaps5m_recap', 'mix'):
+    for name in ('midjourney23m', 'laion6m', 'dalle3', 'redcaps5m', 'blip3o60k', 'megalith10m_reconstruct',
+                 'laion6m_recap', 'redcaps5m_recap', 'cc3m_image2text', 'mix'):
         assert f'\n{name} ' in table
         assert '[2, 3, 64, 64]' in table
     assert 'demo OK' in result.stdout

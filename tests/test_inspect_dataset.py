@@ -118,3 +118,21 @@ def test_images_that_cannot_be_decoded_are_counted_not_hidden(tmp_path, monkeypa
                                  *options]) == 0
     (stats,) = json.loads(Path('sampled/report.json').read_text())
     assert stats['decoded'] == 6 and not stats['decoded_all']
+
+
+def test_the_editing_and_image_to_text_datasets_are_reported(tmp_path, monkeypatch, tokenizer_path):
+    from src.prepare.datasets import prepare_megalith10m
+    from src.synthetic.downloads import FAMILY_MAKERS, FAMILY_ROOTS, make_caption_layout
+    FAMILY_MAKERS['megalith10m'](tmp_path / FAMILY_ROOTS['megalith10m'], n=4, faults=False)
+    assert prepare_megalith10m(str(tmp_path / FAMILY_ROOTS['megalith10m']), num_processes=1).exit_code() == 0
+    make_caption_layout(tmp_path, 'data/cc3m/cc3m_densecaps.json', 'data/cc3m/raw', 'caption', 'data/cc3m/raw', n=4)
+    monkeypatch.chdir(tmp_path)
+    sys.path.insert(0, str(REPO / 'tools'))
+    import inspect_dataset
+    for config in ('megalith10m_reconstruct', 'cc3m_image2text'):
+        assert inspect_dataset.main([str(REPO / f'configs/datasets/{config}.py'), '--out', config, '--tokenizer',
+                                     tokenizer_path, '--cfg-options', 'dataset.image_size=64']) == 0
+        (stats,) = json.loads(Path(config, 'report.json').read_text())
+        assert stats['usable'] == stats['decoded'] == 4 and stats['decode_failures'] == {}
+        assert stats['cut'] == 0 and len(stats['prompt_tokens']) == 4
+        assert Path(config, 'report.html').read_text().count('data:image/jpeg;base64') == 4

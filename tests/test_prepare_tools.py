@@ -17,10 +17,11 @@ import pytest
 from src.prepare import datasets
 from src.prepare.extract import EXTRACT
 from src.prepare.report import REPORT_NAME
-from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
+from src.synthetic.downloads import DEFAULT_ROOTS, FAMILY_MAKERS, MAKERS
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = list(MAKERS)
+ALL_MAKERS = {**MAKERS, **FAMILY_MAKERS}  # the five, and the editing data of the family
+NAMES = list(ALL_MAKERS)
 
 
 def prepare(name, root, **options):
@@ -53,7 +54,7 @@ def run_tool(name, *args, cwd=REPO):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_prepare_gives_what_the_download_expects(tmp_path, name):
-    expected = MAKERS[name](tmp_path / name, n=6, hostile=True, truncated_tar=True)
+    expected = ALL_MAKERS[name](tmp_path / name, n=6, hostile=True, truncated_tar=True)
 
     report = prepare(name, expected.root, num_processes=2)
     code = report.finish()
@@ -93,7 +94,7 @@ def test_prepare_gives_what_the_download_expects(tmp_path, name):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_tool_command(tmp_path, name):
-    expected = MAKERS[name](tmp_path / name, n=6)
+    expected = ALL_MAKERS[name](tmp_path / name, n=6)
 
     result = run_tool(name, '--root', expected.root, '--num-processes', 2)
 

@@ -195,3 +195,26 @@ def test_the_pyspark_distributor_downloads_in_a_local_session(tmp_path, server, 
     assert [row['image'] for row in rows] == sorted(expected.samples)
     assert report.download['distributor'] == 'pyspark' and report.download['successes'] == len(expected.samples)
     assert sum(report.download['failed_by_reason'].values()) == len(expected.faults)
+
+
+def test_cc3m_urls_become_the_index_harmons_image2text_reads(tmp_path, server, tokenizer_path):
+    from mmengine.runner import Runner
+
+    from src.synthetic.downloads import FAMILY_ROOTS
+    from src.synthetic.local_config import localize
+    from config_helpers import load
+    root = tmp_path / FAMILY_ROOTS['cc3m']
+    expected = make_recap('cc3m', root, server, n=4)
+    report = datasets.prepare_cc3m(str(root), download=DownloadOptions(url_col='image_url', timeout=1,
+                                                                       samples_per_shard=4, thread_count=4),
+                                   num_processes=1)
+    assert report.finish() == 0, report.summary()
+    rows = json.loads((root / 'cc3m_densecaps.json').read_text())
+    assert sorted(row['image'] for row in rows) == sorted(expected.samples)
+    with in_dir(tmp_path):
+        loader = Runner.build_dataloader(localize(load('cc3m_image2text'), tokenizer_path,
+                                                  dataset_overrides=dict(image_size=32, seed=0), batch_size=2,
+                                                  num_workers=0, pin_memory=False), seed=0)
+        batch = next(iter(loader))['data']
+    assert set(batch) == {'input_ids', 'attention_mask', 'labels', 'pixel_values'}
+    assert batch['pixel_values'].shape == (2, 3, 32, 32) and (batch['input_ids'] == -200).sum() == 2 * 256

@@ -1,11 +1,11 @@
 """The whole data layer on miniature copies of the five downloads, offline, in well under a minute.
 
-1. writes a miniature raw download of each dataset under <workdir>/data/, laid out as the hub has it
-   (and as its guide draws it where they agree), with the faults real downloads have (rows without
-   images, missing and malformed caption files, corrupt images, a tar cut short, members that try to
-   escape the folder); and for laion6m and redcaps5m, the URL parquets upstream ships today, under
-   <workdir>/urls/data/, whose URLs a local HTTP server on 127.0.0.1 serves (some fail: 404, a page
-   that is no image, a timeout);
+1. writes a miniature raw download of each dataset (and of megalith-10m, an editing dataset) under
+   <workdir>/data/, laid out as the hub has it (and as its guide draws it where they agree), with the
+   faults real downloads have (rows without images, missing and malformed caption files, corrupt
+   images, a tar cut short, members that try to escape the folder); and for laion6m, redcaps5m and
+   cc3m (image-to-text), the URL parquets upstream ships today, under <workdir>/urls/data/, whose URLs
+   a local HTTP server on 127.0.0.1 serves (some fail: 404, a page that is no image, a timeout);
 2. prepares each with its tool's library (as `tools/prepare_<name>.py --num-processes 2` does; the
    URL parquets are fetched through img2dataset) and checks the result against what the download implies: the right index entries, the cut tar
    reported, nothing written outside the dataset folders;
@@ -155,6 +155,7 @@ def print_table(rows: list[Row]) -> None:
 
 
 URL_ROUTE = ('laion6m', 'redcaps5m')  # the datasets whose download today is URL parquets
+FAMILY_CONFIGS = {'megalith10m': 'megalith10m_reconstruct', 'cc3m': 'cc3m_image2text'}  # editing, image-to-text
 
 
 def run(args) -> Path | None:
@@ -163,25 +164,30 @@ def run(args) -> Path | None:
     clear_workdir(workdir)  # before the slow imports, so that a wrong --workdir is refused at once
     from src.prepare import datasets as prepare
     from src.prepare.recap import DownloadOptions
-    from src.synthetic.downloads import DEFAULT_ROOTS, make_all, make_recap
+    from src.synthetic.downloads import DEFAULT_ROOTS, FAMILY_MAKERS, FAMILY_ROOTS, make_all, make_recap
     from src.synthetic.preview import grid
     from src.synthetic.url_server import UrlServer
 
     # config name -> (the folder its data/ is in, the download, its --root)
     downloads = {}
     with contextlib.ExitStack() as stack:
-        with step(f'1. miniature raw downloads of the five datasets under {workdir / "data"}, and the URL '
-                  f'parquets of {" and ".join(URL_ROUTE)} under {workdir / "urls" / "data"}, served on 127.0.0.1'):
+        with step(f'1. miniature raw downloads of the five datasets and of megalith-10m (editing) under '
+                  f'{workdir / "data"}, and the URL parquets of {", ".join(URL_ROUTE)} and cc3m (image-to-text) '
+                  f'under {workdir / "urls" / "data"}, served on 127.0.0.1'):
             os.chdir(workdir)  # the tools' default roots and the configs' paths start at data/
             # The walkthrough's download has no tar cut short: its prepare step ends with exit status 0.
-            expected = make_all(Path('data').resolve(), n=args.samples, seed=args.seed, faults=True,
-                                hostile=True, truncated_tar=not args.download_only)
+            options = dict(n=args.samples, seed=args.seed, faults=True, hostile=True,
+                           truncated_tar=not args.download_only)
+            expected = make_all(Path('data').resolve(), **options)
             downloads.update((name, (workdir, exp, DEFAULT_ROOTS[name])) for name, exp in expected.items())
             server = stack.enter_context(UrlServer())
-            for name in URL_ROUTE if not args.download_only else ():
-                root = workdir / 'urls' / DEFAULT_ROOTS[name]
-                downloads[f'{name}_recap'] = (workdir / 'urls', make_recap(name, root, server, n=args.samples,
-                                                                          seed=args.seed), str(root))
+            for name in () if args.download_only else FAMILY_MAKERS:
+                root = FAMILY_ROOTS[name]
+                downloads[FAMILY_CONFIGS[name]] = (workdir, FAMILY_MAKERS[name](root, **options), root)
+            for name in () if args.download_only else (*URL_ROUTE, 'cc3m'):
+                root = workdir / 'urls' / {**DEFAULT_ROOTS, **FAMILY_ROOTS}[name]
+                downloads[FAMILY_CONFIGS.get(name, f'{name}_recap')] = (
+                    workdir / 'urls', make_recap(name, root, server, n=args.samples, seed=args.seed), str(root))
             for name, (_, exp, root) in downloads.items():
                 logger.info('%-16s %s: %d samples, %d faults', name, os.path.relpath(root, workdir),
                             len(exp.samples), len(exp.faults))
@@ -192,11 +198,13 @@ def run(args) -> Path | None:
             return None
 
         prepared = {}  # name -> (index entries, entries dropped)
-        for name, (_, exp, root) in downloads.items():
+        for name, (base, exp, root) in downloads.items():
             with step(f'2. prepare {name} (tools/prepare_{exp.name}.py --root {os.path.relpath(root, workdir)} '
                       f'--num-processes 2)'):
                 # The served timeout answers after 3 s: a 1 s timeout fails it without waiting long.
-                options = {'download': DownloadOptions(timeout=1, samples_per_shard=4)} if name.endswith('_recap') else {}
+                url_col = {'cc3m': 'image_url'}.get(exp.name, 'url')
+                options = ({'download': DownloadOptions(url_col=url_col, timeout=1, samples_per_shard=4)}
+                           if base == workdir / 'urls' else {})
                 report = getattr(prepare, f'prepare_{exp.name}')(root, num_processes=2, **options)
                 report.finish()
                 problems = check_preparation(exp, report)
@@ -229,7 +237,8 @@ def run(args) -> Path | None:
                 if not len(exp.samples) <= len(dataset) <= len(exp.indexed):
                     raise DemoError(f'{name}: the dataset has {len(dataset)} samples; the download has '
                                     f'{len(exp.samples)} usable ones and {len(exp.indexed)} index entries')
-                sections.append((f'{name}  ({os.path.relpath(root, workdir)})',
+            if name in expected or name.endswith('_recap'):  # text to image: the prompt holds the caption
+                sections.append((f'{name}  ({os.path.relpath(downloads[name][2], workdir)})',
                                  preview_tiles(batch, dataset, args.preview_per_dataset)))
         print()
         print_table(rows)

@@ -9,6 +9,7 @@ from functools import partial
 import torch
 from torch.utils.data import default_collate
 
+from src.datasets.components import resolve_type
 from src.datasets.image_io import fit_to_resolution
 
 DEFAULT_PAD_INDEX = 0  # xtuner's DEFAULT_PAD_TOKEN_INDEX, without importing xtuner
@@ -138,7 +139,7 @@ class CollateConcat:
         self.collate_fns = {}
         for key, cfg in zip(keys, collate_fns):
             cfg = dict(cfg)  # the config stays as it was: it may be built again
-            self.collate_fns[key] = partial(cfg.pop('type'), **cfg)
+            self.collate_fns[key] = partial(resolve_type(cfg.pop('type'), cfg), **cfg)
 
     def __call__(self, data_samples: Sequence[Mapping]) -> dict:
         samples = [sample for sample in data_samples if len(sample) > 0]

@@ -17,12 +17,17 @@ def build_component(cfg):
     if cfg is None or not isinstance(cfg, dict):
         return cfg
     args = dict(ConfigDict(cfg))  # reading a ConfigDict's items resolves the lazy objects in them
-    kind = args.pop('type', None)
+    return resolve_type(args.pop('type', None), cfg)(**args)
+
+
+def resolve_type(kind, cfg=None):
+    """A config's ``type``: the callable itself, or the one its dotted path names (a config dumped to
+    text writes ``'src.datasets.collate_functions.collate_func_gen'``)."""
     if isinstance(kind, str):
         found = get_object_from_string(kind)
         if found is None:
             raise TypeError(f'{kind!r} names nothing that can be imported: give the callable itself as type')
         kind = found
     if not callable(kind):
-        raise TypeError(f'the type of {dict(cfg)!r} is not a callable')
-    return kind(**args)
+        raise TypeError(f'the type of {dict(cfg or {})!r} is not a callable')
+    return kind

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyspng
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from src.datasets.errors import SampleError
 
@@ -120,6 +120,17 @@ def oriented_size(img: Image.Image) -> tuple[int, int]:
 def _upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     width, height = size
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def decode_upright_rgb(img: Image.Image) -> Image.Image:
+    """``img`` (from ``open_image``) decoded whole, turned upright by its EXIF orientation (the tag is
+    then removed, so nothing turns it twice), in RGB: the picture as upstream's hooks hand it to a
+    subclass. ``SampleError('bad-image')`` when the data is damaged."""
+    try:
+        img.load()
+        return to_rgb(ImageOps.exif_transpose(img))
+    except _DECODE_ERRORS as exc:
+        raise SampleError('bad-image', f'{_name_of(img)}: cannot decode {img.format or "image"} data: {exc}') from None
 
 
 def check_size(size: tuple[int, int], name: str, min_image_size: int = 80,

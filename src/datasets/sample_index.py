@@ -331,8 +331,8 @@ def _no_records(source) -> IndexFormatError:
     return _format_error(source, 'the index has no records')
 
 
-def _build_table(source: str, members: list[Path]) -> pa.Table:
-    batches = [batch for batch in _source_batches(members) if len(batch)]
+def _build_table(source: str, batches: Iterable[pa.RecordBatch]) -> pa.Table:
+    batches = [batch for batch in batches if len(batch)]
     if not batches:
         raise _no_records(source)
     schema = _unified_schema(batch.schema for batch in batches)
@@ -521,7 +521,12 @@ class SampleIndex:
                           f'index of {source} in memory, in every process that loads it; give '
                           f'a writable cache_dir (index_cache_dir= of the dataset) to share it',
                           logger='current', level=logging.WARNING)
-        return cls(_build_table(source, members), source)
+        return cls(_build_table(source, _source_batches(members)), source)
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict], source: str) -> 'SampleIndex':
+        """An index held in memory, of ``records`` (dicts, as a JSON index holds them)."""
+        return cls(_build_table(source, _batched(records)), source)
 
     def __len__(self) -> int:
         return self._table.num_rows if self._rows is None else len(self._rows)

@@ -21,6 +21,8 @@ LAION6M_ROOT = 'data/laion6m'
 DALLE3_ROOT = 'data/dalle3'
 REDCAPS5M_ROOT = 'data/redcaps5m'
 BLIP3O60K_ROOT = 'data/BLIP3o-60k'
+MEGALITH10M_ROOT = 'data/megalith-10m'
+CC3M_ROOT = 'data/cc3m'
 
 LAION6M_LAYOUT = PairLayout(index='data.json', image_folder='raw', cap_folder='captions',
                             caption_folders=('captions', 'raw'), caption_ext='.json')
@@ -28,6 +30,10 @@ REDCAPS5M_LAYOUT = PairLayout(index='redcaps5m_data.json', image_folder='raw', c
                               caption_folders=('raw',), caption_ext='.json')
 BLIP3O60K_LAYOUT = PairLayout(index='data.json', image_folder='raw', cap_folder='raw',
                               caption_folders=('raw',), caption_ext='.txt')
+MEGALITH10M_LAYOUT = PairLayout(index='megalith10m_all.json', image_folder='raw', cap_folder='captions',
+                                caption_folders=('captions',), caption_ext='.json')
+CC3M_INDEX = 'cc3m_densecaps.json'  # what Harmon's image2text.py reads
+CC3M_URL_COL = 'image_url'  # Conceptual Captions' parquet
 
 
 def find_tars(root: str, pattern: str) -> list[str]:
@@ -90,3 +96,26 @@ def prepare_blip3o60k(root: str = BLIP3O60K_ROOT, **options) -> Report:
     jobs = [TarJob(root, name, name[:-len('.tar')]) for name in find_tars(root, 'raw/*.tar')]
     return prepare('blip3o60k', root, jobs, ['raw'], partial(build_pair_index, layout=BLIP3O60K_LAYOUT),
                    looked_for='tars raw/*.tar', **options)
+
+
+def prepare_megalith10m(root: str = MEGALITH10M_ROOT, **options) -> Report:
+    """raw/<stem>.tar -> raw/<stem>/; captions/*.tar extracted in place; megalith10m_all.json checked
+    (or built by pairing each image with its caption json by name)."""
+    jobs = ([TarJob(root, name, name[:-len('.tar')]) for name in find_tars(root, 'raw/*.tar')]
+            + [TarJob(root, name, 'captions') for name in find_tars(root, 'captions/*.tar')])
+    return prepare('megalith10m', root, jobs, ['raw', 'captions'], partial(build_pair_index, layout=MEGALITH10M_LAYOUT),
+                   looked_for='image tars raw/*.tar and caption tars captions/*.tar', **options)
+
+
+def prepare_cc3m(root: str = CC3M_ROOT, *, download: DownloadOptions = DownloadOptions(url_col=CC3M_URL_COL),
+                 **options) -> Report:
+    """Conceptual Captions' URL parquets (parquets/*.parquet): the images fetched with img2dataset into
+    raw/<shard>/<key>.jpg beside <key>.json (its caption and the other columns), and the index
+    cc3m_densecaps.json pairing them, as Harmon's image-to-text config reads it."""
+    parquets = recap_route(root)
+    if not parquets:
+        report = Report(dataset='cc3m', root=root)
+        report.index_error = (f'nothing to prepare in {os.path.abspath(root)}: no URL parquets parquets/*.parquet. '
+                              'Is --root the folder the download went to?')
+        return report
+    return prepare_recap('cc3m', root, parquets, download, index=CC3M_INDEX, **options)

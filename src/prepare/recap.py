@@ -20,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -160,17 +161,18 @@ def download_summary(output: str, shards: list[str], earlier: set[str], options:
             'successes': successes, 'failed_by_reason': failed}
 
 
-def build_index(files: Files, report: Report) -> None:
-    """data.json from the samples in the shard folders (not img2dataset's per-shard stats and parquet
-    beside them)."""
+def build_index(files: Files, report: Report, layout: PairLayout = LAYOUT) -> None:
+    """The index (``layout.index``) from the samples in the shard folders (not img2dataset's per-shard
+    stats and parquet beside them)."""
     in_shards = {path for path in files.paths if path.count('/') >= 2}
-    build_pair_index(Files(files.root, in_shards, files.step), report, LAYOUT)
+    build_pair_index(Files(files.root, in_shards, files.step), report, layout)
 
 
 def prepare_recap(dataset: str, root: str, parquets: list[str], options: DownloadOptions, *,
                   num_processes: int = DEFAULT_NUM_PROCESSES, start: int = 0, end: int = -1,
-                  step=EXTRACT) -> Report:
-    """Download what is missing, then index ``raw/`` (files, or with ``INDEX_MEMBERS`` the tars)."""
+                  step=EXTRACT, index: str = LAYOUT.index) -> Report:
+    """Download what is missing, then index ``raw/`` (files, or with ``INDEX_MEMBERS`` the tars) into
+    ``<root>/<index>``."""
     report = Report(dataset=dataset, root=root, step=step.name)
     output = os.path.join(root, IMAGE_FOLDER)
     output_format = 'webdataset' if step is INDEX_MEMBERS else 'files'
@@ -192,8 +194,8 @@ def prepare_recap(dataset: str, root: str, parquets: list[str], options: Downloa
     jobs = ([TarJob(root, f'{IMAGE_FOLDER}/{shard}.tar', f'{IMAGE_FOLDER}/{shard}') for shard in done]
             if output_format == 'webdataset' else [])
     looked_for = f'images downloaded from {PARQUET_FOLDER}/*.parquet into {IMAGE_FOLDER}/'
-    return prepare(dataset, root, jobs, [IMAGE_FOLDER], build_index, looked_for=looked_for,
-                   num_processes=num_processes, step=step, report=report)
+    return prepare(dataset, root, jobs, [IMAGE_FOLDER], partial(build_index, layout=replace(LAYOUT, index=index)),
+                   looked_for=looked_for, num_processes=num_processes, step=step, report=report)
 
 
 def check_output_format(root: str, output_format: str) -> None:
@@ -220,10 +222,9 @@ def recap_route(root: str) -> list[str] | None:
 
 
 
-def add_download_options(parser) -> None:
+def add_download_options(parser, defaults: DownloadOptions = DownloadOptions()) -> None:
     """The URL route's options, for the tools whose download may be URL parquets."""
     group = parser.add_argument_group('URL parquets (parquets/*.parquet, fetched with img2dataset)')
-    defaults = DownloadOptions()
     group.add_argument('--url-col', default=defaults.url_col, help='the URL column (default: %(default)s)')
     group.add_argument('--distributor', choices=DISTRIBUTORS, default=defaults.distributor,
                        help="img2dataset's distributor: this machine's processes, or a pyspark cluster "

@@ -99,7 +99,7 @@ def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
         except SampleError as err:
             failures[err.reason] += 1
             continue
-        tokens = len(dataset.tokenizer.encode(dataset.prompt_of(caption), **dataset.tokenizer_kwargs))
+        tokens = dataset.prompt_length(caption)
         stats.prompt_tokens.append(tokens)
         stats.caption_chars.append(len(caption))
         if width and height:
@@ -138,6 +138,8 @@ def check_decoding(dataset, rows, stats: DatasetStats, on_sample=None, progress:
 def _cuts(dataset, lengths: np.ndarray) -> tuple[int, int]:
     """Prompts longer than ``max_length``, and how many of them lose IMG_START_TOKEN to upstream's
     cut (all of them where the template ends with it: it is the prompt's last token)."""
+    if not dataset.cuts_prompts:  # an editing prompt is never cut (as upstream)
+        return 0, 0
     cut = int((lengths > dataset.max_length).sum())
     return cut, cut if dataset.image_start_token else 0
 

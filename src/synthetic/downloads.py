@@ -597,6 +597,10 @@ def make_blip3o60k(root, n: int = 12, seed: int = 0, faults: bool = True, hostil
     return expected
 
 
+RECAP_INDEX = {'cc3m': 'cc3m_densecaps.json'}  # the index each URL route writes; data.json for the others
+RECAP_COLUMNS = {'cc3m': ('image_url', 'caption')}  # (URL column, caption column); ('url', 're_caption') else
+
+
 def make_recap(name: str, root, server, n: int = 8, seed: int = 0, faults: bool = True, parquets: int = 2,
                samples_per_shard: int = 4) -> Expected:
     """The URL route of laion6m / redcaps5m, as upstream ships it today: ``parquets/*.parquet`` of
@@ -606,28 +610,35 @@ def make_recap(name: str, root, server, n: int = 8, seed: int = 0, faults: bool 
 
     ``Expected.samples`` names each image as img2dataset writes it with ``samples_per_shard``:
     ``<shard>/<key>.jpg``, the shards numbered on across the parquets in name order.
+    ``name='cc3m'``: Conceptual Captions' parquet instead (``image_url``, ``caption``), as Harmon's
+    image-to-text config reads it (index ``cc3m_densecaps.json``).
     Faults ('prepare', reason 'download failed'): a URL that answers 404, one whose body is an
     HTML page, one that answers after 3 s (a timeout for a client that waits less).
     """
     from src.synthetic.url_server import Response
 
     rng = random.Random(f'{name}-recap-{seed}')
-    expected = Expected(name, Path(root), image_folder='raw', data_path='data.json', cap_folder='raw')
+    url_col, caption_col = RECAP_COLUMNS.get(name, ('url', 're_caption'))
+    expected = Expected(name, Path(root), image_folder='raw', data_path=RECAP_INDEX.get(name, 'data.json'),
+                        cap_folder='raw')
     captions = iter(_captions(rng, 2 * (n + 3)))
     rows = []  # (row of the parquet, fault kind or None)
     for i in range(n):
         image = _image(rng, i, _MOSTLY_JPEG)
         path = f'/{name}/{_hex(rng, 10)}{image.ext}'
         content_type = {'.jpg': 'image/jpeg', '.png': 'image/png', '.webp': 'image/webp'}[image.ext]
-        rows.append(({'url': server.add(path, Response(image.data, content_type=content_type))}, None))
+        rows.append(({url_col: server.add(path, Response(image.data, content_type=content_type))}, None))
     if faults:
         for kind, response in [('http-404', None), ('not-an-image', Response(b'<html>gone</html>', content_type='text/html')),
                                ('timeout', Response(b'late', delay=3.0))]:
             path = f'/{name}/{_hex(rng, 10)}.jpg'
             rows.insert(rng.randrange(len(rows) + 1),
-                        ({'url': server.add(path, response) if response else server.url(path)}, kind))
+                        ({url_col: server.add(path, response) if response else server.url(path)}, kind))
     for row, _ in rows:
-        row.update(re_caption=next(captions), caption=f'alt text: {next(captions)}', aesthetic=rng.random())
+        if caption_col == 're_caption':
+            row.update(re_caption=next(captions), caption=f'alt text: {next(captions)}', aesthetic=rng.random())
+        else:
+            row[caption_col] = next(captions)
     digits = max(1, math.ceil(math.log10(samples_per_shard)))
     shard = 0
     (expected.root / 'parquets').mkdir(parents=True, exist_ok=True)
@@ -638,12 +649,84 @@ def make_recap(name: str, root, server, n: int = 8, seed: int = 0, faults: bool 
             for offset, (row, fault) in enumerate(chunk[first:first + samples_per_shard]):
                 image = f'{shard:05d}/{shard * 10 ** digits + offset:0{5 + digits}d}.jpg'
                 if fault:
-                    expected.faults.append(Fault(fault, row['url'], 'prepare', 'download failed', image))
+                    expected.faults.append(Fault(fault, row[url_col], 'prepare', 'download failed', image))
                 else:
-                    expected.samples[image] = row['re_caption']
-                    expected.other_captions.setdefault('caption', {})[image] = row['caption']
+                    expected.samples[image] = row[caption_col]
+                    if caption_col == 're_caption':
+                        expected.other_captions.setdefault('caption', {})[image] = row['caption']
             shard += 1
     _hub_extras(expected.root / 'parquets')  # the guides download the repository into parquets/
+    return expected
+
+
+MEGALITH_CAPTION_KEYS = ('caption', 'caption_internlm2_short', 'caption_llava')
+
+
+def make_megalith10m(root, n: int = 12, seed: int = 0, faults: bool = True, hostile: bool = False,
+                     truncated_tar: bool = False, shards: int = 3, with_index: bool = True) -> Expected:
+    """megalith-10m, the images of OpenUni's editing pretraining (``ReconstructDataset``) and of VGT's
+    text-to-image mix: ``raw/<k>.tar`` of ``<key>.jpg`` (each extracted into ``raw/<k>/``),
+    ``captions/<k>.tar`` of ``<k>/<key>.json`` captions (``caption``, ``caption_internlm2_short``,
+    ``caption_llava``; extracted in place), and ``megalith10m_all.json`` (``{"image": "<k>/<key>.jpg",
+    "annotation": "<k>/<key>.json"}``, relative to ``raw/`` and ``captions/``) unless ``with_index=False``.
+
+    Faults (each also an entry of the index): an image without caption json ('prepare',
+    'no-caption'); a caption json without image ('prepare', 'no-image'); a malformed caption json
+    ('prepare', 'unreadable json').
+    """
+    rng = random.Random(f'megalith10m-{seed}')
+    expected = Expected('megalith10m', Path(root), image_folder='raw', data_path='megalith10m_all.json',
+                        cap_folder='captions')
+    download = _Download(expected, expected.root / 'raw' / '00000')
+    captions = iter(_captions(rng, 3 * (n + 6)))
+    keys = (f'{k:08d}' for k in itertools.count(rng.randrange(10 ** 6)))
+    samples = []  # (key, image or None, caption json bytes or None, fault (kind, reason) or None)
+
+    def caption_json(key: str, usable: bool = True) -> bytes:
+        texts = {name: next(captions) for name in MEGALITH_CAPTION_KEYS}
+        if usable:
+            expected.samples[key] = texts['caption']  # completed with the shard below
+        return _json(texts)
+
+    for i in range(n):
+        key = next(keys)
+        samples.append((key, _image(rng, i, _MOSTLY_JPEG), caption_json(key), None))
+    if faults:
+        for kind, reason, image, caption in [('image-without-caption', 'no-caption', True, None),
+                                             ('caption-without-image', 'no-image', False, True),
+                                             ('malformed-caption-json', 'unreadable json', True, b'{"caption": "a')]:
+            key = next(keys)
+            samples.append((key, _image(rng, 0, _JPEG) if image else None,
+                            caption_json(key, usable=False) if caption is True else caption, (kind, reason)))
+        rng.shuffle(samples)
+    index = []
+    for k, chunk in enumerate(_split(samples, shards)):
+        stem = f'{k:05d}'
+        download.tar(f'raw/{stem}.tar', [(f'{key}.jpg', image.data) for key, image, _, _ in chunk if image],
+                     hostile and k == 0)
+        _write(expected.root / f'captions/{stem}.tar',
+               _tar_bytes([(f'{stem}/{key}.json', caption) for key, _, caption, _ in chunk if caption is not None]))
+        for key, image, caption, fault in chunk:
+            relative = f'{stem}/{key}.jpg'
+            if key in expected.samples:
+                expected.samples[relative] = expected.samples.pop(key)
+            if fault:
+                where = f'raw/{stem}.tar:{key}.jpg' if image else f'captions/{stem}.tar:{stem}/{key}.json'
+                expected.faults.append(Fault(fault[0], where, 'prepare', fault[1], relative))
+            index.append({'image': relative, 'annotation': f'{stem}/{key}.json'})
+    if truncated_tar:
+        stem = '99999'
+        kept_key, cut_key = next(keys), next(keys)
+        kept, cut = _image(rng, 1, _JPEG), _image(rng, 2, _JPEG)
+        download.truncated_tar(f'raw/{stem}.tar', [(f'{kept_key}.jpg', kept.data), (f'{cut_key}.jpg', cut.data)],
+                               f'{stem}/{cut_key}.jpg')
+        _write(expected.root / f'captions/{stem}.tar', _tar_bytes(
+            [(f'{stem}/{kept_key}.json', caption_json(kept_key)), (f'{stem}/{cut_key}.json', caption_json(cut_key, False))]))
+        expected.samples[f'{stem}/{kept_key}.jpg'] = expected.samples.pop(kept_key)
+        index += [{'image': f'{stem}/{key}.jpg', 'annotation': f'{stem}/{key}.json'} for key in (kept_key, cut_key)]
+    if with_index:
+        _write(expected.root / 'megalith10m_all.json', _json(index))
+    _hub_extras(expected.root)
     return expected
 
 
@@ -679,6 +762,11 @@ MAKERS = {
     'redcaps5m': make_redcaps5m,
     'blip3o60k': make_blip3o60k,
 }
+
+
+# The family's other datasets: an editing one and, by the URL route (make_recap), an image-to-text one.
+FAMILY_MAKERS = {'megalith10m': make_megalith10m}
+FAMILY_ROOTS = {'megalith10m': 'data/megalith-10m', 'cc3m': 'data/cc3m'}
 
 
 def make_all(data_dir, n: int = 12, seed: int = 0, **options) -> dict[str, Expected]:

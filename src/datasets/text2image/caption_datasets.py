@@ -38,6 +38,7 @@ from src.datasets.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
+from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
 LOCAL_FILES = LocalFiles()
@@ -57,7 +58,7 @@ class _ProcessState:
 
 
 @DATASETS.register_module()
-class CaptionDataset(Dataset):
+class CaptionDataset(UpstreamHooks, Dataset):
     """Text-to-image samples: ``pixel_values`` (or ``image_latents`` / ``image_tokens``) and ``input_ids``.
 
     The keywords up to ``unconditional`` are upstream OpenUni's, in its order. Added:
@@ -88,6 +89,9 @@ class CaptionDataset(Dataset):
     """
 
     crop_image = True  # a random square crop; False squeezes the whole image (Harmon's option)
+    max_aspect = MAX_ASPECT
+    cuts_prompts = True  # a prompt longer than max_length is cut (an editing prompt never is)
+    path_keys = (ANNOTATION_KEY,)  # record keys holding paths, besides image_key: none may leave its folder
 
     def __init__(self,
                  data_path,
@@ -150,6 +154,7 @@ class CaptionDataset(Dataset):
         self.seed = seed
         self.max_refetch = max_refetch
         self.max_failure_ratio = max_failure_ratio
+        self.index_cache_dir = index_cache_dir
         # A data_path or tar_index in the bucket is fetched once per machine, then read locally.
         self.index_source = (fetch_to_cache(self.data_path, os.fspath(ceph_config), index_cache_dir)
                              if self.use_ceph and is_object_url(self.data_path) else self.data_path)
@@ -168,7 +173,7 @@ class CaptionDataset(Dataset):
             raise ValueError(f'empty_captions={empty_captions!r}: one of {EMPTY_CAPTIONS}')
         self.empty_captions = empty_captions
         self._check_folders()
-        self.index = self.load_index(index_cache_dir)
+        self.index = self.load_index()
         self.latent_shapes = self.load_latent_shapes() if self.latent_root is not None else None
         self.prompt_ids = self.load_prompt_ids() if pretokenize else None
         self._cfg_ids = None  # the unconditional prompt's ids, the same for every sample
@@ -180,6 +185,11 @@ class CaptionDataset(Dataset):
         every worker: indexing, ``len``, iteration and slices over the memory-mapped index."""
         return RecordList(self.index)
 
+    @data_list.setter
+    def data_list(self, records) -> None:
+        # Upstream's subclasses assign their own records in a _load_data of their own: held in memory.
+        self.index = SampleIndex.from_records(records, self.data_path)
+
     def _choose_readers(self):
         """Where images, annotations and latents are read from, chosen once (``src.datasets.storage``).
 
@@ -188,6 +198,7 @@ class CaptionDataset(Dataset):
         ``<latents_ceph_folder>/<image>.pt`` when it is set; else the local folders (or tar shards).
         With ``tar_index`` in the bucket too, the ceph_folder reads are ranged GETs of its shards."""
         ceph = self.remote_tars if self.remote_tars is not None else self._object_folder(self.ceph_folder)
+        self.ceph_files = ceph
         local = TarMembers(self.tar_index) if self.tar_index is not None else LOCAL_FILES
         self.image_files, self.image_root = ((ceph, self.ceph_folder) if ceph and self.image_folder is None
                                              else (local, self.image_folder))
@@ -220,23 +231,27 @@ class CaptionDataset(Dataset):
             if path is not None and not os.path.exists(path):
                 raise FileNotFoundError(f'{type(self).__name__}: {name} {path!r} does not exist')
 
-    def load_index(self, cache_dir=None) -> SampleIndex:
-        """The index, without the records that cannot be used; each kind of drop is logged once."""
-        index = SampleIndex.load(self.index_source, cache_dir=cache_dir)
+    def load_index(self) -> SampleIndex:
+        """The index (``_load_data``), without the records that cannot be used; each kind of drop is
+        logged once."""
+        self._load_data(self.index_source)
+        index = self.index
         if self.train_number_samples and 0 < self.train_number_samples < len(index):
             print_log(f'Using the first {self.train_number_samples} of the {len(index)} records of '
                       f'{self.data_path} (train_number_samples)', logger='current', level=logging.INFO)
             index = index.select(np.arange(self.train_number_samples))
         total = len(index)
-        self._check_image_column(index)
-        keep = index.has_value(self.image_key)
-        dropped = {f'without {self.image_key!r}': self._log_dropped(~keep, total, f'have no {self.image_key!r}')}
-        not_text = keep & index.not_text(self.image_key)
-        dropped['image path not text'] = self._log_dropped(not_text, total, f'have a {self.image_key!r} that is not text')
-        keep &= ~not_text
+        keep, dropped = np.ones(total, dtype=bool), {}
+        for key in self.required_keys:
+            self._check_image_column(index, key)
+            missing = keep & ~index.has_value(key)
+            dropped[f'without {key!r}'] = self._log_dropped(missing, total, f'have no {key!r}')
+            not_text = keep & ~missing & index.not_text(key)
+            dropped[f'{key!r} not text'] = self._log_dropped(not_text, total, f'have a {key!r} that is not text')
+            keep &= ~missing & ~not_text
         if not self.allow_outside_paths:
             unsafe = np.zeros(total, dtype=bool)
-            for key in (self.image_key, ANNOTATION_KEY):
+            for key in dict.fromkeys((self.image_key, *self.required_keys, *self.path_keys)):
                 unsafe |= keep & index.text_mask(key, unsafe_path_mask)
             dropped['unsafe path'] = self._log_dropped(
                 unsafe, total, 'name an image or annotation path that is absolute or climbs out of its folder '
@@ -268,15 +283,20 @@ class CaptionDataset(Dataset):
         return load_prompt_ids(self.index, self.cap_keys, self.prompt_of, self.tokenizer,
                                self.tokenizer_kwargs, self.prompt_template, self._encode)
 
-    def _check_image_column(self, index: SampleIndex) -> None:
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        """The record keys a sample cannot do without: the image path (``image_key``)."""
+        return (self.image_key,)
+
+    def _check_image_column(self, index: SampleIndex, key: str) -> None:
         """Image paths must be text: a column of numbers, lists or objects is a wrong ``image_key``
         or a broken index, said here rather than as a TypeError inside a DataLoader worker."""
-        kind = index.column_type(self.image_key)
+        kind = index.column_type(key)
         if kind is None or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
             return
-        first = int(np.argmax(index.has_value(self.image_key)))
-        raise IndexFormatError(f'{self.data_path}: the {self.image_key!r} field holds {kind} values (record #{first}: '
-                               f'{index[first].get(self.image_key)!r}), not image paths. Is image_key right? '
+        first = int(np.argmax(index.has_value(key)))
+        raise IndexFormatError(f'{self.data_path}: the {key!r} field holds {kind} values (record #{first}: '
+                               f'{index[first].get(key)!r}), not image paths. Is image_key right? '
                                f'The records have {index.columns}.')
 
     def _log_dropped(self, mask: np.ndarray, total: int, what: str) -> int:
@@ -350,11 +370,14 @@ class CaptionDataset(Dataset):
             self.latent_shapes.check(latent, self.data_path_of(self.latent_root, image_file + '.pt'),
                                      self.image_size, self.image_size)
             return dict(image_latents=latent)
-        name = self.data_path_of(self.image_root, image_file)
-        pixel_values = load_pixel_values(self.read_image(image_file), name, self.image_size, rng,
-                                         min_image_size=self.min_image_size, max_aspect=MAX_ASPECT,
-                                         crop=self.crop_image)
-        return dict(pixel_values=pixel_values)
+        return dict(pixel_values=self.load_pixels(image_file, rng))
+
+    def load_pixels(self, image_file: str, rng: random.Random, crop: bool | None = None) -> torch.Tensor:
+        """The picture ``image_file`` as ``[3, image_size, image_size]`` in [-1, 1]: a random square crop,
+        or the whole picture squeezed (``crop=False``; default: ``crop_image``)."""
+        return load_pixel_values(self.read_image(image_file), self.data_path_of(self.image_root, image_file),
+                                 self.image_size, rng, min_image_size=self.min_image_size,
+                                 max_aspect=self.max_aspect, crop=self.crop_image if crop is None else crop)
 
     def process_text(self, text: str, rng: random.Random, stored_ids: torch.Tensor | None = None) -> dict:
         """Upstream's prompt: the caption (or, with probability ``unconditional``, CFG) in the template.
@@ -383,6 +406,10 @@ class CaptionDataset(Dataset):
         else:
             prompt = template.get('GENERATION', HARMON_GENERATION).format(input=caption)
         return template['INSTRUCTION'].format(input=prompt) + (self.image_start_token or '')
+
+    def prompt_length(self, caption: str) -> int:
+        """The prompt's length in tokens for ``caption``, as ``max_length`` counts it (the report's)."""
+        return len(self._encode(self.prompt_of(caption)))
 
     @property
     def decodes_images(self) -> bool:
@@ -481,6 +508,7 @@ class CaptionDataset(Dataset):
         seed = self.seed if self.seed is not None else idx.seed
         return random.Random(f'{seed}/{idx.rank}/{position}/{self.data_path}')
 
+    @sets_draw_rng
     def __getitem__(self, idx):
         """Sample ``idx``, or, when it cannot be used, a random other one: see ``failure_policy``
         for when drawing stops."""

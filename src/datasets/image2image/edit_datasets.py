@@ -1,0 +1,108 @@
+"""OpenUni's image editing datasets at OpenUni's import path, on the project's ``CaptionDataset``
+(memory-mapped index, storage readers for files, tar shards and objects, the failure policy, and
+randomness keyed on each draw for an exact resume).
+
+- ``ImageEditDataset``: records ``{"source_image", "target_image", "annotation"[, "image"]}``; the
+  instruction is the ``cap_source`` key of the annotation json (or of the record itself); both
+  pictures are squeezed whole to ``image_size`` (upstream resizes without cropping).
+- ``ReconstructDataset``: records ``{"image", ...}``; the picture, a random square crop, is both the
+  source and the target, and the instruction is "Keep the image as it is.".
+
+A sample: ``pixel_values_src``, ``pixel_values``, ``input_ids`` of
+``INSTRUCTION.format(input=IMG_START + IMG_CONTEXT x image_length + IMG_END + "\\n" + instruction)``
+followed by ``IMG_START_TOKEN`` (unless ``IMG_START_TOKEN_FOR_GENERATION`` is False), never dropped
+for CFG nor cut at ``max_length`` (as upstream); ``image_dir``, ``image_file``,
+``type='image2image'``. Batches: ``collate_func_img2img``.
+"""
+from __future__ import annotations
+
+import functools
+import random
+
+import torch
+from mmengine.registry import DATASETS
+
+from src.datasets.errors import SampleError
+from src.datasets.text2image.caption_datasets import CaptionDataset
+
+RECONSTRUCT_INSTRUCTION = 'Keep the image as it is.'
+
+
+@DATASETS.register_module()
+class ImageEditDataset(CaptionDataset):
+    """OpenUni's ``ImageEditDataset``, with ``CaptionDataset``'s keywords."""
+
+    path_keys = ('annotation', 'source_image', 'target_image')
+    image_keys = ('source_image', 'target_image')  # the pictures a sample reads, and what each becomes
+    sample_type = 'image2image'
+    cuts_prompts = False
+
+    def prompt_of(self, caption: str | None) -> str:
+        template = self.prompt_template
+        image_tokens = (template['IMG_START_TOKEN'] + template['IMG_CONTEXT_TOKEN'] * self.image_length
+                        + template['IMG_END_TOKEN'])
+        return template['INSTRUCTION'].format(input=f'{image_tokens}\n{caption}') + (self.image_start_token or '')
+
+    def process_text(self, text: str, rng: random.Random, stored_ids: torch.Tensor | None = None) -> dict:
+        """The editing prompt's ids: never the CFG prompt, never cut (as upstream)."""
+        return dict(input_ids=stored_ids if stored_ids is not None else self._encode(self.prompt_of(text)))
+
+    def instruction_of(self, record: dict) -> str:
+        return self.caption_of(record)
+
+    def load_pictures(self, record: dict, rng: random.Random) -> dict:
+        """``pixel_values_src`` and ``pixel_values``: the source and the target, squeezed whole."""
+        source, target = (self._required(record, key) for key in self.image_keys)
+        return dict(pixel_values_src=self.load_pixels(source, rng, crop=False),
+                    pixel_values=self.load_pixels(target, rng, crop=False))
+
+    @staticmethod
+    def _required(record: dict, key: str) -> str:
+        if not isinstance(record.get(key), str):
+            raise SampleError('bad-record', f'the record has no {key!r} path; its keys are {sorted(record)}')
+        return record[key]
+
+    def prepare_data(self, idx) -> dict:
+        state = self._state()
+        rng = state.draw_rng or state.rng
+        record = self.index[idx]
+        image_file = record.get(self.image_key) or record.get(self.image_keys[-1])
+        try:
+            instruction = self.instruction_of(record)  # first: a missing one costs no decode
+            data = self.load_pictures(record, rng)
+        except SampleError as err:
+            raise SampleError(err.reason, f'{self.data_path} sample #{idx} (image {image_file!r}): {err}') from err
+        data.update(self.process_text(instruction, rng, self._stored_ids(idx)))
+        data.update(image_dir=self.image_folder, image_file=image_file, type=self.sample_type)
+        return data
+
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        return self.image_keys
+
+
+@DATASETS.register_module()
+class ReconstructDataset(ImageEditDataset):
+    """OpenUni's ``ReconstructDataset``: the picture (a random square crop) is its own target."""
+
+    path_keys = ('annotation',)
+    image_keys = ()
+
+    def instruction_of(self, record: dict) -> str:
+        return RECONSTRUCT_INSTRUCTION
+
+    @functools.cached_property
+    def _instruction_ids(self) -> torch.Tensor:
+        return self._encode(self.prompt_of(RECONSTRUCT_INSTRUCTION))
+
+    def process_text(self, text: str, rng: random.Random, stored_ids: torch.Tensor | None = None) -> dict:
+        """The one instruction's ids, made once per process (stored captions' ids do not apply)."""
+        return dict(input_ids=self._instruction_ids.clone())
+
+    def load_pictures(self, record: dict, rng: random.Random) -> dict:
+        pixel_values = self.load_pixels(record[self.image_key], rng)  # cropped as CaptionDataset crops
+        return dict(pixel_values_src=pixel_values, pixel_values=pixel_values)
+
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        return (self.image_key,)
