@@ -313,3 +313,23 @@ def test_wrong_keys_fail_at_start_up_without_printing_them(s3_with_auth, tmp_pat
     message = str(err.value)
     assert words in message and 'secured' in message, message
     assert secret_key not in message and access_key not in message
+
+
+def test_a_subclass_written_against_upstream_reads_the_bucket(uploaded, s3, tmp_path, tokenizer, prompt_template):
+    """Upstream's hooks (_read_image, _read_json, _read_ceph, _process_*) over object storage."""
+    from test_family import UpstreamStyleReconstruct
+    config = petrel_config(tmp_path / 'petreloss.conf', s3[0])
+    options = dict(tokenizer=tokenizer, prompt_template=prompt_template, image_size=64, cap_source='re_caption',
+                   seed=0, unconditional=0)
+    data_path = str(uploaded.root / 'redcaps5m_data.json')
+    remote = UpstreamStyleReconstruct(data_path, ceph_folder='cluster1:s3://data/redcaps5m/raw', ceph_config=config,
+                                      **options)
+    local = UpstreamStyleReconstruct(data_path, image_folder=str(uploaded.root / 'raw'),
+                                     cap_folder=str(uploaded.root / 'raw'), **options)
+    record = remote.data_list[0]
+    assert remote._read_ceph(f'cluster1:s3://data/redcaps5m/raw/{record["annotation"]}').read() == \
+        (uploaded.root / 'raw' / record['annotation']).read_bytes()
+    for idx in range(len(local)):
+        ours, theirs = remote[idx], local[idx]
+        assert ours['image_file'] == theirs['image_file'] and torch.equal(ours['input_ids'], theirs['input_ids'])
+        assert torch.equal(ours['pixel_values'], theirs['pixel_values'])
