@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 _DTYPES = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
            pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64,
@@ -25,13 +24,19 @@ def to_numpy(values: pa.Array | pa.ChunkedArray, fill=None) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(0, _DTYPES[values.type])
     if not len(values):
         return np.zeros(0, _DTYPES[values.type])
-    if values.null_count:
-        if fill is None:
-            raise ValueError(f'a {values.type} column with {values.null_count} nulls needs a fill value')
-        values = pc.fill_null(values, fill)
+    if values.null_count and fill is None:
+        raise ValueError(f'a {values.type} column with {values.null_count} nulls needs a fill value')
     if pa.types.is_boolean(values.type):
-        bits = np.frombuffer(values.buffers()[1], np.uint8)
-        unpacked = np.unpackbits(bits, count=values.offset + len(values), bitorder='little')
-        return unpacked[values.offset:].view(np.bool_)
-    dtype = np.dtype(_DTYPES[values.type])
-    return np.frombuffer(values.buffers()[1], dtype, count=len(values), offset=values.offset * dtype.itemsize)
+        array = _bits(values.buffers()[1], values.offset, len(values))
+    else:
+        dtype = np.dtype(_DTYPES[values.type])
+        array = np.frombuffer(values.buffers()[1], dtype, count=len(values), offset=values.offset * dtype.itemsize)
+    if values.null_count:  # by the validity bits: pyarrow's fill_null imports pandas (0.3 s)
+        array = array.copy()
+        array[~_bits(values.buffers()[0], values.offset, len(values))] = fill
+    return array
+
+
+def _bits(buffer, offset: int, count: int) -> np.ndarray:
+    unpacked = np.unpackbits(np.frombuffer(buffer, np.uint8), count=offset + count, bitorder='little')
+    return unpacked[offset:].view(np.bool_)

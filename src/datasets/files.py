@@ -16,6 +16,7 @@ import os
 import stat
 
 import numpy as np
+import pyarrow as pa
 
 from src.datasets.errors import SampleError
 
@@ -38,12 +39,42 @@ def unsafe_path(path: str) -> str | None:
 
 
 def unsafe_path_mask(column) -> np.ndarray:
-    """Per value of an Arrow string column: whether :func:`unsafe_path` refuses it (nulls: no)."""
-    import pyarrow.compute as pc
+    """Per value of an Arrow string column: whether :func:`unsafe_path` refuses it (nulls: no).
 
-    from src.datasets.arrow_numpy import to_numpy
-    pattern = r'^/|(^|/)\.\.(/|$)|\x00'  # what unsafe_path refuses, as one regex
-    return to_numpy(pc.match_substring_regex(column, pattern), fill=False)
+    Read from the column's buffers: a leading '/' is one byte per value, and '..' or NUL anywhere
+    is one ``bytes.find`` over all the text (a regex over 1M paths took 0.12 s of every dataset's
+    construction); only values that hold one of those are judged one by one.
+    """
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [_unsafe_in_chunk(chunk) for chunk in chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
+def _unsafe_in_chunk(chunk) -> np.ndarray:
+    count = len(chunk)
+    mask = np.zeros(count, dtype=bool)
+    if count == 0 or chunk.null_count == count:
+        return mask
+    validity, offsets, data = chunk.buffers()[:3]
+    offset_type = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+    offsets = np.frombuffer(offsets, offset_type, count=count + 1, offset=chunk.offset * np.dtype(offset_type).itemsize)
+    text = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    nonempty = ends > starts
+    mask[nonempty] = text[starts[nonempty]] == ord('/')
+    raw = text[offsets[0]:offsets[-1]].tobytes()
+    suspects = set()
+    for needle in (b'..', b'\0'):
+        at = raw.find(needle)
+        while at != -1:
+            suspects.add(int(np.searchsorted(offsets, offsets[0] + at, side='right')) - 1)
+            at = raw.find(needle, at + 1)
+    for row in suspects:
+        mask[row] = unsafe_path(raw[starts[row] - offsets[0]:ends[row] - offsets[0]].decode('utf-8', 'replace')) is not None
+    if validity is not None:
+        mask &= np.unpackbits(np.frombuffer(validity, np.uint8), count=chunk.offset + count,
+                              bitorder='little')[chunk.offset:].view(bool)
+    return mask
 
 
 def join_inside(folder: str | None, path: str, *, allow_outside: bool = False) -> str:

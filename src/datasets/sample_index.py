@@ -45,6 +45,7 @@ from mmengine.logging import print_log
 
 from src.datasets.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError
+from src.datasets.files import unsafe_path_mask
 from src.datasets.locks import wait_for_lock
 
 # Bump when the cache layout or the conversion of records changes: old caches are then rebuilt.
@@ -560,22 +561,40 @@ class SampleIndex:
         return digest.hexdigest()
 
     def _column_digest(self, name: str) -> str:
+        return self._memo(f'digest/{name}', lambda: _digest_column(self._table, name))
+
+    def _memo(self, key: str, compute):
+        """``compute()`` (a JSON value about the whole table), computed once per cache: kept in a
+        file beside it, keyed on the cache's fingerprint."""
         sidecar = None if self._cache is None else self._cache.with_name(f'{self._cache.name}.digests.json')
         known = {}
         if sidecar is not None:
             with contextlib.suppress(OSError, ValueError):
                 known = json.loads(sidecar.read_text())
-            if known.get('fingerprint') != self._fingerprint.decode():
+            if not isinstance(known, dict) or known.get('fingerprint') != self._fingerprint.decode():
                 known = {}
-        if name not in known.get('columns', {}):
-            known = {'fingerprint': self._fingerprint.decode() if self._fingerprint else None,
-                     'columns': {**known.get('columns', {}), name: _digest_column(self._table, name)}}
+        values = known.get('values', {})
+        if key not in values:
+            values = {**values, key: compute()}
+            known = {'fingerprint': self._fingerprint.decode() if self._fingerprint else None, 'values': values}
             if sidecar is not None:
                 with contextlib.suppress(OSError):  # a read-only cache folder: computed again next time
                     temp = sidecar.with_name(f'{sidecar.name}.{os.getpid()}.tmp')
                     temp.write_text(json.dumps(known))
                     os.replace(temp, sidecar)
-        return known['columns'][name]
+        return values[key]
+
+    def unsafe_paths(self, name: str) -> np.ndarray:
+        """Per record: whether field ``name`` holds a path that is absolute or climbs out of its
+        folder (``files.unsafe_path``); computed once per cache."""
+        kind = self.column_type(name)
+        if kind is None or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            return np.zeros(len(self), dtype=bool)
+        rows = self._memo(f'unsafe/{name}', lambda: np.flatnonzero(
+            unsafe_path_mask(self._table.column(name)) & ~self._whole_not_text(name)).tolist())
+        mask = np.zeros(self._table.num_rows, dtype=bool)
+        mask[rows] = True
+        return self._view(mask)
 
     def whole(self) -> 'SampleIndex':
         """All the records, whatever this view selects."""
@@ -619,21 +638,16 @@ class SampleIndex:
         valid = to_numpy(pc.is_valid(self._table.column(name)))
         return self._view(valid)
 
-    def text_mask(self, name: str, test) -> np.ndarray:
-        """Per record: ``test`` (an Arrow string column -> one bool per value) of field ``name``;
-        False where the field is absent, null, or a value that is not text."""
-        kind = self.column_type(name)
-        if kind is None or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-            return np.zeros(len(self), dtype=bool)
-        return self._view(test(self._table.column(name))) & ~self.not_text(name)
-
     def not_text(self, name: str) -> np.ndarray:
         """Per record: whether field ``name`` holds a value that is not text (a list, a number, ...)
         in a column whose other values are text."""
+        return self._view(self._whole_not_text(name))
+
+    def _whole_not_text(self, name: str) -> np.ndarray:
         flag = json_flag(name)
         if flag not in self._names:
-            return np.zeros(len(self), dtype=bool)
-        return self._view(to_numpy(self._table.column(flag), fill=False))
+            return np.zeros(self._table.num_rows, dtype=bool)
+        return to_numpy(self._table.column(flag), fill=False)
 
     def numbers(self, name: str) -> np.ndarray:
         """Per record: field ``name`` as float64, NaN where it is missing or not a number
