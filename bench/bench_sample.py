@@ -94,12 +94,13 @@ class Sample:
         self.file = self.record[dataset.image_key]
         self.data = dataset.read_image(self.file)
         self.rng = random.Random(idx)
+        self.target = (dataset.image_size, dataset.image_size)
         img = image_io.open_image(self.data, self.file)
         self.box = image_io.random_square_box(image_io.oriented_size(img), random.Random(idx))
         self.stored_box = image_io._stored_box(self.box, image_io._orientation(img), img.size)
         self.spng = image_io._spng_decodes(img)  # decided here: the floor is the decode alone
-        self.region = image_io._decode_region(img, self.stored_box, dataset.image_size)
-        self.square = image_io._resize(self.region, dataset.image_size)
+        self.region = image_io._decode_region(img, self.stored_box, self.target)
+        self.square = image_io._resize(self.region, self.target)
         self.caption = resolve_caption(self.record, dataset.cap_keys, dataset.read_annotation)
 
     def decode_floor(self) -> None:
@@ -112,8 +113,7 @@ class Sample:
     def pillow_decode(self) -> None:
         """Pillow's decode at the scale the sample needs, whatever the dataset uses (the reference)."""
         img = Image.open(io.BytesIO(self.data))
-        side = min(self.stored_box[2] - self.stored_box[0], self.stored_box[3] - self.stored_box[1])
-        reduction = image_io._draft_reduction(side, self.dataset.image_size)
+        reduction = image_io._draft_reduction(image_io._ratio(self.stored_box, self.target))
         if reduction > 1:
             img.draft('RGB', (img.width // reduction, img.height // reduction))
         img.load()
@@ -132,10 +132,10 @@ class Sample:
         image_io.random_square_box(size, random.Random(self.idx))
 
     def decode_and_crop(self) -> None:
-        image_io._decode_region(image_io.open_image(self.data, self.file), self.stored_box, self.dataset.image_size)
+        image_io._decode_region(image_io.open_image(self.data, self.file), self.stored_box, self.target)
 
     def resize(self) -> None:
-        image_io._resize(self.region, self.dataset.image_size)
+        image_io._resize(self.region, self.target)
 
     def normalise(self) -> None:
         image_io._normalise(self.square)

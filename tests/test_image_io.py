@@ -174,7 +174,7 @@ def test_resize_leaves_the_pixels_channels_last_for_normalise_to_unpack(channels
     # torch resizes in the layout the input's strides suggest; read as planar, it repacked its
     # output plane by plane in a pass as slow as the resampling. Same pixels either way.
     region = np.random.default_rng(0).integers(0, 256, (90, 120, channels), dtype=np.uint8)[:, 10:100]
-    square = image_io._resize(region, 64)
+    square = image_io._resize(region, (64, 64))
     assert square.shape == (3, 64, 64) and square.stride() == (1, 64 * channels, channels)
     planar = F.interpolate(torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None].contiguous(),
                            size=(64, 64), mode='bicubic', antialias=True)[0, :3]

@@ -1,7 +1,9 @@
 """Image bytes to the square, normalised pixel tensor a text-to-image sample holds.
 
-Small steps, each testable alone, and ``load_pixel_values`` composing them the way the dataset
-does: open (header only) -> check size -> draw the crop -> decode + crop + resize -> tensor.
+Small steps, each testable alone, and ``load_pixels`` composing them the way the dataset does:
+open (header only) -> check size -> draw the crop box of the target's shape -> decode + crop +
+resize -> tensor. A square crop is the target (S, S) of that one path; an aspect-ratio bucket
+(``src.datasets.buckets``) is any other (height, width).
 Every failure is a ``SampleError`` whose message names the file; no Pillow traceback escapes.
 
 Decoding only what the crop needs, with the fastest decoder that gives the same pixels
@@ -31,6 +33,7 @@ import random
 import struct
 import warnings
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -145,16 +148,31 @@ def check_size(size: tuple[int, int], name: str, min_image_size: int = 80,
                                         f'outside (1/{max_aspect:g}, {max_aspect:g})')
 
 
-def random_square_box(size: tuple[int, int], rng: random.Random) -> tuple[int, int, int, int]:
-    """A random square of side ``min(w, h)`` inside ``size``, as ``(x0, y0, x1, y1)``.
+def crop_box(size: tuple[int, int], target: tuple[int, int], rng: random.Random,
+             mode: str = 'random') -> tuple[int, int, int, int]:
+    """The largest box of ``target``'s shape (height, width) inside a picture of ``size`` (width,
+    height), as ``(x0, y0, x1, y1)``: what covering the target and cropping the rest keeps.
 
-    Always two draws from ``rng``, so the sequence does not depend on the picture's shape.
+    ``mode`` 'random' places it by two draws from ``rng`` (always two, so the sequence does not
+    depend on the picture's shape); 'center' centres it and draws nothing.
     """
     width, height = size
-    side = min(width, height)
-    x0 = rng.randint(0, width - side)
-    y0 = rng.randint(0, height - side)
-    return x0, y0, x0 + side, y0 + side
+    target_h, target_w = target
+    if width * target_h >= height * target_w:  # wider than the target: the whole height
+        box_w, box_h = min(width, max(1, round(height * target_w / target_h))), height
+    else:
+        box_w, box_h = width, min(height, max(1, round(width * target_h / target_w)))
+    if mode == 'center':
+        x0, y0 = (width - box_w) // 2, (height - box_h) // 2
+    else:
+        x0 = rng.randint(0, width - box_w)
+        y0 = rng.randint(0, height - box_h)
+    return x0, y0, x0 + box_w, y0 + box_h
+
+
+def random_square_box(size: tuple[int, int], rng: random.Random) -> tuple[int, int, int, int]:
+    """A random square of side ``min(w, h)`` inside ``size``, as ``(x0, y0, x1, y1)`` (two draws)."""
+    return crop_box(size, (1, 1), rng)
 
 
 def _white_background(img: Image.Image) -> Image.Image:
@@ -206,12 +224,18 @@ def _stored_box(box: tuple[float, float, float, float], orientation: int,
     return xs[0], ys[0], xs[1], ys[1]
 
 
-def _draft_reduction(crop_side: float, image_size: int) -> int:
-    """The largest JPEG DCT reduction (8, 4 or 2; else 1) leaving the crop ``image_size`` or wider."""
+def _draft_reduction(ratio: float) -> int:
+    """The largest JPEG DCT reduction (8, 4 or 2; else 1) that leaves a region ``ratio`` times the
+    output at least the output's size."""
     for factor in (8, 4, 2):
-        if crop_side >= factor * image_size:
+        if ratio >= factor:
             return factor
     return 1
+
+
+def _ratio(box, target: tuple[int, int]) -> float:
+    """How many times the output (``target``: height, width) the region ``box`` is, on its tighter side."""
+    return min((box[2] - box[0]) / target[1], (box[3] - box[1]) / target[0])
 
 
 def _spng_decodes(img: Image.Image) -> bool:
@@ -221,25 +245,25 @@ def _spng_decodes(img: Image.Image) -> bool:
             and len(img.tile) == 1 and img.tile[0].args == 'RGB' and isinstance(img.fp, io.BytesIO))
 
 
-def _decode_region(img: Image.Image, stored_box: tuple[float, float, float, float], image_size: int) -> np.ndarray:
+def _decode_region(img: Image.Image, stored_box: tuple[float, float, float, float],
+                   target: tuple[int, int]) -> np.ndarray:
     """The region ``stored_box`` of the stored pixels, decoded to a uint8 ``[H, W, C]`` array (RGB,
-    with C = 4 a padding byte after each pixel) no less than ``image_size`` a side, at a reduced
-    scale where the decoder allows (JPEG DCT scaling, Pillow's box reduce for a region many times
-    the output).
+    with C = 4 a padding byte after each pixel) no smaller than ``target`` (height, width, stored
+    orientation), at a reduced scale where the decoder allows (JPEG DCT scaling, Pillow's box
+    reduce for a region many times the output).
 
     8-bit RGB PNGs go to pyspng (libspng), which decodes them 1.35x faster than Pillow with the
     same pixels (bench/bench_decoders.py); the rest to Pillow.
     """
-    side = min(stored_box[2] - stored_box[0], stored_box[3] - stored_box[1])
-    gap = int(side // (REDUCING_GAP * image_size))
-    if gap < 2 and _spng_decodes(img):  # a region to box-reduce keeps Pillow: no full-size array
+    ratio = _ratio(stored_box, target)
+    if int(ratio // REDUCING_GAP) < 2 and _spng_decodes(img):  # a region to box-reduce keeps Pillow
         x0, y0, x1, y1 = (round(v) for v in stored_box)
         try:
             return pyspng.load(img.fp.getvalue(), 'RGB')[y0:y1, x0:x1]
         except RuntimeError as exc:  # pyspng reports every broken file this way
             raise SampleError('bad-image', f'{_name_of(img)}: cannot decode PNG data: {exc}') from None
     full_width = img.width
-    reduction = _draft_reduction(side, image_size)
+    reduction = _draft_reduction(ratio)
     if reduction > 1:
         drafted = img.draft('RGB', (img.width // reduction, img.height // reduction))
         # None: not a JPEG, or one libjpeg cannot scale. Else the full picture's extent when drafted.
@@ -252,7 +276,7 @@ def _decode_region(img: Image.Image, stored_box: tuple[float, float, float, floa
         # A region many times the output (a large PNG, which cannot be decoded at a reduced scale) is
         # box-reduced by Pillow straight from the decoded picture, as Pillow's own reducing_gap
         # does: no full-size copy of the crop, and the bicubic pass runs on a small image.
-        gap = int(min(box[2] - box[0], box[3] - box[1]) // (REDUCING_GAP * image_size))
+        gap = int(_ratio(box, target) // REDUCING_GAP)
         if gap >= 2:
             return np.asarray(rgb.reduce(gap, box=box))
     except _DECODE_ERRORS as exc:
@@ -271,10 +295,10 @@ def _pixels_of(rgb: Image.Image) -> np.ndarray:
     return np.frombuffer(buffer, np.uint8).reshape(rgb.height, rgb.width, 4)
 
 
-def _resize(region: np.ndarray, image_size: int) -> torch.Tensor:
-    """``region`` (``[H, W, 3 or 4]``, see ``_decode_region``) resized to ``image_size`` x
-    ``image_size`` (bicubic, antialiased), as a uint8 ``[3, S, S]`` view of pixels stored channels
-    last (``_normalise`` makes the planes). A
+def _resize(region: np.ndarray, target: tuple[int, int]) -> torch.Tensor:
+    """``region`` (``[H, W, 3 or 4]``, see ``_decode_region``) resized to ``target`` (height,
+    width; bicubic, antialiased), as a uint8 ``[3, H, W]`` view of pixels stored channels last
+    (``_normalise`` makes the planes). A
     region already that size is taken as it is (bicubic at scale 1 is the identity), which saves a
     whole pass for a JPEG decoded at exactly the output scale.
 
@@ -295,20 +319,24 @@ def _resize(region: np.ndarray, image_size: int) -> torch.Tensor:
         # is new, and every square is copied by _normalise), so no copy is made for torch.
         warnings.simplefilter('ignore', UserWarning)
         batch = torch.from_numpy(region).unsqueeze(0).permute(0, 3, 1, 2)
-    if batch.shape[2:] != (image_size, image_size):
-        batch = F.interpolate(batch, size=(image_size, image_size), mode='bicubic', antialias=True)
+    if tuple(batch.shape[2:]) != tuple(target):
+        batch = F.interpolate(batch, size=tuple(target), mode='bicubic', antialias=True)
     return batch[0, :3]
 
 
-def _load_square_pixels(img: Image.Image, box: tuple[int, int, int, int], image_size: int,
+def _load_region_pixels(img: Image.Image, box: tuple[int, int, int, int], target: tuple[int, int],
                         orientation: int | None = None) -> torch.Tensor:
-    """``load_square`` as a uint8 ``[3, S, S]`` tensor, which the pixel pipeline uses without a
-    round trip through a PIL image. ``orientation``: the EXIF tag when the caller has read it."""
+    """The region ``box`` (upright coordinates) of ``img`` resized to ``target`` (height, width), as a
+    uint8 ``[3, H, W]`` tensor: the one path of every crop, square or not, without a round trip
+    through a PIL image. ``orientation``: the EXIF tag when the caller has read it."""
     orientation = _orientation(img) if orientation is None else orientation
-    square = _resize(_decode_region(img, _stored_box(box, orientation, img.size), image_size), image_size)
+    # Decoded and resized as stored; turned upright last, on the small result.
+    stored_target = (target[1], target[0]) if orientation in (5, 6, 7, 8) else tuple(target)
+    region = _decode_region(img, _stored_box(box, orientation, img.size), stored_target)
+    pixels = _resize(region, stored_target)
     if orientation in _UPRIGHT:
-        square = _UPRIGHT[orientation](square)
-    return square
+        pixels = _UPRIGHT[orientation](pixels)
+    return pixels
 
 
 def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: int) -> Image.Image:
@@ -318,7 +346,7 @@ def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: in
     ``img`` comes straight from ``open_image`` (or is a decoded full-resolution image); it is
     decoded in place, at a reduced scale for JPEG. Truncated data -> ``SampleError('bad-image')``.
     """
-    return Image.fromarray(_load_square_pixels(img, box, image_size).permute(1, 2, 0).numpy(), 'RGB')
+    return Image.fromarray(_load_region_pixels(img, box, (image_size, image_size)).permute(1, 2, 0).numpy(), 'RGB')
 
 
 _HALF_RANGE, _ONE = np.float32(127.5), np.float32(1.0)
@@ -348,21 +376,39 @@ def to_pixel_values(img: Image.Image) -> torch.Tensor:
     return _normalise(torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1))
 
 
-def load_pixel_values(data: bytes, name: str, image_size: int, rng: random.Random, *,
-                      min_image_size: int = 80, max_aspect: float = 10.0,
-                      max_pixels: int = DEFAULT_MAX_PIXELS, crop: bool = True) -> torch.Tensor:
-    """The whole pipeline: ``[3, image_size, image_size]`` in [-1, 1] from a random square crop of
-    the image in ``data`` (with ``crop=False``, the whole image squeezed to a square, as Harmon's
-    ``crop_image=False``). Raises ``SampleError`` (reason 'bad-image', 'too-large', 'too-small' or
+@dataclass(frozen=True)
+class Placement:
+    """Where a sample's pixels come from, as SDXL-style micro-conditioning takes it: the picture's
+    upright ``original_size`` (height, width), and ``crop_coords`` (top, left) of the crop in the
+    picture as resized to cover the output."""
+
+    original_size: tuple[int, int]
+    crop_coords: tuple[int, int]
+
+
+def load_pixels(data: bytes, name: str, target: tuple[int, int], rng: random.Random, *,
+                crop_mode: str = 'random', min_image_size: int = 80, max_aspect: float = 10.0,
+                max_pixels: int = DEFAULT_MAX_PIXELS, crop: bool = True) -> tuple[torch.Tensor, Placement]:
+    """The whole pipeline: ``[3, height, width]`` in [-1, 1] (``target`` = (height, width)) from
+    the image in ``data`` resized to cover the target and cropped (``crop_mode`` 'random' or
+    'center'; with ``crop=False``, the whole image squeezed, as Harmon's ``crop_image=False``), and
+    its ``Placement``. Raises ``SampleError`` (reason 'bad-image', 'too-large', 'too-small' or
     'bad-aspect') naming ``name``.
     """
     img = open_image(data, name, max_pixels=max_pixels)
     orientation = _orientation(img)
     size = _upright_size(img.size, orientation)  # oriented_size, with the EXIF block read once
     check_size(size, name, min_image_size=min_image_size, max_aspect=max_aspect)
-    box = random_square_box(size, rng) if crop else (0, 0, *size)
+    box = crop_box(size, target, rng, crop_mode) if crop else (0, 0, *size)
     # to_pixel_values(load_square(...)), without making a PIL image in between
-    return _normalise(_load_square_pixels(img, box, image_size, orientation))
+    pixels = _normalise(_load_region_pixels(img, box, target, orientation))
+    scale = target[0] / (box[3] - box[1])
+    return pixels, Placement((size[1], size[0]), (round(box[1] * scale), round(box[0] * scale)))
+
+
+def load_pixel_values(data: bytes, name: str, image_size: int, rng: random.Random, **options) -> torch.Tensor:
+    """``load_pixels`` to a square: ``[3, image_size, image_size]``, a random square crop."""
+    return load_pixels(data, name, (image_size, image_size), rng, **options)[0]
 
 
 CROP_MODES = ('center_crop', 'random_crop', 'pad_resize')
