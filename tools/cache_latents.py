@@ -6,7 +6,9 @@ part of its ConcatDataset) encoded once by a diffusers autoencoder.
 
 Output, as upstream's script writes it and its *_latents configs read it:
 <image_folder>_dc32_<image_size>/<image_file>.pt, one tensor each (bfloat16, scaled as the
-autoencoder's config declares); or, with --format shards, the same tensors packed in tar shards
+autoencoder's config declares). A dataset with aspect-ratio buckets (buckets=...) gets each latent at
+its bucket's shape, the crop fixed and stored with it, in <image_folder>_dc32_<image_size>_<buckets>/,
+with every picture's size (image_sizes.npy) so that the latents config assigns the same buckets; or, with --format shards, the same tensors packed in tar shards
 with one index, which the same *_latents config reads unchanged. Under torchrun (NCCL on GPUs, gloo on CPU) each rank takes a
 disjoint share. A latent that is there already is skipped before its image is read; every write is
 atomic, so a killed run resumes where it stopped; a .pt that upstream's script left cut short is
@@ -101,8 +103,9 @@ def main(argv=None) -> int:
         if stopped:
             continue
         folder = output_folder(dataset, args.out)
+        buckets = None if dataset.buckets is None else dataset.buckets.record()
         try:  # every rank checks; rank 0 writes the record
-            check_and_record(folder, args.vae, encoder.kind, dataset.image_size, write=rank == 0)
+            check_and_record(folder, args.vae, encoder.kind, dataset.image_size, buckets, write=rank == 0)
         except ValueError as e:
             logger.error('%s', e)
             return 2
@@ -144,7 +147,9 @@ def main(argv=None) -> int:
             summary = {'data_path': dataset.data_path, 'latent_folder': folder, 'vae': args.vae,
                        'world_size': world, **total.to_dict(), 'ranks': [r['reports'][number] for r in gathered]}
             try:
-                check_and_record(folder, args.vae, encoder.kind, dataset.image_size, shapes=total.shapes)
+                check_and_record(folder, args.vae, encoder.kind, dataset.image_size,
+                                 None if dataset.buckets is None else dataset.buckets.record(), shapes=total.shapes,
+                                 sizes=None if dataset.buckets is None else dataset.size_table())
                 write_json(os.path.join(folder, 'cache_latents_report.json'), summary)
             except OSError as e:
                 logger.warning('report not saved (%s)', e)

@@ -1,7 +1,9 @@
 """A report of what a dataset config holds, to look at before training on it: counts and drop
 reasons (from prepare_report.json and the index), records that fail when read as training reads
 them, prompt lengths against max_length (how many prompts upstream's cut shortens, and how many
-lose IMG_START_TOKEN), image sizes and aspect ratios, caption lengths and duplicates, and a preview
+lose IMG_START_TOKEN), image sizes and aspect ratios, aspect-ratio buckets (records per bucket, and
+the share of picture area kept against square crops: for a square dataset, under the table its
+image_size would use), caption lengths and duplicates, and a preview
 grid of samples as the model sees them.
 
     .venv/bin/python tools/inspect_dataset.py configs/datasets/laion6m.py --out report/ [--tokenizer PATH]
@@ -87,10 +89,13 @@ def main(argv=None) -> int:
             numbers.append(stats.to_dict())
             cut, _, prompts = stats.prompt_counts()
             failed = sum(stats.decode_failures.values())
+            kept = stats.buckets.get('kept_area')
             logger.info('%s: %d usable of %d records; %d of %d read as training reads them failed%s; %d of %s '
-                        'longer than max_length %d', stats.data_path, stats.usable, stats.records, failed,
+                        'longer than max_length %d%s', stats.data_path, stats.usable, stats.records, failed,
                         stats.decoded, f' ({stats.decode_failures})' if failed else '', cut, prompts,
-                        stats.max_length)
+                        stats.max_length, '' if kept is None else
+                        f'; {"buckets" if stats.buckets["configured"] else stats.buckets["label"] + " buckets would"} '
+                        f'keep {kept:.0%} of a picture, square crops {stats.buckets["kept_area_square"]:.0%}')
         html = page(f'Dataset report: {args.config}', sections)
     except (HubUnreachable, MissingExtra) as e:
         logger.error('%s', e)

@@ -15,6 +15,7 @@ from src.datasets.image_io import fit_to_resolution
 DEFAULT_PAD_INDEX = 0  # xtuner's DEFAULT_PAD_TOKEN_INDEX, without importing xtuner
 IGNORE_INDEX = -100  # xtuner's, for labels
 VGT_DEFAULT_RESOLUTION = (512, 512)  # (width, height), VGT's when the config gives none
+PLACEMENT_KEYS = ('original_size', 'crop_coords')  # [B, 2] each: (height, width) and (top, left)
 
 
 def pad_input_ids(input_ids: Sequence, pad_index: int = DEFAULT_PAD_INDEX,
@@ -47,9 +48,16 @@ def collate_image_and_prompt(instances: Sequence[Mapping], image_key: str,
     Reads the instances without changing them: a caller may still hold on to its samples.
     """
     input_ids, attention_mask = pad_input_ids([sample['input_ids'] for sample in instances], pad_index)
-    images = stack([sample[image_key] for sample in instances])
-    return {'data': {image_key: images, 'input_ids': input_ids, 'attention_mask': attention_mask},
-            'data_samples': None}
+    images = [sample[image_key] for sample in instances]
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) > 1:
+        raise ValueError(f'a batch of {image_key} of {len(shapes)} shapes ({sorted(shapes)}): samples of '
+                         'aspect-ratio buckets are batched by BucketSampler (one bucket a batch)')
+    data = {image_key: stack(images), 'input_ids': input_ids, 'attention_mask': attention_mask}
+    for key in PLACEMENT_KEYS:  # buckets: where each picture came from (SDXL-style conditioning)
+        if key in instances[0]:
+            data[key] = torch.stack([sample[key] for sample in instances])
+    return {'data': data, 'data_samples': None}
 
 
 def pick_resolution(resolutions, resolutions_ratio=None, rng: random.Random | None = None) -> tuple[int, int]:

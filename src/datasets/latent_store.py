@@ -4,6 +4,13 @@
     {"format": 1, "vae": "<hub id or folder>", "vae_kind": "AutoencoderDC", "image_size": 512,
      "buckets": null, "shapes": {"512x512": [32, 16, 16]}}
 
+With aspect-ratio buckets, ``buckets`` is their record (``Buckets.record()``: the shapes and the
+largest aspect ratio), ``shapes`` has one entry per bucket, each latent file holds a dict
+(``latent``, ``original_size``, ``crop_coords``: the crop is fixed when the latent is made), and
+``sizes`` names ``image_sizes.npy``: every record's picture size (``int32 [rows, 2]``, by row of
+the index whose image-path digest it gives), from which a dataset reading the latents alone
+assigns the same buckets.
+
 ``shapes`` maps the pixel size an image was cropped to (``<height>x<width>``: one square, or one per
 aspect-ratio bucket) to the shape of its latent. A dataset reading the folder refuses, at start-up,
 options that disagree with it (another ``image_size`` or bucket table), and each latent whose shape
@@ -12,14 +19,18 @@ is not the one recorded for its size: latents of another VAE or resolution would
 """
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
 from collections import Counter
 
+import numpy as np
+
 from src.datasets.errors import IndexFormatError, SampleError
 
 INFO_NAME = 'latents.json'
+SIZES_NAME = 'image_sizes.npy'
 FORMAT = 1
 
 
@@ -55,9 +66,38 @@ def check_options(info: dict, folder: str, image_size: int, buckets) -> None:
     else:
         recorded.pop('image_size'), wanted.pop('image_size')  # the buckets decide every size
     if recorded != wanted:
+        if recorded.get('buckets') is not None and wanted.get('buckets') is not None:
+            raise ValueError(f'{os.path.join(folder, INFO_NAME)}: the latents were made with other buckets '
+                             f'({_describe(recorded["buckets"])}; vae {info.get("vae")}) than the dataset asks for '
+                             f'({_describe(wanted["buckets"])}): cache the latents again with the dataset\'s '
+                             'buckets, or set them as the latents were made')
         raise ValueError(f'{os.path.join(folder, INFO_NAME)}: the latents were made with {recorded} (vae '
                          f'{info.get("vae")}), the dataset asks for {wanted}: cache the latents again with the '
                          "dataset's options, or point image_latents_folder at latents made with them")
+
+
+def _describe(record: dict) -> str:
+    shapes = record.get('shapes', [])
+    return f'{len(shapes)} shapes from {shapes[0]} to {shapes[-1]}, max_aspect {record.get("max_aspect")}' \
+        if shapes else repr(record)
+
+
+def read_sizes(read, folder: str, index_digest: str, rows: int) -> np.ndarray | None:
+    """The picture sizes the folder stored (``SIZES_NAME``) for the index whose image-path digest is
+    ``index_digest``, or None (none stored, or stored for another index)."""
+    info = read_info(read, folder)
+    recorded = (info or {}).get('sizes')
+    if not isinstance(recorded, dict) or recorded.get('index') != index_digest:
+        return None
+    path = os.path.join(folder, SIZES_NAME)
+    try:
+        sizes = np.load(io.BytesIO(read(path)), allow_pickle=False)
+    except (SampleError, ValueError, OSError) as err:
+        raise IndexFormatError(f'{path}: unreadable ({err}); {INFO_NAME} says it holds the image sizes') from None
+    if sizes.dtype != np.int32 or sizes.shape != (rows, 2):
+        raise IndexFormatError(f'{path}: a {sizes.dtype} array of shape {sizes.shape}, not int32 [{rows}, 2] '
+                               'for the index\'s records')
+    return sizes
 
 
 PROBED = 5  # latents looked at in a folder without a record

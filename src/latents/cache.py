@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import SampleError
 from src.datasets.latent_store import size_key
-from src.latents.store import ShardWriter, is_complete, latent_folder, latent_path, save_latent, stored_latents
+from src.latents.store import ShardWriter, is_complete, latent_folder, latent_path, save_latent, stored_form, \
+    stored_latents
 from src.prepare.cleanup import remove_temp_leftovers
 
 EXAMPLES = 5
@@ -60,29 +61,40 @@ def output_folder(dataset, out: str | None = None) -> str:
     if dataset.image_latents_folder is not None or dataset.image_tokens_folder is not None:
         raise ValueError(f'{dataset.data_path}: the config reads latents or tokens already; give the config '
                          'that reads the images (image_folder), whose latents are to be cached')
-    return out or latent_folder(dataset.image_folder or '.', dataset.image_size)
+    return out or latent_folder(dataset.image_folder or '.', dataset.image_size, dataset.buckets)
 
 
 class Pending(Dataset):
-    """The images of one rank's share whose latent is missing: decoded and cropped in workers."""
+    """The images of one rank's share whose latent is missing: decoded and cropped in workers (at
+    each record's bucket shape, with buckets; the crop drawn from the image's path, so fixed)."""
 
-    def __init__(self, dataset, items: list[tuple[str, str]]):
-        self.dataset, self.items = dataset, items  # (image file, latent path)
+    def __init__(self, dataset, items: list[tuple[str, str, int]]):
+        self.dataset, self.items = dataset, items  # (image file, latent path, record)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, k: int) -> dict:
-        image_file, out = self.items[k]
+        image_file, out, record = self.items[k]
         try:
-            pixels = self.dataset.load_image_data(image_file, random.Random(f'latents/{image_file}'))['pixel_values']
+            data = self.dataset.load_image_data(image_file, random.Random(f'latents/{image_file}'),
+                                                self.dataset.target_of(record))
         except SampleError as err:
             return {'image': image_file, 'out': out, 'error': (err.reason, str(err))}
-        return {'image': image_file, 'out': out, 'pixels': pixels}
+        placement = {key: data[key] for key in ('original_size', 'crop_coords') if key in data}
+        return {'image': image_file, 'out': out, 'pixels': data['pixel_values'], 'placement': placement or None}
 
 
 def _collate(samples: list[dict]) -> list[dict]:
     return samples
+
+
+def _by_shape(samples) -> list[list[dict]]:
+    """A batch's samples grouped by picture shape (buckets): each group is encoded as one batch."""
+    groups = {}
+    for sample in samples:
+        groups.setdefault(tuple(sample['pixels'].shape), []).append(sample)
+    return list(groups.values())
 
 
 class _Files:
@@ -94,8 +106,8 @@ class _Files:
     def done(self, image_file: str, path: str) -> bool:
         return is_complete(path)
 
-    def save(self, image_file: str, path: str, latent: torch.Tensor) -> None:
-        save_latent(latent, path)
+    def save(self, image_file: str, path: str, stored) -> None:
+        save_latent(stored, path)
 
     def close(self, ok: bool) -> None:
         pass
@@ -111,8 +123,8 @@ class _Shards:
     def done(self, image_file: str, path: str) -> bool:
         return f'{image_file}.pt' in self.stored
 
-    def save(self, image_file: str, path: str, latent: torch.Tensor) -> None:
-        self.writer.add(image_file, latent)
+    def save(self, image_file: str, path: str, stored) -> None:
+        self.writer.add(image_file, stored)
 
     def close(self, ok: bool) -> None:
         self.writer.close() if ok else self.writer.discard()
@@ -138,7 +150,7 @@ def encode_dataset(dataset, encoder, report: RankReport, *, rank: int = 0, world
         if store.done(image_file, path):
             report.already_there += 1
         else:
-            items.append((image_file, path))
+            items.append((image_file, path, i))
     if progress is not None:  # what is done already counts: a re-run's bar runs to its end too
         progress.update(len(range(rank, len(dataset), world)) - len(items))
     ok = False
@@ -147,14 +159,13 @@ def encode_dataset(dataset, encoder, report: RankReport, *, rank: int = 0, world
             loader = DataLoader(Pending(dataset, items), batch_size=batch_size, num_workers=num_workers,
                                 collate_fn=_collate, persistent_workers=False)
             for batch in loader:
-                good = [sample for sample in batch if 'pixels' in sample]
                 for sample in batch:
                     if 'error' in sample:
                         report.fail(*sample['error'])
-                if good:
+                for good in _by_shape(sample for sample in batch if 'pixels' in sample):
                     latents = encoder(torch.stack([sample['pixels'] for sample in good])).to('cpu', save_dtype)
                     for sample, latent in zip(good, latents):
-                        store.save(sample['image'], sample['out'], latent)
+                        store.save(sample['image'], sample['out'], stored_form(latent, sample['placement']))
                         report.encoded += 1
                     height, width = good[0]['pixels'].shape[-2:]
                     report.shapes[size_key(height, width)] = list(latents.shape[1:])

@@ -12,11 +12,12 @@ import itertools
 import os
 import tarfile
 
+import numpy as np
 import torch
 
 from src.datasets.errors import SampleError
 from src.datasets.files import join_inside, open_regular
-from src.datasets.latent_store import FORMAT, INFO_NAME, read_info
+from src.datasets.latent_store import FORMAT, INFO_NAME, SIZES_NAME, read_info
 from src.datasets.storage import LocalFiles
 from src.prepare.atomic import TEMP_MARK, atomic_write, write_json
 from src.prepare.lock import HOST
@@ -25,9 +26,11 @@ _ZIP_END = b'PK\x05\x06'  # torch.save writes a zip archive; its last record sta
 _ZIP_END_MIN = 22  # the end record's size without a comment
 
 
-def latent_folder(image_folder: str, image_size: int) -> str:
-    """Upstream's rule: ``<image_folder>_dc32_<image_size>``."""
-    return f'{os.path.normpath(image_folder)}_dc32_{image_size}'
+def latent_folder(image_folder: str, image_size: int, buckets=None) -> str:
+    """Upstream's rule: ``<image_folder>_dc32_<image_size>``; with aspect-ratio buckets (a
+    ``Buckets``), ``_<their label>`` added, so that square and bucketed latents never share one."""
+    folder = f'{os.path.normpath(image_folder)}_dc32_{image_size}'
+    return folder if buckets is None else f'{folder}_{buckets.label()}'
 
 
 def latent_path(folder: str, image_file: str) -> str:
@@ -54,18 +57,28 @@ def is_complete(path: str) -> bool:
         os.close(fd)
 
 
-def save_latent(tensor: torch.Tensor, path: str) -> None:
-    """``torch.save`` atomically (a temp file renamed into place); not synced one by one, as the
-    million files of a dataset would take longer to sync than to write."""
+def stored_form(latent: torch.Tensor, placement: dict | None = None):
+    """What a latent file holds: the tensor (upstream's form), or with aspect-ratio buckets a dict of
+    it and where its picture came from (``original_size``, ``crop_coords``: 2 ints each)."""
+    tensor = latent.contiguous().clone()  # a view would save the whole batch's storage
+    if placement is None:
+        return tensor
+    return {'latent': tensor, **{key: torch.as_tensor(value, dtype=torch.int32) for key, value in placement.items()}}
+
+
+def save_latent(stored, path: str) -> None:
+    """``torch.save`` of ``stored_form(...)`` atomically (a temp file renamed into place); not synced
+    one by one, as the million files of a dataset would take longer to sync than to write."""
     with atomic_write(path, 'wb', durable=False) as f:
-        torch.save(tensor.contiguous().clone(), f)
+        torch.save(stored, f)
 
 
 def check_and_record(folder: str, vae: str, kind: str, image_size: int, buckets=None, shapes=None,
-                     write: bool = True) -> None:
+                     write: bool = True, sizes=None) -> None:
     """The latent folder's record (``src.datasets.latent_store``): refuse a folder that holds latents
-    of another autoencoder or image size (mixed shapes in one folder), then write the record with
-    ``shapes`` added (when ``write``)."""
+    of another autoencoder, image size or buckets (``Buckets.record()``: mixed shapes in one folder),
+    then write the record with ``shapes`` added (when ``write``), and with ``sizes`` (the index's
+    image-path digest and an ``int32 [rows, 2]`` array of picture sizes) stored beside it."""
     recorded = read_info(LocalFiles().read, folder) or {}
     made_with = {'vae': vae, 'vae_kind': kind, 'image_size': image_size, 'buckets': buckets}
     earlier = {key: recorded[key] for key in made_with if key in recorded}
@@ -74,6 +87,13 @@ def check_and_record(folder: str, vae: str, kind: str, image_size: int, buckets=
                          f'would add latents made with {made_with}. Give --out another folder, or remove this one.')
     if write:
         info = {'format': FORMAT, **made_with, 'shapes': {**recorded.get('shapes', {}), **(shapes or {})}}
+        if sizes is not None:
+            digest, table = sizes
+            with atomic_write(os.path.join(folder, SIZES_NAME), 'wb') as f:
+                np.save(f, np.ascontiguousarray(table, dtype=np.int32))
+            info['sizes'] = {'index': digest, 'rows': len(table)}
+        elif 'sizes' in recorded:
+            info['sizes'] = recorded['sizes']
         write_json(os.path.join(folder, INFO_NAME), info)
 
 
@@ -113,14 +133,14 @@ class ShardWriter:
         self._numbers = (n for n in itertools.count() if f'r{rank:03d}-{n:05d}.tar' not in taken)
         self._tar = None
 
-    def add(self, image_file: str, tensor: torch.Tensor) -> None:
+    def add(self, image_file: str, stored) -> None:
         if self._tar is None:
             name = f'r{self.rank:03d}-{next(self._numbers):05d}.tar'
             self._final = os.path.join(self.folder, SHARDS, name)
             self._tmp = f'{self._final}{TEMP_MARK}{HOST}-{os.getpid()}'
             self._tar, self._count = tarfile.open(self._tmp, 'w', format=tarfile.PAX_FORMAT), 0
         data = io.BytesIO()
-        torch.save(tensor.contiguous().clone(), data)
+        torch.save(stored, data)
         info = tarfile.TarInfo(image_file + '.pt')
         info.size, info.mtime = data.tell(), 0
         data.seek(0)

@@ -57,6 +57,14 @@ def _plots(stats: DatasetStats) -> list[str]:
         axes[1].hist(np.log2(widths / heights), bins=40, color='#6a9a4a')
         axes[1].set(title='aspect ratio', xlabel='log2(width / height)', ylabel='images')
         plots.append(_png(figure))
+    counts = stats.buckets.get('counts')
+    if counts:
+        figure, axis = plt.subplots(figsize=(max(5.5, 0.25 * len(counts)), 3.2))
+        axis.bar(range(len(counts)), list(counts.values()), color='#8a5ab5')
+        axis.set_xticks(range(len(counts)), list(counts), rotation=90, fontsize=7)
+        axis.set(title=f'records per bucket ({stats.buckets["label"]}, {stats.buckets["over"]})',
+                 xlabel='bucket (height x width)', ylabel='records')
+        plots.append(_png(figure))
     if stats.caption_chars:
         figure, axis = plt.subplots(figsize=(5.5, 3.2))
         axis.hist(stats.caption_chars, bins=40, color='#b5824a')
@@ -113,9 +121,27 @@ def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
                    for image, caption in tiles)
     return (f'<h2>{html.escape(stats.data_path)}</h2>{unreadable}{_table(counts, ("records", "count"))}'
             f'<h3>prompts</h3>{warn}{_table(prompts, prompt_columns)}{not_stored}'
-            f'<h3>captions</h3>{_table(captions, ("captions", "sampled"))}'
+            f'<h3>captions</h3>{_table(captions, ("captions", "sampled"))}{_buckets(stats.buckets)}'
             f'<div class="plots">{"".join(_plots(stats))}</div><h3>samples as the model sees them</h3>'
             f'<div class="grid">{grid}</div>')
+
+
+def _buckets(buckets: dict) -> str:
+    """The aspect-ratio buckets' table: records per bucket (per epoch) and the area kept."""
+    if not buckets.get('counts'):
+        return ''
+    how = ('buckets of this dataset' if buckets['configured'] else
+           f'this dataset crops squares; with buckets=dict(table=...) ({buckets["label"]})')
+    kept = buckets.get('kept_area')
+    rows = [('buckets holding records', len(buckets['counts'])),
+            ('picture area a sample keeps, bucketed', f'{kept:.1%}' if kept is not None else '-'),
+            ('picture area a sample keeps, square crop',
+             f'{buckets["kept_area_square"]:.1%}' if kept is not None else '-'),
+            ('sampled pictures more elongated than every bucket', buckets['outside'])]
+    per_bucket = [(key, n) for key, n in buckets['counts'].items()]
+    return (f'<h3>aspect-ratio buckets</h3><p>{html.escape(how)}; records per bucket over {buckets["over"]} '
+            '(each epoch reads each once; a bucket\'s last partial batch is carried into the next epoch)</p>'
+            f'{_table(rows, ("buckets", ""))}{_table(per_bucket, ("bucket", "records"))}')
 
 
 def page(title: str, sections: list[str]) -> str:

@@ -46,6 +46,10 @@ class DatasetStats:
     decoded_all: bool = False
     decode_failures: dict = field(default_factory=dict)  # by reason
     decode_examples: list = field(default_factory=list)  # the first messages
+    # Aspect-ratio buckets (src.datasets.buckets): the dataset's own, or for a square dataset the
+    # table it could use; records per bucket (every record, or the sampled sizes), and the share of
+    # each sampled picture's area a sample keeps against a square crop.
+    buckets: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,11 +112,35 @@ def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
         if caption in seen:
             stats.duplicate_captions += 1
         seen.add(caption)
+    stats.buckets = bucket_stats(dataset, np.array(stats.widths, np.float64), np.array(stats.heights, np.float64))
     stats.cut, stats.lose_image_start = _cuts(dataset, np.array(stats.prompt_tokens, dtype=np.int64))
     stats.failures = dict(failures)
     if dataset.prompt_ids is not None:
         stats.all_prompts = all_prompts(dataset)
     return stats
+
+
+def bucket_stats(dataset, widths: np.ndarray, heights: np.ndarray) -> dict:
+    """Records per bucket (every record where the dataset has buckets, else the sampled sizes under
+    the table that fits its image_size) and the mean share of picture area kept, bucketed and square."""
+    from src.datasets.buckets import TABLES, Buckets, kept_area
+    buckets = dataset.buckets
+    if buckets is None:
+        table = f'pixart-{dataset.image_size}'
+        buckets = Buckets.from_options(dict(table=table) if table in TABLES else
+                                       dict(area=dataset.image_size ** 2, divisor=32))
+    sampled = buckets.assign(widths, heights)
+    ids = dataset.bucket_ids if dataset.buckets is not None else sampled[sampled >= 0]
+    counts = np.bincount(ids.astype(np.int64), minlength=len(buckets))
+    fits = sampled >= 0
+    kept = [kept_area(w, h, buckets.shapes[b]) for w, h, b in zip(widths[fits], heights[fits], sampled[fits])]
+    square = [kept_area(w, h, (1, 1)) for w, h in zip(widths[fits], heights[fits])]
+    return {'configured': dataset.buckets is not None, 'label': buckets.label(),
+            'over': 'every record' if dataset.buckets is not None else f'{int(fits.sum())} sampled sizes',
+            'counts': {buckets.key(b): int(n) for b, n in enumerate(counts) if n},
+            'outside': int((sampled == -1).sum()), 'measured': len(kept),
+            'kept_area': float(np.mean(kept)) if kept else None,
+            'kept_area_square': float(np.mean(square)) if square else None}
 
 
 def check_decoding(dataset, rows, stats: DatasetStats, on_sample=None, progress: bool = False) -> None:

@@ -63,8 +63,7 @@ class ImageEditDataset(CaptionDataset):
         return record[key]
 
     def prepare_data(self, idx) -> dict:
-        state = self._state()
-        rng = state.draw_rng or state.rng
+        state, rng = self._sample_state(idx)
         record = self.index[idx]
         image_file = record.get(self.image_key) or record.get(self.image_keys[-1])
         try:

@@ -8,16 +8,24 @@ per-epoch permutations, so the stream at any point is computed, not replayed, an
 :meth:`resume_at` places the sampler after any number of batches without a sample being read. The
 draw depends on the seed, rank and world size only, never on the number of DataLoader workers
 (the sampler runs in the main process).
+
+A source with aspect-ratio buckets (``CaptionDataset(buckets=...)``) keeps each of its batches in
+one bucket: its turns take the next batches of its ``BucketBatches`` (every rank in the same
+bucket, records carried across epochs, see ``bucket_sampler``), the other sources' as above.
 """
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Iterator, Optional, Sized
 
 import torch
 from mmengine.dist import get_dist_info, sync_random_seed
+from mmengine.logging import print_log
 from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
+
+from src.datasets.samplers.bucket_sampler import BucketBatches
 
 
 def source_sizes(dataset: Sized, repeat) -> list[int]:
@@ -56,10 +64,32 @@ class FixedBatchMultiSourceSampler(Sampler):
         self.repeat = list(repeat)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.seed = sync_random_seed() if seed is None else seed
         self.offsets = list(itertools.accumulate([0] + self.sizes[:-1]))
         self.turns = [s for s, r in enumerate(self.repeat) for _ in range(r)]  # sources of one round
+        self.seed = sync_random_seed() if seed is None else seed
         self._start_batch = 0
+        for batches in self.bucketed.values():
+            print_log(batches.describe(), logger='current', level=logging.INFO)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._seed = value
+        self.bucketed = {source: self._bucket_batches(source) for source in set(self.turns)}
+        self.bucketed = {source: batches for source, batches in self.bucketed.items() if batches is not None}
+
+    def _bucket_batches(self, source: int) -> BucketBatches | None:
+        parts = getattr(self.dataset, 'datasets', [self.dataset])
+        part = parts[source]
+        if getattr(part, 'bucket_ids', None) is None:
+            return None
+        names = [part.buckets.key(b) for b in range(len(part.buckets))]
+        return BucketBatches(part.bucket_ids, names, self.batch_size, self.rank, self.world_size,
+                             hash((self.seed, source)) & 0x7FFF_FFFF_FFFF_FFFF, self.shuffle, self.offsets[source],
+                             what=f'FixedBatchMultiSourceSampler source {source}')
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -102,7 +132,9 @@ class FixedBatchMultiSourceSampler(Sampler):
 
     def __iter__(self) -> Iterator[int]:
         start = self._start_batch
-        streams = {source: self._stream(source, self._batches_before(source, start) * self.batch_size)
+        streams = {source: (itertools.chain.from_iterable(self.bucketed[source].iter_from(
+                                self._batches_before(source, start))) if source in self.bucketed else
+                            self._stream(source, self._batches_before(source, start) * self.batch_size))
                    for source in set(self.turns)}
         for batch in itertools.count(start):
             stream = streams[self.source_of_batch(batch)]

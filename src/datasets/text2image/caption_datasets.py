@@ -30,14 +30,15 @@ from src.datasets.captions import ANNOTATION_KEY, caption_keys, parse_annotation
 from src.datasets.components import build_component
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
-from src.datasets.files import join_inside, unsafe_path_mask
-from src.datasets.image_io import load_pixel_values
+from src.datasets.files import join_inside
+from src.datasets.image_io import Placement, load_pixels
 from src.datasets.latent_store import LatentShapes
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
+from src.datasets.text2image.bucketed import BucketedRecords
 from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
@@ -55,10 +56,12 @@ class _ProcessState:
     rng: random.Random
     tracker: FailureTracker
     draw_rng: random.Random | None = None
+    target: tuple[int, int] | None = None  # the (height, width) of the sample being read
+    placement: Placement | None = None  # where its last picture came from (with buckets)
 
 
 @DATASETS.register_module()
-class CaptionDataset(UpstreamHooks, Dataset):
+class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     """Text-to-image samples: ``pixel_values`` (or ``image_latents`` / ``image_tokens``) and ``input_ids``.
 
     The keywords up to ``unconditional`` are upstream OpenUni's, in its order. Added:
@@ -83,7 +86,12 @@ class CaptionDataset(UpstreamHooks, Dataset):
     of their folder with '..' are refused and counted ('unsafe-path') unless this is True;
     ``empty_captions``: an empty or blank caption is a counted ``empty-caption`` skip (``'skip'``,
     the default: a picture trained against an empty prompt teaches nothing about its text), or is
-    trained on as upstream does, as the prompt "Generate an image: " (``'keep'``).
+    trained on as upstream does, as the prompt "Generate an image: " (``'keep'``);
+    ``buckets``: aspect-ratio buckets instead of square crops (``src.datasets.buckets``:
+    ``dict(table='pixart-512')`` or ``dict(area=512 * 512, divisor=32, max_aspect=4.0)``, with
+    ``crop_mode`` 'random' or 'center'): each sample's picture covers its bucket's shape, the rest
+    cropped, and the sample adds ``original_size`` and ``crop_coords``; batch them with
+    ``BucketSampler``. None (the default): square crops of ``image_size``.
 
     ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index.
     """
@@ -124,7 +132,8 @@ class CaptionDataset(UpstreamHooks, Dataset):
                  truncation='ids',
                  pretokenize=False,
                  allow_outside_paths=False,
-                 empty_captions='skip'):
+                 empty_captions='skip',
+                 buckets=None):
         super().__init__()
         self.data_path = str(data_path)
         self.image_folder = image_folder
@@ -172,6 +181,7 @@ class CaptionDataset(UpstreamHooks, Dataset):
         if empty_captions not in EMPTY_CAPTIONS:
             raise ValueError(f'empty_captions={empty_captions!r}: one of {EMPTY_CAPTIONS}')
         self.empty_captions = empty_captions
+        self._set_buckets(buckets)
         self._check_folders()
         self.index = self.load_index()
         self.latent_shapes = self.load_latent_shapes() if self.latent_root is not None else None
@@ -252,7 +262,7 @@ class CaptionDataset(UpstreamHooks, Dataset):
         if not self.allow_outside_paths:
             unsafe = np.zeros(total, dtype=bool)
             for key in dict.fromkeys((self.image_key, *self.required_keys, *self.path_keys)):
-                unsafe |= keep & index.text_mask(key, unsafe_path_mask)
+                unsafe |= keep & index.unsafe_paths(key)
             dropped['unsafe path'] = self._log_dropped(
                 unsafe, total, 'name an image or annotation path that is absolute or climbs out of its folder '
                                "with '..' (refused: set allow_outside_paths=True to read them)")
@@ -269,12 +279,18 @@ class CaptionDataset(UpstreamHooks, Dataset):
             dropped['bad aspect'] = self._log_dropped(
                 bad_aspect, total, f'have an aspect ratio outside (1/{MAX_ASPECT:g}, {MAX_ASPECT:g})')
             keep &= ~small & ~bad_aspect
+        if self.buckets is not None:
+            assigned, drops = self._assign_buckets(index, keep, total)
+            dropped.update(drops)
+            keep &= assigned >= 0
         rows = np.flatnonzero(keep)
         if len(rows) == 0:
             raise ValueError(f'{self.data_path}: none of its {total} records is usable '
                              f'(dropped: {self._describe_drops(dropped)})')
         print_log(f'Loaded {len(rows)} samples from {self.data_path} '
                   f'(dropped: {self._describe_drops(dropped)})', logger='current', level=logging.INFO)
+        if self.buckets is not None:
+            self.bucket_ids = assigned[rows]
         return index.select(rows) if len(rows) < total else index
 
     def load_prompt_ids(self) -> PromptIds | None:
@@ -340,44 +356,89 @@ class CaptionDataset(UpstreamHooks, Dataset):
     def load_tensor(self, folder: str, image_file: str) -> torch.Tensor:
         """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens (a file,
         or a member of the latent shards)."""
+        path, stored = self._load_stored(folder, image_file)
+        if not isinstance(stored, torch.Tensor):
+            raise SampleError('bad-tensor', f'{path}: holds a {type(stored).__name__}, not a tensor')
+        return stored
+
+    def _load_stored(self, folder: str, image_file: str):
         path = self.data_path_of(folder, image_file + '.pt')
         data = (self.latent_files if folder == self.latent_root else LOCAL_FILES).read(path)
         try:
             # weights_only, always: a downloaded .pt is a pickle, which could run code otherwise
             # (torch honours an explicit True whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says).
-            tensor = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+            return path, torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
         except Exception as err:  # torch.load reports damaged files with many exception types
             raise SampleError('bad-tensor', f'{path}: torch.load failed: {err}') from None
-        if not isinstance(tensor, torch.Tensor):
-            raise SampleError('bad-tensor', f'{path}: holds a {type(tensor).__name__}, not a tensor')
-        return tensor
+
+    def load_latent(self, image_file: str, target: tuple[int, int]) -> dict:
+        """The stored latent of ``image_file`` (``image_latents``), checked against the shape its
+        folder records for ``target``; a bucketed latent (a dict, see ``latent_store``) adds its
+        ``original_size`` and ``crop_coords``."""
+        path, stored = self._load_stored(self.latent_root, image_file)
+        if isinstance(stored, dict) and self.buckets is not None:
+            placement = {key: stored.get(key) for key in ('original_size', 'crop_coords')}
+            latent = stored.get('latent')
+            if not isinstance(latent, torch.Tensor) or not all(
+                    isinstance(v, torch.Tensor) and v.shape == (2,) for v in placement.values()):
+                raise SampleError('bad-tensor', f'{path}: a bucketed latent holds a "latent" tensor, "original_size" '
+                                                f'and "crop_coords" (2 numbers each); this one holds {sorted(stored)}')
+            data = dict(image_latents=latent, **{key: value.long() for key, value in placement.items()})
+        elif isinstance(stored, torch.Tensor):
+            data = dict(image_latents=stored)
+        else:
+            raise SampleError('bad-tensor', f'{path}: holds a {type(stored).__name__}, not a tensor'
+                              + (' (latents cached with buckets: give the dataset the same buckets)'
+                                 if isinstance(stored, dict) else ''))
+        self.latent_shapes.check(data['image_latents'], path, *target)
+        return data
+
+    @property
+    def latent_info_reader(self):
+        """The reader of the latent folder's own files (its record, its sizes): beside the shards."""
+        return LOCAL_FILES.read if isinstance(self.latent_files, TarMembers) else self.latent_files.read
 
     def load_latent_shapes(self) -> LatentShapes:
         """The latent shape expected for each image size (``src.datasets.latent_store``)."""
-        reader = LOCAL_FILES if isinstance(self.latent_files, TarMembers) else self.latent_files  # info beside shards
         first = (latent for i in range(min(len(self), 32)) for latent in self._latent_or_none(i))
-        return LatentShapes.of_folder(self.latent_root, reader.read, self.image_size, None, first)
+        return LatentShapes.of_folder(self.latent_root, self.latent_info_reader, self.image_size,
+                                      None if self.buckets is None else self.buckets.record(), first)
 
     def _latent_or_none(self, i: int):
         with contextlib.suppress(SampleError):
-            yield self.load_tensor(self.latent_root, self.index[i][self.image_key])
+            path, stored = self._load_stored(self.latent_root, self.index[i][self.image_key])
+            latent = stored.get('latent') if isinstance(stored, dict) else stored
+            if isinstance(latent, torch.Tensor):
+                yield latent
 
-    def load_image_data(self, image_file: str, rng: random.Random) -> dict:
+    def load_image_data(self, image_file: str, rng: random.Random, target: tuple[int, int] | None = None) -> dict:
+        """``pixel_values`` (or ``image_latents`` / ``image_tokens``) of ``image_file`` at ``target``
+        (height, width: the sample's bucket; default: the one ``prepare_data`` set, else square)."""
+        state = self._state()
+        if target is not None:
+            state.target = target
         if self.image_tokens_folder is not None:
             return dict(image_tokens=self.load_tensor(self.image_tokens_folder, image_file).long())
         if self.latent_root is not None:
-            latent = self.load_tensor(self.latent_root, image_file)
-            self.latent_shapes.check(latent, self.data_path_of(self.latent_root, image_file + '.pt'),
-                                     self.image_size, self.image_size)
-            return dict(image_latents=latent)
-        return dict(pixel_values=self.load_pixels(image_file, rng))
+            return self.load_latent(image_file, state.target or (self.image_size, self.image_size))
+        data = dict(pixel_values=self.load_pixels(image_file, rng))
+        if self.buckets is not None:
+            data.update(original_size=torch.tensor(state.placement.original_size),
+                        crop_coords=torch.tensor(state.placement.crop_coords))
+        return data
 
     def load_pixels(self, image_file: str, rng: random.Random, crop: bool | None = None) -> torch.Tensor:
-        """The picture ``image_file`` as ``[3, image_size, image_size]`` in [-1, 1]: a random square crop,
-        or the whole picture squeezed (``crop=False``; default: ``crop_image``)."""
-        return load_pixel_values(self.read_image(image_file), self.data_path_of(self.image_root, image_file),
-                                 self.image_size, rng, min_image_size=self.min_image_size,
-                                 max_aspect=self.max_aspect, crop=self.crop_image if crop is None else crop)
+        """The picture ``image_file`` in [-1, 1]: ``[3, image_size, image_size]``, a random square crop
+        (or the whole picture squeezed: ``crop=False``; default: ``crop_image``); with buckets,
+        ``[3, height, width]`` of the sample's bucket, covered and cropped by the buckets' crop_mode."""
+        state = self._state()
+        target = state.target or (self.image_size, self.image_size)
+        crop_mode = 'random' if self.buckets is None else self.buckets.crop_mode
+        pixels, state.placement = load_pixels(
+            self.read_image(image_file), self.data_path_of(self.image_root, image_file), target, rng,
+            crop_mode=crop_mode, min_image_size=self.min_image_size, max_aspect=self.max_aspect,
+            crop=self.crop_image if crop is None else crop)
+        return pixels
 
     def process_text(self, text: str, rng: random.Random, stored_ids: torch.Tensor | None = None) -> dict:
         """Upstream's prompt: the caption (or, with probability ``unconditional``, CFG) in the template.
@@ -448,8 +509,7 @@ class CaptionDataset(UpstreamHooks, Dataset):
 
     def prepare_data(self, idx: int) -> dict:
         """Sample ``idx``, or a ``SampleError`` whose message names the index file, record and image."""
-        state = self._state()
-        rng = state.draw_rng or state.rng  # the process's stream when called outside __getitem__
+        state, rng = self._sample_state(idx)
         record = self.index[idx]
         image_file = record[self.image_key]
         try:
@@ -490,6 +550,13 @@ class CaptionDataset(UpstreamHooks, Dataset):
                 tracker=FailureTracker(self.data_path, self.max_refetch, self.max_failure_ratio))
         return self._process_state
 
+    def _sample_state(self, idx) -> tuple[_ProcessState, random.Random]:
+        """This process's state, set for reading sample ``idx`` (its shape), and the sample's
+        generator (the process's stream when called outside ``__getitem__``)."""
+        state = self._state()
+        state.target = self.target_of(idx)
+        return state, state.draw_rng or state.rng
+
     @property
     def failures(self) -> Counter:
         """Samples that could not be used in this process, by reason."""
@@ -519,7 +586,7 @@ class CaptionDataset(UpstreamHooks, Dataset):
             if self.debug:
                 idx = 0
             elif streak:
-                idx = rng.randrange(len(self))
+                idx = self.replacement(idx, rng)
             try:
                 sample = self.prepare_data(idx)
             except SampleError as err:

@@ -43,6 +43,9 @@ class CaptionDataset(_TextToImage):
         if template_map_fn is None:
             raise ValueError('the image-to-text CaptionDataset needs template_map_fn, as Harmon configs give it: '
                              'dict(type=template_map_fn_factory, template=prompt_template)')
+        if kwargs.get('buckets') is not None:
+            raise ValueError('the image-to-text CaptionDataset gives square pictures (padded or cropped, as its '
+                             'vision encoder takes them): it takes no buckets')
         import xtuner.dataset.utils  # noqa: F401 - here, once, rather than in every DataLoader worker
         self.template_map_fn = build_component(template_map_fn)
         self.pad_image, self.brief = pad_image, brief
