@@ -12,6 +12,7 @@ have exited), in interleaved rounds, medians; the batches of both are compared b
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -23,6 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The workers fork after the tokenizer has run: it runs single-threaded there (and says nothing).
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 from bench.bench_sample import JPEG_SIZES, _template, make_dataset  # noqa: E402
 from src.datasets import collate_functions  # noqa: E402
@@ -43,7 +46,8 @@ def run(dataset, collate, batches: int, batch_size: int) -> tuple[float, list]:
     """Worker CPU seconds per sample, and a digest of every batch."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=2, collate_fn=collate,
-                        sampler=range(batches * batch_size), persistent_workers=False)
+                        sampler=[i % len(dataset) for i in range(batches * batch_size)],
+                        persistent_workers=False)
     digests = [(float(batch['data']['pixel_values'].double().sum()), batch['data']['input_ids'].sum().item())
                for batch in loader]
     del loader  # its workers exit: their time is in RUSAGE_CHILDREN now
