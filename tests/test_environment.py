@@ -31,3 +31,12 @@ def test_the_core_leaves_the_optional_stacks_to_extras():
         assert package not in core, package
         if extra:
             assert any(package in requirement for requirement in project['optional-dependencies'][extra]), package
+
+
+def test_the_spark_test_has_what_it_needs_where_make_installs_it():
+    """make installs the spark extra always, and Java as root (as CI runs): there the pyspark test runs,
+    never skipped."""
+    import shutil
+    assert importlib.util.find_spec('pyspark') is not None  # the 'spark' extra
+    if os.geteuid() == 0:
+        assert shutil.which('java') is not None, 'make installs default-jre-headless as root'

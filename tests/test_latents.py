@@ -190,6 +190,59 @@ def test_two_ranks_write_each_latent_once(workdir, vaes, tokenizer_path):
     assert {p.name[:4] for p in (cwd / 'sharded' / 'shards').glob('*.tar')} == {'r000', 'r001'}
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_write_what_one_process_writes_and_a_killed_node_is_filled_in(tmp_path, vaes, tokenizer_path):
+    """torchrun --nnodes 2 (two node processes, c10d rendezvous on 127.0.0.1, gloo): a node killed
+    mid-run, then the job started again on both nodes, which encodes only what is missing."""
+    n = 48
+    whole = MAKERS['midjourney23m'](tmp_path / 'whole' / ROOT, n=n, faults=False)
+    nodes = MAKERS['midjourney23m'](tmp_path / 'nodes' / ROOT, n=n, faults=False)
+    for expected in (whole, nodes):
+        assert prepare_midjourney23m(str(expected.root), num_processes=1).exit_code() == 0
+    options = ('--vae', vaes['AutoencoderDC'], '--batch-size', '1', '--num-workers', '0')
+    assert tool(*options, tokenizer_path=tokenizer_path, cwd=tmp_path / 'whole').returncode == 0
+    uninterrupted = latents(tmp_path / 'whole' / FOLDER)
+
+    def start_nodes(port: int) -> list[subprocess.Popen]:
+        launcher = (sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--nproc_per_node', '1',
+                    '--rdzv-backend', 'c10d', '--rdzv-endpoint', f'127.0.0.1:{port}', '--rdzv-id', f'latents{port}',
+                    '--max-restarts', '0')
+        command = [*launcher, str(REPO / 'tools' / 'cache_latents.py'), str(REPO / 'configs/datasets/midjourney23m.py'),
+                   '--cfg-options', f'dataset.tokenizer.pretrained_model_name_or_path={tokenizer_path}',
+                   'dataset.image_size=64', *options]
+        env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
+        return [subprocess.Popen(command, cwd=tmp_path / 'nodes', env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True) for _ in range(2)]
+
+    folder = tmp_path / 'nodes' / FOLDER
+    first = start_nodes(_free_port())
+    deadline = time.monotonic() + 180
+    while len(list(folder.rglob('*.pt'))) < 4 and time.monotonic() < deadline and all(p.poll() is None for p in first):
+        time.sleep(0.01)
+    for node in first:  # one node dies; the other's rank then waits for it: the job is started again
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait()
+    done = len(list(folder.rglob('*.pt')))
+    assert 0 < done < n, [node.stdout.read()[-2000:] for node in first]
+
+    again = start_nodes(_free_port())
+    outputs = [node.communicate(timeout=300)[0] for node in again]
+    assert all(node.returncode == 0 for node in again), [output[-3000:] for output in outputs]
+    report = json.loads((folder / 'cache_latents_report.json').read_text())
+    assert report['world_size'] == 2 and all(rank['encoded'] + rank['already_there'] > 0 for rank in report['ranks'])
+    assert report['already_there'] >= done and report['encoded'] + report['already_there'] == n
+    resumed = latents(folder)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)  # as one process writes them
+
+
 def test_a_latents_config_reads_what_the_tool_wrote(workdir, vaes, tokenizer_path):
     from mmengine.config import Config
     from mmengine.registry import DATASETS

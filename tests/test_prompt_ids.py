@@ -92,6 +92,18 @@ def test_stored_once_and_mapped_by_later_runs(make, records, monkeypatch, tmp_pa
     assert pickle.loads(pickle.dumps(again.prompt_ids)).get(0).tolist() == again.prompt_ids.get(0).tolist()
 
 
+def test_a_part_of_the_index_tokenizes_only_its_rows_and_the_whole_store_serves_it_later(make, records, tmp_path):
+    part = make(pretokenize=True, train_number_samples=4)  # rows 0-3: the 9-row index is not tokenized whole
+    assert part.prompt_ids.folder.name.endswith('-first4') and len(part.prompt_ids.known) == 4
+    assert part.prompt_ids.get(8) is None
+    plain = make(train_number_samples=4)
+    assert [part[i]['input_ids'].tolist() for i in range(4)] == [plain[i]['input_ids'].tolist() for i in range(4)]
+    whole = make(pretokenize=True)
+    smaller = make(pretokenize=True, train_number_samples=2)
+    assert smaller.prompt_ids.folder in (part.prompt_ids.folder, whole.prompt_ids.folder)  # no third store
+    assert len(folders(tmp_path)) == 2
+
+
 def test_another_template_or_tokenizer_setting_is_stored_apart(make, records, prompt_template, tmp_path):
     make(pretokenize=True)
     other = dict(prompt_template, INSTRUCTION='<|im_start|>system\n{input}<|im_end|>\n')

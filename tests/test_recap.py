@@ -173,10 +173,13 @@ def _spark_available() -> bool:
     return importlib.util.find_spec('pyspark') is not None and shutil.which('java') is not None
 
 
-@pytest.mark.skipif(not _spark_available(), reason="needs the 'spark' extra and Java")
-def test_the_pyspark_distributor_downloads_in_a_local_session(tmp_path, server, monkeypatch):
+@pytest.mark.slow
+@pytest.mark.skipif(not _spark_available(), reason="needs the 'spark' extra and Java (make installs both, as root)")
+def test_the_pyspark_distributor_downloads_in_a_local_session_as_multiprocessing_does(tmp_path, server, monkeypatch):
     root = tmp_path / DEFAULT_ROOTS['laion6m']
     expected = make_recap('laion6m', root, server)
+    by_processes = tmp_path / 'multiprocessing' / DEFAULT_ROOTS['laion6m']
+    shutil.copytree(root, by_processes)  # the same URL parquets, before either download
     options = DownloadOptions(timeout=1, samples_per_shard=4, thread_count=4, distributor='pyspark')
 
     # Executors whose Python lacks img2dataset: a clear error, not Spark's traceback.
@@ -195,6 +198,12 @@ def test_the_pyspark_distributor_downloads_in_a_local_session(tmp_path, server, 
     assert [row['image'] for row in rows] == sorted(expected.samples)
     assert report.download['distributor'] == 'pyspark' and report.download['successes'] == len(expected.samples)
     assert sum(report.download['failed_by_reason'].values()) == len(expected.faults)
+
+    multiprocessing = datasets.prepare_laion6m(str(by_processes), num_processes=1, download=DownloadOptions(
+        timeout=1, samples_per_shard=4, thread_count=4, distributor='multiprocessing'))
+    assert multiprocessing.finish() == 0, multiprocessing.summary()
+    assert json.loads((by_processes / 'data.json').read_text()) == rows  # the same records, the same order
+    assert multiprocessing.download['failed_by_reason'] == report.download['failed_by_reason']
 
 
 def test_cc3m_urls_become_the_index_harmons_image2text_reads(tmp_path, server, tokenizer_path):

@@ -52,7 +52,7 @@ def write_tar(path: Path, members, fmt=tarfile.GNU_FORMAT, encoding='utf-8'):
 
 
 def extract_only(root: Path, tar_names, step=EXTRACT, dest='raw'):
-    from src.prepare.extract import TarJob
+    from src.prepare.tar_headers import TarJob
     jobs = [TarJob(str(root), name, dest) for name in tar_names]
     return run_prepare('test', str(root), jobs, [dest], lambda files, report: None, step=step, num_processes=1)
 
@@ -169,7 +169,7 @@ def test_sparse_members_are_refused_never_misread(tmp_path, fmt):
 @pytest.mark.parametrize('order', ['in order', 'later tar first'])
 def test_a_path_in_two_tars_is_the_last_tar_s_copy_as_with_no_extract(tmp_path, order):
     from src.datasets.tar_index import TarMemberIndex
-    from src.prepare.extract import TarJob
+    from src.prepare.tar_headers import TarJob
     write_tar(tmp_path / 'raw' / '0.tar', [('same.jpg', b'first tar'), ('only0.jpg', JPEG)])
     write_tar(tmp_path / 'raw' / '1.tar', [('same.jpg', b'second tar'), ('only1.jpg', JPEG)])
     jobs = [TarJob(str(tmp_path), name, 'raw') for name in ('raw/0.tar', 'raw/1.tar')]

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.tar_index import INDEX_NAME, StaleIndexError, TarMemberIndex
-from src.prepare import tar_members
-from src.prepare.tar_members import (INDEX_MEMBERS, scan_tar, scan_tar_headers, scan_tar_with_tarfile,
-                                     shard_index_path)
-from src.prepare.extract import TarJob
+from src.prepare import tar_headers
+from src.prepare.tar_headers import scan_tar, scan_tar_headers, scan_tar_with_tarfile
+from src.prepare.tar_members import INDEX_MEMBERS, shard_index_path
+from src.prepare.tar_headers import TarJob
 from src.prepare.runner import prepare
 
 LONG_NAME = 'deep/' + 'nested_folder_' * 6 + '/' + 'x' * 120 + '.jpg'  # > 100 chars: long-name header
@@ -251,9 +251,9 @@ def test_header_scan_equals_tarfile(tmp_path, monkeypatch, case, data, plain):
     # Reading through (before an extraction) sees the same headers, in large reads or small ones
     # that end between headers.
     assert scan_tar_headers(str(path), read_through=True) == scan_tar_headers(str(path))
-    monkeypatch.setattr(tar_members._HeaderReader, 'CHUNK', 1024)
+    monkeypatch.setattr(tar_headers._HeaderReader, 'CHUNK', 1024)
     assert scan_tar_headers(str(path), read_through=True) == scan_tar_headers(str(path))
-    monkeypatch.setattr(tar_members._HeaderReader, 'DENSE', 1024)  # some headers in chunks, some alone
+    monkeypatch.setattr(tar_headers._HeaderReader, 'DENSE', 1024)  # some headers in chunks, some alone
     assert scan_tar_headers(str(path), read_through=True) == scan_tar_headers(str(path))
     try:
         expected = scan_tar_with_tarfile(str(path))
@@ -267,7 +267,7 @@ def test_header_scan_equals_tarfile(tmp_path, monkeypatch, case, data, plain):
 def test_plain_tars_are_indexed_without_tarfile(tmp_path, monkeypatch):
     def no_tarfile(path):
         raise AssertionError(f'{path} went through tarfile')
-    monkeypatch.setattr('src.prepare.tar_members.scan_tar_with_tarfile', no_tarfile)
+    monkeypatch.setattr('src.prepare.tar_headers.scan_tar_with_tarfile', no_tarfile)
     jobs, expected = make_shards(tmp_path, n_shards=2)
     (tmp_path / 'raw' / 'empty.tar').write_bytes(tar_bytes([]))
     report = index_tars(tmp_path, jobs + [TarJob(str(tmp_path), 'raw/empty.tar', 'images')])

@@ -26,7 +26,8 @@ from src.datasets.object_store import ObjectFolder, StorageConfigError, read_pet
 from src.datasets.text2image import caption_datasets
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.prepare import datasets as prepare
-from src.prepare.extract import EXTRACT, TarJob
+from src.prepare.extract import EXTRACT
+from src.prepare.tar_headers import TarJob
 from src.prepare.resize import NotResized, shrink_image
 from src.prepare.tar_members import INDEX_MEMBERS
 from src.synthetic.downloads import MAKERS

@@ -119,6 +119,10 @@ class TarMemberIndex:
         """Every member path (in no particular order): what extraction would have created."""
         return self._paths.to_pylist()
 
+    def path_column(self) -> pa.ChunkedArray:
+        """Every member path, as the index's Arrow column (no Python strings made)."""
+        return self._paths
+
     def locate(self, relpath: str) -> tuple[str, int, int, int] | None:
         """(tar path relative to the root, the tar's indexed size, data offset, data size) of the
         member ``relpath``, or None: where a reader that is not a local file gets its bytes."""

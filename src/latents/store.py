@@ -116,7 +116,7 @@ def completed_shards(folder: str) -> list[str]:
 
 def stored_latents(folder: str) -> set[str]:
     """The member names (``<image_file>.pt``) of the whole shards: the latents that are done."""
-    from src.prepare.tar_members import scan_tar  # the header scan: no latent is read
+    from src.prepare.tar_headers import scan_tar  # the header scan: no latent is read
     done = set()
     for shard in completed_shards(folder):
         done.update(name for name, _, _ in scan_tar(os.path.join(folder, shard))[0])
@@ -171,7 +171,7 @@ class ShardWriter:
 def index_shards(folder: str) -> str:
     """Write ``<folder>/tar_index.arrow`` over the whole shards (the --no-extract step); its path."""
     from src.datasets.tar_index import INDEX_NAME
-    from src.prepare.extract import TarJob
+    from src.prepare.tar_headers import TarJob
     from src.prepare.runner import prepare
     from src.prepare.tar_members import INDEX_MEMBERS
     jobs = [TarJob(folder, shard, '') for shard in completed_shards(folder)]

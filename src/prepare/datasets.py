@@ -10,7 +10,7 @@ import os
 from functools import partial
 
 from src.prepare import dalle3, midjourney
-from src.prepare.extract import TarJob
+from src.prepare.tar_headers import TarJob
 from src.prepare.pairs import PairLayout, build_pair_index
 from src.prepare.recap import DownloadOptions, prepare_recap, recap_route
 from src.prepare.report import Report

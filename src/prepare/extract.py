@@ -13,81 +13,18 @@ import posixpath
 import shutil
 import subprocess
 import tarfile
-from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 from src.datasets.files import read_file
 from src.prepare.atomic import atomic_write
+from src.prepare.listing import PathListing
+from src.prepare.tar_headers import (TarJob, TarResult, end_of_archive_missing, member_path, printable, refusal,
+                                      scan_tar, scan_tar_headers)
 from src.prepare.resize import NotResized, shrink_image
-
-
-@dataclass(frozen=True)
-class TarJob:
-    """One tar shard: ``name`` is its path relative to the dataset root, ``dest`` the folder
-    (relative to the root) its members go to."""
-
-    root: str
-    name: str
-    dest: str
-
-    @property
-    def path(self) -> str:
-        return os.path.join(self.root, self.name)
-
-
-@dataclass
-class TarResult:
-    """What one tar gave; ``status`` is 'done', 'partial' (the tar ends early or is damaged after
-    some members: those were kept) or 'failed' (nothing could be used)."""
-
-    name: str
-    status: str
-    members: int = 0
-    bytes: int = 0
-    refused: list = field(default_factory=list)  # [member name, reason]
-    error: str = ''
-    cause: str = ''  # of a failure: 'storage' (the disk is full or read-only: the tar is fine) or '' (the tar)
-    replaced: list = field(default_factory=list)  # paths that were there already (another tar's?)
-    not_resized: list = field(default_factory=list)  # --resize-to: [member, reason], kept as extracted
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 GNU_TAR = shutil.which('tar')  # extracts the tars the header scan proves clean
 MAX_REPLACED = 10_000  # per tar: beyond that many shared paths, the rest keep extraction order
-
-
-def file_signature(path: str) -> dict[str, int]:
-    """What tells a tar as it is now: a changed size or mtime means it was replaced or rewritten."""
-    st = os.stat(path)
-    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
-
-
-def refusal(member: tarfile.TarInfo) -> str | None:
-    """Why ``member`` must not be written, or None for a regular file with a safe relative name.
-
-    Links are refused even when they point inside the folder: a dataset needs none, and the tar
-    member index (``--no-extract``) could not serve them either.
-    """
-    if member.issym() or member.islnk():
-        return 'link'
-    if member.issparse():
-        return 'sparse'  # the tar member index could not serve its holes: refused by both steps alike
-    if member.ischr() or member.isblk() or member.isfifo():
-        return 'special-file'
-    if not member.isreg():
-        return 'unsupported-type'
-    if member.name.startswith('/'):
-        return 'absolute-path'
-    if '..' in member.name.split('/'):
-        return 'parent-path'
-    if not member_path(member.name):
-        return 'empty-name'
-    try:
-        member.name.encode('utf-8')
-    except UnicodeEncodeError:  # tarfile keeps bytes that are not UTF-8 as lone surrogates
-        return 'bad-name'
-    return None
 
 
 # What one member's name can meet on the file system: its own problem, not the run's.
@@ -104,27 +41,8 @@ def storage_problem(err: OSError) -> str | None:
     return STORAGE_ERRORS.get(err.errno)
 
 
-def printable(name: str) -> str:
-    """A name as a report can hold it: bytes that were not UTF-8 shown as \\x escapes."""
-    return name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
-
-
-def member_path(name: str) -> str:
-    """A member name as a clean relative path ('./a//b.jpg' -> 'a/b.jpg'); '' when nothing is left."""
-    path = posixpath.normpath(name)
-    return '' if path in ('.', '') else path
-
-
 def staging_folder(job: TarJob, step_name: str) -> str:
     return os.path.join(job.root, '.prepare', 'staging', step_name, job.name)
-
-
-def end_of_archive_missing(f, offset: int) -> bool:
-    """True when no zero block follows the last header tarfile read: the file was cut short (at a
-    member boundary tarfile stops silently) or damaged."""
-    f.seek(offset)
-    block = f.read(tarfile.BLOCKSIZE)
-    return len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE
 
 
 class Extract:
@@ -181,7 +99,6 @@ class Extract:
         written) for any other tar, or when GNU tar is missing or fails: then member by member."""
         if GNU_TAR is None:
             return False
-        from src.prepare.tar_members import scan_tar_headers
         try:
             scanned = scan_tar_headers(job.path, read_through=True)  # GNU tar reads it next
         except OSError:
@@ -249,7 +166,6 @@ class Extract:
         candidates = {path for result in results.values() for path in result.get('replaced', [])}
         if not candidates:
             return []
-        from src.prepare.tar_members import scan_tar  # the header scan of --no-extract
         last, holders = {}, {}
         for job in jobs:  # in tar order: a later holder replaces an earlier one
             try:
@@ -270,15 +186,11 @@ class Extract:
                 out.write(data)
         return shared
 
-    def listing(self, root: str, jobs: list[TarJob], folders: list[str]) -> set[str]:
+    def listing(self, root: str, jobs: list[TarJob], folders: list[str]) -> PathListing:
         """Every file under ``folders`` (where the dataset's files are, relative to ``root``) as
         paths relative to ``root``: one scan, not one stat per index row. Files that were there
         before (extracted by hand, say) count as much as those extracted from ``jobs``."""
-        scans = (scan_files(root, folder) for folder in folders)
-        found = next(scans, set())
-        for more in scans:
-            found |= more  # into the first folder's set: its million paths are not copied
-        return found
+        return PathListing.collect(path for folder in folders for path in _walk_files(root, folder))
 
     def read(self, root: str, path: str) -> bytes:
         """A file's bytes (``src.datasets.files.read_file``: regular files only, bounded)."""
@@ -347,10 +259,13 @@ def move_into_place(staging: str, dest: str, paths) -> tuple[list[str], list[str
     return clashes, replaced
 
 
-def scan_files(root: str, folder: str) -> set[str]:
+def scan_files(root: str, folder: str) -> PathListing:
     """Paths (relative to ``root``, '/'-separated) of the regular files under ``root/folder``,
     skipping the preparation's own '.prepare' bookkeeping."""
-    found = set()
+    return PathListing.collect(_walk_files(root, folder))
+
+
+def _walk_files(root: str, folder: str) -> Iterator[str]:
     pending = [folder]
     while pending:
         rel = pending.pop()
@@ -362,7 +277,6 @@ def scan_files(root: str, folder: str) -> set[str]:
         with entries:
             for entry in entries:  # a million files: files first, one call each
                 if entry.is_file():
-                    found.add(prefix + entry.name)
+                    yield prefix + entry.name
                 elif entry.is_dir(follow_symlinks=False) and entry.name != '.prepare':
                     pending.append(prefix + entry.name)
-    return found

@@ -2,7 +2,7 @@
 
 The guide walks 23M rows with ``iterrows``, stats every image and dumps with ``indent=2`` (the
 pure-Python encoder). Here every check is one Arrow/numpy operation over a whole column, existence
-is a hash lookup against one listing of the files, and the JSON text is joined by Arrow string
+is one Arrow ``is_in`` against one listing of the files (``src.prepare.listing``), and the JSON text is joined by Arrow string
 kernels, a chunk at a time, and written straight from Arrow's buffers.
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def build_index(files: Files, report: Report, columns: Columns = Columns()) -> N
     # Each dropped row is counted once, under the first reason that applies.
     problems = [
         ('unsafe-path', unsafe_path_mask(table['filename'])),  # absolute, or climbing out of images/
-        ('no-image', ~listed(files.paths, images)),
+        ('no-image', ~files.paths.contains_all(images)),
         ('no-caption', is_missing(table['prompt'])),
         ('no-size', is_missing(table['width']) | is_missing(table['height'])),
         ('bad-size', ~is_plausible_size(table['width']) | ~is_plausible_size(table['height'])),
@@ -105,19 +105,6 @@ def build_index(files: Files, report: Report, columns: Columns = Columns()) -> N
     index.changed = write_encoded_json_array(index.path, records)
 
 
-def listed(paths: set, candidates: pa.ChunkedArray) -> np.ndarray:
-    """Whether each of ``candidates`` is in ``paths``, a chunk at a time.
-
-    The listing is a Python set already: probing it with each row's path costs less than turning
-    its strings into an Arrow array for pc.is_in, which hashes them again. Only a chunk of row paths
-    is held as Python strings at once: memory a process touches for the first time is slow to get
-    on a virtual machine (~1.5 s a GiB on ours), and a million strings would be ~90 MiB of it.
-    """
-    found = np.empty(len(candidates), dtype=bool)
-    for start in range(0, len(candidates), CHUNK):
-        chunk = candidates.slice(start, CHUNK).to_pylist()
-        found[start:start + len(chunk)] = list(map(paths.__contains__, chunk))
-    return found
 
 
 def is_missing(values: pa.ChunkedArray) -> np.ndarray:
@@ -169,7 +156,8 @@ def kept_chunks(table: pa.Table, keep: np.ndarray):
     """The ``keep`` rows of ``table`` as record batches of at most :data:`CHUNK` rows, each within
     one of the table's own chunks: a line of data.json each, where lines always broke, so that a
     re-run with this code leaves an existing data.json untouched. Each is filtered from the span of rows it comes from: the
-    kept rows are never copied whole (see :func:`listed` on fresh memory)."""
+    kept rows are never copied whole (memory a process touches for the first time is slow to get on a
+    virtual machine: ~1.5 s a GiB on ours)."""
     start = 0
     for whole in table.to_batches():
         rows = np.flatnonzero(keep[start:start + len(whole)])

@@ -27,7 +27,9 @@ from src.datasets.extras import MissingExtra
 from src.prepare.atomic import write_json
 from src.prepare import lock
 from src.prepare.cleanup import remove_empty_folders, remove_leftovers
-from src.prepare.extract import EXTRACT, Extract, TarJob, TarResult, file_signature, storage_problem
+from src.prepare.extract import EXTRACT, Extract, storage_problem
+from src.prepare.listing import PathListing
+from src.prepare.tar_headers import TarJob, TarResult, file_signature
 from src.prepare.report import Report
 from src.prepare.tar_members import INDEX_MEMBERS
 
@@ -46,7 +48,7 @@ class Files:
     """
 
     root: str
-    paths: set
+    paths: PathListing
     step: object
 
     def __contains__(self, path: str) -> bool:
