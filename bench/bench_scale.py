@@ -208,9 +208,17 @@ def mark_baseline() -> None:
     _BASELINE[0] = psutil.Process().memory_info().rss
 
 
-def child_main(step: str, root: Path, work: Path) -> None:
-    import resource
+def _high_water_mark() -> int:
+    """This process's peak RSS in bytes (VmHWM: of its own memory since exec; ru_maxrss would carry
+    the parent's from before the exec)."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) * 1024
+    raise OSError('no VmHWM in /proc/self/status')
 
+
+def child_main(step: str, root: Path, work: Path) -> None:
     import torch  # noqa: F401 - the modules every step's process holds, before the baseline
     import transformers  # noqa: F401
 
@@ -218,7 +226,7 @@ def child_main(step: str, root: Path, work: Path) -> None:
     import src.prepare.midjourney  # noqa: F401
     mark_baseline()
     result = STEP_FUNCTIONS[step](root, work)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _high_water_mark()
     result.update(peak_mib=peak / MiB, added_peak_mib=(peak - _BASELINE[0]) / MiB)
     print(json.dumps(result))
 
@@ -231,7 +239,11 @@ def main() -> None:
     parser.add_argument('--dir', help='where the synthetic downloads go (default: a temporary folder)')
     parser.add_argument('--step', nargs=3, help=argparse.SUPPRESS)
     parser.add_argument('--rank', nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument('--tables', nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tables:  # in a process of its own: the driver stays small
+        write_tables(Path(args.tables[0]), int(args.tables[1]))
+        return
     if args.step:
         child_main(args.step[0], Path(args.step[1]), Path(args.step[2]))
         return
@@ -246,7 +258,7 @@ def main() -> None:
             root, work = Path(tmp) / f'{n}' / 'midjourney-23m', Path(tmp) / f'{n}' / 'work'
             work.mkdir(parents=True)
             started = time.perf_counter()
-            write_tables(root, n)
+            subprocess.run([sys.executable, __file__, '--tables', str(root), str(n)], check=True, env=_env())
             print(f'{n:>11,} records: tables written in {time.perf_counter() - started:.0f} s', flush=True)
             for step in args.steps:
                 results[(step, n)] = result = run_step(step, root, work)
