@@ -92,7 +92,7 @@ def step_metadata(root: Path, work: Path) -> dict:
     from src.prepare.midjourney import build_index, read_tables
     from src.prepare.report import Report
     from src.prepare.runner import Files
-    names = read_tables(str(root))['filename']
+    names = read_tables(str(root), roles=('filename',))['filename']
     listing = PathListing.of(pc.binary_join_element_wise('images/', names, '').filter(
         pc.not_equal(pc.utf8_slice_codeunits(names, -7, -4), '999')))  # 0.1% of the images missing
     del names

@@ -48,25 +48,33 @@ class Columns:
         return dict(zip(TABLE_SCHEMA.names, (self.filename, self.caption, self.width, self.height)))
 
 
-def read_tables(root: str, columns: Columns = Columns()) -> pa.Table:
-    """All tables in name order, as one table of :data:`TABLE_SCHEMA`."""
+def table_paths(root: str, columns: Columns = Columns()) -> list[str]:
+    """The tables, in name order (the order of data.json)."""
     paths = sorted(glob.glob(os.path.join(root, columns.tables)))
     if not paths:
         raise IndexFormatError(f'no {columns.tables} under {root}: no tables were downloaded ({GATED})')
-    wanted = columns.by_role()
-    tables = []
-    for path in paths:
-        try:
-            present = pq.read_schema(path).names
-            missing = [name for name in wanted.values() if name not in present]
-            if missing:
-                raise IndexFormatError(f'{path}: no column {", ".join(map(repr, missing))}; its columns are '
-                                       f'{present}. Name them with --filename-col/--caption-col/--width-col/--height-col.')
-            table = pq.read_table(path, columns=list(wanted.values()))
-            tables.append(table.rename_columns(list(wanted)).cast(TABLE_SCHEMA))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-            raise IndexFormatError(f'{path}: cannot read columns {list(wanted.values())}: {e}') from None
-    return pa.concat_tables(tables)
+    return paths
+
+
+def read_table(path: str, columns: Columns = Columns(), roles=TABLE_SCHEMA.names) -> pa.Table:
+    """The ``roles`` (of :data:`TABLE_SCHEMA`) of one table, under those names."""
+    wanted = {role: name for role, name in columns.by_role().items() if role in roles}
+    try:
+        present = pq.read_schema(path).names
+        missing = [name for name in columns.by_role().values() if name not in present]
+        if missing:
+            raise IndexFormatError(f'{path}: no column {", ".join(map(repr, missing))}; its columns are '
+                                   f'{present}. Name them with --filename-col/--caption-col/--width-col/--height-col.')
+        table = pq.read_table(path, columns=list(wanted.values()))
+        schema = pa.schema([TABLE_SCHEMA.field(role) for role in wanted])
+        return table.rename_columns(list(wanted)).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+        raise IndexFormatError(f'{path}: cannot read columns {list(wanted.values())}: {e}') from None
+
+
+def read_tables(root: str, columns: Columns = Columns(), roles=TABLE_SCHEMA.names) -> pa.Table:
+    """All tables in name order, as one table (of ``roles``)."""
+    return pa.concat_tables([read_table(path, columns, roles) for path in table_paths(root, columns)])
 
 
 def first_occurrences(names: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarray:
@@ -80,31 +88,50 @@ def first_occurrences(names: pa.ChunkedArray, candidates: np.ndarray) -> np.ndar
 
 
 def build_index(files: Files, report: Report, columns: Columns = Columns()) -> None:
-    table = read_tables(files.root, columns)
+    """data.json from the tables, in two passes so that at 23M rows the prompts (gigabytes of text)
+    are never all in memory: the row checks and every file name first, table by table; then the
+    kept rows of each table, encoded, table by table."""
+    paths = table_paths(files.root, columns)
     index = report.add_index(os.path.join(files.root, INDEX))
-    images = pc.binary_join_element_wise(IMAGE_FOLDER + '/', table['filename'], '')
+    names, row_problems = [], {'no-caption': [], 'no-size': [], 'bad-size': []}
+    for path in paths:
+        table = read_table(path, columns)
+        names.append(table['filename'])
+        row_problems['no-caption'].append(is_missing(table['prompt']))
+        row_problems['no-size'].append(is_missing(table['width']) | is_missing(table['height']))
+        row_problems['bad-size'].append(~is_plausible_size(table['width']) | ~is_plausible_size(table['height']))
+        del table  # its prompts
+    names = pa.chunked_array([chunk for column in names for chunk in column.chunks], pa.string())
+    images = pc.binary_join_element_wise(IMAGE_FOLDER + '/', names, '')
 
     # Each dropped row is counted once, under the first reason that applies.
     problems = [
-        ('unsafe-path', unsafe_path_mask(table['filename'])),  # absolute, or climbing out of images/
+        ('unsafe-path', unsafe_path_mask(names)),  # absolute, or climbing out of images/
         ('no-image', ~files.paths.contains_all(images)),
-        ('no-caption', is_missing(table['prompt'])),
-        ('no-size', is_missing(table['width']) | is_missing(table['height'])),
-        ('bad-size', ~is_plausible_size(table['width']) | ~is_plausible_size(table['height'])),
+        *((reason, np.concatenate(masks) if masks else np.zeros(0, bool)) for reason, masks in row_problems.items()),
     ]
-    keep = np.ones(len(table), dtype=bool)
+    del images
+    keep = np.ones(len(names), dtype=bool)
     for reason, rows in problems:
-        record_drops(index.drops, reason, table['filename'], rows & keep)
+        record_drops(index.drops, reason, names, rows & keep)
         keep &= ~rows
-    unique = first_occurrences(table['filename'], np.flatnonzero(keep))
-    record_drops(index.drops, 'duplicate', table['filename'], keep & ~unique)
+    unique = first_occurrences(names, np.flatnonzero(keep))
+    record_drops(index.drops, 'duplicate', names, keep & ~unique)
     keep &= unique
+    del names, problems, unique
 
     index.entries = int(keep.sum())
-    records = encoded_records(table.set_column(0, 'image', images), keep)
-    index.changed = write_encoded_json_array(index.path, records)
+    index.changed = write_encoded_json_array(index.path, _records_of_tables(paths, columns, keep))
 
 
+def _records_of_tables(paths: list[str], columns: Columns, keep: np.ndarray):
+    """The encoded records of each table's kept rows, one table read at a time."""
+    start = 0
+    for path in paths:
+        table = read_table(path, columns)
+        images = pc.binary_join_element_wise(IMAGE_FOLDER + '/', table['filename'], '')
+        yield from encoded_records(table.set_column(0, 'image', images), keep[start:start + len(table)])
+        start += len(table)
 
 
 def is_missing(values: pa.ChunkedArray) -> np.ndarray:
