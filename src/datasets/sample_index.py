@@ -664,6 +664,15 @@ class SampleIndex:
             values = np.full(self._table.num_rows, np.nan)
         return self._view(values)
 
+    def select_stored(self, rows: np.ndarray) -> 'SampleIndex':
+        """A view of the whole index's ``rows`` as ``src.datasets.selection`` stores them (sorted
+        int64, memory-mapped): used in place, neither copied nor scanned."""
+        if self._rows is not None or rows.dtype != np.int64:
+            raise ValueError('select_stored takes sorted int64 rows of a whole index')
+        if len(rows) and (rows[0] < 0 or rows[-1] >= len(self)):
+            raise IndexError(f'stored row numbers outside 0..{len(self) - 1} for {self.source}')
+        return SampleIndex(self._table, self.source, cache=self._cache, fingerprint=self._fingerprint, rows=rows)
+
     def select(self, rows) -> 'SampleIndex':
         """A view of the given records (row numbers of this index, or a boolean mask)."""
         rows = np.asarray(rows)
@@ -683,7 +692,10 @@ class SampleIndex:
         # A cached index pickles as its file name and re-opens the memory map where it is
         # unpickled (DataLoader workers started with spawn); only an in-memory one carries data.
         if self._cache is not None:
-            return _reopen, (self.source, self._cache, self._fingerprint, self._rows)
+            rows = self._rows
+            if isinstance(rows, np.memmap) and rows.filename:  # stored rows (selection): mapped again
+                rows = _StoredRows(rows.filename)
+            return _reopen, (self.source, self._cache, self._fingerprint, rows)
         return SampleIndex, (self._table, self.source), {'_rows': self._rows}
 
     def __setstate__(self, state):
@@ -717,7 +729,13 @@ def _digest_column(table: pa.Table, name: str) -> str:
     return digest.hexdigest()
 
 
+class _StoredRows(str):
+    """The path of a stored ``rows.npy`` (``src.datasets.selection``), pickled in place of its rows."""
+
+
 def _reopen(source: str, cache: Path, fingerprint: bytes, rows) -> SampleIndex:
+    if isinstance(rows, _StoredRows):
+        rows = np.load(rows, mmap_mode='r')
     table = _open_cache(cache, fingerprint)
     if table is None:
         raise IndexFormatError(f'{source}: its index cache {cache} changed or vanished after the '

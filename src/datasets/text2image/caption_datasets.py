@@ -11,6 +11,7 @@ a sample that cannot be used is counted, logged and replaced, a bounded number o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -32,7 +33,8 @@ from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.files import join_inside
 from src.datasets.image_io import Placement, load_pixels
-from src.datasets.latent_store import LatentShapes
+from src.datasets import selection
+from src.datasets.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.sample_index import RecordList, SampleIndex
@@ -243,14 +245,52 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
 
     def load_index(self) -> SampleIndex:
         """The index (``_load_data``), without the records that cannot be used; each kind of drop is
-        logged once."""
+        logged. Which records are kept is decided once per index cache and options, then mapped
+        (``src.datasets.selection``)."""
         self._load_data(self.index_source)
         index = self.index
         if self.train_number_samples and 0 < self.train_number_samples < len(index):
             print_log(f'Using the first {self.train_number_samples} of the {len(index)} records of '
                       f'{self.data_path} (train_number_samples)', logger='current', level=logging.INFO)
             index = index.select(np.arange(self.train_number_samples))
+        whole = index.whole()
+        folder = selection.folder_for(whole, self._selection_key()) if len(whole) == len(index) or \
+            self.train_number_samples else None
+        with selection.stored(folder, len(index)) as kept:
+            if kept is None:
+                kept = self._select_records(index)
+                selection.save(folder, kept)
+            else:
+                for message in kept.drops['messages']:
+                    print_log(message, logger='current', level=logging.WARNING)
+        dropped = kept.drops['counts']
+        count = kept.total if kept.rows is None else len(kept.rows)
+        if count == 0:
+            raise ValueError(f'{self.data_path}: none of its {kept.total} records is usable '
+                             f'(dropped: {self._describe_drops(dropped)})')
+        print_log(f'Loaded {count} samples from {self.data_path} '
+                  f'(dropped: {self._describe_drops(dropped)})', logger='current', level=logging.INFO)
+        self.bucket_ids = kept.bucket_ids
+        if kept.rows is None:
+            return index
+        return whole.select_stored(kept.rows) if isinstance(kept.rows, np.memmap) else index.select(kept.rows)
+
+    def _selection_key(self) -> dict:
+        """What decides which records are kept, besides the index itself."""
+        key = dict(dataset=f'{type(self).__module__}.{type(self).__qualname__}', image_key=self.image_key,
+                   required=list(self.required_keys), paths=list(self.path_keys),
+                   outside=self.allow_outside_paths, min_image_size=self.min_image_size, max_aspect=MAX_ASPECT,
+                   first=self.train_number_samples, buckets=None if self.buckets is None else self.buckets.record())
+        if self.buckets is not None and self.latent_root is not None:  # sizes may come from the latent folder
+            with contextlib.suppress(SampleError, OSError):
+                key['latents'] = hashlib.sha256(self.latent_info_reader(
+                    os.path.join(self.latent_root, LATENT_INFO))).hexdigest()
+        return key
+
+    def _select_records(self, index: SampleIndex) -> selection.Selection:
+        """Which records of ``index`` are kept (row numbers), each drop counted and logged."""
         total = len(index)
+        self._drop_messages = []
         keep, dropped = np.ones(total, dtype=bool), {}
         for key in self.required_keys:
             self._check_image_column(index, key)
@@ -284,14 +324,11 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
             dropped.update(drops)
             keep &= assigned >= 0
         rows = np.flatnonzero(keep)
-        if len(rows) == 0:
-            raise ValueError(f'{self.data_path}: none of its {total} records is usable '
-                             f'(dropped: {self._describe_drops(dropped)})')
-        print_log(f'Loaded {len(rows)} samples from {self.data_path} '
-                  f'(dropped: {self._describe_drops(dropped)})', logger='current', level=logging.INFO)
-        if self.buckets is not None:
-            self.bucket_ids = assigned[rows]
-        return index.select(rows) if len(rows) < total else index
+        return selection.Selection(
+            rows=index.table_rows()[rows] if len(rows) < total else None,
+            bucket_ids=None if self.buckets is None else assigned[rows],
+            drops={'counts': dropped, 'messages': self._drop_messages}, total=total)
+
 
     def load_prompt_ids(self) -> PromptIds | None:
         """The stored prompt ids of the whole index (``pretokenize``: built once, then mapped), or
@@ -318,8 +355,9 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     def _log_dropped(self, mask: np.ndarray, total: int, what: str) -> int:
         count = int(mask.sum())
         if count:
-            print_log(f'{count} of {total} records in {self.data_path} {what} '
-                      f'(first: record #{int(np.argmax(mask))})', logger='current', level=logging.WARNING)
+            message = f'{count} of {total} records in {self.data_path} {what} (first: record #{int(np.argmax(mask))})'
+            print_log(message, logger='current', level=logging.WARNING)
+            getattr(self, '_drop_messages', []).append(message)
         return count
 
     @staticmethod
