@@ -8,11 +8,14 @@ by pairing each image with the caption file of the same name, and rebuilt on eve
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterator
 
 from tqdm import tqdm
 
@@ -25,6 +28,8 @@ from src.prepare.runner import Files
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 CHUNK = 100_000
+CHECK_THREADS = 16  # caption files read at once while checking them
+CHECK_CHUNK = 4096  # of them handed to the threads at a time (not a future per caption of millions)
 
 
 @dataclass(frozen=True)
@@ -94,9 +99,9 @@ def annotation_folder(records: list, files: Files, layout: PairLayout) -> str:
 def check_pairs(records: list, files: Files, layout: PairLayout, drops: Drops) -> tuple[list, int]:
     """The records whose image exists and whose annotation (when named) exists and is readable,
     and how many annotations were rewritten to be relative to ``cap_folder``."""
-    kept, relocated = [], 0
     folder = annotation_folder(records, files, layout)
-    for number, record in enumerate(tqdm(records, desc=f'checking {layout.index}', unit='entry')):
+    checked = []  # (record, its caption path or None), in order: the reads come next, in parallel
+    for number, record in enumerate(records):
         image = record.get('image') if isinstance(record, dict) else None
         annotation = record.get('annotation') if isinstance(record, dict) else None
         if not isinstance(image, str) or not isinstance(annotation, (str, type(None))):
@@ -108,17 +113,34 @@ def check_pairs(records: list, files: Files, layout: PairLayout, drops: Drops) -
         if posixpath.normpath(f'{layout.image_folder}/{image}') not in files:
             drops.add('no-image', image)
             continue
-        if annotation is not None:
-            caption = posixpath.normpath(f'{folder}/{annotation}')
-            problem = 'no-caption' if caption not in files else caption_problem(files, caption)
+        caption = None if annotation is None else posixpath.normpath(f'{folder}/{annotation}')
+        if caption is not None and caption not in files:
+            drops.add('no-caption', annotation)
+            continue
+        checked.append((record, caption))
+    kept, relocated = [], 0
+    captions = [caption for _, caption in checked if caption is not None]
+    problems = iter(tqdm(caption_problems(files, captions), total=len(captions), unit='caption',
+                         desc=f'checking the captions of {layout.index}'))
+    for record, caption in checked:
+        if caption is not None:
+            problem = next(problems)
             if problem:
-                drops.add(problem, annotation)
+                drops.add(problem, record['annotation'])
                 continue
             relative = posixpath.relpath(caption, layout.cap_folder)
-            if relative != posixpath.normpath(annotation):
+            if relative != posixpath.normpath(record['annotation']):
                 record, relocated = {**record, 'annotation': relative}, relocated + 1
         kept.append(record)
     return kept, relocated
+
+
+def caption_problems(files: Files, paths: list[str]) -> Iterator[str | None]:
+    """``caption_problem`` of each of ``paths``, in order, read by parallel threads: the reads are
+    I/O (a network file system, a tar member index), one after another they were the build's time."""
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        for start in range(0, len(paths), CHECK_CHUNK):
+            yield from pool.map(functools.partial(caption_problem, files), paths[start:start + CHECK_CHUNK])
 
 
 def pair_by_name(files: Files, layout: PairLayout, drops: Drops) -> tuple[list, str]:
@@ -135,15 +157,19 @@ def pair_by_name(files: Files, layout: PairLayout, drops: Drops) -> tuple[list, 
     image_prefix = layout.image_folder + '/'
     images = sorted(p for p in files.paths
                     if p.startswith(image_prefix) and p.lower().endswith(IMAGE_EXTENSIONS))
-    records, paired = [], set()
-    for path in tqdm(images, desc=f'pairing {layout.index}', unit='image'):
+    candidates, paired = [], set()
+    for path in images:
         stem = os.path.splitext(path[len(image_prefix):])[0]
         caption = f'{caption_folder}/{stem}{layout.caption_ext}'
         if caption not in files:
             drops.add('no-caption', path)
             continue
         paired.add(caption)
-        problem = caption_problem(files, caption)
+        candidates.append((path, caption))
+    records = []
+    problems = caption_problems(files, [caption for _, caption in candidates])
+    for (path, caption), problem in zip(candidates, tqdm(problems, total=len(candidates), unit='image',
+                                                         desc=f'pairing {layout.index}')):
         if problem:
             drops.add(problem, caption)
             continue
