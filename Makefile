@@ -10,8 +10,9 @@ export PYTHONPATH := $(CURDIR)
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py
 
+# The tests in parallel processes, one per core up to 4 (many of them start processes of their own).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py
