@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MiB = 2 ** 20
-STEPS = ('metadata', 'index cache', 'start-up', 'pretokenize', 'report', '8 ranks x 4 workers')
+STEPS = ('metadata', 'index cache', 'start-up', 'report', '8 ranks x 4 workers', 'pretokenize')  # the longest last
 RANKS, WORKERS, READS = 8, 4, 20_000
 WORDS = ('a photo of the red fox sitting in snow at dawn under a violet sky with mountains behind cinematic '
          'lighting highly detailed digital art trending on artstation watercolor portrait of an old sailor '
