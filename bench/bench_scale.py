@@ -211,14 +211,20 @@ def mark_baseline() -> None:
     _BASELINE[0] = psutil.Process().memory_info().rss
 
 
-def _high_water_mark() -> int:
-    """This process's peak RSS in bytes (VmHWM: of its own memory since exec; ru_maxrss would carry
-    the parent's from before the exec)."""
+def _status(field: str) -> int:
+    """A field of /proc/self/status in bytes: VmHWM, this process's peak RSS (of its own memory
+    since exec; ru_maxrss would carry the parent's from before the exec), RssAnon (its own memory
+    now), RssFile (pages of mapped files now: the index's, shared with every process mapping them
+    and given back under pressure)."""
     with open('/proc/self/status') as f:
         for line in f:
-            if line.startswith('VmHWM:'):
+            if line.startswith(field + ':'):
                 return int(line.split()[1]) * 1024
-    raise OSError('no VmHWM in /proc/self/status')
+    raise OSError(f'no {field} in /proc/self/status')
+
+
+def _high_water_mark() -> int:
+    return _status('VmHWM')
 
 
 def child_main(step: str, root: Path, work: Path) -> None:
@@ -230,7 +236,8 @@ def child_main(step: str, root: Path, work: Path) -> None:
     mark_baseline()
     result = STEP_FUNCTIONS[step](root, work)
     peak = _high_water_mark()
-    result.update(peak_mib=peak / MiB, added_peak_mib=(peak - _BASELINE[0]) / MiB)
+    result.update(peak_mib=peak / MiB, added_peak_mib=(peak - _BASELINE[0]) / MiB,
+                  anon_mib=_status('RssAnon') / MiB, file_mib=_status('RssFile') / MiB)
     print(json.dumps(result))
 
 
@@ -267,7 +274,8 @@ def main() -> None:
                 results[(step, n)] = result = run_step(step, root, work)
                 extra = f', adds {result["added_mib"]:.0f} MiB' if 'added_mib' in result else ''
                 print(f'   {step:<22}{result["seconds"]:9.2f} s   peak {result["peak_mib"]:7.0f} MiB '
-                      f'(+{result["added_peak_mib"]:.0f} over the imports){extra}', flush=True)
+                      f'(+{result["added_peak_mib"]:.0f} over the imports; at the end {result["anon_mib"]:.0f} own, '
+                      f'{result["file_mib"]:.0f} of mapped files){extra}', flush=True)
         _table(results, args.sizes, args.steps)
 
 
