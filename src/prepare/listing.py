@@ -29,14 +29,13 @@ class PathListing:
 
     @classmethod
     def of(cls, paths: Iterable[str] | pa.Array | pa.ChunkedArray) -> 'PathListing':
-        """The listing of ``paths`` (strings, or an Arrow string column), duplicates removed."""
+        """The listing of ``paths`` (strings, or an Arrow string column), which are distinct as a
+        folder scan or a tar member index gives them (no 23M-entry pass to remove duplicates)."""
         if isinstance(paths, pa.Array):
             paths = pa.chunked_array([paths], type=paths.type)
         if not isinstance(paths, pa.ChunkedArray):
             return cls.collect(paths)
-        if not len(paths):
-            return cls(pa.chunked_array([], pa.large_string()))
-        return cls(pc.unique(paths.cast(pa.large_string())))
+        return cls(paths)
 
     @classmethod
     def collect(cls, paths: Iterable[str]) -> 'PathListing':
@@ -45,14 +44,11 @@ class PathListing:
         for path in paths:
             pending.append(path)
             if len(pending) == CHUNK:
-                chunks.append(pa.array(pending, pa.large_string()))
+                chunks.append(pa.array(pending, pa.string()))
                 pending = []
         if pending:
-            chunks.append(pa.array(pending, pa.large_string()))
-        return cls.of(pa.chunked_array(chunks, pa.large_string()))
-
-    def union(self, other: 'PathListing') -> 'PathListing':
-        return PathListing.of(pa.chunked_array(self._paths.chunks + other._paths.chunks, pa.large_string()))
+            chunks.append(pa.array(pending, pa.string()))
+        return cls(pa.chunked_array(chunks, pa.string()))
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -73,5 +69,6 @@ class PathListing:
     def contains_all(self, candidates: pa.ChunkedArray | pa.Array) -> np.ndarray:
         """Per value of ``candidates``: whether it is listed (nulls: no). One hash table over the
         listing, in Arrow."""
-        found = pc.is_in(candidates.cast(pa.large_string()), value_set=self._paths.combine_chunks())
+        listed = self._paths if self._paths.type == candidates.type else self._paths.cast(candidates.type)
+        found = pc.is_in(candidates, value_set=listed)  # chunked: no copy of the listing into one array
         return to_numpy(found, fill=False)

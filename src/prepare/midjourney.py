@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from src.datasets.errors import IndexFormatError
+from src.datasets.arrow_numpy import to_numpy
 from src.datasets.files import unsafe_path_mask
 from src.prepare.atomic import write_encoded_json_array
 from src.prepare.report import EXAMPLES_PER_REASON, Drops, Report
@@ -79,8 +80,11 @@ def read_tables(root: str, columns: Columns = Columns(), roles=TABLE_SCHEMA.name
 
 def first_occurrences(names: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarray:
     """Boolean mask: the rows of ``candidates`` (row numbers) whose name no earlier candidate has."""
-    codes = pc.dictionary_encode(names.cast(pa.large_string()).combine_chunks()).indices
-    codes = codes.to_numpy(zero_copy_only=False)[candidates]
+    # Chunk by chunk with one dictionary (Arrow's hash kernels share it across chunks): no copy of
+    # the 23M names into one array first.
+    encoded = pc.dictionary_encode(names)
+    codes = np.concatenate([to_numpy(chunk.indices, fill=-1) for chunk in encoded.chunks])[candidates]
+    del encoded
     _, first = np.unique(codes, return_index=True)
     mask = np.zeros(len(names), dtype=bool)
     mask[candidates[first]] = True
