@@ -2,7 +2,7 @@
 
 The guide walks 23M rows with ``iterrows``, stats every image and dumps with ``indent=2`` (the
 pure-Python encoder). Here every check is one Arrow/numpy operation over a whole column, existence
-is one Arrow ``is_in`` against one listing of the files (``src.prepare.listing``), and the JSON text is joined by Arrow string
+is a lookup of 64-bit path hashes against one listing of the files (``src.prepare.listing``), and the JSON text is joined by Arrow string
 kernels, a chunk at a time, and written straight from Arrow's buffers.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from src.datasets.errors import IndexFormatError
-from src.datasets.arrow_numpy import to_numpy
 from src.datasets.files import unsafe_path_mask
 from src.prepare.atomic import write_encoded_json_array
 from src.prepare.report import EXAMPLES_PER_REASON, Drops, Report
+from src.prepare.listing import string_hashes
 from src.prepare.runner import Files
 
 TABLE_SCHEMA = pa.schema([('filename', pa.string()), ('prompt', pa.string()),
@@ -79,15 +79,22 @@ def read_tables(root: str, columns: Columns = Columns(), roles=TABLE_SCHEMA.name
 
 
 def first_occurrences(names: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarray:
-    """Boolean mask: the rows of ``candidates`` (row numbers) whose name no earlier candidate has."""
-    # Chunk by chunk with one dictionary (Arrow's hash kernels share it across chunks): no copy of
-    # the 23M names into one array first.
-    encoded = pc.dictionary_encode(names)
-    codes = np.concatenate([to_numpy(chunk.indices, fill=-1) for chunk in encoded.chunks])[candidates]
-    del encoded
-    _, first = np.unique(codes, return_index=True)
+    """Boolean mask: the rows of ``candidates`` (row numbers) whose name no earlier candidate has.
+
+    By 64-bit hashes of the names (8 bytes a row; a hash table of 23M names' bytes took over a GB);
+    a row whose hash an earlier row has is compared with it by name, so a collision never drops a
+    record."""
+    hashes = string_hashes(names)[candidates]
+    _, first, group = np.unique(hashes, return_index=True, return_inverse=True)
+    del hashes
     mask = np.zeros(len(names), dtype=bool)
     mask[candidates[first]] = True
+    repeated = np.flatnonzero(~mask[candidates])  # positions in candidates of the rows judged repeats
+    if len(repeated):
+        earlier = candidates[first[group[repeated]]]
+        rows = candidates[repeated]
+        same = np.array([a == b for a, b in zip(names.take(rows).to_pylist(), names.take(earlier).to_pylist())])
+        mask[rows[~same]] = True  # a hash collision, not a repeat
     return mask
 
 
@@ -106,15 +113,13 @@ def build_index(files: Files, report: Report, columns: Columns = Columns()) -> N
         row_problems['bad-size'].append(~is_plausible_size(table['width']) | ~is_plausible_size(table['height']))
         del table  # its prompts
     names = pa.chunked_array([chunk for column in names for chunk in column.chunks], pa.string())
-    images = pc.binary_join_element_wise(IMAGE_FOLDER + '/', names, '')
 
     # Each dropped row is counted once, under the first reason that applies.
     problems = [
         ('unsafe-path', unsafe_path_mask(names)),  # absolute, or climbing out of images/
-        ('no-image', ~files.paths.contains_all(images)),
+        ('no-image', ~files.paths.contains_all(names, prefix=IMAGE_FOLDER + '/')),
         *((reason, np.concatenate(masks) if masks else np.zeros(0, bool)) for reason, masks in row_problems.items()),
     ]
-    del images
     keep = np.ones(len(names), dtype=bool)
     for reason, rows in problems:
         record_drops(index.drops, reason, names, rows & keep)
