@@ -87,6 +87,7 @@ def dataset(root: Path, work: Path, processors=None, **options):
 
 # ------------------------------------------------------------------------------------- the steps
 def step_metadata(root: Path, work: Path) -> dict:
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from src.prepare.listing import PathListing
@@ -97,6 +98,7 @@ def step_metadata(root: Path, work: Path) -> dict:
     listing = PathListing.of(pc.binary_join_element_wise('images/', names, '').filter(
         pc.not_equal(pc.utf8_slice_codeunits(names, -7, -4), '999')))  # 0.1% of the images missing
     del names
+    pa.default_memory_pool().release_unused()  # the names this simulation read: not the step's
     start = time.perf_counter()
     report = Report('midjourney23m', str(root))
     build_index(Files(str(root), listing, None), report)

@@ -29,7 +29,6 @@ class PathListing:
     def __init__(self, paths: pa.ChunkedArray | pa.Array):
         self._paths = paths if isinstance(paths, pa.ChunkedArray) else pa.chunked_array([paths], paths.type)
         self._set = None
-        self._hashes = {}  # prefix -> the sorted hashes of the paths under it
 
     @classmethod
     def of(cls, paths: Iterable[str] | pa.Array | pa.ChunkedArray) -> 'PathListing':
@@ -70,12 +69,13 @@ class PathListing:
     def __eq__(self, other) -> bool:
         return set(self) == set(other)
 
-    def contains_all(self, candidates: pa.ChunkedArray | pa.Array, prefix: str = '') -> np.ndarray:
-        """Per value of ``candidates``: whether ``prefix + value`` is listed (nulls: no)."""
-        if self._hashes.get(prefix) is None:
-            self._hashes[prefix] = np.sort(string_hashes(self._paths, prefix))
-        listed = self._hashes[prefix]
-        wanted = string_hashes(candidates)
+    def contains_all(self, candidates: pa.ChunkedArray | pa.Array, prefix: str = '',
+                     hashes: np.ndarray | None = None) -> np.ndarray:
+        """Per value of ``candidates``: whether ``prefix + value`` is listed (nulls: no).
+        ``hashes``: the candidates' :func:`string_hashes`, where the caller has them already.
+        The listing's own hashes are made for the call and let go (8 bytes a path)."""
+        listed = np.sort(string_hashes(self._paths, prefix))
+        wanted = string_hashes(candidates) if hashes is None else hashes
         at = np.minimum(np.searchsorted(listed, wanted), max(len(listed) - 1, 0))
         found = listed[at] == wanted if len(listed) else np.zeros(len(wanted), bool)
         valid = pc.is_valid(candidates)

@@ -78,23 +78,29 @@ def read_tables(root: str, columns: Columns = Columns(), roles=TABLE_SCHEMA.name
     return pa.concat_tables([read_table(path, columns, roles) for path in table_paths(root, columns)])
 
 
-def first_occurrences(names: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarray:
+def first_occurrences(names: pa.ChunkedArray, candidates: np.ndarray, hashes: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask: the rows of ``candidates`` (row numbers) whose name no earlier candidate has.
 
-    By 64-bit hashes of the names (8 bytes a row; a hash table of 23M names' bytes took over a GB);
-    a row whose hash an earlier row has is compared with it by name, so a collision never drops a
-    record."""
-    hashes = string_hashes(names)[candidates]
-    _, first, group = np.unique(hashes, return_index=True, return_inverse=True)
+    By 64-bit hashes of the names (``hashes``: :func:`string_hashes` of ``names``, where the caller
+    has them), sorted with their row order kept: 24 bytes a candidate at the peak, where a hash
+    table of 23M names' bytes took over a GB. Rows whose hash another row has (the repeats, and
+    the rare collision) are then told apart by name, so a collision never drops a record."""
+    hashes = (string_hashes(names) if hashes is None else hashes)[candidates]
+    order = np.argsort(hashes, kind='stable')  # equal hashes stay in row order
+    hashes = hashes[order]
+    equal = hashes[1:] == hashes[:-1]
     del hashes
+    shared = np.zeros(len(order), dtype=bool)  # a hash some other candidate has too
+    shared[1:] |= equal
+    shared[:-1] |= equal
     mask = np.zeros(len(names), dtype=bool)
-    mask[candidates[first]] = True
-    repeated = np.flatnonzero(~mask[candidates])  # positions in candidates of the rows judged repeats
-    if len(repeated):
-        earlier = candidates[first[group[repeated]]]
-        rows = candidates[repeated]
-        same = np.array([a == b for a, b in zip(names.take(rows).to_pylist(), names.take(earlier).to_pylist())])
-        mask[rows[~same]] = True  # a hash collision, not a repeat
+    mask[candidates] = True
+    rows = np.sort(candidates[order[shared]])
+    seen = set()
+    for row, name in zip(rows.tolist(), names.take(rows).to_pylist()):
+        if name in seen:
+            mask[row] = False
+        seen.add(name)
     return mask
 
 
@@ -111,23 +117,26 @@ def build_index(files: Files, report: Report, columns: Columns = Columns()) -> N
         row_problems['no-caption'].append(is_missing(table['prompt']))
         row_problems['no-size'].append(is_missing(table['width']) | is_missing(table['height']))
         row_problems['bad-size'].append(~is_plausible_size(table['width']) | ~is_plausible_size(table['height']))
-        del table  # its prompts
+        del table
+        pa.default_memory_pool().release_unused()  # its prompts: Arrow's allocator would keep them
     names = pa.chunked_array([chunk for column in names for chunk in column.chunks], pa.string())
+    hashes = string_hashes(names)
 
     # Each dropped row is counted once, under the first reason that applies.
     problems = [
         ('unsafe-path', unsafe_path_mask(names)),  # absolute, or climbing out of images/
-        ('no-image', ~files.paths.contains_all(names, prefix=IMAGE_FOLDER + '/')),
+        ('no-image', ~files.paths.contains_all(names, prefix=IMAGE_FOLDER + '/', hashes=hashes)),
         *((reason, np.concatenate(masks) if masks else np.zeros(0, bool)) for reason, masks in row_problems.items()),
     ]
     keep = np.ones(len(names), dtype=bool)
     for reason, rows in problems:
         record_drops(index.drops, reason, names, rows & keep)
         keep &= ~rows
-    unique = first_occurrences(names, np.flatnonzero(keep))
+    unique = first_occurrences(names, np.flatnonzero(keep), hashes)
     record_drops(index.drops, 'duplicate', names, keep & ~unique)
     keep &= unique
-    del names, problems, unique
+    del names, problems, unique, hashes
+    pa.default_memory_pool().release_unused()
 
     index.entries = int(keep.sum())
     index.changed = write_encoded_json_array(index.path, _records_of_tables(paths, columns, keep))
