@@ -2,8 +2,9 @@
 
 The guide walks 23M rows with ``iterrows``, stats every image and dumps with ``indent=2`` (the
 pure-Python encoder). Here every check is one Arrow/numpy operation over a whole column, existence
-is a lookup of 64-bit path hashes against one listing of the files (``src.prepare.listing``), and the JSON text is joined by Arrow string
-kernels, a chunk at a time, and written straight from Arrow's buffers.
+is a lookup of 64-bit path hashes against one listing of the files (``src.prepare.listing``), and
+the JSON text is joined by Arrow string kernels, a chunk at a time, and written straight from
+Arrow's buffers.
 """
 from __future__ import annotations
 
@@ -200,9 +201,9 @@ def json_escaped(values: pa.Array) -> pa.Array:
 def kept_chunks(table: pa.Table, keep: np.ndarray):
     """The ``keep`` rows of ``table`` as record batches of at most :data:`CHUNK` rows, each within
     one of the table's own chunks: a line of data.json each, where lines always broke, so that a
-    re-run with this code leaves an existing data.json untouched. Each is filtered from the span of rows it comes from: the
-    kept rows are never copied whole (memory a process touches for the first time is slow to get on a
-    virtual machine: ~1.5 s a GiB on ours)."""
+    re-run with this code leaves an existing data.json untouched. Each is filtered from the span of
+    rows it comes from: the kept rows are never copied whole (memory a process touches for the
+    first time is slow to get on a virtual machine: ~1.5 s a GiB on ours)."""
     start = 0
     for whole in table.to_batches():
         rows = np.flatnonzero(keep[start:start + len(whole)])
