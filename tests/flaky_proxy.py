@@ -13,13 +13,13 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
 
 class FlakyProxy:
     """Every ``throttle_every``-th request gets a 503; every ``cut_every``-th GET of an object gets
-    half of its body and a closed connection. Counts what it did."""
+    half of its body and a closed connection. Counts what it did, and the body bytes it sent back."""
 
     def __init__(self, upstream: str, throttle_every: int = 3, cut_every: int = 4):
         target = urlsplit(upstream)
         self.host, self.port = target.hostname, target.port
         self.throttle_every, self.cut_every = throttle_every, cut_every
-        self.requests = self.throttled = self.cut = 0
+        self.requests = self.throttled = self.cut = self.bytes_sent = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
         self._server.daemon_threads = True
@@ -35,6 +35,9 @@ class FlakyProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = 'HTTP/1.1'
+            # The headers and the body are two writes: with Nagle's algorithm the body of a small
+            # answer waited for the client's delayed ACK, 40 ms a request that no store has.
+            disable_nagle_algorithm = True
 
             def _forward(self):
                 with proxy._lock:
@@ -82,6 +85,8 @@ class FlakyProxy:
                 self.end_headers()
                 if self.command != 'HEAD':
                     self.wfile.write(data)
+                    with proxy._lock:
+                        proxy.bytes_sent += len(data)
 
             do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
 
