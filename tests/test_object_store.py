@@ -207,6 +207,23 @@ def test_tar_shards_and_the_index_in_a_bucket_one_ranged_get_a_member(uploaded, 
             # (the crops differ only because each dataset's random stream is keyed on its data_path)
             assert torch.equal(remote.prepare_data(idx)['input_ids'], local.prepare_data(idx)['input_ids'])
 
+        # A sample's caption file and image lie side by side in its tar: one ranged GET for both.
+        before = proxy.requests
+        samples = [remote.prepare_data(idx) for idx in range(len(remote))]
+        assert proxy.requests - before == len(remote)  # every shard's size was checked above
+        assert [s['input_ids'].tolist() for s in samples] == [local.prepare_data(i)['input_ids'].tolist()
+                                                              for i in range(len(local))]
+        members = remote.ceph_files
+        first, other = (f's3://data/packed/raw/{remote.data_list[i]["image"]}' for i in (0, len(remote) - 1))
+        assert members.index.locate(first[len('s3://data/packed/'):])[0] != \
+            members.index.locate(other[len('s3://data/packed/'):])[0]
+        before = proxy.requests
+        members.prefetch([first, other, 's3://data/packed/raw/missing.jpg'])  # two shards: nothing gained
+        assert proxy.requests == before and members.read(first) == (uploaded.root / 'raw' /
+                                                                    remote.data_list[0]['image']).read_bytes()
+        with pytest.raises(SampleError, match='no such member'):
+            members.read('s3://data/packed/raw/missing.jpg')
+
 
 def test_an_index_in_the_bucket_is_fetched_once_per_machine(uploaded, s3, tmp_path, tokenizer, prompt_template):
     s3[1].put_object(Bucket='data', Key='indexes/redcaps5m_data.json',

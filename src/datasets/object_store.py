@@ -22,11 +22,15 @@ from src.datasets.errors import SampleError
 from src.datasets.extras import require
 from src.datasets.files import MAX_FILE_BYTES, read_text_file, unsafe_path
 from src.datasets.locks import wait_for_lock
+from src.datasets.storage import Reader
 
 CONNECT_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60
 MAX_ATTEMPTS = 5  # per request, botocore's standard retry mode (with backoff)
 BODY_ATTEMPTS = 3  # a body cut off mid-read is fetched again this many times
+# Bytes between a sample's members that one request still carries rather than two: their tar
+# headers (512 bytes each, more with pax records), or a small member read along.
+MAX_GAP = 64 * 1024
 _FOLDER = re.compile(r'^(?:(?P<cluster>[^:/]+):)?s3://(?P<bucket>[^/]+)/?(?P<prefix>.*)$')
 DEFAULT_CACHE = Path.home() / '.cache' / 't2i-data' / 'objects'
 
@@ -87,7 +91,7 @@ def _environment_cluster() -> tuple[dict[str, Cluster], str]:
     return {'env': Cluster('env', *values.values())}, 'env'
 
 
-class ObjectFolder:
+class ObjectFolder(Reader):
     """A folder ``[cluster:]s3://bucket/prefix`` of ``ceph_config``'s clusters; reads the objects
     under it by the paths the dataset makes (``os.path.join(folder, file)``)."""
 
@@ -235,11 +239,13 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
     return str(cache)
 
 
-class ObjectTarMembers:
+class ObjectTarMembers(Reader):
     """Members of tar shards in a bucket, located by their tar member index (fetched once per
-    machine): each read is one ranged GET of exactly the member's bytes. Paths are those the
-    dataset makes under the index's folder (``<folder>/raw/x.jpg`` for ``<folder>/tar_index.arrow``).
-    A shard whose size in the bucket is not the indexed one is refused on its first read."""
+    machine): each read is one ranged GET of exactly the member's bytes, or a sample's members
+    (its image and caption file, side by side in its tar) one GET together, when the dataset says
+    they come next (:meth:`prefetch`). Paths are those the dataset makes under the index's folder
+    (``<folder>/raw/x.jpg`` for ``<folder>/tar_index.arrow``). A shard whose size in the bucket is
+    not the indexed one is refused on its first read."""
 
     def __init__(self, index_url: str, ceph_config: str | None, cache_dir=None):
         from src.datasets.tar_index import TarMemberIndex
@@ -247,15 +253,57 @@ class ObjectTarMembers:
         self.store = ObjectFolder(self.folder, ceph_config)
         self.index = TarMemberIndex(fetch_to_cache(index_url, ceph_config, cache_dir))
         self._checked = set()
+        self._kept: dict[str, bytes] = {}  # members fetched along with another, until read
 
     def read(self, path: str) -> bytes:
-        from src.datasets.tar_index import StaleIndexError
+        kept = self._kept.pop(path, None)
+        if kept is not None:
+            return kept
+        tar, expected_size, offset, size = self._locate(path)
+        data = self.store.read(self._shard(tar, expected_size), offset, size)
+        if len(data) != size:
+            raise SampleError('missing-file', f'{path}: {len(data)} of its {size} bytes came from '
+                                              f'{self.folder}/{tar}')
+        return data
+
+    def prefetch(self, paths) -> None:
+        """Members of ``paths`` that lie in one shard within :data:`MAX_GAP` of each other fetched by
+        one ranged GET and kept for the reads that follow (until the next ``prefetch``): one request
+        a sample instead of one a file. What cannot be fetched so is read on its own, as without it."""
+        self._kept.clear()
+        located = {}
+        for path in paths:
+            try:
+                located[path] = self._locate(path)
+            except SampleError:
+                continue  # its read says why
+        if len(located) < 2 or len({tar for tar, *_ in located.values()}) > 1:
+            return
+        tar, expected_size = next(iter(located.values()))[:2]
+        low = min(offset for _, _, offset, _ in located.values())
+        high = max(offset + size for _, _, offset, size in located.values())
+        if high - low > sum(size for *_, size in located.values()) + MAX_GAP:
+            return
+        try:
+            data = self.store.read(self._shard(tar, expected_size), low, high - low)
+        except SampleError:
+            return
+        if len(data) == high - low:
+            self._kept = {path: data[offset - low:offset - low + size]
+                          for path, (_, _, offset, size) in located.items()}
+
+    def _locate(self, path: str) -> tuple[str, int, int, int]:
+        """(tar, its indexed size, data offset, data size) of the member ``path``, or ``SampleError``."""
         if not path.startswith(self.folder + '/'):
             raise SampleError('missing-file', f'{path}: not under the folder of its tar index, {self.folder}')
         found = self.index.locate(path[len(self.folder) + 1:])
         if found is None:
             raise SampleError('missing-file', f'{path}: no such member in the tars indexed in {self.folder}')
-        tar, expected_size, offset, size = found
+        return found
+
+    def _shard(self, tar: str, expected_size: int) -> str:
+        """The shard's path, its size in the bucket checked against the index on first use."""
+        from src.datasets.tar_index import StaleIndexError
         shard = f'{self.folder}/{tar}'
         if tar not in self._checked:
             actual = self.store.size(shard)
@@ -263,7 +311,4 @@ class ObjectTarMembers:
                 raise StaleIndexError(f'{shard} has {actual} bytes in the bucket, {expected_size} when it was '
                                       'indexed: upload the shards and their index together again')
             self._checked.add(tar)
-        data = self.store.read(shard, offset, size)
-        if len(data) != size:
-            raise SampleError('missing-file', f'{path}: {len(data)} of its {size} bytes came from {shard}')
-        return data
+        return shard

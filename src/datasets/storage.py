@@ -1,27 +1,43 @@
 """Where a dataset's files are read from, chosen once when the dataset is built: a reader gives the
-bytes of a path (as the dataset names it: ``os.path.join(folder, file)``) or a ``SampleError``.
+bytes of a path (as the dataset names it: ``os.path.join(folder, file)``) or a ``SampleError``, and
+may be told which files come next (:meth:`Reader.prefetch`).
 
 - :class:`LocalFiles`: files on a local or mounted file system (regular files only, bounded);
 - :class:`TarMembers`: members of tar shards, through a tar member index (``tar_index.arrow``,
   written by the preparation tools' ``--no-extract`` and by ``cache_latents.py --format shards``):
-  one ``pread`` each.
+  one ``pread`` each;
+- in S3-protocol storage (``src.datasets.object_store``): ``ObjectFolder``, objects; ``ObjectTarMembers``,
+  members of tar shards in a bucket, one ranged GET each, or one for a sample's files together.
 """
 from __future__ import annotations
 
 import os
 
+from typing import Sequence
+
 from src.datasets.files import read_file
 from src.datasets.tar_index import INDEX_NAME, TarMemberIndex
 
 
-class LocalFiles:
+class Reader:
+    """The interface every reader has."""
+
+    def read(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def prefetch(self, paths: Sequence[str]) -> None:
+        """``paths`` are read next. Where reading them together saves nothing (a file system, a
+        memory-mapped tar), nothing happens; errors are always the reads' own."""
+
+
+class LocalFiles(Reader):
     """Regular files only, and bounded: see ``src.datasets.files.read_file``."""
 
     def read(self, path: str) -> bytes:
         return read_file(path)
 
 
-class TarMembers:
+class TarMembers(Reader):
     """``index`` is a ``TarMemberIndex`` (or any object with its ``relpath(path)`` and ``read(relpath)``)."""
 
     def __init__(self, index):

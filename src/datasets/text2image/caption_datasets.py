@@ -551,6 +551,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         record = self.index[idx]
         image_file = record[self.image_key]
         try:
+            self.prefetch_files(record, image_file)
             # The caption first: a missing caption is found without decoding the image.
             caption = self.caption_of(record)
             data = self.load_image_data(image_file, rng)
@@ -559,6 +560,14 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         data.update(self.process_text(caption, rng, self._stored_ids(idx)))
         data.update(image_dir=self.image_folder, image_file=image_file, type='text2image')
         return data
+
+    def prefetch_files(self, record: dict, image_file: str) -> None:
+        """Tell the reader that the record's caption file and image come next, where one reader
+        holds both (tar shards in a bucket: one ranged GET for the two, not one each)."""
+        if (self.annotation_files is self.image_files and self.decodes_images and ANNOTATION_KEY in record
+                and not any(key in record for key in self.cap_keys)):
+            self.image_files.prefetch([self.data_path_of(self.cap_root, record[ANNOTATION_KEY]),
+                                       self.data_path_of(self.image_root, image_file)])
 
     def caption_of(self, record: dict) -> str:
         """The record's caption (``src.datasets.captions``); an empty one is a ``SampleError``, or
