@@ -356,17 +356,18 @@ def _normalise(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 ``[3, H, W]`` in any layout -> contiguous float32 planes in [-1, 1], exactly
     ``x.float() / 127.5 - 1``.
 
-    Two passes over memory: numpy's division reads the pixels where they are (Pillow's 4-byte
-    pixels, a crop, a transpose) and writes the float planes, then the subtraction runs in place.
-    A compiled loop (numba) did it in one pass, 0.7 ms faster a sample, but cost every process that
-    built a dataset 0.4 s and 169 MB of LLVM: the wrong trade at 8 ranks a node
+    The pixels are made planes while they are bytes (Pillow's 4-byte pixels, a crop, a transpose:
+    a strided copy of a quarter of the floats' size), then numpy's division writes the float
+    planes from them and the subtraction runs in place: 0.1 ms a 512 px sample less than dividing
+    from the strided pixels. A compiled loop (numba) did it in one pass, 0.5 ms faster, but cost
+    every process that built a dataset 0.4 s and 169 MB of LLVM: the wrong trade at 8 ranks a node
     (bench/RESULTS.md, "Float planes"). torch's ``float().div_().sub_()`` keeps the 4-byte
     pixels' strides and takes 2-3x as long.
     """
     if pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[0] != 3:
         raise ValueError(f'_normalise takes uint8 [3, H, W] pixels, not {pixels.dtype} {list(pixels.shape)}')
     planes = np.empty(pixels.shape, np.float32)
-    np.divide(pixels.numpy(), _HALF_RANGE, out=planes, dtype=np.float32)
+    np.divide(np.ascontiguousarray(pixels.numpy()), _HALF_RANGE, out=planes, dtype=np.float32)
     np.subtract(planes, _ONE, out=planes)
     return torch.from_numpy(planes)
 
