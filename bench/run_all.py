@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ['bench_construct.py', 'bench_index.py', 'bench_decode.py', 'bench_sample.py', 'bench_planes.py', 'bench_handoff.py',
+BENCHMARKS = ['bench_construct.py', 'bench_index.py', 'bench_decode.py', 'bench_sample.py', 'bench_planes.py',
+              'bench_handoff.py',
               'bench_buckets.py', 'bench_scale.py',
               'bench_decoders.py', 'bench_metadata.py', 'bench_tar.py', 'bench_resume.py',
               'bench_large_png.py', 'bench_latents.py', 'bench_object_store.py', 'bench_litdata.py', 'bench_s3_clients.py',
