@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -13,13 +14,16 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
 
 class FlakyProxy:
     """Every ``throttle_every``-th request gets a 503; every ``cut_every``-th GET of an object gets
-    half of its body and a closed connection. Counts what it did, and the body bytes it sent back."""
+    half of its body and a closed connection; every request waits ``latency`` seconds first (a
+    real store's time to first byte). Counts what it did, the body bytes it sent back and the most
+    requests it had in flight at once."""
 
-    def __init__(self, upstream: str, throttle_every: int = 3, cut_every: int = 4):
+    def __init__(self, upstream: str, throttle_every: int = 3, cut_every: int = 4, latency: float = 0.0):
         target = urlsplit(upstream)
         self.host, self.port = target.hostname, target.port
-        self.throttle_every, self.cut_every = throttle_every, cut_every
+        self.throttle_every, self.cut_every, self.latency = throttle_every, cut_every, latency
         self.requests = self.throttled = self.cut = self.bytes_sent = 0
+        self.in_flight = self.most_in_flight = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
         self._server.daemon_threads = True
@@ -43,6 +47,16 @@ class FlakyProxy:
                 with proxy._lock:
                     proxy.requests += 1
                     number = proxy.requests
+                    proxy.in_flight += 1
+                    proxy.most_in_flight = max(proxy.most_in_flight, proxy.in_flight)
+                try:
+                    time.sleep(proxy.latency)
+                    self._answer(number)
+                finally:
+                    with proxy._lock:
+                        proxy.in_flight -= 1
+
+            def _answer(self, number):
                 length = int(self.headers.get('Content-Length') or 0)
                 body = self.rfile.read(length) if length else None
                 if proxy.throttle_every and number % proxy.throttle_every == 0:

@@ -102,6 +102,9 @@ def test_latents_come_from_latents_ceph_folder(uploaded, s3, tmp_path, tokenizer
     for idx in range(len(remote)):
         sample = remote.prepare_data(idx)
         assert torch.equal(sample['image_latents'], written[sample['image_file']])
+    batch = remote.__getitems__(list(range(len(remote))))  # a batch's latents fetched at once
+    assert all(torch.equal(sample['image_latents'], written[sample['image_file']]) for sample in batch)
+    assert len(batch) == len(remote) and len(remote.latent_files._kept) == 0  # each handed out once
 
 
 @pytest.mark.parametrize('change, words', [
@@ -218,11 +221,19 @@ def test_tar_shards_and_the_index_in_a_bucket_one_ranged_get_a_member(uploaded, 
         assert members.index.locate(first[len('s3://data/packed/'):])[0] != \
             members.index.locate(other[len('s3://data/packed/'):])[0]
         before = proxy.requests
-        members.prefetch([first, other, 's3://data/packed/raw/missing.jpg'])  # two shards: nothing gained
-        assert proxy.requests == before and members.read(first) == (uploaded.root / 'raw' /
-                                                                    remote.data_list[0]['image']).read_bytes()
+        members.prefetch([[first, other, 's3://data/packed/raw/missing.jpg']])  # two shards: a GET each
+        assert proxy.requests - before == 2
+        assert members.read(first) == (uploaded.root / 'raw' / remote.data_list[0]['image']).read_bytes()
+        assert proxy.requests - before == 2  # read from what was fetched
         with pytest.raises(SampleError, match='no such member'):
             members.read('s3://data/packed/raw/missing.jpg')
+
+        # A batch, as the DataLoader asks for it: every sample's files fetched at once, in threads.
+        proxy.latency, proxy.most_in_flight = 0.05, 0  # a real store's time to first byte
+        before = proxy.requests
+        batch = remote.__getitems__(list(range(len(remote))))
+        assert proxy.requests - before == len(remote) and proxy.most_in_flight > 1
+        assert [s['input_ids'].tolist() for s in batch] == [s['input_ids'].tolist() for s in samples]
 
 
 def test_an_index_in_the_bucket_is_fetched_once_per_machine(uploaded, s3, tmp_path, tokenizer, prompt_template):
@@ -350,3 +361,21 @@ def test_a_subclass_written_against_upstream_reads_the_bucket(uploaded, s3, tmp_
         ours, theirs = remote[idx], local[idx]
         assert ours['image_file'] == theirs['image_file'] and torch.equal(ours['input_ids'], theirs['input_ids'])
         assert torch.equal(ours['pixel_values'], theirs['pixel_values'])
+
+
+def test_prefetched_bytes_are_bounded_and_handed_out_once():
+    from src.datasets.object_store import Kept
+    kept = Kept(limit=10)
+    kept.put('a', b'123456')
+    kept.put('b', b'abcdef')  # over the limit: the oldest goes
+    assert 'a' not in kept and kept.take('b') == b'abcdef' and kept.take('b') is None and len(kept) == 0
+
+
+def test_a_samples_members_close_together_in_one_tar_share_a_range():
+    from src.datasets.object_store import MAX_GAP, member_spans
+    located = {'s/1.json': ('0.tar', 10 ** 9, 2048, 100), 's/1.jpg': ('0.tar', 10 ** 9, 512, 1000),
+               'far.jpg': ('0.tar', 10 ** 9, 2148 + MAX_GAP + 1, 10), 'other.jpg': ('1.tar', 5000, 512, 10)}
+    assert member_spans(located) == [
+        ('0.tar', 10 ** 9, 512, 2148, [('s/1.jpg', 512, 1000), ('s/1.json', 2048, 100)]),
+        ('0.tar', 10 ** 9, 2148 + MAX_GAP + 1, 2148 + MAX_GAP + 11, [('far.jpg', 2148 + MAX_GAP + 1, 10)]),
+        ('1.tar', 5000, 512, 522, [('other.jpg', 512, 10)])]

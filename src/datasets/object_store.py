@@ -15,6 +15,8 @@ import contextlib
 import hashlib
 import os
 import re
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,8 @@ BODY_ATTEMPTS = 3  # a body cut off mid-read is fetched again this many times
 # Bytes between a sample's members that one request still carries rather than two: their tar
 # headers (512 bytes each, more with pax records), or a small member read along.
 MAX_GAP = 64 * 1024
+PREFETCH_THREADS = 8  # requests of a batch in flight at once, in each process
+KEPT_BYTES = 256 * 2 ** 20  # fetched ahead and not yet read, at most, in each process
 _FOLDER = re.compile(r'^(?:(?P<cluster>[^:/]+):)?s3://(?P<bucket>[^/]+)/?(?P<prefix>.*)$')
 DEFAULT_CACHE = Path.home() / '.cache' / 't2i-data' / 'objects'
 
@@ -91,9 +95,59 @@ def _environment_cluster() -> tuple[dict[str, Cluster], str]:
     return {'env': Cluster('env', *values.values())}, 'env'
 
 
+class Kept:
+    """Bytes fetched before their read, each handed out once. Bounded (the oldest go first): what
+    was fetched for a sample that was then skipped does not pile up."""
+
+    def __init__(self, limit: int = KEPT_BYTES):
+        self.limit = limit
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, path: str, data: bytes) -> None:
+        if path in self._items:
+            return
+        self._items[path] = data
+        self._bytes += len(data)
+        while self._bytes > self.limit:
+            self._bytes -= len(self._items.popitem(last=False)[1])
+
+    def take(self, path: str) -> bytes | None:
+        data = self._items.pop(path, None)
+        if data is not None:
+            self._bytes -= len(data)
+        return data
+
+
+_THREADS: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def fetch_threads() -> ThreadPoolExecutor:
+    """This process's fetching threads, made in it (a forked worker never uses its parent's)."""
+    global _THREADS
+    if _THREADS is None or _THREADS[0] != os.getpid():
+        _THREADS = (os.getpid(), ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix='t2i-fetch'))
+    return _THREADS[1]
+
+
+def fetch_all(fetch, jobs: list) -> list:
+    """``fetch(job)`` for every job, in this process's threads when there are several."""
+    if len(jobs) < 2:
+        return [fetch(job) for job in jobs]
+    return list(fetch_threads().map(fetch, jobs))
+
+
 class ObjectFolder(Reader):
     """A folder ``[cluster:]s3://bucket/prefix`` of ``ceph_config``'s clusters; reads the objects
     under it by the paths the dataset makes (``os.path.join(folder, file)``)."""
+
+    remote = True
 
     def __init__(self, folder: str, ceph_config: str | None, *, connections: int = 10):
         """``ceph_config`` None: one cluster from the AWS environment variables (AWS_ENDPOINT_URL,
@@ -111,12 +165,14 @@ class ObjectFolder(Reader):
         self.cluster = clusters[name]
         self.bucket = match.group('bucket')
         self.prefix = match.group('prefix')
-        self.connections = connections
+        self.connections = max(connections, PREFETCH_THREADS)
         self._client, self._pid = None, None
+        self._kept = Kept()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state['_client'] = state['_pid'] = None  # a worker makes its own client
+        state['_kept'] = Kept()
         return state
 
     def describe(self) -> str:
@@ -180,9 +236,27 @@ class ObjectFolder(Reader):
         except ClientError:
             raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
 
+    def prefetch(self, samples) -> None:
+        """The objects of ``samples`` fetched at once, in threads, and kept for their reads."""
+        paths = [path for sample in samples for path in sample if path not in self._kept]
+        self.client()  # made here once, not by each thread
+        for path, data in zip(paths, fetch_all(self._try_read, paths)):
+            if data is not None:
+                self._kept.put(path, data)
+
+    def _try_read(self, path: str) -> bytes | None:
+        try:
+            return self.read(path)
+        except SampleError:
+            return None  # its read says why
+
     def read(self, path: str, offset: int | None = None, size: int | None = None) -> bytes:
         """The object ``path``, or its ``size`` bytes from ``offset`` (one ranged GET)."""
         from botocore.exceptions import BotoCoreError, ClientError
+        if offset is None:
+            kept = self._kept.take(path)
+            if kept is not None:
+                return kept
         key = self.key(path)
         ranged = {} if offset is None else {'Range': f'bytes={offset}-{offset + size - 1}'}
         for attempt in range(BODY_ATTEMPTS):
@@ -241,11 +315,13 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
 
 class ObjectTarMembers(Reader):
     """Members of tar shards in a bucket, located by their tar member index (fetched once per
-    machine): each read is one ranged GET of exactly the member's bytes, or a sample's members
-    (its image and caption file, side by side in its tar) one GET together, when the dataset says
-    they come next (:meth:`prefetch`). Paths are those the dataset makes under the index's folder
-    (``<folder>/raw/x.jpg`` for ``<folder>/tar_index.arrow``). A shard whose size in the bucket is
-    not the indexed one is refused on its first read."""
+    machine): each read is one ranged GET of exactly the member's bytes. Told which samples come
+    next (:meth:`prefetch`), it fetches them at once, in threads, a sample's members (its image and
+    caption file, side by side in its tar) in one GET. Paths are those the dataset makes under the
+    index's folder (``<folder>/raw/x.jpg`` for ``<folder>/tar_index.arrow``). A shard whose size in
+    the bucket is not the indexed one is refused on its first read."""
+
+    remote = True
 
     def __init__(self, index_url: str, ceph_config: str | None, cache_dir=None):
         from src.datasets.tar_index import TarMemberIndex
@@ -253,10 +329,13 @@ class ObjectTarMembers(Reader):
         self.store = ObjectFolder(self.folder, ceph_config)
         self.index = TarMemberIndex(fetch_to_cache(index_url, ceph_config, cache_dir))
         self._checked = set()
-        self._kept: dict[str, bytes] = {}  # members fetched along with another, until read
+        self._kept = Kept()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, '_kept': Kept()}
 
     def read(self, path: str) -> bytes:
-        kept = self._kept.pop(path, None)
+        kept = self._kept.take(path)
         if kept is not None:
             return kept
         tar, expected_size, offset, size = self._locate(path)
@@ -266,31 +345,30 @@ class ObjectTarMembers(Reader):
                                               f'{self.folder}/{tar}')
         return data
 
-    def prefetch(self, paths) -> None:
-        """Members of ``paths`` that lie in one shard within :data:`MAX_GAP` of each other fetched by
-        one ranged GET and kept for the reads that follow (until the next ``prefetch``): one request
-        a sample instead of one a file. What cannot be fetched so is read on its own, as without it."""
-        self._kept.clear()
-        located = {}
-        for path in paths:
-            try:
-                located[path] = self._locate(path)
-            except SampleError:
-                continue  # its read says why
-        if len(located) < 2 or len({tar for tar, *_ in located.values()}) > 1:
-            return
-        tar, expected_size = next(iter(located.values()))[:2]
-        low = min(offset for _, _, offset, _ in located.values())
-        high = max(offset + size for _, _, offset, size in located.values())
-        if high - low > sum(size for *_, size in located.values()) + MAX_GAP:
-            return
-        try:
-            data = self.store.read(self._shard(tar, expected_size), low, high - low)
-        except SampleError:
-            return
-        if len(data) == high - low:
-            self._kept = {path: data[offset - low:offset - low + size]
-                          for path, (_, _, offset, size) in located.items()}
+    def prefetch(self, samples) -> None:
+        """The members of ``samples`` fetched at once, in threads, and kept for their reads: a
+        sample's members that lie in one shard within :data:`MAX_GAP` of each other by one ranged
+        GET. What cannot be fetched so is read on its own, as without it."""
+        spans = []
+        for sample in samples:
+            located = {}
+            for path in sample:
+                if path not in self._kept:
+                    with contextlib.suppress(SampleError):  # its read says why
+                        located[path] = self._locate(path)
+            spans += member_spans(located)
+        shards = {tar: self._shard(tar, size) for tar, size, *_ in spans}  # first use: a HEAD each, here
+        self.store.client()  # made here once, not by each thread
+
+        def fetch(span):
+            tar, _, low, high, _ = span
+            with contextlib.suppress(SampleError):
+                return self.store.read(shards[tar], low, high - low)
+
+        for (_, _, low, high, members), data in zip(spans, fetch_all(fetch, spans)):
+            if data is not None and len(data) == high - low:
+                for path, offset, size in members:
+                    self._kept.put(path, data[offset - low:offset - low + size])
 
     def _locate(self, path: str) -> tuple[str, int, int, int]:
         """(tar, its indexed size, data offset, data size) of the member ``path``, or ``SampleError``."""
@@ -312,3 +390,17 @@ class ObjectTarMembers(Reader):
                                       'indexed: upload the shards and their index together again')
             self._checked.add(tar)
         return shard
+
+
+def member_spans(located: dict[str, tuple[str, int, int, int]]) -> list[tuple]:
+    """The byte ranges that fetch the ``located`` members ({path: (tar, tar size, offset, size)}):
+    members of one tar within :data:`MAX_GAP` of each other share a range. Each range is
+    (tar, tar size, first byte, end, [(path, offset, size), ...])."""
+    spans = []
+    for path, (tar, tar_size, offset, size) in sorted(located.items(), key=lambda item: (item[1][0], item[1][2])):
+        if spans and spans[-1][0] == tar and offset - spans[-1][3] <= MAX_GAP:
+            spans[-1][3] = max(spans[-1][3], offset + size)
+            spans[-1][4].append((path, offset, size))
+        else:
+            spans.append([tar, tar_size, offset, offset + size, [(path, offset, size)]])
+    return [tuple(span) for span in spans]

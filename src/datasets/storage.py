@@ -6,13 +6,13 @@ may be told which files come next (:meth:`Reader.prefetch`).
 - :class:`TarMembers`: members of tar shards, through a tar member index (``tar_index.arrow``,
   written by the preparation tools' ``--no-extract`` and by ``cache_latents.py --format shards``):
   one ``pread`` each;
-- in S3-protocol storage (``src.datasets.object_store``): ``ObjectFolder``, objects; ``ObjectTarMembers``,
-  members of tar shards in a bucket, one ranged GET each, or one for a sample's files together.
+- in S3-protocol storage (``src.datasets.object_store``): ``ObjectFolder``, objects;
+  ``ObjectTarMembers``, members of tar shards in a bucket, one ranged GET each, or one for a
+  sample's files together; a batch's files fetched at once, in threads, when told.
 """
 from __future__ import annotations
 
 import os
-
 from typing import Sequence
 
 from src.datasets.files import read_file
@@ -22,12 +22,15 @@ from src.datasets.tar_index import INDEX_NAME, TarMemberIndex
 class Reader:
     """The interface every reader has."""
 
+    remote = False  # reads wait on a network: worth telling which files come next
+
     def read(self, path: str) -> bytes:
         raise NotImplementedError
 
-    def prefetch(self, paths: Sequence[str]) -> None:
-        """``paths`` are read next. Where reading them together saves nothing (a file system, a
-        memory-mapped tar), nothing happens; errors are always the reads' own."""
+    def prefetch(self, samples: Sequence[Sequence[str]]) -> None:
+        """The files of ``samples`` (each sample's paths) are read next. Where reading them
+        together saves nothing (a file system, a memory-mapped tar), nothing happens; errors are
+        always the reads' own (``src.datasets.prefetch``)."""
 
 
 class LocalFiles(Reader):

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ from src.datasets.image_io import Placement, load_pixels
 from src.datasets import selection
 from src.datasets.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
+from src.datasets.prefetch import has_remote_reader, prefetch_records
 from src.datasets.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
@@ -219,6 +221,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         latents_ceph = self._object_folder(self.latents_ceph_folder)
         self.latent_files, self.latent_root = ((latents_ceph, self.latents_ceph_folder) if latents_ceph
                                                else (folder_storage(self.image_latents_folder), self.image_latents_folder))
+        self._remote = has_remote_reader(self)
 
     def _object_folder(self, folder):
         """The object-storage folder ``folder`` when upstream would read it (checked now: a wrong
@@ -550,8 +553,9 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         state, rng = self._sample_state(idx)
         record = self.index[idx]
         image_file = record[self.image_key]
+        if self._remote:  # its files at once: a sample drawn alone, or as a replacement
+            prefetch_records(self, [record])
         try:
-            self.prefetch_files(record, image_file)
             # The caption first: a missing caption is found without decoding the image.
             caption = self.caption_of(record)
             data = self.load_image_data(image_file, rng)
@@ -560,14 +564,6 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         data.update(self.process_text(caption, rng, self._stored_ids(idx)))
         data.update(image_dir=self.image_folder, image_file=image_file, type='text2image')
         return data
-
-    def prefetch_files(self, record: dict, image_file: str) -> None:
-        """Tell the reader that the record's caption file and image come next, where one reader
-        holds both (tar shards in a bucket: one ranged GET for the two, not one each)."""
-        if (self.annotation_files is self.image_files and self.decodes_images and ANNOTATION_KEY in record
-                and not any(key in record for key in self.cap_keys)):
-            self.image_files.prefetch([self.data_path_of(self.cap_root, record[ANNOTATION_KEY]),
-                                       self.data_path_of(self.image_root, image_file)])
 
     def caption_of(self, record: dict) -> str:
         """The record's caption (``src.datasets.captions``); an empty one is a ``SampleError``, or
@@ -621,6 +617,13 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
             return self._state().rng
         seed = self.seed if self.seed is not None else idx.seed
         return random.Random(f'{seed}/{idx.rank}/{position}/{self.data_path}')
+
+    def __getitems__(self, indices: Sequence) -> list:
+        """A batch, as torch's DataLoader asks for one: in object storage, the files of all its
+        samples are fetched at once (``src.datasets.prefetch``), then the samples made in turn."""
+        if self._remote:
+            prefetch_records(self, [self.index[idx] for idx in indices])
+        return [self[idx] for idx in indices]
 
     @sets_draw_rng
     def __getitem__(self, idx):
