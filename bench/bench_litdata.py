@@ -16,8 +16,10 @@ the storage layer. Each reads one shuffled epoch through a DataLoader (2 workers
   an empty cache): time to its first batch, and whether that batch is the one the uninterrupted
   epoch gave there.
 
-moto is pure Python: its time per request is printed first, and dominates the throughput of
-whichever loader asks more often. Requests, bytes and worker CPU do not depend on it.
+moto is pure Python: its time per request is printed first, and bounds the throughput of
+whichever loader asks more often. Requests, bytes and worker CPU do not depend on it. Each
+comparison runs twice: as moto answers, and with the proxy waiting 30 ms before each answer, as a
+real object store's first byte takes (where a loader that waits on each request falls behind).
 
     PYTHONPATH=. .venv/bin/python bench/bench_litdata.py [--images 512 --shards 8 | --small]
 
@@ -173,6 +175,30 @@ def resume(make_dataset, make_loader, proxy, expected: tuple) -> dict:
     return result
 
 
+def report(results: list[dict], latency: float, middle: int, count: int) -> None:
+    print(f'\nwith {latency:g} ms before each answer' + (' (a real store\'s time to first byte)' if latency else '')
+          + ':\none epoch from an empty cache (per sample: requests, KiB moved, worker CPU; index files included):')
+    print(f'  {"":20} {"requests":>9} {"KiB moved":>10} {"worker CPU":>11} {"construct":>10} '
+          f'{"1st batch":>10} {"samples/s":>10}')
+    for r in results:
+        print(f'  {r["name"]:20} {r["requests"]:9.2f} {r["bytes"] / 1024:10.1f} {r["cpu"] * 1e3:8.2f} ms '
+              f'{r["construct"]:9.2f}s {r["first"]:9.2f}s {r["rate"]:10.1f}')
+    print(f'resumed at batch {middle} of {-(-count // BATCH)} by a restarted job (its cache empty; requests and '
+          'KiB until its first batch):')
+    print(f'  {"":20} {"requests":>9} {"KiB moved":>10} {"construct":>10} {"1st batch":>10} {"same batch":>11}')
+    for r in results:
+        s = r['resume']
+        print(f'  {r["name"]:20} {s["requests"]:9d} {s["bytes"] / 1024:10.1f} {s["construct"]:9.2f}s '
+              f'{s["first"]:9.2f}s {str(s["same"]):>11}')
+    ours, theirs = results
+    ratio = lambda key, of=lambda r: r: of(theirs)[key] / of(ours)[key]  # noqa: E731
+    resumed = lambda r: r['resume']  # noqa: E731
+    print(f'LitData / project: {ratio("requests"):.2f}x the requests, {ratio("bytes"):.2f}x the bytes, '
+          f'{ratio("cpu"):.2f}x the worker CPU, {ratio("first"):.2f}x the time to the first batch, '
+          f'{ratio("rate"):.2f}x the samples/s; on resuming {ratio("bytes", resumed):.2f}x the bytes, '
+          f'{ratio("first", resumed):.2f}x the time to the first batch')
+
+
 def moto_get_ms(client) -> float:
     """moto's own time for a GET of a small object, straight (no proxy)."""
     client.put_object(Bucket='data', Key='probe', Body=b'x' * 65536)
@@ -205,6 +231,8 @@ def main() -> int:
     parser.add_argument('--images', type=int, default=512)
     parser.add_argument('--shards', type=int, default=8)
     parser.add_argument('--small', action='store_true', help='64 images in 4 shards')
+    parser.add_argument('--latency-ms', type=float, nargs='+', default=[0, 30],
+                        help="the proxy's wait before each answer, a run each (default: none, and 30 ms)")
     args = parser.parse_args()
     count, shards = (64, 4) if args.small else (args.images, args.shards)
     torch.set_num_threads(1)
@@ -274,38 +302,21 @@ def main() -> int:
                     'resume': lambda dataset: project_loader(dataset, skip=middle * BATCH)}
             theirs = {'dataset': lambda cache: litdata_dataset('s3://data/litdata', cache, proxy.url, tokenizer),
                       'loader': litdata_loader}
-            results = []
-            for name, loader in (('project, tar shards', ours), ('LitData', theirs)):
-                cache = Path(tempfile.mkdtemp(dir=work))
-                result = epoch(name, lambda: loader['dataset'](cache), loader['loader'], proxy, count,
-                               stop_after=middle)
-                # The restarted job's cache: the same path (LitData's state names it), emptied.
-                shutil.rmtree(cache)
-                resumed = loader.get('resume') or (lambda dataset: litdata_loader(dataset, result['state']))
-                result['resume'] = resume(lambda: loader['dataset'](cache), resumed, proxy, result['digests'][middle])
-                results.append(result)
-
+            for latency in args.latency_ms:
+                proxy.latency = latency / 1000
+                results = []
+                for name, loader in (('project, tar shards', ours), ('LitData', theirs)):
+                    cache = Path(tempfile.mkdtemp(dir=work))
+                    result = epoch(name, lambda: loader['dataset'](cache), loader['loader'], proxy, count,
+                                   stop_after=middle)
+                    # The restarted job's cache: the same path (LitData's state names it), emptied.
+                    shutil.rmtree(cache)
+                    resumed = loader.get('resume') or (lambda dataset: litdata_loader(dataset, result['state']))
+                    result['resume'] = resume(lambda: loader['dataset'](cache), resumed, proxy,
+                                              result['digests'][middle])
+                    results.append(result)
+                report(results, latency, middle, count)
         server.stop()
-    print('one epoch from an empty cache (per sample: requests, KiB moved, worker CPU; index files included):')
-    print(f'  {"":20} {"requests":>9} {"KiB moved":>10} {"worker CPU":>11} {"construct":>10} '
-          f'{"1st batch":>10} {"samples/s":>10}')
-    for r in results:
-        print(f'  {r["name"]:20} {r["requests"]:9.2f} {r["bytes"] / 1024:10.1f} {r["cpu"] * 1e3:8.2f} ms '
-              f'{r["construct"]:9.2f}s {r["first"]:9.2f}s {r["rate"]:10.1f}')
-    print(f'resumed at batch {middle} of {-(-count // BATCH)} by a restarted job (its cache empty; requests and '
-          'KiB until its first batch):')
-    print(f'  {"":20} {"requests":>9} {"KiB moved":>10} {"construct":>10} {"1st batch":>10} {"same batch":>11}')
-    for r in results:
-        s = r['resume']
-        print(f'  {r["name"]:20} {s["requests"]:9d} {s["bytes"] / 1024:10.1f} {s["construct"]:9.2f}s '
-              f'{s["first"]:9.2f}s {str(s["same"]):>11}')
-    ours, theirs = results
-    ratio = lambda key, of=lambda r: r: of(theirs)[key] / of(ours)[key]  # noqa: E731
-    resumed = lambda r: r['resume']  # noqa: E731
-    print(f'LitData / project: {ratio("requests"):.2f}x the requests, {ratio("bytes"):.2f}x the bytes, '
-          f'{ratio("cpu"):.2f}x the worker CPU, {ratio("first"):.2f}x the time to the first batch, '
-          f'{ratio("rate"):.2f}x the samples/s; on resuming {ratio("bytes", resumed):.2f}x the bytes, '
-          f'{ratio("first", resumed):.2f}x the time to the first batch')
     return 0
 
 
