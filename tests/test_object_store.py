@@ -252,7 +252,7 @@ def test_an_index_in_the_bucket_is_fetched_once_per_machine(uploaded, s3, tmp_pa
         CaptionDataset('s3://data/indexes/missing.json', **build)
 
 
-def test_a_shard_whose_size_differs_from_its_index_is_refused(s3, tmp_path, tokenizer, prompt_template):
+def test_a_shard_whose_size_differs_from_its_index_is_refused(uploaded, s3, tmp_path, tokenizer, prompt_template):
     from src.datasets.tar_index import StaleIndexError
     from src.prepare.tar_members import INDEX_MEMBERS
     packed = MAKERS['redcaps5m'](tmp_path / 'stale', n=4, faults=False, shards=1)
@@ -265,6 +265,14 @@ def test_a_shard_whose_size_differs_from_its_index_is_refused(s3, tmp_path, toke
                             tar_index='s3://data/stale/tar_index.arrow', index_cache_dir=str(tmp_path / 'cache'))
     with pytest.raises(StaleIndexError, match='00000.tar has 1024 bytes in the bucket'):
         remote.prepare_data(0)
+
+    s3[1].delete_object(Bucket='data', Key='stale/raw/00000.tar')  # gone: each sample a counted skip
+    gone = CaptionDataset('s3://data/stale/redcaps5m_data.json', tokenizer=tokenizer, prompt_template=prompt_template,
+                          ceph_folder='s3://data/stale/raw', ceph_config=config,
+                          tar_index='s3://data/stale/tar_index.arrow', index_cache_dir=str(tmp_path / 'cache'))
+    gone.ceph_files.prefetch([[f's3://data/stale/raw/{gone.data_list[0]["image"]}']])  # no error of its own
+    with pytest.raises(SampleError, match='missing-file|no such object'):
+        gone.prepare_data(0)
 
 
 @pytest.mark.parametrize('name', list(MAKERS))

@@ -357,7 +357,14 @@ class ObjectTarMembers(Reader):
                     with contextlib.suppress(SampleError):  # its read says why
                         located[path] = self._locate(path)
             spans += member_spans(located)
-        shards = {tar: self._shard(tar, size) for tar, size, *_ in spans}  # first use: a HEAD each, here
+        shards = {}  # first use of a shard: its size checked (a HEAD) here, once
+        for tar, size, *_ in spans:
+            if tar not in shards:
+                try:
+                    shards[tar] = self._shard(tar, size)
+                except SampleError:
+                    shards[tar] = None  # not in the bucket: its reads say so
+        spans = [span for span in spans if shards[span[0]] is not None]
         self.store.client()  # made here once, not by each thread
 
         def fetch(span):
