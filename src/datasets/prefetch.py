@@ -9,6 +9,7 @@ files do nothing.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 from src.datasets.captions import ANNOTATION_KEY
@@ -31,24 +32,18 @@ def _files_of(dataset, record: dict) -> list[tuple[object, str, str]]:
 def prefetch_records(dataset, records: Sequence[dict]) -> None:
     """Tell ``dataset``'s remote readers the files of the samples of ``records``, a list of paths
     a sample. A path that cannot be made (unsafe, not text) is left to its read to report."""
-    samples_by_reader: dict[int, tuple[object, list[list[str]]]] = {}
+    samples_by_reader: dict[object, list[list[str]]] = {}
     for record in records:
-        sample: dict[int, list[str]] = {}
+        sample: dict[object, list[str]] = {}  # one reader may hold both the caption file and the image
         for reader, folder, relpath in _files_of(dataset, record):
-            if not getattr(reader, 'remote', False):
-                continue
-            try:
-                path = dataset.data_path_of(folder, relpath)
-            except (SampleError, TypeError, ValueError):
-                continue
-            samples_by_reader.setdefault(id(reader), (reader, []))
-            sample.setdefault(id(reader), []).append(path)
-        for key, paths in sample.items():
-            samples_by_reader[key][1].append(paths)
-    for reader, samples in samples_by_reader.values():
+            if reader.remote:
+                with contextlib.suppress(SampleError, TypeError, ValueError):
+                    sample.setdefault(reader, []).append(dataset.data_path_of(folder, relpath))
+        for reader, paths in sample.items():
+            samples_by_reader.setdefault(reader, []).append(paths)
+    for reader, samples in samples_by_reader.items():
         reader.prefetch(samples)
 
 
 def has_remote_reader(dataset) -> bool:
-    return any(getattr(reader, 'remote', False)
-               for reader in (dataset.image_files, dataset.annotation_files, dataset.latent_files))
+    return any(reader.remote for reader in (dataset.image_files, dataset.annotation_files, dataset.latent_files))
