@@ -27,16 +27,17 @@ def to_numpy(values: pa.Array | pa.ChunkedArray, fill=None) -> np.ndarray:
     if values.null_count and fill is None:
         raise ValueError(f'a {values.type} column with {values.null_count} nulls needs a fill value')
     if pa.types.is_boolean(values.type):
-        array = _bits(values.buffers()[1], values.offset, len(values))
+        array = bits(values.buffers()[1], values.offset, len(values))
     else:
         dtype = np.dtype(_DTYPES[values.type])
         array = np.frombuffer(values.buffers()[1], dtype, count=len(values), offset=values.offset * dtype.itemsize)
     if values.null_count:  # by the validity bits: pyarrow's fill_null imports pandas (0.3 s)
         array = array.copy()
-        array[~_bits(values.buffers()[0], values.offset, len(values))] = fill
+        array[~bits(values.buffers()[0], values.offset, len(values))] = fill
     return array
 
 
-def _bits(buffer, offset: int, count: int) -> np.ndarray:
+def bits(buffer, offset: int, count: int) -> np.ndarray:
+    """``count`` bits of an Arrow bitmap (values of a bool column, or validity) from bit ``offset``."""
     unpacked = np.unpackbits(np.frombuffer(buffer, np.uint8), count=offset + count, bitorder='little')
     return unpacked[offset:].view(np.bool_)

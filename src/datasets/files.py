@@ -18,6 +18,7 @@ import stat
 import numpy as np
 import pyarrow as pa
 
+from src.datasets.arrow_numpy import bits
 from src.datasets.errors import SampleError
 
 # The largest file a sample may read: no image of these datasets comes close (a 8192 x 8192 PNG is
@@ -72,8 +73,7 @@ def _unsafe_in_chunk(chunk) -> np.ndarray:
     for row in suspects:
         mask[row] = unsafe_path(raw[starts[row] - offsets[0]:ends[row] - offsets[0]].decode('utf-8', 'replace')) is not None
     if validity is not None:
-        mask &= np.unpackbits(np.frombuffer(validity, np.uint8), count=chunk.offset + count,
-                              bitorder='little')[chunk.offset:].view(bool)
+        mask &= bits(validity, chunk.offset, count)
     return mask
 
 
