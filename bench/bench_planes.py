@@ -1,5 +1,5 @@
-"""uint8 pixels -> float planes in [-1, 1] (``image_io._normalise``), against the ways it was done
-before and the torch one-liner, on Pillow's own 4-byte pixels of a 512 px picture (as the dataset
+"""uint8 pixels -> float planes in [-1, 1] (``image_io._normalise``: the compiled loop, and the numpy
+one used where it is not built), against the ways it was done before and the torch one-liner, on Pillow's own 4-byte pixels of a 512 px picture (as the dataset
 hands them over), one thread, as a DataLoader worker runs. Every variant is checked bit for bit
 against ``x.float() / 127.5 - 1``; medians of interleaved rounds.
 
@@ -25,8 +25,17 @@ from src.datasets import image_io  # noqa: E402
 HALF, ONE = np.float32(127.5), np.float32(1)
 
 
+def bytes_planes_whole(pixels: torch.Tensor) -> torch.Tensor:
+    """Before: all three planes made while bytes (numpy's strided gather), then one division into
+    the float planes and one subtraction over all of them."""
+    planes = np.empty(pixels.shape, np.float32)
+    np.divide(np.ascontiguousarray(pixels.numpy()), HALF, out=planes, dtype=np.float32)
+    np.subtract(planes, ONE, out=planes)
+    return torch.from_numpy(planes)
+
+
 def divide_strided(pixels: torch.Tensor) -> torch.Tensor:
-    """Before: the division reads the 4-byte pixels where they are."""
+    """Before that: the division reads the 4-byte pixels where they are."""
     planes = np.empty(pixels.shape, np.float32)
     np.divide(pixels.numpy(), HALF, out=planes, dtype=np.float32)
     np.subtract(planes, ONE, out=planes)
@@ -42,8 +51,10 @@ def torch_planes(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float().div_(127.5).sub_(1).contiguous()
 
 
-VARIANTS = {'bytes made planes, then divide + subtract (the code)': image_io._normalise,
-            'divide from the 4-byte pixels + subtract (before)': divide_strided,
+VARIANTS = {'one pass, the compiled loop (the code)': image_io._normalise,
+            'numpy a plane at a time (the code without a C compiler)': image_io._numpy_normalise,
+            'bytes made planes, then divide + subtract (before)': bytes_planes_whole,
+            'divide from the 4-byte pixels + subtract (before that)': divide_strided,
             'torch float().div_().sub_(), planes': torch_planes,
             'torch float().div_().sub_(), channels-last strides': torch_channels_last}
 
@@ -53,6 +64,8 @@ def main() -> None:
     parser.add_argument('--small', action='store_true', help='fewer rounds')
     args = parser.parse_args()
     rounds, repeats = (5, 5) if args.small else (30, 20)
+    if image_io._compiled_normalise is None:
+        sys.exit('the compiled loop is not built (src/datasets/_planes.c): run make, with a C compiler installed')
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     picture = Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))

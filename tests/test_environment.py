@@ -40,3 +40,12 @@ def test_the_spark_test_has_what_it_needs_where_make_installs_it():
     assert importlib.util.find_spec('pyspark') is not None  # the 'spark' extra
     if os.geteuid() == 0:
         assert shutil.which('java') is not None, 'make installs default-jre-headless as root'
+
+
+def test_the_compiled_pixel_loop_is_built_where_make_installs_a_compiler():
+    """make installs gcc and Python's headers as root (as CI runs), and the install builds
+    src/datasets/_planes.c; without a compiler the numpy loop runs (the same floats, slower)."""
+    import shutil
+    from src.datasets import image_io
+    if os.geteuid() == 0 or shutil.which('cc'):
+        assert image_io._compiled_normalise is not None, 'make builds src/datasets/_planes.c'

@@ -133,7 +133,11 @@ def test_to_pixel_values_maps_0_255_to_minus_one_one_channel_first():
     assert pixels[0, 1, 1] == 1 and pixels[1, 1, 1] == -1
 
 
-def test_normalise_is_exactly_torchs_float_division_from_every_layout():
+NORMALISERS = {'compiled': image_io._normalise, 'numpy': image_io._numpy_normalise}
+
+
+@pytest.mark.parametrize('normalise', NORMALISERS.values(), ids=NORMALISERS.keys())
+def test_normalise_is_exactly_torchs_float_division_from_every_layout(normalise):
     values = (torch.arange(3 * 32 * 32) % 256).to(torch.uint8)  # every value, 12 times
     padded = torch.cat([values.view(32, 32, 3), torch.zeros(32, 32, 1, dtype=torch.uint8)], -1)
     # rows twice as long as the crops taken of them
@@ -155,7 +159,7 @@ def test_normalise_is_exactly_torchs_float_division_from_every_layout():
                'one pixel': values.view(32, 32, 3)[:1, :1].permute(2, 0, 1)}
     for name, pixels in layouts.items():
         before = pixels.clone()
-        got = image_io._normalise(pixels)
+        got = normalise(pixels)
         assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == pixels.shape, name
         assert torch.equal(got, pixels.float() / 127.5 - 1), name
         assert got.min() == -1 and got.max() == 1 or name in ('a crop of planes', 'one pixel'), name
@@ -167,6 +171,17 @@ def test_normalise_names_what_it_cannot_take():
         image_io._normalise(torch.zeros(3, 4, 4))
     with pytest.raises(ValueError, match=r'torch.uint8 \[4, 4\]'):
         image_io._normalise(torch.zeros(4, 4, dtype=torch.uint8))
+    # the compiled loop checks what it is handed itself: dtypes, shapes, a contiguous output
+    planes, read_only = np.zeros((3, 4, 4), np.float32), np.zeros((3, 4, 4), np.float32)
+    read_only.flags.writeable = False
+    for pixels, out in [(np.zeros((3, 4, 4), np.float32), planes), (np.zeros((4, 4, 3), np.uint8), planes),
+                        (np.zeros((3, 4, 4), np.uint8), np.zeros((3, 4, 4), np.float64)),
+                        (np.zeros((3, 4, 5), np.uint8), planes),
+                        (np.zeros((3, 4, 4), np.uint8), np.zeros((3, 4, 8), np.float32)[:, :, ::2]),
+                        (np.zeros((3, 4, 4), np.uint8), read_only)]:
+        with pytest.raises((ValueError, BufferError)):  # numpy's buffer export raises either
+            image_io._compiled_normalise(pixels, out)
+    assert not planes.any()
 
 
 @pytest.mark.parametrize('channels', [3, 4])
