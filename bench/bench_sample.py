@@ -147,6 +147,7 @@ class Sample:
         self.dataset[self.idx]
 
 
+BATCH = 16  # samples a __getitems__ call reads, as a DataLoader worker asks for a batch
 STAGES = ['index', 'read', 'header', 'decode_and_crop', 'resize', 'normalise', 'tokenize']
 
 
@@ -166,6 +167,30 @@ def measure(samples: list[Sample], methods: list[str], rounds: int) -> dict[str,
         if round_:
             for method in methods:
                 times[method].append(spent[method] / len(samples) * 1e3)
+    return times
+
+
+def measure_batches(samples: list[Sample], rounds: int, size: int) -> dict[str, list[float]]:
+    """CPU ms per sample of ``__getitems__`` (a DataLoader worker's call: a batch of ``size``)
+    against the decode floor of the same samples, batch by batch in turns, as ``measure`` does."""
+    dataset = samples[0].dataset
+    batches = [samples[i:i + size] for i in range(0, len(samples) - size + 1, size)]
+    times = {'decode_floor': [], 'batch': []}
+    for round_ in range(rounds + 1):
+        spent = dict.fromkeys(times, 0.0)
+        for i, batch in enumerate(batches):
+            indices = [sample.idx for sample in batch]
+            for method in (['decode_floor', 'batch'] if (i + round_) % 2 else ['batch', 'decode_floor']):
+                start = time.process_time()
+                if method == 'batch':
+                    dataset.__getitems__(indices)
+                else:
+                    for sample in batch:
+                        sample.decode_floor()
+                spent[method] += time.process_time() - start
+        if round_:
+            for method in times:
+                times[method].append(spent[method] / (len(batches) * size) * 1e3)
     return times
 
 
@@ -190,6 +215,10 @@ def report(label: str, samples: list[Sample], rounds: int) -> None:
         name = f'{width}x{height}' if height else width
         print(f'{name:<12}{median(t, "decode_floor"):>14.2f}{median(t, "pillow_decode"):>15.2f}'
               f'{median(t, "whole"):>13.2f}{ratio(t, "whole"):>9.2f}x')
+    size = min(BATCH, len(samples))
+    t = measure_batches(samples, rounds, size)
+    print(f'{"batches":<12}{median(t, "decode_floor"):>14.2f}{"":>15}{median(t, "batch"):>13.2f}{ratio(t, "batch"):>9.2f}x'
+          f'  (all, through __getitems__ {size} at a time, as a DataLoader worker reads them)')
 
     stages = measure(samples, STAGES + ['decode_floor', 'whole'], rounds)
     print('where __getitem__ goes (each stage alone, in turn with the others):')
@@ -207,12 +236,16 @@ def main() -> None:
     parser.add_argument('--per-shape', type=int, default=8, help='samples of each picture size')
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--image-size', type=int, default=512)
+    parser.add_argument('--cases', type=int, nargs='+', default=range(len(CASES)), metavar='N',
+                        help='which cases to run, by position (0: JPEG, 1: pretokenize, 2: --resize-to, 3: PNG)')
     args = parser.parse_args()
     per_shape, rounds = (2, 2) if args.small else (args.per_shape, args.rounds)
     torch.set_num_threads(1)  # as in a DataLoader worker; more threads would count in CPU time
     template = _template()
     with tempfile.TemporaryDirectory() as tmp:
         for n, (label, (fmt, shapes, resize_to, pretokenize)) in enumerate(CASES.items()):
+            if n not in args.cases:
+                continue
             dataset = make_dataset(Path(tmp) / str(n), fmt, shapes, per_shape * len(shapes), args.image_size,
                                    template, resize_to, pretokenize)
             report(label, [Sample(dataset, i) for i in range(len(dataset))], rounds)

@@ -74,6 +74,29 @@ def test_stored_ids_are_the_ids_the_dataset_computes(make, records, truncation, 
     assert len(stored.prompt_ids.get(2)) > 40  # stored whole; cut as the truncation option says
 
 
+def test_a_batch_tokenizes_its_inline_prompts_in_one_call_and_gives_the_same_samples(make, records):
+    plain, batched = make(truncation='caption'), make(truncation='caption')
+    calls = []
+    tokens = batched._tokens()
+    many, one = tokens.many, tokens.one
+    tokens.many = lambda texts: calls.append(('many', len(texts))) or many(texts)
+    tokens.one = lambda text: calls.append(('one', text)) or one(text)
+    indices = [0, 1, 2, 3, 4, 6, 0, 5, 7]  # a repeat; 6 has no caption (a failure, replaced)
+    for _ in range(3):  # unconditional draws differ by round
+        calls.clear()
+        batch = batched.__getitems__(indices)
+        expected = [plain[idx] for idx in indices]
+        for ours, theirs in zip(batch, expected):
+            assert ours['image_file'] == theirs['image_file']
+            assert torch.equal(ours['input_ids'], theirs['input_ids']), ours['image_file']
+            assert torch.equal(ours['pixel_values'], theirs['pixel_values'])
+        # one call for the inline captions (index 6 has none); one by one: the caption file (3),
+        # the repeat, the failure's replacement, the long caption's cuts, the CFG prompt once
+        assert calls[0] == ('many', 7) and all(kind == 'one' for kind, _ in calls[1:])
+        assert not batched._state().batch_ids
+    assert batched.failures == plain.failures and batched.failures['no-caption'] > 0
+
+
 def test_a_dataloader_with_workers_reads_the_same_ids(make, records):
     plain, stored = make(unconditional=0), make(unconditional=0, pretokenize=True)
     loader = DataLoader(stored, batch_size=None, num_workers=2, multiprocessing_context='spawn')

@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ from src.datasets.captions import resolve_caption
 from src.datasets.errors import SampleError
 from src.datasets.locks import wait_for_lock
 from src.datasets.sample_index import SampleIndex
+from src.datasets.token_ids import TokenIds
 
 FORMAT_VERSION = 1
 _BATCH = 4096  # prompts per tokenizer call
@@ -66,9 +67,19 @@ def _no_annotation(_annotation: str) -> str:
     raise _NotInline
 
 
-def _inline_prompt(record: dict, cap_keys: Sequence[str], prompt_of: Callable[[str], str]) -> str:
-    """The prompt of a record whose caption is in the index; ``_NotInline`` or ``SampleError`` else."""
-    return prompt_of(resolve_caption(record, cap_keys, _no_annotation).strip())
+def inline_prompts(records: Iterable[dict], cap_keys: Sequence[str], prompt_of: Callable[[str], str]
+                   ) -> tuple[list[int], list[str]]:
+    """The positions in ``records`` of those whose caption is in the record, and their prompts. The
+    others' captions are in annotation files, or unusable: they are read, or reported, with the
+    sample."""
+    positions, prompts = [], []
+    for position, record in enumerate(records):
+        try:
+            prompts.append(prompt_of(resolve_caption(record, cap_keys, _no_annotation).strip()))
+        except (_NotInline, SampleError):
+            continue
+        positions.append(position)
+    return positions, prompts
 
 
 def tokenizer_state(tokenizer) -> str:
@@ -127,17 +138,13 @@ def tokenize_index(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Calla
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Tokenizes the prompt of every row of ``index`` (a whole index, or its first rows), passing
     the ids to ``write`` a batch at a time, end to end; returns ``offsets`` and ``known``."""
-    encode = _batch_encoder(tokenizer, tokenizer_kwargs)
+    encode = TokenIds(tokenizer, tokenizer_kwargs).many
     lengths, known = np.zeros(len(index), np.int64), np.zeros(len(index), bool)
     with tqdm(total=len(index), unit='prompt', desc='tokenizing prompts') as bar:
         for start in range(0, len(index), _BATCH):
-            rows, prompts = [], []
-            for row in range(start, min(start + _BATCH, len(index))):
-                try:
-                    prompts.append(_inline_prompt(index[row], cap_keys, prompt_of))
-                except (_NotInline, SampleError):
-                    continue  # read (or reported) with the sample, as without pretokenize
-                rows.append(row)
+            positions, prompts = inline_prompts(
+                (index[row] for row in range(start, min(start + _BATCH, len(index)))), cap_keys, prompt_of)
+            rows = [start + position for position in positions]
             if prompts:
                 encoded = encode(prompts)
                 lengths[rows] = [len(ids) for ids in encoded]
@@ -147,20 +154,6 @@ def tokenize_index(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Calla
     offsets = np.zeros(len(index) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return offsets, known
-
-
-def _batch_encoder(tokenizer, tokenizer_kwargs: dict) -> Callable[[list[str]], list[list[int]]]:
-    """The batch call: the Rust tokenizer's own where transformers would only pass it through (no
-    truncation or padding set or asked for), which spares transformers' conversion of every
-    encoding into Python objects (a fifth of the time); transformers' call otherwise."""
-    backend = getattr(tokenizer, 'backend_tokenizer', None)
-    plain = set(tokenizer_kwargs) <= {'add_special_tokens'} and backend is not None \
-        and backend.truncation is None and backend.padding is None \
-        and not getattr(tokenizer, 'split_special_tokens', False)
-    if plain:
-        special = tokenizer_kwargs.get('add_special_tokens', True)
-        return lambda prompts: [encoding.ids for encoding in backend.encode_batch(prompts, add_special_tokens=special)]
-    return lambda prompts: tokenizer(prompts, **tokenizer_kwargs)['input_ids']
 
 
 def _digest(index_fingerprint: bytes, tokenizer, tokenizer_kwargs: dict, template: dict,
@@ -263,7 +256,7 @@ def _open_or_build(folder: Path, arguments: tuple, source: str) -> PromptIds:
 
 def _agrees(stored: PromptIds, whole: SampleIndex, cap_keys, prompt_of, check) -> bool:
     """Whether the first few stored prompts are what the tokenizer gives them now."""
-    for row in np.flatnonzero(stored.known)[:_SPOT_CHECKS].tolist():
-        if list(check(_inline_prompt(whole[row], cap_keys, prompt_of))) != stored.get(row).tolist():
-            return False
-    return True
+    rows = np.flatnonzero(stored.known)[:_SPOT_CHECKS].tolist()
+    _, prompts = inline_prompts((whole[row] for row in rows), cap_keys, prompt_of)
+    return len(prompts) == len(rows) and all(
+        list(check(prompt)) == stored.get(row).tolist() for row, prompt in zip(rows, prompts))
