@@ -108,6 +108,25 @@ def test_image_edit_pairs_give_source_target_and_the_instruction(workdir, tokeni
     assert batch['pixel_values_src'].shape == (2, 3, 32, 32)
 
 
+def test_stored_edit_instructions_are_the_ids_upstream_computes_unstripped(workdir, tokenizer, prompt_template):
+    # Upstream puts the instruction in the template as it is; the stored ids (pretokenize) must too.
+    Path('images').mkdir()
+    records = []
+    for i, instruction in enumerate([' make it brighter ', 'add a hat\n', 'plain']):
+        for role in ('src', 'tgt'):
+            Path(f'images/{i}_{role}.jpg').write_bytes(encode_image(200, 120, seed=i))
+        records.append({'source_image': f'{i}_src.jpg', 'target_image': f'{i}_tgt.jpg', 'image': f'{i}_tgt.jpg',
+                        'caption': instruction})
+    Path('edits.json').write_text(json.dumps(records))
+    options = dict(image_folder='images', tokenizer=tokenizer, prompt_template=prompt_template, image_size=32,
+                   image_length=4, seed=0)
+    stored, plain = (ImageEditDataset('edits.json', pretokenize=flag, **options) for flag in (True, False))
+    assert stored.prompt_ids is not None
+    for i, record in enumerate(records):
+        expected = edit_prompt_ids(tokenizer, prompt_template, record['caption'], 4)
+        assert stored[i]['input_ids'].tolist() == plain[i]['input_ids'].tolist() == expected
+
+
 def test_openuni_reconstruct_config_builds_unchanged(workdir, tokenizer_path, tokenizer):
     make_caption_layout(workdir, 'data/megalith-10m/megalith10m_all.json', 'data/megalith-10m/raw',
                         'caption_internlm2_short', 'data/megalith-10m/captions', n=5)

@@ -69,13 +69,13 @@ def _no_annotation(_annotation: str) -> str:
 
 def inline_prompts(records: Iterable[dict], cap_keys: Sequence[str], prompt_of: Callable[[str], str]
                    ) -> tuple[list[int], list[str]]:
-    """The positions in ``records`` of those whose caption is in the record, and their prompts. The
-    others' captions are in annotation files, or unusable: they are read, or reported, with the
-    sample."""
+    """The positions in ``records`` of those whose caption is in the record, and their prompts
+    (``prompt_of``: a caption's prompt, as the dataset's ``caption_prompt`` makes it). The others'
+    captions are in annotation files, or unusable: they are read, or reported, with the sample."""
     positions, prompts = [], []
     for position, record in enumerate(records):
         try:
-            prompts.append(prompt_of(resolve_caption(record, cap_keys, _no_annotation).strip()))
+            prompts.append(prompt_of(resolve_caption(record, cap_keys, _no_annotation)))
         except (_NotInline, SampleError):
             continue
         positions.append(position)

@@ -43,9 +43,13 @@ class ImageEditDataset(CaptionDataset):
                         + template['IMG_END_TOKEN'])
         return template['INSTRUCTION'].format(input=f'{image_tokens}\n{caption}') + (self.image_start_token or '')
 
+    def caption_prompt(self, caption: str) -> str:
+        """The instruction in the template as it is, unstripped (as upstream; the stored ids too)."""
+        return self.prompt_of(caption)
+
     def process_text(self, text: str, rng: random.Random, stored_ids: torch.Tensor | None = None) -> dict:
         """The editing prompt's ids: never the CFG prompt, never cut (as upstream)."""
-        return dict(input_ids=stored_ids if stored_ids is not None else self._encode(self.prompt_of(text)))
+        return dict(input_ids=stored_ids if stored_ids is not None else self._encode(self.caption_prompt(text)))
 
     def instruction_of(self, record: dict) -> str:
         return self.caption_of(record)

@@ -340,7 +340,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     def load_prompt_ids(self) -> PromptIds | None:
         """The stored prompt ids of the whole index (``pretokenize``: built once, then mapped), or
         None where they cannot be stored."""
-        return load_prompt_ids(self.index, self.cap_keys, self.prompt_of, self.tokenizer,
+        return load_prompt_ids(self.index, self.cap_keys, self.caption_prompt, self.tokenizer,
                                self.tokenizer_kwargs, self.prompt_template, self._encode)
 
     @property
@@ -499,10 +499,15 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         elif stored_ids is not None:
             input_ids = stored_ids
         else:
-            input_ids = self._encode(self.prompt_of(text.strip()))
+            input_ids = self._encode(self.caption_prompt(text))
         if len(input_ids) > self.max_length and conditional and self.truncation == 'caption':
             input_ids = self._fit_caption(text.strip())
         return dict(input_ids=input_ids[:self.max_length])
+
+    def caption_prompt(self, caption: str) -> str:
+        """The prompt of a record's caption as ``process_text`` makes it (and the stored and
+        batch-tokenized ids are made of): the caption stripped, in the template."""
+        return self.prompt_of(caption.strip())
 
     def prompt_of(self, caption: str | None) -> str:
         """The whole prompt text of ``caption`` (None: the unconditional CFG prompt)."""
@@ -603,7 +608,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         itself)."""
         cls = type(self)
         return all(getattr(cls, name) is getattr(CaptionDataset, name)
-                   for name in ('__getitem__', 'prepare_data', 'process_text', 'prompt_of', 'caption_of', '_encode'))
+                   for name in ('__getitem__', 'prepare_data', 'process_text', 'caption_prompt', 'prompt_of',
+                                'caption_of', '_encode'))
 
     # ---- failure policy and randomness ----------------------------------------------------------
     def _state(self) -> _ProcessState:
@@ -655,7 +661,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
             prefetch_records(self, records)
         state = self._state()
         if self._tokenizes_batches and self.prompt_ids is None:
-            positions, prompts = inline_prompts(records, self.cap_keys, self.prompt_of)
+            positions, prompts = inline_prompts(records, self.cap_keys, self.caption_prompt)
             encoded = self._tokens().many(prompts) if prompts else []
             state.batch_ids = {indices[position]: torch.from_numpy(np.array(ids, np.int64))
                                for position, ids in zip(positions, encoded)}
