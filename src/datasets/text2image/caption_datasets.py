@@ -653,7 +653,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     def __getitems__(self, indices: Sequence) -> list:
         """A batch, as torch's DataLoader asks for one: in object storage, the files of all its
         samples are fetched at once (``src.datasets.prefetch``); the prompts whose captions are in
-        the index are tokenized in one call (the tokenizer's tables stay in the cache, where
+        the index are tokenized one after another (the tokenizer's tables stay in the cache, where
         between two decodes they do not: 0.3 ms a sample less, bench/bench_sample.py); then the
         samples are made in turn. The same samples as ``self[idx]`` one by one."""
         records = [self.index[idx] for idx in indices] if self._remote or self._tokenizes_batches else None
@@ -662,9 +662,11 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         state = self._state()
         if self._tokenizes_batches and self.prompt_ids is None:
             positions, prompts = inline_prompts(records, self.cap_keys, self.caption_prompt)
-            encoded = self._tokens().many(prompts) if prompts else []
-            state.batch_ids = {indices[position]: torch.from_numpy(np.array(ids, np.int64))
-                               for position, ids in zip(positions, encoded)}
+            # One prompt at a time: the Rust tokenizer's batch call runs a thread pool, which hangs
+            # in a forked DataLoader worker once the parent has used it (pretokenize, a check).
+            tokens = self._tokens()
+            state.batch_ids = {indices[position]: torch.from_numpy(np.array(tokens.one(prompt), np.int64))
+                               for position, prompt in zip(positions, prompts)}
         try:
             return [self[idx] for idx in indices]
         finally:
