@@ -49,6 +49,9 @@ def test_the_tools_print_their_own_lines_only(prepared, tokenizer_path, tmp_path
         assert noise(result.stdout + result.stderr) == [], tool
 
 
+HUB_FAILS_WITHIN = 30  # seconds: a tool told the hub is out of reach stops at once, not after retries
+
+
 @pytest.mark.parametrize('tool, offline', [('inspect_dataset.py', 'HF_HUB_OFFLINE=1'),
                                            ('cache_latents.py', 'hub unreachable'), ('train.py', 'HF_HUB_OFFLINE=1')])
 def test_a_hub_model_out_of_reach_fails_in_seconds_naming_the_option(prepared, tmp_path, tool, offline):
@@ -59,7 +62,9 @@ def test_a_hub_model_out_of_reach_fails_in_seconds_naming_the_option(prepared, t
     extra = ['--out', tmp_path / 'r'] if tool == 'inspect_dataset.py' else []
     started = time.monotonic()
     result = run(tool, config, *extra, cwd=prepared, **env)
-    assert time.monotonic() - started < 10  # the whole tool, its imports included
+    # The whole tool, its imports included (5-9 s alone on this 2-core machine, more under the
+    # suite's load): the bound catches the hub's retries and timeouts, which take minutes.
+    assert time.monotonic() - started < HUB_FAILS_WITHIN
     assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
     assert "'OpenGVLab/InternVL3-2B'" in result.stderr and '--tokenizer /path/to/it' in result.stderr
     assert ('HF_HUB_OFFLINE' if offline == 'HF_HUB_OFFLINE=1' else 'HF_ENDPOINT') in result.stderr
@@ -69,7 +74,7 @@ def test_the_default_autoencoder_out_of_reach_names_vae(prepared, tmp_path, toke
     started = time.monotonic()
     result = run('cache_latents.py', CONFIG, '--tokenizer', tokenizer_path, cwd=prepared,
                  HF_HOME=str(tmp_path / 'empty-cache'), HF_HUB_OFFLINE='1')
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < HUB_FAILS_WITHIN
     assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
     assert "'mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers'" in result.stderr and '--vae /path/to/it' in result.stderr
 
