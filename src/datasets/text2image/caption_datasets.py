@@ -44,8 +44,8 @@ from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
 from src.datasets.text2image.bucketed import BucketedRecords
-from src.datasets.token_ids import TokenIds
 from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
+from src.datasets.token_ids import TokenIds
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
 LOCAL_FILES = LocalFiles()
@@ -656,17 +656,16 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         the index are tokenized one after another (the tokenizer's tables stay in the cache, where
         between two decodes they do not: 0.3 ms a sample less, bench/bench_sample.py); then the
         samples are made in turn. The same samples as ``self[idx]`` one by one."""
-        records = [self.index[idx] for idx in indices] if self._remote or self._tokenizes_batches else None
+        tokenize = self._tokenizes_batches and self.prompt_ids is None
+        records = [self.index[idx] for idx in indices] if self._remote or tokenize else None
         if self._remote:
             prefetch_records(self, records)
         state = self._state()
-        if self._tokenizes_batches and self.prompt_ids is None:
+        if tokenize:
             positions, prompts = inline_prompts(records, self.cap_keys, self.caption_prompt)
-            # One prompt at a time: the Rust tokenizer's batch call runs a thread pool, which hangs
-            # in a forked DataLoader worker once the parent has used it (pretokenize, a check).
-            tokens = self._tokens()
-            state.batch_ids = {indices[position]: torch.from_numpy(np.array(tokens.one(prompt), np.int64))
-                               for position, prompt in zip(positions, prompts)}
+            # One prompt at a time: the Rust tokenizer's batch call runs a thread pool, which hung
+            # in a forked DataLoader worker after the parent had used it.
+            state.batch_ids = {indices[position]: self._encode(prompt) for position, prompt in zip(positions, prompts)}
         try:
             return [self[idx] for idx in indices]
         finally:
