@@ -47,6 +47,6 @@ $(VENV)/.installed: pyproject.toml setup.py src/datasets/_planes.c Makefile | $(
 	$(PY) -m pip install -q --upgrade pip
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@$(PY) -c 'import src.datasets._planes' 2>/dev/null || \
-	  echo "the compiled pixel loop (src/datasets/_planes.c) was not built, no C compiler found: samples take numpy's way, 0.2-0.9 ms longer"
+	  echo "the compiled pixel loop (src/datasets/_planes.c) was not built (no C compiler or Python headers found): samples take numpy's way, 0.2-0.9 ms longer"
 	$(PY) -m pip show -q bitsandbytes >/dev/null 2>&1 && $(PY) -m pip uninstall -q -y bitsandbytes || true
 	touch $@

@@ -1,7 +1,8 @@
 """uint8 pixels -> float planes in [-1, 1] (``image_io._normalise``: the compiled loop, and the numpy
-one used where it is not built), against the ways it was done before and the torch one-liner, on Pillow's own 4-byte pixels of a 512 px picture (as the dataset
-hands them over), one thread, as a DataLoader worker runs. Every variant is checked bit for bit
-against ``x.float() / 127.5 - 1``; medians of interleaved rounds.
+one used where it is not built), against the ways it was done before and the torch one-liner, on
+Pillow's own 4-byte pixels of a 512 px picture (as the dataset hands them over), one thread, as a
+DataLoader worker runs. Every variant is checked bit for bit against ``x.float() / 127.5 - 1``;
+medians of interleaved rounds.
 
     PYTHONPATH=. .venv/bin/python bench/bench_planes.py [--small]
 """

@@ -23,7 +23,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import pyspng
 import torch
@@ -151,7 +150,7 @@ BATCH = 16  # samples a __getitems__ call reads, as a DataLoader worker asks for
 STAGES = ['index', 'read', 'header', 'decode_and_crop', 'resize', 'normalise', 'tokenize']
 
 
-def measure(samples: list[Sample], methods: list[str], rounds: int) -> dict[str, list[float]]:
+def measure(samples: list[Sample] | list[SampleBatch], methods: list[str], rounds: int) -> dict[str, list[float]]:
     """CPU ms per sample of each method, one value per round: within a round the methods take
     turns on each sample (the order turning too), so that drift on a shared machine falls on all
     of them alike and a ratio of two methods is taken within one round. One untimed round first."""
@@ -170,28 +169,25 @@ def measure(samples: list[Sample], methods: list[str], rounds: int) -> dict[str,
     return times
 
 
+class SampleBatch:
+    """Samples read as a DataLoader worker reads a batch (``__getitems__``), against their floors."""
+
+    def __init__(self, samples: list[Sample]):
+        self.samples = samples
+
+    def decode_floor(self) -> None:
+        for sample in self.samples:
+            sample.decode_floor()
+
+    def batch(self) -> None:
+        self.samples[0].dataset.__getitems__([sample.idx for sample in self.samples])
+
+
 def measure_batches(samples: list[Sample], rounds: int, size: int) -> dict[str, list[float]]:
-    """CPU ms per sample of ``__getitems__`` (a DataLoader worker's call: a batch of ``size``)
-    against the decode floor of the same samples, batch by batch in turns, as ``measure`` does."""
-    dataset = samples[0].dataset
-    batches = [samples[i:i + size] for i in range(0, len(samples) - size + 1, size)]
-    times = {'decode_floor': [], 'batch': []}
-    for round_ in range(rounds + 1):
-        spent = dict.fromkeys(times, 0.0)
-        for i, batch in enumerate(batches):
-            indices = [sample.idx for sample in batch]
-            for method in (['decode_floor', 'batch'] if (i + round_) % 2 else ['batch', 'decode_floor']):
-                start = time.process_time()
-                if method == 'batch':
-                    dataset.__getitems__(indices)
-                else:
-                    for sample in batch:
-                        sample.decode_floor()
-                spent[method] += time.process_time() - start
-        if round_:
-            for method in times:
-                times[method].append(spent[method] / (len(batches) * size) * 1e3)
-    return times
+    """``measure`` of batches of ``size`` samples, in CPU ms per sample."""
+    batches = [SampleBatch(samples[i:i + size]) for i in range(0, len(samples) - size + 1, size)]
+    times = measure(batches, ['decode_floor', 'batch'], rounds)
+    return {method: [value / size for value in values] for method, values in times.items()}
 
 
 def ratio(times: dict[str, list[float]], over: str, under: str = 'decode_floor') -> float:
