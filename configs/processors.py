@@ -6,6 +6,10 @@
 #     cfg = Config.fromfile('configs/datasets/<name>.py')
 #     cfg.train_dataloader.dataset.tokenizer.pretrained_model_name_or_path = '/path/to/tokenizer'
 # (Pure-python configs are parsed, not run: top-level calls such as os.environ.get are not allowed.)
+#
+# No trust_remote_code: this tokenizer is a standard one, and nothing a download holds should run.
+# A model whose tokenizer needs code of its own is your explicit choice: add trust_remote_code=True
+# to your copy of this dict, knowing that the model folder's Python then runs in every worker.
 from transformers import AutoTokenizer
 
 prompt_template = dict(
@@ -25,7 +29,6 @@ prompt_template = dict(
 tokenizer = dict(
     type=AutoTokenizer.from_pretrained,
     pretrained_model_name_or_path='OpenGVLab/InternVL3-2B',
-    trust_remote_code=True,
     padding_side='right',
 )
 
