@@ -88,4 +88,4 @@ def test_a_tool_given_a_hostile_data_config_says_so_in_one_line(tmp_path):
 
 def test_the_docs_say_python_configs_are_code_where_configs_are_introduced():
     readme = (REPO / 'README.md').read_text()
-    assert 'A Python config is code' in readme
+    assert 'a Python config (`configs/*.py`, upstream\'s) is code' in readme
