@@ -61,6 +61,7 @@ def main(argv=None) -> int:
 
     from src.datasets.extras import MissingExtra
     from src.datasets.object_store import ObjectFolder, StorageConfigError
+    from src.datasets.redact import redact
     root = Path(args.root)
     if not root.is_dir():
         logger.error('%s is not a folder', root)
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
             try:
                 future.result()
             except Exception as e:  # boto3 reports failures with many exception types
-                failed.append(f'{relpath}: {type(e).__name__}: {e}')
+                failed.append(f'{relpath}: {type(e).__name__}: {redact(str(e))}')
             bar.update(size)
     uploaded = len(todo) - len(failed)
     logger.info('%s -> %s: %d files uploaded (%.1f MiB), %d already there with the same size (skipped), %d failed%s',
