@@ -23,7 +23,7 @@ def dataset(type_, **more):
 
 def write(tmp_path, name, data):
     path = tmp_path / name
-    path.write_text(json.dumps(data) if name.endswith('.json') else data)
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
     return str(path)
 
 
@@ -67,6 +67,10 @@ def test_mmengine_routes_from_a_data_file_to_code_are_refused(tmp_path):
         'remote.json': {'dataset': {'type': 'CaptionDataset', 'tokenizer': {
             'type': 'transformers.AutoTokenizer.from_pretrained', 'trust_remote_code': True}}},
         'list.yaml': '- 1\n- 2\n',
+        'laughs.yaml': 'a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n'
+                       'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n',
+        'deep.json': '[' * 100_000 + ']' * 100_000,
+        'deeper.yaml': 'a: ' + '{b: ' * 500 + '1' + '}' * 500 + '\n',
     }
     for name, data in cases.items():
         with pytest.raises(UntrustedConfig) as refused:

@@ -20,6 +20,7 @@ from importlib import import_module
 
 DATA_SUFFIXES = ('.json', '.yaml', '.yml')
 MAX_CONFIG_BYTES = 16 << 20
+MAX_DEPTH = 64
 
 # The callables a data config may name by their import path: what the project's configs build.
 TRUSTED_TYPES = (
@@ -120,9 +121,16 @@ def check_data_config(data, path: str, allowed_types: tuple = ()) -> None:
     if data.get('default_scope') not in DEFAULT_SCOPES:
         raise UntrustedConfig(f'{path}: default_scope {data["default_scope"]!r} is refused in a data config '
                               "(mmengine imports '<scope>.registry')")
-    pending = [('', data)]
+    pending, seen = [('', data, 0)], set()
     while pending:
-        where, node = pending.pop()
+        where, node, depth = pending.pop()
+        if isinstance(node, (dict, list)):
+            if id(node) in seen:  # a YAML alias: a few lines can stand for billions of nodes
+                raise UntrustedConfig(f'{path}: {where or "the top"} repeats another node (a YAML alias); '
+                                      'refused in a data config')
+            seen.add(id(node))
+            if depth > MAX_DEPTH:
+                raise UntrustedConfig(f'{path}: {where}: nested more than {MAX_DEPTH} deep')
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in items:
             at = f'{where}.{key}' if where else str(key)
@@ -132,7 +140,7 @@ def check_data_config(data, path: str, allowed_types: tuple = ()) -> None:
                     raise UntrustedConfig(f'{path}: {at}: {reason}')
             elif key == 'trust_remote_code' and value:
                 raise UntrustedConfig(f'{path}: {at}: trust_remote_code runs code from the hub; refused in a data config')
-            pending.append((at, value))
+            pending.append((at, value, depth + 1))
 
 
 def load_data_config(path: str, allowed_types: tuple = ()):
@@ -152,8 +160,10 @@ def load_data_config(path: str, allowed_types: tuple = ()):
         else:
             import yaml
             data = yaml.safe_load(text)  # no python/* tags: mmengine's own loader builds them
-    except ValueError as e:  # json's and yaml's errors (yaml.YAMLError is not one: caught below)
+    except ValueError as e:  # json's errors (yaml.YAMLError is not one: caught below)
         raise UntrustedConfig(f'{path}: not a readable config: {e}') from None
+    except RecursionError:
+        raise UntrustedConfig(f'{path}: not a readable config: nested too deep') from None
     except Exception as e:  # noqa: BLE001 (yaml.YAMLError and its kinds)
         raise UntrustedConfig(f'{path}: not a readable config: {type(e).__name__}') from None
     check_data_config(data, path, allowed_types)

@@ -32,6 +32,7 @@ from urllib.parse import urljoin, urlsplit
 
 ALLOWED_SCHEMES = ('http', 'https')
 MAX_REDIRECTS = 5
+NAT64 = ipaddress.ip_network('64:ff9b::/96')  # the well-known prefix: 64:ff9b::7f00:1 is 127.0.0.1
 _READ_CHUNK = 64 << 10
 
 
@@ -57,9 +58,12 @@ class UrlRefused(Exception):
 def refused_address(address: str, allow_local: bool = False) -> str | None:
     """Why the IP ``address`` may not be reached, or None when it may."""
     ip = ipaddress.ip_address(address.split('%', 1)[0])
-    if ip.version == 6 and (ip.ipv4_mapped or ip.sixtofour or (ip.teredo and ip.teredo[1])):
-        inner = ip.ipv4_mapped or ip.sixtofour or ip.teredo[1]
-        return refused_address(str(inner), allow_local)
+    if ip.version == 6:  # an IPv4 address carried in an IPv6 one is judged as itself
+        inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if inner is None and ip in NAT64:
+            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if inner is not None:
+            return refused_address(str(inner), allow_local)
     if ip.is_link_local or ip == ipaddress.ip_address('fd00:ec2::254'):  # the metadata services
         return 'link-local address'
     if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
