@@ -141,7 +141,7 @@ def test_the_url_route_refuses_and_counts_each_hostile_url(tmp_path, server):
     assert report.download['successes'] == 1
     assert report.download['failed_by_reason'] == {
         "refused: scheme 'file' (http and https only)": 2, "refused: scheme 'data' (http and https only)": 1,
-        'refused: link-local address': 1, 'refused: took too long': 1,
+        'refused: link-local address': 1, 'refused: timed out': 1,
         'refused: larger than 1048576 bytes': 1, 'refused: more than 67108864 pixels declared': 1}
     assert [row['image'] for row in json.loads((root / 'data.json').read_text())] == ['00000/0000000.jpg']
 

@@ -115,8 +115,10 @@ def join_inside(folder: str | None, path: str, *, allow_outside: bool = False) -
                                          'allow_outside_paths=True to read such paths')
     joined = os.path.join(folder or '', path)
     if not allow_outside and folder and '://' not in folder and link_outside(joined, folder):
-        raise SampleError('unsafe-link', f'{joined}: refused: a symbolic link on the way leads out of {folder}; '
-                                         'set allow_outside_paths=True to read through such links')
+        # A link to a device or a FIFO is counted as what it reaches (a stat, never an open).
+        reason = 'not-a-file' if os.path.exists(joined) and not os.path.isfile(joined) else 'unsafe-link'
+        raise SampleError(reason, f'{joined}: refused: a symbolic link on the way leads out of {folder}; '
+                                  'set allow_outside_paths=True to read through such links')
     return joined
 
 

@@ -53,8 +53,8 @@ class _WeightsOnlyTorch(types.ModuleType):
 
     @staticmethod
     def load(f, map_location=None, **kwargs):
-        kwargs['weights_only'] = True
-        return torch.load(f, map_location=map_location, **kwargs)
+        kwargs.pop('weights_only', None)
+        return torch.load(f, map_location=map_location, weights_only=True, **kwargs)
 
 
 def force_weights_only_checkpoints() -> None:

@@ -254,17 +254,17 @@ def fetch(url: str, policy: UrlPolicy, headers: dict | None = None) -> tuple[byt
         deadline.cancel()
 
 
-def declared_pixels(data: bytes) -> int | None:
-    """Width x height as the image's header declares it (no decoding), None when Pillow cannot tell."""
-    from PIL import Image
+def too_many_pixels(data: bytes, max_pixels: int) -> bool:
+    """Whether the image's header declares more than ``max_pixels`` pixels (nothing is decoded:
+    the project's one opening function, ``src.datasets.image_io.open_image``, reads the header).
+    Bytes it cannot open are left to img2dataset's decoder, which counts them."""
+    from src.datasets.errors import SampleError
+    from src.datasets.image_io import open_image
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Image.DecompressionBombError:
-        return 1 << 62
-    except Exception:  # not an image Pillow knows: img2dataset's decoder judges it
-        return None
-    return width * height
+        open_image(data, 'download', max_pixels=max_pixels).close()
+    except SampleError as e:
+        return e.reason == 'too-large'
+    return False
 
 
 def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *, policy: UrlPolicy):
@@ -284,7 +284,6 @@ def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *,
         from img2dataset.downloader import is_disallowed
         if is_disallowed(headers, user_agent_token, disallowed_header_directives):
                 return key, None, 'Use of image disallowed by X-Robots-Tag directive'
-    pixels = declared_pixels(data)
-    if pixels is not None and pixels > policy.max_pixels:
+    if too_many_pixels(data, policy.max_pixels):
         return key, None, f'refused: more than {policy.max_pixels} pixels declared'
     return key, io.BytesIO(data), None
