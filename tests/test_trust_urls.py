@@ -47,7 +47,7 @@ def refusal(url, policy=UrlPolicy()):
     'http://127.1/', 'http://[::1]/', 'http://[::ffff:127.0.0.1]/', 'http://[::ffff:7f00:1]/', 'http://0.0.0.0/',
     'http://10.1.2.3/', 'http://192.168.0.1/', 'http://172.16.0.1/', 'http://100.64.0.1/', 'http://[fc00::1]/',
     'http://169.254.169.254/latest/meta-data/', 'http://[fe80::1]/', 'http://[fd00:ec2::254]/',
-    'http://[2002:7f00:1::]/', 'http://[64:ff9b::7f00:1]/', 'http://[::127.0.0.1]/', 'http://224.0.0.1/', 'HTTP://LocalHost:80/', 'https://user:pw@127.0.0.1:443/'])
+    'http://[2002:7f00:1::]/', 'http://[64:ff9b::7f00:1]/', 'http://[::127.0.0.1]/', 'http://224.0.0.1/', 'HTTP://LocalHost:80/'])
 def test_local_and_private_addresses_are_refused_in_every_spelling(url):
     with pytest.raises(UrlRefused) as refused:
         check_url(url, UrlPolicy())
@@ -61,6 +61,13 @@ def test_only_http_and_https_are_fetched_even_with_local_addresses_allowed(url):
     with pytest.raises(UrlRefused) as refused:
         fetch(url, LOCAL)
     assert 'scheme' in refused.value.reason
+
+
+def test_a_url_with_credentials_is_refused_before_they_reach_any_message():
+    for url in ('http://user:pw@8.8.8.8/a.jpg', 'http://user@8.8.8.8/', 'http://8.8.8.8@127.0.0.1/'):
+        with pytest.raises(UrlRefused) as refused:
+            check_url(url, LOCAL)
+        assert refused.value.reason == 'credentials in URL'
 
 
 def test_a_public_address_passes_the_rule_and_link_local_stays_refused_with_local_allowed():

@@ -93,6 +93,8 @@ def check_url(url: str, policy: UrlPolicy) -> list[tuple]:
     host = parts.hostname
     if not host:
         raise UrlRefused('no host in URL')
+    if '@' in parts.netloc:  # urllib would take user:password@ for the host, and print it in its error
+        raise UrlRefused('credentials in URL')
     port = port or (443 if parts.scheme.lower() == 'https' else 80)
     try:
         entries = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
