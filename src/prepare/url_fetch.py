@@ -172,25 +172,27 @@ def _pinned(connection_class, entries: list[tuple], deadline: _Deadline, host, *
     return connection
 
 
-class _GuardedHTTP(urllib.request.HTTPHandler):
+class _Guarded:
+    """What the http and https handlers share: each request through the URL rule, then a
+    connection to the addresses it checked."""
+
     def __init__(self, policy, deadline):
         super().__init__()
         self.policy, self.deadline = policy, deadline
 
+    def _open(self, req, connection_class, **kwargs):
+        entries = check_url(req.full_url, self.policy)
+        return self.do_open(partial(_pinned, connection_class, entries, self.deadline), req, **kwargs)
+
+
+class _GuardedHTTP(_Guarded, urllib.request.HTTPHandler):
     def http_open(self, req):
-        entries = check_url(req.full_url, self.policy)
-        return self.do_open(partial(_pinned, http.client.HTTPConnection, entries, self.deadline), req)
+        return self._open(req, http.client.HTTPConnection)
 
 
-class _GuardedHTTPS(urllib.request.HTTPSHandler):
-    def __init__(self, policy, deadline):
-        super().__init__()
-        self.policy, self.deadline = policy, deadline
-
+class _GuardedHTTPS(_Guarded, urllib.request.HTTPSHandler):
     def https_open(self, req):
-        entries = check_url(req.full_url, self.policy)
-        return self.do_open(partial(_pinned, http.client.HTTPSConnection, entries, self.deadline), req,
-                            context=self._context)
+        return self._open(req, http.client.HTTPSConnection, context=self._context)
 
 
 class _GuardedRedirect(urllib.request.HTTPRedirectHandler):
