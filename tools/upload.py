@@ -9,8 +9,8 @@ In parallel (--workers), resumable: an object already there with the same size i
 re-run after a failure uploads only what is missing. The preparation's bookkeeping (.prepare/) and
 temporary files are left out, and so are symbolic links (named in the summary): a download may
 hold a link to a key or a home folder, and nothing is uploaded through one unless --follow-links
-says so, and even then only links whose target stays inside the folder. Ends with a summary (uploaded, skipped, failed with the reason) and
-a non-zero exit when anything failed.
+says so, and even then only links whose target stays inside the folder. Ends with a summary
+(uploaded, skipped, failed with the reason) and a non-zero exit when anything failed.
 """
 from __future__ import annotations
 

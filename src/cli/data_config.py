@@ -139,7 +139,8 @@ def check_data_config(data, path: str, allowed_types: tuple = ()) -> None:
                 if reason:
                     raise UntrustedConfig(f'{path}: {at}: {reason}')
             elif key == 'trust_remote_code' and value:
-                raise UntrustedConfig(f'{path}: {at}: trust_remote_code runs code from the hub; refused in a data config')
+                raise UntrustedConfig(f'{path}: {at}: trust_remote_code runs code from the hub; '
+                                      'refused in a data config')
             pending.append((at, value, depth + 1))
 
 

@@ -12,7 +12,8 @@ import re
 
 HIDDEN = '***'
 # scheme://userinfo@ : the userinfo (user, or user:password) of any URL in the text.
-_USERINFO = re.compile(r'(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s\'"]+)@')  # to the last @: a password may hold one
+# (to the last @ before the path: a password may hold one)
+_USERINFO = re.compile(r'(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s\'"]+)@')
 # A query parameter that holds a credential (pre-signed S3 URLs, tokens, passwords).
 _SECRET_PARAMETER = re.compile(
     r'(?P<name>[?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId|'

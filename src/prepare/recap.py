@@ -122,7 +122,8 @@ def finished_shards(output: str) -> set[str]:
 # bars (and Spark's log) would otherwise interleave with this tool's lines. What it did is read from
 # its per-shard stats files, and the bar here counts them as they appear.
 # Every URL goes through the URL rule (src.prepare.url_fetch), whatever img2dataset would fetch.
-_DOWNLOAD = ('import json, sys\nfrom src.prepare.url_download import download\nfrom src.prepare.url_fetch import UrlPolicy\n'
+_DOWNLOAD = ('import json, sys\nfrom src.prepare.url_download import download\n'
+             'from src.prepare.url_fetch import UrlPolicy\n'
              'download(UrlPolicy(**json.loads(sys.argv[2])), json.loads(sys.argv[1]))\n')
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 POLL_SECONDS = 0.5
@@ -158,8 +159,8 @@ def run_img2dataset(parquets: list[str], output: str, output_format: str, option
     with tempfile.TemporaryFile('w+') as log, \
             tqdm(total=len(shards), initial=len(finished_shards(output) & set(shards)), unit='shard',
                  desc=f'downloading {os.path.dirname(output)}') as bar:
-        process = subprocess.Popen([sys.executable, '-c', _DOWNLOAD, json.dumps(arguments), json.dumps(asdict(policy))], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, '-c', _DOWNLOAD, json.dumps(arguments), json.dumps(asdict(policy))],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
         while process.poll() is None:
             time.sleep(POLL_SECONDS)
             bar.update(len(finished_shards(output) & set(shards)) - bar.n)

@@ -1,7 +1,7 @@
 """A local HTTP server on 127.0.0.1 for the URL route's tests and demo: it serves the images a URL
 parquet points at, and the failures real URLs have (404, a page that is no image, a server that
-does not answer in time, one that sends a byte a second, redirects). It counts the requests to each path, so a test can tell what a re-run
-fetched again."""
+does not answer in time, one that sends a byte a second, redirects). It counts the requests to each
+path, so a test can tell what a re-run fetched again."""
 from __future__ import annotations
 
 import threading
