@@ -48,6 +48,9 @@ TRUSTED_TYPES = (
 # Keys mmengine acts on before any type is built: a Python base file, modules to import, a scope
 # whose ``<scope>.registry`` module is imported.
 REFUSED_KEYS = ('_base_', 'custom_imports')
+# The modules whose import fills mmengine's registries (as building a Runner does), and the project's.
+REGISTERING_MODULES = ('mmengine.dataset', 'mmengine.evaluator', 'mmengine.hooks', 'mmengine.model',
+                       'mmengine.optim', 'mmengine.runner', 'mmengine.visualization', 'src.datasets', 'src.engine')
 DEFAULT_SCOPES = (None, 'mmengine')
 
 
@@ -64,6 +67,8 @@ def _registered(name: str) -> bool:
     or their children (xtuner's, a project's): each registry imports its own known locations."""
     import mmengine.registry as registries
     from mmengine.registry import Registry
+    for module in REGISTERING_MODULES:
+        import_module(module)
     pending = [value for value in vars(registries).values() if isinstance(value, Registry)]
     while pending:
         registry = pending.pop()
@@ -139,8 +144,9 @@ def check_data_config(data, path: str, allowed_types: tuple = ()) -> None:
                 if reason:
                     raise UntrustedConfig(f'{path}: {at}: {reason}')
             elif key == 'trust_remote_code' and value:
-                raise UntrustedConfig(f'{path}: {at}: trust_remote_code runs code from the hub; '
-                                      'refused in a data config')
+                raise UntrustedConfig(f'{path}: {at}: trust_remote_code runs code from the hub repository '
+                                      'the config names; refused in a data config (set it to false: '
+                                      "transformers has the tokenizers of this project's configs)")
             pending.append((at, value, depth + 1))
 
 
