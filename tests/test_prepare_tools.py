@@ -142,8 +142,8 @@ class DiesAfter:
         self.tars -= 1
         return EXTRACT.process(job)
 
-    def listing(self, root, jobs, folders):
-        return EXTRACT.listing(root, jobs, folders)
+    def listing(self, root, jobs, folders, refused=None):
+        return EXTRACT.listing(root, jobs, folders, refused)
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):

@@ -24,8 +24,9 @@ from config_helpers import assert_reads_expected_samples, build
 pytestmark = pytest.mark.slow  # img2dataset starts its own processes: a few seconds a run
 
 REPO = Path(__file__).resolve().parents[1]
-# The served timeout answers after 3 s: a 1 s client timeout makes it a failure, quickly.
-OPTIONS = DownloadOptions(timeout=1, samples_per_shard=4, thread_count=4)
+# The served timeout answers after 3 s: a 1 s client timeout makes it a failure, quickly. The server
+# is on 127.0.0.1, which the URL rule refuses unless local URLs are allowed.
+OPTIONS = DownloadOptions(timeout=1, samples_per_shard=4, thread_count=4, allow_local_urls=True)
 
 
 @pytest.fixture
@@ -180,7 +181,8 @@ def test_the_pyspark_distributor_downloads_in_a_local_session_as_multiprocessing
     expected = make_recap('laion6m', root, server)
     by_processes = tmp_path / 'multiprocessing' / DEFAULT_ROOTS['laion6m']
     shutil.copytree(root, by_processes)  # the same URL parquets, before either download
-    options = DownloadOptions(timeout=1, samples_per_shard=4, thread_count=4, distributor='pyspark')
+    options = DownloadOptions(timeout=1, samples_per_shard=4, thread_count=4, distributor='pyspark',
+                              allow_local_urls=True)
 
     # Executors whose Python lacks img2dataset: a clear error, not Spark's traceback.
     system_python = shutil.which('python3', path='/usr/bin')
@@ -200,7 +202,7 @@ def test_the_pyspark_distributor_downloads_in_a_local_session_as_multiprocessing
     assert sum(report.download['failed_by_reason'].values()) == len(expected.faults)
 
     multiprocessing = datasets.prepare_laion6m(str(by_processes), num_processes=1, download=DownloadOptions(
-        timeout=1, samples_per_shard=4, thread_count=4, distributor='multiprocessing'))
+        timeout=1, samples_per_shard=4, thread_count=4, distributor='multiprocessing', allow_local_urls=True))
     assert multiprocessing.finish() == 0, multiprocessing.summary()
     assert json.loads((by_processes / 'data.json').read_text()) == rows  # the same records, the same order
     assert multiprocessing.download['failed_by_reason'] == report.download['failed_by_reason']
@@ -215,7 +217,8 @@ def test_cc3m_urls_become_the_index_harmons_image2text_reads(tmp_path, server, t
     root = tmp_path / FAMILY_ROOTS['cc3m']
     expected = make_recap('cc3m', root, server, n=4)
     report = datasets.prepare_cc3m(str(root), download=DownloadOptions(url_col='image_url', timeout=1,
-                                                                       samples_per_shard=4, thread_count=4),
+                                                                       samples_per_shard=4, thread_count=4,
+                                                                       allow_local_urls=True),
                                    num_processes=1)
     assert report.finish() == 0, report.summary()
     rows = json.loads((root / 'cc3m_densecaps.json').read_text())

@@ -201,9 +201,11 @@ def run(args) -> Path | None:
         for name, (base, exp, root) in downloads.items():
             with step(f'2. prepare {name} (tools/prepare_{exp.name}.py --root {os.path.relpath(root, workdir)} '
                       f'--num-processes 2)'):
-                # The served timeout answers after 3 s: a 1 s timeout fails it without waiting long.
+                # The served timeout answers after 3 s: a 1 s timeout fails it without waiting long. The
+                # server is on 127.0.0.1: the tools' --allow-local-urls.
                 url_col = {'cc3m': 'image_url'}.get(exp.name, 'url')
-                options = ({'download': DownloadOptions(url_col=url_col, timeout=1, samples_per_shard=4)}
+                options = ({'download': DownloadOptions(url_col=url_col, timeout=1, samples_per_shard=4,
+                                                        allow_local_urls=True)}
                            if base == workdir / 'urls' else {})
                 report = getattr(prepare, f'prepare_{exp.name}')(root, num_processes=2, **options)
                 report.finish()

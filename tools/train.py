@@ -49,6 +49,8 @@ def main(argv=None) -> int:
         logger.error('%s', e)
         return 2
     from mmengine.runner import Runner
+
+    import src.engine  # noqa: F401 (every checkpoint --resume or load_from reads is loaded weights-only)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or os.path.join('work_dirs', Path(args.config).stem)
     cfg.launcher = args.launcher
     if args.resume:

@@ -47,9 +47,21 @@ def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | Non
     ``tokenizer`` when given. Each tokenizer of what the tool builds (``builds``: 'dataset', the
     config's ``dataset`` as upstream's scripts take it, else the training dataloader's; or
     'train_dataloader') that names a hub model is checked: loaded from the hub cache when the hub is
-    out of reach, or a ``HubUnreachable`` that says what to pass."""
+    out of reach, or a ``HubUnreachable`` that says what to pass.
+
+    A Python config is code and runs as such; a JSON or YAML one is data, and may only name
+    registered or trusted types (``src.cli.data_config``): one that would run code is refused, in
+    one line naming the file and the key."""
     from mmengine.config import Config
-    cfg = Config.fromfile(path)
+
+    from src.cli.data_config import UntrustedConfig, is_data_config, load_data_config
+    if is_data_config(path):
+        try:
+            cfg = load_data_config(path)
+        except UntrustedConfig as e:
+            raise SystemExit(f'refused config: {e}') from None
+    else:
+        cfg = Config.fromfile(path)
     cfg.merge_from_dict(cfg_options or {})
     if tokenizer is not None:
         for root in dataset_roots(cfg):

@@ -1,6 +1,8 @@
 """The errors of the data layer: what went wrong with one sample, and what is wrong with an index."""
 from __future__ import annotations
 
+from src.datasets.redact import redact
+
 
 class SampleError(Exception):
     """One sample cannot be used. The dataset replaces it (a bounded number of times) and counts it.
@@ -10,7 +12,7 @@ class SampleError(Exception):
     """
 
     def __init__(self, reason: str, message: str):
-        super().__init__(message)
+        super().__init__(redact(message))  # a URL in it loses its credentials
         self.reason = reason
 
 

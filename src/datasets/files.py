@@ -4,16 +4,22 @@
   must not be joined to its folder: it is absolute, or climbs out with ``..``. Such paths are
   refused and counted by the dataset and the preparation tools, unless a config says it wants
   them (``allow_outside_paths=True``); :func:`unsafe_path_mask` judges a whole index column at once.
+- :func:`link_outside` is the link rule: a path named under a folder must not lead out of it
+  through a symbolic link (the file itself, or a folder on the way). A download can hold links
+  (``raw/0001 -> /home/user/.ssh``): nothing is read, listed, written or uploaded through one that
+  leaves its folder. :func:`join_inside` applies it to every path a dataset reads or the latent
+  cache writes; the preparation tools' listing, reads and extraction, and ``tools/upload.py`` ask
+  it too, and count and name what it refuses. Links that stay inside the folder are followed.
 - :func:`read_file` reads a regular file, and only a regular file, up to a bound: a FIFO or a device
   planted in an image folder would otherwise hang a DataLoader worker or read until memory runs
-  out. Symbolic links are followed (a hub download's files are often links into its cache); what
-  keeps a read inside its folder is the path check above, applied to the paths an index names.
+  out.
 """
 from __future__ import annotations
 
 import errno
 import os
 import stat
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -77,9 +83,29 @@ def _unsafe_in_chunk(chunk) -> np.ndarray:
     return mask
 
 
+@lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    """A folder's real path, once per folder: a sample read asks for its folder's, not for every
+    component of its own path again (a download's folders do not change while it is read)."""
+    return os.path.realpath(folder)
+
+
+def link_outside(path: str, folder: str) -> str | None:
+    """The link rule: 'link-outside' when ``path`` (named under ``folder``) leads out of ``folder``
+    through a symbolic link, itself or a folder on the way (``..`` in a link's target included);
+    else None. ``folder`` may itself be a link (``data -> /mnt/disk/data``): only what is beneath
+    it is judged."""
+    parent, name = os.path.split(path)
+    real = os.path.realpath(path) if name in ('', '.', '..') or os.path.islink(path) else \
+        os.path.join(_real_folder(parent), name)
+    base = _real_folder(folder)
+    return None if real == base or real.startswith(base.rstrip(os.sep) + os.sep) else 'link-outside'
+
+
 def join_inside(folder: str | None, path: str, *, allow_outside: bool = False) -> str:
     """``os.path.join(folder, path)``, refusing (``SampleError('unsafe-path')``) a path that is
-    absolute or climbs out of ``folder``, unless ``allow_outside``."""
+    absolute or climbs out of ``folder``, and (``SampleError('unsafe-link')``) one that leads out of
+    it through a symbolic link, unless ``allow_outside``."""
     if not isinstance(path, str):
         raise SampleError('bad-path', f'{path!r} is a {type(path).__name__}, not a path')
     reason = None if allow_outside else unsafe_path(path)
@@ -87,7 +113,13 @@ def join_inside(folder: str | None, path: str, *, allow_outside: bool = False) -
         raise SampleError('unsafe-path', f'{path!r} is refused ({reason}): paths in an index stay inside '
                                          f'their folder ({folder or "the working directory"}); set '
                                          'allow_outside_paths=True to read such paths')
-    return os.path.join(folder or '', path)
+    joined = os.path.join(folder or '', path)
+    if not allow_outside and folder and '://' not in folder and link_outside(joined, folder):
+        # A link to a device or a FIFO is counted as what it reaches (a stat, never an open).
+        reason = 'not-a-file' if os.path.exists(joined) and not os.path.isfile(joined) else 'unsafe-link'
+        raise SampleError(reason, f'{joined}: refused: a symbolic link on the way leads out of {folder}; '
+                                  'set allow_outside_paths=True to read through such links')
+    return joined
 
 
 def open_regular(path: str) -> tuple[int, os.stat_result]:

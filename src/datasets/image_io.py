@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from src.datasets.errors import SampleError
+from src.datasets.redact import byte_kind
 
 # A header claiming more pixels than this is refused, never decoded: 8192 x 8192 RGB is 200 MB per
 # worker already. Below Pillow's own default limit, so Pillow's bomb warning stays quiet.
@@ -90,7 +91,7 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
         raise SampleError('too-large', f'{name}: refused by Pillow as a decompression bomb: {exc}') from None
     except Image.UnidentifiedImageError:
         raise SampleError('bad-image', f'{name}: not an image in a supported format '
-                                       f'({", ".join(SUPPORTED_FORMATS)}); starts with {data[:16]!r}') from None
+                                       f'({", ".join(SUPPORTED_FORMATS)}); it holds {byte_kind(data)}') from None
     except _DECODE_ERRORS as exc:
         raise SampleError('bad-image', f'{name}: unreadable image header: {exc}') from None
     width, height = img.size

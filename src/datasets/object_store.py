@@ -24,6 +24,7 @@ from src.datasets.errors import SampleError
 from src.datasets.extras import require
 from src.datasets.files import MAX_FILE_BYTES, read_text_file, unsafe_path
 from src.datasets.locks import wait_for_lock
+from src.datasets.redact import redact
 from src.datasets.storage import Reader
 
 CONNECT_TIMEOUT = 10  # seconds
@@ -45,6 +46,9 @@ def is_object_url(path) -> bool:
 
 class StorageConfigError(ValueError):
     """A ceph_config or a folder that cannot work; the message names the setting, never a secret."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))  # an endpoint written as http://user:password@host among them
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class ObjectFolder(Reader):
         return state
 
     def describe(self) -> str:
-        return f'{self.folder} (endpoint {self.cluster.endpoint}, bucket {self.bucket})'
+        return f'{self.folder} (endpoint {redact(self.cluster.endpoint)}, bucket {self.bucket})'
 
     def client(self):
         if self._client is None or self._pid != os.getpid():

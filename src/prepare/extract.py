@@ -15,7 +15,7 @@ import subprocess
 import tarfile
 from typing import Iterator
 
-from src.datasets.files import read_file
+from src.datasets.files import join_inside, link_outside, read_file
 from src.prepare.atomic import atomic_write
 from src.prepare.listing import PathListing
 from src.prepare.tar_headers import (TarJob, TarResult, end_of_archive_missing, member_path, printable, refusal,
@@ -65,6 +65,9 @@ class Extract:
 
     def process(self, job: TarJob) -> TarResult:
         staging = staging_folder(job, self.name)
+        if link_outside(staging, job.root):  # a '.prepare' planted as a link: nothing is written through it
+            return TarResult(name=job.name, status='failed', error=f'cannot extract {job.path}: {staging} leads out '
+                             f'of {job.root} through a symbolic link; remove the link, then re-run')
         shutil.rmtree(staging, ignore_errors=True)  # what an interrupted earlier attempt left
         result = TarResult(name=job.name, status='done')
         written = {}  # relative path -> None: insertion-ordered, a name repeated in the tar counts once
@@ -77,10 +80,11 @@ class Extract:
                         shrink_image(os.path.join(staging, path), self.resize_to)
                     except NotResized as kept:
                         result.not_resized.append([path, kept.reason])
-            clashes, replaced = move_into_place(staging, os.path.join(job.root, job.dest), written)
+            clashes, replaced, linked = move_into_place(staging, os.path.join(job.root, job.dest), written, job.root)
             result.refused += [[path, 'path-clash'] for path in clashes]
+            result.refused += [[path, 'link-outside'] for path in linked]
             result.replaced = [posixpath.join(job.dest, path) for path in replaced[:MAX_REPLACED]]
-            for path in clashes:
+            for path in clashes + linked:
                 written.pop(path)
         except (tarfile.TarError, OSError) as e:
             problem = storage_problem(e) if isinstance(e, OSError) else None
@@ -186,15 +190,17 @@ class Extract:
                 out.write(data)
         return shared
 
-    def listing(self, root: str, jobs: list[TarJob], folders: list[str]) -> PathListing:
+    def listing(self, root: str, jobs: list[TarJob], folders: list[str], refused=None) -> PathListing:
         """Every file under ``folders`` (where the dataset's files are, relative to ``root``) as
         paths relative to ``root``: one scan, not one stat per index row. Files that were there
-        before (extracted by hand, say) count as much as those extracted from ``jobs``."""
-        return PathListing.collect(path for folder in folders for path in _walk_files(root, folder))
+        before (extracted by hand, say) count as much as those extracted from ``jobs``. Links that
+        lead out of ``root`` are left out, added to ``refused`` (path -> reason)."""
+        return PathListing.collect(path for folder in folders for path in _walk_files(root, folder, refused))
 
     def read(self, root: str, path: str) -> bytes:
-        """A file's bytes (``src.datasets.files.read_file``: regular files only, bounded)."""
-        return read_file(os.path.join(root, path))
+        """A file's bytes (``src.datasets.files.read_file``: regular files only, bounded; never
+        through a link out of ``root``)."""
+        return read_file(join_inside(root, path))
 
 
 EXTRACT = Extract()
@@ -233,13 +239,17 @@ def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> 
         raise
 
 
-def move_into_place(staging: str, dest: str, paths) -> tuple[list[str], list[str]]:
+def move_into_place(staging: str, dest: str, paths, root: str) -> tuple[list[str], list[str], list[str]]:
     """Move the staged ``paths`` to ``dest``; return (those that clash with what is there, a file
-    where a folder is needed or the reverse: left out; those that replaced a file already there)."""
-    made, clashes, replaced = set(), [], []
+    where a folder is needed or the reverse: left out; those that replaced a file already there;
+    those whose place leads out of ``root`` through a symbolic link: never written)."""
+    made, clashes, replaced, linked = set(), [], [], []
     for path in paths:
         target = os.path.join(dest, path)
         folder = os.path.dirname(target)
+        if link_outside(target, root):  # a folder on the way (or the file) is a link out of the dataset
+            linked.append(path)
+            continue
         try:
             if folder not in made:
                 os.makedirs(folder, exist_ok=True)
@@ -256,16 +266,19 @@ def move_into_place(staging: str, dest: str, paths) -> tuple[list[str], list[str
             if e.errno not in NAME_ERRORS:
                 raise
             clashes.append(path)
-    return clashes, replaced
+    return clashes, replaced, linked
 
 
 def scan_files(root: str, folder: str) -> PathListing:
     """Paths (relative to ``root``, '/'-separated) of the regular files under ``root/folder``,
-    skipping the preparation's own '.prepare' bookkeeping."""
+    skipping the preparation's own '.prepare' bookkeeping and links out of ``root``."""
     return PathListing.collect(_walk_files(root, folder))
 
 
-def _walk_files(root: str, folder: str) -> Iterator[str]:
+def _walk_files(root: str, folder: str, refused=None) -> Iterator[str]:
+    """The files under ``root/folder``; a link that leads out of ``root`` (a file, or a folder with
+    all beneath it) is left out and added to ``refused`` (path -> reason); folders reached by a link are not
+    entered (a link to a parent would be a loop), the files they hold are listed where they are."""
     pending = [folder]
     while pending:
         rel = pending.pop()
@@ -276,6 +289,10 @@ def _walk_files(root: str, folder: str) -> Iterator[str]:
         prefix = f'{rel}/' if rel else ''
         with entries:
             for entry in entries:  # a million files: files first, one call each
+                if entry.is_symlink() and link_outside(entry.path, root):
+                    if refused is not None:
+                        refused[prefix + entry.name] = 'link-outside'
+                    continue
                 if entry.is_file():
                     yield prefix + entry.name
                 elif entry.is_dir(follow_symlinks=False) and entry.name != '.prepare':

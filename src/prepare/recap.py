@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import pyarrow.parquet as pq
@@ -35,6 +35,7 @@ from src.prepare.pairs import PairLayout, build_pair_index
 from src.prepare.report import Report
 from src.prepare.runner import DEFAULT_NUM_PROCESSES, Files, prepare
 from src.prepare.tar_members import INDEX_MEMBERS
+from src.prepare.url_fetch import UrlPolicy
 
 PARQUET_FOLDER = 'parquets'
 IMAGE_FOLDER = 'raw'
@@ -58,6 +59,12 @@ class DownloadOptions:
     timeout: int = 10
     retries: int = 0
     samples_per_shard: int = 10_000
+    allow_local_urls: bool = False  # loopback and private addresses: a test server, a local mirror
+    max_bytes: int = 64 << 20  # per image downloaded
+
+    def url_policy(self) -> UrlPolicy:
+        """The URL rule's bounds: ``timeout`` is each download's whole time, redirects included."""
+        return UrlPolicy(allow_local=self.allow_local_urls, timeout=self.timeout, max_bytes=self.max_bytes)
 
 
 def find_parquets(root: str) -> list[str]:
@@ -82,6 +89,23 @@ def input_columns(parquets: list[str], url_col: str) -> list[str]:
     return [name for name in first if name != url_col]
 
 
+def parquet_rows(path: str, url_col: str) -> int:
+    """The rows of ``path`` as img2dataset will read them, which must be those its footer states: a
+    footer claiming more (2^31 rows for three) would have this run wait for shards that never come."""
+    try:
+        parquet = pq.ParquetFile(path)
+        claimed = parquet.metadata.num_rows
+        if url_col not in parquet.schema_arrow.names:
+            return claimed  # input_columns names the missing column
+        read = sum(batch.num_rows for batch in parquet.iter_batches(batch_size=1 << 16, columns=[url_col]))
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise IndexFormatError(f'{path}: not a readable parquet file: {e}') from None
+    if read != claimed:
+        raise IndexFormatError(f'{path}: its footer claims {claimed} rows but it holds {read}: a damaged or '
+                               'forged parquet; nothing was downloaded. Remove it, or fetch it again.')
+    return read
+
+
 def shard_names(rows: list[int], samples_per_shard: int) -> list[str]:
     """Every shard img2dataset makes of parquets of ``rows`` rows each: each file is cut into shards
     of ``samples_per_shard`` rows, numbered on across the files in name order (as its reader does)."""
@@ -97,7 +121,11 @@ def finished_shards(output: str) -> set[str]:
 # img2dataset runs in a process of its own: its advice lines, per-worker statistics and progress
 # bars (and Spark's log) would otherwise interleave with this tool's lines. What it did is read from
 # its per-shard stats files, and the bar here counts them as they appear.
-_DOWNLOAD = 'import json, sys\nfrom img2dataset import download\ndownload(**json.loads(sys.argv[1]))\n'
+# Every URL goes through the URL rule (src.prepare.url_fetch), whatever img2dataset would fetch.
+_DOWNLOAD = ('import json, sys\nfrom src.prepare.url_download import download\n'
+             'from src.prepare.url_fetch import UrlPolicy\n'
+             'download(UrlPolicy(**json.loads(sys.argv[2])), json.loads(sys.argv[1]))\n')
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 POLL_SECONDS = 0.5
 
 
@@ -123,12 +151,16 @@ def run_img2dataset(parquets: list[str], output: str, output_format: str, option
                      incremental_mode='incremental', enable_wandb=False)
     # albumentations asks the network on import; a local Spark session's executors start the
     # python3 of PATH, which may lack img2dataset (a cluster's spark.pyspark.python still wins).
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE='1', PYSPARK_PYTHON=os.environ.get('PYSPARK_PYTHON', sys.executable))
+    # OpenCV's own pixel bound (img2dataset decodes with it) matches the rule's, behind its header check.
+    policy = options.url_policy()
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE='1', PYSPARK_PYTHON=os.environ.get('PYSPARK_PYTHON', sys.executable),
+               OPENCV_IO_MAX_IMAGE_PIXELS=str(policy.max_pixels),
+               PYTHONPATH=os.pathsep.join(filter(None, [PROJECT_ROOT, os.environ.get('PYTHONPATH')])))
     with tempfile.TemporaryFile('w+') as log, \
             tqdm(total=len(shards), initial=len(finished_shards(output) & set(shards)), unit='shard',
                  desc=f'downloading {os.path.dirname(output)}') as bar:
-        process = subprocess.Popen([sys.executable, '-c', _DOWNLOAD, json.dumps(arguments)], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, '-c', _DOWNLOAD, json.dumps(arguments), json.dumps(asdict(policy))],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
         while process.poll() is None:
             time.sleep(POLL_SECONDS)
             bar.update(len(finished_shards(output) & set(shards)) - bar.n)
@@ -182,7 +214,7 @@ def prepare_recap(dataset: str, root: str, parquets: list[str], options: Downloa
             raise IndexFormatError('--start/--end slice tars; the URL route spreads one download over many '
                                    'machines with --distributor pyspark instead')
         check_output_format(root, output_format)
-        rows = [pq.read_metadata(path).num_rows for path in parquets]
+        rows = [parquet_rows(path, options.url_col) for path in parquets]
         shards = shard_names(rows, options.samples_per_shard)
         earlier = finished_shards(output)
         if set(shards) - earlier:
@@ -233,13 +265,22 @@ def add_download_options(parser, defaults: DownloadOptions = DownloadOptions()) 
     group.add_argument('--thread-count', type=int, default=defaults.thread_count,
                        help='download threads per process (default: %(default)s)')
     group.add_argument('--timeout', type=int, default=defaults.timeout,
-                       help='seconds before a URL counts as failed (default: %(default)s)')
+                       help='seconds a URL may take in all (redirects, headers and body) before it counts '
+                            'as failed (default: %(default)s)')
     group.add_argument('--retries', type=int, default=defaults.retries,
                        help='retries of a failed URL (default: %(default)s)')
     group.add_argument('--samples-per-shard', type=int, default=defaults.samples_per_shard,
                        help='URLs per shard folder raw/<shard>/ (default: %(default)s)')
+    group.add_argument('--max-image-mb', type=int, default=defaults.max_bytes >> 20,
+                       help='a larger download is refused and counted (default: %(default)s)')
+    group.add_argument('--allow-local-urls', action='store_true',
+                       help='fetch URLs on loopback and private addresses too (a test server, a mirror on '
+                            'your network). Off by default: the parquets come from others, and their URLs '
+                            'may name this machine or its network; link-local and metadata addresses, and '
+                            'schemes other than http and https, stay refused')
 
 
 def download_options(args) -> DownloadOptions:
     return DownloadOptions(url_col=args.url_col, distributor=args.distributor, thread_count=args.thread_count,
-                           timeout=args.timeout, retries=args.retries, samples_per_shard=args.samples_per_shard)
+                           timeout=args.timeout, retries=args.retries, samples_per_shard=args.samples_per_shard,
+                           allow_local_urls=args.allow_local_urls, max_bytes=args.max_image_mb << 20)

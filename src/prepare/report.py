@@ -77,6 +77,7 @@ class Report:
     index_error: str = ''
     download: dict | None = None  # the URL route (img2dataset): see src.prepare.recap.download_summary
     shared_paths: list = field(default_factory=list)  # paths several tars hold (the last tar's is kept)
+    links: dict = field(default_factory=dict)  # path -> reason: tars, folders, files the link rule refused
 
     def add_index(self, path: str) -> IndexReport:
         index = IndexReport(path=path)
@@ -91,6 +92,13 @@ class Report:
         for name, result in sorted(self.tars.items()):
             for member, reason in result['refused']:
                 drops.add(reason, f'{name}:{member}')
+        return drops
+
+    def links_refused(self) -> Drops:
+        """What the link rule refused (each path once, however many steps met it), by reason."""
+        drops = Drops()
+        for path, reason in sorted(self.links.items()):
+            drops.add(reason, path)
         return drops
 
     def not_resized(self) -> Drops:
@@ -120,6 +128,7 @@ class Report:
             'indexes': [index.to_dict() for index in self.indexes],
             'index_skipped': self.index_skipped, 'index_error': self.index_error,
             'download': self.download, 'shared_paths': self.shared_paths, 'exit_code': self.exit_code(),
+            'links_refused': self.links_refused().to_dict(),
         }
 
     def summary(self) -> str:
@@ -139,6 +148,10 @@ class Report:
         refused = self.refused()
         if refused.total():
             lines.append(f'unsafe members refused (never written): {refused.total()}: {refused.describe()}')
+        links = self.links_refused()
+        if links.total():
+            lines.append(f'symbolic links out of {self.root} refused (nothing read, listed or written through '
+                         f'them): {links.total()}: {links.describe()}')
         kept = self.not_resized()
         if kept.total():
             lines.append(f'images kept as extracted, not resized (the dataset judges them when it reads them): '

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from src.cli.logs import setup_logging
 from src.datasets.errors import IndexFormatError
 from src.datasets.extras import MissingExtra
+from src.datasets.files import link_outside
 from src.prepare.atomic import write_json
 from src.prepare import lock
 from src.prepare.cleanup import remove_empty_folders, remove_leftovers
@@ -157,8 +158,9 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
     ``looked_for`` says what input the tars were searched as: with no tar and no file under
     ``folders`` there is nothing to prepare, and the report says so (an error, not an empty index).
     Returns the report (``report``, when given, is filled in); ``report.finish()`` prints and saves it."""
-    start, end = select_slice(jobs, start, end)
     report = report or Report(dataset=dataset, root=root)
+    jobs = [job for job in jobs if not linked_out(job, report)]
+    start, end = select_slice(jobs, start, end)
     report.step, report.tars_total, report.tar_slice = step.name, len(jobs), (start, end)
     report.index_error = options_conflict(jobs, step)
     if report.index_error:
@@ -198,7 +200,7 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
     else:
         if hasattr(step, 'settle'):
             report.shared_paths = step.settle(root, jobs, report.tars)
-        files = Files(root, step.listing(root, jobs, folders), step)
+        files = Files(root, step.listing(root, jobs, folders, refused=report.links), step)
         if not jobs and not files.paths:
             report.index_error = (f'nothing to prepare in {os.path.abspath(root)}: no {looked_for}, and no '
                                   f'files in {", ".join(f + "/" for f in folders)}. Is --root the folder '
@@ -220,6 +222,17 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
             report.index_error = (f'cannot write the index: {problem} ({e}). Free space or make the folder '
                                   'writable, then re-run: every finished tar is kept')
     return report
+
+
+def linked_out(job: TarJob, report: Report) -> bool:
+    """Whether the tar, or the folder it extracts into, leads out of the dataset's folder through a
+    symbolic link (the link rule, ``src.datasets.files.link_outside``): then it is neither read
+    nor extracted, and the report names it."""
+    for path, what in ((job.path, job.name), (os.path.join(job.root, job.dest), job.dest)):
+        if link_outside(path, job.root):
+            report.links[what] = 'link-outside'
+            return True
+    return False
 
 
 def wait_for_others(busy: list[TarResult], jobs: list[TarJob], step, report: Report, bar) -> list[TarJob]:

@@ -109,9 +109,10 @@ class IndexMembers:
         return TarResult(name=job.name, status='partial' if damage else 'done', members=len(members),
                          bytes=int(sizes.sum()), refused=refused, error=damage)
 
-    def listing(self, root: str, jobs: list[TarJob], folders: list[str] = ()) -> PathListing:
+    def listing(self, root: str, jobs: list[TarJob], folders: list[str] = (), refused=None) -> PathListing:
         """The members of ``jobs`` (all of them land in ``folders``): loose files beside the tars
-        are not listed, since the dataset, reading through the member index, would not find them."""
+        are not listed, since the dataset, reading through the member index, would not find them
+        (nor links: ``refused`` is for the file listing's)."""
         index = TarMemberIndex.open(combine(root, jobs))
         earlier = self._open_indexes.pop(os.path.abspath(root), None)
         if earlier is not None:

@@ -1,7 +1,7 @@
 """A local HTTP server on 127.0.0.1 for the URL route's tests and demo: it serves the images a URL
 parquet points at, and the failures real URLs have (404, a page that is no image, a server that
-does not answer in time). It counts the requests to each path, so a test can tell what a re-run
-fetched again."""
+does not answer in time, one that sends a byte a second, redirects). It counts the requests to each
+path, so a test can tell what a re-run fetched again."""
 from __future__ import annotations
 
 import threading
@@ -16,6 +16,8 @@ class Response:
     status: int = 200
     content_type: str = 'application/octet-stream'
     delay: float = 0.0  # seconds before answering: longer than the client's timeout is a timeout
+    headers: tuple = ()  # more (name, value) pairs: a redirect's Location; ('Content-Length', None) sends none
+    drip: float = 0.0  # seconds between the body's bytes: a server that never quite stops sending
 
 
 class UrlServer:
@@ -43,9 +45,19 @@ class UrlServer:
                 try:
                     self.send_response(response.status)
                     self.send_header('Content-Type', response.content_type)
-                    self.send_header('Content-Length', str(len(response.body)))
+                    if 'content-length' not in {name.lower() for name, _ in response.headers}:
+                        self.send_header('Content-Length', str(len(response.body)))
+                    for name, value in response.headers:
+                        if value is not None:  # None: the header left out
+                            self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(response.body)
+                    if not response.drip:
+                        self.wfile.write(response.body)
+                    for at in range(len(response.body) if response.drip else 0):
+                        if server._stopping.wait(response.drip):
+                            break
+                        self.wfile.write(response.body[at:at + 1])
+                        self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up waiting: what a timeout test wants
 

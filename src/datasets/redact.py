@@ -1,0 +1,51 @@
+"""What a message may say about a secret or a file it could not read: nothing of either.
+
+:func:`redact` is the one redaction function: every error of the data layer (``SampleError``,
+``StorageConfigError``) and every line the tools log go through it. It removes the credentials a
+URL may carry (``http://user:password@host``, a signed query's signature or token), wherever in the
+text the URL is. :func:`byte_kind` says what kind of bytes a file holds without quoting any: a
+file that is not an image may be a key, a token or an environment dump.
+"""
+from __future__ import annotations
+
+import re
+
+HIDDEN = '***'
+# scheme://userinfo@ : the userinfo (user, or user:password) of any URL in the text.
+# (to the last @ before the path: a password may hold one)
+_USERINFO = re.compile(r'(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s\'"]+)@')
+# A query parameter that holds a credential (pre-signed S3 URLs, tokens, passwords).
+_SECRET_PARAMETER = re.compile(
+    r'(?P<name>[?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId|'
+    r'access_token|token|password|passwd|secret|secret_key|access_key|api_key|apikey|key|sig)=)[^&\s\'"#]*',
+    re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL's credentials replaced by ``***``."""
+    text = _USERINFO.sub(lambda m: f'{m["scheme"]}{HIDDEN}@', text)
+    return _SECRET_PARAMETER.sub(lambda m: f'{m["name"]}{HIDDEN}', text)
+
+
+_SIGNATURES = ((b'\x1f\x8b', 'gzip data'), (b'PK\x03\x04', 'a zip archive'), (b'%PDF', 'a PDF'),
+               (b'BZh', 'bzip2 data'), (b'\xfd7zXZ', 'xz data'), (b'\x28\xb5\x2f\xfd', 'zstd data'),
+               (b'\x7fELF', 'an executable'))
+
+
+def byte_kind(data: bytes) -> str:
+    """What ``data`` looks like (text, HTML, gzip, ...), in words, never quoting a byte of it."""
+    head = bytes(data[:512])
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b'<!doctype html', b'<html')):
+        return 'an HTML page'
+    if stripped.startswith((b'{', b'[')):
+        return 'JSON-like text'
+    try:
+        head.decode('utf-8')
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not just a character cut at the end of the window
+            return 'binary data'
+    return 'text'
