@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 
 from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
@@ -21,7 +22,8 @@ from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.loops import IterBasedTrainLoop, _InfiniteDataloaderIterator
 from mmengine.runner.utils import calc_dynamic_intervals
 
-from src.engine.positions import DataFacts, PositionedSampler, facts_of, plan_resume, restore_seed
+from src.engine.positions import DataFacts, PositionedSampler, epoch_iterations, facts_of, plan_resume, \
+    restore_seed
 
 POSITION_KEY = 'data_position'
 
@@ -57,7 +59,7 @@ class ResumableTrainLoop(IterBasedTrainLoop):
         # IterBasedTrainLoop.__init__ would start the dataloader iterator, whose workers prefetch
         # from the first batch on: this loop starts it in run(), once the position is known.
         BaseLoop.__init__(self, runner, dataloader)
-        iters = max_iters if max_iters is not None else max_epochs * len(self.dataloader)
+        iters = max_iters if max_iters is not None else epoch_iterations(self.dataloader, max_epochs)
         if int(iters) != iters:
             raise ValueError(f'ResumableTrainLoop: max_iters must be a whole number, got {iters}')
         self._max_iters = int(iters)
@@ -90,14 +92,18 @@ class ResumableTrainLoop(IterBasedTrainLoop):
             print_log(f'sampler seed restored to the checkpoint\'s, {saved.seed}', logger='current')
         now = facts_of(self.dataloader, (rank, world_size))
         start = plan_resume(self._iter, saved, now, drop_last=getattr(batch_sampler, 'drop_last', False),
-                            allow_data_change=self.allow_data_change)
+                            allow_data_change=self.allow_data_change,
+                            epoch_of_batch=getattr(inner, 'epoch_of_batch', None))
+        if start.rebase is not None:
+            inner.rebase(*start.rebase)
+            now = replace(now, origin=[start.rebase[0], list(start.rebase[1])])
         if self._iter:
             print_log(f'Resuming the data at iteration {self._iter}: sampler epoch {start.epoch}, '
                       f'{start.skip} indices skipped without reading a sample'
                       + (f' ({start.note})' if start.note else ''), logger='current', level=logging.INFO)
         if hasattr(inner, 'set_epoch'):
             inner.set_epoch(start.epoch)
-        batch_sampler.sampler = PositionedSampler(inner, start, rank)
+        batch_sampler.sampler = PositionedSampler(inner, start, rank, world_size)
         hub.update_info(POSITION_KEY, now.to_dict())
         self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
         self.dataloader_iterator._epoch = start.epoch

@@ -19,9 +19,18 @@ every few epochs, and that batch holds some records more than once; such buckets
 warning at construction (merge them away with the buckets' ``max_aspect``, or a smaller batch).
 A batch size no bucket can fill is an error at construction.
 
-Resume: the position after ``t`` batches is computed, not replayed (:meth:`resume_at`): the epoch
-by a binary search over the closed form above, the bucket's pass by division. Everything depends
-on the seed, the batch size and the world size, never on the number of DataLoader workers.
+An iteration of ``BucketSampler`` yields one epoch, the one set by ``set_epoch`` (``len()``
+indices, then it ends), so that epoch-based loops end their epochs and every rank ends each on the
+same step; the bucket streams run on across epochs, so what an epoch leaves is still carried. Each
+index is a ``Draw`` carrying its position in the global stream: global batch ``t``'s positions are
+``t G`` to ``(t + 1) G - 1``, rank ``r`` holding ``r b`` to ``(r + 1) b - 1`` of them, so that a
+record's position (and so its crop and caption dropout) depends on ``G`` only, not on how many
+ranks share it.
+
+Resume: the position after ``t`` global batches is computed, not replayed (:meth:`epoch_of_batch`
+and :meth:`resume_at`): the epoch by a binary search over the closed form above, the bucket's pass
+by division. Everything depends on the seed and the global batch, never on the number of
+DataLoader workers, nor on how the global batch is split into ranks.
 """
 from __future__ import annotations
 
@@ -33,6 +42,8 @@ from mmengine.dist import get_dist_info, sync_random_seed
 from mmengine.logging import print_log
 from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
+
+from src.datasets.samplers.draws import Draw
 
 
 def bucket_ids_of(dataset: Sized) -> tuple[np.ndarray, list[str]]:
@@ -57,7 +68,8 @@ class BucketBatches:
     see the module. ``offset`` is added to every index (a source's place in a ConcatDataset)."""
 
     def __init__(self, bucket_ids: np.ndarray, names: list[str], batch_size: int, rank: int, world_size: int,
-                 seed: int, shuffle: bool = True, offset: int = 0, what: str = 'BucketSampler'):
+                 seed: int, shuffle: bool = True, offset: int = 0, what: str = 'BucketSampler',
+                 require_full: bool = True):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.global_batch = batch_size * world_size
         self.seed, self.shuffle, self.offset, self.what = seed, shuffle, offset, what
@@ -67,7 +79,7 @@ class BucketBatches:
         self.buckets = present.astype(np.int64)  # the ids of the buckets holding records
         self.names = [names[b] for b in self.buckets]
         self.starts, self.counts = starts.astype(np.int64), counts.astype(np.int64)
-        if not len(self.counts) or self.counts.max() < self.global_batch:
+        if require_full and (not len(self.counts) or self.counts.max() < self.global_batch):
             raise ValueError(f'{what}: a global batch of {self.global_batch} (batch_size {batch_size} x {world_size} '
                              f'ranks) is more than any bucket holds (the largest: '
                              f'{int(self.counts.max()) if len(self.counts) else 0} records): use a smaller batch_size')
@@ -133,6 +145,19 @@ class BucketBatches:
             indices.append(int(self._permutation(bucket, number)[at]) + self.offset)
         return indices
 
+    def draws(self, indices: list[int], number: int, seed: int, epoch: int) -> list[Draw]:
+        """This rank's ``indices`` of global batch ``number`` as draws at their global positions."""
+        first = number * self.global_batch + self.rank * self.batch_size
+        return [Draw(index, first + k, seed, epoch) for k, index in enumerate(indices)]
+
+    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[int, list[int]]]:
+        """Epoch ``epoch``'s global batches after its first ``skip``: (number from the start, this
+        rank's indices)."""
+        first = self.batches_before(epoch) + skip
+        buckets, stream_batches = self._epoch(epoch)
+        for at, (bucket, stream_batch) in enumerate(zip(buckets[skip:].tolist(), stream_batches[skip:].tolist())):
+            yield first + at, self.rank_batch(bucket, stream_batch)
+
     def batch(self, number: int) -> tuple[int, list[int]]:
         """Global batch ``number`` (counted from the start): its bucket position and this rank's indices."""
         epoch = self.epoch_of(number)
@@ -176,7 +201,7 @@ class BucketSampler(Sampler):
         self.seed = sync_random_seed() if seed is None else seed
         ids, names = bucket_ids_of(dataset)
         self._ids, self._names = ids, names
-        self._start_batch = 0
+        self.epoch, self._skip = 0, 0
         self.batches = self._batches()
         print_log(self.batches.describe(), logger='current', level=logging.INFO)
         small = self.batches.small_buckets()
@@ -200,16 +225,29 @@ class BucketSampler(Sampler):
             self.batches = self._batches()
 
     def __len__(self) -> int:
-        """The indices of this rank's first epoch."""
-        return self.batches.epoch_length(0) * self.batch_size
+        """The indices of this rank's share of the epoch set by ``set_epoch``."""
+        return self.batches.epoch_length(self.epoch) * self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
-        """The stream is endless; its epochs are its own (see the module)."""
+        """The epoch the next iteration yields (mmengine's loops call it before each)."""
+        self.epoch = epoch
+
+    def batches_before(self, epoch: int) -> int:
+        """Global batches (steps) in the epochs before ``epoch``."""
+        return self.batches.batches_before(epoch)
+
+    def epoch_of_batch(self, number: int) -> tuple[int, int]:
+        """Where global batch ``number`` (counted from the start) stands: its epoch, and the batches
+        of that epoch before it."""
+        epoch = self.batches.epoch_of(number)
+        return epoch, number - self.batches.batches_before(epoch)
 
     def resume_at(self, batches: int) -> None:
-        """Let the next iteration start after ``batches`` batches of this rank, as if they had been drawn."""
-        self._start_batch = batches
+        """Let the next iteration skip the first ``batches`` batches of its epoch, as if they had been drawn."""
+        self._skip = batches
 
-    def __iter__(self) -> Iterator[int]:
-        for batch in self.batches.iter_from(self._start_batch):
-            yield from batch
+    def __iter__(self) -> Iterator[Draw]:
+        skip, self._skip = self._skip, 0
+        epoch = self.epoch
+        for number, indices in self.batches.epoch_batches(epoch, skip):
+            yield from self.batches.draws(indices, number, self.seed, epoch)
