@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterator
 
 from mmengine.dataset import DefaultSampler, InfiniteSampler
@@ -23,7 +23,7 @@ from mmengine.dataset import DefaultSampler, InfiniteSampler
 from src.datasets.samplers.draws import Draw
 from src.datasets.samplers.multi_source_sampler import source_batches_at
 
-__all__ = ['DataFacts', 'Draw', 'PositionedSampler', 'ResumeError', 'StartPoint', 'epoch_iterations', 'facts_of',
+__all__ = ['ELASTIC', 'DataFacts', 'Draw', 'batch_history', 'place_sampler', 'PositionedSampler', 'ResumeError', 'StartPoint', 'epoch_iterations', 'facts_of',
            'plan_resume', 'restore_seed']
 
 
@@ -41,6 +41,7 @@ class DataFacts:
     buckets: str | None = None  # the sampler's buckets' fingerprint (each record's bucket); None without
     repeat: list | None = None  # a mix's weights (FixedBatchMultiSourceSampler)
     origin: list | None = None  # where the mix's turns of ``repeat`` started: [batch, [batches per source]]
+    history: list | None = None  # the global batch's changes: [batch, global batch(, batches per source)]
 
     @property
     def global_batch(self) -> int:
@@ -132,6 +133,22 @@ def _check_same_data(saved: DataFacts, now: DataFacts, allow_data_change: bool) 
     return ''
 
 
+ELASTIC = ('BucketSampler', 'FixedBatchMultiSourceSampler')  # they go on with another global batch
+
+
+def batch_history(iteration: int, saved: DataFacts | None, now: DataFacts) -> list | None:
+    """The global batch's changes up to this run (None: never changed): the checkpoint's, and this
+    run's own when its global batch differs, with each source's batches so far for a mix."""
+    if saved is None or saved.global_batch == now.global_batch or now.sampler not in ELASTIC:
+        return None if saved is None else saved.history
+    mix = saved.repeat is not None and saved.origin is not None
+    history = saved.history or [[0, saved.global_batch] + ([[0] * len(saved.origin[1])] if mix else [])]
+    entry = [iteration, now.global_batch]
+    if mix:
+        entry.append(source_batches_at(list(saved.repeat), (saved.origin[0], saved.origin[1]), iteration))
+    return history + [entry]
+
+
 def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_last: bool = False,
                 allow_data_change: bool = False, epoch_of_batch=None) -> StartPoint:
     """The start point of a run resumed after ``iteration`` iterations (global batches).
@@ -153,15 +170,19 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
                               f'{what}, or start a new run (load_from instead of resume).')
     saved_batch = saved.global_batch
     consumed = iteration * now.batch_size  # indices each rank drew, when the global batch is kept
-    if saved_batch != now.global_batch:
+    if saved_batch != now.global_batch and now.sampler in ELASTIC and now.history is not None:
+        note = (f'global batch changed from {saved_batch} ({saved.batch_size} x {saved.world_size} ranks) to '
+                f'{now.global_batch} ({now.batch_size} x {now.world_size}): each stream goes on from where it stood, '
+                'every record of the interrupted pass read once across the two runs')
+    elif saved_batch != now.global_batch:
         total = iteration * saved_batch
         if now.sampler != 'InfiniteSampler' or total % now.world_size:
             raise ResumeError(
                 f'cannot map the data position: the checkpoint was made with a global batch of {saved_batch} '
                 f'(batch size {saved.batch_size} x {saved.world_size} ranks), this run has {now.global_batch} '
                 f'({now.batch_size} x {now.world_size}). Keep the global batch (batch_size {saved_batch} / ranks, '
-                f'when it divides), or start a new run (load_from instead of resume)'
-                + ('' if now.sampler != 'InfiniteSampler' else
+                f'when it divides), use a sampler that maps it ({", ".join(ELASTIC)}), or start a new run (load_from '
+                'instead of resume)' + ('' if now.sampler != 'InfiniteSampler' else
                    f'; InfiniteSampler maps when the {total} samples drawn divide by the ranks') + '.')
         consumed = total // now.world_size
         note = (f'world size changed from {saved.world_size} to {now.world_size}, batch size from {saved.batch_size} '
@@ -227,6 +248,25 @@ class PositionedSampler:
         for number, index in enumerate(itertools.islice(iter(self.inner), skip, None), first):
             self._drawn = number + 1
             yield Draw(index, base + number * self.world_size + self.rank, seed, epoch)
+
+
+def place_sampler(inner, iteration: int, saved: DataFacts | None, now: DataFacts, rank: int, drop_last: bool = False,
+                  allow_data_change: bool = False) -> tuple['PositionedSampler', DataFacts, StartPoint]:
+    """``inner`` placed where a run resumed after ``iteration`` global batches stands (the
+    checkpoint's ``saved`` facts, this run's ``now``): the global batch's history and the mix's
+    weights applied to it, its epoch set, wrapped to skip what was drawn. Also the facts to save."""
+    history = batch_history(iteration, saved, now)
+    if history and hasattr(inner, 'set_history'):
+        inner.set_history(history)  # the global batch changed at a resume: the streams go on from there
+        now = replace(now, history=history)
+    start = plan_resume(iteration, saved, now, drop_last=drop_last, allow_data_change=allow_data_change,
+                        epoch_of_batch=getattr(inner, 'epoch_of_batch', None))
+    if start.rebase is not None:
+        inner.rebase(*start.rebase)
+        now = replace(now, origin=[start.rebase[0], list(start.rebase[1])])
+    if hasattr(inner, 'set_epoch'):
+        inner.set_epoch(start.epoch)
+    return PositionedSampler(inner, start, rank, now.world_size), now, start
 
 
 def epoch_iterations(loader, epochs) -> int:

@@ -34,3 +34,13 @@ class Draw(int):
 
     def __repr__(self) -> str:
         return f'Draw({int(self)}, position={self.position}, epoch={self.epoch})'
+
+
+def stream_position(history: list, number: int) -> int:
+    """The global stream position of global batch ``number``'s first sample, the global batch
+    having changed as ``history`` says (``[batch, global batch, ...]`` entries, the first at batch 0)."""
+    position, (start, size) = 0, history[0][:2]
+    for batch, new in (entry[:2] for entry in history[1:]):
+        position += (batch - start) * size
+        start, size = batch, new
+    return position + (number - start) * size

@@ -29,7 +29,7 @@ from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
 from src.datasets.samplers.bucket_sampler import BucketBatches
-from src.datasets.samplers.draws import Draw
+from src.datasets.samplers.draws import Draw, stream_position
 
 
 def source_sizes(dataset: Sized, repeat) -> list[int]:
@@ -53,6 +53,24 @@ def source_batches_at(repeat: list[int], origin: tuple[int, list[int]], batch: i
     turns = [s for s, r in enumerate(repeat) for _ in range(r)]
     rounds, rest = divmod(batch - origin[0], len(turns))
     return [done + rounds * r + turns[:rest].count(s) for s, (done, r) in enumerate(zip(origin[1], repeat))]
+
+
+def epoch_origin(history: list, size: int) -> tuple[int, int, int, int]:
+    """Where the last global batch of ``history`` took over, in epochs of ``size`` samples (each
+    epoch ``ceil(size / G)`` batches of its global batch ``G``; an epoch the global batch changed in
+    ends once its samples are drawn): (that batch, its epoch, the epoch's first batch, the epoch's
+    samples drawn before it)."""
+    batch, epoch, first, drawn = 0, 0, 0, 0
+    for (start, global_batch), (end, _) in zip((entry[:2] for entry in history), (entry[:2] for entry in history[1:])):
+        rest, length = -(-(size - drawn) // global_batch), -(-size // global_batch)
+        if end - start < rest:
+            drawn += (end - start) * global_batch
+        else:
+            done = end - start - rest
+            epoch += 1 + done // length
+            first, drawn = end - done % length, done % length * global_batch
+        batch = end
+    return batch, epoch, first, drawn
 
 
 @DATA_SAMPLERS.register_module()
@@ -81,7 +99,7 @@ class FixedBatchMultiSourceSampler(Sampler):
         self.turns = [s for s, r in enumerate(self.repeat) for _ in range(r)]  # sources of one round
         self.epoch_length = -(-len(dataset) // self.global_batch)  # batches a rank, every epoch
         self.origin = (0, [0] * len(self.sizes))  # the turns start at this batch, the sources there
-        self.epoch, self._skip = 0, 0
+        self.epoch, self._skip, self.history = 0, 0, None
         parts = getattr(dataset, 'datasets', [dataset])
         self.bucketed = {s for s in set(self.turns) if getattr(parts[s], 'bucket_ids', None) is not None}
         self.seed = sync_random_seed() if seed is None else seed
@@ -105,27 +123,50 @@ class FixedBatchMultiSourceSampler(Sampler):
         seed = hash((self.seed, source)) & 0x7FFF_FFFF_FFFF_FFFF
         what = f'FixedBatchMultiSourceSampler source {source}'
         if getattr(part, 'bucket_ids', None) is None:
-            return BucketBatches(np.zeros(self.sizes[source], np.int16), ['all'], self.batch_size, self.rank,
-                                 self.world_size, seed, self.shuffle, self.offsets[source], what, require_full=False)
-        names = [part.buckets.key(b) for b in range(len(part.buckets))]
-        return BucketBatches(part.bucket_ids, names, self.batch_size, self.rank, self.world_size, seed,
-                             self.shuffle, self.offsets[source], what)
+            batches = BucketBatches(np.zeros(self.sizes[source], np.int16), ['all'], self.batch_size, self.rank,
+                                    self.world_size, seed, self.shuffle, self.offsets[source], what,
+                                    require_full=False)
+        else:
+            names = [part.buckets.key(b) for b in range(len(part.buckets))]
+            batches = BucketBatches(part.bucket_ids, names, self.batch_size, self.rank, self.world_size, seed,
+                                    self.shuffle, self.offsets[source], what)
+        if not self.history:
+            return batches
+        # The source's own batches at each change of the global batch.
+        own = [[0, self.history[0][1]]] + [[entry[2][source], entry[1]] for entry in self.history[1:]]
+        return batches.with_history(own, self.batch_size, self.rank, self.world_size)
+
+    def set_history(self, history: list) -> None:
+        """Go on after the global batch changes of ``history`` (``[batch, global batch, batches per
+        source]`` entries, the first at batch 0): each source from where its stream stood at each."""
+        self.history = [list(entry) for entry in history]
+        self.seed = self.seed  # the streams again, from their positions
 
     def __len__(self) -> int:
-        """The indices of this rank's share of an epoch."""
-        return self.epoch_length * self.batch_size
+        """The indices of this rank's share of the epoch set by ``set_epoch``."""
+        return (self.batches_before(self.epoch + 1) - self.batches_before(self.epoch)) * self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next iteration yields (mmengine's loops call it before each)."""
         self.epoch = epoch
 
+    def _epochs(self) -> tuple[int, int, int, int]:
+        """(batch, epoch, epoch's first batch, batches left in that epoch) where this global batch took over."""
+        batch, epoch, first, drawn = epoch_origin(self.history or [[0, self.global_batch]], len(self.dataset))
+        return batch, epoch, first, -(-(len(self.dataset) - drawn) // self.global_batch)
+
     def batches_before(self, epoch: int) -> int:
         """Global batches (steps) in the epochs before ``epoch``."""
-        return epoch * self.epoch_length
+        batch, since, first, rest = self._epochs()
+        return first if epoch == since else batch + rest + (epoch - since - 1) * self.epoch_length
 
     def epoch_of_batch(self, number: int) -> tuple[int, int]:
         """Global batch ``number``'s epoch, and the batches of that epoch before it."""
-        return divmod(number, self.epoch_length)
+        batch, since, first, rest = self._epochs()
+        if number < batch + rest:
+            return since, number - first
+        epochs, done = divmod(number - batch - rest, self.epoch_length)
+        return since + 1 + epochs, done
 
     def resume_at(self, batches: int) -> None:
         """Let the next iteration skip the first ``batches`` batches of its epoch, as if they had been drawn."""
@@ -146,11 +187,13 @@ class FixedBatchMultiSourceSampler(Sampler):
     def _batch(self, number: int) -> list[int]:
         source = self.source_of_batch(number)
         stream, before = self.streams[source], self.source_batches(number)[source]
-        return stream.batch(before)[1] if source in self.bucketed else stream.rank_batch(0, before)
+        return stream.batch(before)[1]
 
     def __iter__(self) -> Iterator[Draw]:
         skip, self._skip = self._skip, 0
         epoch = self.epoch
         first = self.batches_before(epoch)
-        for number in range(first + skip, first + self.epoch_length):
-            yield from self.streams[self.source_of_batch(number)].draws(self._batch(number), number, self.seed, epoch)
+        history = self.history or [[0, self.global_batch]]
+        for number in range(first + skip, self.batches_before(epoch + 1)):
+            position = stream_position(history, number) + self.rank * self.batch_size
+            yield from (Draw(index, position + k, self.seed, epoch) for k, index in enumerate(self._batch(number)))
