@@ -30,7 +30,9 @@ ranks share it.
 Resume: the position after ``t`` global batches is computed, not replayed (:meth:`epoch_of_batch`
 and :meth:`resume_at`): the epoch by a binary search over the closed form above, the bucket's pass
 by division. Everything depends on the seed and the global batch, never on the number of
-DataLoader workers, nor on how the global batch is split into ranks.
+DataLoader workers, nor on how the global batch is split into ranks. A resume with another global
+batch starts a new :class:`Origin` (:meth:`BucketBatches.rebased`): each bucket's stream goes on
+from the position it reached, and the epoch the change falls in ends where its passes do.
 """
 from __future__ import annotations
 

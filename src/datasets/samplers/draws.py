@@ -1,7 +1,7 @@
 """``Draw``: a dataset index that also says where it stands in the global sample stream.
 
 A sampler hands these to the dataset as plain values (they pickle to DataLoader workers, and a
-``ConcatDataset``'s offset keeps them), and ``CaptionDataset`` keys a sample's crop, flip, caption
+``ConcatDataset``'s offset keeps them), and ``CaptionDataset`` keys a sample's crop, caption
 dropout and replacements on (seed, epoch, position): the same sample whatever the number of ranks
 and workers that read it, and whether the run was resumed or not.
 """
