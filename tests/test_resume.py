@@ -139,7 +139,8 @@ def test_two_ranks_resume_rank_by_rank(data, tmp_path, tokenizer_path):
     ranks = [json.loads((tmp_path / f'rank{r}.json').read_text()) for r in range(2)]
     for rank, runs in enumerate(ranks):
         assert len(runs['whole']) == ITERS and runs['resumed'] == runs['whole'][EVERY:], rank
-        assert min(read_positions(tmp_path / f'reads{rank}.log')) == EVERY * BATCH
+        # Draws are numbered in the global stream, dealt to the ranks in turn.
+        assert min(read_positions(tmp_path / f'reads{rank}.log')) == EVERY * BATCH * 2 + rank
     assert ranks[0]['whole'] != ranks[1]['whole']  # each rank its own share
 
 
@@ -168,7 +169,8 @@ def test_a_new_world_size_is_mapped_when_the_samples_divide_evenly():
         plan_resume(8, facts(world_size=3), facts(world_size=5))
 
 
-@pytest.mark.parametrize('change, words', [(dict(batch_size=8), 'batch size 4, this run has 8'),
+@pytest.mark.parametrize('change, words', [(dict(batch_size=3, world_size=3), r'global batch of 8 \(batch size 4 x 2 ranks\), '
+                                                                  r'this run has 9.*80 samples drawn divide by the ranks'),
                                            (dict(dataset_size=99), 'dataset size 100, this run has 99'),
                                            (dict(sampler='DefaultSampler', samples_per_epoch=50), 'sampler')])
 def test_another_batch_size_dataset_or_sampler_is_refused_with_the_numbers(change, words):

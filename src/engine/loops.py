@@ -21,7 +21,7 @@ from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.loops import IterBasedTrainLoop, _InfiniteDataloaderIterator
 from mmengine.runner.utils import calc_dynamic_intervals
 
-from src.engine.positions import DataFacts, PositionedSampler, facts_of, plan_resume, restore_seed
+from src.engine.positions import DataFacts, epoch_iterations, facts_of, place_sampler, restore_seed
 
 POSITION_KEY = 'data_position'
 
@@ -57,10 +57,11 @@ class ResumableTrainLoop(IterBasedTrainLoop):
         # IterBasedTrainLoop.__init__ would start the dataloader iterator, whose workers prefetch
         # from the first batch on: this loop starts it in run(), once the position is known.
         BaseLoop.__init__(self, runner, dataloader)
-        iters = max_iters if max_iters is not None else max_epochs * len(self.dataloader)
+        iters = max_iters if max_iters is not None else epoch_iterations(self.dataloader, max_epochs)
         if int(iters) != iters:
             raise ValueError(f'ResumableTrainLoop: max_iters must be a whole number, got {iters}')
         self._max_iters = int(iters)
+        self._max_epochs_asked = max_epochs
         self._max_epochs = 1  # one big epoch, as IterBasedTrainLoop
         self._epoch = 0
         self._iter = 0
@@ -89,15 +90,16 @@ class ResumableTrainLoop(IterBasedTrainLoop):
         if saved is not None and restore_seed(inner, saved.seed):
             print_log(f'sampler seed restored to the checkpoint\'s, {saved.seed}', logger='current')
         now = facts_of(self.dataloader, (rank, world_size))
-        start = plan_resume(self._iter, saved, now, drop_last=getattr(batch_sampler, 'drop_last', False),
-                            allow_data_change=self.allow_data_change)
+        positioned, now, start = place_sampler(inner, self._iter, saved, now, rank,
+                                               drop_last=getattr(batch_sampler, 'drop_last', False),
+                                               allow_data_change=self.allow_data_change)
+        if now.history and self._max_epochs_asked is not None:  # the epochs' lengths changed with the batch
+            self._max_iters = epoch_iterations(self.dataloader, self._max_epochs_asked)
         if self._iter:
             print_log(f'Resuming the data at iteration {self._iter}: sampler epoch {start.epoch}, '
                       f'{start.skip} indices skipped without reading a sample'
                       + (f' ({start.note})' if start.note else ''), logger='current', level=logging.INFO)
-        if hasattr(inner, 'set_epoch'):
-            inner.set_epoch(start.epoch)
-        batch_sampler.sampler = PositionedSampler(inner, start, rank)
+        batch_sampler.sampler = positioned
         hub.update_info(POSITION_KEY, now.to_dict())
         self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
         self.dataloader_iterator._epoch = start.epoch

@@ -4,54 +4,32 @@ A run's data position is the number of iterations done (mmengine's ``meta['iter'
 with the facts that turn it into a place in each rank's index stream (:class:`DataFacts`: batch
 size, world size, dataset size, sampler kind and seed, samples per epoch). :func:`plan_resume`
 compares the facts a checkpoint saved with the run's own, maps or refuses a change, and gives the
-:class:`StartPoint` (epoch, indices to skip, first draw number). :class:`PositionedSampler` wraps the
-loader's sampler: it skips those indices (in O(1) when the sampler has ``resume_at``, else by
-drawing bare integers, never samples) and hands each index to the dataset as a :class:`Draw`,
-an ``int`` that also carries its draw number and seed. The dataset keys a sample's randomness
-(crop, caption dropout, replacements) on them, so that a resumed run gives the very samples an
-uninterrupted one would, whatever the number of DataLoader workers.
+:class:`StartPoint` (epoch, indices to skip). :class:`PositionedSampler` wraps the loader's sampler: it skips those
+indices (in O(1) when the sampler has ``resume_at``, else by drawing bare integers, never
+samples) and hands each index to the dataset as a :class:`Draw`, an ``int`` that also carries its
+position in the global sample stream. The dataset keys a sample's randomness (crop, caption
+dropout, replacements) on it, so that a resumed run gives the very samples an uninterrupted one
+would, whatever the number of ranks sharing the global batch and of DataLoader workers.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterator
 
 from mmengine.dataset import DefaultSampler, InfiniteSampler
 
+from src.datasets.samplers.draws import Draw
+from src.datasets.samplers.multi_source_sampler import source_batches_at
 
-class Draw(int):
-    """A dataset index that also says which draw of its rank it is (``position``) under which
-    sampler ``seed``. Offsetting it (as ``ConcatDataset`` does to find the index within a part)
-    keeps both, so the part's ``__getitem__`` still sees them."""
-
-    def __new__(cls, index: int, position: int, seed: int, rank: int):
-        draw = super().__new__(cls, index)
-        draw.position, draw.seed, draw.rank = position, seed, rank
-        return draw
-
-    def _like(self, index: int) -> 'Draw':
-        return Draw(index, self.position, self.seed, self.rank)
-
-    def __add__(self, other):
-        return self._like(int(self) + other) if isinstance(other, int) else NotImplemented
-
-    __radd__ = __add__
-
-    def __sub__(self, other):
-        return self._like(int(self) - other) if isinstance(other, int) else NotImplemented
-
-    def __reduce__(self):
-        return Draw, (int(self), self.position, self.seed, self.rank)
-
-    def __repr__(self) -> str:
-        return f'Draw({int(self)}, position={self.position})'
+__all__ = ['ELASTIC', 'DataFacts', 'Draw', 'batch_history', 'place_sampler', 'PositionedSampler', 'ResumeError', 'StartPoint', 'epoch_iterations', 'facts_of',
+           'plan_resume', 'restore_seed']
 
 
 @dataclass(frozen=True)
 class DataFacts:
-    """What turns an iteration count into a place in each rank's index stream."""
+    """What turns an iteration count into a place in the global sample stream (a few hundred bytes)."""
 
     batch_size: int
     world_size: int
@@ -60,6 +38,14 @@ class DataFacts:
     seed: int | None
     samples_per_epoch: int | None  # per rank; None for an endless sampler
     data: str | None = None  # the dataset's fingerprint (its records, in order); None when it has none
+    buckets: str | None = None  # the sampler's buckets' fingerprint (each record's bucket); None without
+    repeat: list | None = None  # a mix's weights (FixedBatchMultiSourceSampler)
+    origin: list | None = None  # where the mix's turns of ``repeat`` started: [batch, [batches per source]]
+    history: list | None = None  # the global batch's changes: [batch, global batch(, batches per source)]
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,12 +60,14 @@ class DataFacts:
 @dataclass(frozen=True)
 class StartPoint:
     """Where the resumed stream starts: the sampler ``epoch``, the ``skip`` indices of that epoch
-    already used, and the draw number of the first index given out."""
+    already used by this rank, its draw number of the first index given out, and for a mix the
+    ``rebase`` (batch, batches per source) its turns go on from."""
 
     epoch: int
     skip: int
     position: int
     note: str = ''
+    rebase: tuple | None = None
 
 
 class ResumeError(RuntimeError):
@@ -87,7 +75,7 @@ class ResumeError(RuntimeError):
 
 
 def is_endless(sampler) -> bool:
-    return not isinstance(sampler, DefaultSampler)
+    return not (isinstance(sampler, DefaultSampler) or hasattr(sampler, 'epoch_of_batch'))
 
 
 def data_fingerprint(dataset) -> str | None:
@@ -102,71 +90,141 @@ def data_fingerprint(dataset) -> str | None:
     return getattr(dataset, 'fingerprint', None)
 
 
+def bucket_fingerprint(sampler) -> str | None:
+    """Which bucket each record is in, as a digest, for a sampler that batches by bucket; else None."""
+    streams = [getattr(sampler, 'batches', None)] if hasattr(sampler, 'batches') else [
+        getattr(sampler, 'streams', {}).get(source) for source in sorted(getattr(sampler, 'bucketed', ()))]
+    if not streams or streams[0] is None:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for batches in streams:
+        digest.update('|'.join(batches.names).encode())
+        for array in (batches.counts, batches.members):
+            digest.update(array.astype('<i8').tobytes())
+    return digest.hexdigest()
+
+
 def facts_of(loader, rank_world: tuple[int, int]) -> DataFacts:
     sampler = loader.batch_sampler.sampler
     sampler = getattr(sampler, 'inner', sampler)
     batch_size = loader.batch_sampler.batch_size
+    origin = getattr(sampler, 'origin', None)
     return DataFacts(batch_size=batch_size, world_size=rank_world[1], dataset_size=len(loader.dataset),
                      sampler=type(sampler).__name__, seed=getattr(sampler, 'seed', None),
                      samples_per_epoch=None if is_endless(sampler) else len(sampler),
-                     data=data_fingerprint(loader.dataset))
+                     data=data_fingerprint(loader.dataset), buckets=bucket_fingerprint(sampler),
+                     repeat=getattr(sampler, 'repeat', None), origin=None if origin is None else list(origin))
+
+
+def _check_same_data(saved: DataFacts, now: DataFacts, allow_data_change: bool) -> str:
+    """Refuses other records or other buckets (unless ``allow_data_change``); a note when allowed."""
+    for name, what in (('data', 'the dataset holds other records than when the checkpoint was made (fingerprint '
+                                '{then} then, {now} now: other records, or the same ones in another order)'),
+                       ('buckets', 'the records fall into other buckets than when the checkpoint was made (bucket '
+                                   'fingerprint {then} then, {now} now: another bucket table or options)')):
+        then, current = getattr(saved, name), getattr(now, name)
+        if then is None or current is None or then == current:
+            continue
+        if not allow_data_change:
+            raise ResumeError(f'cannot resume the data position: {what.format(then=then, now=current)}. Resume on the '
+                              'same index and buckets, or set allow_data_change=True in train_cfg to go on from the '
+                              'same position in the new records.')
+        return f'the {name} changed ({then} -> {current}); resumed at the same position, as asked'
+    return ''
+
+
+ELASTIC = ('BucketSampler', 'FixedBatchMultiSourceSampler')  # they go on with another global batch
+
+
+def batch_history(iteration: int, saved: DataFacts | None, now: DataFacts) -> list | None:
+    """The global batch's changes up to this run (None: never changed): the checkpoint's, and this
+    run's own when its global batch differs, with each source's batches so far for a mix."""
+    if saved is None or saved.global_batch == now.global_batch or now.sampler not in ELASTIC:
+        return None if saved is None else saved.history
+    mix = saved.repeat is not None and saved.origin is not None
+    history = saved.history or [[0, saved.global_batch] + ([[0] * len(saved.origin[1])] if mix else [])]
+    entry = [iteration, now.global_batch]
+    if mix:
+        entry.append(source_batches_at(list(saved.repeat), (saved.origin[0], saved.origin[1]), iteration))
+    return history + [entry]
 
 
 def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_last: bool = False,
-                allow_data_change: bool = False) -> StartPoint:
-    """The start point of a run resumed after ``iteration`` iterations. ``saved`` is None for a
-    checkpoint made by mmengine's own loop: the position is then derived as if nothing changed.
-    Records other than the checkpoint's (same count, other or reordered ones) are refused, unless
-    ``allow_data_change``: the position would silently land on other samples."""
+                allow_data_change: bool = False, epoch_of_batch=None) -> StartPoint:
+    """The start point of a run resumed after ``iteration`` iterations (global batches).
+
+    ``saved`` is None for a checkpoint made by mmengine's own loop: the position is then derived as
+    if nothing changed. The global batch (batch size x world size) may be split into other ranks:
+    the global batches go on as in the uninterrupted run. Records or buckets other than the
+    checkpoint's are refused unless ``allow_data_change``. ``epoch_of_batch``: the sampler's own
+    ``(epoch, batches in it)`` of a global batch number, for samplers whose epochs differ in length."""
     note = ''
     if saved is None:
         saved = now
         note = 'the checkpoint has no data position (made by another loop): derived from its iteration count'
-    if saved.data is not None and now.data is not None and saved.data != now.data:
-        if not allow_data_change:
-            raise ResumeError(
-                f'cannot resume the data position: the dataset holds other records than when the checkpoint was '
-                f'made (fingerprint {saved.data} then, {now.data} now: other records, or the same ones in another '
-                'order). Resume on the same index, or set allow_data_change=True in train_cfg to go on from the '
-                'same position in the new records.')
-        note = f'the records changed (fingerprint {saved.data} -> {now.data}); resumed at the same position, as asked'
-    for name, what in (('batch_size', 'batch size'), ('dataset_size', 'dataset size'), ('sampler', 'sampler')):
+    note = _check_same_data(saved, now, allow_data_change) or note
+    for name, what in (('dataset_size', 'dataset size'), ('sampler', 'sampler')):
         if getattr(saved, name) != getattr(now, name):
             raise ResumeError(f'cannot resume the data position: the checkpoint was made with {what} '
                               f'{getattr(saved, name)}, this run has {getattr(now, name)}. Resume with the same '
                               f'{what}, or start a new run (load_from instead of resume).')
-    consumed = iteration * now.batch_size  # indices each rank drew
-    if saved.world_size != now.world_size:
-        total = consumed * saved.world_size
-        if saved.samples_per_epoch is not None or now.sampler != 'InfiniteSampler' or total % now.world_size:
+    saved_batch = saved.global_batch
+    consumed = iteration * now.batch_size  # indices each rank drew, when the global batch is kept
+    if saved_batch != now.global_batch and now.sampler in ELASTIC and now.history is not None:
+        note = (f'global batch changed from {saved_batch} ({saved.batch_size} x {saved.world_size} ranks) to '
+                f'{now.global_batch} ({now.batch_size} x {now.world_size}): each stream goes on from where it stood, '
+                'every record of the interrupted pass read once across the two runs')
+    elif saved_batch != now.global_batch:
+        total = iteration * saved_batch
+        if now.sampler != 'InfiniteSampler' or total % now.world_size:
             raise ResumeError(
-                f'cannot map the data position from {saved.world_size} ranks to {now.world_size}: '
-                f'{iteration} iterations x batch {now.batch_size} x {saved.world_size} ranks = {total} samples, '
-                f'{"not divisible by " + str(now.world_size) if total % now.world_size else "and sampler " + now.sampler} '
-                '(only InfiniteSampler positions map, when the samples divide evenly). Resume with '
-                f'{saved.world_size} ranks.')
+                f'cannot map the data position: the checkpoint was made with a global batch of {saved_batch} '
+                f'(batch size {saved.batch_size} x {saved.world_size} ranks), this run has {now.global_batch} '
+                f'({now.batch_size} x {now.world_size}). Keep the global batch (batch_size {saved_batch} / ranks, '
+                f'when it divides), use a sampler that maps it ({", ".join(ELASTIC)}), or start a new run (load_from '
+                'instead of resume)' + ('' if now.sampler != 'InfiniteSampler' else
+                   f'; InfiniteSampler maps when the {total} samples drawn divide by the ranks') + '.')
         consumed = total // now.world_size
-        note = (f'world size changed from {saved.world_size} to {now.world_size}: each rank resumes after '
+        note = (f'world size changed from {saved.world_size} to {now.world_size}, batch size from {saved.batch_size} '
+                f'to {now.batch_size} (global batch {saved_batch} -> {now.global_batch}): each rank resumes after '
                 f'{consumed} of its samples, none skipped or repeated')
+    elif (saved.batch_size, saved.world_size) != (now.batch_size, now.world_size):
+        note = (f'the global batch of {saved_batch} is split {now.world_size} x {now.batch_size} instead of '
+                f'{saved.world_size} x {saved.batch_size}: the same global batches go on')
+    rebase = None
+    if saved.repeat is not None and saved.origin is not None:
+        origin = (saved.origin[0], saved.origin[1])
+        if list(saved.repeat) != list(now.repeat or []):
+            rebase = (iteration, source_batches_at(list(saved.repeat), origin, iteration))
+            note = (f'mixture weights changed from repeat={list(saved.repeat)} to {now.repeat}: each source goes on '
+                    f'from where it stood (batches per source so far: {rebase[1]})')
+        elif tuple(origin) != (0, [0] * len(origin[1])):
+            rebase = origin  # a run that changed weights before: its turns go on
     if now.samples_per_epoch is None:
-        return StartPoint(epoch=0, skip=consumed, position=consumed, note=note)
+        return StartPoint(epoch=0, skip=consumed, position=consumed, note=note, rebase=rebase)
+    if epoch_of_batch is not None:
+        epoch, batches = epoch_of_batch(iteration)
+        return StartPoint(epoch=epoch, skip=batches * now.batch_size, position=iteration * now.batch_size,
+                          note=note, rebase=rebase)
     per_epoch = now.samples_per_epoch
     batches_per_epoch = per_epoch // now.batch_size if drop_last else -(-per_epoch // now.batch_size)
     epoch, batches = divmod(iteration, batches_per_epoch)
     skip = batches * now.batch_size
-    return StartPoint(epoch=epoch, skip=skip, position=epoch * per_epoch + skip, note=note)
+    return StartPoint(epoch=epoch, skip=skip, position=epoch * per_epoch + skip, note=note, rebase=rebase)
 
 
 class PositionedSampler:
     """``inner`` with its first ``start.skip`` indices skipped once, every index given out as a
-    :class:`Draw` numbered from ``start.position`` on (over epochs too). Other attributes are the
-    inner sampler's (``set_epoch``, ``seed``, ...)."""
+    :class:`Draw` at its position in the global stream (mmengine's samplers deal it out to ranks in
+    turn: this rank's ``i``-th index of an epoch is at ``i x world size + rank`` of it). A sampler that
+    yields draws itself (the project's) is placed in O(1) by its ``resume_at``. Other attributes are
+    the inner sampler's (``set_epoch``, ``seed``, ...)."""
 
-    def __init__(self, inner, start: StartPoint, rank: int):
+    def __init__(self, inner, start: StartPoint, rank: int, world_size: int = 1):
         self.inner = inner
-        self.rank = rank
+        self.rank, self.world_size = rank, world_size
         self._skip = start.skip
-        self._position = start.position
+        self._drawn = start.skip  # an endless sampler's draws so far on this rank
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -174,18 +232,50 @@ class PositionedSampler:
     def __len__(self) -> int:
         return len(self.inner)
 
-    def _indices(self) -> Iterator[int]:
-        skip, self._skip = self._skip, 0
-        if skip and hasattr(self.inner, 'resume_at') and skip % self.inner.batch_size == 0:
-            self.inner.resume_at(skip // self.inner.batch_size)  # computed, not drawn
-            return iter(self.inner)
-        return itertools.islice(iter(self.inner), skip, None)
-
     def __iter__(self) -> Iterator[Draw]:
+        skip, self._skip = self._skip, 0
+        if hasattr(self.inner, 'epoch_of_batch'):  # it yields draws, and skips in O(1)
+            self.inner.resume_at(skip // self.inner.batch_size)
+            yield from self.inner
+            return
         seed = getattr(self.inner, 'seed', 0) or 0
-        for index in self._indices():
-            position, self._position = self._position, self._position + 1
-            yield Draw(index, position, seed, self.rank)
+        if is_endless(self.inner):
+            epoch, first = 0, self._drawn
+        else:
+            epoch, first = getattr(self.inner, 'epoch', 0), skip
+            self._drawn = first
+        base = epoch * len(self.inner) * self.world_size
+        for number, index in enumerate(itertools.islice(iter(self.inner), skip, None), first):
+            self._drawn = number + 1
+            yield Draw(index, base + number * self.world_size + self.rank, seed, epoch)
+
+
+def place_sampler(inner, iteration: int, saved: DataFacts | None, now: DataFacts, rank: int, drop_last: bool = False,
+                  allow_data_change: bool = False) -> tuple['PositionedSampler', DataFacts, StartPoint]:
+    """``inner`` placed where a run resumed after ``iteration`` global batches stands (the
+    checkpoint's ``saved`` facts, this run's ``now``): the global batch's history and the mix's
+    weights applied to it, its epoch set, wrapped to skip what was drawn. Also the facts to save."""
+    history = batch_history(iteration, saved, now)
+    if history and hasattr(inner, 'set_history'):
+        inner.set_history(history)  # the global batch changed at a resume: the streams go on from there
+        now = replace(now, history=history)
+    start = plan_resume(iteration, saved, now, drop_last=drop_last, allow_data_change=allow_data_change,
+                        epoch_of_batch=getattr(inner, 'epoch_of_batch', None))
+    if start.rebase is not None:
+        inner.rebase(*start.rebase)
+        now = replace(now, origin=[start.rebase[0], list(start.rebase[1])])
+    if hasattr(inner, 'set_epoch'):
+        inner.set_epoch(start.epoch)
+    return PositionedSampler(inner, start, rank, now.world_size), now, start
+
+
+def epoch_iterations(loader, epochs) -> int:
+    """The iterations of ``epochs`` epochs of ``loader``: its sampler's own count where its epochs
+    differ in length (``BucketSampler``: carried records complete batches), else ``epochs x len(loader)``."""
+    sampler = getattr(getattr(loader, 'batch_sampler', None), 'sampler', None)
+    if hasattr(sampler, 'batches_before') and int(epochs) == epochs:
+        return sampler.batches_before(int(epochs))
+    return epochs * len(loader)
 
 
 def restore_seed(sampler, seed: int | None) -> bool:

@@ -1,17 +1,20 @@
 """``FixedBatchMultiSourceSampler``, as OpenUni and Harmon use it: every batch is drawn from one
 source of a ``ConcatDataset``, the sources taking turns ``repeat[s]`` batches at a time (so source
-``s`` gives ``repeat[s] / sum(repeat)`` of the batches), each an endless shuffled stream split
-across ranks.
+``s`` gives ``repeat[s] / sum(repeat)`` of the batches), each a stream of seeded passes through
+its records.
 
-Unlike upstream's, a position is cheap to reach: each source's stream is a sequence of seeded
-per-epoch permutations, so the stream at any point is computed, not replayed, and
-:meth:`resume_at` places the sampler after any number of batches without a sample being read. The
-draw depends on the seed, rank and world size only, never on the number of DataLoader workers
-(the sampler runs in the main process).
+Each source's stream is split like ``BucketSampler``'s: a global batch (``batch_size`` x ranks) is
+the next positions of the source's stream, rank ``r`` its ``r``-th slice; a source with aspect-ratio
+buckets (``CaptionDataset(buckets=...)``) keeps each of its batches in one bucket (its turns take
+the next batches of its ``BucketBatches``: every rank in the same bucket, records carried across
+epochs, see ``bucket_sampler``). The streams run on across epochs; an iteration yields one epoch,
+the one set by ``set_epoch``: ``ceil(len(dataset) / global batch)`` batches a rank, as many samples
+as the mix holds (mmengine's ``DefaultSampler`` measure), so that epoch-based loops end.
 
-A source with aspect-ratio buckets (``CaptionDataset(buckets=...)``) keeps each of its batches in
-one bucket: its turns take the next batches of its ``BucketBatches`` (every rank in the same
-bucket, records carried across epochs, see ``bucket_sampler``), the other sources' as above.
+Unlike upstream's, a position is cheap to reach: the stream at any batch is computed, not replayed
+(:meth:`epoch_of_batch`, :meth:`resume_at`), and depends on the seed and the global batch only,
+never on the number of ranks sharing it or of DataLoader workers. ``rebase`` lets a resumed run
+take other ``repeat`` weights from where each source stood.
 """
 from __future__ import annotations
 
@@ -19,13 +22,14 @@ import itertools
 import logging
 from typing import Iterator, Optional, Sized
 
-import torch
+import numpy as np
 from mmengine.dist import get_dist_info, sync_random_seed
 from mmengine.logging import print_log
 from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
 from src.datasets.samplers.bucket_sampler import BucketBatches
+from src.datasets.samplers.draws import Draw, stream_position
 
 
 def source_sizes(dataset: Sized, repeat) -> list[int]:
@@ -41,6 +45,32 @@ def source_sizes(dataset: Sized, repeat) -> list[int]:
         raise ValueError(f'FixedBatchMultiSourceSampler: repeat={list(repeat)} has {len(repeat)} entries for the '
                          f'{len(parts)} datasets of the ConcatDataset')
     return [len(part) for part in parts]
+
+
+def source_batches_at(repeat: list[int], origin: tuple[int, list[int]], batch: int) -> list[int]:
+    """How many of the first ``batch`` global batches each source gave, its turns of ``repeat``
+    having started at global batch ``origin[0]`` with source ``s`` at its ``origin[1][s]``-th batch."""
+    turns = [s for s, r in enumerate(repeat) for _ in range(r)]
+    rounds, rest = divmod(batch - origin[0], len(turns))
+    return [done + rounds * r + turns[:rest].count(s) for s, (done, r) in enumerate(zip(origin[1], repeat))]
+
+
+def epoch_origin(history: list, size: int) -> tuple[int, int, int, int]:
+    """Where the last global batch of ``history`` took over, in epochs of ``size`` samples (each
+    epoch ``ceil(size / G)`` batches of its global batch ``G``; an epoch the global batch changed in
+    ends once its samples are drawn): (that batch, its epoch, the epoch's first batch, the epoch's
+    samples drawn before it)."""
+    batch, epoch, first, drawn = 0, 0, 0, 0
+    for (start, global_batch), (end, _) in zip((entry[:2] for entry in history), (entry[:2] for entry in history[1:])):
+        rest, length = -(-(size - drawn) // global_batch), -(-size // global_batch)
+        if end - start < rest:
+            drawn += (end - start) * global_batch
+        else:
+            done = end - start - rest
+            epoch += 1 + done // length
+            first, drawn = end - done % length, done % length * global_batch
+        batch = end
+    return batch, epoch, first, drawn
 
 
 @DATA_SAMPLERS.register_module()
@@ -63,13 +93,19 @@ class FixedBatchMultiSourceSampler(Sampler):
         self.dataset = dataset
         self.repeat = list(repeat)
         self.batch_size = batch_size
+        self.global_batch = batch_size * self.world_size
         self.shuffle = shuffle
         self.offsets = list(itertools.accumulate([0] + self.sizes[:-1]))
         self.turns = [s for s, r in enumerate(self.repeat) for _ in range(r)]  # sources of one round
+        self.epoch_length = -(-len(dataset) // self.global_batch)  # batches a rank, every epoch
+        self.origin = (0, [0] * len(self.sizes))  # the turns start at this batch, the sources there
+        self.epoch, self._skip, self.history = 0, 0, None
+        parts = getattr(dataset, 'datasets', [dataset])
+        self.bucketed = {s for s in set(self.turns) if getattr(parts[s], 'bucket_ids', None) is not None}
         self.seed = sync_random_seed() if seed is None else seed
-        self._start_batch = 0
-        for batches in self.bucketed.values():
-            print_log(batches.describe(), logger='current', level=logging.INFO)
+        for source, batches in self.streams.items():
+            if source in self.bucketed:
+                print_log(batches.describe(), logger='current', level=logging.INFO)
 
     @property
     def seed(self) -> int:
@@ -78,65 +114,86 @@ class FixedBatchMultiSourceSampler(Sampler):
     @seed.setter
     def seed(self, value: int) -> None:
         self._seed = value
-        self.bucketed = {source: self._bucket_batches(source) for source in set(self.turns)}
-        self.bucketed = {source: batches for source, batches in self.bucketed.items() if batches is not None}
+        self.streams = {source: self._source_batches(source) for source in set(self.turns)}
 
-    def _bucket_batches(self, source: int) -> BucketBatches | None:
+    def _source_batches(self, source: int) -> BucketBatches:
+        """Source ``source``'s stream of global batches: by bucket where it has buckets, else as one bucket."""
         parts = getattr(self.dataset, 'datasets', [self.dataset])
         part = parts[source]
+        seed = hash((self.seed, source)) & 0x7FFF_FFFF_FFFF_FFFF
+        what = f'FixedBatchMultiSourceSampler source {source}'
         if getattr(part, 'bucket_ids', None) is None:
-            return None
-        names = [part.buckets.key(b) for b in range(len(part.buckets))]
-        return BucketBatches(part.bucket_ids, names, self.batch_size, self.rank, self.world_size,
-                             hash((self.seed, source)) & 0x7FFF_FFFF_FFFF_FFFF, self.shuffle, self.offsets[source],
-                             what=f'FixedBatchMultiSourceSampler source {source}')
+            batches = BucketBatches(np.zeros(self.sizes[source], np.int16), ['all'], self.batch_size, self.rank,
+                                    self.world_size, seed, self.shuffle, self.offsets[source], what,
+                                    require_full=False)
+        else:
+            names = [part.buckets.key(b) for b in range(len(part.buckets))]
+            batches = BucketBatches(part.bucket_ids, names, self.batch_size, self.rank, self.world_size, seed,
+                                    self.shuffle, self.offsets[source], what)
+        if not self.history:
+            return batches
+        # The source's own batches at each change of the global batch.
+        own = [[0, self.history[0][1]]] + [[entry[2][source], entry[1]] for entry in self.history[1:]]
+        return batches.with_history(own, self.batch_size, self.rank, self.world_size)
+
+    def set_history(self, history: list) -> None:
+        """Go on after the global batch changes of ``history`` (``[batch, global batch, batches per
+        source]`` entries, the first at batch 0): each source from where its stream stood at each."""
+        self.history = [list(entry) for entry in history]
+        self.seed = self.seed  # the streams again, from their positions
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        """The indices of this rank's share of the epoch set by ``set_epoch``."""
+        return (self.batches_before(self.epoch + 1) - self.batches_before(self.epoch)) * self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
-        """An endless sampler has no epochs (as upstream's)."""
+        """The epoch the next iteration yields (mmengine's loops call it before each)."""
+        self.epoch = epoch
+
+    def _epochs(self) -> tuple[int, int, int, int]:
+        """(batch, epoch, epoch's first batch, batches left in that epoch) where this global batch took over."""
+        batch, epoch, first, drawn = epoch_origin(self.history or [[0, self.global_batch]], len(self.dataset))
+        return batch, epoch, first, -(-(len(self.dataset) - drawn) // self.global_batch)
+
+    def batches_before(self, epoch: int) -> int:
+        """Global batches (steps) in the epochs before ``epoch``."""
+        batch, since, first, rest = self._epochs()
+        return first if epoch == since else batch + rest + (epoch - since - 1) * self.epoch_length
+
+    def epoch_of_batch(self, number: int) -> tuple[int, int]:
+        """Global batch ``number``'s epoch, and the batches of that epoch before it."""
+        batch, since, first, rest = self._epochs()
+        if number < batch + rest:
+            return since, number - first
+        epochs, done = divmod(number - batch - rest, self.epoch_length)
+        return since + 1 + epochs, done
 
     def resume_at(self, batches: int) -> None:
-        """Let the next iteration start after ``batches`` batches of this rank, as if they had been drawn."""
-        self._start_batch = batches
+        """Let the next iteration skip the first ``batches`` batches of its epoch, as if they had been drawn."""
+        self._skip = batches
+
+    def rebase(self, batch: int, source_batches: list[int]) -> None:
+        """Start the turns of ``repeat`` at global batch ``batch``, source ``s`` at its
+        ``source_batches[s]``-th batch: a resume with other weights goes on from where each source stood."""
+        self.origin = (batch, list(source_batches))
 
     def source_of_batch(self, batch: int) -> int:
-        return self.turns[batch % len(self.turns)]
+        return self.turns[(batch - self.origin[0]) % len(self.turns)]
 
-    def _batches_before(self, source: int, batch: int) -> int:
-        """How many of this rank's first ``batch`` batches come from ``source``."""
-        rounds, rest = divmod(batch, len(self.turns))
-        return rounds * self.repeat[source] + self.turns[:rest].count(source)
+    def source_batches(self, batch: int) -> list[int]:
+        """Each source's batches among the first ``batch`` global batches (what ``rebase`` takes)."""
+        return source_batches_at(self.repeat, self.origin, batch)
 
-    def _permutation(self, source: int, epoch: int) -> list[int]:
-        size = self.sizes[source]
-        if not self.shuffle:
-            return list(range(size))
-        generator = torch.Generator()
-        generator.manual_seed(hash((self.seed, source, epoch)) & 0x7FFF_FFFF_FFFF_FFFF)
-        return torch.randperm(size, generator=generator).tolist()
+    def _batch(self, number: int) -> list[int]:
+        source = self.source_of_batch(number)
+        stream, before = self.streams[source], self.source_batches(number)[source]
+        return stream.batch(before)[1]
 
-    def _stream(self, source: int, start: int) -> Iterator[int]:
-        """Source ``source``'s indices on this rank from its ``start``-th on: rank ``r`` takes global
-        positions ``r, r + world, ...`` of the endless sequence of per-epoch permutations."""
-        size = self.sizes[source]
-        position = self.rank + start * self.world_size
-        epoch, permutation = -1, []
-        while True:
-            if position // size != epoch:
-                epoch = position // size
-                permutation = self._permutation(source, epoch)
-            yield permutation[position % size] + self.offsets[source]
-            position += self.world_size
-
-    def __iter__(self) -> Iterator[int]:
-        start = self._start_batch
-        streams = {source: (itertools.chain.from_iterable(self.bucketed[source].iter_from(
-                                self._batches_before(source, start))) if source in self.bucketed else
-                            self._stream(source, self._batches_before(source, start) * self.batch_size))
-                   for source in set(self.turns)}
-        for batch in itertools.count(start):
-            stream = streams[self.source_of_batch(batch)]
-            for _ in range(self.batch_size):
-                yield next(stream)
+    def __iter__(self) -> Iterator[Draw]:
+        skip, self._skip = self._skip, 0
+        epoch = self.epoch
+        first = self.batches_before(epoch)
+        history = self.history or [[0, self.global_batch]]
+        for number in range(first + skip, self.batches_before(epoch + 1)):
+            position = stream_position(history, number) + self.rank * self.batch_size
+            yield from (Draw(index, position + k, self.seed, epoch) for k, index in enumerate(self._batch(number)))

@@ -640,15 +640,15 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     def draw_rng(self, idx) -> random.Random:
         """The random generator of one ``__getitem__`` call (crop, caption dropout, replacements).
 
-        An index that says which draw of its rank it is (``src.engine.positions.Draw``, given out
-        by ``ResumableTrainLoop``) gets a generator of its own, keyed on that draw: a resumed run
-        reads the very samples an uninterrupted one would, whatever the number of workers. A plain
-        index draws from the process's stream."""
+        An index that says where it stands in the global sample stream (a ``Draw``, given out by
+        the project's samplers and ``ResumableTrainLoop``) gets a generator of its own, keyed on
+        (seed, epoch, position): the same sample on any number of ranks and workers, resumed or
+        not. A plain index draws from the process's stream."""
         position = getattr(idx, 'position', None)
         if position is None:
             return self._state().rng
         seed = self.seed if self.seed is not None else idx.seed
-        return random.Random(f'{seed}/{idx.rank}/{position}/{self.data_path}')
+        return random.Random(f'{seed}/{idx.epoch}/{position}/{self.data_path}')
 
     def __getitems__(self, indices: Sequence) -> list:
         """A batch, as torch's DataLoader asks for one: in object storage, the files of all its

@@ -1,0 +1,46 @@
+"""``Draw``: a dataset index that also says where it stands in the global sample stream.
+
+A sampler hands these to the dataset as plain values (they pickle to DataLoader workers, and a
+``ConcatDataset``'s offset keeps them), and ``CaptionDataset`` keys a sample's crop, caption
+dropout and replacements on (seed, epoch, position): the same sample whatever the number of ranks
+and workers that read it, and whether the run was resumed or not.
+"""
+from __future__ import annotations
+
+
+class Draw(int):
+    """Index ``index`` at ``position`` of the global stream (counted from the run's first sample,
+    over every rank: global batch ``t`` holds positions ``t * G`` to ``(t + 1) * G - 1``), drawn in
+    ``epoch`` under sampler ``seed``. Arithmetic with an int keeps the rest."""
+
+    def __new__(cls, index: int, position: int, seed: int, epoch: int = 0):
+        draw = super().__new__(cls, index)
+        draw.position, draw.seed, draw.epoch = position, seed, epoch
+        return draw
+
+    def _like(self, index: int) -> 'Draw':
+        return Draw(index, self.position, self.seed, self.epoch)
+
+    def __add__(self, other):
+        return self._like(int(self) + other) if isinstance(other, int) else NotImplemented
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return self._like(int(self) - other) if isinstance(other, int) else NotImplemented
+
+    def __reduce__(self):
+        return Draw, (int(self), self.position, self.seed, self.epoch)
+
+    def __repr__(self) -> str:
+        return f'Draw({int(self)}, position={self.position}, epoch={self.epoch})'
+
+
+def stream_position(history: list, number: int) -> int:
+    """The global stream position of global batch ``number``'s first sample, the global batch
+    having changed as ``history`` says (``[batch, global batch, ...]`` entries, the first at batch 0)."""
+    position, (start, size) = 0, history[0][:2]
+    for batch, new in (entry[:2] for entry in history[1:]):
+        position += (batch - start) * size
+        start, size = batch, new
+    return position + (number - start) * size
