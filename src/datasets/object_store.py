@@ -24,6 +24,7 @@ from src.datasets.errors import SampleError
 from src.datasets.extras import require
 from src.datasets.files import MAX_FILE_BYTES, read_text_file, unsafe_path
 from src.datasets.locks import wait_for_lock
+from src.datasets.obstore_client import read_object, worker_store
 from src.datasets.storage import Reader
 
 CONNECT_TIMEOUT = 10  # seconds
@@ -191,6 +192,11 @@ class ObjectFolder(Reader):
             self._pid = os.getpid()
         return self._client
 
+    def ready(self) -> None:
+        """This process's client made here once, not by each fetching thread."""
+        if worker_store(self.cluster, self.bucket) is None:
+            self.client()
+
     def key(self, path: str) -> str:
         """The object key of ``path`` (``<folder>/<relative path>``); ``SampleError('unsafe-path')``
         for a path outside the folder, or one that climbs out of it with '..' (which some gateways
@@ -239,7 +245,7 @@ class ObjectFolder(Reader):
     def prefetch(self, samples) -> None:
         """The objects of ``samples`` fetched at once, in threads, and kept for their reads."""
         paths = [path for sample in samples for path in sample if path not in self._kept]
-        self.client()  # made here once, not by each thread
+        self.ready()
         for path, data in zip(paths, fetch_all(self._try_read, paths)):
             if data is not None:
                 self._kept.put(path, data)
@@ -258,6 +264,9 @@ class ObjectFolder(Reader):
             if kept is not None:
                 return kept
         key = self.key(path)
+        store = worker_store(self.cluster, self.bucket)  # a DataLoader worker's lighter client
+        if store is not None:
+            return read_object(store, key, path, self.describe(), offset, size, BODY_ATTEMPTS)
         ranged = {} if offset is None else {'Range': f'bytes={offset}-{offset + size - 1}'}
         for attempt in range(BODY_ATTEMPTS):
             try:
@@ -365,7 +374,7 @@ class ObjectTarMembers(Reader):
                 except SampleError:
                     shards[tar] = None  # not in the bucket: its reads say so
         spans = [span for span in spans if shards[span[0]] is not None]
-        self.store.client()  # made here once, not by each thread
+        self.store.ready()
 
         def fetch(span):
             tar, _, low, high, _ = span
