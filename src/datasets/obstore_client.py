@@ -61,6 +61,16 @@ def worker_store(cluster, bucket: str):
     return store
 
 
+def object_size(store, key: str, path: str, where: str) -> int:
+    """The size of the object ``key`` (a HEAD request); a ``missing-file`` sample error when it is missing."""
+    import obstore
+    from obstore.exceptions import BaseError
+    try:
+        return obstore.head(store, key)['size']
+    except (BaseError, OSError):
+        raise SampleError('missing-file', f'{path}: no such object in {where}') from None
+
+
 def read_object(store, key: str, path: str, where: str, offset: int | None = None, size: int | None = None,
                 attempts: int = 3) -> bytes:
     """The object ``key`` (named ``path`` in messages, ``where`` the store's description), or its
