@@ -50,7 +50,8 @@ def bucket(tmp_path_factory):
 
 def run_forked(tmp_path, tokenizer_path, endpoint: str, *options, **dataset) -> dict:
     config = tmp_path / 'petreloss.conf'
-    config.write_text(f'[DEFAULT]\ndefault_cluster = c\n\n[c]\naccess_key = k\nsecret_key = s\nhost_base = {endpoint}\n')
+    config.write_text(f'[DEFAULT]\ndefault_cluster = c\n\n[c]\naccess_key = k\nsecret_key = s\n'
+                      f'host_base = {endpoint}\n')
     out = tmp_path / 'out.json'
     dataset = dict(dataset, ceph_config=str(config), image_size=32, cap_source='re_caption', seed=0,
                    index_cache_dir=str(tmp_path / 'cache'))

@@ -435,8 +435,8 @@ def load_pixels(data: bytes, name: str, target: tuple[int, int], rng: random.Ran
     the image in ``data`` resized to cover the target and cropped (``crop_mode`` 'random' or
     'center'; with ``crop=False``, the whole image squeezed, as Harmon's ``crop_image=False``), and
     its ``Placement``; with ``normalise=False``, the uint8 pixels that would be normalised (the
-    device normalises them: ``src.datasets.data_preprocessor``). Raises ``SampleError`` (reason 'bad-image', 'too-large', 'too-small' or
-    'bad-aspect') naming ``name``.
+    device normalises them: ``src.datasets.data_preprocessor``). Raises ``SampleError`` (reason
+    'bad-image', 'too-large', 'too-small' or 'bad-aspect') naming ``name``.
     """
     img = open_image(data, name, max_pixels=max_pixels)
     orientation = _orientation(img)

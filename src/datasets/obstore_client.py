@@ -12,6 +12,7 @@ oversized one ``too-large``; no message holds a secret.
 """
 from __future__ import annotations
 
+import functools
 import os
 from datetime import timedelta
 
@@ -25,6 +26,7 @@ RETRIES = 4  # after the first attempt: boto3's standard mode's 5 attempts
 _STORES: dict = {}  # (pid, endpoint, access key, bucket) -> this worker's store
 
 
+@functools.lru_cache(maxsize=None)
 def _available() -> bool:
     try:
         import obstore  # noqa: F401
