@@ -5,7 +5,9 @@ same moto server and the same samples, in one run.
 
 Both loaders read through one counting proxy and turn bytes into the same sample: the pixels by the
 project's ``image_io.load_pixel_values`` (256 px), the prompt by the same tokenizer. What differs is
-the storage layer. Each reads one shuffled epoch through a DataLoader (2 workers, batch 8):
+the storage layer. Each reads one shuffled epoch through a DataLoader (2 workers, batch 8); the
+project twice, with the global shuffle and with the block shuffle (``BlockShuffleSampler``, a batch
+one block of neighbouring members of a shard, one ranged GET):
 
 - preparation: indexing the tars where they lie against rewriting them into chunks;
 - requests and bytes moved per sample (the proxy's counts: index files included);
@@ -91,13 +93,16 @@ def project_dataset(config: Path, cache: Path, tokenizer):
                           image_size=IMAGE_SIZE, cap_source='re_caption', seed=0)
 
 
-def project_loader(dataset, skip: int = 0):
-    """The project's loader placed ``skip`` samples into epoch 0 as ResumableTrainLoop places it."""
+def project_loader(dataset, skip: int = 0, blocks: bool = False):
+    """The project's loader placed ``skip`` samples into epoch 0 as ResumableTrainLoop places it:
+    the global shuffle, or with ``blocks`` the block shuffle (a batch a block of one shard)."""
     from mmengine.dataset import DefaultSampler
 
+    from src.datasets.samplers.block_sampler import BlockShuffleSampler
     from src.engine.positions import PositionedSampler, StartPoint
-    sampler = PositionedSampler(DefaultSampler(dataset, shuffle=True, seed=0),
-                                StartPoint(epoch=0, skip=skip, position=skip), rank=0)
+    order = (BlockShuffleSampler(dataset, block_size=BATCH, seed=0) if blocks
+             else DefaultSampler(dataset, shuffle=True, seed=0))
+    sampler = PositionedSampler(order, StartPoint(epoch=0, skip=skip, position=skip), rank=0)
     return DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=WORKERS,
                       collate_fn=collate_func_gen, persistent_workers=False)
 
@@ -190,13 +195,14 @@ def report(results: list[dict], latency: float, middle: int, count: int) -> None
         s = r['resume']
         print(f'  {r["name"]:20} {s["requests"]:9d} {s["bytes"] / 1024:10.1f} {s["construct"]:9.2f}s '
               f'{s["first"]:9.2f}s {str(s["same"]):>11}')
-    ours, theirs = results
-    ratio = lambda key, of=lambda r: r: of(theirs)[key] / of(ours)[key]  # noqa: E731
+    theirs = results[-1]
     resumed = lambda r: r['resume']  # noqa: E731
-    print(f'LitData / project: {ratio("requests"):.2f}x the requests, {ratio("bytes"):.2f}x the bytes, '
-          f'{ratio("cpu"):.2f}x the worker CPU, {ratio("first"):.2f}x the time to the first batch, '
-          f'{ratio("rate"):.2f}x the samples/s; on resuming {ratio("bytes", resumed):.2f}x the bytes, '
-          f'{ratio("first", resumed):.2f}x the time to the first batch')
+    for ours in (results[:-1] if theirs['name'] == 'LitData' else []):
+        ratio = lambda key, of=lambda r: r: of(theirs)[key] / of(ours)[key]  # noqa: E731
+        print(f'LitData / {ours["name"]}: {ratio("requests"):.2f}x the requests, {ratio("bytes"):.2f}x the bytes, '
+              f'{ratio("cpu"):.2f}x the worker CPU, {ratio("first"):.2f}x the time to the first batch, '
+              f'{ratio("rate"):.2f}x the samples/s; on resuming {ratio("bytes", resumed):.2f}x the bytes, '
+              f'{ratio("first", resumed):.2f}x the time to the first batch')
 
 
 def moto_get_ms(client) -> float:
@@ -242,8 +248,9 @@ def main() -> int:
     try:
         from litdata import optimize
     except ImportError:
-        print("litdata is not installed (the peer this bench measures): pip install -e '.[bench]'")
-        return 0
+        optimize = None
+        print("litdata is not installed (the peer this bench measures): pip install -e '.[bench]'; "
+              "the project's rows only")
     import boto3
     from moto.server import ThreadedMotoServer
     from transformers import AutoTokenizer
@@ -264,9 +271,12 @@ def main() -> int:
         index_bytes = folder_bytes(packed.root) - before
         samples = tar_samples(packed.root / 'raw')
         start = time.perf_counter()
-        optimize(fn=litdata_sample, inputs=samples, output_dir=str(work / 'chunks'),
-                 chunk_size=count // shards, num_workers=2, verbose=False,
-                 start_method='fork')  # its default, spawn, would become every later DataLoader's
+        if optimize is not None:
+            optimize(fn=litdata_sample, inputs=samples, output_dir=str(work / 'chunks'),
+                     chunk_size=count // shards, num_workers=2, verbose=False,
+                     start_method='fork')  # its default, spawn, would become every later DataLoader's
+        else:
+            (work / 'chunks').mkdir()
         optimized = time.perf_counter() - start
 
         server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
@@ -300,12 +310,15 @@ def main() -> int:
             ours = {'dataset': lambda cache: project_dataset(config, cache, tokenizer),
                     'loader': project_loader,
                     'resume': lambda dataset: project_loader(dataset, skip=middle * BATCH)}
+            blocks = {'dataset': ours['dataset'], 'loader': lambda dataset: project_loader(dataset, blocks=True),
+                      'resume': lambda dataset: project_loader(dataset, skip=middle * BATCH, blocks=True)}
             theirs = {'dataset': lambda cache: litdata_dataset('s3://data/litdata', cache, proxy.url, tokenizer),
                       'loader': litdata_loader}
             for latency in args.latency_ms:
                 proxy.latency = latency / 1000
                 results = []
-                for name, loader in (('project, tar shards', ours), ('LitData', theirs)):
+                loaders = [('project, global', ours), ('project, blocks', blocks)]
+                for name, loader in loaders + ([('LitData', theirs)] if optimize is not None else []):
                     cache = Path(tempfile.mkdtemp(dir=work))
                     result = epoch(name, lambda: loader['dataset'](cache), loader['loader'], proxy, count,
                                    stop_after=middle)

@@ -1,7 +1,8 @@
 """Reading a dataset from S3-protocol storage against the same data on local disk, side by side:
 samples per second through a DataLoader (2 workers) and requests per sample, for loose objects
-(ceph_folder) and for tar shards in the bucket (one ranged GET a member); and a member read by a
-ranged GET against fetching its whole shard.
+(ceph_folder) and for tar shards in the bucket (one ranged GET a member); a two-source mix read a
+sample at a time against a source's share of each batch at a time; and a member read by a ranged
+GET against fetching its whole shard.
 
 The server is moto's standalone server on 127.0.0.1 (pure Python, so its own cost is large and
 real object stores answer far faster): the ratios show what the client side does, the request
@@ -22,11 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'tests'))  # the counting proxy of the tests
 
 
-def samples_per_second(dataset, workers: int = 2) -> float:
+def samples_per_second(dataset, workers: int = 2, shuffle: bool = False) -> float:
+    import torch
     from torch.utils.data import DataLoader
 
     from src.datasets.collate_functions import collate_func_gen
-    loader = DataLoader(dataset, batch_size=8, num_workers=workers, collate_fn=collate_func_gen)
+    loader = DataLoader(dataset, batch_size=8, num_workers=workers, collate_fn=collate_func_gen, shuffle=shuffle,
+                        generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     count = sum(len(batch['data']['input_ids']) for batch in loader)
     return count / (time.perf_counter() - start)
@@ -97,6 +100,25 @@ def main() -> int:
                 print(f'  {name:18} {rates[name]:8.1f} samples/s   {per_sample:4.2f} requests/sample')
             for name in ('S3, loose objects', 'S3, tar shards'):
                 print(f'  {name} / local disk: {rates[name] / rates["local disk"]:.2f}x')
+
+            # A two-source mix (the loose objects and the tar shards), shuffled so that batches mix,
+            # with 30 ms before every answer: read a sample at a time (torch's ConcatDataset, as
+            # xtuner's reads) against a source's share at a time (src.datasets.mixes).
+            from torch.utils.data import ConcatDataset as TorchConcat
+
+            from src.datasets.mixes import ConcatDataset as BatchedConcat
+            parts = [datasets['S3, loose objects'], datasets['S3, tar shards']]
+            proxy.latency = 0.03
+            print('two-source mix (loose objects + tar shards), shuffled, 30 ms before every answer')
+            mixed = {}
+            for name, concat in (('a sample at a time', TorchConcat), ('a source at a time', BatchedConcat)):
+                before = proxy.requests
+                mixed[name] = samples_per_second(concat(parts), shuffle=True)
+                per_sample = (proxy.requests - before) / sum(map(len, parts))
+                print(f'  {name:18} {mixed[name]:8.1f} samples/s   {per_sample:4.2f} requests/sample')
+            print(f'  a source at a time / a sample at a time: '
+                  f'{mixed["a source at a time"] / mixed["a sample at a time"]:.2f}x')
+            proxy.latency = 0.0
 
             members = ObjectTarMembers('s3://data/packed/tar_index.arrow', str(config), str(work / 'cache'))
             paths = [f'{members.folder}/{p}' for p in members.index.paths() if p.endswith('.jpg')]

@@ -2,9 +2,9 @@
 # source (FixedBatchMultiSourceSampler), two text-to-image batches for each editing one, and is
 # collated by its type (CollateConcat): {'data': {'text2image': ...}} or {'data': {'image2image': ...}}.
 from mmengine.config import read_base
-from xtuner.dataset import ConcatDataset
 
 from src.datasets.collate_functions import CollateConcat, collate_func_gen, collate_func_img2img
+from src.datasets.mixes import ConcatDataset  # xtuner's, reading a batch a source's share at a time
 from src.datasets.samplers.multi_source_sampler import FixedBatchMultiSourceSampler
 
 with read_base():

@@ -1,9 +1,9 @@
 # All five datasets in one training stream, as OpenUni mixes its text-to-image sets.
 from mmengine.config import read_base
 from mmengine.dataset import InfiniteSampler
-from xtuner.dataset import ConcatDataset
 
 from src.datasets.collate_functions import collate_func_gen
+from src.datasets.mixes import ConcatDataset  # xtuner's, reading a batch a source's share at a time
 
 with read_base():
     from ..processors import pad_index

@@ -6,6 +6,7 @@
 from mmengine.config import read_base
 from mmengine.hooks import CheckpointHook, LoggerHook
 
+from src.datasets.data_preprocessor import T2IDataPreprocessor
 from src.engine import ResumableTrainLoop
 from src.examples.tiny_t2i import TinyT2I
 
@@ -16,8 +17,9 @@ train_dataloader.batch_size = 4
 train_dataloader.num_workers = 2
 train_dataloader.pin_memory = False
 train_dataloader.dataset.image_size = 64
+train_dataloader.dataset.pixel_dtype = 'uint8'  # a quarter of the bytes from the workers: normalised below
 
-model = dict(type=TinyT2I, image_key='pixel_values')
+model = dict(type=TinyT2I, image_key='pixel_values', data_preprocessor=dict(type=T2IDataPreprocessor))
 optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-2))
 train_cfg = dict(type=ResumableTrainLoop, max_iters=80)
 default_hooks = dict(logger=dict(type=LoggerHook, interval=1),

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from src.cli.hub import resolve
 from src.datasets.build import dataset_config
+from src.datasets.mixes import batched_mixes
 
 NAME_KEY = 'pretrained_model_name_or_path'
 
@@ -63,6 +64,8 @@ def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | Non
     else:
         cfg = Config.fromfile(path)
     cfg.merge_from_dict(cfg_options or {})
+    for root in dataset_roots(cfg):  # mixes read a batch at a time, whichever ConcatDataset the config names
+        batched_mixes(root)
     if tokenizer is not None:
         for root in dataset_roots(cfg):
             for node in tokenizer_configs(root):

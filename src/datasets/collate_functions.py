@@ -81,6 +81,8 @@ def collate_func_gen(instances: Sequence[Mapping], pad_index: int = DEFAULT_PAD_
     ('center_crop' by default, 'random_crop', 'pad_resize'), and ``batch_resolution`` added."""
     if resolutions is None and resolutions_ratio is None and crop_mode is None:
         return collate_image_and_prompt(instances, 'pixel_values', pad_index)
+    if instances and instances[0]['pixel_values'].dtype == torch.uint8:
+        raise ValueError("VGT's per-batch resize works on float pixels: give the dataset pixel_dtype='float32'")
     resolution = pick_resolution(resolutions, resolutions_ratio)
     resized = [{**sample, 'pixel_values': fit_to_resolution(sample['pixel_values'], resolution,
                                                             crop_mode or 'center_crop')}

@@ -430,12 +430,14 @@ class Placement:
 
 def load_pixels(data: bytes, name: str, target: tuple[int, int], rng: random.Random, *,
                 crop_mode: str = 'random', min_image_size: int = 80, max_aspect: float = 10.0,
-                max_pixels: int = DEFAULT_MAX_PIXELS, crop: bool = True) -> tuple[torch.Tensor, Placement]:
+                max_pixels: int = DEFAULT_MAX_PIXELS, crop: bool = True,
+                normalise: bool = True) -> tuple[torch.Tensor, Placement]:
     """The whole pipeline: ``[3, height, width]`` in [-1, 1] (``target`` = (height, width)) from
     the image in ``data`` resized to cover the target and cropped (``crop_mode`` 'random' or
     'center'; with ``crop=False``, the whole image squeezed, as Harmon's ``crop_image=False``), and
-    its ``Placement``. Raises ``SampleError`` (reason 'bad-image', 'too-large', 'too-small' or
-    'bad-aspect') naming ``name``.
+    its ``Placement``; with ``normalise=False``, the uint8 pixels that would be normalised (the
+    device normalises them: ``src.datasets.data_preprocessor``). Raises ``SampleError`` (reason
+    'bad-image', 'too-large', 'too-small' or 'bad-aspect') naming ``name``.
     """
     img = open_image(data, name, max_pixels=max_pixels)
     orientation = _orientation(img)
@@ -443,7 +445,8 @@ def load_pixels(data: bytes, name: str, target: tuple[int, int], rng: random.Ran
     check_size(size, name, min_image_size=min_image_size, max_aspect=max_aspect)
     box = crop_box(size, target, rng, crop_mode) if crop else (0, 0, *size)
     # to_pixel_values(load_square(...)), without making a PIL image in between
-    pixels = _normalise(_load_region_pixels(img, box, target, orientation))
+    pixels = _load_region_pixels(img, box, target, orientation)
+    pixels = _normalise(pixels) if normalise else pixels.contiguous()
     scale = target[0] / (box[3] - box[1])
     return pixels, Placement((size[1], size[0]), (round(box[1] * scale), round(box[0] * scale)))
 

@@ -24,6 +24,7 @@ from src.datasets.errors import SampleError
 from src.datasets.extras import require
 from src.datasets.files import MAX_FILE_BYTES, read_text_file, unsafe_path
 from src.datasets.locks import wait_for_lock
+from src.datasets.obstore_client import object_size, read_object, worker_store
 from src.datasets.redact import redact
 from src.datasets.storage import Reader
 
@@ -34,6 +35,7 @@ BODY_ATTEMPTS = 3  # a body cut off mid-read is fetched again this many times
 # Bytes between a sample's members that one request still carries rather than two: their tar
 # headers (512 bytes each, more with pax records), or a small member read along.
 MAX_GAP = 64 * 1024
+MAX_SPAN = 16 * 2 ** 20  # at most this many bytes a coalesced GET: larger runs go in parallel GETs
 PREFETCH_THREADS = 8  # requests of a batch in flight at once, in each process
 KEPT_BYTES = 256 * 2 ** 20  # fetched ahead and not yet read, at most, in each process
 _FOLDER = re.compile(r'^(?:(?P<cluster>[^:/]+):)?s3://(?P<bucket>[^/]+)/?(?P<prefix>.*)$')
@@ -195,6 +197,11 @@ class ObjectFolder(Reader):
             self._pid = os.getpid()
         return self._client
 
+    def ready(self) -> None:
+        """This process's client made here once, not by each fetching thread."""
+        if worker_store(self.cluster, self.bucket) is None:
+            self.client()
+
     def key(self, path: str) -> str:
         """The object key of ``path`` (``<folder>/<relative path>``); ``SampleError('unsafe-path')``
         for a path outside the folder, or one that climbs out of it with '..' (which some gateways
@@ -234,6 +241,9 @@ class ObjectFolder(Reader):
 
     def size(self, path: str) -> int:
         """The size of the object ``path`` (a HEAD request); ``SampleError`` when it is missing."""
+        store = worker_store(self.cluster, self.bucket)
+        if store is not None:
+            return object_size(store, self.key(path), path, self.describe())
         from botocore.exceptions import ClientError
         try:
             return self.client().head_object(Bucket=self.bucket, Key=self.key(path))['ContentLength']
@@ -243,7 +253,7 @@ class ObjectFolder(Reader):
     def prefetch(self, samples) -> None:
         """The objects of ``samples`` fetched at once, in threads, and kept for their reads."""
         paths = [path for sample in samples for path in sample if path not in self._kept]
-        self.client()  # made here once, not by each thread
+        self.ready()
         for path, data in zip(paths, fetch_all(self._try_read, paths)):
             if data is not None:
                 self._kept.put(path, data)
@@ -262,6 +272,9 @@ class ObjectFolder(Reader):
             if kept is not None:
                 return kept
         key = self.key(path)
+        store = worker_store(self.cluster, self.bucket)  # a DataLoader worker's lighter client
+        if store is not None:
+            return read_object(store, key, path, self.describe(), offset, size, BODY_ATTEMPTS)
         ranged = {} if offset is None else {'Range': f'bytes={offset}-{offset + size - 1}'}
         for attempt in range(BODY_ATTEMPTS):
             try:
@@ -351,16 +364,15 @@ class ObjectTarMembers(Reader):
 
     def prefetch(self, samples) -> None:
         """The members of ``samples`` fetched at once, in threads, and kept for their reads: a
-        sample's members that lie in one shard within :data:`MAX_GAP` of each other by one ranged
+        batch's members that lie in one shard within :data:`MAX_GAP` of each other by one ranged
         GET. What cannot be fetched so is read on its own, as without it."""
-        spans = []
+        located = {}  # the batch's members together: neighbours of one shard share a GET (BlockShuffleSampler)
         for sample in samples:
-            located = {}
             for path in sample:
                 if path not in self._kept:
                     with contextlib.suppress(SampleError):  # its read says why
                         located[path] = self._locate(path)
-            spans += member_spans(located)
+        spans = member_spans(located)
         shards = {}  # first use of a shard: its size checked (a HEAD) here, once
         for tar, size, *_ in spans:
             if tar not in shards:
@@ -369,7 +381,7 @@ class ObjectTarMembers(Reader):
                 except SampleError:
                     shards[tar] = None  # not in the bucket: its reads say so
         spans = [span for span in spans if shards[span[0]] is not None]
-        self.store.client()  # made here once, not by each thread
+        self.store.ready()
 
         def fetch(span):
             tar, _, low, high, _ = span
@@ -405,11 +417,12 @@ class ObjectTarMembers(Reader):
 
 def member_spans(located: dict[str, tuple[str, int, int, int]]) -> list[tuple]:
     """The byte ranges that fetch the ``located`` members ({path: (tar, tar size, offset, size)}):
-    members of one tar within :data:`MAX_GAP` of each other share a range. Each range is
-    (tar, tar size, first byte, end, [(path, offset, size), ...])."""
+    members of one tar within :data:`MAX_GAP` of each other share a range of at most
+    :data:`MAX_SPAN` bytes. Each range is (tar, tar size, first byte, end, [(path, offset, size), ...])."""
     spans = []
     for path, (tar, tar_size, offset, size) in sorted(located.items(), key=lambda item: (item[1][0], item[1][2])):
-        if spans and spans[-1][0] == tar and offset - spans[-1][3] <= MAX_GAP:
+        if (spans and spans[-1][0] == tar and offset - spans[-1][3] <= MAX_GAP
+                and offset + size - spans[-1][2] <= MAX_SPAN):
             spans[-1][3] = max(spans[-1][3], offset + size)
             spans[-1][4].append((path, offset, size))
         else:

@@ -21,10 +21,12 @@ from mmengine.registry import MODELS
 @MODELS.register_module()
 class TinyT2I(BaseModel):
     """``image_key``: 'pixel_values' or 'image_latents', as the dataloader's batches hold them;
-    ``vocab``: token ids are taken modulo it (any tokenizer fits); ``dim``, ``grid``: sizes."""
+    ``vocab``: token ids are taken modulo it (any tokenizer fits); ``dim``, ``grid``: sizes;
+    ``data_preprocessor``: mmengine's (``T2IDataPreprocessor`` for uint8 pixels)."""
 
-    def __init__(self, image_key: str = 'pixel_values', vocab: int = 4096, dim: int = 64, grid: int = 2):
-        super().__init__()
+    def __init__(self, image_key: str = 'pixel_values', vocab: int = 4096, dim: int = 64, grid: int = 2,
+                 data_preprocessor: dict | None = None):
+        super().__init__(data_preprocessor=data_preprocessor)
         self.image_key, self.vocab, self.grid = image_key, vocab, grid
         self.embed = torch.nn.Embedding(vocab, dim)
         self.head = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.GELU(), torch.nn.Linear(dim, grid * grid))

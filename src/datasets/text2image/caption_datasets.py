@@ -51,6 +51,7 @@ MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
 LOCAL_FILES = LocalFiles()
 TRUNCATIONS = ('ids', 'caption')
 EMPTY_CAPTIONS = ('skip', 'keep')
+PIXEL_DTYPES = ('float32', 'uint8')
 HARMON_GENERATION = 'Generate an image: {input}'  # Harmon's prompts, for templates without their own
 HARMON_CFG = 'Generate an image.'
 
@@ -98,12 +99,15 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     ``dict(table='pixart-512')`` or ``dict(area=512 * 512, divisor=32, max_aspect=4.0)``, with
     ``crop_mode`` 'random' or 'center'): each sample's picture covers its bucket's shape, the rest
     cropped, and the sample adds ``original_size`` and ``crop_coords``; batch them with
-    ``BucketSampler``. None (the default): square crops of ``image_size``.
+    ``BucketSampler``. None (the default): square crops of ``image_size``;
+    ``pixel_dtype``: 'float32' (the default, upstream's [-1, 1]), or 'uint8' (a quarter of the bytes
+    handed from the workers, normalised on the device by ``T2IDataPreprocessor``).
 
     ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index.
     """
 
     crop_image = True  # a random square crop; False squeezes the whole image (Harmon's option)
+    pixel_dtype = 'float32'  # (also for subclasses that skip __init__)
     max_aspect = MAX_ASPECT
     cuts_prompts = True  # a prompt longer than max_length is cut (an editing prompt never is)
     path_keys = (ANNOTATION_KEY,)  # record keys holding paths, besides image_key: none may leave its folder
@@ -140,7 +144,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
                  pretokenize=False,
                  allow_outside_paths=False,
                  empty_captions='skip',
-                 buckets=None):
+                 buckets=None,
+                 pixel_dtype='float32'):
         super().__init__()
         self.data_path = str(data_path)
         self.image_folder = image_folder
@@ -189,6 +194,9 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         if empty_captions not in EMPTY_CAPTIONS:
             raise ValueError(f'empty_captions={empty_captions!r}: one of {EMPTY_CAPTIONS}')
         self.empty_captions = empty_captions
+        if pixel_dtype not in PIXEL_DTYPES:
+            raise ValueError(f'pixel_dtype={pixel_dtype!r}: one of {PIXEL_DTYPES}')
+        self.pixel_dtype = pixel_dtype
         self._set_buckets(buckets)
         self._check_folders()
         self.index = self.load_index()
@@ -482,7 +490,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         pixels, state.placement = load_pixels(
             self.read_image(image_file), self.data_path_of(self.image_root, image_file), target, rng,
             crop_mode=crop_mode, min_image_size=self.min_image_size, max_aspect=self.max_aspect,
-            crop=self.crop_image if crop is None else crop)
+            crop=self.crop_image if crop is None else crop, normalise=self.pixel_dtype == 'float32')
         return pixels
 
     def process_text(self, text: str, rng: random.Random, stored_ids: torch.Tensor | None = None) -> dict:

@@ -1,0 +1,98 @@
+"""The S3 client of DataLoader workers: obstore (Rust), 3-3.7x less CPU a request than boto3
+(bench/bench_s3_clients.py), where it is safe.
+
+obstore runs its requests on a runtime of threads made at its first use; a process forked after
+that inherits the runtime without its threads, and its first request hangs. So obstore is made
+only inside a DataLoader worker, in the worker, and never in the process that forks them: the
+parent (index fetches, start-up checks, ``num_workers=0``) stays on boto3
+(``src.datasets.object_store``), as do workers where obstore is not installed (the ``s3`` extra
+brings it). Reads behave as boto3's: bounded retries of throttling, 5xx and dropped connections
+with backoff, timeouts on connect and read, a missing object a ``missing-file`` sample error, an
+oversized one ``too-large``; no message holds a secret.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from datetime import timedelta
+
+from src.datasets.errors import SampleError
+from src.datasets.files import MAX_FILE_BYTES
+
+CONNECT_TIMEOUT = '10s'
+READ_TIMEOUT = '60s'
+RETRIES = 4  # after the first attempt: boto3's standard mode's 5 attempts
+
+_STORES: dict = {}  # (pid, endpoint, access key, bucket) -> this worker's store
+
+
+@functools.lru_cache(maxsize=None)
+def _available() -> bool:
+    try:
+        import obstore  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def in_dataloader_worker() -> bool:
+    from torch.utils.data import get_worker_info
+    return get_worker_info() is not None
+
+
+def worker_store(cluster, bucket: str):
+    """This worker's obstore store for ``bucket`` of ``cluster`` (an ``object_store.Cluster``),
+    made here on first use; None outside a DataLoader worker or without obstore: read with boto3."""
+    if not in_dataloader_worker() or not _available():
+        return None
+    key = (os.getpid(), cluster.endpoint, cluster.access_key, bucket)
+    store = _STORES.get(key)
+    if store is None:
+        if any(k[0] != key[0] for k in _STORES):  # a parent's stores: never used across a fork
+            _STORES.clear()
+        from obstore.store import S3Store
+        store = _STORES[key] = S3Store(
+            bucket, endpoint=cluster.endpoint, access_key_id=cluster.access_key,
+            secret_access_key=cluster.secret_key, region=os.environ.get('AWS_DEFAULT_REGION', 'us-east-1'),
+            virtual_hosted_style_request=False,
+            client_options={'allow_http': cluster.endpoint.startswith('http://'), 'timeout': READ_TIMEOUT,
+                            'connect_timeout': CONNECT_TIMEOUT},
+            retry_config={'max_retries': RETRIES, 'retry_timeout': timedelta(seconds=120),
+                          'backoff': {'init_backoff': timedelta(milliseconds=100),
+                                      'max_backoff': timedelta(seconds=15), 'base': 2}})
+    return store
+
+
+def object_size(store, key: str, path: str, where: str) -> int:
+    """The size of the object ``key`` (a HEAD request); a ``missing-file`` sample error when it is missing."""
+    import obstore
+    from obstore.exceptions import BaseError
+    try:
+        return obstore.head(store, key)['size']
+    except (BaseError, OSError):
+        raise SampleError('missing-file', f'{path}: no such object in {where}') from None
+
+
+def read_object(store, key: str, path: str, where: str, offset: int | None = None, size: int | None = None,
+                attempts: int = 3) -> bytes:
+    """The object ``key`` (named ``path`` in messages, ``where`` the store's description), or its
+    ``size`` bytes from ``offset`` (one ranged GET); a body cut off mid-read is fetched again, up to
+    ``attempts`` times."""
+    import obstore
+    from obstore.exceptions import BaseError, NotFoundError
+    for attempt in range(attempts):
+        try:
+            if offset is not None:
+                return obstore.get_range(store, key, start=offset, length=size).to_bytes()
+            result = obstore.get(store, key)
+            if result.meta['size'] > MAX_FILE_BYTES:
+                raise SampleError('too-large', f'{path}: {result.meta["size"]} bytes, more than the '
+                                               f'{MAX_FILE_BYTES} a sample may read')
+            return result.bytes().to_bytes()
+        except NotFoundError:
+            raise SampleError('missing-file', f'{path}: no such object in {where}') from None
+        except (BaseError, OSError) as e:  # its messages quote the request: only the kind is kept
+            if attempt == attempts - 1:
+                raise SampleError('missing-file', f'{path}: cannot be read from {where} '
+                                                  f'({type(e).__name__})') from None
+    raise AssertionError('unreachable')

@@ -1,0 +1,105 @@
+"""``BlockShuffleSampler``: an opt-in shard-aware shuffle for datasets read from tar shards in a
+bucket, in the spirit of Mosaic's ``py1e`` and webdataset's shard shuffle.
+
+The global shuffle (mmengine's ``DefaultSampler``, the default) draws every sample from anywhere:
+one ranged GET a sample. Here the indices are cut into blocks of ``block_size`` neighbours, and the
+blocks, not the samples, are shuffled (by seed and epoch). The preparation tools list a shard's
+members in their order in the index, so a block is a run of neighbouring members of one shard; with
+``block_size`` a multiple of the batch size, a batch is whole blocks, and the batch prefetch reads
+each block's members with one coalesced ranged GET (``object_store.member_spans``).
+
+The price is shuffle quality: a batch holds ``batch_size / block_size`` places of the data instead
+of ``batch_size``. It is measured at construction against a global shuffle of the same size and
+logged (:func:`shuffle_quality`): the mean distance between neighbours in the read order (a
+fraction of the data; a global shuffle's is about 1/3) and the distinct regions a batch draws from.
+
+Per epoch (``set_epoch``), each rank yields ``len()`` indices: blocks are dealt to the ranks in
+turn, the order padded (from its start, as ``DefaultSampler``'s ``round_up``) to whole blocks for
+every rank, so ranks never share a block.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Sized
+
+import numpy as np
+from mmengine.dist import get_dist_info, sync_random_seed
+from mmengine.logging import print_log
+from mmengine.registry import DATA_SAMPLERS
+from torch.utils.data import Sampler
+
+
+def block_order(size: int, block_size: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """All ``size`` indices, in blocks of ``block_size`` neighbours, the blocks in an order drawn by
+    (``seed``, ``epoch``) (in order without ``shuffle``). A last, shorter block stays last, so
+    that every other block starts at a multiple of ``block_size`` in the order (a batch of
+    ``block_size`` is one block)."""
+    whole, blocks = size // block_size, math.ceil(size / block_size)
+    order = np.random.default_rng([seed, epoch]).permutation(whole) if shuffle else np.arange(whole)
+    order = np.append(order, np.arange(whole, blocks))
+    starts = order * block_size
+    indices = (starts[:, None] + np.arange(block_size)[None, :]).ravel()
+    return indices[indices < size]
+
+
+def rank_share(order: np.ndarray, block_size: int, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s indices of ``order``: every ``world_size``-th chunk of ``block_size``, the
+    order first padded from its start so that every rank gets as many chunks."""
+    span = block_size * world_size
+    total = math.ceil(len(order) / span) * span
+    padded = np.resize(order, total)  # repeats from the start
+    return padded.reshape(-1, world_size, block_size)[:, rank, :].ravel()
+
+
+def shuffle_quality(order: np.ndarray, size: int, batch_size: int) -> tuple[float, float]:
+    """(mean distance between neighbours of ``order``, as a fraction of ``size``; mean number of
+    distinct regions of ``batch_size`` neighbouring indices that a batch of ``order`` draws from)."""
+    if len(order) < 2:
+        return 0.0, 1.0
+    distance = float(np.abs(np.diff(order.astype(np.int64))).mean() / size)
+    batches = len(order) // batch_size
+    if not batches:
+        return distance, 1.0
+    regions = (order[:batches * batch_size] // batch_size).reshape(batches, batch_size)
+    regions.sort(axis=1)
+    distinct = float((1 + (np.diff(regions, axis=1) != 0).sum(axis=1)).mean())
+    return distance, distinct
+
+
+@DATA_SAMPLERS.register_module()
+class BlockShuffleSampler(Sampler):
+    """``dataset``; ``block_size``: neighbours read together (make it the batch size, or a divisor
+    of it, so a batch is whole blocks); ``batch_size``: for the logged quality measure only;
+    ``shuffle``, ``seed`` (None: one drawn and shared by all ranks) as ``DefaultSampler``'s."""
+
+    def __init__(self, dataset: Sized, block_size: int = 32, shuffle: bool = True, seed: Optional[int] = None,
+                 batch_size: Optional[int] = None) -> None:
+        if not isinstance(block_size, int) or block_size <= 0:
+            raise ValueError(f'BlockShuffleSampler: block_size must be a positive int, got {block_size!r}')
+        self.rank, self.world_size = get_dist_info()
+        self.size, self.block_size, self.shuffle = len(dataset), block_size, shuffle
+        self.seed = sync_random_seed() if seed is None else seed
+        self.epoch = 0
+        span = block_size * self.world_size
+        self.num_samples = math.ceil(self.size / span) * block_size
+        if self.size:
+            self._log_quality(batch_size or block_size)
+
+    def _log_quality(self, batch_size: int) -> None:
+        blocks = shuffle_quality(block_order(self.size, self.block_size, self.seed, 0, self.shuffle), self.size,
+                                 batch_size)
+        uniform = shuffle_quality(np.random.default_rng(self.seed).permutation(self.size), self.size, batch_size)
+        print_log(f'BlockShuffleSampler: blocks of {self.block_size} neighbouring samples, shuffled; its shuffle '
+                  f'quality against a global shuffle of the {self.size} samples: mean distance between neighbours '
+                  f'{blocks[0]:.3f} of the data (global: {uniform[0]:.3f}), a batch of {batch_size} draws from '
+                  f'{blocks[1]:.1f} places (global: {uniform[1]:.1f})', logger='current')
+
+    def __iter__(self) -> Iterator[int]:
+        order = block_order(self.size, self.block_size, self.seed, self.epoch, self.shuffle)
+        return iter(rank_share(order, self.block_size, self.rank, self.world_size).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
