@@ -24,7 +24,7 @@ from src.datasets.errors import SampleError
 from src.datasets.extras import require
 from src.datasets.files import MAX_FILE_BYTES, read_text_file, unsafe_path
 from src.datasets.locks import wait_for_lock
-from src.datasets.storage import Reader
+from src.datasets.storage import Reader, check_size
 
 CONNECT_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60
@@ -250,22 +250,24 @@ class ObjectFolder(Reader):
         except SampleError:
             return None  # its read says why
 
-    def read(self, path: str, offset: int | None = None, size: int | None = None) -> bytes:
-        """The object ``path``, or its ``size`` bytes from ``offset`` (one ranged GET)."""
+    def read(self, path: str, offset: int | None = None, size: int | None = None, *,
+             max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """The object ``path``, or its ``size`` bytes from ``offset`` (one ranged GET); one of more
+        than ``max_bytes`` is refused from its announced length, not read."""
         from botocore.exceptions import BotoCoreError, ClientError
         if offset is None:
             kept = self._kept.take(path)
             if kept is not None:
-                return kept
+                return check_size(kept, path, max_bytes)
         key = self.key(path)
         ranged = {} if offset is None else {'Range': f'bytes={offset}-{offset + size - 1}'}
         for attempt in range(BODY_ATTEMPTS):
             try:
                 response = self.client().get_object(Bucket=self.bucket, Key=key, **ranged)
-                if response.get('ContentLength', 0) > MAX_FILE_BYTES:
+                if response.get('ContentLength', 0) > max_bytes:
                     response['Body'].close()
                     raise SampleError('too-large', f'{path}: {response["ContentLength"]} bytes, more than the '
-                                                   f'{MAX_FILE_BYTES} a sample may read')
+                                                   f'{max_bytes} it may have')
                 data = response['Body'].read()
                 if len(data) != response.get('ContentLength', len(data)):
                     raise SampleError('missing-file', f'{path}: {len(data)} of {response["ContentLength"]} bytes')
@@ -334,11 +336,12 @@ class ObjectTarMembers(Reader):
     def __getstate__(self) -> dict:
         return {**self.__dict__, '_kept': Kept()}
 
-    def read(self, path: str) -> bytes:
+    def read(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         kept = self._kept.take(path)
         if kept is not None:
-            return kept
+            return check_size(kept, path, max_bytes)
         tar, expected_size, offset, size = self._locate(path)
+        check_size(b'', path, max_bytes, size)
         data = self.store.read(self._shard(tar, expected_size), offset, size)
         if len(data) != size:
             raise SampleError('missing-file', f'{path}: {len(data)} of its {size} bytes came from '

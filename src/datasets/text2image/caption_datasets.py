@@ -29,7 +29,8 @@ from mmengine.logging import print_log
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset, get_worker_info
 
-from src.datasets.captions import ANNOTATION_KEY, caption_keys, parse_annotation, resolve_caption
+from src.datasets.captions import (ANNOTATION_KEY, MAX_CAPTION_BYTES, caption_keys, cut_caption, parse_annotation,
+                                   resolve_caption)
 from src.datasets.components import build_component
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
@@ -396,7 +397,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
 
     def read_annotation(self, annotation: str) -> str:
         path = self.data_path_of(self.cap_root, annotation)
-        return self.parse_annotation(path, self.annotation_files.read(path))
+        return self.parse_annotation(path, self.annotation_files.read(path, max_bytes=MAX_CAPTION_BYTES))
 
     def load_tensor(self, folder: str, image_file: str) -> torch.Tensor:
         """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens (a file,
@@ -501,13 +502,22 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         else:
             input_ids = self._encode(self.caption_prompt(text))
         if len(input_ids) > self.max_length and conditional and self.truncation == 'caption':
-            input_ids = self._fit_caption(text.strip())
+            input_ids = self._fit_caption(self.cut_caption(text))
         return dict(input_ids=input_ids[:self.max_length])
 
     def caption_prompt(self, caption: str) -> str:
         """The prompt of a record's caption as ``process_text`` makes it (and the stored and
-        batch-tokenized ids are made of): the caption stripped, in the template."""
-        return self.prompt_of(caption.strip())
+        batch-tokenized ids are made of): the caption stripped (and cut: ``cut_caption``), in the template."""
+        return self.prompt_of(self.cut_caption(caption))
+
+    def cut_caption(self, caption: str) -> str:
+        """``caption`` stripped, and cut where it is far longer than ``max_length`` tokens can be:
+        its prompt's first ``max_length`` ids are those of the whole caption's, and a caption of
+        megabytes costs no more than one of kilobytes (``captions.cut_caption``; the bound is
+        twice the characters ``max_length`` of the tokenizer's longest tokens can cover)."""
+        if not isinstance(self.max_length, int):
+            return caption.strip()
+        return cut_caption(caption, 2 * self.max_length * self._tokens().longest_token)
 
     def prompt_of(self, caption: str | None) -> str:
         """The whole prompt text of ``caption`` (None: the unconditional CFG prompt)."""

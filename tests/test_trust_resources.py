@@ -1,0 +1,124 @@
+"""Resource bombs in a download, tried as a hostile user would: each one is bounded (never minutes
+or gigabytes for one sample), counted and named; and the small traps of the same round (a caption of
+zero-width spaces, a zero-byte .pt, a gzip file named .tar)."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.datasets.captions import MAX_CAPTION_BYTES, cut_caption, is_blank
+from src.datasets.errors import SampleError
+from src.datasets.text2image.caption_datasets import CaptionDataset
+from src.datasets.token_ids import TokenIds
+from src.synthetic.images import encode_image
+
+
+@pytest.fixture
+def dataset_over(tmp_path, tokenizer, prompt_template):
+    """A dataset over ``records`` (data.json) with images in ``tmp_path/images``, captions in ``tmp_path/caps``."""
+    (tmp_path / 'images').mkdir()
+    (tmp_path / 'caps').mkdir()
+
+    def make(records, **options):
+        (tmp_path / 'data.json').write_text(json.dumps(records))
+        options = {'image_folder': str(tmp_path / 'images'), 'cap_folder': str(tmp_path / 'caps'),
+                   'image_size': 32, 'unconditional': 0, 'seed': 0, **options}
+        return CaptionDataset(str(tmp_path / 'data.json'), tokenizer=tokenizer, prompt_template=prompt_template,
+                              **options)
+    return make
+
+
+def good_image(folder: Path, name: str, seed: int = 0) -> dict:
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(encode_image(120, 100, seed=seed))
+    return {'image': name, 'caption': f'picture {name}'}
+
+
+def failure(dataset, idx: int) -> SampleError:
+    with pytest.raises(SampleError) as err:
+        dataset.prepare_data(idx)
+    return err.value
+
+
+@pytest.fixture
+def longest_text(monkeypatch):
+    """The longest text the tokenizer was given, as the test goes."""
+    seen = [0]
+    one = TokenIds.one
+
+    def spy(self, text):
+        seen[0] = max(seen[0], len(text))
+        return one(self, text)
+    monkeypatch.setattr(TokenIds, 'one', spy)
+    return seen
+
+
+# ---- a caption file of tens of MB ---------------------------------------------------------------
+def test_a_caption_file_of_tens_of_mb_is_refused_unread_and_counted(tmp_path, dataset_over):
+    records = [good_image(tmp_path / 'images', f'{i}.jpg', i) for i in range(3)]
+    for i, record in enumerate(records):
+        del record['caption']
+        record['annotation'] = f'{i}.txt'
+        (tmp_path / 'caps' / f'{i}.txt').write_text(f'caption {i}')
+    with open(tmp_path / 'caps' / '1.txt', 'w') as file:  # 24 MB, one line
+        file.write('word ' * (24 << 18))
+    dataset = dataset_over(records, cap_source='caption')
+    err = failure(dataset, 1)
+    assert err.reason == 'too-large' and '1.txt' in str(err) and str(MAX_CAPTION_BYTES) in str(err)
+    dataset[1]  # replaced, and counted
+    assert dataset.failures['too-large'] >= 1
+
+
+@pytest.mark.parametrize('shape', ['words', 'one line of one word', 'lines', 'punctuation', 'leading blanks'])
+def test_a_huge_caption_is_cut_before_tokenizing_and_gives_the_same_ids(tmp_path, dataset_over, shape,
+                                                                        longest_text):
+    rng = random.Random(shape)
+    words = [''.join(rng.choice('abcdefghij') for _ in range(rng.randint(1, 12))) for _ in range(40_000)]
+    caption = {'words': ' '.join(words), 'one line of one word': ''.join(words),
+               'lines': '\n'.join(' '.join(words[i:i + 7]) for i in range(0, len(words), 7)),
+               'punctuation': '.\n\n'.join(words) + '!',
+               'leading blanks': ' ' * 100_000 + ' '.join(words)}[shape]
+    records = [good_image(tmp_path / 'images', '0.jpg')]
+    records[0]['caption'] = caption
+    for truncation in ('ids', 'caption'):
+        dataset = dataset_over(records, max_length=64, truncation=truncation)
+        bound = 2 * dataset.max_length * dataset._tokens().longest_token
+        longest_text[0] = 0
+        ids = dataset.prepare_data(0)['input_ids']
+        assert longest_text[0] < 4 * bound + 1000  # never the megabytes of the caption
+        if shape != 'one line of one word':  # a single word of megabytes is cut hard: its ids may differ
+            if truncation == 'ids':
+                whole = dataset._encode(dataset.prompt_of(caption.strip()))[:dataset.max_length]
+            else:
+                whole = dataset._fit_caption(caption.strip())
+            assert ids.tolist() == whole.tolist()
+        assert len(ids) == dataset.max_length or truncation == 'caption'
+
+
+def test_short_captions_are_not_cut():
+    assert cut_caption('  a short caption \n', 100) == 'a short caption'
+    text = 'x ' * 60
+    assert cut_caption(text, 200) == text.strip()
+    cut = cut_caption('ab ' * 100, 30)  # after the word that follows character 30
+    assert cut.startswith(('ab ' * 10).strip()) and len(cut) <= 40 and not cut.endswith(' ')
+
+
+# ---- a caption of zero-width spaces -------------------------------------------------------------
+@pytest.mark.parametrize('caption', ['\u200b' * 40, ' \u200b\u200c\u200d\u2060\ufeff \n', '\u200e\u200f\x00 '])
+def test_a_caption_of_invisible_characters_is_an_empty_caption(tmp_path, dataset_over, caption):
+    records = [good_image(tmp_path / 'images', f'{i}.jpg', i) for i in range(2)]
+    records[1]['caption'] = caption
+    dataset = dataset_over(records)
+    err = failure(dataset, 1)
+    assert err.reason == 'empty-caption' and '1.jpg' in str(err)
+    assert dataset_over(records, empty_captions='keep').prepare_data(1)['input_ids'].tolist() == \
+        dataset_over(records, empty_captions='keep').process_text('', random.Random(0))['input_ids'].tolist()
+
+
+def test_visible_text_with_invisible_characters_is_a_caption():
+    assert not is_blank('\u200bcat') and not is_blank('a\u200b') and not is_blank('東京') and not is_blank('\u3000x')
+    assert is_blank('') and is_blank(' \t\n') and is_blank('\u200b\u3000\u200b')
