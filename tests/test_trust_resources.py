@@ -122,3 +122,81 @@ def test_a_caption_of_invisible_characters_is_an_empty_caption(tmp_path, dataset
 def test_visible_text_with_invisible_characters_is_a_caption():
     assert not is_blank('\u200bcat') and not is_blank('a\u200b') and not is_blank('東京') and not is_blank('\u3000x')
     assert is_blank('') and is_blank(' \t\n') and is_blank('\u200b\u3000\u200b')
+
+
+# ---- a compressed latent record that inflates 1000x; a zero-byte .pt ----------------------------
+def deflated(tensor, claim: dict | None = None) -> bytes:
+    """``torch.save(tensor)`` with its records deflated (a zip archive may hold them so); ``claim``
+    overwrites the sizes the archive's directory gives for records ending so (a lying header)."""
+    import io
+    import struct
+    import zipfile
+    saved = io.BytesIO()
+    torch.save(tensor, saved)
+    source, out = zipfile.ZipFile(saved), io.BytesIO()
+    with zipfile.ZipFile(out, 'w', zipfile.ZIP_DEFLATED) as archive:
+        for info in source.infolist():
+            archive.writestr(info.filename, source.read(info.filename))
+    data = bytearray(out.getvalue())
+    for suffix, size in (claim or {}).items():
+        for signature, name_at, size_at in ((b'PK\x01\x02', 28, 24), (b'PK\x03\x04', 26, 22)):
+            at = data.find(signature)
+            while at != -1:
+                length = struct.unpack_from('<H', data, at + name_at)[0]
+                start = at + (46 if signature == b'PK\x01\x02' else 30)
+                if bytes(data[start:start + length]).endswith(suffix.encode()):
+                    struct.pack_into('<I', data, at + size_at, size)
+                at = data.find(signature, at + 1)
+    return bytes(data)
+
+
+@pytest.fixture
+def latent_dataset(tmp_path, dataset_over):
+    """Three samples with latents; ``make(bytes of 1.jpg.pt)`` gives the dataset."""
+    records = [good_image(tmp_path / 'images', f'{i}.jpg', i) for i in range(3)]
+    latents = tmp_path / 'latents'
+    latents.mkdir()
+    for record in records:
+        torch.save(torch.zeros(4, 4, 4), latents / f'{record["image"]}.pt')
+
+    def make(data: bytes):
+        (latents / '1.jpg.pt').write_bytes(data)
+        return dataset_over(records, image_latents_folder=str(latents))
+    return make
+
+
+def test_a_latent_that_inflates_a_thousandfold_is_refused_before_inflating(latent_dataset):
+    import resource
+    bomb = deflated(torch.zeros(1 << 28, dtype=torch.uint8))  # 256 MB of zeros in about 250 kB
+    assert len(bomb) < (1 << 28) // 500
+    dataset = latent_dataset(bomb)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    err = failure(dataset, 1)
+    assert err.reason == 'too-large' and '1.jpg.pt' in str(err) and 'compressed' in str(err)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < (64 << 10)  # kB: never inflated
+    assert dataset.prepare_data(0)['image_latents'].shape == (4, 4, 4)
+    dataset[1]
+    assert dataset.failures['too-large'] >= 1
+
+
+def test_a_latent_whose_archive_claims_less_than_it_holds_never_inflates_more(latent_dataset):
+    bomb = deflated(torch.zeros(1 << 26, dtype=torch.uint8), claim={'data/0': 4096})
+    err = failure(latent_dataset(bomb), 1)
+    assert err.reason == 'bad-tensor' and '1.jpg.pt' in str(err)
+
+
+def test_a_small_deflated_latent_still_loads(latent_dataset):
+    latent = torch.arange(64, dtype=torch.float32).reshape(4, 4, 4)
+    assert torch.equal(latent_dataset(deflated(latent)).prepare_data(1)['image_latents'], latent)
+
+
+@pytest.mark.parametrize('data, reason, words', [
+    (b'', 'empty-file', 'empty file (0 bytes)'),
+    (b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.', 'bad-tensor', 'not a torch.save archive'),
+    (b'PK\x03\x04' + b'\0' * 60, 'bad-tensor', 'damaged torch.save archive')], ids=['empty', 'legacy', 'damaged'])
+def test_an_empty_or_foreign_pt_is_a_counted_skip_with_its_reason(latent_dataset, data, reason, words):
+    dataset = latent_dataset(data)
+    err = failure(dataset, 1)
+    assert err.reason == reason and '1.jpg.pt' in str(err) and words in str(err)
+    dataset[1]
+    assert dataset.failures[reason] >= 1

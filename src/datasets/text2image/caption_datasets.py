@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import logging
 import os
 import random
@@ -44,6 +43,7 @@ from src.datasets.prompt_ids import PromptIds, inline_prompts, load_prompt_ids
 from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
+from src.datasets.tensor_files import MAX_TENSOR_BYTES, load_tensor_file
 from src.datasets.text2image.bucketed import BucketedRecords
 from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
 from src.datasets.token_ids import TokenIds
@@ -409,13 +409,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
 
     def _load_stored(self, folder: str, image_file: str):
         path = self.data_path_of(folder, image_file + '.pt')
-        data = (self.latent_files if folder == self.latent_root else LOCAL_FILES).read(path)
-        try:
-            # weights_only, always: a downloaded .pt is a pickle, which could run code otherwise
-            # (torch honours an explicit True whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says).
-            return path, torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
-        except Exception as err:  # torch.load reports damaged files with many exception types
-            raise SampleError('bad-tensor', f'{path}: torch.load failed: {err}') from None
+        data = (self.latent_files if folder == self.latent_root else LOCAL_FILES).read(path, max_bytes=MAX_TENSOR_BYTES)
+        return path, load_tensor_file(data, path)  # bounded before it inflates, weights only
 
     def load_latent(self, image_file: str, target: tuple[int, int]) -> dict:
         """The stored latent of ``image_file`` (``image_latents``), checked against the shape its
