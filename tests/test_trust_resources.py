@@ -200,3 +200,57 @@ def test_an_empty_or_foreign_pt_is_a_counted_skip_with_its_reason(latent_dataset
     assert err.reason == reason and '1.jpg.pt' in str(err) and words in str(err)
     dataset[1]
     assert dataset.failures[reason] >= 1
+
+
+# ---- a progressive JPEG of thousands of scans ---------------------------------------------------
+def progressive_jpeg(scans: int, *, exif_thumbnail: bool = False) -> bytes:
+    """A 120x100 progressive JPEG of ``scans`` scans: libjpeg's 10, then copies of one AC scan
+    (libjpeg-turbo decodes each again, with a warning), as a hostile file repeats tiny ones."""
+    import io
+    import numpy as np
+    from PIL import Image
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 120, 3), dtype=np.uint8))
+    out = io.BytesIO()
+    picture.save(out, 'JPEG', progressive=True)
+    data = out.getvalue()
+    starts = [data.index(b'\xff\xda')]
+    while (at := data.find(b'\xff\xda', starts[-1] + 2)) != -1:
+        starts.append(at)
+    end = data.rindex(b'\xff\xd9')
+    assert len(starts) == 10
+    data = data[:end] + data[starts[1]:starts[2]] * (scans - 10) + data[end:]
+    if exif_thumbnail:  # a segment before the scans that holds a whole JPEG, its scan markers included
+        thumbnail = io.BytesIO()
+        picture.resize((16, 16)).save(thumbnail, 'JPEG', progressive=True)
+        segment = b'Exif\0\0' + thumbnail.getvalue()
+        data = data[:2] + b'\xff\xe1' + (len(segment) + 2).to_bytes(2, 'big') + segment + data[2:]
+        assert data.count(b'\xff\xda') == scans + 10
+    return data
+
+
+def test_a_jpeg_of_thousands_of_scans_is_a_counted_bad_image_never_decoded(tmp_path, dataset_over, monkeypatch):
+    from PIL import ImageFile
+    records = [good_image(tmp_path / 'images', f'{i}.jpg', i) for i in range(3)]
+    (tmp_path / 'images' / '1.jpg').write_bytes(progressive_jpeg(5000))
+    dataset = dataset_over(records)
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, 'load', lambda self: decoded.append(self) or None)
+    err = failure(dataset, 1)
+    assert err.reason == 'bad-image' and '1.jpg' in str(err) and '5000 scans' in str(err) and not decoded
+    monkeypatch.undo()
+    dataset[1]
+    assert dataset.failures['bad-image'] >= 1
+
+
+@pytest.mark.parametrize('scans', [10, 99, 100, 101])
+def test_the_scan_limit_holds_just_under_and_over(tmp_path, dataset_over, scans):
+    from src.datasets.image_io import MAX_JPEG_SCANS, jpeg_scans
+    data = progressive_jpeg(scans, exif_thumbnail=scans == 10)
+    assert jpeg_scans(data) == scans  # a thumbnail's scan in the EXIF block is not one of the picture's
+    records = [good_image(tmp_path / 'images', '0.jpg')]
+    (tmp_path / 'images' / '0.jpg').write_bytes(data)
+    dataset = dataset_over(records)
+    if scans <= MAX_JPEG_SCANS:
+        assert dataset.prepare_data(0)['pixel_values'].shape == (3, 32, 32)
+    else:
+        assert failure(dataset, 0).reason == 'bad-image'

@@ -49,6 +49,12 @@ from src.datasets.errors import SampleError
 DEFAULT_MAX_PIXELS = 8192 * 8192
 REDUCING_GAP = 2.0  # the bicubic pass sees at least this many source pixels per output pixel
 
+# A progressive JPEG is decoded scan by scan, each a pass over the picture: encoders write up to
+# about 10 (libjpeg's scripts; 190 for one scan per coefficient, which no encoder's default does),
+# while a hostile file repeats tiny scans by the thousand (over a minute a sample). Refused above.
+MAX_JPEG_SCANS = 100
+_SOS, _STANDALONE = 0xDA, frozenset((0x01, *range(0xD0, 0xD9)))
+
 # The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
 # away from ones that shell out (EPS runs Ghostscript) or parse exotic containers.
 SUPPORTED_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')
@@ -93,12 +99,38 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
                                        f'({", ".join(SUPPORTED_FORMATS)}); starts with {data[:16]!r}') from None
     except _DECODE_ERRORS as exc:
         raise SampleError('bad-image', f'{name}: unreadable image header: {exc}') from None
+    if img.format in ('JPEG', 'MPO'):
+        scans = jpeg_scans(data)
+        if scans > MAX_JPEG_SCANS:
+            raise SampleError('bad-image', f'{name}: a JPEG of {scans} scans, more than the {MAX_JPEG_SCANS} a '
+                                           'picture needs (each scan is a pass of the decoder): refused, not decoded')
     width, height = img.size
     if width * height > max_pixels:
         raise SampleError('too-large', f'{name}: {width}x{height} = {width * height} pixels is more than '
                                        f'max_pixels={max_pixels} (possible decompression bomb)')
     img.info[_NAME_KEY] = name
     return img
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The scans (SOS markers) of the JPEG in ``data``, counted without decoding: the segments
+    before the first scan are stepped over by their lengths (an EXIF thumbnail is not counted);
+    after it, every SOS marker counts (in coded data a 0xFF byte is always followed by 0x00 or a
+    marker, so none is mistaken; an MPO's later pictures count too)."""
+    at = 2  # after SOI
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            break  # not a marker where one belongs: Pillow's decoder says what is wrong
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker == _SOS:
+            return 1 + data.count(b'\xff\xda', at + 2)
+        elif marker in _STANDALONE:
+            at += 2
+        else:
+            at += 2 + int.from_bytes(data[at + 2:at + 4], 'big')
+    return data.count(b'\xff\xda')
 
 
 def _orientation(img: Image.Image) -> int:
