@@ -254,3 +254,41 @@ def test_the_scan_limit_holds_just_under_and_over(tmp_path, dataset_over, scans)
         assert dataset.prepare_data(0)['pixel_values'].shape == (3, 32, 32)
     else:
         assert failure(dataset, 0).reason == 'bad-image'
+
+
+# ---- 16-bit and float pictures ------------------------------------------------------------------
+def grey_pictures(side: int):
+    import numpy as np
+    from PIL import Image
+    count = side * side
+    yield 'I;16', Image.frombytes('I;16', (side, side), (np.arange(count, dtype=np.uint32) * 7 % 65536)
+                                  .astype('<u2').tobytes())
+    floats = (np.arange(count, dtype=np.float32) / count * 1.2 - 0.1).reshape(side, side)
+    floats[0, :3] = np.nan, np.inf, -np.inf
+    yield 'F', Image.fromarray(floats, 'F')
+    yield 'I', Image.fromarray((np.arange(count, dtype=np.int32) * 9973 - 5000).reshape(side, side), 'I')
+    yield 'I small', Image.fromarray((np.arange(count, dtype=np.int32) % 65536).reshape(side, side), 'I')
+
+
+def test_16_bit_and_float_pictures_convert_as_before_without_float64_copies():
+    import tracemalloc
+    import warnings
+    import numpy as np
+    from src.datasets.image_io import to_rgb
+    for name, picture in grey_pictures(64):  # the values: those of the float64 formula
+        values = np.asarray(picture, dtype=np.float64)
+        top = float(values.max(initial=0))
+        scale = 255.0 if picture.mode == 'F' else 255 / 65535 if picture.mode.startswith('I;16') or top <= 65535 \
+            else 255 / top
+        with warnings.catch_warnings(), np.errstate(invalid='ignore'):
+            warnings.simplefilter('ignore')
+            expected = np.nan_to_num(np.clip(values * scale + 0.5, 0, 255), nan=0).astype(np.uint8)
+        assert np.array_equal(np.asarray(to_rgb(picture))[..., 0], expected), name
+    side = 2048
+    for name, picture in grey_pictures(side):
+        picture.load()
+        tracemalloc.start()
+        to_rgb(picture)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < side * side * 8, (name, peak)  # less than one float64 copy (three were made)

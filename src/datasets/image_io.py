@@ -226,20 +226,35 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == 'RGB':
         return img
     if img.mode.startswith('I') or img.mode == 'F':
-        values = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(values * _grey_scale(img.mode, values) + 0.5, 0, 255).astype(np.uint8), 'L')
+        img = Image.fromarray(_grey_to_8_bits(img), 'L')
     return img.convert('RGB')
 
 
-def _grey_scale(mode: str, values: np.ndarray) -> float:
-    """The factor to 8 bits of a 16-bit, 32-bit integer or float grey image: 'F' holds 0..1, an
-    'I;16' mode 16 bits; 'I' (32 bits) holds 16-bit data when it fits (PNG), else its own range."""
-    if mode == 'F':
-        return 255.0
-    top = float(values.max(initial=0))
-    if mode.startswith('I;16') or top <= 65535:
-        return 255 / 65535
-    return 255 / top
+_CONVERT_PIXELS = 1 << 20  # converted at a time: the float temporaries stay at 8 MB
+
+
+def _grey_to_8_bits(img: Image.Image) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grey picture as uint8, rounded (``value * scale + 0.5``,
+    clipped; NaN is 0): 'F' holds 0..1, an 'I;16' mode 16 bits; 'I' (32 bits) holds 16-bit data when
+    it fits (PNG), else its own range. Converted a band of rows at a time, each read at its own
+    size: no copy of the whole picture but the 8-bit result (three float64 copies took 1.7 GB)."""
+    width, height = img.size
+    out = np.empty((height, width), np.uint8)
+    top = 1.0 if img.mode == 'F' or img.mode.startswith('I;16') else float(max(img.getextrema()[1], 0))
+    scale = 255.0 if img.mode == 'F' else 255 / 65535 if img.mode.startswith('I;16') or top <= 65535 else 255 / top
+    step = max(1, _CONVERT_PIXELS // max(1, width))
+    for row in range(0, height, step):
+        values = np.asarray(img.crop((0, row, width, min(height, row + step))))
+        if img.mode.startswith('I;16'):  # round(v / 257) exactly, in integers
+            out[row:row + step] = (values.astype(np.uint32) + 128) // 257
+            continue
+        band = values.astype(np.float64)
+        band *= scale
+        band += 0.5
+        np.clip(band, 0, 255, out=band)
+        np.nan_to_num(band, copy=False, nan=0.0)
+        out[row:row + step] = band
+    return out
 
 
 def _stored_box(box: tuple[float, float, float, float], orientation: int,
