@@ -292,3 +292,48 @@ def test_16_bit_and_float_pictures_convert_as_before_without_float64_copies():
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < side * side * 8, (name, peak)  # less than one float64 copy (three were made)
+
+
+# ---- an index whose records each bring their own keys -------------------------------------------
+def test_an_index_whose_records_bring_their_own_keys_is_refused_naming_the_file(tmp_path, dataset_over):
+    from src.datasets.errors import IndexFormatError
+    from src.datasets.sample_index import MAX_INDEX_KEYS
+    records = [{'image': f'{i}.jpg', 'caption': 'c', f'key{i}': i} for i in range(50_000)]  # 1.6 MB
+    with pytest.raises(IndexFormatError) as err:
+        dataset_over(records)
+    message = str(err.value)
+    assert 'data.json' in message and f'record {MAX_INDEX_KEYS - 2}' in message and "'key254'" in message
+    assert not [p for p in tmp_path.iterdir() if 'sampleindex' in p.name and p.stat().st_size > 1 << 20]
+
+
+def test_an_index_of_many_shared_keys_is_read(tmp_path):
+    from src.datasets.sample_index import MAX_INDEX_KEYS, SampleIndex
+    shared = {f'field{k}': k for k in range(MAX_INDEX_KEYS - 1)}
+    (tmp_path / 'data.jsonl').write_text(''.join(json.dumps({'image': f'{i}.jpg', **shared}) + '\n'
+                                                 for i in range(100)))
+    index = SampleIndex.load(tmp_path / 'data.jsonl')
+    assert len(index) == 100 and len(index.columns) == MAX_INDEX_KEYS and index[99]['field3'] == 3
+
+
+@pytest.mark.parametrize('layout', ['folder of arrays', 'parquet', 'one record of many keys'])
+def test_the_key_bound_holds_across_files_and_in_tables(tmp_path, layout):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from src.datasets.errors import IndexFormatError
+    from src.datasets.sample_index import MAX_INDEX_KEYS, SampleIndex
+    if layout == 'folder of arrays':
+        path = tmp_path / 'index'
+        path.mkdir()
+        for part in range(3):  # 150 keys each: the second file passes the bound
+            (path / f'{part}.json').write_text(json.dumps([{'image': 'a.jpg', **{f'p{part}k{k}': 1 for k in range(150)}}]))
+        named = '1.json'
+    elif layout == 'parquet':
+        path = tmp_path / 'data.parquet'
+        pq.write_table(pa.table({f'c{k}': [1] for k in range(MAX_INDEX_KEYS + 1)}), path)
+        named = 'data.parquet'
+    else:
+        path = tmp_path / 'data.json'
+        path.write_text(json.dumps([{'image': 'a.jpg'}, {f'k{k}': 1 for k in range(10_000)}]))
+        named = 'record 1'
+    with pytest.raises(IndexFormatError, match=named):
+        SampleIndex.load(path)
