@@ -337,3 +337,40 @@ def test_the_key_bound_holds_across_files_and_in_tables(tmp_path, layout):
         named = 'record 1'
     with pytest.raises(IndexFormatError, match=named):
         SampleIndex.load(path)
+
+
+# ---- a gzip file named .tar ---------------------------------------------------------------------
+@pytest.mark.parametrize('kind', ['gzip tar', 'gzip data', 'bzip2', 'zip'])
+@pytest.mark.parametrize('no_extract', [False, True])
+def test_a_compressed_file_named_tar_says_what_it_is_and_how_to_mend_it(tmp_path, kind, no_extract):
+    import bz2
+    import gzip
+    import zipfile
+    from src.prepare.datasets import prepare_blip3o60k
+    from src.synthetic.downloads import MAKERS
+    root = tmp_path / 'blip'
+    MAKERS['blip3o60k'](root, n=4, faults=False)
+    tar = sorted((root / 'raw').glob('*.tar'))[0]
+    plain = tar.read_bytes()
+    if kind == 'zip':
+        with zipfile.ZipFile(tar, 'w') as archive:
+            archive.writestr('a.txt', 'a')
+    else:
+        tar.write_bytes({'gzip tar': gzip.compress, 'gzip data': lambda d: gzip.compress(b'x' * 2048),
+                         'bzip2': bz2.compress}[kind](plain))
+    from src.prepare.tar_members import INDEX_MEMBERS
+    options = {'step': INDEX_MEMBERS} if no_extract else {}
+    report = prepare_blip3o60k(str(root), num_processes=1, **options)
+    assert report.exit_code() != 0
+    error = json.dumps(report.to_dict() if hasattr(report, 'to_dict') else vars(report), default=str)
+    assert 'invalid header' not in error and tar.name in error
+    expected = {'gzip tar': ['a gzip-compressed tar (a .tar.gz named .tar)', 'gunzip'],
+                'gzip data': ['gzip-compressed data, not a tar'],
+                'bzip2': ['bzip2-compressed', 'bunzip2'], 'zip': ['a zip archive, not a tar']}[kind]
+    assert all(words in error for words in expected), error
+    if kind == 'gzip tar':  # mended as the message says, the tar is prepared
+        compressed = tar.with_name(tar.name + '.gz')
+        tar.rename(compressed)
+        tar.write_bytes(gzip.decompress(compressed.read_bytes()))
+        compressed.unlink()
+        assert prepare_blip3o60k(str(root), num_processes=1, **options).exit_code() == 0
