@@ -374,3 +374,74 @@ def test_a_compressed_file_named_tar_says_what_it_is_and_how_to_mend_it(tmp_path
         tar.write_bytes(gzip.decompress(compressed.read_bytes()))
         compressed.unlink()
         assert prepare_blip3o60k(str(root), num_processes=1, **options).exit_code() == 0
+
+
+# ---- the S3 prefetch bound ----------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def bucket():
+    """moto's standalone S3 server on 127.0.0.1, a bucket of twelve 100 kB objects, and a petrel config."""
+    from moto.server import ThreadedMotoServer
+    import boto3
+    server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f'http://{host}:{port}'
+    client = boto3.client('s3', endpoint_url=endpoint, aws_access_key_id='a', aws_secret_access_key='s',
+                          region_name='us-east-1')
+    client.create_bucket(Bucket='data')
+    for i in range(12):
+        client.put_object(Bucket='data', Key=f'objects/{i}.jpg', Body=bytes([i]) * 100_000)
+    yield endpoint
+    server.stop()
+
+
+@pytest.mark.slow
+def test_the_prefetch_keeps_within_its_bound_and_fetches_each_object_once(bucket, tmp_path):
+    from src.datasets.object_store import ObjectFolder
+    config = tmp_path / 'petreloss.conf'
+    config.write_text(f'[DEFAULT]\ndefault_cluster = c\n\n[c]\naccess_key = a\nsecret_key = s\nhost_base = {bucket}\n')
+    folder = ObjectFolder('s3://data/objects', str(config))
+    folder._kept.limit = 350_000  # room for three of the batch's objects
+    gets, most_kept = [], [0]
+    folder.client().meta.events.register('before-call.s3.GetObject', lambda params, **_: gets.append(params['url_path'].split('/', 1)[1]))
+    put = folder._kept.put
+
+    def watched_put(path, data):
+        put(path, data)
+        most_kept[0] = max(most_kept[0], folder._kept._bytes)
+    folder._kept.put = watched_put
+    paths = [f's3://data/objects/{i}.jpg' for i in range(12)]
+    folder.prefetch([[path] for path in paths])
+    assert len(gets) == 3 and most_kept[0] <= 350_000  # only what the bound holds is fetched ahead
+    for i, path in enumerate(paths):
+        assert folder.read(path) == bytes([i]) * 100_000
+    assert sorted(gets) == sorted(f'objects/{i}.jpg' for i in range(12))  # each once: none evicted, fetched again
+
+    gets.clear()  # a batch whose first objects were fetched ahead already (a sample read alone first)
+    folder.prefetch([[paths[0]]])
+    folder.prefetch([[path] for path in paths[:4]])
+    assert sorted(gets) == sorted(f'objects/{i}.jpg' for i in range(3))  # objects 0-2 fill the bound
+    assert [folder.read(path) == bytes([i]) * 100_000 for i, path in enumerate(paths[:4])] == [True] * 4
+    assert len(gets) == 4
+
+
+def test_fetching_within_a_room_of_known_sizes_fetches_only_what_fits():
+    import threading
+    from src.datasets.object_store import PREFETCH_THREADS, fetch_within
+    running, most, lock = [0], [0], threading.Lock()
+
+    def fetch(job):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        import time
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return b'x' * job
+
+    sizes = [10] * 30 + [500] + [10] * 5
+    fetched = [job for job, _ in fetch_within(fetch, sizes, 305, size=lambda job: job)]
+    assert fetched == [10] * 30 and most[0] <= PREFETCH_THREADS
+    assert [job for job, _ in fetch_within(fetch, [50, 50, 50], 120)] == [50, 50]  # sizes learnt from the first
+    assert list(fetch_within(fetch, [10], 0)) == []
