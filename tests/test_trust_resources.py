@@ -99,6 +99,14 @@ def test_a_huge_caption_is_cut_before_tokenizing_and_gives_the_same_ids(tmp_path
         assert len(ids) == dataset.max_length or truncation == 'caption'
 
 
+def test_a_caption_file_with_a_number_of_thousands_of_digits_is_a_bad_annotation(tmp_path, dataset_over):
+    records = [good_image(tmp_path / 'images', '0.jpg')]
+    records[0] = {'image': '0.jpg', 'annotation': '0.json'}
+    (tmp_path / 'caps' / '0.json').write_text('{"caption": 1' + '0' * 100_000 + '}')
+    err = failure(dataset_over(records), 0)
+    assert err.reason == 'bad-annotation' and '0.json' in str(err) and '000000' not in str(err)
+
+
 def test_short_captions_are_not_cut():
     assert cut_caption('  a short caption \n', 100) == 'a short caption'
     text = 'x ' * 60
@@ -108,7 +116,8 @@ def test_short_captions_are_not_cut():
 
 
 # ---- a caption of zero-width spaces -------------------------------------------------------------
-@pytest.mark.parametrize('caption', ['\u200b' * 40, ' \u200b\u200c\u200d\u2060\ufeff \n', '\u200e\u200f\x00 '])
+@pytest.mark.parametrize('caption', ['\u200b' * 40, ' \u200b\u200c\u200d\u2060\ufeff \n', '\u200e\u200f\x00 ',
+                                     '\u3164\u2800\u200b' * 1000])
 def test_a_caption_of_invisible_characters_is_an_empty_caption(tmp_path, dataset_over, caption):
     records = [good_image(tmp_path / 'images', f'{i}.jpg', i) for i in range(2)]
     records[1]['caption'] = caption
@@ -188,6 +197,17 @@ def test_a_latent_whose_archive_claims_less_than_it_holds_never_inflates_more(la
 def test_a_small_deflated_latent_still_loads(latent_dataset):
     latent = torch.arange(64, dtype=torch.float32).reshape(4, 4, 4)
     assert torch.equal(latent_dataset(deflated(latent)).prepare_data(1)['image_latents'], latent)
+
+
+def test_a_latent_archive_of_a_million_records_is_refused_before_its_directory_is_parsed(latent_dataset):
+    import io
+    import zipfile
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, 'w') as archive:
+        for i in range(20_000):
+            archive.writestr(f'archive/data/{i}', b'')
+    err = failure(latent_dataset(out.getvalue()), 1)
+    assert err.reason == 'too-large' and 'directory' in str(err) and '1.jpg.pt' in str(err)
 
 
 @pytest.mark.parametrize('data, reason, words', [
@@ -423,6 +443,15 @@ def test_the_prefetch_keeps_within_its_bound_and_fetches_each_object_once(bucket
     assert sorted(gets) == sorted(f'objects/{i}.jpg' for i in range(3))  # objects 0-2 fill the bound
     assert [folder.read(path) == bytes([i]) * 100_000 for i, path in enumerate(paths[:4])] == [True] * 4
     assert len(gets) == 4
+
+    folder = ObjectFolder('s3://data/objects', str(config))  # objects larger than the whole bound
+    folder._kept.limit = 50_000
+    gets.clear()
+    folder.client().meta.events.register('before-call.s3.GetObject', lambda params, **_: gets.append(params['url_path']))
+    folder.prefetch([[paths[0]], [paths[1]]])
+    assert len(gets) == 1 and len(folder._kept) == 0  # the first tells the size: dropped, and no more fetched
+    folder.prefetch([[paths[2]], [paths[3]]])
+    assert len(gets) == 1  # known now: nothing fetched ahead
 
 
 def test_fetching_within_a_room_of_known_sizes_fetches_only_what_fits():

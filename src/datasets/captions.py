@@ -55,18 +55,22 @@ def check_caption(value, where: str) -> str:
 
 
 def is_blank(text: str) -> bool:
-    """Whether ``text`` shows nothing: empty, or only whitespace and invisible format or control
+    """Whether ``text`` shows nothing: empty, or only whitespace, invisible format or control
     characters (Unicode categories Cf and Cc: zero-width spaces and joiners, direction marks, the
-    byte-order mark, NUL...). A caption of zero-width spaces trains as no text at all."""
+    byte-order mark, NUL...) and fillers that draw nothing. A caption of zero-width spaces trains
+    as no text at all."""
     stripped = text.strip()
     if not stripped:
         return True
-    if unicodedata.category(stripped[0]) not in _INVISIBLE_CATEGORIES:
+    if unicodedata.category(stripped[0]) not in _INVISIBLE_CATEGORIES and stripped[0] not in _FILLERS:
         return False  # the common case: a visible first character, decided without a scan
     return _visible_character().search(stripped) is None
 
 
 _INVISIBLE_CATEGORIES = ('Cf', 'Cc')
+# Letters and symbols that draw nothing (the Hangul fillers, the blank Braille pattern): a caption
+# of them is as blank as one of zero-width spaces.
+_FILLERS = '\u115f\u1160\u3164\uffa0\u2800'
 
 
 @functools.cache
@@ -74,7 +78,7 @@ def _visible_character() -> re.Pattern:
     """A character that is neither whitespace nor of an invisible category (made on first use)."""
     invisible = ''.join(re.escape(chr(code)) for code in range(sys.maxunicode + 1)
                         if unicodedata.category(chr(code)) in _INVISIBLE_CATEGORIES)
-    return re.compile(f'[^\\s{invisible}]')
+    return re.compile(f'[^\\s{invisible}{_FILLERS}]')
 
 
 # ASCII whitespace, what every tokenizer's pre-tokenizer splits on, and what is not.
@@ -118,6 +122,9 @@ def parse_json(data: bytes, name: str):
         return json.loads(decode_text(data, name))
     except json.JSONDecodeError as err:
         raise SampleError('bad-annotation', f'{name}: malformed JSON: {err}') from None
+    except ValueError:  # a number of more digits than Python converts (thousands)
+        raise SampleError('bad-annotation', f'{name}: a number too long to read (over '
+                                            f'{sys.get_int_max_str_digits()} digits)') from None
     except RecursionError:
         raise SampleError('bad-annotation', f'{name}: JSON nested deeper than the parser follows') from None
 

@@ -290,9 +290,11 @@ class ObjectFolder(Reader):
 
     def _try_read(self, path: str) -> bytes | None:
         try:
-            return self.read(path)
+            data = self.read(path)
         except SampleError:
             return None  # its read says why
+        self._kept.largest = max(self._kept.largest, len(data))  # also of what did not fit
+        return data
 
     def read(self, path: str, offset: int | None = None, size: int | None = None, *,
              max_bytes: int = MAX_FILE_BYTES) -> bytes:

@@ -25,7 +25,10 @@ from src.datasets.errors import SampleError
 # channels of 128 x 128 float32), image tokens a few kB; a file holding a batch's storage (a
 # latent saved as a view of its batch) stays within it too.
 MAX_TENSOR_BYTES = 64 << 20
-_ZIP_START = b'PK\x03\x04'
+# The archive's directory, read before anything else: a tensor is a record, a latent has three at
+# most; a directory of a million records would cost its parsers (Python's and torch's) gigabytes.
+MAX_DIRECTORY_BYTES = 256 << 10
+_ZIP_START, _ZIP_END = b'PK\x03\x04', b'PK\x05\x06'
 
 
 def check_archive(data: bytes, path: str, max_bytes: int = MAX_TENSOR_BYTES) -> None:
@@ -36,6 +39,10 @@ def check_archive(data: bytes, path: str, max_bytes: int = MAX_TENSOR_BYTES) -> 
     if not data.startswith(_ZIP_START):
         raise SampleError('bad-tensor', f'{path}: not a torch.save archive (a zip file); torch\'s format '
                                         'of before 1.6 is not read: save the tensor again with a newer torch')
+    directory = _directory_size(data)
+    if directory > MAX_DIRECTORY_BYTES:
+        raise SampleError('too-large', f'{path}: an archive directory of {directory} bytes, more than the '
+                                       f'{MAX_DIRECTORY_BYTES} of a stored tensor\'s few records: not read')
     try:
         records = zipfile.ZipFile(io.BytesIO(data)).infolist()
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
@@ -46,6 +53,15 @@ def check_archive(data: bytes, path: str, max_bytes: int = MAX_TENSOR_BYTES) -> 
         raise SampleError('too-large', f'{path}: its records claim {inflated} bytes '
                                        f'({len(data)} stored{", compressed" if compressed else ""}), more than the '
                                        f'{max_bytes} a stored tensor may hold: not inflated')
+
+
+def _directory_size(data: bytes) -> int:
+    """The size of the zip archive's central directory, as its end record gives it (0 where no end
+    record is found: the zip reader then reports the damage)."""
+    end = data.rfind(_ZIP_END, max(0, len(data) - (1 << 16) - 22))
+    if end < 0 or end + 16 > len(data):
+        return 0
+    return int.from_bytes(data[end + 12:end + 16], 'little')
 
 
 def load_tensor_file(data: bytes, path: str, max_bytes: int = MAX_TENSOR_BYTES):

@@ -524,8 +524,9 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         return template['INSTRUCTION'].format(input=prompt) + (self.image_start_token or '')
 
     def prompt_length(self, caption: str) -> int:
-        """The prompt's length in tokens for ``caption``, as ``max_length`` counts it (the report's)."""
-        return len(self._encode(self.prompt_of(caption)))
+        """The prompt's length in tokens for ``caption``, as ``max_length`` counts it (the report's);
+        a caption far longer than ``max_length`` is cut first (``cut_caption``): still longer."""
+        return len(self._encode(self.prompt_of(self.cut_caption(caption))))
 
     @property
     def decodes_images(self) -> bool:
