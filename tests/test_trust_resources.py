@@ -262,6 +262,24 @@ def test_a_jpeg_of_thousands_of_scans_is_a_counted_bad_image_never_decoded(tmp_p
     assert dataset.failures['bad-image'] >= 1
 
 
+def test_a_large_jpeg_may_have_fewer_scans(tmp_path):
+    import io
+    import numpy as np
+    from PIL import Image
+    from src.datasets.image_io import MAX_JPEG_SCANS, MIN_JPEG_SCANS, jpeg_scans, max_jpeg_scans, open_image
+    assert max_jpeg_scans(120 * 100) == max_jpeg_scans(2048 * 2048) == MAX_JPEG_SCANS
+    assert max_jpeg_scans(4096 * 4096) == max_jpeg_scans(8192 * 8192) == MIN_JPEG_SCANS
+    assert MIN_JPEG_SCANS < max_jpeg_scans(3000 * 2000) < MAX_JPEG_SCANS
+    out = io.BytesIO()
+    Image.fromarray(np.zeros((4096, 4096, 3), np.uint8)).save(out, 'JPEG', progressive=True)
+    data = out.getvalue()
+    second = data.index(b'\xff\xda', data.index(b'\xff\xda') + 2)
+    scan, end = data[second:data.index(b'\xff\xda', second + 2)], data.rindex(b'\xff\xd9')
+    assert jpeg_scans(data) == 10
+    with pytest.raises(SampleError, match='a JPEG of 33 scans, more than the 32 a 4096x4096'):
+        open_image(data[:end] + scan * 23 + data[end:], 'big.jpg')
+
+
 @pytest.mark.parametrize('scans', [10, 99, 100, 101])
 def test_the_scan_limit_holds_just_under_and_over(tmp_path, dataset_over, scans):
     from src.datasets.image_io import MAX_JPEG_SCANS, jpeg_scans

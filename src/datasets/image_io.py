@@ -50,9 +50,12 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 REDUCING_GAP = 2.0  # the bicubic pass sees at least this many source pixels per output pixel
 
 # A progressive JPEG is decoded scan by scan, each a pass over the picture: encoders write up to
-# about 10 (libjpeg's scripts; 190 for one scan per coefficient, which no encoder's default does),
-# while a hostile file repeats tiny scans by the thousand (over a minute a sample). Refused above.
+# about 10 (libjpeg's and mozjpeg's scripts; 190 for one scan per coefficient, which no encoder's
+# default does), while a hostile file repeats scans by the thousand (over a minute a sample). Up to
+# 100 are read up to 4 megapixels, fewer for a larger picture, where each costs more (32 from 13 on).
 MAX_JPEG_SCANS = 100
+MIN_JPEG_SCANS = 32
+_SCAN_PIXELS = MAX_JPEG_SCANS * 2048 * 2048  # scans x pixels a picture may cost
 _SOS, _STANDALONE = 0xDA, frozenset((0x01, *range(0xD0, 0xD9)))
 
 # The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
@@ -99,17 +102,22 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
                                        f'({", ".join(SUPPORTED_FORMATS)}); starts with {data[:16]!r}') from None
     except _DECODE_ERRORS as exc:
         raise SampleError('bad-image', f'{name}: unreadable image header: {exc}') from None
-    if img.format in ('JPEG', 'MPO'):
-        scans = jpeg_scans(data)
-        if scans > MAX_JPEG_SCANS:
-            raise SampleError('bad-image', f'{name}: a JPEG of {scans} scans, more than the {MAX_JPEG_SCANS} a '
-                                           'picture needs (each scan is a pass of the decoder): refused, not decoded')
     width, height = img.size
     if width * height > max_pixels:
         raise SampleError('too-large', f'{name}: {width}x{height} = {width * height} pixels is more than '
                                        f'max_pixels={max_pixels} (possible decompression bomb)')
+    if img.format in ('JPEG', 'MPO'):
+        scans, limit = jpeg_scans(data), max_jpeg_scans(width * height)
+        if scans > limit:
+            raise SampleError('bad-image', f'{name}: a JPEG of {scans} scans, more than the {limit} a {width}x{height} '
+                                           'picture may have (each scan is a pass of the decoder): refused, not decoded')
     img.info[_NAME_KEY] = name
     return img
+
+
+def max_jpeg_scans(pixels: int) -> int:
+    """The most scans a JPEG of ``pixels`` pixels may have (see ``MAX_JPEG_SCANS``)."""
+    return max(MIN_JPEG_SCANS, min(MAX_JPEG_SCANS, _SCAN_PIXELS // max(pixels, 1)))
 
 
 def jpeg_scans(data: bytes) -> int:
