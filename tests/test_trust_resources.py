@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from src.datasets.captions import MAX_CAPTION_BYTES, cut_caption, is_blank
 from src.datasets.errors import SampleError
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.datasets.token_ids import TokenIds
-from src.synthetic.images import encode_image
+from test_untrusted_input import good_image
 
 
 @pytest.fixture
@@ -25,17 +24,10 @@ def dataset_over(tmp_path, tokenizer, prompt_template):
 
     def make(records, **options):
         (tmp_path / 'data.json').write_text(json.dumps(records))
-        options = {'image_folder': str(tmp_path / 'images'), 'cap_folder': str(tmp_path / 'caps'),
-                   'image_size': 32, 'unconditional': 0, 'seed': 0, **options}
         return CaptionDataset(str(tmp_path / 'data.json'), tokenizer=tokenizer, prompt_template=prompt_template,
-                              **options)
+                              **{'image_folder': str(tmp_path / 'images'), 'cap_folder': str(tmp_path / 'caps'),
+                                 'image_size': 32, 'unconditional': 0, 'seed': 0, **options})
     return make
-
-
-def good_image(folder: Path, name: str, seed: int = 0) -> dict:
-    (folder / name).parent.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_bytes(encode_image(120, 100, seed=seed))
-    return {'image': name, 'caption': f'picture {name}'}
 
 
 def failure(dataset, idx: int) -> SampleError:
