@@ -9,13 +9,20 @@ Every error names the file it is about; the dataset adds which sample it was.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
+import sys
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 
 from src.datasets.errors import SampleError
 
 ANNOTATION_KEY = 'annotation'
+# The largest caption file a sample reads: a long recaption is a few kB, a caption json of several
+# fields tens of kB; a file of tens of MB (a log, a hostile file) is refused before it is read.
+MAX_CAPTION_BYTES = 1 << 20
 _JSON_TYPES = {dict: 'an object', list: 'an array', str: 'a string', int: 'a number', float: 'a number',
                bool: 'a boolean', type(None): 'null'}
 
@@ -41,9 +48,57 @@ def check_caption(value, where: str) -> str:
     if not isinstance(value, str):
         raise SampleError('bad-caption', f'{where} is {_JSON_TYPES.get(type(value), type(value).__name__)}, '
                                          'not text')  # never its content: it may be anything
-    if not value.strip():
-        raise SampleError('empty-caption', f'{where} is empty ({value!r:.20})')
+    if is_blank(value):
+        raise SampleError('empty-caption', f'{where} is empty' if not value.strip() else
+                          f'{where} is blank: only invisible format or control characters')
     return value
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: empty, or only whitespace, invisible format or control
+    characters (Unicode categories Cf and Cc: zero-width spaces and joiners, direction marks, the
+    byte-order mark, NUL...) and fillers that draw nothing. A caption of zero-width spaces trains
+    as no text at all."""
+    stripped = text.strip()
+    if not stripped:
+        return True
+    if unicodedata.category(stripped[0]) not in _INVISIBLE_CATEGORIES and stripped[0] not in _FILLERS:
+        return False  # the common case: a visible first character, decided without a scan
+    return _visible_character().search(stripped) is None
+
+
+_INVISIBLE_CATEGORIES = ('Cf', 'Cc')
+# Letters and symbols that draw nothing (the Hangul fillers, the blank Braille pattern): a caption
+# of them is as blank as one of zero-width spaces.
+_FILLERS = '\u115f\u1160\u3164\uffa0\u2800'
+
+
+@functools.cache
+def _visible_character() -> re.Pattern:
+    """A character that is neither whitespace nor of an invisible category (made on first use)."""
+    invisible = ''.join(re.escape(chr(code)) for code in range(sys.maxunicode + 1)
+                        if unicodedata.category(chr(code)) in _INVISIBLE_CATEGORIES)
+    return re.compile(f'[^\\s{invisible}{_FILLERS}]')
+
+
+# ASCII whitespace, what every tokenizer's pre-tokenizer splits on, and what is not.
+_SPACE, _NON_SPACE = re.compile(r'[ \t\r\n]'), re.compile(r'[^ \t\r\n]')
+
+
+def cut_caption(caption: str, max_chars: int | None) -> str:
+    """``caption`` stripped and, when longer than ``max_chars``, cut after the word that follows
+    character ``max_chars``: a tokenizer then gives the same first tokens for it as for the whole
+    caption, as long as those tokens cover at most ``max_chars`` characters (see
+    ``CaptionDataset.cut_caption``). A caption of megabytes is never tokenized whole; one with no
+    whitespace in the ``max_chars`` after the bound is cut at twice the bound."""
+    text = caption.strip()
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    limit = 2 * max_chars
+    space = _SPACE.search(text, max_chars, limit)  # (three linear searches, never a backtracking regex)
+    word = space and _NON_SPACE.search(text, space.end(), limit)
+    after = word and _SPACE.search(text, word.end(), limit)
+    return text[:after.start() if after else limit].rstrip()
 
 
 def decode_text(data: bytes, name: str) -> str:
@@ -67,6 +122,9 @@ def parse_json(data: bytes, name: str):
         return json.loads(decode_text(data, name))
     except json.JSONDecodeError as err:
         raise SampleError('bad-annotation', f'{name}: malformed JSON: {err}') from None
+    except ValueError:  # a number of more digits than Python converts (thousands)
+        raise SampleError('bad-annotation', f'{name}: a number too long to read (over '
+                                            f'{sys.get_int_max_str_digits()} digits)') from None
     except RecursionError:
         raise SampleError('bad-annotation', f'{name}: JSON nested deeper than the parser follows') from None
 

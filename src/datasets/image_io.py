@@ -50,6 +50,15 @@ from src.datasets.redact import byte_kind
 DEFAULT_MAX_PIXELS = 8192 * 8192
 REDUCING_GAP = 2.0  # the bicubic pass sees at least this many source pixels per output pixel
 
+# A progressive JPEG is decoded scan by scan, each a pass over the picture: encoders write up to
+# about 10 (libjpeg's and mozjpeg's scripts; 190 for one scan per coefficient, which no encoder's
+# default does), while a hostile file repeats scans by the thousand (over a minute a sample). Up to
+# 100 are read up to 4 megapixels, fewer for a larger picture, where each costs more (32 from 13 on).
+MAX_JPEG_SCANS = 100
+MIN_JPEG_SCANS = 32
+_SCAN_PIXELS = MAX_JPEG_SCANS * 2048 * 2048  # scans x pixels a picture may cost
+_SOS, _STANDALONE = 0xDA, frozenset((0x01, *range(0xD0, 0xD9)))
+
 # The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
 # away from ones that shell out (EPS runs Ghostscript) or parse exotic containers.
 SUPPORTED_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')
@@ -98,8 +107,39 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     if width * height > max_pixels:
         raise SampleError('too-large', f'{name}: {width}x{height} = {width * height} pixels is more than '
                                        f'max_pixels={max_pixels} (possible decompression bomb)')
+    if img.format in ('JPEG', 'MPO'):
+        scans, limit = jpeg_scans(data), max_jpeg_scans(width * height)
+        if scans > limit:
+            raise SampleError('bad-image', f'{name}: a JPEG of {scans} scans, more than the {limit} a {width}x{height} '
+                                           'picture may have (each scan is a pass of the decoder): refused, not decoded')
     img.info[_NAME_KEY] = name
     return img
+
+
+def max_jpeg_scans(pixels: int) -> int:
+    """The most scans a JPEG of ``pixels`` pixels may have (see ``MAX_JPEG_SCANS``)."""
+    return max(MIN_JPEG_SCANS, min(MAX_JPEG_SCANS, _SCAN_PIXELS // max(pixels, 1)))
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The scans (SOS markers) of the JPEG in ``data``, counted without decoding: the segments
+    before the first scan are stepped over by their lengths (an EXIF thumbnail is not counted);
+    after it, every SOS marker counts (in coded data a 0xFF byte is always followed by 0x00 or a
+    marker, so none is mistaken; an MPO's later pictures count too)."""
+    at = 2  # after SOI
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            break  # not a marker where one belongs: Pillow's decoder says what is wrong
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker == _SOS:
+            return 1 + data.count(b'\xff\xda', at + 2)
+        elif marker in _STANDALONE:
+            at += 2
+        else:
+            at += 2 + int.from_bytes(data[at + 2:at + 4], 'big')
+    return data.count(b'\xff\xda')
 
 
 def _orientation(img: Image.Image) -> int:
@@ -195,20 +235,35 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == 'RGB':
         return img
     if img.mode.startswith('I') or img.mode == 'F':
-        values = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(values * _grey_scale(img.mode, values) + 0.5, 0, 255).astype(np.uint8), 'L')
+        img = Image.fromarray(_grey_to_8_bits(img), 'L')
     return img.convert('RGB')
 
 
-def _grey_scale(mode: str, values: np.ndarray) -> float:
-    """The factor to 8 bits of a 16-bit, 32-bit integer or float grey image: 'F' holds 0..1, an
-    'I;16' mode 16 bits; 'I' (32 bits) holds 16-bit data when it fits (PNG), else its own range."""
-    if mode == 'F':
-        return 255.0
-    top = float(values.max(initial=0))
-    if mode.startswith('I;16') or top <= 65535:
-        return 255 / 65535
-    return 255 / top
+_CONVERT_PIXELS = 1 << 20  # converted at a time: the float temporaries stay at 8 MB
+
+
+def _grey_to_8_bits(img: Image.Image) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grey picture as uint8, rounded (``value * scale + 0.5``,
+    clipped; NaN is 0): 'F' holds 0..1, an 'I;16' mode 16 bits; 'I' (32 bits) holds 16-bit data when
+    it fits (PNG), else its own range. Converted a band of rows at a time, each read at its own
+    size: no copy of the whole picture but the 8-bit result (three float64 copies took 1.7 GB)."""
+    width, height = img.size
+    out = np.empty((height, width), np.uint8)
+    top = 1.0 if img.mode == 'F' or img.mode.startswith('I;16') else float(max(img.getextrema()[1], 0))
+    scale = 255.0 if img.mode == 'F' else 255 / 65535 if img.mode.startswith('I;16') or top <= 65535 else 255 / top
+    step = max(1, _CONVERT_PIXELS // max(1, width))
+    for row in range(0, height, step):
+        values = np.asarray(img.crop((0, row, width, min(height, row + step))))
+        if img.mode.startswith('I;16'):  # round(v / 257) exactly, in integers
+            out[row:row + step] = (values.astype(np.uint32) + 128) // 257
+            continue
+        band = values.astype(np.float64)
+        band *= scale
+        band += 0.5
+        np.clip(band, 0, 255, out=band)
+        np.nan_to_num(band, copy=False, nan=0.0)
+        out[row:row + step] = band
+    return out
 
 
 def _stored_box(box: tuple[float, float, float, float], orientation: int,

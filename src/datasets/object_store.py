@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from src.datasets.files import MAX_FILE_BYTES, read_text_file, unsafe_path
 from src.datasets.locks import wait_for_lock
 from src.datasets.obstore_client import object_size, read_object, worker_store
 from src.datasets.redact import redact
-from src.datasets.storage import Reader
+from src.datasets.storage import Reader, check_size
 
 CONNECT_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60
@@ -103,12 +103,22 @@ def _environment_cluster() -> tuple[dict[str, Cluster], str]:
 
 class Kept:
     """Bytes fetched before their read, each handed out once. Bounded (the oldest go first): what
-    was fetched for a sample that was then skipped does not pile up."""
+    was fetched for a sample that was then skipped does not pile up. A batch's prefetch fetches no
+    more than the bound leaves room for (:func:`fetch_within`), so that none of its own objects is
+    pushed out by the next, to be fetched again."""
 
     def __init__(self, limit: int = KEPT_BYTES):
         self.limit = limit
         self._items: OrderedDict[str, bytes] = OrderedDict()
         self._bytes = 0
+        self.largest = 0  # the largest object kept so far: the guess for one not fetched yet
+
+    def touch(self, path: str) -> int | None:
+        """The size of ``path``'s bytes, now the newest kept (a batch's own go last); None if not kept."""
+        if path not in self._items:
+            return None
+        self._items.move_to_end(path)
+        return len(self._items[path])
 
     def __contains__(self, path: str) -> bool:
         return path in self._items
@@ -121,6 +131,7 @@ class Kept:
             return
         self._items[path] = data
         self._bytes += len(data)
+        self.largest = max(self.largest, len(data))
         while self._bytes > self.limit:
             self._bytes -= len(self._items.popitem(last=False)[1])
 
@@ -142,11 +153,38 @@ def fetch_threads() -> ThreadPoolExecutor:
     return _THREADS[1]
 
 
-def fetch_all(fetch, jobs: list) -> list:
-    """``fetch(job)`` for every job, in this process's threads when there are several."""
-    if len(jobs) < 2:
-        return [fetch(job) for job in jobs]
-    return list(fetch_threads().map(fetch, jobs))
+_END = object()
+
+
+def fetch_within(fetch, jobs, room: int, size=None, guess: int = 0):
+    """Yields ``(job, fetch(job))`` for the first ``jobs`` whose results fit in ``room`` bytes
+    together (a result of None is left out), fetched in this process's threads, at most
+    ``PREFETCH_THREADS`` at a time and in order. Where ``size(job)`` gives a result's size
+    beforehand, a job that would not fit ends the fetching; else each job in flight counts as the
+    largest result seen (``guess`` before the first), and a result that still overflows the room is
+    dropped (its read fetches it)."""
+    pool, pending, jobs = fetch_threads(), deque(), iter(jobs)
+    used, largest, more = 0, guess, room > 0
+    while True:
+        while more and len(pending) < PREFETCH_THREADS and (size is not None or largest or not pending):
+            job = next(jobs, _END)
+            expected = 0 if job is _END else size(job) if size is not None else largest
+            if job is _END or used + sum(claim for _, _, claim in pending) + expected > room:
+                more = False
+                break
+            pending.append((job, pool.submit(fetch, job), expected))
+        if not pending:
+            return
+        job, future, _ = pending.popleft()
+        data = future.result()
+        if data is None:
+            continue
+        largest = max(largest, len(data))
+        if used + len(data) > room:
+            more = False
+            continue
+        used += len(data)
+        yield job, data
 
 
 class ObjectFolder(Reader):
@@ -251,38 +289,48 @@ class ObjectFolder(Reader):
             raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
 
     def prefetch(self, samples) -> None:
-        """The objects of ``samples`` fetched at once, in threads, and kept for their reads."""
-        paths = [path for sample in samples for path in sample if path not in self._kept]
+        """The objects of ``samples`` fetched at once, in threads, and kept for their reads: as many
+        as the bound of what is kept leaves room for, the rest read one by one."""
+        paths, held = [], 0
+        for path in dict.fromkeys(path for sample in samples for path in sample):
+            size = self._kept.touch(path)
+            if size is None:
+                paths.append(path)
+            else:
+                held += size
         self.ready()
-        for path, data in zip(paths, fetch_all(self._try_read, paths)):
-            if data is not None:
-                self._kept.put(path, data)
+        for path, data in fetch_within(self._try_read, paths, self._kept.limit - held, guess=self._kept.largest):
+            self._kept.put(path, data)
 
     def _try_read(self, path: str) -> bytes | None:
         try:
-            return self.read(path)
+            data = self.read(path)
         except SampleError:
             return None  # its read says why
+        self._kept.largest = max(self._kept.largest, len(data))  # also of what did not fit
+        return data
 
-    def read(self, path: str, offset: int | None = None, size: int | None = None) -> bytes:
-        """The object ``path``, or its ``size`` bytes from ``offset`` (one ranged GET)."""
+    def read(self, path: str, offset: int | None = None, size: int | None = None, *,
+             max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """The object ``path``, or its ``size`` bytes from ``offset`` (one ranged GET); one of more
+        than ``max_bytes`` is refused from its announced length, not read."""
         from botocore.exceptions import BotoCoreError, ClientError
         if offset is None:
             kept = self._kept.take(path)
             if kept is not None:
-                return kept
+                return check_size(kept, path, max_bytes)
         key = self.key(path)
         store = worker_store(self.cluster, self.bucket)  # a DataLoader worker's lighter client
         if store is not None:
-            return read_object(store, key, path, self.describe(), offset, size, BODY_ATTEMPTS)
+            return read_object(store, key, path, self.describe(), offset, size, BODY_ATTEMPTS, max_bytes=max_bytes)
         ranged = {} if offset is None else {'Range': f'bytes={offset}-{offset + size - 1}'}
         for attempt in range(BODY_ATTEMPTS):
             try:
                 response = self.client().get_object(Bucket=self.bucket, Key=key, **ranged)
-                if response.get('ContentLength', 0) > MAX_FILE_BYTES:
+                if response.get('ContentLength', 0) > max_bytes:
                     response['Body'].close()
                     raise SampleError('too-large', f'{path}: {response["ContentLength"]} bytes, more than the '
-                                                   f'{MAX_FILE_BYTES} a sample may read')
+                                                   f'{max_bytes} it may have')
                 data = response['Body'].read()
                 if len(data) != response.get('ContentLength', len(data)):
                     raise SampleError('missing-file', f'{path}: {len(data)} of {response["ContentLength"]} bytes')
@@ -351,11 +399,12 @@ class ObjectTarMembers(Reader):
     def __getstate__(self) -> dict:
         return {**self.__dict__, '_kept': Kept()}
 
-    def read(self, path: str) -> bytes:
+    def read(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         kept = self._kept.take(path)
         if kept is not None:
-            return kept
+            return check_size(kept, path, max_bytes)
         tar, expected_size, offset, size = self._locate(path)
+        check_size(b'', path, max_bytes, size)
         data = self.store.read(self._shard(tar, expected_size), offset, size)
         if len(data) != size:
             raise SampleError('missing-file', f'{path}: {len(data)} of its {size} bytes came from '
@@ -366,12 +415,15 @@ class ObjectTarMembers(Reader):
         """The members of ``samples`` fetched at once, in threads, and kept for their reads: a
         batch's members that lie in one shard within :data:`MAX_GAP` of each other by one ranged
         GET. What cannot be fetched so is read on its own, as without it."""
-        located = {}  # the batch's members together: neighbours of one shard share a GET (BlockShuffleSampler)
+        located, held = {}, 0  # the batch's members together: neighbours of one shard share a GET (BlockShuffleSampler)
         for sample in samples:
             for path in sample:
-                if path not in self._kept:
-                    with contextlib.suppress(SampleError):  # its read says why
-                        located[path] = self._locate(path)
+                size = self._kept.touch(path)
+                if size is not None:
+                    held += size
+                    continue
+                with contextlib.suppress(SampleError):  # its read says why
+                    located[path] = self._locate(path)
         spans = member_spans(located)
         shards = {}  # first use of a shard: its size checked (a HEAD) here, once
         for tar, size, *_ in spans:
@@ -388,8 +440,9 @@ class ObjectTarMembers(Reader):
             with contextlib.suppress(SampleError):
                 return self.store.read(shards[tar], low, high - low)
 
-        for (_, _, low, high, members), data in zip(spans, fetch_all(fetch, spans)):
-            if data is not None and len(data) == high - low:
+        for (_, _, low, high, members), data in fetch_within(fetch, spans, self._kept.limit - held,
+                                                             size=lambda span: span[3] - span[2]):
+            if len(data) == high - low:
                 for path, offset, size in members:
                     self._kept.put(path, data[offset - low:offset - low + size])
 

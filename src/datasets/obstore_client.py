@@ -74,10 +74,10 @@ def object_size(store, key: str, path: str, where: str) -> int:
 
 
 def read_object(store, key: str, path: str, where: str, offset: int | None = None, size: int | None = None,
-                attempts: int = 3) -> bytes:
+                attempts: int = 3, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The object ``key`` (named ``path`` in messages, ``where`` the store's description), or its
     ``size`` bytes from ``offset`` (one ranged GET); a body cut off mid-read is fetched again, up to
-    ``attempts`` times."""
+    ``attempts`` times; one of more than ``max_bytes`` is refused from its metadata, not read."""
     import obstore
     from obstore.exceptions import BaseError, NotFoundError
     for attempt in range(attempts):
@@ -85,9 +85,9 @@ def read_object(store, key: str, path: str, where: str, offset: int | None = Non
             if offset is not None:
                 return obstore.get_range(store, key, start=offset, length=size).to_bytes()
             result = obstore.get(store, key)
-            if result.meta['size'] > MAX_FILE_BYTES:
+            if result.meta['size'] > max_bytes:
                 raise SampleError('too-large', f'{path}: {result.meta["size"]} bytes, more than the '
-                                               f'{MAX_FILE_BYTES} a sample may read')
+                                               f'{max_bytes} it may have')
             return result.bytes().to_bytes()
         except NotFoundError:
             raise SampleError('missing-file', f'{path}: no such object in {where}') from None

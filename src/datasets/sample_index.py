@@ -54,6 +54,11 @@ _FINGERPRINT_KEY = b'sampleindex.fingerprint'
 _BATCH_ROWS = 65536            # records per Arrow batch (bounds the memory of a build)
 _JSON_CHUNK_CHARS = 1 << 20    # text read at a time by the streaming .json array reader
 _WHITESPACE = re.compile(r'[ \t\n\r]*')
+# Distinct keys (columns) an index may bring, all its files together. An index holds the same few
+# fields in every record (a few dozen at most); every key is a column over all the records, so
+# records that each bring keys of their own grow the cache as records x keys (a 1.6 MB data.json
+# made a 3.2 GB cache and took 7.4 GB to build).
+MAX_INDEX_KEYS = 256
 # A failure this close to the end of the text read so far may be a record cut by the chunk edge
 # (the longest such tail is a literal like 'false' or a '\\uXXXX' escape).
 _MAX_CUT_TOKEN = 8
@@ -243,9 +248,30 @@ def _records_to_batch(records: list[dict]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def _batched(records: Iterable[dict]) -> Iterator[pa.RecordBatch]:
+class _KeyCount:
+    """The distinct keys the records of one index bring, refused past ``MAX_INDEX_KEYS``."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def add(self, keys: Iterable[str], where, what: str) -> None:
+        """Count ``keys`` (those of ``what``, e.g. 'record 12', in the file ``where``)."""
+        if self.seen.issuperset(keys):
+            return
+        new = [key for key in keys if key not in self.seen]
+        if len(self.seen) + len(new) > MAX_INDEX_KEYS:
+            raise _format_error(where, f'{what} brings the key {new[0]!r:.80}, past {MAX_INDEX_KEYS} distinct '
+                                       'keys in the index: its records do not share their fields (each bringing '
+                                       'keys of its own grows the index as records x keys); not indexed')
+        self.seen.update(new)
+
+
+def _batched(records: Iterable[dict], where='the records', keys: _KeyCount | None = None
+             ) -> Iterator[pa.RecordBatch]:
+    keys = keys or _KeyCount()
     batch = []
-    for record in records:
+    for number, record in enumerate(records):
+        keys.add(record, where, f'record {number}')
         batch.append(record)
         if len(batch) == _BATCH_ROWS:
             yield _records_to_batch(batch)
@@ -254,9 +280,10 @@ def _batched(records: Iterable[dict]) -> Iterator[pa.RecordBatch]:
         yield _records_to_batch(batch)
 
 
-def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
+def _parquet_batches(path: Path, keys: _KeyCount) -> Iterator[pa.RecordBatch]:
     try:
         table = pq.ParquetFile(path)
+        keys.add(table.schema_arrow.names, path, 'its table')
         yield from table.iter_batches(batch_size=_BATCH_ROWS)
     except (pa.ArrowInvalid, OSError) as exc:
         raise _format_error(path, f'unreadable parquet table: {exc}') from None
@@ -264,15 +291,16 @@ def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
 
 def _source_batches(members: list[Path]) -> Iterator[pa.RecordBatch]:
     """The records of every member file, as batches whose schemas may differ from one another."""
+    keys = _KeyCount()
     for member in members:
         suffix = member.suffix.lower()
         if suffix == '.parquet':
-            yield from _parquet_batches(member)
+            yield from _parquet_batches(member, keys)
             continue
         # Not pyarrow.json for .jsonl: its reader fixes the schema from the first block (a key
         # first seen later or a type that changes is an error) and names no line on errors.
         try:
-            yield from _batched(iter_jsonl(member) if suffix == '.jsonl' else iter_json_array(member))
+            yield from _batched(iter_jsonl(member) if suffix == '.jsonl' else iter_json_array(member), member, keys)
         except RecursionError:
             raise _format_error(member, 'a record is nested deeper than the JSON parser can follow '
                                         '(thousands of levels): not an index of samples') from None
@@ -527,7 +555,7 @@ class SampleIndex:
     @classmethod
     def from_records(cls, records: Iterable[dict], source: str) -> 'SampleIndex':
         """An index held in memory, of ``records`` (dicts, as a JSON index holds them)."""
-        return cls(_build_table(source, _batched(records)), source)
+        return cls(_build_table(source, _batched(records, source)), source)
 
     def __len__(self) -> int:
         return self._table.num_rows if self._rows is None else len(self._rows)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from src.datasets.files import read_file
+from src.datasets.errors import SampleError
+from src.datasets.files import MAX_FILE_BYTES, read_file
 from src.datasets.tar_index import INDEX_NAME, TarMemberIndex
 
 
@@ -24,7 +25,9 @@ class Reader:
 
     remote = False  # reads wait on a network: worth telling which files come next
 
-    def read(self, path: str) -> bytes:
+    def read(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """The bytes of ``path``; one of more than ``max_bytes`` is ``SampleError('too-large')``,
+        refused before it is read where its size is known first."""
         raise NotImplementedError
 
     def prefetch(self, samples: Sequence[Sequence[str]]) -> None:
@@ -36,8 +39,8 @@ class Reader:
 class LocalFiles(Reader):
     """Regular files only, and bounded: see ``src.datasets.files.read_file``."""
 
-    def read(self, path: str) -> bytes:
-        return read_file(path)
+    def read(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        return read_file(path, max_bytes)
 
 
 class TarMembers(Reader):
@@ -46,8 +49,20 @@ class TarMembers(Reader):
     def __init__(self, index):
         self.index = index
 
-    def read(self, path: str) -> bytes:
-        return self.index.read(self.index.relpath(path))
+    def read(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        relpath = self.index.relpath(path)
+        if isinstance(self.index, TarMemberIndex):
+            return self.index.read(relpath, max_bytes)
+        return check_size(self.index.read(relpath), path, max_bytes)
+
+
+def check_size(data: bytes, path: str, max_bytes: int, size: int | None = None) -> bytes:
+    """``data`` (read from ``path``), or ``SampleError('too-large')`` when it (or ``size``, the
+    length its source announces before it is read) is more than ``max_bytes``."""
+    size = len(data) if size is None else size
+    if size > max_bytes:
+        raise SampleError('too-large', f'{path}: {size} bytes, more than the {max_bytes} it may have')
+    return data
 
 
 def folder_storage(folder: str | None):

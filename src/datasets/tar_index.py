@@ -132,16 +132,16 @@ class TarMemberIndex:
         shard = self._shards[int(self._shard_ids[row])]
         return shard['tar'], int(shard['size']), int(self._offsets[row]), int(self._sizes[row])
 
-    def read(self, relpath: str) -> bytes:
-        """The bytes of the member that would be extracted to ``<root>/<relpath>``."""
+    def read(self, relpath: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """The bytes of the member that would be extracted to ``<root>/<relpath>`` (at most ``max_bytes``)."""
         row = self._row(relpath)
         if row is None:
             raise SampleError('missing-file', f'{os.path.join(self.root, relpath)}: no such member '
                                               f'in the tars indexed by {self.index_path}')
         shard, offset, size = int(self._shard_ids[row]), int(self._offsets[row]), int(self._sizes[row])
-        if size > MAX_FILE_BYTES:
+        if size > max_bytes:
             raise SampleError('too-large', f'{relpath}: member of {self._tar_path(shard)} has {size} bytes, more '
-                                           f'than the {MAX_FILE_BYTES} a sample may read')
+                                           f'than the {max_bytes} it may have')
         data = os.pread(self._fd(shard), size, offset)
         if len(data) != size:
             raise SampleError('missing-file', f'{relpath}: member of {self._tar_path(shard)} at byte '

@@ -13,6 +13,8 @@ transformers. Each ``TokenIds`` is checked once against transformers' call when 
 """
 from __future__ import annotations
 
+import functools
+
 from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -36,6 +38,12 @@ class TokenIds:
         self.direct = _may_call_directly(tokenizer, self.tokenizer_kwargs)
         if self.direct and self.one(_CHECK_TEXT) != tokenizer.encode(_CHECK_TEXT, **self.tokenizer_kwargs):
             self.direct = False
+
+    @functools.cached_property
+    def longest_token(self) -> int:
+        """The most characters of text one token stands for: its vocabulary's longest entry (a
+        byte-level entry has a character per byte, so no fewer than the text's)."""
+        return max(map(len, self.tokenizer.get_vocab()), default=1)
 
     def _backend(self):
         """The Rust tokenizer, when it may be called directly now: set as transformers would set it

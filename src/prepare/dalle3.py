@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from src.datasets.captions import parse_json
+from src.datasets.captions import is_blank, parse_json
 from src.datasets.errors import SampleError
 from src.prepare.atomic import WriteOutcome, atomic_write
 from src.prepare.report import Report
@@ -36,7 +36,7 @@ def caption_of(content: dict, caption_field: str) -> str | None:
     value = content.get(caption_field)
     if isinstance(value, list):
         value = value[0] if value else None
-    return value if isinstance(value, str) and value.strip() else None
+    return value if isinstance(value, str) and not is_blank(value) else None
 
 
 def parse_row(content, image: str, caption_field: str) -> tuple[str | None, dict | None]:

@@ -18,8 +18,8 @@ from typing import Iterator
 from src.datasets.files import join_inside, link_outside, read_file
 from src.prepare.atomic import atomic_write
 from src.prepare.listing import PathListing
-from src.prepare.tar_headers import (TarJob, TarResult, end_of_archive_missing, member_path, printable, refusal,
-                                      scan_tar, scan_tar_headers)
+from src.prepare.tar_headers import (TarJob, TarResult, check_not_compressed, end_of_archive_missing, member_path,
+                                      printable, refusal, scan_tar, scan_tar_headers)
 from src.prepare.resize import NotResized, shrink_image
 
 
@@ -129,6 +129,7 @@ class Extract:
     def _extract_member_by_member(self, job: TarJob, staging: str, result: TarResult, written: dict) -> None:
         """Safe extraction with a judgement per member: refusals, names the file system cannot hold,
         and the complete members of a damaged tar."""
+        check_not_compressed(job.path)
         with open(job.path, 'rb') as f, tarfile.open(fileobj=f, mode='r:') as tar:
             last = 'the start'
             for member in tar:

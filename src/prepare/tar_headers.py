@@ -11,6 +11,7 @@ import os
 import posixpath
 import re
 import tarfile
+import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -101,6 +102,45 @@ def end_of_archive_missing(f, offset: int) -> bool:
     return len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE
 
 
+# Compressed data where a tar belongs, by its first bytes: (what it is, the command that decompresses
+# the file where it lies, the suffix that command wants).
+_COMPRESSIONS = ((b'\x1f\x8b', 'gzip', 'gunzip', '.gz'), (b'BZh', 'bzip2', 'bunzip2', '.bz2'),
+                 (b'\xfd7zXZ\x00', 'xz', 'unxz', '.xz'), (b'\x28\xb5\x2f\xfd', 'zstd', 'unzstd --rm', '.zst'))
+
+
+def compression_problem(tar_path: str) -> str | None:
+    """What is wrong when the file ``tar_path`` holds compressed data (a ``.tar.gz`` named ``.tar``:
+    tars are read uncompressed, their members at their byte offsets) or a zip archive, and how to
+    mend it; None for anything else (a tar, or damage that reading it reports)."""
+    with open(tar_path, 'rb') as f:
+        start = f.read(64 << 10)
+    if start.startswith(b'PK\x03\x04'):
+        return 'a zip archive, not a tar: unpack it and pack its files as a tar'
+    for magic, kind, command, suffix in _COMPRESSIONS:
+        if start.startswith(magic):
+            inside = 'tar' if kind == 'gzip' and _gunzipped_start(start)[257:262] == b'ustar' else 'data'
+            what = f'a {kind}-compressed tar (a .tar{suffix} named .tar)' if inside == 'tar' else \
+                f'{kind}-compressed data, not a tar'
+            return (f'{what}: tars are read uncompressed (members at their byte offsets); decompress it '
+                    f'where it lies (mv {tar_path} {tar_path}{suffix} && {command} {tar_path}{suffix}) and run again')
+    return None
+
+
+def _gunzipped_start(data: bytes) -> bytes:
+    """The first bytes gzip ``data`` inflates to (b'' where it cannot be inflated)."""
+    try:
+        return zlib.decompressobj(wbits=31).decompress(data, 1024)
+    except zlib.error:
+        return b''
+
+
+def check_not_compressed(tar_path: str) -> None:
+    """``tarfile.ReadError`` saying what the file is when it is compressed (``compression_problem``)."""
+    problem = compression_problem(tar_path)
+    if problem:
+        raise tarfile.ReadError(problem)
+
+
 def scan_tar(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]], str]:
     """One pass over a tar's headers: (clean name, data offset, size) of each member extraction
     would write, the refused members as [name, reason], and where a damaged tar stops being
@@ -110,6 +150,8 @@ def scan_tar(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]]
     A tar of plain ustar headers only (the common case) is read by :func:`scan_tar_headers`,
     about four times faster; any other goes through tarfile (:func:`scan_tar_with_tarfile`)."""
     found = scan_tar_headers(tar_path)
+    if found is None:
+        check_not_compressed(tar_path)
     return found if found is not None else scan_tar_with_tarfile(tar_path)
 
 

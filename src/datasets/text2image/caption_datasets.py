@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import logging
 import os
 import random
@@ -29,7 +28,8 @@ from mmengine.logging import print_log
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset, get_worker_info
 
-from src.datasets.captions import ANNOTATION_KEY, caption_keys, parse_annotation, resolve_caption
+from src.datasets.captions import (ANNOTATION_KEY, MAX_CAPTION_BYTES, caption_keys, cut_caption, parse_annotation,
+                                   resolve_caption)
 from src.datasets.components import build_component
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
@@ -43,6 +43,7 @@ from src.datasets.prompt_ids import PromptIds, inline_prompts, load_prompt_ids
 from src.datasets.sample_index import RecordList, SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
+from src.datasets.tensor_files import MAX_TENSOR_BYTES, load_tensor_file
 from src.datasets.text2image.bucketed import BucketedRecords
 from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
 from src.datasets.token_ids import TokenIds
@@ -404,7 +405,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
 
     def read_annotation(self, annotation: str) -> str:
         path = self.data_path_of(self.cap_root, annotation)
-        return self.parse_annotation(path, self.annotation_files.read(path))
+        return self.parse_annotation(path, self.annotation_files.read(path, max_bytes=MAX_CAPTION_BYTES))
 
     def load_tensor(self, folder: str, image_file: str) -> torch.Tensor:
         """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens (a file,
@@ -416,13 +417,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
 
     def _load_stored(self, folder: str, image_file: str):
         path = self.data_path_of(folder, image_file + '.pt')
-        data = (self.latent_files if folder == self.latent_root else LOCAL_FILES).read(path)
-        try:
-            # weights_only, always: a downloaded .pt is a pickle, which could run code otherwise
-            # (torch honours an explicit True whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says).
-            return path, torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
-        except Exception as err:  # torch.load reports damaged files with many exception types
-            raise SampleError('bad-tensor', f'{path}: torch.load failed: {err}') from None
+        data = (self.latent_files if folder == self.latent_root else LOCAL_FILES).read(path, max_bytes=MAX_TENSOR_BYTES)
+        return path, load_tensor_file(data, path)  # bounded before it inflates, weights only
 
     def load_latent(self, image_file: str, target: tuple[int, int]) -> dict:
         """The stored latent of ``image_file`` (``image_latents``), checked against the shape its
@@ -509,13 +505,22 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         else:
             input_ids = self._encode(self.caption_prompt(text))
         if len(input_ids) > self.max_length and conditional and self.truncation == 'caption':
-            input_ids = self._fit_caption(text.strip())
+            input_ids = self._fit_caption(self.cut_caption(text))
         return dict(input_ids=input_ids[:self.max_length])
 
     def caption_prompt(self, caption: str) -> str:
         """The prompt of a record's caption as ``process_text`` makes it (and the stored and
-        batch-tokenized ids are made of): the caption stripped, in the template."""
-        return self.prompt_of(caption.strip())
+        batch-tokenized ids are made of): the caption stripped (and cut: ``cut_caption``), in the template."""
+        return self.prompt_of(self.cut_caption(caption))
+
+    def cut_caption(self, caption: str) -> str:
+        """``caption`` stripped, and cut where it is far longer than ``max_length`` tokens can be:
+        its prompt's first ``max_length`` ids are those of the whole caption's, and a caption of
+        megabytes costs no more than one of kilobytes (``captions.cut_caption``; the bound is
+        twice the characters ``max_length`` of the tokenizer's longest tokens can cover)."""
+        if not isinstance(self.max_length, int):
+            return caption.strip()
+        return cut_caption(caption, 2 * self.max_length * self._tokens().longest_token)
 
     def prompt_of(self, caption: str | None) -> str:
         """The whole prompt text of ``caption`` (None: the unconditional CFG prompt)."""
@@ -527,8 +532,9 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         return template['INSTRUCTION'].format(input=prompt) + (self.image_start_token or '')
 
     def prompt_length(self, caption: str) -> int:
-        """The prompt's length in tokens for ``caption``, as ``max_length`` counts it (the report's)."""
-        return len(self._encode(self.prompt_of(caption)))
+        """The prompt's length in tokens for ``caption``, as ``max_length`` counts it (the report's);
+        a caption far longer than ``max_length`` is cut first (``cut_caption``): still longer."""
+        return len(self._encode(self.prompt_of(self.cut_caption(caption))))
 
     @property
     def decodes_images(self) -> bool:

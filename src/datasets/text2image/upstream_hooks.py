@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import io
 
-from src.datasets.captions import parse_json
+from src.datasets.captions import MAX_CAPTION_BYTES, parse_json
 from src.datasets.errors import SampleError
 from src.datasets.image_io import check_size, decode_upright_rgb, load_square, open_image, random_square_box, \
     to_pixel_values
@@ -77,7 +77,7 @@ class UpstreamHooks:
     def _read_json(self, annotation_file: str) -> dict:
         """The JSON object in ``annotation_file`` (under ``cap_folder``, or ``ceph_folder``'s objects)."""
         path = self.data_path_of(self.cap_root, annotation_file)
-        annotation = parse_json(self.annotation_files.read(path), path)
+        annotation = parse_json(self.annotation_files.read(path, max_bytes=MAX_CAPTION_BYTES), path)
         if not isinstance(annotation, dict):
             raise SampleError('bad-annotation', f'{path}: expected a JSON object, found {type(annotation).__name__}')
         return annotation

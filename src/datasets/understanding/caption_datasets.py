@@ -76,7 +76,7 @@ class CaptionDataset(_TextToImage):
         if DEFAULT_IMAGE_TOKEN in caption:
             raise SampleError('bad-caption', f'the caption holds {DEFAULT_IMAGE_TOKEN}, the image placeholder')
         example = dict(conversation=[{'input': f'{DEFAULT_IMAGE_TOKEN}\n{rng.choice(self.caption_prompts)}',
-                                      'output': caption.strip()}])
+                                      'output': self.cut_caption(caption)}])  # megabytes: cut first
         example.update(self.template_map_fn(example))
         # max_length bounds the text: the image's placeholders do not count against it. Upstream cut
         # them too, then asserted that all were there: Harmon's published image2text.py (max_length
