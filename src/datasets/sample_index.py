@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from mmengine.logging import print_log
 
 from src.datasets.arrow_numpy import to_numpy
-from src.datasets.errors import IndexFormatError
+from src.datasets.errors import IndexFormatError, write_error
 from src.datasets.files import unsafe_path_mask
 from src.datasets.locks import wait_for_lock
 
@@ -418,7 +418,11 @@ class _SpillWriter:
                     writer.write_batch(_conform(reader.get_batch(i), schema))
 
     def remove_segments(self) -> None:
-        self._close_writer()
+        """The clean-up, after the build or its failure: a writer that cannot flush its end (a full
+        disk) is dropped quietly, so the first error stands and the segments are removed anyway."""
+        with contextlib.suppress(OSError):
+            self._close_writer()
+        self.writer = None
         for segment, _ in self.segments:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(segment)
@@ -457,14 +461,14 @@ def _build_cache(source: str, members: list[Path], cache: Path, fingerprint: byt
                     try:
                         spill.write(batch)
                     except OSError as exc:
-                        raise _CacheUnwritable(exc) from exc
+                        raise _CacheUnwritable(write_error(exc, cache)) from exc
             if not spill.segments:
                 raise _no_records(source)
             try:
                 spill.finish()
                 os.replace(temp_path, cache)
             except OSError as exc:
-                raise _CacheUnwritable(exc) from exc
+                raise _CacheUnwritable(write_error(exc, cache)) from exc
         finally:
             spill.remove_segments()
             with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,64 @@
+"""Faults and silent wrongs (issue 37, classes 7-9): a full disk, stale caches, tampered sidecars
+and stores. Each ends in a clear error naming the file, a rebuild, or a counted skip."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from full_disk import fill, tiny_disk
+from src.datasets.errors import WriteError
+from src.datasets.sample_index import SampleIndex
+from src.prepare.atomic import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _records(n: int) -> list[dict]:
+    return [{'image': f'images/{i:06d}.jpg', 'caption': f'a picture number {i} ' * 4} for i in range(n)]
+
+
+# ---- 7: a full disk ------------------------------------------------------------------------------
+
+def test_a_full_disk_during_the_index_cache_build_falls_back_to_memory_and_says_why(tmp_path, capfd):
+    source = tmp_path / 'data.json'
+    source.write_text(json.dumps(_records(20000)))  # its cache does not fit the disk below
+    with tiny_disk(tmp_path / 'disk') as disk:
+        index = SampleIndex.load(source, cache_dir=disk)
+        assert index.cache is None and len(index) == 20000 and index[123]['image'] == 'images/000123.jpg'
+        said = capfd.readouterr().out
+        assert f'no space left on the file system mounted at {disk} while writing {disk}' in said
+        assert 'in memory' in said
+        # the build's temp files are gone: the disk is left as it was found
+        assert [p.name for p in disk.iterdir() if not p.name.endswith('.lock')] == []
+
+
+def test_a_full_disk_keeps_the_previous_report_whole_and_names_the_file(tmp_path):
+    with tiny_disk(tmp_path / 'disk', 64) as disk:
+        report = disk / 'prepare_report.json'
+        write_json(report, {'indexes': [], 'note': 'the first run'})
+        before = report.read_bytes()
+        fill(disk)
+        with pytest.raises(WriteError, match=f'no space left on the file system mounted at {disk} while writing {report}'):
+            write_json(report, {'indexes': [], 'note': 'x' * 200_000})
+        assert report.read_bytes() == before
+        assert sorted(p.name for p in disk.iterdir()) == ['filler', 'prepare_report.json']  # no temp file left
+
+
+def test_a_full_disk_in_the_prepare_tool_keeps_the_report_and_says_so(tmp_path, caplog):
+    from src.prepare.report import Report
+    with tiny_disk(tmp_path / 'disk', 64) as disk:
+        Report('midjourney23m', str(disk)).finish()
+        before = (disk / 'prepare_report.json').read_bytes()
+        fill(disk)
+        report = Report('midjourney23m', str(disk))
+        report.index_skipped = 'x' * 200_000
+        with caplog.at_level(logging.INFO):
+            report.finish()
+        assert (disk / 'prepare_report.json').read_bytes() == before
+        assert f'report not saved: no space left on the file system mounted at {disk}' in caplog.text
