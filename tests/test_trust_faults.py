@@ -62,3 +62,37 @@ def test_a_full_disk_in_the_prepare_tool_keeps_the_report_and_says_so(tmp_path, 
             report.finish()
         assert (disk / 'prepare_report.json').read_bytes() == before
         assert f'report not saved: no space left on the file system mounted at {disk}' in caplog.text
+
+
+@pytest.fixture
+def midjourney(tmp_path, monkeypatch):
+    from src.prepare.datasets import prepare_midjourney23m
+    from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
+    root = tmp_path / DEFAULT_ROOTS['midjourney23m']
+    MAKERS['midjourney23m'](root, n=10)
+    assert prepare_midjourney23m(str(root), num_processes=1).exit_code() == 0
+    return tmp_path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('fmt', ['pt', 'shards'])
+def test_a_full_disk_in_cache_latents_stops_with_the_file_named_and_keeps_what_is_whole(midjourney, tmp_path, fmt,
+                                                                                        tokenizer_path):
+    from src.synthetic.autoencoder import build_autoencoder
+    vae = build_autoencoder(tmp_path / 'vae', 'AutoencoderKL')
+    with tiny_disk(tmp_path / 'disk', 48) as disk:
+        out = disk / 'latents'
+        result = subprocess.run(
+            [sys.executable, str(REPO / 'tools' / 'cache_latents.py'), str(REPO / 'configs/datasets/midjourney23m.py'),
+             '--cfg-options', f'dataset.tokenizer.pretrained_model_name_or_path={tokenizer_path}', 'dataset.image_size=64',
+             '--batch-size', '2', '--num-workers', '0', '--vae', vae, '--out', str(out), '--format', fmt],
+            cwd=midjourney, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1'),
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+        assert f'no space left on the file system mounted at {disk} while writing {out}' in result.stderr
+        assert 'run the same command again' in result.stderr
+        import torch
+        for latent in out.rglob('*.pt'):  # what was written is whole
+            torch.load(latent, weights_only=True)
+        assert not [p for p in out.rglob('*') if '.tmp-' in p.name]
