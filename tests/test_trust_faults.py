@@ -96,3 +96,26 @@ def test_a_full_disk_in_cache_latents_stops_with_the_file_named_and_keeps_what_i
         for latent in out.rglob('*.pt'):  # what was written is whole
             torch.load(latent, weights_only=True)
         assert not [p for p in out.rglob('*') if '.tmp-' in p.name]
+
+
+# ---- 8: stale caches -----------------------------------------------------------------------------
+
+def _edit_keeping_size_and_mtime(path: Path, old: bytes, new: bytes) -> None:
+    before = path.stat()
+    data = path.read_bytes()
+    assert len(old) == len(new) and data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+@pytest.mark.parametrize("records", [100, 90_000])  # hashed whole; sampled (over 8 MiB)
+def test_an_index_edited_with_the_same_size_and_mtime_is_read_again(tmp_path, records):
+    source = tmp_path / 'data.json'
+    source.write_text(json.dumps(_records(records)))
+    assert (source.stat().st_size > 8 << 20) == (records > 100)
+    middle = records // 2
+    assert SampleIndex.load(source)[middle]['image'] == f'images/{middle:06d}.jpg'
+    _edit_keeping_size_and_mtime(source, f'"images/{middle:06d}.jpg"'.encode(), b'"images/edited.jpg"')
+    assert SampleIndex.load(source)[middle]['image'] == 'images/edited.jpg'
