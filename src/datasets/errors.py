@@ -21,8 +21,8 @@ class IndexFormatError(ValueError):
     """The index file (data.json, .jsonl, parquet) cannot be read; the message names file and place."""
 
 
-_OUT_OF_SPACE = {errno.ENOSPC: 'no space left on', errno.EDQUOT: 'disk quota exceeded on',
-                 errno.EFBIG: 'the file size limit reached on'}
+_OUT_OF_SPACE = {errno.ENOSPC: 'No space left on', errno.EDQUOT: 'Disk quota exceeded on',
+                 errno.EFBIG: 'The file size limit reached on'}
 
 
 class WriteError(OSError):

@@ -47,8 +47,8 @@ def _sidecar(index: SampleIndex) -> str | None:
 
 def _load(path: str | None, rows: int) -> np.ndarray:
     if path is not None:
-        with contextlib.suppress(OSError, ValueError):
-            stored = np.load(path, mmap_mode='r')
+        with contextlib.suppress(OSError, ValueError, EOFError):  # a cut or zero-byte file: read again
+            stored = np.load(path, mmap_mode='r', allow_pickle=False)
             if stored.shape == (rows, 2) and stored.dtype == np.int32:
                 return stored
     return np.full((rows, 2), UNREAD, np.int32)

@@ -346,13 +346,13 @@ class _CacheUnwritable(Exception):
     """The cache cannot be written (read-only folder, disk full, ...): build in memory instead."""
 
 
-# A member up to this size is hashed whole (about 25 ms); a larger one by its head, its tail and
-# blocks spread between (a few MiB read, whatever the size: hashing a 5 GB index whole would add
-# seconds to every start of every rank).
-_HASH_WHOLE_BYTES = 8 << 20
-_HASH_BLOCK = 1 << 20
-_HASH_SPREAD = 32  # blocks of _HASH_SPREAD_BYTES between the head and the tail
-_HASH_SPREAD_BYTES = 64 << 10
+# A member up to this size is hashed whole (about 10 ms); a larger one by its head, its tail and
+# blocks spread between, 1.5 MiB whatever its size (hashing a 223 MiB index whole took 1.2 s here,
+# at every start of every rank; this sample 5-15 ms: bench/RESULTS.md).
+_HASH_WHOLE_BYTES = 4 << 20
+_HASH_BLOCK = 256 << 10  # the head and the tail; also the read size of a whole hash
+_HASH_SPREAD = 64  # blocks of _HASH_SPREAD_BYTES between the head and the tail
+_HASH_SPREAD_BYTES = 16 << 10
 
 
 def _content_digest(path: Path, size: int) -> str:
@@ -596,20 +596,23 @@ class SampleIndex:
         return digest.hexdigest()
 
     def _column_digest(self, name: str) -> str:
-        return self._memo(f'digest/{name}', lambda: _digest_column(self._table, name))
+        return self._memo(f'digest/{name}', lambda: _digest_column(self._table, name),
+                          lambda value: isinstance(value, str) and re.fullmatch('[0-9a-f]{32}', value))
 
-    def _memo(self, key: str, compute):
+    def _memo(self, key: str, compute, valid):
         """``compute()`` (a JSON value about the whole table), computed once per cache: kept in a
-        file beside it, keyed on the cache's fingerprint."""
+        file beside it, keyed on the cache's fingerprint. A kept value that is not ``valid`` (a
+        damaged file) is computed again."""
         sidecar = None if self._cache is None else self._cache.with_name(f'{self._cache.name}.digests.json')
         known = {}
         if sidecar is not None:
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, RecursionError):
                 known = json.loads(sidecar.read_text())
-            if not isinstance(known, dict) or known.get('fingerprint') != self._fingerprint.decode():
+            if not isinstance(known, dict) or known.get('fingerprint') != self._fingerprint.decode() or \
+                    not isinstance(known.get('values'), dict):
                 known = {}
         values = known.get('values', {})
-        if key not in values:
+        if key not in values or not valid(values[key]):
             values = {**values, key: compute()}
             known = {'fingerprint': self._fingerprint.decode() if self._fingerprint else None, 'values': values}
             if sidecar is not None:
@@ -626,7 +629,9 @@ class SampleIndex:
         if kind is None or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             return np.zeros(len(self), dtype=bool)
         rows = self._memo(f'unsafe/{name}', lambda: np.flatnonzero(
-            unsafe_path_mask(self._table.column(name)) & ~self._whole_not_text(name)).tolist())
+            unsafe_path_mask(self._table.column(name)) & ~self._whole_not_text(name)).tolist(),
+            lambda value: isinstance(value, list) and all(
+                isinstance(row, int) and 0 <= row < self._table.num_rows for row in value))
         mask = np.zeros(self._table.num_rows, dtype=bool)
         mask[rows] = True
         return self._view(mask)

@@ -48,24 +48,38 @@ def folder_for(index, key: dict) -> Path | None:
     return index.cache.with_name(f'{index.cache.name}.select-{hashlib.sha256(text.encode()).hexdigest()[:16]}')
 
 
-def _load(folder: Path, total: int) -> Selection | None:
+def _load(folder: Path, total: int, buckets: int) -> Selection | None:
+    """The stored selection, or None when it is missing or is not what ``save`` writes (a cut,
+    zero-byte or altered file is computed again, never trusted)."""
     try:
         info = json.loads((folder / 'drops.json').read_text())
-        rows = np.load(folder / 'rows.npy', mmap_mode='r') if info['rows'] else None
-        buckets = np.load(folder / 'buckets.npy', mmap_mode='r') if info['buckets'] else None
-    except (OSError, ValueError, KeyError):
+        rows = np.load(folder / 'rows.npy', mmap_mode='r', allow_pickle=False) if info['rows'] else None
+        bucket_ids = np.load(folder / 'buckets.npy', mmap_mode='r', allow_pickle=False) if info['buckets'] else None
+        drops = info['drops']
+        if not all(isinstance(n, int) for n in drops['counts'].values()) or \
+                not all(isinstance(m, str) for m in drops['messages']):
+            return None
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
         return None
     kept = total if rows is None else len(rows)
-    if info.get('total') != total or (rows is not None and (rows.dtype != np.int64 or rows.ndim != 1)) or \
-            (buckets is not None and (buckets.dtype != np.int16 or len(buckets) != kept)):
+    if info.get('total') != total or (rows is not None and not _sorted_rows(rows, total)) or \
+            (bucket_ids is not None and (bucket_ids.dtype != np.int16 or bucket_ids.shape != (kept,) or (
+                kept and (bucket_ids.min() < 0 or bucket_ids.max() >= buckets)))):
         return None
-    return Selection(rows, buckets, info['drops'], total)
+    return Selection(rows, bucket_ids, drops, total)
+
+
+def _sorted_rows(rows: np.ndarray, total: int) -> bool:
+    """Whether ``rows`` are row numbers of ``total`` rows, strictly increasing (as ``save`` keeps them)."""
+    return rows.dtype == np.int64 and rows.ndim == 1 and (not len(rows) or (
+        rows[0] >= 0 and rows[-1] < total and bool(np.all(rows[1:] > rows[:-1]))))
 
 
 @contextlib.contextmanager
-def stored(folder: Path | None, total: int):
+def stored(folder: Path | None, total: int, buckets: int = 0):
     """The stored selection (or None), held under the folder's lock so that one process computes
-    what is missing while the others wait; ``save`` it inside the block."""
+    what is missing while the others wait; ``save`` it inside the block. ``buckets``: how many the
+    dataset has (a stored bucket id must be one of them)."""
     if folder is None:
         yield None
         return
@@ -75,7 +89,7 @@ def stored(folder: Path | None, total: int):
         yield None
         return
     with lock:
-        yield _load(folder, total)
+        yield _load(folder, total, buckets)
 
 
 def save(folder: Path | None, selection: Selection) -> None:

@@ -263,7 +263,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         whole = index.whole()
         folder = selection.folder_for(whole, self._selection_key()) if len(whole) == len(index) or \
             self.train_number_samples else None
-        with selection.stored(folder, len(index)) as kept:
+        with selection.stored(folder, len(index), 0 if self.buckets is None else len(self.buckets.shapes)) as kept:
             if kept is None:
                 kept = self._select_records(index)
                 selection.save(folder, kept)
