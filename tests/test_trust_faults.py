@@ -119,3 +119,86 @@ def test_an_index_edited_with_the_same_size_and_mtime_is_read_again(tmp_path, re
     assert SampleIndex.load(source)[middle]['image'] == f'images/{middle:06d}.jpg'
     _edit_keeping_size_and_mtime(source, f'"images/{middle:06d}.jpg"'.encode(), b'"images/edited.jpg"')
     assert SampleIndex.load(source)[middle]['image'] == 'images/edited.jpg'
+
+
+# ---- 9: tampered latents, latents.json, prepare_report.json ----------------------------------------
+
+@pytest.fixture
+def latent_dataset(tmp_path, tokenizer, prompt_template):
+    """A dataset over 6 images and their latents ``tmp_path/latents/<i>.jpg.pt`` (zeros, 4 x 8 x 8)."""
+    from src.datasets.text2image.caption_datasets import CaptionDataset
+    from src.synthetic.images import encode_image
+    import torch
+    (tmp_path / 'images').mkdir()
+    (tmp_path / 'latents').mkdir()
+    records = []
+    for i in range(6):
+        (tmp_path / 'images' / f'{i}.jpg').write_bytes(encode_image(120, 100, seed=i))
+        torch.save(torch.zeros(4, 8, 8), tmp_path / 'latents' / f'{i}.jpg.pt')
+        records.append({'image': f'{i}.jpg', 'caption': f'picture {i}'})
+    (tmp_path / 'data.json').write_text(json.dumps(records))
+
+    def make(**options):
+        return CaptionDataset(str(tmp_path / 'data.json'), image_folder=str(tmp_path / 'images'), tokenizer=tokenizer,
+                              prompt_template=prompt_template, image_size=32, unconditional=0, seed=0,
+                              image_latents_folder=str(tmp_path / 'latents'), **options)
+    return make
+
+
+def test_a_sparse_or_nan_latent_is_a_counted_skip_naming_the_file_and_collate_never_sees_it(latent_dataset, tmp_path):
+    import torch
+    from src.datasets.collate_functions import collate_func_gen_latents
+    from src.datasets.errors import SampleError
+    latents = tmp_path / 'latents'
+    torch.save(torch.zeros(4, 8, 8).to_sparse(), latents / '1.jpg.pt')
+    nan = torch.zeros(4, 8, 8)
+    nan[0, 3, 3] = float('nan')
+    torch.save(nan, latents / '2.jpg.pt')
+    inf = torch.zeros(4, 8, 8)
+    inf[1, 1, 1] = float('inf')
+    torch.save(inf.to(torch.bfloat16), latents / '3.jpg.pt')
+    torch.save(torch.zeros(4, 8, 8, dtype=torch.int64), latents / '4.jpg.pt')
+    dataset = latent_dataset()
+    for idx, reason, says in [(1, 'bad-tensor', 'a sparse_coo torch.float32 tensor'),
+                              (2, 'bad-latent-values', '1 of its 256 values are NaN or infinite'),
+                              (3, 'bad-latent-values', '1 of its 256 values are NaN or infinite'),
+                              (4, 'bad-tensor', 'torch.int64 tensor, not a dense floating-point latent')]:
+        with pytest.raises(SampleError, match=f'{idx}.jpg.pt: .*{says}') as err:
+            dataset.prepare_data(idx)
+        assert err.value.reason == reason
+    batch = collate_func_gen_latents([dataset[i] for i in range(6)])  # replaced by good ones
+    latents = batch['data']['image_latents']
+    assert latents.shape == (6, 4, 8, 8) and torch.isfinite(latents).all()
+    assert dataset.failures == {'bad-tensor': dataset.failures['bad-tensor'],
+                                'bad-latent-values': dataset.failures['bad-latent-values']}
+    assert dataset.failures['bad-tensor'] >= 2 and dataset.failures['bad-latent-values'] >= 2
+
+
+@pytest.mark.parametrize('shapes', [{'32x32': 5}, {'32x32': [4, 'eight', 8]}, {'32x32': []}, {'32x32': [4, -8, 8]},
+                                    {'32x32': {'a': 1}}, {'32x32': [4, True, 8]}])
+def test_latents_json_with_no_shape_where_one_is_wanted_is_refused_naming_the_file(latent_dataset, tmp_path, shapes):
+    from src.datasets.errors import IndexFormatError
+    info = tmp_path / 'latents' / 'latents.json'
+    info.write_text(json.dumps({'format': 1, 'vae': 'v', 'image_size': 32, 'buckets': None, 'shapes': shapes}))
+    with pytest.raises(IndexFormatError, match=f'{info}: "shapes" maps \'32x32\' to .*, not a latent shape'):
+        latent_dataset()
+
+
+@pytest.mark.parametrize('report', [
+    {'indexes': 5}, {'indexes': [3]}, {'indexes': [{'dropped': []}]}, {'indexes': [{'dropped': {'x': 4}}]},
+    {'indexes': [{'dropped': {'x': {'count': 'many'}}}]}, {'members_refused': 'all'}, [1, 2], 'text'])
+def test_a_malformed_prepare_report_is_left_out_of_the_report_with_a_warning(tmp_path, report, caplog):
+    from src.report.statistics import prepare_drops
+    (tmp_path / 'prepare_report.json').write_text(json.dumps(report))
+    with caplog.at_level(logging.WARNING):
+        assert prepare_drops(str(tmp_path / 'data.json')) == {}
+    if isinstance(report, dict):
+        assert str(tmp_path / 'prepare_report.json') in caplog.text
+
+
+def test_a_well_formed_prepare_report_gives_its_drop_counts(tmp_path):
+    from src.report.statistics import prepare_drops
+    (tmp_path / 'prepare_report.json').write_text(json.dumps({
+        'indexes': [{'dropped': {'no image': {'count': 3}}}, {'dropped': {'no image': {'count': 2}}}],
+        'members_refused': {'link': {'count': 1}}}))
+    assert prepare_drops(str(tmp_path / 'data.json')) == {'no image': 5, 'member refused: link': 1}

@@ -26,6 +26,7 @@ import os
 from collections import Counter
 
 import numpy as np
+import torch
 
 from src.datasets.errors import IndexFormatError, SampleError
 
@@ -54,7 +55,17 @@ def read_info(read, folder: str) -> dict | None:
         raise IndexFormatError(f'{path}: not readable JSON: the latent folder\'s record of what it holds') from None
     if not isinstance(info, dict) or not isinstance(info.get('shapes'), dict):
         raise IndexFormatError(f'{path}: not a latent folder record (no "shapes")')
+    for key, shape in info['shapes'].items():
+        if not (isinstance(shape, list) and shape and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                          for n in shape)):
+            raise IndexFormatError(f'{path}: "shapes" maps {key!r} to {type(shape).__name__} {_short(shape)}, not a '
+                                   'latent shape (a list of positive integers)')
     return info
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + '...'
 
 
 def check_options(info: dict, folder: str, image_size: int, buckets) -> None:
@@ -129,6 +140,12 @@ class LatentShapes:
     def check(self, latent, path: str, height: int, width: int) -> None:
         """``SampleError('bad-latent-shape')`` naming ``path`` when ``latent`` is not of the shape
         expected for an image of ``height`` x ``width``."""
+        if latent.layout != torch.strided or not latent.is_floating_point():
+            raise SampleError('bad-tensor', f'{path}: a {str(latent.layout).replace("torch.", "")} {latent.dtype} '
+                                            'tensor, not a dense floating-point latent')
+        bad = int(latent.numel() - torch.isfinite(latent).sum())
+        if bad:
+            raise SampleError('bad-latent-values', f'{path}: {bad} of its {latent.numel()} values are NaN or infinite')
         expected = self.shapes.get(size_key(height, width))
         if expected is not None and tuple(latent.shape) != expected:
             raise SampleError('bad-latent-shape', f'{path}: a latent of shape {list(latent.shape)}, not '
