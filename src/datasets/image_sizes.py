@@ -28,6 +28,7 @@ from src.datasets.errors import SampleError
 from src.datasets.image_io import open_image, oriented_size
 from src.datasets.locks import wait_for_lock
 from src.datasets.sample_index import SampleIndex
+from src.datasets.stored_arrays import load_array
 
 UNREAD, UNREADABLE = -1, 0
 THREADS = 16  # header reads are I/O: local disks, network file systems and object stores alike
@@ -47,8 +48,8 @@ def _sidecar(index: SampleIndex) -> str | None:
 
 def _load(path: str | None, rows: int) -> np.ndarray:
     if path is not None:
-        with contextlib.suppress(OSError, ValueError, EOFError):  # a cut or zero-byte file: read again
-            stored = np.load(path, mmap_mode='r', allow_pickle=False)
+        with contextlib.suppress(OSError, ValueError):  # a damaged file (DamagedArray): read again
+            stored = load_array(path, mmap=True)
             if stored.shape == (rows, 2) and stored.dtype == np.int32:
                 return stored
     return np.full((rows, 2), UNREAD, np.int32)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from src.datasets.errors import IndexFormatError, SampleError
+from src.datasets.stored_arrays import load_array
 
 INFO_NAME = 'latents.json'
 SIZES_NAME = 'image_sizes.npy'
@@ -102,8 +103,8 @@ def read_sizes(read, folder: str, index_digest: str, rows: int) -> np.ndarray | 
         return None
     path = os.path.join(folder, SIZES_NAME)
     try:
-        sizes = np.load(io.BytesIO(read(path)), allow_pickle=False)
-    except (SampleError, ValueError, OSError) as err:
+        sizes = load_array(read(path), name=path)
+    except (SampleError, ValueError, OSError) as err:  # DamagedArray is a ValueError
         raise IndexFormatError(f'{path}: unreadable ({err}); {INFO_NAME} says it holds the image sizes') from None
     if sizes.dtype != np.int32 or sizes.shape != (rows, 2):
         raise IndexFormatError(f'{path}: a {sizes.dtype} array of shape {sizes.shape}, not int32 [{rows}, 2] '

@@ -47,6 +47,7 @@ from src.datasets.captions import resolve_caption
 from src.datasets.errors import SampleError
 from src.datasets.locks import wait_for_lock
 from src.datasets.sample_index import SampleIndex
+from src.datasets.stored_arrays import load_array
 from src.datasets.token_ids import TokenIds
 
 FORMAT_VERSION = 1
@@ -145,9 +146,8 @@ def _map(folder: Path, rows: int, vocab: int | None) -> PromptIds:
         # np.memmap refuses an empty file (no record had its caption inline)
         ids = np.memmap(ids_file, '<i4', mode='r') if ids_file.stat().st_size else np.zeros(0, '<i4')
         # Plain arrays over the mappings: slicing an np.memmap runs Python code for every slice.
-        offsets, known = (np.asarray(np.load(folder / f'{name}.npy', mmap_mode='r', allow_pickle=False))
-                          for name in _ARRAYS)
-    except (OSError, ValueError, EOFError) as exc:
+        offsets, known = (np.asarray(load_array(folder / f'{name}.npy', mmap=True)) for name in _ARRAYS)
+    except (OSError, ValueError) as exc:  # DamagedArray too
         raise DamagedStore(f'{folder}: unreadable ({exc})') from None
     if offsets.dtype != np.int64 or offsets.shape != (rows + 1,) or known.dtype != bool or known.shape != (rows,):
         raise DamagedStore(f'{folder}: offsets.npy or known.npy is not of its {rows} rows')

@@ -276,6 +276,9 @@ def _source_batches(members: list[Path]) -> Iterator[pa.RecordBatch]:
         except RecursionError:
             raise _format_error(member, 'a record is nested deeper than the JSON parser can follow '
                                         '(thousands of levels): not an index of samples') from None
+        except UnicodeEncodeError:  # JSON allows a lone surrogate escape; no UTF-8 text holds one
+            raise _format_error(member, 'a record holds text with a lone surrogate escape (such as '
+                                        '"\\ud800"): not Unicode text') from None
 
 
 # ------------------------------------------------------------------- one schema for all batches
@@ -609,12 +612,13 @@ class SampleIndex:
             with contextlib.suppress(OSError, ValueError, RecursionError):
                 known = json.loads(sidecar.read_text())
             if not isinstance(known, dict) or known.get('fingerprint') != self._fingerprint.decode() or \
-                    not isinstance(known.get('values'), dict):
-                known = {}
+                    not isinstance(known.get('values'), dict) or known.get('check') != _memo_check(known['values']):
+                known = {}  # another index's, or damaged: computed again
         values = known.get('values', {})
         if key not in values or not valid(values[key]):
             values = {**values, key: compute()}
-            known = {'fingerprint': self._fingerprint.decode() if self._fingerprint else None, 'values': values}
+            known = {'fingerprint': self._fingerprint.decode() if self._fingerprint else None, 'values': values,
+                     'check': _memo_check(values)}
             if sidecar is not None:
                 with contextlib.suppress(OSError):  # a read-only cache folder: computed again next time
                     temp = sidecar.with_name(f'{sidecar.name}.{os.getpid()}.tmp')
@@ -744,6 +748,11 @@ class SampleIndex:
     def __repr__(self) -> str:
         where = f'memory-mapped from {self._cache}' if self._cache else 'in memory'
         return f'SampleIndex({self.source!r}: {len(self)} records, {where})'
+
+
+def _memo_check(values: dict) -> str:
+    """A checksum of the values kept beside a cache: one altered there is computed again, not used."""
+    return hashlib.blake2b(json.dumps(values, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def _digest_column(table: pa.Table, name: str) -> str:

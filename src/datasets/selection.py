@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from src.datasets.locks import wait_for_lock
+from src.datasets.stored_arrays import load_array
 
 VERSION = 1
 
@@ -53,13 +54,13 @@ def _load(folder: Path, total: int, buckets: int) -> Selection | None:
     zero-byte or altered file is computed again, never trusted)."""
     try:
         info = json.loads((folder / 'drops.json').read_text())
-        rows = np.load(folder / 'rows.npy', mmap_mode='r', allow_pickle=False) if info['rows'] else None
-        bucket_ids = np.load(folder / 'buckets.npy', mmap_mode='r', allow_pickle=False) if info['buckets'] else None
+        rows = load_array(folder / 'rows.npy', mmap=True) if info['rows'] else None
+        bucket_ids = load_array(folder / 'buckets.npy', mmap=True) if info['buckets'] else None
         drops = info['drops']
         if not all(isinstance(n, int) for n in drops['counts'].values()) or \
                 not all(isinstance(m, str) for m in drops['messages']):
             return None
-    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # DamagedArray is a ValueError
         return None
     kept = total if rows is None else len(rows)
     if info.get('total') != total or (rows is not None and not _sorted_rows(rows, total)) or \
