@@ -114,7 +114,8 @@ def test_a_damaged_sidecar_is_rebuilt(make, root, sidecar, damage):
     assert sum(again.failures.values()) == sum(first.failures.values())
 
 
-def test_stored_prompt_ids_outside_the_vocabulary_are_a_counted_failure_naming_the_store(make, root, capfd):
+def test_stored_prompt_ids_outside_the_vocabulary_are_a_counted_failure_naming_the_store(make, root):
+    from src.datasets.errors import SampleError
     first = make()
     folder = first.prompt_ids.folder
     last = int(np.flatnonzero(first.prompt_ids.known)[-1])  # not among the few checked on opening
@@ -124,9 +125,10 @@ def test_stored_prompt_ids_outside_the_vocabulary_are_a_counted_failure_naming_t
     del ids
     again = make()
     position = int(np.flatnonzero(again.index.table_rows() == last)[0])
+    with pytest.raises(SampleError, match=f'{folder}: row {last}: the stored ids are damaged') as err:
+        again.prepare_data(position)
+    assert err.value.reason == 'bad-prompt-ids'
     sample = again[position]
     assert sample['image_file'] != f'{last}.jpg'  # replaced by another
     assert again.failures['bad-prompt-ids'] >= 1  # (a replacement may draw it again)
-    said = capfd.readouterr().out
-    assert '[bad-prompt-ids]' in said and str(folder) in said
     assert all(int(i) < len(again.tokenizer) for i in sample['input_ids'])
