@@ -132,3 +132,24 @@ def test_stored_prompt_ids_outside_the_vocabulary_are_a_counted_failure_naming_t
     assert sample['image_file'] != f'{last}.jpg'  # replaced by another
     assert again.failures['bad-prompt-ids'] >= 1  # (a replacement may draw it again)
     assert all(int(i) < len(again.tokenizer) for i in sample['input_ids'])
+
+
+def test_a_picture_replaced_after_its_size_was_kept_is_refused_naming_it_and_read_again(make, root):
+    from src.datasets.errors import SampleError
+    first = make(pretokenize=False)
+    position = [first.index[i]['image'] for i in range(len(first))].index('0.jpg')
+    assert tuple(first[position]['pixel_values'].shape[1:]) == first.target_of(position)
+    wide = first.target_of(position)
+    (root / 'images' / '0.jpg').write_bytes(encode_image(70, 200, seed=9))  # now tall: another bucket
+    again = make(pretokenize=False)  # the kept sizes and selection say what they said
+    assert again.target_of(position) == wide
+    with pytest.raises(SampleError, match=f'{root / "images" / "0.jpg"}: the picture is 70x200 now') as err:
+        again.prepare_data(position)
+    assert err.value.reason == 'stale-size'
+    assert not _sidecars(root)['sizes'] and not _sidecars(root)['selection drops']
+    third = make(pretokenize=False)  # read again: the right bucket
+    position = [third.index[i]['image'] for i in range(len(third))].index('0.jpg')
+    assert third.target_of(position) != wide
+    sample = third.prepare_data(position)
+    assert tuple(sample['pixel_values'].shape[1:]) == third.target_of(position)
+    assert sample['original_size'].tolist() == [200, 70]

@@ -24,6 +24,7 @@ import numpy as np
 from mmengine.logging import print_log
 from tqdm import tqdm
 
+from src.datasets import selection
 from src.datasets.errors import SampleError
 from src.datasets.image_io import open_image, oriented_size
 from src.datasets.locks import wait_for_lock
@@ -122,6 +123,16 @@ def _read_headers(read_size, rows: np.ndarray, what: str) -> np.ndarray:
             sizes.append(size)
             bar.update()
     return np.asarray(sizes, np.int32).reshape(-1, 2)
+
+
+def forget_sizes(index: SampleIndex) -> None:
+    """Drop the sizes kept for ``index`` (a whole index) and what was decided from them (the
+    selections beside its cache): a picture changed after they were read."""
+    path = _sidecar(index)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    selection.forget(index)
 
 
 def _save(stored: np.ndarray, path: str) -> None:

@@ -16,6 +16,7 @@ together wait, under a lock, for the one computing it. An index held in memory k
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -91,6 +92,15 @@ def stored(folder: Path | None, total: int, buckets: int = 0):
         return
     with lock:
         yield _load(folder, total, buckets)
+
+
+def forget(index) -> None:
+    """Remove every stored selection of ``index`` (a whole, cached index): what they were decided
+    from changed (processes that map one keep reading it; the next construction decides again)."""
+    if index.cache is None:
+        return
+    for folder in index.cache.parent.glob(f'{glob.escape(index.cache.name)}.select-*'):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def save(folder: Path | None, selection: Selection) -> None:

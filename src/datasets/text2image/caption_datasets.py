@@ -468,6 +468,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
             return self.load_latent(image_file, state.target or (self.image_size, self.image_size))
         data = dict(pixel_values=self.load_pixels(image_file, rng))
         if self.buckets is not None:
+            self.check_bucket(image_file, state.placement.original_size, state.target)
             data.update(original_size=torch.tensor(state.placement.original_size),
                         crop_coords=torch.tensor(state.placement.crop_coords))
         return data
