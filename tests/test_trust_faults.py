@@ -202,3 +202,27 @@ def test_a_well_formed_prepare_report_gives_its_drop_counts(tmp_path):
         'indexes': [{'dropped': {'no image': {'count': 3}}}, {'dropped': {'no image': {'count': 2}}}],
         'members_refused': {'link': {'count': 1}}}))
     assert prepare_drops(str(tmp_path / 'data.json')) == {'no image': 5, 'member refused: link': 1}
+
+
+def test_a_full_disk_while_storing_prompt_ids_tokenizes_as_read_and_names_the_disk(tmp_path, tokenizer,
+                                                                                    prompt_template, capfd):
+    from src.datasets.text2image.caption_datasets import CaptionDataset
+    from src.synthetic.images import encode_image
+    (tmp_path / 'images').mkdir()
+    records = []
+    for i in range(4):
+        (tmp_path / 'images' / f'{i}.jpg').write_bytes(encode_image(120, 100, seed=i))
+        records.append({'image': f'{i}.jpg', 'caption': f'picture {i} ' * 40})
+    (tmp_path / 'data.json').write_text(json.dumps(records))
+    with tiny_disk(tmp_path / 'disk', 128) as disk:
+        def make(**options):
+            return CaptionDataset(str(tmp_path / 'data.json'), image_folder=str(tmp_path / 'images'), tokenizer=tokenizer,
+                                  prompt_template=prompt_template, image_size=32, unconditional=0, seed=0,
+                                  index_cache_dir=str(disk), **options)
+        plain = make()
+        fill(disk)
+        stored = make(pretokenize=True)
+        assert stored.prompt_ids is None
+        assert f'No space left on the file system mounted at {disk} while writing {disk}' in capfd.readouterr().out
+        assert [stored[i]['input_ids'].tolist() for i in range(4)] == [plain[i]['input_ids'].tolist() for i in range(4)]
+        assert not [p for p in disk.iterdir() if '.tmp' in p.name]

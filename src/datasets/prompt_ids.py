@@ -44,7 +44,7 @@ from mmengine.logging import print_log
 from tqdm import tqdm
 
 from src.datasets.captions import resolve_caption
-from src.datasets.errors import SampleError
+from src.datasets.errors import SampleError, write_error
 from src.datasets.locks import wait_for_lock
 from src.datasets.sample_index import SampleIndex
 from src.datasets.stored_arrays import load_array
@@ -192,10 +192,13 @@ def _build(folder: Path, arguments: tuple) -> int:
     how many prompts it holds."""
     temp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'{folder.name}.tmp-'))
     try:
-        with open(temp / _IDS, 'wb') as ids:
-            offsets, known = tokenize_index(*arguments, write=lambda batch: batch.tofile(ids))
-        np.save(temp / 'offsets.npy', offsets)
-        np.save(temp / 'known.npy', known)
+        try:
+            with open(temp / _IDS, 'wb') as ids:  # written by the file, not tofile: its errors have no errno
+                offsets, known = tokenize_index(*arguments, write=lambda batch: ids.write(memoryview(batch)))
+            np.save(temp / 'offsets.npy', offsets)
+            np.save(temp / 'known.npy', known)
+        except OSError as exc:
+            raise write_error(exc, temp) from None
         os.rename(temp, folder)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -247,7 +250,7 @@ def load_prompt_ids(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Call
             shutil.rmtree(folder, ignore_errors=True)
             stored = _open_or_build(folder, arguments, index.source, rows, len(tokenizer))
         return stored
-    except OSError as exc:
+    except (OSError, DamagedStore) as exc:  # a full disk (the error names it), a store that cannot be replaced
         print_log(f'Cannot store the prompt ids of {index.source} in {folder} ({exc}): prompts are '
                   f'tokenized as they are read; give a writable index_cache_dir to store them',
                   logger='current', level=logging.WARNING)

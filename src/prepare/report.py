@@ -180,7 +180,7 @@ class Report:
             write_json(path, self.to_dict())
             saved = f'report: {path}'
         except OSError as e:  # a full disk or a read-only root: the summary is still printed
-            saved = f'report not saved ({e.strerror}: {path})' if not isinstance(e, WriteError) else f'report not saved: {e}'
+            saved = f'report not saved: {e}' if isinstance(e, WriteError) else f'report not saved ({e.strerror}: {path})'
         code = self.exit_code()
         log = logger.warning if code else logger.info
         log('%s\n%s', self.summary(), saved)
