@@ -100,11 +100,15 @@ def main(argv=None) -> int:
     except (HubUnreachable, MissingExtra) as e:
         logger.error('%s', e)
         return 2
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'report.html'), 'w', encoding='utf-8') as f:
-        f.write(html)
-    with open(os.path.join(args.out, 'report.json'), 'w', encoding='utf-8') as f:
-        json.dump(numbers, f, indent=1)
+    from src.prepare.atomic import atomic_write
+    try:  # each file whole or the previous one kept: a full disk never leaves a cut report
+        with atomic_write(os.path.join(args.out, 'report.html')) as f:
+            f.write(html)
+        with atomic_write(os.path.join(args.out, 'report.json')) as f:
+            json.dump(numbers, f, indent=1)
+    except OSError as e:
+        logger.error('report not written: %s', e)
+        return 1
     logger.info('report: %s', os.path.join(args.out, 'report.html'))
     return 0
 

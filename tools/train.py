@@ -54,7 +54,14 @@ def main(argv=None) -> int:
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or os.path.join('work_dirs', Path(args.config).stem)
     cfg.launcher = args.launcher
     if args.resume:
-        cfg.resume = True  # the latest checkpoint of work_dir, found by mmengine
+        from src.engine.resume import NoCheckpoint, latest_whole_checkpoint
+        cfg.resume = True  # from the latest whole checkpoint of work_dir (mmengine's own pick may be cut short)
+        try:
+            if cfg.get('load_from') is None:
+                cfg.load_from = latest_whole_checkpoint(cfg.work_dir)
+        except NoCheckpoint as e:
+            logger.error('%s', e)
+            return 2
     Runner.from_cfg(cfg).train()
     return 0
 

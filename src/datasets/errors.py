@@ -1,6 +1,9 @@
 """The errors of the data layer: what went wrong with one sample, and what is wrong with an index."""
 from __future__ import annotations
 
+import errno
+import os
+
 from src.datasets.redact import redact
 
 
@@ -18,3 +21,33 @@ class SampleError(Exception):
 
 class IndexFormatError(ValueError):
     """The index file (data.json, .jsonl, parquet) cannot be read; the message names file and place."""
+
+
+_OUT_OF_SPACE = {errno.ENOSPC: 'No space left on', errno.EDQUOT: 'Disk quota exceeded on',
+                 errno.EFBIG: 'The file size limit reached on'}
+
+
+class WriteError(OSError):
+    """A write failed for want of space; the message names the file system and the file (the bare
+    ``[Errno 28] No space left on device`` names neither)."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def mount_point(path) -> str:
+    """The mount point of the file system that holds ``path`` (or would, for a file not yet made)."""
+    path = os.path.abspath(os.fspath(path))
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def write_error(exc: BaseException, path) -> BaseException:
+    """``exc`` as it should reach a person: a ``WriteError`` naming the file system and ``path`` when
+    it is a full disk, a quota or a file size limit; any other error unchanged."""
+    reason = _OUT_OF_SPACE.get(getattr(exc, 'errno', None))
+    if reason is None or isinstance(exc, WriteError):
+        return exc
+    return WriteError(exc.errno, f'{reason} the file system mounted at {mount_point(path)} while writing '
+                                 f'{os.fspath(path)}: free space there (or write elsewhere) and run again')

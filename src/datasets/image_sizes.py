@@ -24,10 +24,12 @@ import numpy as np
 from mmengine.logging import print_log
 from tqdm import tqdm
 
+from src.datasets import selection
 from src.datasets.errors import SampleError
 from src.datasets.image_io import open_image, oriented_size
 from src.datasets.locks import wait_for_lock
 from src.datasets.sample_index import SampleIndex
+from src.datasets.stored_arrays import load_array
 
 UNREAD, UNREADABLE = -1, 0
 THREADS = 16  # header reads are I/O: local disks, network file systems and object stores alike
@@ -47,8 +49,8 @@ def _sidecar(index: SampleIndex) -> str | None:
 
 def _load(path: str | None, rows: int) -> np.ndarray:
     if path is not None:
-        with contextlib.suppress(OSError, ValueError):
-            stored = np.load(path, mmap_mode='r')
+        with contextlib.suppress(OSError, ValueError):  # a damaged file (DamagedArray): read again
+            stored = load_array(path, mmap=True)
             if stored.shape == (rows, 2) and stored.dtype == np.int32:
                 return stored
     return np.full((rows, 2), UNREAD, np.int32)
@@ -121,6 +123,16 @@ def _read_headers(read_size, rows: np.ndarray, what: str) -> np.ndarray:
             sizes.append(size)
             bar.update()
     return np.asarray(sizes, np.int32).reshape(-1, 2)
+
+
+def forget_sizes(index: SampleIndex) -> None:
+    """Drop the sizes kept for ``index`` (a whole index) and what was decided from them (the
+    selections beside its cache): a picture changed after they were read."""
+    path = _sidecar(index)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    selection.forget(index)
 
 
 def _save(stored: np.ndarray, path: str) -> None:

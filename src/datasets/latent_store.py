@@ -26,8 +26,10 @@ import os
 from collections import Counter
 
 import numpy as np
+import torch
 
 from src.datasets.errors import IndexFormatError, SampleError
+from src.datasets.stored_arrays import load_array
 
 INFO_NAME = 'latents.json'
 SIZES_NAME = 'image_sizes.npy'
@@ -54,7 +56,17 @@ def read_info(read, folder: str) -> dict | None:
         raise IndexFormatError(f'{path}: not readable JSON: the latent folder\'s record of what it holds') from None
     if not isinstance(info, dict) or not isinstance(info.get('shapes'), dict):
         raise IndexFormatError(f'{path}: not a latent folder record (no "shapes")')
+    for key, shape in info['shapes'].items():
+        if not (isinstance(shape, list) and shape and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                          for n in shape)):
+            raise IndexFormatError(f'{path}: "shapes" maps {key!r} to {type(shape).__name__} {_short(shape)}, not a '
+                                   'latent shape (a list of positive integers)')
     return info
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + '...'
 
 
 def check_options(info: dict, folder: str, image_size: int, buckets) -> None:
@@ -91,8 +103,8 @@ def read_sizes(read, folder: str, index_digest: str, rows: int) -> np.ndarray | 
         return None
     path = os.path.join(folder, SIZES_NAME)
     try:
-        sizes = np.load(io.BytesIO(read(path)), allow_pickle=False)
-    except (SampleError, ValueError, OSError) as err:
+        sizes = load_array(read(path), name=path)
+    except (SampleError, ValueError, OSError) as err:  # DamagedArray is a ValueError
         raise IndexFormatError(f'{path}: unreadable ({err}); {INFO_NAME} says it holds the image sizes') from None
     if sizes.dtype != np.int32 or sizes.shape != (rows, 2):
         raise IndexFormatError(f'{path}: a {sizes.dtype} array of shape {sizes.shape}, not int32 [{rows}, 2] '
@@ -129,6 +141,12 @@ class LatentShapes:
     def check(self, latent, path: str, height: int, width: int) -> None:
         """``SampleError('bad-latent-shape')`` naming ``path`` when ``latent`` is not of the shape
         expected for an image of ``height`` x ``width``."""
+        if latent.layout != torch.strided or not latent.is_floating_point():
+            raise SampleError('bad-tensor', f'{path}: a {str(latent.layout).replace("torch.", "")} {latent.dtype} '
+                                            'tensor, not a dense floating-point latent')
+        bad = int(latent.numel() - torch.isfinite(latent).sum())
+        if bad:
+            raise SampleError('bad-latent-values', f'{path}: {bad} of its {latent.numel()} values are NaN or infinite')
         expected = self.shapes.get(size_key(height, width))
         if expected is not None and tuple(latent.shape) != expected:
             raise SampleError('bad-latent-shape', f'{path}: a latent of shape {list(latent.shape)}, not '

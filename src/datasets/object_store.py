@@ -13,6 +13,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import hashlib
+import json
 import os
 import re
 from collections import OrderedDict, deque
@@ -24,7 +25,7 @@ from src.datasets.errors import SampleError
 from src.datasets.extras import require
 from src.datasets.files import MAX_FILE_BYTES, read_text_file, unsafe_path
 from src.datasets.locks import wait_for_lock
-from src.datasets.obstore_client import object_size, read_object, worker_store
+from src.datasets.obstore_client import object_head, read_object, worker_store
 from src.datasets.redact import redact
 from src.datasets.storage import Reader, check_size
 
@@ -279,14 +280,19 @@ class ObjectFolder(Reader):
 
     def size(self, path: str) -> int:
         """The size of the object ``path`` (a HEAD request); ``SampleError`` when it is missing."""
+        return self.head(path)[0]
+
+    def head(self, path: str) -> tuple[int, str]:
+        """The size and ETag of the object ``path`` (a HEAD request); ``SampleError`` when it is missing."""
         store = worker_store(self.cluster, self.bucket)
         if store is not None:
-            return object_size(store, self.key(path), path, self.describe())
+            return object_head(store, self.key(path), path, self.describe())
         from botocore.exceptions import ClientError
         try:
-            return self.client().head_object(Bucket=self.bucket, Key=self.key(path))['ContentLength']
+            response = self.client().head_object(Bucket=self.bucket, Key=self.key(path))
         except ClientError:
             raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
+        return response['ContentLength'], response.get('ETag', '')
 
     def prefetch(self, samples) -> None:
         """The objects of ``samples`` fetched at once, in threads, and kept for their reads: as many
@@ -310,10 +316,11 @@ class ObjectFolder(Reader):
         self._kept.largest = max(self._kept.largest, len(data))  # also of what did not fit
         return data
 
-    def read(self, path: str, offset: int | None = None, size: int | None = None, *,
+    def read(self, path: str, offset: int | None = None, size: int | None = None, etag: str | None = None, *,
              max_bytes: int = MAX_FILE_BYTES) -> bytes:
         """The object ``path``, or its ``size`` bytes from ``offset`` (one ranged GET); one of more
-        than ``max_bytes`` is refused from its announced length, not read."""
+        than ``max_bytes`` is refused from its announced length, not read; with ``etag``, only while
+        the object still has it (``If-Match``: ``StaleIndexError`` once it was replaced)."""
         from botocore.exceptions import BotoCoreError, ClientError
         if offset is None:
             kept = self._kept.take(path)
@@ -322,8 +329,11 @@ class ObjectFolder(Reader):
         key = self.key(path)
         store = worker_store(self.cluster, self.bucket)  # a DataLoader worker's lighter client
         if store is not None:
-            return read_object(store, key, path, self.describe(), offset, size, BODY_ATTEMPTS, max_bytes=max_bytes)
+            return read_object(store, key, path, self.describe(), offset, size, BODY_ATTEMPTS, etag=etag,
+                               max_bytes=max_bytes)
         ranged = {} if offset is None else {'Range': f'bytes={offset}-{offset + size - 1}'}
+        if etag:
+            ranged['IfMatch'] = etag
         for attempt in range(BODY_ATTEMPTS):
             try:
                 response = self.client().get_object(Bucket=self.bucket, Key=key, **ranged)
@@ -339,6 +349,11 @@ class ObjectFolder(Reader):
                 code = e.response.get('Error', {}).get('Code', '')
                 if code in ('NoSuchKey', '404'):
                     raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
+                if code in ('PreconditionFailed', '412'):
+                    from src.datasets.tar_index import StaleIndexError
+                    raise StaleIndexError(f'{path}: replaced in {self.describe()} while it was being read (its '
+                                          f'ETag is no longer {etag}): upload the shards and their index together '
+                                          'again') from None
                 raise SampleError('missing-file', f'{path}: {code or e} from {self.describe()}') from None
             except (BotoCoreError, SampleError) as e:  # cut off mid-read, or a timeout after the retries
                 if getattr(e, 'reason', None) == 'too-large':
@@ -374,8 +389,35 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            shard_etags_path(cache).unlink()  # another index: its shards are seen afresh
         stamp.write_text(etag)
     return str(cache)
+
+
+def shard_etags_path(index_copy) -> Path:
+    """Where a machine keeps the ETags it first saw of the shards of a fetched tar index."""
+    index_copy = Path(index_copy)
+    return index_copy.with_name(f'.{index_copy.name}.shard-etags.json')
+
+
+def first_seen_etag(index_copy, tar: str, etag: str) -> str:
+    """The ETag this machine first saw of shard ``tar`` (``etag`` now, if it had seen none: kept)."""
+    path = shard_etags_path(index_copy)
+    known = {}
+    with contextlib.suppress(OSError, ValueError, RecursionError):
+        known = json.loads(path.read_text())
+    if not isinstance(known, dict):
+        known = {}
+    seen = known.get(tar)
+    if isinstance(seen, str) and seen:
+        return seen
+    known[tar] = etag
+    temp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    with contextlib.suppress(OSError):  # not kept (a read-only cache): compared within this run only
+        temp.write_text(json.dumps(known))
+        os.replace(temp, path)
+    return etag
 
 
 class ObjectTarMembers(Reader):
@@ -392,8 +434,9 @@ class ObjectTarMembers(Reader):
         from src.datasets.tar_index import TarMemberIndex
         self.folder = index_url.rstrip('/').rsplit('/', 1)[0]
         self.store = ObjectFolder(self.folder, ceph_config)
-        self.index = TarMemberIndex(fetch_to_cache(index_url, ceph_config, cache_dir))
-        self._checked = set()
+        self.index_copy = fetch_to_cache(index_url, ceph_config, cache_dir)
+        self.index = TarMemberIndex(self.index_copy)
+        self._checked = {}  # tar -> its ETag, from its first use in this process
         self._kept = Kept()
 
     def __getstate__(self) -> dict:
@@ -405,7 +448,8 @@ class ObjectTarMembers(Reader):
             return check_size(kept, path, max_bytes)
         tar, expected_size, offset, size = self._locate(path)
         check_size(b'', path, max_bytes, size)
-        data = self.store.read(self._shard(tar, expected_size), offset, size)
+        shard, etag = self._shard(tar, expected_size)
+        data = self.store.read(shard, offset, size, etag)
         if len(data) != size:
             raise SampleError('missing-file', f'{path}: {len(data)} of its {size} bytes came from '
                                               f'{self.folder}/{tar}')
@@ -437,8 +481,9 @@ class ObjectTarMembers(Reader):
 
         def fetch(span):
             tar, _, low, high, _ = span
+            shard, etag = shards[tar]
             with contextlib.suppress(SampleError):
-                return self.store.read(shards[tar], low, high - low)
+                return self.store.read(shard, low, high - low, etag)
 
         for (_, _, low, high, members), data in fetch_within(fetch, spans, self._kept.limit - held,
                                                              size=lambda span: span[3] - span[2]):
@@ -455,17 +500,23 @@ class ObjectTarMembers(Reader):
             raise SampleError('missing-file', f'{path}: no such member in the tars indexed in {self.folder}')
         return found
 
-    def _shard(self, tar: str, expected_size: int) -> str:
-        """The shard's path, its size in the bucket checked against the index on first use."""
+    def _shard(self, tar: str, expected_size: int) -> tuple[str, str]:
+        """The shard's path and ETag, checked on first use: its size against the index, its ETag
+        against the one this machine first saw (a shard replaced by one of the same size has another)."""
         from src.datasets.tar_index import StaleIndexError
         shard = f'{self.folder}/{tar}'
         if tar not in self._checked:
-            actual = self.store.size(shard)
+            actual, etag = self.store.head(shard)
             if actual != expected_size:
                 raise StaleIndexError(f'{shard} has {actual} bytes in the bucket, {expected_size} when it was '
                                       'indexed: upload the shards and their index together again')
-            self._checked.add(tar)
-        return shard
+            first = first_seen_etag(self.index_copy, tar, etag)
+            if first != etag:
+                raise StaleIndexError(f'{shard} was replaced in the bucket after this machine first read it (its ETag '
+                                      f'was {first}, is {etag}; the same {actual} bytes): upload the shards and their '
+                                      'index together again')
+            self._checked[tar] = etag
+        return shard, self._checked[tar]
 
 
 def member_spans(located: dict[str, tuple[str, int, int, int]]) -> list[tuple]:

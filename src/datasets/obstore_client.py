@@ -63,32 +63,42 @@ def worker_store(cluster, bucket: str):
     return store
 
 
-def object_size(store, key: str, path: str, where: str) -> int:
-    """The size of the object ``key`` (a HEAD request); a ``missing-file`` sample error when it is missing."""
+def object_head(store, key: str, path: str, where: str) -> tuple[int, str]:
+    """The size and ETag of the object ``key`` (a HEAD request); a ``missing-file`` sample error when
+    it is missing."""
     import obstore
     from obstore.exceptions import BaseError
     try:
-        return obstore.head(store, key)['size']
+        meta = obstore.head(store, key)
     except (BaseError, OSError):
         raise SampleError('missing-file', f'{path}: no such object in {where}') from None
+    return meta['size'], meta.get('e_tag') or ''
 
 
 def read_object(store, key: str, path: str, where: str, offset: int | None = None, size: int | None = None,
-                attempts: int = 3, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+                attempts: int = 3, *, etag: str | None = None, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The object ``key`` (named ``path`` in messages, ``where`` the store's description), or its
     ``size`` bytes from ``offset`` (one ranged GET); a body cut off mid-read is fetched again, up to
-    ``attempts`` times; one of more than ``max_bytes`` is refused from its metadata, not read."""
+    ``attempts`` times; one of more than ``max_bytes`` is refused from its metadata, not read; with
+    ``etag``, only while the object still has it (``StaleIndexError`` once it was replaced)."""
     import obstore
-    from obstore.exceptions import BaseError, NotFoundError
+    from obstore.exceptions import BaseError, NotFoundError, PreconditionError
+    options = {'if_match': etag} if etag else {}
+    if offset is not None:
+        options['range'] = (offset, offset + size)
     for attempt in range(attempts):
         try:
+            result = obstore.get(store, key, options=options)
             if offset is not None:
-                return obstore.get_range(store, key, start=offset, length=size).to_bytes()
-            result = obstore.get(store, key)
+                return result.bytes().to_bytes()
             if result.meta['size'] > max_bytes:
                 raise SampleError('too-large', f'{path}: {result.meta["size"]} bytes, more than the '
                                                f'{max_bytes} it may have')
             return result.bytes().to_bytes()
+        except PreconditionError:
+            from src.datasets.tar_index import StaleIndexError
+            raise StaleIndexError(f'{path}: replaced in {where} while it was being read (its ETag is no longer '
+                                  f'{etag}): upload the shards and their index together again') from None
         except NotFoundError:
             raise SampleError('missing-file', f'{path}: no such object in {where}') from None
         except (BaseError, OSError) as e:  # its messages quote the request: only the kind is kept

@@ -44,9 +44,10 @@ from mmengine.logging import print_log
 from tqdm import tqdm
 
 from src.datasets.captions import resolve_caption
-from src.datasets.errors import SampleError
+from src.datasets.errors import SampleError, write_error
 from src.datasets.locks import wait_for_lock
 from src.datasets.sample_index import SampleIndex
+from src.datasets.stored_arrays import load_array
 from src.datasets.token_ids import TokenIds
 
 FORMAT_VERSION = 1
@@ -99,17 +100,30 @@ def tokenizer_state(tokenizer) -> str:
     return json.dumps([type(tokenizer).__qualname__, state, settings], sort_keys=True, default=str)
 
 
+class DamagedStore(Exception):
+    """A stored prompt-ids folder that is not what ``_build`` writes: it is rebuilt."""
+
+
 class PromptIds:
     """The stored ids of each row of the whole index (``SampleIndex.table_row`` maps a dataset's
-    position to its row); ``get(row)`` is a read-only int32 array, or None when not stored."""
+    position to its row); ``get(row)`` is a read-only int32 array, or None when not stored.
+    ``vocab``: the tokenizer's size; a stored id outside it is a damaged store, never passed on."""
 
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, known: np.ndarray, folder: Path | None = None):
-        self.ids, self.offsets, self.known, self.folder = ids, offsets, known, folder
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, known: np.ndarray, folder: Path | None = None,
+                 vocab: int | None = None):
+        self.ids, self.offsets, self.known, self.folder, self.vocab = ids, offsets, known, folder, vocab
 
     def get(self, row: int) -> np.ndarray | None:
         if row >= len(self.known) or not self.known[row]:  # beyond the rows tokenized: a prefix
             return None
-        return self.ids[self.offsets[row]:self.offsets[row + 1]]
+        start, end = self.offsets[row], self.offsets[row + 1]
+        ids = self.ids[start:end]
+        if not 0 <= start <= end <= len(self.ids) or (len(ids) and self.vocab is not None and (
+                ids.min() < 0 or ids.max() >= self.vocab)):
+            raise SampleError('bad-prompt-ids', f'{self.folder or "the prompt ids"}: row {row}: the stored ids are '
+                                                f'damaged (outside the ids file or the vocabulary of {self.vocab}); '
+                                                'remove the folder and it is built again')
+        return ids
 
     def lengths(self, rows: np.ndarray) -> np.ndarray:
         """The prompt length in tokens of each of ``rows`` that is stored (others are left out)."""
@@ -120,17 +134,26 @@ class PromptIds:
     def __reduce__(self):
         # Workers started with spawn map the folder again instead of receiving a copy of the arrays.
         if self.folder is not None:
-            return _map, (self.folder,)
-        return PromptIds, (self.ids, self.offsets, self.known)
+            return _map, (self.folder, len(self.known), self.vocab)
+        return PromptIds, (self.ids, self.offsets, self.known, None, self.vocab)
 
 
-def _map(folder: Path) -> PromptIds:
+def _map(folder: Path, rows: int, vocab: int | None) -> PromptIds:
+    """The store in ``folder`` for ``rows`` rows, its shapes checked (``DamagedStore`` else): a cut
+    or altered file would give prompts cut short, or another row's."""
     ids_file = folder / _IDS
-    # np.memmap refuses an empty file (no record had its caption inline)
-    ids = np.memmap(ids_file, '<i4', mode='r') if ids_file.stat().st_size else np.zeros(0, '<i4')
-    # Plain arrays over the mappings: slicing an np.memmap runs Python code for every slice.
-    return PromptIds(np.asarray(ids), *(np.asarray(np.load(folder / f'{name}.npy', mmap_mode='r'))
-                                        for name in _ARRAYS), folder)
+    try:
+        # np.memmap refuses an empty file (no record had its caption inline)
+        ids = np.memmap(ids_file, '<i4', mode='r') if ids_file.stat().st_size else np.zeros(0, '<i4')
+        # Plain arrays over the mappings: slicing an np.memmap runs Python code for every slice.
+        offsets, known = (np.asarray(load_array(folder / f'{name}.npy', mmap=True)) for name in _ARRAYS)
+    except (OSError, ValueError) as exc:  # DamagedArray too
+        raise DamagedStore(f'{folder}: unreadable ({exc})') from None
+    if offsets.dtype != np.int64 or offsets.shape != (rows + 1,) or known.dtype != bool or known.shape != (rows,):
+        raise DamagedStore(f'{folder}: offsets.npy or known.npy is not of its {rows} rows')
+    if offsets[0] != 0 or offsets[-1] != len(ids):
+        raise DamagedStore(f'{folder}: {_IDS} holds {len(ids)} ids, offsets.npy says {offsets[-1] - offsets[0]}')
+    return PromptIds(np.asarray(ids), offsets, known, folder, vocab)
 
 
 def tokenize_index(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Callable[[str], str],
@@ -169,10 +192,13 @@ def _build(folder: Path, arguments: tuple) -> int:
     how many prompts it holds."""
     temp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'{folder.name}.tmp-'))
     try:
-        with open(temp / _IDS, 'wb') as ids:
-            offsets, known = tokenize_index(*arguments, write=lambda batch: batch.tofile(ids))
-        np.save(temp / 'offsets.npy', offsets)
-        np.save(temp / 'known.npy', known)
+        try:
+            with open(temp / _IDS, 'wb') as ids:  # written by the file, not tofile: its errors have no errno
+                offsets, known = tokenize_index(*arguments, write=lambda batch: ids.write(memoryview(batch)))
+            np.save(temp / 'offsets.npy', offsets)
+            np.save(temp / 'known.npy', known)
+        except OSError as exc:
+            raise write_error(exc, temp) from None
         os.rename(temp, folder)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -208,18 +234,23 @@ def load_prompt_ids(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Call
         return _in_memory(arguments)
     digest = _digest(index.fingerprint, tokenizer, tokenizer_kwargs, template, cap_keys)
     folder = _covering_folder(index.cache.with_name(f'{index.cache.name}.prompt-ids-{digest}'), covered, len(whole))
+    prefix_rows = folder.name[len(f'{index.cache.name}.prompt-ids-{digest}-first'):]
+    rows = int(prefix_rows) if prefix_rows else len(whole)  # a store of the first rows, or of all
     if folder.name.endswith(digest):  # the whole index's store (existing, or to build)
         arguments = (whole,) + arguments[1:]
     try:
-        stored = _open_or_build(folder, arguments, index.source)
-        if not _agrees(stored, arguments[0], cap_keys, prompt_of, check):
-            print_log(f'The prompt ids in {folder} differ from what the tokenizer gives now: '
-                      f'rebuilding them (the tokenizer changed in a way its fingerprint missed)',
-                      logger='current', level=logging.WARNING)
+        try:
+            stored = _open_or_build(folder, arguments, index.source, rows, len(tokenizer))
+            agrees = _agrees(stored, arguments[0], cap_keys, prompt_of, check)
+            problem = 'differ from what the tokenizer gives now (it changed in a way its fingerprint missed)'
+        except (DamagedStore, SampleError) as exc:
+            agrees, problem = False, f'are damaged: {exc}'
+        if not agrees:
+            print_log(f'The prompt ids in {folder} {problem}: rebuilding them', logger='current', level=logging.WARNING)
             shutil.rmtree(folder, ignore_errors=True)
-            stored = _open_or_build(folder, arguments, index.source)
+            stored = _open_or_build(folder, arguments, index.source, rows, len(tokenizer))
         return stored
-    except OSError as exc:
+    except (OSError, DamagedStore) as exc:  # a full disk (the error names it), a store that cannot be replaced
         print_log(f'Cannot store the prompt ids of {index.source} in {folder} ({exc}): prompts are '
                   f'tokenized as they are read; give a writable index_cache_dir to store them',
                   logger='current', level=logging.WARNING)
@@ -236,7 +267,7 @@ def _covering_folder(whole: Path, covered: int, rows: int) -> Path:
     return next((path for length, path in prefixes if length >= covered), whole.with_name(f'{whole.name}-first{covered}'))
 
 
-def _open_or_build(folder: Path, arguments: tuple, source: str) -> PromptIds:
+def _open_or_build(folder: Path, arguments: tuple, source: str, rows: int, vocab: int) -> PromptIds:
     if not folder.is_dir():
         # Ranks starting together wait here rather than all tokenizing; where the lock does not
         # work, the atomic rename still keeps the folder whole.
@@ -251,7 +282,7 @@ def _open_or_build(folder: Path, arguments: tuple, source: str) -> PromptIds:
                 print_log(f'Tokenized {count} prompts of {source} in {time.perf_counter() - started:.1f} s '
                           f'({len(arguments[0]) - count} records have no usable caption in the index: '
                           f'theirs are read and tokenized with the sample)', logger='current', level=logging.INFO)
-    return _map(folder)
+    return _map(folder, rows, vocab)
 
 
 def _agrees(stored: PromptIds, whole: SampleIndex, cap_keys, prompt_of, check) -> bool:

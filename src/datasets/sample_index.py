@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from mmengine.logging import print_log
 
 from src.datasets.arrow_numpy import to_numpy
-from src.datasets.errors import IndexFormatError
+from src.datasets.errors import IndexFormatError, write_error
 from src.datasets.files import unsafe_path_mask
 from src.datasets.locks import wait_for_lock
 
@@ -304,6 +304,9 @@ def _source_batches(members: list[Path]) -> Iterator[pa.RecordBatch]:
         except RecursionError:
             raise _format_error(member, 'a record is nested deeper than the JSON parser can follow '
                                         '(thousands of levels): not an index of samples') from None
+        except UnicodeEncodeError:  # JSON allows a lone surrogate escape; no UTF-8 text holds one
+            raise _format_error(member, 'a record holds text with a lone surrogate escape (such as '
+                                        '"\\ud800"): not Unicode text') from None
 
 
 # ------------------------------------------------------------------- one schema for all batches
@@ -374,8 +377,39 @@ class _CacheUnwritable(Exception):
     """The cache cannot be written (read-only folder, disk full, ...): build in memory instead."""
 
 
+# A member up to this size is hashed whole (about 10 ms); a larger one by its head, its tail and
+# blocks spread between, 1.5 MiB whatever its size (hashing a 223 MiB index whole took 1.2 s here,
+# at every start of every rank; this sample 5-15 ms: bench/RESULTS.md).
+_HASH_WHOLE_BYTES = 4 << 20
+_HASH_BLOCK = 256 << 10  # the head and the tail; also the read size of a whole hash
+_HASH_SPREAD = 64  # blocks of _HASH_SPREAD_BYTES between the head and the tail
+_HASH_SPREAD_BYTES = 16 << 10
+
+
+def _content_digest(path: Path, size: int) -> str:
+    """A digest of ``path``'s bytes: all of them for a small file, else a fixed sample of them."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, 'rb') as f:
+        if size <= _HASH_WHOLE_BYTES:
+            while chunk := f.read(_HASH_BLOCK):
+                digest.update(chunk)
+            return digest.hexdigest()
+        spans = [(0, _HASH_BLOCK), (size - _HASH_BLOCK, _HASH_BLOCK)]
+        step = (size - 2 * _HASH_BLOCK) // (_HASH_SPREAD + 1)
+        spans += [(_HASH_BLOCK + step * (i + 1), _HASH_SPREAD_BYTES) for i in range(_HASH_SPREAD)]
+        for offset, length in spans:
+            digest.update(os.pread(f.fileno(), length, offset))
+    return digest.hexdigest()
+
+
 def _fingerprint(resolved: Path, members: list[Path]) -> bytes:
-    stats = [(m.name, st.st_size, st.st_mtime_ns) for m in members for st in (m.stat(),)]
+    """What the cache was built from: each member's size, mtime, ctime and a digest of its bytes.
+
+    The ctime is what tells an edit that kept the size and set the mtime back (``touch -d``, a copy
+    with preserved times): the kernel sets it on every write and no call sets it back. The digest
+    covers the file systems whose ctime means little (some network and FUSE mounts)."""
+    stats = [(m.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _content_digest(m, st.st_size))
+             for m in members for st in (m.stat(),)]
     return json.dumps({'format': FORMAT_VERSION, 'source': str(resolved), 'members': stats},
                       sort_keys=True).encode()
 
@@ -446,7 +480,11 @@ class _SpillWriter:
                     writer.write_batch(_conform(reader.get_batch(i), schema))
 
     def remove_segments(self) -> None:
-        self._close_writer()
+        """The clean-up, after the build or its failure: a writer that cannot flush its end (a full
+        disk) is dropped quietly, so the first error stands and the segments are removed anyway."""
+        with contextlib.suppress(OSError):
+            self._close_writer()
+        self.writer = None
         for segment, _ in self.segments:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(segment)
@@ -485,14 +523,14 @@ def _build_cache(source: str, members: list[Path], cache: Path, fingerprint: byt
                     try:
                         spill.write(batch)
                     except OSError as exc:
-                        raise _CacheUnwritable(exc) from exc
+                        raise _CacheUnwritable(write_error(exc, cache)) from exc
             if not spill.segments:
                 raise _no_records(source)
             try:
                 spill.finish()
                 os.replace(temp_path, cache)
             except OSError as exc:
-                raise _CacheUnwritable(exc) from exc
+                raise _CacheUnwritable(write_error(exc, cache)) from exc
         finally:
             spill.remove_segments()
             with contextlib.suppress(FileNotFoundError):
@@ -589,22 +627,26 @@ class SampleIndex:
         return digest.hexdigest()
 
     def _column_digest(self, name: str) -> str:
-        return self._memo(f'digest/{name}', lambda: _digest_column(self._table, name))
+        return self._memo(f'digest/{name}', lambda: _digest_column(self._table, name),
+                          lambda value: isinstance(value, str) and re.fullmatch('[0-9a-f]{32}', value))
 
-    def _memo(self, key: str, compute):
+    def _memo(self, key: str, compute, valid):
         """``compute()`` (a JSON value about the whole table), computed once per cache: kept in a
-        file beside it, keyed on the cache's fingerprint."""
+        file beside it, keyed on the cache's fingerprint. A kept value that is not ``valid`` (a
+        damaged file) is computed again."""
         sidecar = None if self._cache is None else self._cache.with_name(f'{self._cache.name}.digests.json')
         known = {}
         if sidecar is not None:
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, RecursionError):
                 known = json.loads(sidecar.read_text())
-            if not isinstance(known, dict) or known.get('fingerprint') != self._fingerprint.decode():
-                known = {}
+            if not isinstance(known, dict) or known.get('fingerprint') != self._fingerprint.decode() or \
+                    not isinstance(known.get('values'), dict) or known.get('check') != _memo_check(known['values']):
+                known = {}  # another index's, or damaged: computed again
         values = known.get('values', {})
-        if key not in values:
+        if key not in values or not valid(values[key]):
             values = {**values, key: compute()}
-            known = {'fingerprint': self._fingerprint.decode() if self._fingerprint else None, 'values': values}
+            known = {'fingerprint': self._fingerprint.decode() if self._fingerprint else None, 'values': values,
+                     'check': _memo_check(values)}
             if sidecar is not None:
                 with contextlib.suppress(OSError):  # a read-only cache folder: computed again next time
                     temp = sidecar.with_name(f'{sidecar.name}.{os.getpid()}.tmp')
@@ -619,7 +661,9 @@ class SampleIndex:
         if kind is None or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             return np.zeros(len(self), dtype=bool)
         rows = self._memo(f'unsafe/{name}', lambda: np.flatnonzero(
-            unsafe_path_mask(self._table.column(name)) & ~self._whole_not_text(name)).tolist())
+            unsafe_path_mask(self._table.column(name)) & ~self._whole_not_text(name)).tolist(),
+            lambda value: isinstance(value, list) and all(
+                isinstance(row, int) and 0 <= row < self._table.num_rows for row in value))
         mask = np.zeros(self._table.num_rows, dtype=bool)
         mask[rows] = True
         return self._view(mask)
@@ -732,6 +776,11 @@ class SampleIndex:
     def __repr__(self) -> str:
         where = f'memory-mapped from {self._cache}' if self._cache else 'in memory'
         return f'SampleIndex({self.source!r}: {len(self)} records, {where})'
+
+
+def _memo_check(values: dict) -> str:
+    """A checksum of the values kept beside a cache: one altered there is computed again, not used."""
+    return hashlib.blake2b(json.dumps(values, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def _digest_column(table: pa.Table, name: str) -> str:

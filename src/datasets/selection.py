@@ -16,6 +16,7 @@ together wait, under a lock, for the one computing it. An index held in memory k
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from src.datasets.locks import wait_for_lock
+from src.datasets.stored_arrays import load_array
 
 VERSION = 1
 
@@ -48,24 +50,38 @@ def folder_for(index, key: dict) -> Path | None:
     return index.cache.with_name(f'{index.cache.name}.select-{hashlib.sha256(text.encode()).hexdigest()[:16]}')
 
 
-def _load(folder: Path, total: int) -> Selection | None:
+def _load(folder: Path, total: int, buckets: int) -> Selection | None:
+    """The stored selection, or None when it is missing or is not what ``save`` writes (a cut,
+    zero-byte or altered file is computed again, never trusted)."""
     try:
         info = json.loads((folder / 'drops.json').read_text())
-        rows = np.load(folder / 'rows.npy', mmap_mode='r') if info['rows'] else None
-        buckets = np.load(folder / 'buckets.npy', mmap_mode='r') if info['buckets'] else None
-    except (OSError, ValueError, KeyError):
+        rows = load_array(folder / 'rows.npy', mmap=True) if info['rows'] else None
+        bucket_ids = load_array(folder / 'buckets.npy', mmap=True) if info['buckets'] else None
+        drops = info['drops']
+        if not all(isinstance(n, int) for n in drops['counts'].values()) or \
+                not all(isinstance(m, str) for m in drops['messages']):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # DamagedArray is a ValueError
         return None
     kept = total if rows is None else len(rows)
-    if info.get('total') != total or (rows is not None and (rows.dtype != np.int64 or rows.ndim != 1)) or \
-            (buckets is not None and (buckets.dtype != np.int16 or len(buckets) != kept)):
+    if info.get('total') != total or (rows is not None and not _sorted_rows(rows, total)) or \
+            (bucket_ids is not None and (bucket_ids.dtype != np.int16 or bucket_ids.shape != (kept,) or (
+                kept and (bucket_ids.min() < 0 or bucket_ids.max() >= buckets)))):
         return None
-    return Selection(rows, buckets, info['drops'], total)
+    return Selection(rows, bucket_ids, drops, total)
+
+
+def _sorted_rows(rows: np.ndarray, total: int) -> bool:
+    """Whether ``rows`` are row numbers of ``total`` rows, strictly increasing (as ``save`` keeps them)."""
+    return rows.dtype == np.int64 and rows.ndim == 1 and (not len(rows) or (
+        rows[0] >= 0 and rows[-1] < total and bool(np.all(rows[1:] > rows[:-1]))))
 
 
 @contextlib.contextmanager
-def stored(folder: Path | None, total: int):
+def stored(folder: Path | None, total: int, buckets: int = 0):
     """The stored selection (or None), held under the folder's lock so that one process computes
-    what is missing while the others wait; ``save`` it inside the block."""
+    what is missing while the others wait; ``save`` it inside the block. ``buckets``: how many the
+    dataset has (a stored bucket id must be one of them)."""
     if folder is None:
         yield None
         return
@@ -75,7 +91,16 @@ def stored(folder: Path | None, total: int):
         yield None
         return
     with lock:
-        yield _load(folder, total)
+        yield _load(folder, total, buckets)
+
+
+def forget(index) -> None:
+    """Remove every stored selection of ``index`` (a whole, cached index): what they were decided
+    from changed (processes that map one keep reading it; the next construction decides again)."""
+    if index.cache is None:
+        return
+    for folder in index.cache.parent.glob(f'{glob.escape(index.cache.name)}.select-*'):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def save(folder: Path | None, selection: Selection) -> None:

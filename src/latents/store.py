@@ -7,6 +7,7 @@ script left cut short is told by its missing zip end record and redone, never tr
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
@@ -15,7 +16,7 @@ import tarfile
 import numpy as np
 import torch
 
-from src.datasets.errors import SampleError
+from src.datasets.errors import SampleError, write_error
 from src.datasets.files import join_inside, open_regular
 from src.datasets.latent_store import FORMAT, INFO_NAME, SIZES_NAME, read_info
 from src.datasets.storage import LocalFiles
@@ -144,7 +145,10 @@ class ShardWriter:
         info = tarfile.TarInfo(image_file + '.pt')
         info.size, info.mtime = data.tell(), 0
         data.seek(0)
-        self._tar.addfile(info, data)
+        try:
+            self._tar.addfile(info, data)
+        except OSError as exc:
+            raise write_error(exc, self._final) from None
         self._count += 1
         if self._count == self.shard_size:
             self.close()
@@ -153,18 +157,23 @@ class ShardWriter:
         """Finish the open shard: synced, then renamed into place."""
         if self._tar is None:
             return
-        self._tar.close()
-        with open(self._tmp, 'rb+') as f:
-            os.fsync(f.fileno())
+        try:
+            self._tar.close()
+            with open(self._tmp, 'rb+') as f:
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise write_error(exc, self._final) from None
         os.replace(self._tmp, self._final)
         self._tar = None
 
     def discard(self) -> None:
-        """Drop the open shard (after a failure): its latents are encoded again by the next run."""
+        """Drop the open shard (after a failure): its latents are encoded again by the next run. A
+        tar that cannot write its end (the disk is full) is dropped all the same."""
         if self._tar is not None:
-            self._tar.close()
+            with contextlib.suppress(OSError):
+                self._tar.close()
             self._tar = None
-            if os.path.exists(self._tmp):
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(self._tmp)
 
 

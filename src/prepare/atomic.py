@@ -1,6 +1,7 @@
 """Writes that a killed run never leaves half done: a temporary file beside the target, then os.replace."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -8,6 +9,7 @@ import shutil
 from contextlib import contextmanager
 from typing import IO, Iterable, Iterator
 
+from src.datasets.errors import write_error
 from src.prepare.lock import HOST
 
 
@@ -66,7 +68,7 @@ class _SameOrWrite(io.RawIOBase):
     def close(self) -> None:
         for f in (self.existing, self.out):
             if f is not None:
-                f.close()
+                _close_quietly(f)  # flushed by ``finish`` when the write succeeded
         super().close()
 
 
@@ -99,27 +101,41 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w', *, only_if_changed: b
     tmp = f'{path}{TEMP_MARK}{HOST}-{os.getpid()}'
     try:
         if only_if_changed:
-            sink = _SameOrWrite(path, tmp)
-            with sink:
+            with _SameOrWrite(path, tmp) as sink:
                 f = io.BufferedWriter(sink) if 'b' in mode else io.TextIOWrapper(io.BufferedWriter(sink), encoding='utf-8')
                 yield f
                 f.flush()
                 changed = sink.finish(durable)
                 f.detach() if 'b' in mode else f.detach().detach()  # the sink closes its own files
         else:
-            with open(tmp, mode, encoding=None if 'b' in mode else 'utf-8') as f:
+            f = open(tmp, mode, encoding=None if 'b' in mode else 'utf-8')
+            try:
                 yield f
+                f.flush()  # here, not in close(): a full disk must fail the write, not the clean-up
                 if durable:
-                    f.flush()
                     os.fsync(f.fileno())
+            finally:
+                _close_quietly(f)
             changed = True
         if changed:
             os.replace(tmp, path)
         if outcome is not None:
             outcome.changed = changed
+    except OSError as exc:
+        error = write_error(exc, path)
+        if error is exc:
+            raise
+        raise error from None
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+
+
+def _close_quietly(f) -> None:
+    """Close ``f`` after its data was flushed, or after a failure: a second error (a full disk
+    refusing the rest of the buffer) must not hide the first, nor the clean-up after it."""
+    with contextlib.suppress(OSError):
+        f.close()
 
 
 def write_json(path: str | os.PathLike, obj, **kwargs) -> bool:

@@ -6,6 +6,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+from src.datasets.errors import WriteError
 from src.prepare.atomic import write_json
 
 logger = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class Report:
             write_json(path, self.to_dict())
             saved = f'report: {path}'
         except OSError as e:  # a full disk or a read-only root: the summary is still printed
-            saved = f'report not saved ({e.strerror}: {path})'
+            saved = f'report not saved: {e}' if isinstance(e, WriteError) else f'report not saved ({e.strerror}: {path})'
         code = self.exit_code()
         log = logger.warning if code else logger.info
         log('%s\n%s', self.summary(), saved)

@@ -5,6 +5,7 @@ over every record where the prompt ids are stored (``src.datasets.prompt_ids``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from collections import Counter
@@ -15,6 +16,8 @@ import numpy as np
 from src.datasets.errors import SampleError
 from src.datasets.files import read_text_file
 from src.datasets.image_io import open_image
+
+logger = logging.getLogger(__name__)
 
 
 EXAMPLES = 5
@@ -73,11 +76,19 @@ def prepare_drops(data_path: str) -> dict:
     if not isinstance(report, dict):
         return {}
     drops = Counter()
-    for index in report.get('indexes', []):
-        for reason, entry in index.get('dropped', {}).items():
-            drops[reason] += entry.get('count', 0)
-    for reason, entry in report.get('members_refused', {}).items():
-        drops[f'member refused: {reason}'] += entry.get('count', 0)
+    try:
+        groups = [('', index['dropped']) for index in report.get('indexes', []) if 'dropped' in index]
+        groups.append(('member refused: ', report.get('members_refused', {})))
+        for prefix, group in groups:
+            for reason, entry in group.items():
+                count = entry.get('count', 0)
+                if not isinstance(count, int) or isinstance(count, bool):
+                    raise TypeError(f'the count of {reason!r} is not a number')
+                drops[f'{prefix}{reason}'] += count
+    except (AttributeError, TypeError):
+        logger.warning('%s is not a report that prepare writes (a field of the wrong type): its drop counts are left '
+                       'out', path)
+        return {}
     return dict(drops)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from src.datasets.buckets import Buckets
 from src.datasets.errors import SampleError
-from src.datasets.image_sizes import header_size, record_sizes
+from src.datasets.image_sizes import forget_sizes, header_size, record_sizes
 from src.datasets.latent_store import read_sizes
 # Registered in DATA_SAMPLERS with the datasets that need it: configs may name it by string.
 from src.datasets.samplers import bucket_sampler  # noqa: F401
@@ -92,6 +92,21 @@ class BucketedRecords:
         if self.buckets is None:
             return self.image_size, self.image_size
         return self.buckets.shapes[int(self.bucket_ids[int(idx)])]
+
+    def check_bucket(self, image_file: str, original_size: tuple[int, int], target: tuple[int, int]) -> None:
+        """``SampleError('stale-size')`` for a picture whose size puts it in another bucket than the
+        one it was given at start-up (``target``): it changed after its size was read, and its crop
+        would be another picture's. The sizes kept beside the index, and the selections made from
+        them, are dropped: the next start reads them again."""
+        height, width = original_size
+        bucket = int(self.buckets.assign(np.array([width]), np.array([height]))[0])
+        if bucket >= 0 and tuple(self.buckets.shapes[bucket]) == tuple(target):
+            return
+        forget_sizes(self.index.whole())
+        raise SampleError('stale-size', f'{self.data_path_of(self.image_root, image_file)}: the picture is {width}x'
+                                        f'{height} now, not of the size its bucket {target[1]}x{target[0]} was chosen '
+                                        'from at start-up (the index\'s width and height, or the image sizes kept '
+                                        'beside its cache, dropped now: read again at the next start)')
 
     def replacement(self, idx, rng: random.Random) -> int:
         """A random other record to read when sample ``idx`` cannot be used: of ``idx``'s bucket, so

@@ -272,7 +272,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         whole = index.whole()
         folder = selection.folder_for(whole, self._selection_key()) if len(whole) == len(index) or \
             self.train_number_samples else None
-        with selection.stored(folder, len(index)) as kept:
+        with selection.stored(folder, len(index), 0 if self.buckets is None else len(self.buckets.shapes)) as kept:
             if kept is None:
                 kept = self._select_records(index)
                 selection.save(folder, kept)
@@ -472,6 +472,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
             return self.load_latent(image_file, state.target or (self.image_size, self.image_size))
         data = dict(pixel_values=self.load_pixels(image_file, rng))
         if self.buckets is not None:
+            self.check_bucket(image_file, state.placement.original_size, state.target)
             data.update(original_size=torch.tensor(state.placement.original_size),
                         crop_coords=torch.tensor(state.placement.crop_coords))
         return data
