@@ -45,10 +45,12 @@ def test_the_quality_measure_tells_blocks_from_the_global_shuffle():
     assert shuffle_quality(np.arange(size), size, batch) == (1 / size, 1.0)
 
 
-def test_the_sampler_logs_its_quality_and_is_finite_per_epoch(capsys):
+def test_the_sampler_logs_its_quality_and_is_finite_per_epoch(monkeypatch):
+    from src.datasets.samplers import block_sampler
+    logged = []
+    monkeypatch.setattr(block_sampler, 'print_log', lambda message, **_: logged.append(message))
     sampler = BlockShuffleSampler(list(range(50)), block_size=8, seed=1, batch_size=8)
-    logged = capsys.readouterr().out
-    assert 'mean distance between neighbours' in logged and '(global: 0.' in logged
+    assert len(logged) == 1 and 'mean distance between neighbours' in logged[0] and '(global: 0.' in logged[0]
     epoch0 = list(sampler)
     sampler.set_epoch(1)
     assert len(epoch0) == len(sampler) == 56 and sorted(set(epoch0)) == list(range(50))

@@ -4,7 +4,7 @@
 from mmengine.config import read_base
 
 from src.datasets.collate_functions import CollateConcat, collate_func_gen, collate_func_img2img
-from src.datasets.mixes import ConcatDataset  # xtuner's, reading a batch a source's share at a time
+from src.datasets.mixes import ConcatDataset  # xtuner's arguments; reads a batch a source's share at a time
 from src.datasets.samplers.multi_source_sampler import FixedBatchMultiSourceSampler
 
 with read_base():

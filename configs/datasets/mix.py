@@ -3,7 +3,7 @@ from mmengine.config import read_base
 from mmengine.dataset import InfiniteSampler
 
 from src.datasets.collate_functions import collate_func_gen
-from src.datasets.mixes import ConcatDataset  # xtuner's, reading a batch a source's share at a time
+from src.datasets.mixes import ConcatDataset  # xtuner's arguments; reads a batch a source's share at a time
 
 with read_base():
     from ..processors import pad_index

@@ -2,9 +2,10 @@
 through petrel_client: ``ceph_config`` is petrel-client's INI file and folders are
 ``s3://bucket/prefix`` (the default cluster) or ``<cluster>:s3://bucket/prefix``.
 
-The client is boto3's, made lazily in each process (clients are not fork-safe), with bounded
-retries in botocore's standard mode (throttling, 5xx, dropped connections) and timeouts on connect
-and read, so no request hangs. A missing object is one sample's ``missing-file``; a wrong
+The client is boto3's (in DataLoader workers, obstore's where it is installed: ``obstore_client``),
+made lazily in each process (clients are not fork-safe), with bounded retries in botocore's
+standard mode (throttling, 5xx, dropped connections) and timeouts on connect and read, so no
+request hangs. A missing object is one sample's ``missing-file``; a wrong
 endpoint, wrong keys or a missing bucket fail at start-up (:meth:`ObjectFolder.check`) naming the
 setting. Secrets are never part of a message: only the cluster, endpoint and bucket are.
 """
