@@ -55,12 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from src.cli.config import load_config
     from src.cli.hub import HubUnreachable, resolve
     from src.cli.logs import setup_logging
+    from src.cli.models import Model, preflight
     from src.datasets.extras import MissingExtra
     setup_logging('cache_latents')
-    try:  # before torch is even imported: a model out of reach is said in seconds
+    try:  # before torch is even imported: every model out of reach is said at once, in seconds
+        preflight(args.config, args.tokenizer, Model(args.vae, 'the autoencoder', '--vae'))
+        from src.cli.config import load_config
         cfg = load_config(args.config, args.cfg_options, args.tokenizer)
         vae_options = resolve(args.vae, 'the autoencoder', '--vae')
     except (HubUnreachable, MissingExtra) as e:

@@ -72,11 +72,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from src.cli.logs import setup_logging
     setup_logging('inspect_dataset')
-    from src.cli.config import load_config
     from src.cli.hub import HubUnreachable
+    from src.cli.models import preflight
     from src.datasets.extras import MissingExtra
 
     try:
+        preflight(args.config, args.tokenizer)  # before torch and mmengine: the models are checked in seconds
+        from src.cli.config import load_config
         cfg = load_config(args.config, args.cfg_options, args.tokenizer)  # first: the hub is checked in seconds
         from tqdm import tqdm
 

@@ -2,13 +2,16 @@
 
     .venv/bin/python tools/train.py configs/examples/tiny_t2i.py --work-dir work
     .venv/bin/python tools/train.py configs/examples/tiny_t2i.py --work-dir work --resume   # after a stop
-    torchrun --nproc_per_node 8 tools/train.py CONFIG --launcher pytorch --work-dir work
+    .venv/bin/torchrun --nproc_per_node 8 tools/train.py CONFIG --launcher pytorch --work-dir work
 
 Checkpoints go to --work-dir (the config's checkpoint hook says how often). --resume continues from
-the latest one there: with ResumableTrainLoop in the config's train_cfg, at the very next batch of
+the latest one there (an error when there is none: --resume auto starts fresh then; --resume FILE
+takes that checkpoint): with ResumableTrainLoop in the config's train_cfg, at the very next batch of
 the uninterrupted run, without reading the skipped samples. --tokenizer points every dataset's
-tokenizer at a local copy; the training log (and vis_data/*.json, one line per logged iteration)
-is in a timestamped folder of --work-dir.
+tokenizer at a local copy. Before the first iteration the tool says what it trains on, the sampler
+and where checkpoints go; mmengine's environment, config and hook dumps are in the training log
+(a timestamped folder of --work-dir, with vis_data/*.json, one line per logged iteration), and on
+the console too with --verbose.
 """
 from __future__ import annotations
 
@@ -28,7 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='a training config: a model, its optimizer and train_cfg, a train_dataloader')
     parser.add_argument('--work-dir', help='checkpoints and logs (default: work_dirs/<config name>)')
-    parser.add_argument('--resume', action='store_true', help='continue from the latest checkpoint in --work-dir')
+    parser.add_argument('--resume', nargs='?', const='latest', metavar='auto|FILE',
+                        help='continue from the latest checkpoint in --work-dir (an error when there is none); '
+                             '--resume auto: the same, or a fresh start when there is none; --resume FILE: that '
+                             'checkpoint')
+    parser.add_argument('--verbose', action='store_true',
+                        help="mmengine's environment, config and hook dumps on the console too (always in the log)")
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='pytorch under torchrun (default: %(default)s, one process)')
     add_config_options(parser)
@@ -39,21 +47,29 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from src.cli.logs import setup_logging
     setup_logging('train')
-    from src.cli.config import load_config
     from src.cli.hub import HubUnreachable
+    from src.cli.models import preflight
+    from src.cli.training import TrainConfigError, check_batch_sizes, resume_plan, run_summary_hook, runner_class
     from src.datasets.extras import MissingExtra
 
     try:  # before the Runner and torch are imported: a model out of reach is said in seconds
+        preflight(args.config, args.tokenizer)
+        from src.cli.config import load_config
         cfg = load_config(args.config, args.cfg_options, args.tokenizer, builds='train_dataloader')
-    except (HubUnreachable, MissingExtra) as e:
+        cfg.work_dir = args.work_dir or cfg.get('work_dir') or os.path.join('work_dirs', Path(args.config).stem)
+        resume, load_from = resume_plan(args.resume, cfg.work_dir)
+        check_batch_sizes(cfg)
+    except (HubUnreachable, MissingExtra, TrainConfigError) as e:
         logger.error('%s', e)
         return 2
-    from mmengine.runner import Runner
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or os.path.join('work_dirs', Path(args.config).stem)
     cfg.launcher = args.launcher
-    if args.resume:
-        cfg.resume = True  # the latest checkpoint of work_dir, found by mmengine
-    Runner.from_cfg(cfg).train()
+    if resume:
+        cfg.resume = True  # the latest checkpoint of work_dir, found by mmengine, or load_from
+        if load_from:
+            cfg.load_from = load_from
+    runner = runner_class(args.verbose).from_cfg(cfg)
+    runner.register_hook(run_summary_hook())
+    runner.train()
     return 0
 
 

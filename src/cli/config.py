@@ -13,9 +13,10 @@ NAME_KEY = 'pretrained_model_name_or_path'
 
 def add_config_options(parser) -> None:
     """The options of every tool that builds a config's datasets."""
-    from mmengine.config import DictAction
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help="override config keys, as mmengine's tools take them (key=value ...)")
+    from src.cli.options import ConfigOptions
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions, default={},
+                        help="override config keys, as mmengine's tools take them (key=value ...; a dict as "
+                             "key=dict(a=1, b='x'))")
     parser.add_argument('--tokenizer', metavar='PATH',
                         help='a local tokenizer folder (or hub id) for every dataset of the config, in place of '
                              'the one it names: what a machine without the hub needs')

@@ -8,12 +8,13 @@ that is not fails at once, naming the setting, the option that overrides it and 
 """
 from __future__ import annotations
 
+import functools
 import os
-import socket
-from urllib.parse import urlsplit
+import re
 
 PROBE_SECONDS = 3.0
 _TRUE = ('1', 'on', 'yes', 'true')
+HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$')  # 'name' or 'org/name'
 
 
 class HubUnreachable(RuntimeError):
@@ -28,14 +29,24 @@ def endpoint() -> str:
     return os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')
 
 
+def looks_like_path(name: str) -> bool:
+    """Written as a path (``./tok``, ``/models/x``, ``a/b/c``, ``~/x``), never a hub id."""
+    return name.startswith(('/', '.', '~')) or not HUB_ID.match(name)
+
+
+@functools.lru_cache(maxsize=None)
 def reachable(url: str | None = None, timeout: float = PROBE_SECONDS) -> bool:
-    """Whether a TCP connection to the hub's endpoint opens within ``timeout`` seconds."""
-    parts = urlsplit(url or endpoint())
-    port = parts.port or (443 if parts.scheme == 'https' else 80)
+    """Whether the hub's endpoint answers an HTTP request within ``timeout`` seconds (any status):
+    one request, asked once per process, through the proxies the environment names."""
+    from http.client import HTTPException
+    from urllib.error import HTTPError
+    from urllib.request import Request, urlopen
     try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
+        with urlopen(Request(url or endpoint(), method='HEAD'), timeout=timeout):
             return True
-    except OSError:
+    except HTTPError:  # it answered
+        return True
+    except (OSError, ValueError, HTTPException):  # refused, reset, closed without an answer, timed out, no host
         return False
 
 
@@ -54,6 +65,9 @@ def resolve(name: str, what: str, option: str, probe_file: str = 'config.json') 
     (in the hub cache, hub out of reach), or ``HubUnreachable`` naming ``option``, the override."""
     if os.path.exists(name):
         return {}
+    if looks_like_path(name):
+        raise HubUnreachable(f'{what} is {name!r}: no such folder ({os.path.abspath(name)}). '
+                             f'Give the folder that holds it with {option} PATH.')
     if offline() or not reachable():
         if cached(name, probe_file):
             return {'local_files_only': True}
@@ -61,6 +75,6 @@ def resolve(name: str, what: str, option: str, probe_file: str = 'config.json') 
                f'the hub ({endpoint()}, HF_ENDPOINT) cannot be reached from this machine')
         raise HubUnreachable(
             f'{what} is {name!r}, a hub model that is not in the local hub cache, and {why}. Give a local copy '
-            f'with {option} /path/to/it (download it where the hub is reachable: huggingface-cli download '
+            f'with {option} /path/to/it (download it where the hub is reachable: .venv/bin/huggingface-cli download '
             f'{name} --local-dir /path/to/it), or fill the hub cache (HF_HOME) there first.')
     return {}
