@@ -35,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='continue from the latest checkpoint in --work-dir (an error when there is none); '
                              '--resume auto: the same, or a fresh start when there is none; --resume FILE: that '
                              'checkpoint')
+    parser.add_argument('--stop-at', type=int, metavar='ITER',
+                        help='end the process after iteration ITER (and its checkpoint) without clean-up, as a killed '
+                             'job: to rehearse --resume')
     parser.add_argument('--verbose', action='store_true',
                         help="mmengine's environment, config and hook dumps on the console too (always in the log)")
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
@@ -49,7 +52,8 @@ def main(argv=None) -> int:
     setup_logging('train')
     from src.cli.hub import HubUnreachable
     from src.cli.models import preflight
-    from src.cli.training import TrainConfigError, check_batch_sizes, resume_plan, run_summary_hook, runner_class
+    from src.cli.training import (TrainConfigError, check_batch_sizes, resume_plan, run_summary_hook, runner_class,
+                                  stop_hook)
     from src.datasets.extras import MissingExtra
 
     try:  # before the Runner and torch are imported: a model out of reach is said in seconds
@@ -69,6 +73,8 @@ def main(argv=None) -> int:
             cfg.load_from = load_from
     runner = runner_class(args.verbose).from_cfg(cfg)
     runner.register_hook(run_summary_hook())
+    if args.stop_at is not None:
+        runner.register_hook(stop_hook(args.stop_at))
     runner.train()
     return 0
 

@@ -118,3 +118,22 @@ def run_summary_hook():
                 runner.logger.info(line)
 
     return RunSummary()
+
+
+def stop_hook(iteration: int):
+    """``--stop-at``: the process ends right after iteration ``iteration`` and its checkpoint, with no
+    clean-up, as a killed job does: a rehearsal of a stop, to try ``--resume`` on."""
+    from mmengine.hooks import Hook
+
+    class StopAt(Hook):
+        priority = 'LOWEST'  # after the CheckpointHook of the same iteration
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            if runner.iter + 1 == iteration:  # runner.iter counts the iterations before this one
+                runner.logger.info(f'stopped after iteration {iteration} as asked (--stop-at), without clean-up '
+                                   'as a killed job; the same command with --resume goes on from the latest '
+                                   f'checkpoint in {runner.work_dir}')
+                logging.shutdown()
+                os._exit(0)
+
+    return StopAt()
