@@ -72,8 +72,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from src.cli.logs import setup_logging
     setup_logging('inspect_dataset')
+    from src.cli.data_paths import DataMissing
     from src.cli.hub import HubUnreachable
     from src.cli.models import preflight
+    from src.datasets.errors import DatasetConfigError
     from src.datasets.extras import MissingExtra
 
     try:
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
                         f'; {"buckets" if stats.buckets["configured"] else stats.buckets["label"] + " buckets would"} '
                         f'keep {kept:.0%} of a picture, square crops {stats.buckets["kept_area_square"]:.0%}')
         html = page(f'Dataset report: {args.config}', sections)
-    except (HubUnreachable, MissingExtra) as e:
+    except (HubUnreachable, DataMissing, DatasetConfigError, MissingExtra) as e:
         logger.error('%s', e)
         return 2
     os.makedirs(args.out, exist_ok=True)

@@ -50,10 +50,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from src.cli.logs import setup_logging
     setup_logging('train')
+    from src.cli.data_paths import DataMissing
     from src.cli.hub import HubUnreachable
     from src.cli.models import preflight
     from src.cli.training import (TrainConfigError, check_batch_sizes, resume_plan, run_summary_hook, runner_class,
                                   stop_hook)
+    from src.datasets.errors import DatasetConfigError
     from src.datasets.extras import MissingExtra
 
     try:  # before the Runner and torch are imported: a model out of reach is said in seconds
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
         cfg.work_dir = args.work_dir or cfg.get('work_dir') or os.path.join('work_dirs', Path(args.config).stem)
         resume, load_from = resume_plan(args.resume, cfg.work_dir)
         check_batch_sizes(cfg)
-    except (HubUnreachable, MissingExtra, TrainConfigError) as e:
+    except (HubUnreachable, DataMissing, MissingExtra, TrainConfigError) as e:
         logger.error('%s', e)
         return 2
     cfg.launcher = args.launcher
@@ -75,7 +77,11 @@ def main(argv=None) -> int:
     runner.register_hook(run_summary_hook())
     if args.stop_at is not None:
         runner.register_hook(stop_hook(args.stop_at))
-    runner.train()
+    try:
+        runner.train()
+    except DatasetConfigError as e:  # found when the dataset is built
+        logger.error('%s', e)
+        return 2
     return 0
 
 

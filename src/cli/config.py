@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from src.cli.data_paths import check_data
 from src.cli.hub import resolve
 from src.datasets.build import dataset_config
 
@@ -42,21 +43,35 @@ def tokenizer_configs(node) -> Iterator[dict]:
             yield from tokenizer_configs(value)
 
 
+def installed_path(package: str) -> str:
+    """The folder of ``package``, as mmengine's ``get_installed_path`` finds it for a config's
+    ``with read_base(): from configs.datasets.x import *``, through importlib: mmengine 0.10.6 asks
+    ``pkg_resources`` first, which setuptools >= 81 no longer has."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f'read_base(): no config package {package!r} on the Python path', name=package)
+    return list(spec.submodule_search_locations)[0]
+
+
 def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | None = None, *,
                 builds: str = 'dataset'):
     """The config at ``path``, with ``cfg_options`` merged and every dataset tokenizer pointed at
     ``tokenizer`` when given. Each tokenizer of what the tool builds (``builds``: 'dataset', the
     config's ``dataset`` as upstream's scripts take it, else the training dataloader's; or
     'train_dataloader') that names a hub model is checked: loaded from the hub cache when the hub is
-    out of reach, or a ``HubUnreachable`` that says what to pass."""
-    from mmengine.config import Config
-    cfg = Config.fromfile(path)
+    out of reach, or a ``HubUnreachable`` that says what to pass; the local data it reads is there
+    (``DataMissing`` naming every path that is not)."""
+    import mmengine.config.config as mmengine_config
+    mmengine_config.get_installed_path = installed_path  # the project's configs from a user's (configs.*)
+    cfg = mmengine_config.Config.fromfile(path)
     cfg.merge_from_dict(cfg_options or {})
     if tokenizer is not None:
         for root in dataset_roots(cfg):
             for node in tokenizer_configs(root):
                 node[NAME_KEY] = tokenizer
     built = dataset_config(cfg) if builds == 'dataset' else cfg.train_dataloader.dataset
+    check_data(built, path)
     for node in tokenizer_configs(built):
         node.update(resolve(node[NAME_KEY], f'the tokenizer of {path}', '--tokenizer',
                             probe_file='tokenizer_config.json'))

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 
-from src.datasets.errors import SampleError
+from src.datasets.errors import DatasetConfigError, SampleError
 
 ANNOTATION_KEY = 'annotation'
 _JSON_TYPES = {dict: 'an object', list: 'an array', str: 'a string', int: 'a number', float: 'a number',
@@ -26,6 +26,15 @@ def caption_keys(cap_source: str | Sequence[str]) -> tuple[str, ...]:
     if not keys or not all(isinstance(key, str) for key in keys):
         raise ValueError(f'cap_source must be a key or a non-empty list of keys, got {cap_source!r}')
     return keys
+
+
+def check_cap_source(columns: Sequence[str], keys: tuple[str, ...], where: str) -> None:
+    """A ``cap_source`` that no record can have fails at construction, not as one skipped sample
+    after another: the index holds none of ``keys`` and no annotation file to look them up in."""
+    if ANNOTATION_KEY not in columns and not any(key in columns for key in keys):
+        raise DatasetConfigError(f'{where}: cap_source={keys[0] if len(keys) == 1 else list(keys)!r} is not a key of its '
+                         f'records, which have no {ANNOTATION_KEY!r} file to look it up in either; their keys: '
+                         f'{sorted(columns)}')
 
 
 def check_caption(value, where: str) -> str:
