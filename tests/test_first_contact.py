@@ -182,3 +182,20 @@ def test_train_says_one_screen_before_the_first_iteration(tmp_path, tokenizer_pa
     assert typo.returncode == 2 and 'Traceback' not in typo.stderr, typo.stderr[-3000:]
     assert "cap_source='captoin' is not a key of its records" in typo.stderr
     assert 'Skipped a sample' not in typo.stdout + typo.stderr
+
+
+def test_report_previews_keep_their_shape():
+    """A bucketed sample (256x146) is shown at its shape, scaled into the tile, never stretched square."""
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+
+    from src.report.html import STYLE, image_data_url
+    url = image_data_url(torch.zeros(3, 146, 256))
+    with Image.open(io.BytesIO(base64.b64decode(url.split(',', 1)[1]))) as image:
+        assert image.size == (256, 146)
+    rules = dict(re.findall(r'([^{}]+)\{([^}]*)\}', STYLE))
+    img = next(body for selector, body in rules.items() if selector.strip().endswith('img'))
+    assert 'max-width' in img and 'max-height' in img and not re.search(r'(^|;)(width|height):', img)

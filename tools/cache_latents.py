@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     from src.datasets.extras import MissingExtra
     setup_logging('cache_latents')
     try:  # before torch is even imported: every model out of reach is said at once, in seconds
-        preflight(args.config, args.tokenizer, Model(args.vae, 'the autoencoder', '--vae'))
+        preflight(args.config, args.tokenizer, Model(args.vae, 'the autoencoder', '--vae'),
+                  cfg_options=args.cfg_options)
         from src.cli.config import load_config
         cfg = load_config(args.config, args.cfg_options, args.tokenizer)
         vae_options = resolve(args.vae, 'the autoencoder', '--vae')

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from src.datasets.extras import MissingExtra
 
     try:  # before the Runner and torch are imported: a model out of reach is said in seconds
-        preflight(args.config, args.tokenizer)
+        preflight(args.config, args.tokenizer, cfg_options=args.cfg_options)
         from src.cli.config import load_config
         cfg = load_config(args.config, args.cfg_options, args.tokenizer, builds='train_dataloader')
         cfg.work_dir = args.work_dir or cfg.get('work_dir') or os.path.join('work_dirs', Path(args.config).stem)

@@ -129,11 +129,14 @@ def config_tokenizers(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def preflight(config: str, tokenizer: str | None, *others: Model) -> None:
+def preflight(config: str, tokenizer: str | None, *others: Model, cfg_options: dict | None = None) -> None:
     """Before a tool's heavy imports: the config is there, and every model it needs (the config's
-    tokenizers, or ``tokenizer`` in their place, and ``others``) can be had; all named at once."""
+    tokenizers, or ``tokenizer`` in their place, or those its ``--cfg-options`` name, and ``others``)
+    can be had; all named at once."""
     if not os.path.isfile(config):
         raise hub.HubUnreachable(f'the config {config!r}: no such file ({os.path.abspath(config)})')
-    names = [tokenizer] if tokenizer is not None else config_tokenizers(config)
+    overridden = [value for key, value in (cfg_options or {}).items()
+                  if key.endswith(f'tokenizer.{NAME_KEY}') and isinstance(value, str)]
+    names = [tokenizer] if tokenizer is not None else overridden or config_tokenizers(config)
     models = [Model(name, f'the tokenizer of {config}', '--tokenizer', 'tokenizer_config.json') for name in names]
     check([*models, *others])
