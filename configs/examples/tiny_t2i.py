@@ -2,7 +2,8 @@
 # config's would do) and the tiny model of tiny_model.py, with mmengine's Runner, ResumableTrainLoop
 # and checkpoints. It reads data/midjourney-23m/ of the folder it runs from (make demo writes one in
 # demo_output/; docs/walkthrough.md makes one step by step):
-#     cd demo_output && ../.venv/bin/python ../tools/train.py ../configs/examples/tiny_t2i.py --tokenizer tokenizer --work-dir work
+#     cd demo_output
+#     ../.venv/bin/python ../tools/train.py ../configs/examples/tiny_t2i.py --tokenizer tokenizer --work-dir work
 from mmengine.config import read_base
 
 with read_base():

@@ -32,9 +32,9 @@ def check_cap_source(columns: Sequence[str], keys: tuple[str, ...], where: str) 
     """A ``cap_source`` that no record can have fails at construction, not as one skipped sample
     after another: the index holds none of ``keys`` and no annotation file to look them up in."""
     if ANNOTATION_KEY not in columns and not any(key in columns for key in keys):
-        raise DatasetConfigError(f'{where}: cap_source={keys[0] if len(keys) == 1 else list(keys)!r} is not a key of its '
-                         f'records, which have no {ANNOTATION_KEY!r} file to look it up in either; their keys: '
-                         f'{sorted(columns)}')
+        named = keys[0] if len(keys) == 1 else list(keys)
+        raise DatasetConfigError(f'{where}: cap_source={named!r} is not a key of its records, which have no '
+                                 f'{ANNOTATION_KEY!r} file to look it up in either; their keys: {sorted(columns)}')
 
 
 def check_caption(value, where: str) -> str:
