@@ -82,11 +82,11 @@ def test_resume_needs_a_checkpoint_unless_told_starting_fresh_is_fine(tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(TrainConfigError, match='holds no checkpoint'):
         resume_plan('latest', str(tmp_path / 'empty'))
-    assert resume_plan('auto', str(tmp_path / 'empty')) == (True, None)
+    assert resume_plan('auto', str(tmp_path / 'empty')) == (False, None)  # nothing to resume: fresh
     assert resume_plan(None, str(tmp_path / 'empty')) == (False, None)
     (tmp_path / 'work').mkdir()
     (tmp_path / 'work' / 'last_checkpoint').write_text(str(tmp_path / 'work' / 'iter_20.pth'))
-    assert resume_plan('latest', str(tmp_path / 'work')) == (True, None)
+    assert resume_plan('latest', str(tmp_path / 'work')) == resume_plan('auto', str(tmp_path / 'work')) == (True, None)
     with pytest.raises(TrainConfigError, match='no such checkpoint file'):
         resume_plan(str(tmp_path / 'iter_5.pth'), str(tmp_path / 'work'))
 
@@ -151,10 +151,12 @@ def test_the_streak_warning_says_what_it_judged_once(monkeypatch):
     assert len(skips) == 1 and 'counted, not logged' in skips[0]  # one sample's message, said once
 
 
-def run_train(*args, cwd) -> subprocess.CompletedProcess:
+def run_train(*args, cwd, merged: bool = False) -> subprocess.CompletedProcess:
+    """tools/train.py; ``merged``: stderr into stdout, in the order a terminal shows them."""
+    streams = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT) if merged else dict(capture_output=True)
     return subprocess.run([sys.executable, str(REPO / 'tools/train.py'), *map(str, args)], cwd=cwd,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1'),
-                          capture_output=True, text=True, timeout=600)
+                          env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1'),
+                          text=True, timeout=600, **streams)
 
 
 def test_train_says_one_screen_before_the_first_iteration(tmp_path, tokenizer_path):
@@ -166,9 +168,11 @@ def test_train_says_one_screen_before_the_first_iteration(tmp_path, tokenizer_pa
     refused = run_train(config, '--tokenizer', tokenizer_path, '--work-dir', 'work', '--resume', cwd=tmp_path)
     assert refused.returncode == 2 and 'no last_checkpoint' in refused.stderr and 'Traceback' not in refused.stderr
     result = run_train(config, '--tokenizer', tokenizer_path, '--work-dir', 'work', '--resume', 'auto',
-                       '--cfg-options', 'train_cfg.max_iters=2', 'train_dataloader.num_workers=0', cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = (result.stdout + result.stderr).splitlines()
+                       '--cfg-options', 'train_cfg.max_iters=2', 'train_dataloader.num_workers=0', cwd=tmp_path,
+                       merged=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert 'does not exist: starting fresh' in result.stdout and 'Auto resumed' not in result.stdout
+    lines = result.stdout.splitlines()
     first = next(i for i, line in enumerate(lines) if 'Iter(train)' in line)
     assert first <= 40, '\n'.join(lines[:first])
     before = '\n'.join(lines[:first])
@@ -199,3 +203,17 @@ def test_report_previews_keep_their_shape():
     rules = dict(re.findall(r'([^{}]+)\{([^}]*)\}', STYLE))
     img = next(body for selector, body in rules.items() if selector.strip().endswith('img'))
     assert 'max-width' in img and 'max-height' in img and not re.search(r'(^|;)(width|height):', img)
+
+
+def test_a_stale_index_cache_is_said_once(tmp_path, monkeypatch):
+    import json
+
+    from src.datasets import sample_index
+    said = []
+    monkeypatch.setattr(sample_index, 'print_log', lambda msg, **kwargs: said.append(msg))
+    source = tmp_path / 'data.json'
+    source.write_text(json.dumps([{'image': 'a.jpg', 'caption': 'a'}]))
+    sample_index.SampleIndex.load(str(source))
+    source.write_text(json.dumps([{'image': 'a.jpg', 'caption': 'a'}, {'image': 'b.jpg', 'caption': 'b'}]))
+    assert len(sample_index.SampleIndex.load(str(source))) == 2
+    assert len([line for line in said if 'is stale' in line]) == 1

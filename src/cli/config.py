@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from src.cli.data_paths import check_data
+from src.cli.data_paths import check_data, config_dicts
 from src.cli.hub import resolve
 from src.datasets.build import dataset_config
 
@@ -33,14 +33,7 @@ def dataset_roots(cfg) -> list:
 
 def tokenizer_configs(node) -> Iterator[dict]:
     """Every tokenizer config under ``node`` (dicts whose ``type`` loads a tokenizer), nested ones too."""
-    if isinstance(node, dict):
-        if NAME_KEY in node and 'tokenizer' in str(node.get('type', '')).lower():
-            yield node
-        for value in node.values():
-            yield from tokenizer_configs(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            yield from tokenizer_configs(value)
+    return config_dicts(node, lambda found: NAME_KEY in found and 'tokenizer' in str(found.get('type', '')).lower())
 
 
 def installed_path(package: str) -> str:

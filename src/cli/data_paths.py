@@ -3,6 +3,7 @@ not there named at once, with the folder the relative paths are read from and wh
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 
 DATASET_TYPES = ('CaptionDataset', 'BLIP3oDataset')  # the classes whose data_path is a local index file
 MAKES = {'data_path': 'prepare it first: docs/datasets.md has each dataset\'s download and prepare commands',
@@ -18,16 +19,21 @@ def _type_name(node: dict) -> str:
     return getattr(kind, '__name__', None) or str(kind).rsplit('.', 1)[-1]
 
 
-def dataset_nodes(node):
-    """The CaptionDataset / BLIP3oDataset configs under ``node`` (in ConcatDatasets too)."""
+def config_dicts(node, keep: Callable[[dict], bool]) -> Iterator[dict]:
+    """Every dict under ``node`` (a config, nested dicts and lists included) that ``keep`` keeps."""
     if isinstance(node, dict):
-        if _type_name(node) in DATASET_TYPES:
+        if keep(node):
             yield node
         for value in node.values():
-            yield from dataset_nodes(value)
+            yield from config_dicts(value, keep)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            yield from dataset_nodes(value)
+            yield from config_dicts(value, keep)
+
+
+def dataset_nodes(node) -> Iterator[dict]:
+    """The CaptionDataset / BLIP3oDataset configs under ``node`` (in ConcatDatasets too)."""
+    return config_dicts(node, lambda found: _type_name(found) in DATASET_TYPES)
 
 
 def missing_data(built) -> list[tuple[str, str]]:

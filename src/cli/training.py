@@ -12,6 +12,7 @@ import os
 DUMPS = ('\n' + '-' * 60 + '\nSystem environment:', 'Config:\n', 'Hooks will be executed in the following order',
          'Distributed training is not used', 'Checkpoints will be saved to')
 FRESH = 'auto'  # --resume auto: the latest checkpoint if there is one, else a fresh start
+logger = logging.getLogger(__name__)
 
 
 class TrainConfigError(ValueError):
@@ -28,9 +29,11 @@ def resume_plan(resume: str | None, work_dir: str) -> tuple[bool, str | None]:
         if not os.path.isfile(resume):
             raise TrainConfigError(f'--resume {resume}: no such checkpoint file ({os.path.abspath(resume)})')
         return True, resume
-    pointer = os.path.join(work_dir, 'last_checkpoint')
-    if resume == 'latest' and not os.path.isfile(pointer):
+    if not os.path.isfile(os.path.join(work_dir, 'last_checkpoint')):
         there = 'holds no checkpoint' if os.path.isdir(work_dir) else 'does not exist'
+        if resume == FRESH:
+            logger.info('--resume auto: the work dir %s %s: starting fresh', os.path.abspath(work_dir), there)
+            return False, None
         raise TrainConfigError(f'--resume: the work dir {os.path.abspath(work_dir)} {there} (no last_checkpoint): '
                                'check --work-dir, or pass --resume auto to start fresh when there is nothing to '
                                'resume')
