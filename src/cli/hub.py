@@ -59,22 +59,31 @@ def cached(name: str, probe_file: str) -> bool:
         return False
 
 
+def unavailable(name: str, what: str, option: str, probe_file: str = 'config.json') -> str | None:
+    """What stands in the way of loading ``what`` from ``name`` here, said for a person, or None: a
+    local folder, the hub answers, or the hub is out of reach and ``name`` is in the hub cache."""
+    if os.path.exists(os.path.expanduser(name)):
+        return None
+    if looks_like_path(name):
+        return (f'{what} is {name!r}: no such folder ({os.path.abspath(os.path.expanduser(name))}). '
+                f'Give the folder that holds it with {option} PATH.')
+    if (not offline() and reachable()) or cached(name, probe_file):
+        return None
+    why = ('HF_HUB_OFFLINE is set' if offline() else
+           f'the hub ({endpoint()}, HF_ENDPOINT) cannot be reached from this machine')
+    return (f'{what} is {name!r}: no such folder here, and a hub model that is not in the local hub cache, and '
+            f'{why}. Give a local copy with {option} /path/to/it (download it where the hub is reachable: '
+            f'.venv/bin/huggingface-cli download {name} --local-dir /path/to/it), or fill the hub cache (HF_HOME) '
+            'there first.')
+
+
 def resolve(name: str, what: str, option: str, probe_file: str = 'config.json') -> dict:
     """What ``from_pretrained(name)`` needs to load ``what`` (e.g. 'the tokenizer of <config>') without
     a minute of retries: ``{}`` (a local folder, or the hub is there), ``{'local_files_only': True}``
     (in the hub cache, hub out of reach), or ``HubUnreachable`` naming ``option``, the override."""
-    if os.path.exists(name):
+    problem = unavailable(name, what, option, probe_file)
+    if problem is not None:
+        raise HubUnreachable(problem)
+    if os.path.exists(os.path.expanduser(name)) or (not offline() and reachable()):
         return {}
-    if looks_like_path(name):
-        raise HubUnreachable(f'{what} is {name!r}: no such folder ({os.path.abspath(name)}). '
-                             f'Give the folder that holds it with {option} PATH.')
-    if offline() or not reachable():
-        if cached(name, probe_file):
-            return {'local_files_only': True}
-        why = ('HF_HUB_OFFLINE is set' if offline() else
-               f'the hub ({endpoint()}, HF_ENDPOINT) cannot be reached from this machine')
-        raise HubUnreachable(
-            f'{what} is {name!r}, a hub model that is not in the local hub cache, and {why}. Give a local copy '
-            f'with {option} /path/to/it (download it where the hub is reachable: .venv/bin/huggingface-cli download '
-            f'{name} --local-dir /path/to/it), or fill the hub cache (HF_HOME) there first.')
-    return {}
+    return {'local_files_only': True}  # in the hub cache, which is what there is

@@ -43,26 +43,14 @@ def stand_ins(option: str, cwd: str | None = None) -> list[str]:
 
 
 def problem(model: Model, cwd: str | None = None) -> str | None:
-    """What stands in the way of loading ``model`` here, or None (local, cached, or the hub answers)."""
-    name = model.name
-    if os.path.isdir(os.path.expanduser(name)) or os.path.isfile(os.path.expanduser(name)):
-        return None
+    """What stands in the way of loading ``model`` here (``hub.unavailable``), with the stand-ins
+    ``make demo`` left for its option; None when nothing does."""
+    found = hub.unavailable(model.name, model.what, model.option, model.probe_file)
     helps = stand_ins(model.option, cwd)
-    stand_in = (f' A stand-in with random weights (for trying the tools, from make demo): '
-                f'{model.option} {" or ".join(helps)}.' if helps else '')
-    if hub.looks_like_path(name):
-        return (f'{model.what} is {name!r}: no such folder ({os.path.abspath(os.path.expanduser(name))}). '
-                f'Give the folder that holds it with {model.option} PATH.{stand_in}')
-    if not hub.offline() and hub.reachable():
-        return None
-    if hub.cached(name, model.probe_file):
-        return None
-    why = ('HF_HUB_OFFLINE is set' if hub.offline() else
-           f'the hub ({hub.endpoint()}, HF_ENDPOINT) cannot be reached from this machine')
-    return (f'{model.what} is {name!r}: no such folder here, and a hub model that is not in the local hub cache, '
-            f'and {why}. Give a local copy with {model.option} /path/to/it (download it where the hub is '
-            f'reachable: .venv/bin/huggingface-cli download {name} --local-dir /path/to/it), or fill the hub cache '
-            f'(HF_HOME) there first.{stand_in}')
+    if found is None or not helps:
+        return found
+    return f'{found} A stand-in with random weights (for trying the tools, from make demo): {model.option} ' \
+           f'{" or ".join(helps)}.'
 
 
 def check(models, cwd: str | None = None) -> None:
