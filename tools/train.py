@@ -1,13 +1,14 @@
 """Train a config with mmengine's Runner: the runnable end of the data path.
 
-    .venv/bin/python tools/train.py configs/examples/tiny_t2i.py --work-dir work
-    .venv/bin/python tools/train.py configs/examples/tiny_t2i.py --work-dir work --resume   # after a stop
+    .venv/bin/python tools/train.py CONFIG --work-dir work                # from the folder holding data/
+    .venv/bin/python tools/train.py CONFIG --work-dir work --resume       # after a stop
     .venv/bin/torchrun --nproc_per_node 8 tools/train.py CONFIG --launcher pytorch --work-dir work
 
 Checkpoints go to --work-dir (the config's checkpoint hook says how often). --resume continues from
 the latest one there (an error when there is none: --resume auto starts fresh then; --resume FILE
 takes that checkpoint): with ResumableTrainLoop in the config's train_cfg, at the very next batch of
-the uninterrupted run, without reading the skipped samples. --tokenizer points every dataset's
+the uninterrupted run, without reading the skipped samples (tools/compare_runs.py checks that
+against an uninterrupted run; --stop-at ITER rehearses a stop). --tokenizer points every dataset's
 tokenizer at a local copy. Before the first iteration the tool says what it trains on, the sampler
 and where checkpoints go; mmengine's environment, config and hook dumps are in the training log
 (a timestamped folder of --work-dir, with vis_data/*.json, one line per logged iteration), and on
