@@ -33,3 +33,11 @@ def test_commands_say_which_python():
     for page in PAGES:
         for line in page.read_text().splitlines():
             assert not re.search(r'(^|\s)python3? tools/', line), f'{page.name}: {line.strip()}'
+
+
+def test_programs_of_the_environment_are_named_by_their_path():
+    """``torchrun`` and ``huggingface-cli`` are the environment's, as ``python`` is: written
+    ``.venv/bin/torchrun`` (or ``$T2I/.venv/bin/...``) wherever a command starts with them."""
+    for page in PAGES:
+        for line in page.read_text().splitlines():
+            assert not re.search(r'(^|`)\s*(torchrun|huggingface-cli) ', line), f'{page.name}: {line.strip()}'

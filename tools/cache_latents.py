@@ -55,21 +55,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from src.cli.config import load_config
+    from src.cli.data_paths import DataMissing
     from src.cli.hub import HubUnreachable, resolve
     from src.cli.logs import setup_logging
+    from src.cli.models import Model, preflight
     from src.datasets.extras import MissingExtra
     setup_logging('cache_latents')
-    try:  # before torch is even imported: a model out of reach is said in seconds
+    try:  # before torch is even imported: every model out of reach is said at once, in seconds
+        preflight(args.config, args.tokenizer, Model(args.vae, 'the autoencoder', '--vae'),
+                  cfg_options=args.cfg_options)
+        from src.cli.config import load_config
         cfg = load_config(args.config, args.cfg_options, args.tokenizer)
         vae_options = resolve(args.vae, 'the autoencoder', '--vae')
-    except (HubUnreachable, MissingExtra) as e:
+    except (HubUnreachable, DataMissing, MissingExtra) as e:
         logger.error('%s', e)
         return 2
     import torch
     import torch.distributed as dist
     from tqdm import tqdm
 
+    from src.datasets.errors import DatasetConfigError
     from src.latents.autoencoder import AutoencoderError, load_encoder
     from src.datasets.build import build_leaf_datasets
     from src.latents.cache import RankReport, encode_dataset, output_folder
@@ -92,7 +97,7 @@ def main(argv=None) -> int:
         if args.out and len(datasets) > 1:
             raise SystemExit('--out names one folder; this config has several datasets: leave --out out')
         encoder = load_encoder(args.vae, device, dtype, **vae_options)
-    except (AutoencoderError, MissingExtra) as e:
+    except (AutoencoderError, DatasetConfigError, MissingExtra) as e:
         logger.error('%s', e)
         return 2
 

@@ -72,17 +72,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from src.cli.logs import setup_logging
     setup_logging('inspect_dataset')
-    from src.cli.config import load_config
+    from src.cli.data_paths import DataMissing
     from src.cli.hub import HubUnreachable
+    from src.cli.models import preflight
+    from src.datasets.errors import DatasetConfigError
     from src.datasets.extras import MissingExtra
 
     try:
-        cfg = load_config(args.config, args.cfg_options, args.tokenizer)  # first: the hub is checked in seconds
+        # before torch and mmengine: the models are checked in seconds
+        preflight(args.config, args.tokenizer, cfg_options=args.cfg_options)
+        from src.cli.config import load_config
+        cfg = load_config(args.config, args.cfg_options, args.tokenizer)
         from tqdm import tqdm
 
         from src.datasets.build import build_leaf_datasets
         from src.report.html import page
-        sections, numbers = [], []
+        sections, numbers, summaries = [], [], []
         for dataset in tqdm(build_leaf_datasets(cfg), desc='datasets', unit='dataset'):
             stats, section = inspect(dataset, args)
             sections.append(section)
@@ -90,14 +95,16 @@ def main(argv=None) -> int:
             cut, _, prompts = stats.prompt_counts()
             failed = sum(stats.decode_failures.values())
             kept = stats.buckets.get('kept_area')
-            logger.info('%s: %d usable of %d records; %d of %d read as training reads them failed%s; %d of %s '
-                        'longer than max_length %d%s', stats.data_path, stats.usable, stats.records, failed,
-                        stats.decoded, f' ({stats.decode_failures})' if failed else '', cut, prompts,
-                        stats.max_length, '' if kept is None else
-                        f'; {"buckets" if stats.buckets["configured"] else stats.buckets["label"] + " buckets would"} '
-                        f'keep {kept:.0%} of a picture, square crops {stats.buckets["kept_area_square"]:.0%}')
+            summaries.append(
+                f'{stats.data_path}: {stats.usable} usable of {stats.records} records; {failed} of {stats.decoded} '
+                f'read as training reads them failed{f" ({stats.decode_failures})" if failed else ""}; {cut} of '
+                f'{prompts} longer than max_length {stats.max_length}' + ('' if kept is None else
+                f'; {"buckets" if stats.buckets["configured"] else stats.buckets["label"] + " buckets would"} '
+                f'keep {kept:.0%} of a picture, square crops {stats.buckets["kept_area_square"]:.0%}'))
+        for summary in summaries:  # once the progress bar has ended its line
+            logger.info('%s', summary)
         html = page(f'Dataset report: {args.config}', sections)
-    except (HubUnreachable, MissingExtra) as e:
+    except (HubUnreachable, DataMissing, DatasetConfigError, MissingExtra) as e:
         logger.error('%s', e)
         return 2
     from src.prepare.atomic import atomic_write

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from src.cli.data_paths import check_data, config_dicts
 from src.cli.hub import resolve
 from src.datasets.build import dataset_config
 from src.datasets.mixes import batched_mixes
@@ -14,9 +15,10 @@ NAME_KEY = 'pretrained_model_name_or_path'
 
 def add_config_options(parser) -> None:
     """The options of every tool that builds a config's datasets."""
-    from mmengine.config import DictAction
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help="override config keys, as mmengine's tools take them (key=value ...)")
+    from src.cli.options import ConfigOptions
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions, default={},
+                        help="override config keys, as mmengine's tools take them (key=value ...; a dict as "
+                             "key=dict(a=1, b='x'))")
     parser.add_argument('--tokenizer', metavar='PATH',
                         help='a local tokenizer folder (or hub id) for every dataset of the config, in place of '
                              'the one it names: what a machine without the hub needs')
@@ -32,14 +34,18 @@ def dataset_roots(cfg) -> list:
 
 def tokenizer_configs(node) -> Iterator[dict]:
     """Every tokenizer config under ``node`` (dicts whose ``type`` loads a tokenizer), nested ones too."""
-    if isinstance(node, dict):
-        if NAME_KEY in node and 'tokenizer' in str(node.get('type', '')).lower():
-            yield node
-        for value in node.values():
-            yield from tokenizer_configs(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            yield from tokenizer_configs(value)
+    return config_dicts(node, lambda found: NAME_KEY in found and 'tokenizer' in str(found.get('type', '')).lower())
+
+
+def installed_path(package: str) -> str:
+    """The folder of ``package``, as mmengine's ``get_installed_path`` finds it for a config's
+    ``with read_base(): from configs.datasets.x import *``, through importlib: mmengine 0.10.6 asks
+    ``pkg_resources`` first, which setuptools >= 81 no longer has."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f'read_base(): no config package {package!r} on the Python path', name=package)
+    return list(spec.submodule_search_locations)[0]
 
 
 def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | None = None, *,
@@ -48,12 +54,13 @@ def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | Non
     ``tokenizer`` when given. Each tokenizer of what the tool builds (``builds``: 'dataset', the
     config's ``dataset`` as upstream's scripts take it, else the training dataloader's; or
     'train_dataloader') that names a hub model is checked: loaded from the hub cache when the hub is
-    out of reach, or a ``HubUnreachable`` that says what to pass.
+    out of reach, or a ``HubUnreachable`` that says what to pass; the local data it reads is there
+    (``DataMissing`` naming every path that is not).
 
     A Python config is code and runs as such; a JSON or YAML one is data, and may only name
     registered or trusted types (``src.cli.data_config``): one that would run code is refused, in
     one line naming the file and the key."""
-    from mmengine.config import Config
+    import mmengine.config.config as mmengine_config
 
     from src.cli.data_config import UntrustedConfig, is_data_config, load_data_config
     if is_data_config(path):
@@ -62,7 +69,8 @@ def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | Non
         except UntrustedConfig as e:
             raise SystemExit(f'refused config: {e}') from None
     else:
-        cfg = Config.fromfile(path)
+        mmengine_config.get_installed_path = installed_path  # the project's configs from a user's (configs.*)
+        cfg = mmengine_config.Config.fromfile(path)
     cfg.merge_from_dict(cfg_options or {})
     for root in dataset_roots(cfg):  # mixes read a batch at a time, whichever ConcatDataset the config names
         batched_mixes(root)
@@ -71,6 +79,7 @@ def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | Non
             for node in tokenizer_configs(root):
                 node[NAME_KEY] = tokenizer
     built = dataset_config(cfg) if builds == 'dataset' else cfg.train_dataloader.dataset
+    check_data(built, path)
     for node in tokenizer_configs(built):
         node.update(resolve(node[NAME_KEY], f'the tokenizer of {path}', '--tokenizer',
                             probe_file='tokenizer_config.json'))

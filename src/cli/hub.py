@@ -8,12 +8,13 @@ that is not fails at once, naming the setting, the option that overrides it and 
 """
 from __future__ import annotations
 
+import functools
 import os
-import socket
-from urllib.parse import urlsplit
+import re
 
 PROBE_SECONDS = 3.0
 _TRUE = ('1', 'on', 'yes', 'true')
+HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$')  # 'name' or 'org/name'
 
 
 class HubUnreachable(RuntimeError):
@@ -28,14 +29,24 @@ def endpoint() -> str:
     return os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')
 
 
+def looks_like_path(name: str) -> bool:
+    """Written as a path (``./tok``, ``/models/x``, ``a/b/c``, ``~/x``), never a hub id."""
+    return name.startswith(('/', '.', '~')) or not HUB_ID.match(name)
+
+
+@functools.lru_cache(maxsize=None)
 def reachable(url: str | None = None, timeout: float = PROBE_SECONDS) -> bool:
-    """Whether a TCP connection to the hub's endpoint opens within ``timeout`` seconds."""
-    parts = urlsplit(url or endpoint())
-    port = parts.port or (443 if parts.scheme == 'https' else 80)
+    """Whether the hub's endpoint answers an HTTP request within ``timeout`` seconds (any status):
+    one request, asked once per process, through the proxies the environment names."""
+    from http.client import HTTPException
+    from urllib.error import HTTPError
+    from urllib.request import Request, urlopen
     try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
+        with urlopen(Request(url or endpoint(), method='HEAD'), timeout=timeout):
             return True
-    except OSError:
+    except HTTPError:  # it answered
+        return True
+    except (OSError, ValueError, HTTPException):  # refused, reset, closed without an answer, timed out, no host
         return False
 
 
@@ -48,19 +59,31 @@ def cached(name: str, probe_file: str) -> bool:
         return False
 
 
+def unavailable(name: str, what: str, option: str, probe_file: str = 'config.json') -> str | None:
+    """What stands in the way of loading ``what`` from ``name`` here, said for a person, or None: a
+    local folder, the hub answers, or the hub is out of reach and ``name`` is in the hub cache."""
+    if os.path.exists(os.path.expanduser(name)):
+        return None
+    if looks_like_path(name):
+        return (f'{what} is {name!r}: no such folder ({os.path.abspath(os.path.expanduser(name))}). '
+                f'Give the folder that holds it with {option} PATH.')
+    if (not offline() and reachable()) or cached(name, probe_file):
+        return None
+    why = ('HF_HUB_OFFLINE is set' if offline() else
+           f'the hub ({endpoint()}, HF_ENDPOINT) cannot be reached from this machine')
+    return (f'{what} is {name!r}: no such folder here, and a hub model that is not in the local hub cache, and '
+            f'{why}. Give a local copy with {option} /path/to/it (download it where the hub is reachable: '
+            f'.venv/bin/huggingface-cli download {name} --local-dir /path/to/it), or fill the hub cache (HF_HOME) '
+            'there first.')
+
+
 def resolve(name: str, what: str, option: str, probe_file: str = 'config.json') -> dict:
     """What ``from_pretrained(name)`` needs to load ``what`` (e.g. 'the tokenizer of <config>') without
     a minute of retries: ``{}`` (a local folder, or the hub is there), ``{'local_files_only': True}``
     (in the hub cache, hub out of reach), or ``HubUnreachable`` naming ``option``, the override."""
-    if os.path.exists(name):
+    problem = unavailable(name, what, option, probe_file)
+    if problem is not None:
+        raise HubUnreachable(problem)
+    if os.path.exists(os.path.expanduser(name)) or (not offline() and reachable()):
         return {}
-    if offline() or not reachable():
-        if cached(name, probe_file):
-            return {'local_files_only': True}
-        why = ('HF_HUB_OFFLINE is set' if offline() else
-               f'the hub ({endpoint()}, HF_ENDPOINT) cannot be reached from this machine')
-        raise HubUnreachable(
-            f'{what} is {name!r}, a hub model that is not in the local hub cache, and {why}. Give a local copy '
-            f'with {option} /path/to/it (download it where the hub is reachable: huggingface-cli download '
-            f'{name} --local-dir /path/to/it), or fill the hub cache (HF_HOME) there first.')
-    return {}
+    return {'local_files_only': True}  # in the hub cache, which is what there is

@@ -17,7 +17,7 @@ import sys
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 
-from src.datasets.errors import SampleError
+from src.datasets.errors import DatasetConfigError, SampleError
 
 ANNOTATION_KEY = 'annotation'
 # The largest caption file a sample reads: a long recaption is a few kB, a caption json of several
@@ -33,6 +33,15 @@ def caption_keys(cap_source: str | Sequence[str]) -> tuple[str, ...]:
     if not keys or not all(isinstance(key, str) for key in keys):
         raise ValueError(f'cap_source must be a key or a non-empty list of keys, got {cap_source!r}')
     return keys
+
+
+def check_cap_source(columns: Sequence[str], keys: tuple[str, ...], where: str) -> None:
+    """A ``cap_source`` that no record can have fails at construction, not as one skipped sample
+    after another: the index holds none of ``keys`` and no annotation file to look them up in."""
+    if ANNOTATION_KEY not in columns and not any(key in columns for key in keys):
+        named = keys[0] if len(keys) == 1 else list(keys)
+        raise DatasetConfigError(f'{where}: cap_source={named!r} is not a key of its records, which have no '
+                                 f'{ANNOTATION_KEY!r} file to look it up in either; their keys: {sorted(columns)}')
 
 
 def check_caption(value, where: str) -> str:

@@ -19,6 +19,11 @@ class SampleError(Exception):
         self.reason = reason
 
 
+class DatasetConfigError(ValueError):
+    """A dataset's options do not fit its data (a ``cap_source`` none of its records has); the
+    message says which and what is there. The tools print it as one line."""
+
+
 class IndexFormatError(ValueError):
     """The index file (data.json, .jsonl, parquet) cannot be read; the message names file and place."""
 

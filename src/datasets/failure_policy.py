@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import Counter, deque
 
 from mmengine.logging import print_log
@@ -26,6 +27,7 @@ Z = 6.0
 LOG_FIRST_FAILURES = 20  # then every LOG_EVERY_FAILURES-th, with the running counts
 LOG_EVERY_FAILURES = 100
 RECENT_MESSAGES = 5
+_DRAW = re.compile(r'#(Draw\([^)]*\)|\d+)')  # the draw in a message: the same file fails on every draw
 
 
 def wilson_lower_bound(failures: int, attempts: int, z: float = Z) -> float:
@@ -54,6 +56,9 @@ class FailureTracker:
         self.recent = deque(maxlen=RECENT_MESSAGES)
         self._window = deque(maxlen=WINDOW)
         self._window_failures = 0
+        self._logged = set()  # the failures already logged (message less the draw): repeats are counted
+        self._repeats = 0  # failures not logged since the last line
+        self._streak_said = False
 
     def _record(self, failed: bool) -> None:
         self.attempts += 1
@@ -86,15 +91,35 @@ class FailureTracker:
                 + '\n  '.join(self.recent))
 
     def _log(self, err: SampleError, streak: int) -> None:
+        """The first failure of each sample (file) is logged, up to LOG_FIRST_FAILURES, then every
+        LOG_EVERY_FAILURES-th; a repeat of one already logged is only counted, and the count is said
+        with the next line."""
         failed = sum(self.failures.values())
-        if failed <= LOG_FIRST_FAILURES or failed % LOG_EVERY_FAILURES == 0:
-            counts = f' ({failed} skipped so far in this process: {dict(self.failures)})' if failed > 1 else ''
+        key = _DRAW.sub('#', f'[{err.reason}] {err}')
+        new = key not in self._logged and len(self._logged) < LOG_FIRST_FAILURES
+        if new or failed % LOG_EVERY_FAILURES == 0:
+            self._logged.add(key)
+            repeats = f', {self._repeats} of them repeats not logged' if self._repeats else ''
+            counts = f' ({failed} skipped so far in this process{repeats}: {dict(self.failures)})' if failed > 1 else ''
             quieter = (f'; from now on every {LOG_EVERY_FAILURES}th skip is logged'
-                       if failed == LOG_FIRST_FAILURES else '')
+                       if len(self._logged) == LOG_FIRST_FAILURES and new else
+                       '; this sample failing again is counted, not logged' if new else '')
             print_log(f'Skipped a sample [{err.reason}]: {err}{counts}{quieter}',
                       logger='current', level=logging.WARNING)
-        if streak == self.max_refetch + 1:
-            rate = self._window_failures / len(self._window)
+            self._repeats = 0
+        else:
+            self._repeats += 1
+        if streak == self.max_refetch + 1 and not self._streak_said:
+            self._streak_said = True  # once a process: the counts come with the skips' lines
+            window, failures = len(self._window), self._window_failures
+            if window < MIN_ATTEMPTS:
+                judged = (f'the failure rate is judged once {MIN_ATTEMPTS} samples have been tried '
+                          f'({window} so far, {failures} failed)')
+            elif failures / window > self.max_failure_ratio:
+                judged = (f'the recent failure rate {failures / window:.0%} ({failures} of {window}) is above '
+                          f'max_failure_ratio={self.max_failure_ratio}, not yet beyond doubt')
+            else:
+                judged = (f'the recent failure rate {failures / window:.0%} ({failures} of {window}) is within '
+                          f'max_failure_ratio={self.max_failure_ratio}')
             print_log(f'{self.source}: {streak} samples in a row could not be used (max_refetch={self.max_refetch}); '
-                      f'the recent failure rate {rate:.0%} is within max_failure_ratio={self.max_failure_ratio}, '
-                      'so drawing goes on', logger='current', level=logging.WARNING)
+                      f'{judged}, so drawing goes on', logger='current', level=logging.WARNING)

@@ -424,13 +424,18 @@ def cache_path_for(data_path, cache_dir=None) -> Path:
     return Path(cache_dir) / f'{resolved.name}.{digest}.sampleindex.arrow'
 
 
+_SAID_STALE: set = set()
+
+
 def _open_cache(path: Path, fingerprint: bytes) -> pa.Table | None:
     """The memory-mapped table in ``path``, or None if it is missing, stale or corrupt."""
     try:
         reader = pa.ipc.open_file(pa.memory_map(str(path)))
         if (reader.schema.metadata or {}).get(_FINGERPRINT_KEY) != fingerprint:
-            print_log(f'The sample index cache {path} is stale (its source changed): rebuilding',
-                      logger='current', level=logging.INFO)
+            if str(path) not in _SAID_STALE:  # looked at again under the build lock: said once
+                _SAID_STALE.add(str(path))
+                print_log(f'The sample index cache {path} is stale (its source changed): rebuilding',
+                          logger='current', level=logging.INFO)
             return None
         table = reader.read_all()
         table.validate()

@@ -15,7 +15,9 @@ STYLE = '''body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;col
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.3em .7em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:1em}
-.grid{display:flex;flex-wrap:wrap;gap:.8em}.tile{width:220px;font-size:.8em}.tile img{width:220px;height:220px}
+.grid{display:flex;flex-wrap:wrap;gap:.8em}.tile{width:220px;font-size:.8em}
+.frame{width:220px;height:220px;display:flex;align-items:center;justify-content:center;background:#f4f4f4}
+.frame img{max-width:220px;max-height:220px}
 .warn{color:#a33;font-weight:bold}'''
 
 
@@ -117,8 +119,9 @@ def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
                   f'skips them, about {failed / stats.decoded:.1%} of the {stats.usable} usable records. For example:</p>'
                   f'<ul>{"".join(f"<li>{html.escape(line)}</li>" for line in stats.decode_examples)}</ul>'
                   if failed else '')
-    grid = ''.join(f'<div class="tile"><img src="{image}"><div>{html.escape(caption[:200])}</div></div>'
-                   for image, caption in tiles)
+    # each sample at its own shape (a bucket's 256x146 stays wide), scaled into the same square frame
+    grid = ''.join(f'<div class="tile"><div class="frame"><img src="{image}"></div>'
+                   f'<div>{html.escape(caption[:200])}</div></div>' for image, caption in tiles)
     return (f'<h2>{html.escape(stats.data_path)}</h2>{unreadable}{_table(counts, ("records", "count"))}'
             f'<h3>prompts</h3>{warn}{_table(prompts, prompt_columns)}{not_stored}'
             f'<h3>captions</h3>{_table(captions, ("captions", "sampled"))}{_buckets(stats.buckets)}'

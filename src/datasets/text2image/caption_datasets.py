@@ -28,7 +28,8 @@ from mmengine.logging import print_log
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset, get_worker_info
 
-from src.datasets.captions import (ANNOTATION_KEY, MAX_CAPTION_BYTES, caption_keys, cut_caption, parse_annotation,
+from src.datasets.captions import (ANNOTATION_KEY, MAX_CAPTION_BYTES, caption_keys, check_cap_source, cut_caption,
+                                   parse_annotation,
                                    resolve_caption)
 from src.datasets.components import build_component
 from src.datasets.errors import IndexFormatError, SampleError
@@ -201,6 +202,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         self._set_buckets(buckets)
         self._check_folders()
         self.index = self.load_index()
+        if len(self.index) and type(self).caption_of is CaptionDataset.caption_of:  # a typo fails here, at once
+            check_cap_source(self.index.columns, self.cap_keys, f'{type(self).__name__} {self.data_path}')
         self.latent_shapes = self.load_latent_shapes() if self.latent_root is not None else None
         self.prompt_ids = self.load_prompt_ids() if pretokenize else None
         self._cfg_ids = None  # the unconditional prompt's ids, the same for every sample
