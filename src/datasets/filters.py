@@ -18,6 +18,7 @@ counted in the "Loaded N samples (dropped: ...)" line and in the funnel the repo
 """
 from __future__ import annotations
 
+import copy
 import json
 import numbers
 from typing import Callable
@@ -211,3 +212,14 @@ def apply(filters: dict | None, values: RecordValues, keep: np.ndarray,
         step('duplicates', values.first_of_clusters(keep),
              f'duplicate an earlier record of their {CLUSTER_COLUMN} (filters: dedup)')
     return drops, funnel
+
+
+def records_moved(dataset, filters) -> tuple[int, int]:
+    """(entered, left): the records ``dataset`` keeps that ``filters`` did not keep from the same
+    index, and the reverse. The other selection is decided (or mapped, when stored) on a copy."""
+    other = copy.copy(dataset)
+    other.filters = normalize(filters)
+    before = other.load_index().table_rows()
+    now = dataset.index.table_rows()
+    return (len(np.setdiff1d(now, before, assume_unique=True)),
+            len(np.setdiff1d(before, now, assume_unique=True)))

@@ -21,7 +21,7 @@ from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.loops import IterBasedTrainLoop, _InfiniteDataloaderIterator
 from mmengine.runner.utils import calc_dynamic_intervals
 
-from src.engine.positions import DataFacts, PositionedSampler, facts_of, plan_resume, restore_seed
+from src.engine.positions import DataFacts, PositionedSampler, facts_of, plan_resume, records_moved, restore_seed
 
 POSITION_KEY = 'data_position'
 
@@ -91,6 +91,11 @@ class ResumableTrainLoop(IterBasedTrainLoop):
         now = facts_of(self.dataloader, (rank, world_size))
         start = plan_resume(self._iter, saved, now, drop_last=getattr(batch_sampler, 'drop_last', False),
                             allow_data_change=self.allow_data_change)
+        if self._iter and saved is not None and saved.data != now.data and saved.filters != now.filters:
+            moved = records_moved(self.dataloader.dataset, saved.filters)
+            if moved is not None:
+                print_log(f'The filters changed: {moved[0]} records entered and {moved[1]} left the dataset '
+                          f'({saved.filters} -> {now.filters})', logger='current', level=logging.WARNING)
         if self._iter:
             print_log(f'Resuming the data at iteration {self._iter}: sampler epoch {start.epoch}, '
                       f'{start.skip} indices skipped without reading a sample'

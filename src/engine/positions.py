@@ -60,6 +60,7 @@ class DataFacts:
     seed: int | None
     samples_per_epoch: int | None  # per rank; None for an endless sampler
     data: str | None = None  # the dataset's fingerprint (its records, in order); None when it has none
+    filters: object = None  # the dataset's filters (a list of the parts' for a mix); None: none, or not known
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +103,28 @@ def data_fingerprint(dataset) -> str | None:
     return getattr(dataset, 'fingerprint', None)
 
 
+def data_filters(dataset):
+    """The filters the records of ``dataset`` were chosen by (``CaptionDataset(filters=...)``; the
+    parts' in order for a ConcatDataset), or None when there are none."""
+    parts = getattr(dataset, 'datasets', None)
+    if parts is not None:
+        filters = [data_filters(part) for part in parts]
+        return filters if any(part is not None for part in filters) else None
+    return getattr(dataset, 'filters', None)
+
+
+def records_moved(dataset, filters) -> tuple[int, int] | None:
+    """How many records entered and left ``dataset`` against the same index under ``filters``
+    (``dataset.records_moved``; summed over a mix's parts), or None where it cannot say."""
+    parts = getattr(dataset, 'datasets', None)
+    if parts is not None:
+        old = filters if isinstance(filters, list) and len(filters) == len(parts) else [None] * len(parts)
+        moves = [records_moved(part, part_filters) for part, part_filters in zip(parts, old)]
+        return None if None in moves else tuple(map(sum, zip(*moves)))
+    moved = getattr(dataset, 'records_moved', None)
+    return None if moved is None else moved(filters)
+
+
 def facts_of(loader, rank_world: tuple[int, int]) -> DataFacts:
     sampler = loader.batch_sampler.sampler
     sampler = getattr(sampler, 'inner', sampler)
@@ -109,7 +132,7 @@ def facts_of(loader, rank_world: tuple[int, int]) -> DataFacts:
     return DataFacts(batch_size=batch_size, world_size=rank_world[1], dataset_size=len(loader.dataset),
                      sampler=type(sampler).__name__, seed=getattr(sampler, 'seed', None),
                      samples_per_epoch=None if is_endless(sampler) else len(sampler),
-                     data=data_fingerprint(loader.dataset))
+                     data=data_fingerprint(loader.dataset), filters=data_filters(loader.dataset))
 
 
 def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_last: bool = False,
@@ -122,7 +145,16 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
     if saved is None:
         saved = now
         note = 'the checkpoint has no data position (made by another loop): derived from its iteration count'
-    if saved.data is not None and now.data is not None and saved.data != now.data:
+    data_changed = saved.data is not None and now.data is not None and saved.data != now.data
+    if data_changed and saved.filters != now.filters:
+        if not allow_data_change:
+            raise ResumeError(
+                f'cannot resume the data position: the dataset\'s filters changed (filters {saved.filters} when the '
+                f'checkpoint was made, {now.filters} now): the position would land on other records. Resume with '
+                'the same filters, or set allow_data_change=True in train_cfg to go on from the same position in '
+                'the records the new filters keep.')
+        note = f'the filters changed ({saved.filters} -> {now.filters}); resumed at the same position, as asked'
+    elif data_changed:
         if not allow_data_change:
             raise ResumeError(
                 f'cannot resume the data position: the dataset holds other records than when the checkpoint was '
@@ -131,6 +163,8 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
                 'same position in the new records.')
         note = f'the records changed (fingerprint {saved.data} -> {now.data}); resumed at the same position, as asked'
     for name, what in (('batch_size', 'batch size'), ('dataset_size', 'dataset size'), ('sampler', 'sampler')):
+        if name == 'dataset_size' and data_changed:  # allowed above: other records, maybe another count
+            continue
         if getattr(saved, name) != getattr(now, name):
             raise ResumeError(f'cannot resume the data position: the checkpoint was made with {what} '
                               f'{getattr(saved, name)}, this run has {getattr(now, name)}. Resume with the same '

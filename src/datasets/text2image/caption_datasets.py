@@ -403,6 +403,11 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         digest = f'{len(self)}:{self.index.content_digest(self.image_key)}'
         return digest if not self.filters else f'{digest} filters={record_filters.describe(self.filters)}'
 
+    def records_moved(self, filters) -> tuple[int, int]:
+        """How many records entered and left this dataset against the same index chosen by ``filters``
+        (a resume whose filters changed says so)."""
+        return record_filters.records_moved(self, filters)
+
     # ---- reading one sample ---------------------------------------------------------------------
     def data_path_of(self, folder: str | None, relpath: str) -> str:
         """``folder/relpath``, where ``relpath`` comes from the index: one that is absolute or climbs
