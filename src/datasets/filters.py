@@ -223,3 +223,19 @@ def records_moved(dataset, filters) -> tuple[int, int]:
     now = dataset.index.table_rows()
     return (len(np.setdiff1d(now, before, assume_unique=True)),
             len(np.setdiff1d(before, now, assume_unique=True)))
+
+
+def set_in_config(node, filters) -> int:
+    """Give every dataset config under ``node`` (those with a ``data_path``: a mix's parts too)
+    ``filters`` (a preview before training: ``tools/inspect_dataset.py --filters``); how many."""
+    count = 0
+    if isinstance(node, dict):
+        if 'data_path' in node:
+            node['filters'] = filters
+            count += 1
+        for key, value in node.items():
+            if key != 'filters':
+                count += set_in_config(value, filters)
+    elif isinstance(node, (list, tuple)):
+        count += sum(set_in_config(value, filters) for value in node)
+    return count
