@@ -14,6 +14,8 @@ from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.prepare.datasets import prepare_midjourney23m
 from src.synthetic.downloads import make_midjourney23m
 
+from test_selection import logged  # noqa: F401  (the fixture: the dataset's log lines)
+
 FILTERS = dict(aspect=(0.5, 2.0), caption_words=(13, 19), min_side=120,
                where=[('aesthetic', '>=', 5.0), ('source', '!=', 'web')])
 
@@ -49,14 +51,6 @@ def pandas_reference(root) -> list[str]:
     keep = ((shorter >= 120) & aspect.between(0.5, 2.0) & words.between(13, 19) & (frame.aesthetic >= 5.0)
             & frame.source.notna() & (frame.source != 'web'))
     return frame.image[keep].tolist()
-
-
-@pytest.fixture
-def logged(monkeypatch):
-    lines = []
-    monkeypatch.setattr('src.datasets.text2image.caption_datasets.print_log',
-                        lambda msg, logger=None, level=None: lines.append(msg))
-    return lines
 
 
 def test_the_filters_keep_exactly_the_records_pandas_keeps(miniature, tokenizer, prompt_template, logged):

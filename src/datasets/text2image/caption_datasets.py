@@ -112,6 +112,10 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     max_aspect = MAX_ASPECT
     cuts_prompts = True  # a prompt longer than max_length is cut (an editing prompt never is)
     path_keys = (ANNOTATION_KEY,)  # record keys holding paths, besides image_key: none may leave its folder
+    # Set by __init__; defaults for subclasses that build themselves without it (their own data_list).
+    filters = None
+    extra_keys = ()
+    funnel = ()
 
     def __init__(self,
                  data_path,
