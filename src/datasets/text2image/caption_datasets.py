@@ -32,11 +32,11 @@ from torch.utils.data import Dataset, get_worker_info
 from src.datasets.captions import ANNOTATION_KEY, caption_keys, parse_annotation, resolve_caption
 from src.datasets.components import build_component
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.failure_policy import FailureTracker
 from src.datasets.extra_keys import check_extra_keys, extra_values
+from src.datasets.failure_policy import FailureTracker
 from src.datasets.files import join_inside
-from src.datasets.image_sizes import record_sizes
 from src.datasets.image_io import Placement, load_pixels
+from src.datasets.image_sizes import record_sizes
 from src.datasets import filters as record_filters, selection
 from src.datasets.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
