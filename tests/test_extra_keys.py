@@ -64,3 +64,20 @@ def test_a_model_that_ignores_them_trains_as_before(data, tmp_path, tokenizer_pa
     plain = train(tmp_path / 'plain', loader(seed=0), 3, 3, model=RecordingModel())
     scored = train(tmp_path / 'scored', loader(seed=0, extra_keys=['aesthetic']), 3, 3, model=RecordingModel())
     assert scored == plain
+
+
+def test_editing_samples_carry_them_too(tmp_path, tokenizer, prompt_template):
+    from src.datasets.collate_functions import collate_func_img2img
+    from src.datasets.image2image.edit_datasets import ReconstructDataset
+    (tmp_path / 'images').mkdir()
+    records = []
+    for i in range(3):
+        (tmp_path / 'images' / f'{i}.jpg').write_bytes(encode_image(120, 100, seed=i))
+        records.append({'image': f'{i}.jpg', 'caption': f'picture {i}', 'aesthetic': float(i)})
+    (tmp_path / 'data.json').write_text(json.dumps(records))
+    dataset = ReconstructDataset(str(tmp_path / 'data.json'), image_folder=str(tmp_path / 'images'),
+                                 tokenizer=tokenizer, prompt_template=prompt_template, image_size=32,
+                                 extra_keys=['aesthetic'], filters=dict(where=[('aesthetic', '>', 0)]))
+    assert len(dataset) == 2
+    batch = collate_func_img2img([dataset[0], dataset[1]])['data']
+    assert batch['aesthetic'].tolist() == [1.0, 2.0]

@@ -110,7 +110,7 @@ def collate_func_img2img(instances: Sequence[Mapping], pad_index: int = DEFAULT_
     input_ids, attention_mask = pad_input_ids([sample['input_ids'] for sample in instances], pad_index, 'left')
     return {'data': {'input_ids': input_ids, 'attention_mask': attention_mask,
                      'pixel_values': stack([sample['pixel_values'] for sample in instances]),
-                     'pixel_values_src': stack(sources)},
+                     'pixel_values_src': stack(sources), **collate_extras(instances)},
             'data_samples': None}
 
 
