@@ -18,3 +18,14 @@ def run_child(script: str, *args: str) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f'{Path(script).name} --child {" ".join(args)} failed:\n{done.stderr[-3000:]}')
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def records_parser(doc: str, child_args: int):
+    """The options of a bench over a generated data.json: ``--n`` records (``--small``: 100k), and
+    the hidden ``--child`` that ``run_child`` passes."""
+    import argparse
+    parser = argparse.ArgumentParser(description=doc.split('\n')[0])
+    parser.add_argument('--n', type=int, default=1_000_000, help='records in data.json')
+    parser.add_argument('--small', action='store_true', help='100k records (quick run)')
+    parser.add_argument('--child', nargs=child_args, help=argparse.SUPPRESS)
+    return parser

@@ -11,7 +11,6 @@ filter. Also timed: joining a 1M-row score parquet into the index (``tools/add_c
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._child import run_child as run_script_child  # noqa: E402
+from bench._child import records_parser, run_child as run_script_child  # noqa: E402
 from bench.bench_index import write_data_json  # noqa: E402
 
 FILTERS = dict(min_side=600, aspect=(0.5, 2.0), caption_words=(10, 40), where=[('aesthetic', '>=', 5.0)])
@@ -47,11 +46,8 @@ def run_child(filtered: str, path: str, folder: str, tokenizer_path: str) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--n', type=int, default=1_000_000, help='records in data.json')
-    parser.add_argument('--small', action='store_true', help='100k records (quick run)')
+    parser = records_parser(__doc__, child_args=4)
     parser.add_argument('--repeat', type=int, default=5, help='fresh processes per variant, alternating')
-    parser.add_argument('--child', nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*args.child)))
