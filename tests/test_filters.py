@@ -109,3 +109,22 @@ def test_every_where_drops_records_without_a_value(miniature, tokenizer, prompt_
 def test_a_wrong_filter_says_what_is_wrong(miniature, tokenizer, prompt_template, filters, message):
     with pytest.raises(ValueError, match=message):
         build(miniature, tokenizer, prompt_template, filters=filters)
+
+
+def test_caption_words_reads_captions_held_in_annotation_files(tmp_path, tokenizer, prompt_template):
+    from src.prepare.datasets import prepare_laion6m
+    from src.synthetic.downloads import make_laion6m
+    expected = make_laion6m(tmp_path / 'laion6m', n=16, faults=False)
+    assert prepare_laion6m(str(expected.root), num_processes=1).exit_code() == 0
+    build = lambda **options: CaptionDataset(  # noqa: E731
+        str(expected.root / 'data.json'), image_folder=str(expected.root / 'raw'),
+        cap_folder=str(expected.root / 'captions'), cap_source=['re_caption', 'caption'], tokenizer=tokenizer,
+        prompt_template=prompt_template, image_size=32, **options)
+    everything = build()
+    words = {everything.index[i]['image']: len(everything.caption_of(everything.index[i]).split())
+             for i in range(len(everything))}
+    low, high = sorted(words.values())[4], sorted(words.values())[-4]
+    kept = build(filters=dict(caption_words=(low, high)))
+    assert [kept.index[i]['image'] for i in range(len(kept))] == [
+        image for image, count in words.items() if low <= count <= high]
+    assert 0 < len(kept) < len(everything)

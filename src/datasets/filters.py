@@ -21,17 +21,22 @@ from __future__ import annotations
 import copy
 import json
 import numbers
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
 
 from src.datasets.arrow_numpy import to_numpy
+from src.datasets.captions import ANNOTATION_KEY
+from src.datasets.errors import SampleError
 from src.datasets.sample_index import SampleIndex
 
 KEYS = ('min_side', 'aspect', 'caption_words', 'where', 'dedup')
 DERIVED = ('min_side', 'aspect', 'caption_words')
+THREADS = 16  # caption files read at once (I/O: local disks, network file systems, objects)
 CLUSTER_COLUMN = 'dup_cluster'  # written by tools/find_duplicates.py (src.datasets.duplicates)
 _NUMPY_OPS = {'>=': np.greater_equal, '>': np.greater, '<=': np.less_equal, '<': np.less, '==': np.equal,
               '!=': np.not_equal}
@@ -99,10 +104,12 @@ class RecordValues:
     """The values filters compare, per record of an index view: its columns and the derived ones
     (computed on first use: the sizes may need image headers, see ``src.datasets.image_sizes``)."""
 
-    def __init__(self, index: SampleIndex, sizes: Callable[[SampleIndex], tuple], caption_keys: tuple):
+    def __init__(self, index: SampleIndex, sizes: Callable[[SampleIndex], tuple], caption_keys: tuple,
+                 caption: Callable[[int], str] | None = None):
         self.index = index
         self._sizes = sizes
         self.caption_keys = caption_keys
+        self._caption = caption  # record i's caption from its annotation file (SampleError if none)
         self._cache = {}
 
     def sizes(self) -> tuple[np.ndarray, np.ndarray]:
@@ -137,11 +144,12 @@ class RecordValues:
                              f'derived: {list(DERIVED)}). Join scores with tools/add_columns.py')
 
     def _caption_words(self) -> np.ndarray:
-        """Words of each record's caption held in the index (the first ``cap_source`` key it has)."""
+        """Words of each record's caption: held in the index (the first ``cap_source`` key it has),
+        else read from its annotation file (in threads, with a progress bar)."""
         words = np.full(len(self.index), np.nan)
         texts = [key for key in self.caption_keys
                  if (kind := self.index.column_type(key)) is not None and pa.types.is_string(kind)]
-        if not texts:
+        if not texts and self._caption is None:
             raise ValueError(f'filters: caption_words counts the captions held in the index ({self.caption_keys}), '
                              f'and {self.index.source} has none of these text columns ({self.index.columns})')
         for key in texts:
@@ -149,7 +157,20 @@ class RecordValues:
             counts = self.index.view_of(to_numpy(counts.cast(pa.float64()), fill=np.nan))
             fill = np.isnan(words) & ~self.index.not_text(key)
             words[fill] = counts[fill]
+        todo = np.flatnonzero(np.isnan(words) & self.index.has_value(ANNOTATION_KEY))
+        if len(todo) and self._caption is not None:
+            words[todo] = self._read_words(todo)
         return words
+
+    def _read_words(self, rows: np.ndarray) -> np.ndarray:
+        def words(i) -> float:
+            try:
+                return float(len(self._caption(int(i)).split()))
+            except SampleError:
+                return np.nan
+        with ThreadPoolExecutor(THREADS) as pool:
+            return np.fromiter(tqdm(pool.map(words, rows), total=len(rows), unit='caption', disable=len(rows) < 1000,
+                                    desc=f'caption words of {self.index.source}'), np.float64, len(rows))
 
     def compare(self, column: str, op: str, value) -> np.ndarray:
         """Per record: whether ``column op value`` holds; False where the record has no value."""

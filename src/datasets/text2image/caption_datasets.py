@@ -357,10 +357,10 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
 
     def _filter_values(self, index: SampleIndex) -> record_filters.RecordValues:
         """What ``filters`` compare: the index's columns, the pictures' sizes (as buckets get them) and
-        the captions' word counts."""
+        the captions' word counts (from the index, or the annotation files)."""
         def sizes(view):
             return record_sizes(view, self._header_reader(view), self.data_path, self._latent_sizes(view))
-        return record_filters.RecordValues(index, sizes, self.cap_keys)
+        return record_filters.RecordValues(index, sizes, self.cap_keys, lambda i: self.caption_of(index[i]))
 
 
     def load_prompt_ids(self) -> PromptIds | None:
