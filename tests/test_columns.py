@@ -4,7 +4,6 @@ the index cache keeps them as typed, memory-mapped columns, which filters and ex
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -55,7 +54,8 @@ def test_a_score_parquet_is_joined_by_image_path_and_filtered_as_pandas_filters(
     with caplog.at_level('INFO', logger='add_columns'):
         assert add_columns.main([config, str(tmp_path / 'scores.parquet'), '--key', 'image']) == 0
     summary = caplog.messages[-1]
-    assert f'into {len(scores) - 1} of {len(records)} records' in summary and '1 keys of the parquet match no' in summary
+    assert f'into {len(scores) - 1} of {len(records)} records' in summary
+    assert '1 keys of the parquet match no' in summary
     assert sorted(p.name for p in (midjourney / 'images').iterdir()) == images_before  # images untouched
 
     index = SampleIndex.load(midjourney / 'data.json')
@@ -131,7 +131,8 @@ def test_the_url_route_keeps_img2dataset_columns_and_joins_by_url(tmp_path, monk
     assert add_columns.main([str(REPO / 'configs/datasets/laion6m_recap.py'), str(tmp_path / 'w.parquet'),
                              '--key', 'url']) == 0
     index = SampleIndex.load(root / 'data.json')
-    assert index.numbers('watermark').tolist()[1:] == [0.5] * (len(urls) - 1) and np.isnan(index.numbers('watermark')[0])
+    watermark = index.numbers('watermark')
+    assert watermark.tolist()[1:] == [0.5] * (len(urls) - 1) and np.isnan(watermark[0])
     dataset = CaptionDataset(str(root / 'data.json'), image_folder=str(root / 'raw'), cap_folder=str(root / 'raw'),
                              cap_source='re_caption', tokenizer=tokenizer, prompt_template=prompt_template,
                              image_size=32, filters=dict(min_side=1, where=[('watermark', '<', 0.6)]))

@@ -49,15 +49,17 @@ def planted(tmp_path, monkeypatch):
 def test_dedup_keeps_one_of_each_planted_pair(planted, tokenizer_path, tokenizer, prompt_template, caplog):
     root, exact, resized = planted
     with caplog.at_level('INFO', logger='find_duplicates'):
-        assert find_duplicates.main([str(REPO / 'configs/datasets/midjourney23m.py'), '--tokenizer', tokenizer_path]) == 0
+        config = str(REPO / 'configs/datasets/midjourney23m.py')
+        assert find_duplicates.main([config, '--tokenizer', tokenizer_path]) == 0
     assert '1 exact and 1 near duplicates in 2 clusters' in caplog.text
     index = SampleIndex.load(root / 'data.json')
     clusters = {index[i]['image']: index[i].get('dup_cluster') for i in range(len(index))}
     assert clusters[exact] == clusters['images/copy.bin.jpg'] is not None
     assert clusters[resized] == clusters['images/reencoded.webp'] is not None
     assert sum(value is not None for value in clusters.values()) == 4
-    build = lambda **options: CaptionDataset(str(root / 'data.json'), image_folder=str(root), tokenizer=tokenizer,  # noqa: E731
-                                             prompt_template=prompt_template, image_size=32, **options)
+    def build(**options):
+        return CaptionDataset(str(root / 'data.json'), image_folder=str(root), tokenizer=tokenizer,
+                              prompt_template=prompt_template, image_size=32, **options)
     everything, deduplicated = build(), build(filters=dict(dedup=True))
     kept = {deduplicated.index[i]['image'] for i in range(len(deduplicated))}
     assert len(deduplicated) == len(everything) - 2
@@ -67,8 +69,8 @@ def test_dedup_keeps_one_of_each_planted_pair(planted, tokenizer_path, tokenizer
 
 def test_clusters_join_near_hashes_through_a_chain_and_leave_unreadable_alone():
     base = np.uint64(0x0F0F_0F0F_0F0F_0F0F)
-    phashes = np.array([base, base ^ np.uint64(0b111), base ^ np.uint64(0b11111 << 40), base ^ np.uint64(0b11 << 60 | 0b11),
-                        0], dtype=np.uint64)
+    flips = [0, 0b111, 0b11111 << 40, 0b11 << 60 | 0b11]
+    phashes = np.array([base ^ np.uint64(flip) for flip in flips] + [0], dtype=np.uint64)
     digests = [b'a', b'b', b'c', b'd', None]
     cluster, exact, near = clusters_of(digests, phashes, max_distance=4)
     # 0-1 differ by 3 bits, 0-3 by 4 (1-3 by 3): one cluster; 2 is 5 bits from 0; 4 is unreadable.

@@ -43,8 +43,8 @@ def test_chosen_columns_come_in_each_sample_and_in_the_batch(data, tokenizer, pr
     assert batch['source'] == ['s0', 's1', 's2', 's3']
     plain = collate_func_gen([build(data, tokenizer, prompt_template)[i] for i in range(2)])['data']
     assert set(plain) == {'pixel_values', 'input_ids', 'attention_mask'}  # nothing asked, nothing added
-    latents = collate_func_gen_latents([{'image_latents': torch.zeros(4, 2, 2), 'input_ids': torch.ones(3, dtype=torch.long),
-                                         'aesthetic': 1.5}])['data']
+    latent = {'image_latents': torch.zeros(4, 2, 2), 'input_ids': torch.ones(3, dtype=torch.long), 'aesthetic': 1.5}
+    latents = collate_func_gen_latents([latent])['data']
     assert latents['aesthetic'].tolist() == [1.5]
 
 

@@ -58,8 +58,9 @@ def test_a_resume_with_other_filters_is_refused_or_says_what_moved(data, tmp_pat
 def test_the_numbers_of_records_that_entered_and_left(data, tokenizer, prompt_template):
     from src.datasets.text2image.caption_datasets import CaptionDataset
     root = data / DEFAULT_ROOTS['midjourney23m']
-    build = lambda filters: CaptionDataset(str(root / 'data.json'), image_folder=str(root), tokenizer=tokenizer,  # noqa: E731
-                                           prompt_template=prompt_template, filters=filters)
+    def build(filters):
+        return CaptionDataset(str(root / 'data.json'), image_folder=str(root), tokenizer=tokenizer,
+                              prompt_template=prompt_template, filters=filters)
     old, new = build(OLD), build(NEW)
     old_files = {old.index[i]['image'] for i in range(len(old))}
     new_files = {new.index[i]['image'] for i in range(len(new))}
