@@ -137,3 +137,13 @@ def test_the_url_route_keeps_img2dataset_columns_and_joins_by_url(tmp_path, monk
                              cap_source='re_caption', tokenizer=tokenizer, prompt_template=prompt_template,
                              image_size=32, filters=dict(min_side=1, where=[('watermark', '<', 0.6)]))
     assert len(dataset) == len(records) - 1
+
+
+def test_keys_of_another_type_or_a_file_that_is_no_parquet_are_refused(midjourney, tmp_path, caplog):
+    config = str(REPO / 'configs/datasets/midjourney23m.py')
+    pd.DataFrame({'image': [[1, 2]], 'score': [1.0]}).to_parquet(tmp_path / 'lists.parquet')
+    assert add_columns.main([config, str(tmp_path / 'lists.parquet')]) == 1
+    assert 'cannot be matched' in caplog.text
+    (tmp_path / 'not.parquet').write_text('image,score\n')
+    assert add_columns.main([config, str(tmp_path / 'not.parquet')]) == 1
+    assert 'not a readable parquet table' in caplog.text

@@ -66,9 +66,12 @@ def _values(scores: pa.Table, key: str, index_column: str) -> tuple[pa.Array, li
     keys = scores.column(key).combine_chunks()
     if keys.null_count:
         raise IndexFormatError(f'the parquet has {keys.null_count} rows without a {key!r}')
-    if len(pc.unique(keys)) != len(keys):
-        raise IndexFormatError(f'the parquet has {len(keys) - len(pc.unique(keys))} repeated {key!r} values: '
-                               'one row per record')
+    if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type) or pa.types.is_integer(keys.type)):
+        raise IndexFormatError(f'the parquet\'s {key!r} column holds {keys.type}: keys are texts or integers, '
+                               'they cannot be matched')
+    repeated = len(keys) - len(pc.unique(keys))
+    if repeated:
+        raise IndexFormatError(f'the parquet has {repeated} repeated {key!r} values: one row per record')
     others = [name for name in scores.column_names if name != key and name != index_column]
     if not others:
         raise IndexFormatError(f'the parquet has no column besides {key!r} to join')
@@ -87,11 +90,18 @@ def join_columns(data_path: str, scores_path: str, key: str = IMAGE_KEY, *, imag
     index_column = image_key if key == IMAGE_KEY else key
     if index.column_type(index_column) is None:
         raise IndexFormatError(f'{data_path}: no {index_column!r} column to join by (it has {index.columns})')
-    scores = pq.read_table(scores_path)
+    try:
+        scores = pq.read_table(scores_path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise IndexFormatError(f'{scores_path}: not a readable parquet table ({err})') from None
     keys, others = _values(scores, key, index_column)
     record_keys = index.whole_column(index_column)
     if keys.type != record_keys.type:
-        keys = keys.cast(record_keys.type)
+        try:
+            keys = keys.cast(record_keys.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise IndexFormatError(f'{scores_path}: its {key!r} column holds {keys.type}, the index\'s '
+                                   f'{index_column!r} holds {record_keys.type}: they cannot be matched') from None
     positions = pc.index_in(record_keys, value_set=keys)  # per record: its parquet row, or null
     joined = scores.select(others).take(positions)
     report = JoinReport(str(data_path), key, others, records=len(index), matched=len(index) - positions.null_count)
