@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import numbers
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -27,6 +28,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from mmengine.logging import MMLogger
 from tqdm import tqdm
 
 from src.datasets.arrow_numpy import to_numpy
@@ -240,7 +242,13 @@ def records_moved(dataset, filters) -> tuple[int, int]:
     index, and the reverse. The other selection is decided (or mapped, when stored) on a copy."""
     other = copy.copy(dataset)
     other.filters = normalize(filters)
-    before = other.load_index().table_rows()
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the other selection's "Loaded ..." lines would read as this run's
+    try:
+        before = other.load_index().table_rows()
+    finally:
+        logger.setLevel(level)
     now = dataset.index.table_rows()
     return (len(np.setdiff1d(now, before, assume_unique=True)),
             len(np.setdiff1d(before, now, assume_unique=True)))
