@@ -18,6 +18,7 @@ pretokenize=True reads them.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import os
@@ -44,6 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--all-prompts', action='store_true',
                         help='count prompt lengths over every record: stores the prompt ids as pretokenize=True '
                              'does (once per tokenizer and template; training with pretokenize=True reuses them)')
+    parser.add_argument('--filters', metavar='DICT',
+                        help='preview filters before training: the funnel and score histograms with these in '
+                             'place of the config\'s, as a Python literal, e.g. "{\'min_side\': 512, \'where\': '
+                             '[(\'aesthetic\', \'>=\', 5.0)]}" (see docs/dataset-options.md)')
     return parser.parse_args(argv)
 
 
@@ -77,12 +82,20 @@ def main(argv=None) -> int:
     from src.cli.models import preflight
     from src.datasets.errors import DatasetConfigError
     from src.datasets.extras import MissingExtra
-
     try:
         # before torch and mmengine: the models are checked in seconds
         preflight(args.config, args.tokenizer, cfg_options=args.cfg_options)
-        from src.cli.config import load_config
+        from src.cli.config import dataset_roots, load_config
+        from src.datasets.filters import normalize, set_in_config
+        try:
+            filters = None if args.filters is None else normalize(ast.literal_eval(args.filters))
+        except (ValueError, SyntaxError) as e:
+            logger.error('--filters %s: %s', args.filters, e)
+            return 2
         cfg = load_config(args.config, args.cfg_options, args.tokenizer)
+        if args.filters is not None:
+            for root in dataset_roots(cfg):
+                set_in_config(root, filters)
         from tqdm import tqdm
 
         from src.datasets.build import build_leaf_datasets

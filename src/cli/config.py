@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from src.cli.data_paths import check_data, config_dicts
 from src.cli.hub import resolve
 from src.datasets.build import dataset_config
-from src.datasets.mixes import batched_mixes
 
 NAME_KEY = 'pretrained_model_name_or_path'
 
@@ -72,6 +71,7 @@ def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | Non
         mmengine_config.get_installed_path = installed_path  # the project's configs from a user's (configs.*)
         cfg = mmengine_config.Config.fromfile(path)
     cfg.merge_from_dict(cfg_options or {})
+    from src.datasets.mixes import batched_mixes  # torch: after the tools' checks made before it
     for root in dataset_roots(cfg):  # mixes read a batch at a time, whichever ConcatDataset the config names
         batched_mixes(root)
     if tokenizer is not None:

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import default_collate
 
 from src.datasets.components import resolve_type
+from src.datasets.extra_keys import collate_extras
 from src.datasets.image_io import fit_to_resolution
 
 DEFAULT_PAD_INDEX = 0  # xtuner's DEFAULT_PAD_TOKEN_INDEX, without importing xtuner
@@ -57,6 +58,7 @@ def collate_image_and_prompt(instances: Sequence[Mapping], image_key: str,
     for key in PLACEMENT_KEYS:  # buckets: where each picture came from (SDXL-style conditioning)
         if key in instances[0]:
             data[key] = torch.stack([sample[key] for sample in instances])
+    data.update(collate_extras(instances))  # extra_keys: index columns asked for (scores as conditioning)
     return {'data': data, 'data_samples': None}
 
 
@@ -110,7 +112,7 @@ def collate_func_img2img(instances: Sequence[Mapping], pad_index: int = DEFAULT_
     input_ids, attention_mask = pad_input_ids([sample['input_ids'] for sample in instances], pad_index, 'left')
     return {'data': {'input_ids': input_ids, 'attention_mask': attention_mask,
                      'pixel_values': stack([sample['pixel_values'] for sample in instances]),
-                     'pixel_values_src': stack(sources)},
+                     'pixel_values_src': stack(sources), **collate_extras(instances)},
             'data_samples': None}
 
 

@@ -12,6 +12,7 @@ EXTRAS = {
     'img2dataset': ('download', 'downloading URL parquets (the URL route of laion6m and redcaps5m)'),
     'matplotlib': ('report', 'the plots of tools/inspect_dataset.py'),
     'pyspark': ('spark', '--distributor pyspark'),
+    'imagehash': ('dedup', 'near duplicates (tools/find_duplicates.py)'),
 }
 
 

@@ -708,6 +708,14 @@ class SampleIndex:
     def _view(self, values: np.ndarray) -> np.ndarray:
         return values if self._rows is None else values[self._rows]
 
+    def view_of(self, values: np.ndarray) -> np.ndarray:
+        """Per-row ``values`` of the whole index, as this view's records see them."""
+        return self._view(values)
+
+    def whole_column(self, name: str) -> pa.ChunkedArray | None:
+        """Field ``name`` over the whole index (memory-mapped, typed), or None when absent."""
+        return self._table.column(name) if name in self.columns else None
+
     def has_value(self, name: str) -> np.ndarray:
         """Per record: whether field ``name`` is present and not null."""
         if name not in self._names:

@@ -21,7 +21,7 @@ from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.loops import IterBasedTrainLoop, _InfiniteDataloaderIterator
 from mmengine.runner.utils import calc_dynamic_intervals
 
-from src.engine.positions import DataFacts, epoch_iterations, facts_of, place_sampler, restore_seed
+from src.engine.positions import DataFacts, epoch_iterations, facts_of, place_sampler, records_moved, restore_seed
 
 POSITION_KEY = 'data_position'
 
@@ -95,6 +95,11 @@ class ResumableTrainLoop(IterBasedTrainLoop):
                                                allow_data_change=self.allow_data_change)
         if now.history and self._max_epochs_asked is not None:  # the epochs' lengths changed with the batch
             self._max_iters = epoch_iterations(self.dataloader, self._max_epochs_asked)
+        if self._iter and saved is not None and saved.data != now.data and saved.filters != now.filters:
+            moved = records_moved(self.dataloader.dataset, saved.filters)
+            if moved is not None:
+                print_log(f'The filters changed: {moved[0]} records entered and {moved[1]} left the dataset '
+                          f'({saved.filters} -> {now.filters})', logger='current', level=logging.WARNING)
         if self._iter:
             print_log(f'Resuming the data at iteration {self._iter}: sampler epoch {start.epoch}, '
                       f'{start.skip} indices skipped without reading a sample'

@@ -42,6 +42,7 @@ class DataFacts:
     repeat: list | None = None  # a mix's weights (FixedBatchMultiSourceSampler)
     origin: list | None = None  # where the mix's turns of ``repeat`` started: [batch, [batches per source]]
     history: list | None = None  # the global batch's changes: [batch, global batch(, batches per source)]
+    filters: object = None  # the dataset's filters (a list of the parts' for a mix); None: none, or not known
 
     @property
     def global_batch(self) -> int:
@@ -104,6 +105,28 @@ def bucket_fingerprint(sampler) -> str | None:
     return digest.hexdigest()
 
 
+def data_filters(dataset):
+    """The filters the records of ``dataset`` were chosen by (``CaptionDataset(filters=...)``; the
+    parts' in order for a ConcatDataset), or None when there are none."""
+    parts = getattr(dataset, 'datasets', None)
+    if parts is not None:
+        filters = [data_filters(part) for part in parts]
+        return filters if any(part is not None for part in filters) else None
+    return getattr(dataset, 'filters', None)
+
+
+def records_moved(dataset, filters) -> tuple[int, int] | None:
+    """How many records entered and left ``dataset`` against the same index under ``filters``
+    (``dataset.records_moved``; summed over a mix's parts), or None where it cannot say."""
+    parts = getattr(dataset, 'datasets', None)
+    if parts is not None:
+        old = filters if isinstance(filters, list) and len(filters) == len(parts) else [None] * len(parts)
+        moves = [records_moved(part, part_filters) for part, part_filters in zip(parts, old)]
+        return None if None in moves else tuple(map(sum, zip(*moves)))
+    moved = getattr(dataset, 'records_moved', None)
+    return None if moved is None else moved(filters)
+
+
 def facts_of(loader, rank_world: tuple[int, int]) -> DataFacts:
     sampler = loader.batch_sampler.sampler
     sampler = getattr(sampler, 'inner', sampler)
@@ -113,11 +136,20 @@ def facts_of(loader, rank_world: tuple[int, int]) -> DataFacts:
                      sampler=type(sampler).__name__, seed=getattr(sampler, 'seed', None),
                      samples_per_epoch=None if is_endless(sampler) else len(sampler),
                      data=data_fingerprint(loader.dataset), buckets=bucket_fingerprint(sampler),
-                     repeat=getattr(sampler, 'repeat', None), origin=None if origin is None else list(origin))
+                     repeat=getattr(sampler, 'repeat', None), origin=None if origin is None else list(origin),
+                     filters=data_filters(loader.dataset))
 
 
 def _check_same_data(saved: DataFacts, now: DataFacts, allow_data_change: bool) -> str:
-    """Refuses other records or other buckets (unless ``allow_data_change``); a note when allowed."""
+    """Refuses other records, other filters or other buckets (unless ``allow_data_change``); a note when allowed."""
+    if None not in (saved.data, now.data) and saved.data != now.data and saved.filters != now.filters:
+        if not allow_data_change:
+            raise ResumeError(
+                f'cannot resume the data position: the dataset\'s filters changed (filters {saved.filters} when the '
+                f'checkpoint was made, {now.filters} now): the position would land on other records. Resume with '
+                'the same filters, or set allow_data_change=True in train_cfg to go on from the same position in '
+                'the records the new filters keep.')
+        return f'the filters changed ({saved.filters} -> {now.filters}); resumed at the same position, as asked'
     for name, what in (('data', 'the dataset holds other records than when the checkpoint was made (fingerprint '
                                 '{then} then, {now} now: other records, or the same ones in another order)'),
                        ('buckets', 'the records fall into other buckets than when the checkpoint was made (bucket '
@@ -163,7 +195,10 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
         saved = now
         note = 'the checkpoint has no data position (made by another loop): derived from its iteration count'
     note = _check_same_data(saved, now, allow_data_change) or note
+    data_changed = None not in (saved.data, now.data) and saved.data != now.data  # allowed, or refused above
     for name, what in (('dataset_size', 'dataset size'), ('sampler', 'sampler')):
+        if name == 'dataset_size' and data_changed:  # other records, maybe another count
+            continue
         if getattr(saved, name) != getattr(now, name):
             raise ResumeError(f'cannot resume the data position: the checkpoint was made with {what} '
                               f'{getattr(saved, name)}, this run has {getattr(now, name)}. Resume with the same '

@@ -23,6 +23,7 @@ from src.datasets.captions import parse_json
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.files import unsafe_path
 from src.prepare.atomic import WriteOutcome, atomic_write, write_json, write_json_array
+from src.prepare.metadata import carried_columns
 from src.prepare.report import Drops, Report
 from src.prepare.runner import Files
 
@@ -63,23 +64,25 @@ def load_json_array(path: str) -> list:
     return records
 
 
-def caption_problem(files: Files, path: str) -> str | None:
+def caption_problem(files: Files, path: str) -> tuple[str | None, dict]:
     """Why the caption file ``path`` cannot be used ('unreadable json' / 'unreadable caption', or
-    why it cannot be read: 'not-a-file', 'too-large'), or None."""
+    why it cannot be read: 'not-a-file', 'too-large'), or None; and the metadata a ``.json`` one
+    carries (``src.prepare.metadata``: numbers and short texts, kept in the index)."""
     try:
         data = files.read(path)
     except SampleError as err:
-        return err.reason
+        return err.reason, {}
     if path.lower().endswith('.json'):
         try:
-            return None if isinstance(parse_json(data, path), dict) else 'unreadable json'
+            obj = parse_json(data, path)
         except SampleError:  # malformed, not UTF-8, or nested past the parser's depth
-            return 'unreadable json'
+            return 'unreadable json', {}
+        return (None, carried_columns(obj)) if isinstance(obj, dict) else ('unreadable json', {})
     try:
         data.decode('utf-8')
     except UnicodeDecodeError:
-        return 'unreadable caption'
-    return None
+        return 'unreadable caption', {}
+    return None, {}
 
 
 def annotation_folder(records: list, files: Files, layout: PairLayout) -> str:
@@ -98,7 +101,8 @@ def annotation_folder(records: list, files: Files, layout: PairLayout) -> str:
 
 def check_pairs(records: list, files: Files, layout: PairLayout, drops: Drops) -> tuple[list, int]:
     """The records whose image exists and whose annotation (when named) exists and is readable,
-    and how many annotations were rewritten to be relative to ``cap_folder``."""
+    and how many annotations were rewritten to be relative to ``cap_folder`` (a downloaded index is
+    otherwise kept as it is: no metadata is added to it)."""
     folder = annotation_folder(records, files, layout)
     checked = []  # (record, its caption path or None), in order: the reads come next, in parallel
     for number, record in enumerate(records):
@@ -124,7 +128,7 @@ def check_pairs(records: list, files: Files, layout: PairLayout, drops: Drops) -
                          desc=f'checking the captions of {layout.index}'))
     for record, caption in checked:
         if caption is not None:
-            problem = next(problems)
+            problem, _ = next(problems)
             if problem:
                 drops.add(problem, record['annotation'])
                 continue
@@ -135,7 +139,7 @@ def check_pairs(records: list, files: Files, layout: PairLayout, drops: Drops) -
     return kept, relocated
 
 
-def caption_problems(files: Files, paths: list[str]) -> Iterator[str | None]:
+def caption_problems(files: Files, paths: list[str]) -> Iterator[tuple[str | None, dict]]:
     """``caption_problem`` of each of ``paths``, in order, read by parallel threads: the reads are
     I/O (a network file system, a tar member index), one after another they were the build's time."""
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
@@ -168,12 +172,12 @@ def pair_by_name(files: Files, layout: PairLayout, drops: Drops) -> tuple[list, 
         candidates.append((path, caption))
     records = []
     problems = caption_problems(files, [caption for _, caption in candidates])
-    for (path, caption), problem in zip(candidates, tqdm(problems, total=len(candidates), unit='image',
-                                                         desc=f'pairing {layout.index}')):
+    for (path, caption), (problem, columns) in zip(candidates, tqdm(problems, total=len(candidates), unit='image',
+                                                                    desc=f'pairing {layout.index}')):
         if problem:
             drops.add(problem, caption)
             continue
-        records.append({'image': path[len(image_prefix):],
+        records.append({**columns, 'image': path[len(image_prefix):],
                         'annotation': posixpath.relpath(caption, layout.cap_folder)})
     drops.add_many('no-image', sorted(p for p in files.paths if p.startswith(caption_folder + '/')
                                       and p.endswith(layout.caption_ext) and p not in paired))

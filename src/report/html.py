@@ -9,6 +9,7 @@ import io
 import numpy as np
 
 from src.datasets.extras import require
+from src.report.funnel import filter_section
 from src.report.statistics import DatasetStats
 
 STYLE = '''body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -84,7 +85,7 @@ def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
     """One dataset: counts and drops, prompt lengths, images, captions, preview (image data URL, caption)."""
     lengths = np.array(stats.prompt_tokens or [0])
     counts = [('records in the index', stats.records), ('usable (the dataset keeps)', stats.usable),
-              ('dropped when loading (no image, too small, aspect)', stats.records - stats.usable),
+              ('dropped when loading (no image, too small, aspect, filters)', stats.records - stats.usable),
               ('sampled for this report', stats.sampled)]
     counts += [(f'dropped by the preparation tool: {reason}', n) for reason, n in sorted(stats.prepare_drops.items())]
     counts += [(f'sampled, unusable: {reason}', n) for reason, n in sorted(stats.failures.items())]
@@ -123,6 +124,7 @@ def dataset_section(stats: DatasetStats, tiles: list[tuple[str, str]]) -> str:
     grid = ''.join(f'<div class="tile"><div class="frame"><img src="{image}"></div>'
                    f'<div>{html.escape(caption[:200])}</div></div>' for image, caption in tiles)
     return (f'<h2>{html.escape(stats.data_path)}</h2>{unreadable}{_table(counts, ("records", "count"))}'
+            f'{filter_section(stats.filters, _png)}'
             f'<h3>prompts</h3>{warn}{_table(prompts, prompt_columns)}{not_stored}'
             f'<h3>captions</h3>{_table(captions, ("captions", "sampled"))}{_buckets(stats.buckets)}'
             f'<div class="plots">{"".join(_plots(stats))}</div><h3>samples as the model sees them</h3>'

@@ -16,6 +16,7 @@ import numpy as np
 from src.datasets.errors import SampleError
 from src.datasets.files import read_text_file
 from src.datasets.image_io import open_image
+from src.report.funnel import filter_stats
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class DatasetStats:
     # table it could use; records per bucket (every record, or the sampled sizes), and the share of
     # each sampled picture's area a sample keeps against a square crop.
     buckets: dict = field(default_factory=dict)
+    # The filters' funnel, a histogram per score column and the duplicate clusters, over every record
+    # (src.report.funnel).
+    filters: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,6 +132,7 @@ def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
     stats.failures = dict(failures)
     if dataset.prompt_ids is not None:
         stats.all_prompts = all_prompts(dataset)
+    stats.filters = filter_stats(dataset)
     return stats
 
 

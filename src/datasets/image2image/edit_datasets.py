@@ -23,6 +23,7 @@ import torch
 from mmengine.registry import DATASETS
 
 from src.datasets.errors import SampleError
+from src.datasets.extra_keys import extra_values
 from src.datasets.text2image.caption_datasets import CaptionDataset
 
 RECONSTRUCT_INSTRUCTION = 'Keep the image as it is.'
@@ -77,6 +78,7 @@ class ImageEditDataset(CaptionDataset):
             raise SampleError(err.reason, f'{self.data_path} sample #{idx} (image {image_file!r}): {err}') from err
         data.update(self.process_text(instruction, rng, self._stored_ids(idx)))
         data.update(image_dir=self.image_folder, image_file=image_file, type=self.sample_type)
+        data.update(extra_values(record, self.extra_keys))
         return data
 
     @property

@@ -33,10 +33,12 @@ from src.datasets.captions import (ANNOTATION_KEY, MAX_CAPTION_BYTES, caption_ke
                                    resolve_caption)
 from src.datasets.components import build_component
 from src.datasets.errors import IndexFormatError, SampleError
+from src.datasets.extra_keys import check_extra_keys, extra_values
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.files import join_inside
 from src.datasets.image_io import Placement, load_pixels
-from src.datasets import selection
+from src.datasets.image_sizes import record_sizes
+from src.datasets import filters as record_filters, selection
 from src.datasets.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.prefetch import has_remote_reader, prefetch_records
@@ -103,7 +105,10 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     cropped, and the sample adds ``original_size`` and ``crop_coords``; batch them with
     ``BucketSampler``. None (the default): square crops of ``image_size``;
     ``pixel_dtype``: 'float32' (the default, upstream's [-1, 1]), or 'uint8' (a quarter of the bytes
-    handed from the workers, normalised on the device by ``T2IDataPreprocessor``).
+    handed from the workers, normalised on the device by ``T2IDataPreprocessor``);
+    ``filters``: records kept by size, aspect, caption words, any column's values and duplicate
+    clusters (``src.datasets.filters``), decided once per index cache and part of the fingerprint;
+    ``extra_keys``: index columns returned in each sample (scores as conditioning).
 
     ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index.
     """
@@ -113,6 +118,10 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     max_aspect = MAX_ASPECT
     cuts_prompts = True  # a prompt longer than max_length is cut (an editing prompt never is)
     path_keys = (ANNOTATION_KEY,)  # record keys holding paths, besides image_key: none may leave its folder
+    # Set by __init__; defaults for subclasses that build themselves without it (their own data_list).
+    filters = None
+    extra_keys = ()
+    funnel = ()
 
     def __init__(self,
                  data_path,
@@ -147,7 +156,9 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
                  allow_outside_paths=False,
                  empty_captions='skip',
                  buckets=None,
-                 pixel_dtype='float32'):
+                 pixel_dtype='float32',
+                 filters=None,
+                 extra_keys=None):
         super().__init__()
         self.data_path = str(data_path)
         self.image_folder = image_folder
@@ -200,6 +211,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
             raise ValueError(f'pixel_dtype={pixel_dtype!r}: one of {PIXEL_DTYPES}')
         self.pixel_dtype = pixel_dtype
         self._set_buckets(buckets)
+        self.filters = record_filters.normalize(filters)
+        self.extra_keys = check_extra_keys(extra_keys)
         self._check_folders()
         self.index = self.load_index()
         if len(self.index) and type(self).caption_of is CaptionDataset.caption_of:  # a typo fails here, at once
@@ -290,6 +303,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         print_log(f'Loaded {count} samples from {self.data_path} '
                   f'(dropped: {self._describe_drops(dropped)})', logger='current', level=logging.INFO)
         self.bucket_ids = kept.bucket_ids
+        self.funnel = kept.drops.get('funnel', [])
         if kept.rows is None:
             return index
         return whole.select_stored(kept.rows) if isinstance(kept.rows, np.memmap) else index.select(kept.rows)
@@ -300,6 +314,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
                    required=list(self.required_keys), paths=list(self.path_keys),
                    outside=self.allow_outside_paths, min_image_size=self.min_image_size, max_aspect=MAX_ASPECT,
                    first=self.train_number_samples, buckets=None if self.buckets is None else self.buckets.record())
+        if self.filters:
+            key['filters'] = self.filters
         if self.buckets is not None and self.latent_root is not None:  # sizes may come from the latent folder
             with contextlib.suppress(SampleError, OSError):
                 key['latents'] = hashlib.sha256(self.latent_info_reader(
@@ -338,6 +354,9 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
             dropped['bad aspect'] = self._log_dropped(
                 bad_aspect, total, f'have an aspect ratio outside (1/{MAX_ASPECT:g}, {MAX_ASPECT:g})')
             keep &= ~small & ~bad_aspect
+        filtered, funnel = record_filters.apply(self.filters, self._filter_values(index), keep,
+                                                lambda mask, what: self._log_dropped(mask, total, what))
+        dropped.update(filtered)
         if self.buckets is not None:
             assigned, drops = self._assign_buckets(index, keep, total)
             dropped.update(drops)
@@ -346,7 +365,14 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         return selection.Selection(
             rows=index.table_rows()[rows] if len(rows) < total else None,
             bucket_ids=None if self.buckets is None else assigned[rows],
-            drops={'counts': dropped, 'messages': self._drop_messages}, total=total)
+            drops={'counts': dropped, 'messages': self._drop_messages, 'funnel': funnel}, total=total)
+
+    def _filter_values(self, index: SampleIndex) -> record_filters.RecordValues:
+        """What ``filters`` compare: the index's columns, the pictures' sizes (as buckets get them) and
+        the captions' word counts (from the index, or the annotation files)."""
+        def sizes(view):
+            return record_sizes(view, self._header_reader(view), self.data_path, self._latent_sizes(view))
+        return record_filters.RecordValues(index, sizes, self.cap_keys, lambda i: self.caption_of(index[i]))
 
 
     def load_prompt_ids(self) -> PromptIds | None:
@@ -390,7 +416,13 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     def fingerprint(self) -> str:
         """The records this dataset reads, as a resume checks them: their number and a digest of
         their image paths in order (another index, or the same one reordered, differs)."""
-        return f'{len(self)}:{self.index.content_digest(self.image_key)}'
+        digest = f'{len(self)}:{self.index.content_digest(self.image_key)}'
+        return digest if not self.filters else f'{digest} filters={record_filters.describe(self.filters)}'
+
+    def records_moved(self, filters) -> tuple[int, int]:
+        """How many records entered and left this dataset against the same index chosen by ``filters``
+        (a resume whose filters changed says so)."""
+        return record_filters.records_moved(self, filters)
 
     # ---- reading one sample ---------------------------------------------------------------------
     def data_path_of(self, folder: str | None, relpath: str) -> str:
@@ -598,6 +630,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
             raise SampleError(err.reason, f'{self.data_path} sample #{idx} (image {image_file!r}): {err}') from err
         data.update(self.process_text(caption, rng, self._stored_ids(idx)))
         data.update(image_dir=self.image_folder, image_file=image_file, type='text2image')
+        data.update(extra_values(record, self.extra_keys))
         return data
 
     def caption_of(self, record: dict) -> str:
