@@ -52,6 +52,7 @@ REFUSED_KEYS = ('_base_', 'custom_imports')
 REGISTERING_MODULES = ('mmengine.dataset', 'mmengine.evaluator', 'mmengine.hooks', 'mmengine.model',
                        'mmengine.optim', 'mmengine.runner', 'mmengine.visualization', 'src.datasets', 'src.engine')
 DEFAULT_SCOPES = (None, 'mmengine')
+PROJECT_PACKAGE = 'src.'  # a registered class of the project may be named by its import path
 
 
 class UntrustedConfig(ValueError):
@@ -62,9 +63,10 @@ def is_data_config(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in DATA_SUFFIXES
 
 
-def _registered(name: str) -> bool:
-    """Whether ``name`` (no dots) is a class or function registered in one of mmengine's registries
-    or their children (xtuner's, a project's): each registry imports its own known locations."""
+def _registered(name: str | None, target=None) -> bool:
+    """Whether ``name`` (no dots), or else the object ``target``, is a class or function registered
+    in one of mmengine's registries or their children (xtuner's, a project's): each registry imports
+    its own known locations."""
     import mmengine.registry as registries
     from mmengine.registry import Registry
     for module in REGISTERING_MODULES:
@@ -73,10 +75,26 @@ def _registered(name: str) -> bool:
     while pending:
         registry = pending.pop()
         registry.import_from_location()
-        if name in registry._module_dict:
+        if name in registry._module_dict if target is None else any(
+                value is target for value in registry._module_dict.values()):
             return True
         pending.extend(registry._children.values())
     return False
+
+
+@lru_cache(maxsize=None)
+def _registered_project_type(path: str) -> bool:
+    """Whether ``path`` names one of the project's own classes or functions (``src.``) that is
+    registered in an mmengine registry: the project's module is imported (its own code, not the
+    config's) and the object looked up, never called."""
+    if not path.startswith(PROJECT_PACKAGE):
+        return False
+    module, _, attribute = path.rpartition('.')
+    try:
+        target = getattr(import_module(module), attribute, None)
+    except ImportError:
+        return False
+    return target is not None and _registered(None, target)
 
 
 @lru_cache(maxsize=None)
@@ -109,7 +127,7 @@ def refused_type(name, allowed_types: tuple = ()) -> str | None:
         return None
     if '.' not in name:
         return None if _registered(name) else f'{name!r} is registered in no mmengine registry'
-    if name in _trusted_names(tuple(allowed_types)):
+    if name in _trusted_names(tuple(allowed_types)) or _registered_project_type(name):
         return None
     return (f'{name!r} is not a type a data config may name (a registered type, or one of the trusted '
             'ones); a Python config may name any, as it is code you chose to run')
