@@ -96,11 +96,12 @@ def describe_run(runner) -> list[str]:
                                      type(sampler).__name__ == 'BatchSampler' else '')
     details = ''.join(f', {key}={getattr(source, key)}' for source in (inner, sampler) if source is not None
                       for key in ('shuffle', 'seed') if hasattr(source, key))
-    lines.append(f'sampler: {what}{details}; batch {loader.batch_size} per rank x {runner.world_size} '
+    batch = loader.batch_size or getattr(sampler, 'batch_size', None)  # a batch sampler holds it
+    lines.append(f'sampler: {what}{details}; batch {batch} per rank x {runner.world_size} '
                  f'rank(s), {loader.num_workers} worker(s) per rank')
     loop = runner.train_loop
     start = f'resumed at iteration {runner.iter}' if runner.iter else 'from iteration 0'
-    lines.append(f'loop: {type(loop).__name__}, {loop.max_iters} iterations, {start}')
+    lines.append(f'loop: {type(loop).__name__}, {getattr(loop, "max_iters", "?")} iterations, {start}')
     checkpoint = next((hook for hook in runner.hooks if type(hook).__name__ == 'CheckpointHook'), None)
     every = (f'every {checkpoint.interval} {"epochs" if checkpoint.by_epoch else "iterations"} '
              if checkpoint is not None else 'none configured, ')
