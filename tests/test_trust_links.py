@@ -52,6 +52,16 @@ def test_the_link_rule_judges_every_way_out(tmp_path, outside):
         assert link_outside(str(root / path), str(root)) == 'link-outside', path
     for path in ('raw/inside.jpg', 'raw/real/a.jpg', 'raw/loop/real/a.jpg', 'raw/not-there.jpg'):
         assert link_outside(str(root / path), str(root)) is None, path
+    (root / 'data' / 'raw' / 'real').mkdir(parents=True)
+    os.symlink(outside, root / 'data' / 'raw' / 'real' / 'a.jpg')
+    cwd = os.getcwd()
+    try:  # a relative folder is judged from where the process is now, not from where it was first
+        for here in (tmp_path, root):
+            os.chdir(here)
+            expected = None if here == tmp_path else 'link-outside'
+            assert link_outside('data/raw/real/a.jpg', 'data') == expected
+    finally:
+        os.chdir(cwd)
     linked_root = tmp_path / 'data-link'
     os.symlink(root, linked_root)  # the dataset's folder itself may be a link
     assert link_outside(str(linked_root / 'raw' / 'real' / 'a.jpg'), str(linked_root)) is None

@@ -95,10 +95,10 @@ def link_outside(path: str, folder: str) -> str | None:
     through a symbolic link, itself or a folder on the way (``..`` in a link's target included);
     else None. ``folder`` may itself be a link (``data -> /mnt/disk/data``): only what is beneath
     it is judged."""
-    parent, name = os.path.split(path)
+    parent, name = os.path.split(os.path.abspath(path))  # absolute: the cache holds across a chdir
     real = os.path.realpath(path) if name in ('', '.', '..') or os.path.islink(path) else \
         os.path.join(_real_folder(parent), name)
-    base = _real_folder(folder)
+    base = _real_folder(os.path.abspath(folder))
     return None if real == base or real.startswith(base.rstrip(os.sep) + os.sep) else 'link-outside'
 
 
