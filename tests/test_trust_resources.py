@@ -91,6 +91,25 @@ def test_a_huge_caption_is_cut_before_tokenizing_and_gives_the_same_ids(tmp_path
         assert len(ids) == dataset.max_length or truncation == 'caption'
 
 
+def test_an_image_to_text_answer_of_megabytes_is_cut_before_tokenizing_with_the_same_ids(tmp_path, tokenizer,
+                                                                                        monkeypatch):
+    from xtuner.dataset.map_fns import template_map_fn_factory
+    from xtuner.utils import PROMPT_TEMPLATE
+    from src.datasets.understanding.caption_datasets import CaptionDataset as ImageToText
+    words = ' '.join(f'w{i % 977}x' for i in range(60_000))
+    (tmp_path / 'images').mkdir()
+    records = [dict(good_image(tmp_path / 'images', '0.jpg'), caption=words)]
+    (tmp_path / 'data.json').write_text(json.dumps(records))
+    dataset = ImageToText(str(tmp_path / 'data.json'), str(tmp_path / 'images'), 32, tokenizer=tokenizer,
+                          template_map_fn=dict(type=template_map_fn_factory, template=PROMPT_TEMPLATE.qwen_chat),
+                          max_length=64, image_length=8, seed=0)
+    cut = dataset.conversation_of(words, random.Random(0))
+    assert len(cut['conversation'][0]['output']) < len(words) // 20
+    monkeypatch.setattr(ImageToText, 'cut_caption', lambda self, caption: caption.strip())
+    whole = dataset.conversation_of(words, random.Random(0))
+    assert cut['input_ids'] == whole['input_ids'] and cut['labels'] == whole['labels']
+
+
 def test_a_caption_file_with_a_number_of_thousands_of_digits_is_a_bad_annotation(tmp_path, dataset_over):
     records = [good_image(tmp_path / 'images', '0.jpg')]
     records[0] = {'image': '0.jpg', 'annotation': '0.json'}
