@@ -51,7 +51,7 @@ REDUCING_GAP = 2.0  # the bicubic pass sees at least this many source pixels per
 
 # A progressive JPEG is decoded scan by scan, each a pass over the picture: encoders write up to
 # about 10 (libjpeg's and mozjpeg's scripts; 190 for one scan per coefficient, which no encoder's
-# default does), while a hostile file repeats scans by the thousand (over a minute a sample). Up to
+# default does), while a hostile file repeats scans by the thousand, a pass of the decoder each. Up to
 # 100 are read up to 4 megapixels, fewer for a larger picture, where each costs more (32 from 13 on).
 MAX_JPEG_SCANS = 100
 MIN_JPEG_SCANS = 32
@@ -245,7 +245,7 @@ def _grey_to_8_bits(img: Image.Image) -> np.ndarray:
     """A 16-bit, 32-bit integer or float grey picture as uint8, rounded (``value * scale + 0.5``,
     clipped; NaN is 0): 'F' holds 0..1, an 'I;16' mode 16 bits; 'I' (32 bits) holds 16-bit data when
     it fits (PNG), else its own range. Converted a band of rows at a time, each read at its own
-    size: no copy of the whole picture but the 8-bit result (three float64 copies took 1.7 GB)."""
+    size: no copy of the whole picture but the 8-bit result (float64 copies of it took gigabytes)."""
     width, height = img.size
     out = np.empty((height, width), np.uint8)
     top = 1.0 if img.mode == 'F' or img.mode.startswith('I;16') else float(max(img.getextrema()[1], 0))
