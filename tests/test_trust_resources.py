@@ -50,7 +50,8 @@ def longest_text(monkeypatch):
 
 
 # ---- a caption file of tens of MB ---------------------------------------------------------------
-def test_a_caption_file_of_tens_of_mb_is_refused_unread_and_counted(tmp_path, dataset_over):
+def test_a_caption_file_of_tens_of_mb_is_refused_unread_and_counted(tmp_path, dataset_over, monkeypatch):
+    from src.datasets import files
     records = [good_image(tmp_path / 'images', f'{i}.jpg', i) for i in range(3)]
     for i, record in enumerate(records):
         del record['caption']
@@ -59,7 +60,10 @@ def test_a_caption_file_of_tens_of_mb_is_refused_unread_and_counted(tmp_path, da
     with open(tmp_path / 'caps' / '1.txt', 'w') as file:  # 24 MB, one line
         file.write('word ' * (24 << 18))
     dataset = dataset_over(records, cap_source='caption')
+    reads, read_bounded = [], files._read_bounded
+    monkeypatch.setattr(files, '_read_bounded', lambda fd, path, *rest: reads.append(path) or read_bounded(fd, path, *rest))
     err = failure(dataset, 1)
+    assert not [path for path in reads if path.endswith('1.txt')]  # its size said enough
     assert err.reason == 'too-large' and '1.txt' in str(err) and str(MAX_CAPTION_BYTES) in str(err)
     dataset[1]  # replaced, and counted
     assert dataset.failures['too-large'] >= 1
