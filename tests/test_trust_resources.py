@@ -115,8 +115,8 @@ def test_an_image_to_text_answer_of_megabytes_is_cut_before_tokenizing_with_the_
 
 
 def test_a_caption_file_with_a_number_of_thousands_of_digits_is_a_bad_annotation(tmp_path, dataset_over):
-    records = [good_image(tmp_path / 'images', '0.jpg')]
-    records[0] = {'image': '0.jpg', 'annotation': '0.json'}
+    good_image(tmp_path / 'images', '0.jpg')
+    records = [{'image': '0.jpg', 'annotation': '0.json'}]
     (tmp_path / 'caps' / '0.json').write_text('{"caption": 1' + '0' * 100_000 + '}')
     err = failure(dataset_over(records), 0)
     assert err.reason == 'bad-annotation' and '0.json' in str(err) and '000000' not in str(err)
