@@ -295,6 +295,13 @@ def test_a_large_jpeg_may_have_fewer_scans(tmp_path):
         open_image(data[:end] + scan * 23 + data[end:], 'big.jpg')
 
 
+def test_counting_scans_steps_over_a_header_of_endless_markers_in_bounded_time():
+    from src.datasets.image_io import jpeg_scans
+    data = progressive_jpeg(10)
+    hostile = data[:2] + b'\xff\xd0' * 2_000_000 + b'\xff' * 1_000_000 + data[2:]
+    assert jpeg_scans(hostile) == 10  # the whole file's markers: stepping stops after a few thousand
+
+
 @pytest.mark.parametrize('scans', [10, 99, 100, 101])
 def test_the_scan_limit_holds_just_under_and_over(tmp_path, dataset_over, scans):
     from src.datasets.image_io import MAX_JPEG_SCANS, jpeg_scans

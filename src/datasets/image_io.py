@@ -57,6 +57,7 @@ MAX_JPEG_SCANS = 100
 MIN_JPEG_SCANS = 32
 _SCAN_PIXELS = MAX_JPEG_SCANS * 2048 * 2048  # scans x pixels a picture may cost
 _SOS, _STANDALONE = 0xDA, frozenset((0x01, *range(0xD0, 0xD9)))
+_MAX_HEADER_STEPS = 4096  # markers and fill bytes before the first scan stepped over, at most
 
 # The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
 # away from ones that shell out (EPS runs Ghostscript) or parse exotic containers.
@@ -124,10 +125,11 @@ def jpeg_scans(data: bytes) -> int:
     """The scans (SOS markers) of the JPEG in ``data``, counted without decoding: the segments
     before the first scan are stepped over by their lengths (an EXIF thumbnail is not counted);
     after it, every SOS marker counts (in coded data a 0xFF byte is always followed by 0x00 or a
-    marker, so none is mistaken; an MPO's later pictures count too)."""
+    marker, so none is mistaken; an MPO's later pictures count too). Where the header is no
+    sequence of segments (or an endless one), every SOS marker in the file counts."""
     at = 2  # after SOI
-    while at + 4 <= len(data):
-        if data[at] != 0xFF:
+    for _ in range(_MAX_HEADER_STEPS):
+        if at + 4 > len(data) or data[at] != 0xFF:
             break  # not a marker where one belongs: Pillow's decoder says what is wrong
         marker = data[at + 1]
         if marker == 0xFF:  # fill byte
