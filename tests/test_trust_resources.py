@@ -50,7 +50,8 @@ def longest_text(monkeypatch):
 
 
 # ---- a caption file of tens of MB ---------------------------------------------------------------
-def test_a_caption_file_of_tens_of_mb_is_refused_unread_and_counted(tmp_path, dataset_over):
+def test_a_caption_file_of_tens_of_mb_is_refused_unread_and_counted(tmp_path, dataset_over, monkeypatch):
+    from src.datasets import files
     records = [good_image(tmp_path / 'images', f'{i}.jpg', i) for i in range(3)]
     for i, record in enumerate(records):
         del record['caption']
@@ -59,7 +60,10 @@ def test_a_caption_file_of_tens_of_mb_is_refused_unread_and_counted(tmp_path, da
     with open(tmp_path / 'caps' / '1.txt', 'w') as file:  # 24 MB, one line
         file.write('word ' * (24 << 18))
     dataset = dataset_over(records, cap_source='caption')
+    reads, read_bounded = [], files._read_bounded
+    monkeypatch.setattr(files, '_read_bounded', lambda fd, path, *rest: reads.append(path) or read_bounded(fd, path, *rest))
     err = failure(dataset, 1)
+    assert not [path for path in reads if path.endswith('1.txt')]  # its size said enough
     assert err.reason == 'too-large' and '1.txt' in str(err) and str(MAX_CAPTION_BYTES) in str(err)
     dataset[1]  # replaced, and counted
     assert dataset.failures['too-large'] >= 1
@@ -91,9 +95,28 @@ def test_a_huge_caption_is_cut_before_tokenizing_and_gives_the_same_ids(tmp_path
         assert len(ids) == dataset.max_length or truncation == 'caption'
 
 
+def test_an_image_to_text_answer_of_megabytes_is_cut_before_tokenizing_with_the_same_ids(tmp_path, tokenizer,
+                                                                                        monkeypatch):
+    from xtuner.dataset.map_fns import template_map_fn_factory
+    from xtuner.utils import PROMPT_TEMPLATE
+    from src.datasets.understanding.caption_datasets import CaptionDataset as ImageToText
+    words = ' '.join(f'w{i % 977}x' for i in range(60_000))
+    (tmp_path / 'images').mkdir()
+    records = [dict(good_image(tmp_path / 'images', '0.jpg'), caption=words)]
+    (tmp_path / 'data.json').write_text(json.dumps(records))
+    dataset = ImageToText(str(tmp_path / 'data.json'), str(tmp_path / 'images'), 32, tokenizer=tokenizer,
+                          template_map_fn=dict(type=template_map_fn_factory, template=PROMPT_TEMPLATE.qwen_chat),
+                          max_length=64, image_length=8, seed=0)
+    cut = dataset.conversation_of(words, random.Random(0))
+    assert len(cut['conversation'][0]['output']) < len(words) // 20
+    monkeypatch.setattr(ImageToText, 'cut_caption', lambda self, caption: caption.strip())
+    whole = dataset.conversation_of(words, random.Random(0))
+    assert cut['input_ids'] == whole['input_ids'] and cut['labels'] == whole['labels']
+
+
 def test_a_caption_file_with_a_number_of_thousands_of_digits_is_a_bad_annotation(tmp_path, dataset_over):
-    records = [good_image(tmp_path / 'images', '0.jpg')]
-    records[0] = {'image': '0.jpg', 'annotation': '0.json'}
+    good_image(tmp_path / 'images', '0.jpg')
+    records = [{'image': '0.jpg', 'annotation': '0.json'}]
     (tmp_path / 'caps' / '0.json').write_text('{"caption": 1' + '0' * 100_000 + '}')
     err = failure(dataset_over(records), 0)
     assert err.reason == 'bad-annotation' and '0.json' in str(err) and '000000' not in str(err)
@@ -270,6 +293,13 @@ def test_a_large_jpeg_may_have_fewer_scans(tmp_path):
     assert jpeg_scans(data) == 10
     with pytest.raises(SampleError, match='a JPEG of 33 scans, more than the 32 a 4096x4096'):
         open_image(data[:end] + scan * 23 + data[end:], 'big.jpg')
+
+
+def test_counting_scans_steps_over_a_header_of_endless_markers_in_bounded_time():
+    from src.datasets.image_io import jpeg_scans
+    data = progressive_jpeg(10)
+    hostile = data[:2] + b'\xff\xd0' * 2_000_000 + b'\xff' * 1_000_000 + data[2:]
+    assert jpeg_scans(hostile) == 10  # the whole file's markers: stepping stops after a few thousand
 
 
 @pytest.mark.parametrize('scans', [10, 99, 100, 101])

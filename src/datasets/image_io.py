@@ -52,12 +52,13 @@ REDUCING_GAP = 2.0  # the bicubic pass sees at least this many source pixels per
 
 # A progressive JPEG is decoded scan by scan, each a pass over the picture: encoders write up to
 # about 10 (libjpeg's and mozjpeg's scripts; 190 for one scan per coefficient, which no encoder's
-# default does), while a hostile file repeats scans by the thousand (over a minute a sample). Up to
+# default does), while a hostile file repeats scans by the thousand, a pass of the decoder each. Up to
 # 100 are read up to 4 megapixels, fewer for a larger picture, where each costs more (32 from 13 on).
 MAX_JPEG_SCANS = 100
 MIN_JPEG_SCANS = 32
 _SCAN_PIXELS = MAX_JPEG_SCANS * 2048 * 2048  # scans x pixels a picture may cost
 _SOS, _STANDALONE = 0xDA, frozenset((0x01, *range(0xD0, 0xD9)))
+_MAX_HEADER_STEPS = 4096  # markers and fill bytes before the first scan stepped over, at most
 
 # The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
 # away from ones that shell out (EPS runs Ghostscript) or parse exotic containers.
@@ -125,10 +126,11 @@ def jpeg_scans(data: bytes) -> int:
     """The scans (SOS markers) of the JPEG in ``data``, counted without decoding: the segments
     before the first scan are stepped over by their lengths (an EXIF thumbnail is not counted);
     after it, every SOS marker counts (in coded data a 0xFF byte is always followed by 0x00 or a
-    marker, so none is mistaken; an MPO's later pictures count too)."""
+    marker, so none is mistaken; an MPO's later pictures count too). Where the header is no
+    sequence of segments (or an endless one), every SOS marker in the file counts."""
     at = 2  # after SOI
-    while at + 4 <= len(data):
-        if data[at] != 0xFF:
+    for _ in range(_MAX_HEADER_STEPS):
+        if at + 4 > len(data) or data[at] != 0xFF:
             break  # not a marker where one belongs: Pillow's decoder says what is wrong
         marker = data[at + 1]
         if marker == 0xFF:  # fill byte
@@ -246,7 +248,7 @@ def _grey_to_8_bits(img: Image.Image) -> np.ndarray:
     """A 16-bit, 32-bit integer or float grey picture as uint8, rounded (``value * scale + 0.5``,
     clipped; NaN is 0): 'F' holds 0..1, an 'I;16' mode 16 bits; 'I' (32 bits) holds 16-bit data when
     it fits (PNG), else its own range. Converted a band of rows at a time, each read at its own
-    size: no copy of the whole picture but the 8-bit result (three float64 copies took 1.7 GB)."""
+    size: no copy of the whole picture but the 8-bit result (float64 copies of it took gigabytes)."""
     width, height = img.size
     out = np.empty((height, width), np.uint8)
     top = 1.0 if img.mode == 'F' or img.mode.startswith('I;16') else float(max(img.getextrema()[1], 0))

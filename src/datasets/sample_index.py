@@ -56,8 +56,8 @@ _JSON_CHUNK_CHARS = 1 << 20    # text read at a time by the streaming .json arra
 _WHITESPACE = re.compile(r'[ \t\n\r]*')
 # Distinct keys (columns) an index may bring, all its files together. An index holds the same few
 # fields in every record (a few dozen at most); every key is a column over all the records, so
-# records that each bring keys of their own grow the cache as records x keys (a 1.6 MB data.json
-# made a 3.2 GB cache and took 7.4 GB to build).
+# records that each bring keys of their own grow the cache, and the memory of its build, as
+# records x keys.
 MAX_INDEX_KEYS = 256
 # A failure this close to the end of the text read so far may be a record cut by the chunk edge
 # (the longest such tail is a literal like 'false' or a '\\uXXXX' escape).
