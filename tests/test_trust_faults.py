@@ -19,21 +19,36 @@ from src.prepare.atomic import write_json
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def said():
+    """What the project logs through mmengine's current logger, as one text (``said()``)."""
+    from mmengine.logging import MMLogger
+
+    class Kept(logging.Handler):
+        lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+    logger, handler = MMLogger.get_current_instance(), Kept()
+    logger.addHandler(handler)
+    yield lambda: '\n'.join(handler.lines)
+    logger.removeHandler(handler)
+
+
 def _records(n: int) -> list[dict]:
     return [{'image': f'images/{i:06d}.jpg', 'caption': f'a picture number {i} ' * 4} for i in range(n)]
 
 
 # ---- 7: a full disk ------------------------------------------------------------------------------
 
-def test_a_full_disk_during_the_index_cache_build_falls_back_to_memory_and_says_why(tmp_path, capfd):
+def test_a_full_disk_during_the_index_cache_build_falls_back_to_memory_and_says_why(tmp_path, said):
     source = tmp_path / 'data.json'
     source.write_text(json.dumps(_records(20000)))  # its cache does not fit the disk below
     with tiny_disk(tmp_path / 'disk') as disk:
         index = SampleIndex.load(source, cache_dir=disk)
         assert index.cache is None and len(index) == 20000 and index[123]['image'] == 'images/000123.jpg'
-        said = capfd.readouterr().out
-        assert f'No space left on the file system mounted at {disk} while writing {disk}' in said
-        assert 'in memory' in said
+        assert f'No space left on the file system mounted at {disk} while writing {disk}' in said()
+        assert 'in memory' in said()
         # the build's temp files are gone: the disk is left as it was found
         assert [p.name for p in disk.iterdir() if not p.name.endswith('.lock')] == []
 
@@ -205,7 +220,7 @@ def test_a_well_formed_prepare_report_gives_its_drop_counts(tmp_path):
 
 
 def test_a_full_disk_while_storing_prompt_ids_tokenizes_as_read_and_names_the_disk(tmp_path, tokenizer,
-                                                                                    prompt_template, capfd):
+                                                                                    prompt_template, said):
     from src.datasets.text2image.caption_datasets import CaptionDataset
     from src.synthetic.images import encode_image
     (tmp_path / 'images').mkdir()
@@ -223,6 +238,6 @@ def test_a_full_disk_while_storing_prompt_ids_tokenizes_as_read_and_names_the_di
         fill(disk)
         stored = make(pretokenize=True)
         assert stored.prompt_ids is None
-        assert f'No space left on the file system mounted at {disk} while writing {disk}' in capfd.readouterr().out
+        assert f'No space left on the file system mounted at {disk} while writing {disk}' in said()
         assert [stored[i]['input_ids'].tolist() for i in range(4)] == [plain[i]['input_ids'].tolist() for i in range(4)]
         assert not [p for p in disk.iterdir() if '.tmp' in p.name]

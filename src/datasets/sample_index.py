@@ -15,8 +15,8 @@ cache) and from then on memory-maps that file:
 * shared pages: the mapping is backed by the file, so DataLoader workers (fork or spawn) and all the
   ranks of a machine read the same page-cache pages instead of holding a private copy each.
 
-The cache is keyed on the source's identity (resolved path, size and mtime of each file, and the
-format version below) stored in the file's schema metadata: a stale or corrupt cache is rebuilt,
+The cache is keyed on the source's identity (resolved path; size, mtime, ctime and a digest of the
+bytes of each file; the format version below) stored in the file's schema metadata: a stale or corrupt cache is rebuilt,
 never used. Where no cache can be written, the index is built in memory with a warning.
 """
 from __future__ import annotations

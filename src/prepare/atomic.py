@@ -63,12 +63,13 @@ class _SameOrWrite(io.RawIOBase):
         self.out.flush()
         if durable:
             os.fsync(self.out.fileno())
+        self.out.close()  # here, where an error (NFS reports some at close) fails the write
         return True
 
     def close(self) -> None:
         for f in (self.existing, self.out):
             if f is not None:
-                _close_quietly(f)  # flushed by ``finish`` when the write succeeded
+                _close_quietly(f)  # closed by ``finish`` already when the write succeeded
         super().close()
 
 
@@ -111,11 +112,13 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w', *, only_if_changed: b
             f = open(tmp, mode, encoding=None if 'b' in mode else 'utf-8')
             try:
                 yield f
-                f.flush()  # here, not in close(): a full disk must fail the write, not the clean-up
+                f.flush()
                 if durable:
                     os.fsync(f.fileno())
-            finally:
-                _close_quietly(f)
+            except BaseException:
+                _close_quietly(f)  # a second error (the rest of the buffer refused) must not hide the first
+                raise
+            f.close()
             changed = True
         if changed:
             os.replace(tmp, path)
@@ -132,8 +135,8 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w', *, only_if_changed: b
 
 
 def _close_quietly(f) -> None:
-    """Close ``f`` after its data was flushed, or after a failure: a second error (a full disk
-    refusing the rest of the buffer) must not hide the first, nor the clean-up after it."""
+    """Close ``f`` after a failure: a second error (a full disk refusing the rest of the buffer)
+    must not hide the first, nor the clean-up after it."""
     with contextlib.suppress(OSError):
         f.close()
 

@@ -93,14 +93,17 @@ class BucketedRecords:
             return self.image_size, self.image_size
         return self.buckets.shapes[int(self.bucket_ids[int(idx)])]
 
-    def check_bucket(self, image_file: str, original_size: tuple[int, int], target: tuple[int, int]) -> None:
+    def check_bucket(self, image_file: str, original_size: tuple[int, int], target: tuple[int, int] | None) -> None:
         """``SampleError('stale-size')`` for a picture whose size puts it in another bucket than the
         one it was given at start-up (``target``): it changed after its size was read, and its crop
         would be another picture's. The sizes kept beside the index, and the selections made from
-        them, are dropped: the next start reads them again."""
+        them, are dropped: the next start reads them again. No ``target``: no bucket to keep to."""
+        if target is None:
+            return
         height, width = original_size
-        bucket = int(self.buckets.assign(np.array([width]), np.array([height]))[0])
-        if bucket >= 0 and tuple(self.buckets.shapes[bucket]) == tuple(target):
+        # Either way up: an index's width and height may be those before the picture's EXIF rotation.
+        buckets = self.buckets.assign(np.array([width, height]), np.array([height, width]))
+        if any(bucket >= 0 and tuple(self.buckets.shapes[bucket]) == tuple(target) for bucket in buckets.tolist()):
             return
         forget_sizes(self.index.whole())
         raise SampleError('stale-size', f'{self.data_path_of(self.image_root, image_file)}: the picture is {width}x'
