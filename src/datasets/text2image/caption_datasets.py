@@ -40,10 +40,11 @@ from src.datasets.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.prefetch import has_remote_reader, prefetch_records
 from src.datasets.prompt_ids import PromptIds, inline_prompts, load_prompt_ids
-from src.datasets.sample_index import RecordList, SampleIndex
+from src.datasets.sample_index import SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
 from src.datasets.text2image.bucketed import BucketedRecords
+from src.datasets.text2image.own_records import OwnRecords, SubclassContract
 from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
 from src.datasets.token_ids import TokenIds
 
@@ -68,7 +69,7 @@ class _ProcessState:
 
 
 @DATASETS.register_module()
-class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
+class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     """Text-to-image samples: ``pixel_values`` (or ``image_latents`` / ``image_tokens``) and ``input_ids``.
 
     The keywords up to ``unconditional`` are upstream OpenUni's, in its order. Added:
@@ -100,7 +101,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     cropped, and the sample adds ``original_size`` and ``crop_coords``; batch them with
     ``BucketSampler``. None (the default): square crops of ``image_size``.
 
-    ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index.
+    ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index, or a
+    subclass's own list as it made it (``src.datasets.text2image.own_records``).
     """
 
     crop_image = True  # a random square crop; False squeezes the whole image (Harmon's option)
@@ -197,17 +199,6 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         self._cfg_ids = None  # the unconditional prompt's ids, the same for every sample
         self._process_state = None
 
-    @property
-    def data_list(self) -> RecordList:
-        """The records as upstream's ``self.data_list[idx]`` reads them, without copying them into
-        every worker: indexing, ``len``, iteration and slices over the memory-mapped index."""
-        return RecordList(self.index)
-
-    @data_list.setter
-    def data_list(self, records) -> None:
-        # Upstream's subclasses assign their own records in a _load_data of their own: held in memory.
-        self.index = SampleIndex.from_records(records, self.data_path)
-
     def _choose_readers(self):
         """Where images, annotations and latents are read from, chosen once (``src.datasets.storage``).
 
@@ -239,7 +230,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     # ---- index ----------------------------------------------------------------------------------
     def _check_folders(self):
         """A wrong path in a config fails here, naming it, rather than as thousands of skipped samples."""
-        folders = dict(data_path=self.index_source, image_tokens_folder=self.image_tokens_folder)
+        folders = dict(image_tokens_folder=self.image_tokens_folder)  # data_path: by the base's own loader
         if isinstance(self.latent_files, LocalFiles):
             folders['image_latents_folder'] = self.latent_root
         if isinstance(self.annotation_files, LocalFiles):  # else tar shards or objects
@@ -255,6 +246,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         logged. Which records are kept is decided once per index cache and options, then mapped
         (``src.datasets.selection``)."""
         self._load_data(self.index_source)
+        if self.has_own_records:  # a subclass's own data_list: its records as it made them
+            return self.own_index()
         index = self.index
         if self.train_number_samples and 0 < self.train_number_samples < len(index):
             print_log(f'Using the first {self.train_number_samples} of the {len(index)} records of '
@@ -340,6 +333,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     def load_prompt_ids(self) -> PromptIds | None:
         """The stored prompt ids of the whole index (``pretokenize``: built once, then mapped), or
         None where they cannot be stored."""
+        if isinstance(self.index, OwnRecords):
+            return None
         return load_prompt_ids(self.index, self.cap_keys, self.caption_prompt, self.tokenizer,
                                self.tokenizer_kwargs, self.prompt_template, self._encode)
 
