@@ -87,7 +87,7 @@ class FixedBatchMultiSourceSampler(Sampler):
         if getattr(part, 'bucket_ids', None) is None:
             return None
         names = [part.buckets.key(b) for b in range(len(part.buckets))]
-        return BucketBatches(part.bucket_ids, names, self.batch_size, self.rank, self.world_size,
+        return BucketBatches(part.bucket_ids, names, self.batch_size_of(source), self.rank, self.world_size,
                              hash((self.seed, source)) & 0x7FFF_FFFF_FFFF_FFFF, self.shuffle, self.offsets[source],
                              what=f'FixedBatchMultiSourceSampler source {source}')
 
@@ -100,6 +100,10 @@ class FixedBatchMultiSourceSampler(Sampler):
     def resume_at(self, batches: int) -> None:
         """Let the next iteration start after ``batches`` batches of this rank, as if they had been drawn."""
         self._start_batch = batches
+
+    def batch_size_of(self, source: int) -> int:
+        """The size of source ``source``'s batches: one for all here."""
+        return self.batch_size
 
     def source_of_batch(self, batch: int) -> int:
         return self.turns[batch % len(self.turns)]
@@ -134,9 +138,71 @@ class FixedBatchMultiSourceSampler(Sampler):
         start = self._start_batch
         streams = {source: (itertools.chain.from_iterable(self.bucketed[source].iter_from(
                                 self._batches_before(source, start))) if source in self.bucketed else
-                            self._stream(source, self._batches_before(source, start) * self.batch_size))
+                            self._stream(source, self._batches_before(source, start) * self.batch_size_of(source)))
                    for source in set(self.turns)}
         for batch in itertools.count(start):
-            stream = streams[self.source_of_batch(batch)]
-            for _ in range(self.batch_size):
+            source = self.source_of_batch(batch)
+            stream = streams[source]
+            for _ in range(self.batch_size_of(source)):
                 yield next(stream)
+
+
+@DATA_SAMPLERS.register_module()
+class MultiSourceSampler(FixedBatchMultiSourceSampler):
+    """The second generation's sampler (deepgen, Puffin, UniPic-1): ``FixedBatchMultiSourceSampler``
+    with a batch size per source, ``batch_sizes``, and its ``repeats``. ``batch_size`` is theirs: the
+    mean size of a round's batches. Batch its indices with ``MultiSourceBatchSampler``."""
+
+    def __init__(self, repeats, dataset: Sized, batch_sizes: list[int], shuffle: bool = True,
+                 seed: Optional[int] = None) -> None:
+        if not isinstance(batch_sizes, (list, tuple)) or not all(isinstance(b, int) and b > 0 for b in batch_sizes):
+            raise ValueError(f'MultiSourceSampler: batch_sizes must be a list of positive ints, got {batch_sizes!r}')
+        if len(batch_sizes) != len(repeats):
+            raise ValueError(f'MultiSourceSampler: {len(batch_sizes)} batch_sizes for {len(repeats)} repeats')
+        self.batch_sizes, self.repeats = list(batch_sizes), list(repeats)
+        mean = sum(b * r for b, r in zip(batch_sizes, repeats)) // max(sum(repeats), 1)
+        super().__init__(repeats, dataset, mean, shuffle, seed)
+
+    def batch_size_of(self, source: int) -> int:
+        return self.batch_sizes[source]
+
+
+@DATA_SAMPLERS.register_module()
+class MultiSourceBatchSampler(Sampler):
+    """The second generation's batch sampler: the indices of ``sampler`` cut into batches, each of its
+    source's size, in the sampler's turns (a resumed sampler's too). ``batch_sizes`` and ``repeats``
+    are the sampler's, as the configs repeat them; ``batch_size`` (mmengine's default argument) is
+    ignored, as theirs."""
+
+    def __init__(self, sampler, batch_sizes: list[int], repeats: list[int], **kwargs) -> None:
+        inner = getattr(sampler, 'inner', sampler)
+        for name, value in (('batch_sizes', batch_sizes), ('repeats', repeats)):
+            if hasattr(inner, name) and list(getattr(inner, name)) != list(value):
+                raise ValueError(f'MultiSourceBatchSampler: {name}={list(value)}, but its sampler has '
+                                 f'{list(getattr(inner, name))}')
+        self.sampler, self.batch_sizes, self.repeats = sampler, list(batch_sizes), list(repeats)
+
+    @property
+    def batch_size(self) -> int:
+        return sum(b * r for b, r in zip(self.batch_sizes, self.repeats)) // max(sum(self.repeats), 1)
+
+    def _sizes(self) -> Iterator[int]:
+        """The size of each batch from the sampler's place on (read once it has started)."""
+        inner = getattr(self.sampler, 'inner', self.sampler)
+        if hasattr(inner, 'batch_size_of'):
+            return (inner.batch_size_of(inner.source_of_batch(batch))
+                    for batch in itertools.count(getattr(inner, '_start_batch', 0)))
+        return itertools.cycle([b for b, r in zip(self.batch_sizes, self.repeats) for _ in range(r)])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        indices = iter(self.sampler)
+        first = list(itertools.islice(indices, 1))  # starts the sampler: a resumed one places itself
+        indices = itertools.chain(first, indices)
+        for size in self._sizes():
+            batch = list(itertools.islice(indices, size))
+            if not batch:
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size

@@ -35,6 +35,7 @@ from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.files import join_inside
 from src.datasets.image_io import Placement, load_pixels
+from src.datasets.image_process import pixel_shape
 from src.datasets import selection
 from src.datasets.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
@@ -100,6 +101,10 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     ``crop_mode`` 'random' or 'center'): each sample's picture covers its bucket's shape, the rest
     cropped, and the sample adds ``original_size`` and ``crop_coords``; batch them with
     ``BucketSampler``. None (the default): square crops of ``image_size``.
+    ``image_process`` and ``unit_image_size`` (the second generation's, deepgen's and Puffin's):
+    'crop2square', 'resize2square', 'dynamic' or 'fix_pixels' (``src.datasets.image_process``): each
+    picture's own shape, and the sample adds its caption as ``text``. ``tokenizer=None`` (theirs too):
+    samples without ``input_ids``, their caption as ``text``, for a model that tokenizes it.
 
     ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index, or a
     subclass's own list as it made it (``src.datasets.text2image.own_records``).
@@ -142,7 +147,9 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
                  pretokenize=False,
                  allow_outside_paths=False,
                  empty_captions='skip',
-                 buckets=None):
+                 buckets=None,
+                 image_process=None,
+                 unit_image_size=32):
         super().__init__()
         self.data_path = str(data_path)
         self.image_folder = image_folder
@@ -154,8 +161,9 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         self.image_processor = build_component(image_processor)
         self.tokenizer = build_component(tokenizer)
         self.prompt_template = prompt_template
-        if self.tokenizer is None or prompt_template is None:
-            raise ValueError(f'{type(self).__name__} needs a tokenizer and a prompt_template to build input_ids')
+        if self.tokenizer is not None and prompt_template is None:
+            raise ValueError(f'{type(self).__name__} needs a tokenizer and a prompt_template to build input_ids '
+                             '(or tokenizer=None: samples then hold the caption as text, for a model that tokenizes it)')
         self.max_length = max_length
         self.min_image_size = min_image_size
         self.image_size = image_size
@@ -192,6 +200,8 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
             raise ValueError(f'empty_captions={empty_captions!r}: one of {EMPTY_CAPTIONS}')
         self.empty_captions = empty_captions
         self._set_buckets(buckets)
+        self.image_process, self.unit_image_size = image_process, unit_image_size
+        self.pixel_shape = pixel_shape(image_process, image_size, unit_image_size, buckets)
         self._check_folders()
         self.index = self.load_index()
         self.latent_shapes = self.load_latent_shapes() if self.latent_root is not None else None
@@ -333,7 +343,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     def load_prompt_ids(self) -> PromptIds | None:
         """The stored prompt ids of the whole index (``pretokenize``: built once, then mapped), or
         None where they cannot be stored."""
-        if isinstance(self.index, OwnRecords):
+        if isinstance(self.index, OwnRecords) or self.tokenizer is None:
             return None
         return load_prompt_ids(self.index, self.cap_keys, self.caption_prompt, self.tokenizer,
                                self.tokenizer_kwargs, self.prompt_template, self._encode)
@@ -473,6 +483,8 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         ``[3, height, width]`` of the sample's bucket, covered and cropped by the buckets' crop_mode."""
         state = self._state()
         target = state.target or (self.image_size, self.image_size)
+        if self.pixel_shape is not None:  # image_process: the shape follows the picture's
+            target, crop = self.pixel_shape.target, self.pixel_shape.crop
         crop_mode = 'random' if self.buckets is None else self.buckets.crop_mode
         pixels, state.placement = load_pixels(
             self.read_image(image_file), self.data_path_of(self.image_root, image_file), target, rng,
@@ -486,6 +498,8 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
 
         A chat template made for understanding (xtuner's ``qwen_chat``, as Harmon uses it) has no
         GENERATION, CFG or IMG_START_TOKEN: Harmon's own wording is used, with no start token."""
+        if self.tokenizer is None:  # the second generation's datasets: the model tokenizes `text`
+            return {}
         conditional = rng.uniform(0, 1) >= self.unconditional
         if not conditional:
             if self._cfg_ids is None:
@@ -575,7 +589,15 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
             raise SampleError(err.reason, f'{self.data_path} sample #{idx} (image {image_file!r}): {err}') from err
         data.update(self.process_text(caption, rng, self._stored_ids(idx)))
         data.update(image_dir=self.image_folder, image_file=image_file, type='text2image')
+        if self.gives_text:
+            data['text'] = caption
         return data
+
+    @property
+    def gives_text(self) -> bool:
+        """Whether samples hold their caption as ``text`` (the second generation's datasets do: with
+        ``image_process``, or without a tokenizer)."""
+        return self.image_process is not None or self.tokenizer is None
 
     def caption_of(self, record: dict) -> str:
         """The record's caption (``src.datasets.captions``); an empty one is a ``SampleError``, or
@@ -602,7 +624,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         class's (a subclass that makes its own text, or makes samples its own way, tokenizes them
         itself)."""
         cls = type(self)
-        return all(getattr(cls, name) is getattr(CaptionDataset, name)
+        return self.tokenizer is not None and all(getattr(cls, name) is getattr(CaptionDataset, name)
                    for name in ('__getitem__', 'prepare_data', 'process_text', 'caption_prompt', 'prompt_of',
                                 'caption_of', '_encode'))
 
