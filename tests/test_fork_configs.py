@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from PIL import Image, ImageOps
 
@@ -26,6 +27,8 @@ from src.datasets.text2image.blip3_o import BLIP3oDataset
 from src.synthetic.downloads import make_caption_layout
 from src.synthetic.images import encode_image
 from src.synthetic.local_config import dataset_configs
+
+from resume_helpers import train
 
 FORKS = Path(__file__).resolve().parent / 'fork_configs'
 
@@ -280,3 +283,33 @@ def test_multi_source_batches_take_each_sources_size_and_resume_in_place():
     assert resumed == first[4:]
     with pytest.raises(ValueError, match='batch_sizes'):
         MultiSourceBatchSampler(sampler, batch_sizes=[3, 3], repeats=[1, 2])
+
+
+# ---- resuming a fork's mix under ResumableTrainLoop ---------------------------------------------
+class RecordingMixModel(BaseModel):
+    """Records every batch of a CollateConcat mix: its kind, texts, picture shapes and pixel sums."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+        self.batches = []
+
+    def forward(self, data, data_samples=None, mode='loss'):
+        ((kind, batch),) = data.items()
+        self.batches.append(dict(kind=kind, texts=batch['texts'], shapes=[tuple(p.shape) for p in batch['pixel_values']],
+                                 pixels=[round(float(p.double().sum()), 3) for p in batch['pixel_values']]))
+        return {'loss': self.linear(torch.zeros(1, 1)).sum() * 0}
+
+
+def test_a_deepgen_mix_resumes_with_the_uninterrupted_batches(workdir):
+    cfg = Config.fromfile(str(FORKS / 'deepgen' / 'joint_pretrain.py'))
+    make_deepgen_data(cfg.train_dataloader.dataset)
+    loader = cfg.train_dataloader
+    for dataset in dataset_configs(loader.dataset):
+        dataset.image_size = 64  # small pictures: this test is about the stream, not the shapes
+    loader.update(num_workers=2, pin_memory=False)
+    whole = train(workdir / 'whole', loader, 8, 4, model=RecordingMixModel())
+    resumed = train(workdir / 'resumed', loader, 8, 4, model=RecordingMixModel(),
+                    resume_from=str(workdir / 'whole' / 'iter_4.pth'))
+    assert [batch['kind'] for batch in whole] == ['image2image', 'text2image', 'text2image', 'text2image'] * 2
+    assert resumed == whole[4:]

@@ -251,3 +251,45 @@ def test_a_subclass_without_super_init_builds_and_reads(workdir, tokenizer, prom
     os.remove(dataset.image_cache_paths['1001.jpg'])
     replaced = dataset[dataset.data_list.index({'image': '1001.jpg', 'tar_idx': 1})]
     assert replaced['type'] == 'recon' and dataset.failures['failed-in-subclass'] >= 1
+
+
+# ---- SkyR0ver/Harmon e7b88bc: super().__init__() over Harmon's keywords, a hub loader's rows --------
+class BlipO3Dataset(Text2ImageDataset):
+    """As SkyR0ver's Harmon writes it: a glob as data_path, the shards read by Hugging Face's
+    ``load_dataset('webdataset')``, records ``{'idx': i}`` appended; the base's hooks make the sample."""
+
+    def __init__(self, data_path='data/BLIP3o-60k/*.tar', cache_dir='hf-cache', *args, **kwargs):
+        self.data_path = data_path
+        self.cache_dir = cache_dir
+        super().__init__(data_path=data_path, *args, **kwargs)
+
+    def _load_data(self, data_path):
+        from datasets import load_dataset
+        self.dataset = load_dataset('webdataset', data_files=glob.glob(data_path), cache_dir=self.cache_dir,
+                                    split='train')
+        self.data_list = []
+        for idx in range(len(self.dataset)):
+            self.data_list.append({'idx': idx})
+
+    def __getitem__(self, idx):
+        try:
+            sample = self.dataset[self.data_list[idx]['idx']]
+            data = self._process_image(sample['jpg'].convert('RGB'))
+            data.update(self._process_text(sample['txt']))
+            data.update(type='text2image')
+            return data
+        except Exception as e:  # noqa: BLE001 - the fork's way
+            print(f'Error when processing index {idx}: {e}', flush=True)
+            return self._retry()
+
+
+def test_a_harmon_subclass_over_a_hub_loader_builds_and_reads(workdir, tokenizer, prompt_template, monkeypatch):
+    monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+    captions = write_shards('data/BLIP3o-60k', shards=2, per_shard=2)
+    dataset = BlipO3Dataset(local_folder='data', image_size=64, unconditional=0, tokenizer=tokenizer,
+                            prompt_template=prompt_template)
+    assert dataset.data_list == [{'idx': i} for i in range(4)]
+    samples = [dataset[i] for i in range(4)]
+    assert all(s['pixel_values'].shape == (3, 64, 64) and s['type'] == 'text2image' for s in samples)
+    expected = {tuple(dataset._encode(dataset.prompt_of(caption)).tolist()) for caption in captions}
+    assert {tuple(s['input_ids'].tolist()) for s in samples} == expected
