@@ -34,11 +34,9 @@ FORKS = Path(__file__).resolve().parent / 'fork_configs'
 
 
 @pytest.fixture
-def workdir(tmp_path):
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(cwd)
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the configs' relative paths
+    return tmp_path
 
 
 def write(path, data: bytes) -> None:
@@ -313,3 +311,23 @@ def test_a_deepgen_mix_resumes_with_the_uninterrupted_batches(workdir):
                     resume_from=str(workdir / 'whole' / 'iter_4.pth'))
     assert [batch['kind'] for batch in whole] == ['image2image', 'text2image', 'text2image', 'text2image'] * 2
     assert resumed == whole[4:]
+
+
+# ---- image_process on its own ------------------------------------------------------------------
+@pytest.mark.parametrize('image_process, square', [('crop2square', True), ('resize2square', True),
+                                                   ('dynamic', False), ('fix_pixels', False)])
+def test_each_image_process_shapes_pictures_as_the_forks(workdir, image_process, square):
+    from src.datasets.text2image.caption_datasets import CaptionDataset
+    captions = make_caption_layout('.', 'data.json', 'images', 'caption', n=4)
+    dataset = CaptionDataset('data.json', image_folder='images', image_size=128, image_process=image_process, seed=0)
+    shape_of = dict(dynamic=lambda p: dynamic_shape(p, 128), fix_pixels=lambda p: fix_pixels_shape(p, 128))
+    for idx in range(len(dataset)):
+        sample = dataset[idx]
+        assert 'input_ids' not in sample and sample['text'] == captions[sample['image_file']]
+        path = Path('images', sample['image_file'])
+        expected = (3, 128, 128) if square else shape_of[image_process](path)
+        assert tuple(sample['pixel_values'].shape) == expected
+    with pytest.raises(ValueError, match='image_process='):
+        CaptionDataset('data.json', image_folder='images', image_process='letterbox')
+    with pytest.raises(ValueError, match='buckets both'):
+        CaptionDataset('data.json', image_folder='images', image_process='dynamic', buckets=dict(table='pixart-256'))

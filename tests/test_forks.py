@@ -30,11 +30,9 @@ HUB = {}  # hub id -> the local rows a test stands in for the hub's dataset with
 
 
 @pytest.fixture
-def workdir(tmp_path):
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(cwd)
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the configs' relative paths
+    return tmp_path
 
 
 def write_shards(folder, shards: int = 2, per_shard: int = 3) -> list[str]:
