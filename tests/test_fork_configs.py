@@ -331,3 +331,19 @@ def test_each_image_process_shapes_pictures_as_the_forks(workdir, image_process,
         CaptionDataset('data.json', image_folder='images', image_process='letterbox')
     with pytest.raises(ValueError, match='buckets both'):
         CaptionDataset('data.json', image_folder='images', image_process='dynamic', buckets=dict(table='pixart-256'))
+
+
+def test_puffins_generation_prompt_with_a_tokenizer(workdir, tokenizer, prompt_template):
+    from src.datasets.generation.caption_datasets import CaptionDatasetGen
+    samples = {s['caption']: s for s in make_puffin_data()}
+    dataset = CaptionDatasetGen(data_path=f'{PUFFIN}/summary.json', image_folder=f'{PUFFIN}/local_folder',
+                                cap_folder=f'{PUFFIN}/cap_folder', cap_folder_cot=f'{PUFFIN}/cap_folder_cot',
+                                tokenizer=tokenizer, prompt_template=prompt_template, image_length=4,
+                                unconditional=0, image_size=128, image_process='dynamic')
+    sample = dataset[1]
+    caption = next(c for c in samples if sample['text'].startswith(c))
+    assert sample['text'] == f"{caption} {samples[caption]['reasoning']}"  # the caption, then its reasoning
+    t = prompt_template
+    image_tokens = t['IMG_START_TOKEN'] + t['IMG_CONTEXT_TOKEN'] * 4 + t['IMG_END_TOKEN']
+    prompt = t['INSTRUCTION'].format(input=f"{image_tokens}\n{t['GENERATION'].format(input=sample['text'])}")
+    assert sample['input_ids'].tolist() == tokenizer.encode(prompt + t['IMG_START_TOKEN'])

@@ -102,8 +102,8 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     cropped, and the sample adds ``original_size`` and ``crop_coords``; batch them with
     ``BucketSampler``. None (the default): square crops of ``image_size``.
     ``image_process`` and ``unit_image_size`` (the second generation's, deepgen's and Puffin's):
-    'crop2square', 'resize2square', 'dynamic' or 'fix_pixels' (``src.datasets.image_process``): each
-    picture's own shape, and the sample adds its caption as ``text``. ``tokenizer=None`` (theirs too):
+    'crop2square', 'resize2square', 'dynamic' or 'fix_pixels' (``src.datasets.image_process``: the
+    last two keep each picture's aspect), and the sample adds its caption as ``text``. ``tokenizer=None`` (theirs too):
     samples without ``input_ids``, their caption as ``text``, for a model that tokenizes it.
 
     ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index, or a

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from src.datasets.sample_index import RecordList
+
 OWN = '_own_records'
 
 # The project's state a subclass that skips ``CaptionDataset.__init__`` never sets, and upstream's
@@ -85,7 +87,6 @@ class SubclassContract:
         own = self.__dict__.get(OWN)
         if own is not None:
             return own
-        from src.datasets.sample_index import RecordList
         return RecordList(self.index)
 
     @data_list.setter
