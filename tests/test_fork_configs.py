@@ -294,8 +294,9 @@ class RecordingMixModel(BaseModel):
 
     def forward(self, data, data_samples=None, mode='loss'):
         ((kind, batch),) = data.items()
-        self.batches.append(dict(kind=kind, texts=batch['texts'], shapes=[tuple(p.shape) for p in batch['pixel_values']],
-                                 pixels=[round(float(p.double().sum()), 3) for p in batch['pixel_values']]))
+        pictures = batch['pixel_values']
+        self.batches.append(dict(kind=kind, texts=batch['texts'], shapes=[tuple(p.shape) for p in pictures],
+                                 pixels=[round(float(p.double().sum()), 3) for p in pictures]))
         return {'loss': self.linear(torch.zeros(1, 1)).sum() * 0}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 import random
 import tarfile
@@ -23,6 +24,7 @@ from src.datasets.image2image.edit_datasets import ImageEditDataset
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.datasets.text2image.text2image import Text2ImageDataset
 from src.datasets.utils import crop2square
+from src.synthetic.downloads import make_caption_layout
 from src.synthetic.images import encode_image
 
 RECON_PROMPTS = ['Reconstruct the image.', 'Keep the image as it is.']
@@ -291,3 +293,41 @@ def test_a_harmon_subclass_over_a_hub_loader_builds_and_reads(workdir, tokenizer
     assert all(s['pixel_values'].shape == (3, 64, 64) and s['type'] == 'text2image' for s in samples)
     expected = {tuple(dataset._encode(dataset.prompt_of(caption)).tolist()) for caption in captions}
     assert {tuple(s['input_ids'].tolist()) for s in samples} == expected
+
+
+# ---- no super().__init__(), the base's own hooks reading files -----------------------------------
+class SetsItsOwnAttributes(CaptionDataset):
+    """Upstream's attributes set by hand; the base's ``_read_image``, ``_read_json``, ``_process_image``
+    and ``_process_text`` do the reading (the readers, tokenizer calls and draws made on first use)."""
+
+    def __init__(self, data_path, image_folder, cap_folder, tokenizer, prompt_template, image_size=64):
+        self.data_path = data_path
+        self.image_folder, self.cap_folder, self.cap_source = image_folder, cap_folder, 'caption'
+        self.tokenizer, self.prompt_template = tokenizer, prompt_template
+        self.image_size, self.max_length, self.unconditional = image_size, 128, 0
+        with open(data_path) as f:
+            self.data_list = json.load(f)
+
+    def __getitem__(self, idx):
+        try:
+            record = self.data_list[idx]
+            data = self._process_image(self._read_image(record['image']))
+            data.update(self._process_text(self._read_json(record['annotation'])[self.cap_source]))
+            return data
+        except Exception as e:  # noqa: BLE001 - upstream's way
+            print(f'Error when reading {self.data_path}:{self.data_list[idx]}: {e}', flush=True)
+            return self._retry()
+
+
+def test_a_subclass_without_super_init_reads_through_the_base_hooks(workdir, tokenizer, prompt_template):
+    captions = make_caption_layout(workdir, 'data.json', 'images', 'caption', 'captions', n=4)
+    dataset = SetsItsOwnAttributes('data.json', 'images', 'captions', tokenizer, prompt_template)
+    assert len(dataset) == 4
+    expected = {tuple(dataset._encode(dataset.prompt_of(caption)).tolist()) for caption in captions.values()}
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=lambda samples: samples)
+    samples = [sample for batch in loader for sample in batch]
+    assert all(s['pixel_values'].shape == (3, 64, 64) for s in samples)
+    assert {tuple(s['input_ids'].tolist()) for s in samples} == expected
+    # The project's rules hold: a path out of its folder is refused where it is read, counted, replaced.
+    dataset.data_list[0] = dict(dataset.data_list[0], image='../data.json')
+    assert dataset[0]['pixel_values'].shape == (3, 64, 64) and dataset.failures['failed-in-subclass'] >= 1

@@ -52,10 +52,14 @@ class CaptionDataset(_TextToImage):
         return super().caption_of(record).strip()
 
     @staticmethod
-    def annotation_of(record: dict) -> str:
-        if not isinstance(record.get('annotation'), str):
-            raise SampleError('bad-record', f'the record has no "annotation" path; its keys are {sorted(record)}')
-        return record['annotation']
+    def _path(record: dict, key: str) -> str:
+        """``record[key]``, a path, or a ``SampleError`` naming the keys the record has."""
+        if not isinstance(record.get(key), str):
+            raise SampleError('bad-record', f'the record has no {key!r} path; its keys are {sorted(record)}')
+        return record[key]
+
+    def annotation_of(self, record: dict) -> str:
+        return self._path(record, 'annotation')
 
     def read_json_in(self, folder: str, annotation: str) -> dict:
         """The JSON object ``<folder>/<annotation>`` (a local folder other than ``cap_folder``)."""

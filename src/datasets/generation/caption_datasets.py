@@ -73,9 +73,7 @@ class CaptionDatasetGen(CaptionDataset):
                            max_aspect=self.max_aspect, crop=shape.crop)[0]
 
     def camera_of(self, record: dict) -> torch.Tensor:
-        if not isinstance(record.get('camera'), str):
-            raise SampleError('bad-record', f'the record has no "camera" path; its keys are {sorted(record)}')
-        return self.read_tensor_in(self.cam_folder, record['camera']) / CAMERA_SCALE
+        return self.read_tensor_in(self.cam_folder, self._path(record, 'camera')) / CAMERA_SCALE
 
     def prepare_data(self, idx) -> dict:
         state, rng = self._sample_state(idx)
@@ -90,9 +88,8 @@ class CaptionDatasetGen(CaptionDataset):
             if self.data_type != 'text2image':
                 data['cam_values'] = self.camera_of(record)
             if self.data_type == 'image2image':
-                if not isinstance(record.get('image_init'), str):
-                    raise SampleError('bad-record', f'the record has no "image_init" path; its keys are {sorted(record)}')
-                data['pixel_values_init'] = self.pixels_in(self.image_folder_init, record['image_init'], rng)
+                first_view = self._path(record, 'image_init')
+                data['pixel_values_init'] = self.pixels_in(self.image_folder_init, first_view, rng)
                 if self.mixed_motion and rng.random() < self.mixed_prob:
                     found = CAMERA_PART.search(caption)
                     caption = found.group(1).strip() if found else caption

@@ -73,19 +73,22 @@ class ImageEditDataset(CaptionDataset):
         """``pixel_values_src`` and ``pixel_values``: the source and the target, squeezed whole (or as
         ``image_process`` shapes them)."""
         if self.deepgen_records:
-            sources = record.get(DEEPGEN_SOURCES)
-            first = {DEEPGEN_SOURCES: sources[0] if isinstance(sources, list) and sources else sources}
-            source, target = self._required(first, DEEPGEN_SOURCES), self._required(record, DEEPGEN_TARGET)
+            source = self._required(record, DEEPGEN_SOURCES, first_of_list=True)
+            target = self._required(record, DEEPGEN_TARGET)
         else:
             source, target = (self._required(record, key) for key in self.image_keys)
         return dict(pixel_values_src=self.load_pixels(source, rng, crop=False),
                     pixel_values=self.load_pixels(target, rng, crop=False))
 
     @staticmethod
-    def _required(record: dict, key: str) -> str:
-        if not isinstance(record.get(key), str):
-            raise SampleError('bad-record', f'the record has no {key!r} path; its keys are {sorted(record)}')
-        return record[key]
+    def _required(record: dict, key: str, first_of_list: bool = False) -> str:
+        """``record[key]``, text; with ``first_of_list``, the first of a list too (deepgen's sources)."""
+        value = record.get(key)
+        if first_of_list and isinstance(value, list) and value:
+            value = value[0]
+        if not isinstance(value, str):
+            raise SampleError('bad-record', f'the record has no {key!r} text; its keys are {sorted(record)}')
+        return value
 
     def prepare_data(self, idx) -> dict:
         state, rng = self._sample_state(idx)

@@ -103,8 +103,9 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     ``BucketSampler``. None (the default): square crops of ``image_size``.
     ``image_process`` and ``unit_image_size`` (the second generation's, deepgen's and Puffin's):
     'crop2square', 'resize2square', 'dynamic' or 'fix_pixels' (``src.datasets.image_process``: the
-    last two keep each picture's aspect), and the sample adds its caption as ``text``. ``tokenizer=None`` (theirs too):
-    samples without ``input_ids``, their caption as ``text``, for a model that tokenizes it.
+    last two keep each picture's aspect), and the sample adds its caption as ``text``.
+    ``tokenizer=None`` (theirs too): samples without ``input_ids``, their caption as ``text``, for a
+    model that tokenizes it.
 
     ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index, or a
     subclass's own list as it made it (``src.datasets.text2image.own_records``).
@@ -163,7 +164,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         self.prompt_template = prompt_template
         if self.tokenizer is not None and prompt_template is None:
             raise ValueError(f'{type(self).__name__} needs a tokenizer and a prompt_template to build input_ids '
-                             '(or tokenizer=None: samples then hold the caption as text, for a model that tokenizes it)')
+                             '(or tokenizer=None: samples then hold the caption as text, for a model to tokenize)')
         self.max_length = max_length
         self.min_image_size = min_image_size
         self.image_size = image_size

@@ -23,7 +23,8 @@ DATA_TYPES = ('image2text', 'text2text')
 
 @DATASETS.register_module()
 class CaptionDatasetUnd(CaptionDataset):
-    """Puffin's keywords: ``caption_prompts``, ``data_type``, ``cap_folder_cot``, ``cap_folder_cam``, then the base's."""
+    """Puffin's keywords: ``caption_prompts``, ``data_type``, ``cap_folder_cot``, ``cap_folder_cam``,
+    then the base's."""
 
     def __init__(self, caption_prompts, data_type='image2text', cap_folder_cot=None, cap_folder_cam=None, **kwargs):
         if data_type not in DATA_TYPES:
