@@ -119,8 +119,9 @@ PUFFIN = 'Puffin-4M/training_data'
 
 def make_puffin_data(root: str = PUFFIN, n: int = 4, seed: int = 0) -> list[dict]:
     """Puffin-4M's layout: ``summary.json`` of ``{"image", "annotation", "camera"[, "image_init"]}``,
-    captions under ``cap_folder/``, reasoning under ``cap_folder_cot/``, camera maps under
-    ``cam_folder/``, first views under ``local_folder_init/``. Returns each sample's parts."""
+    captions under ``cap_folder/``, reasoning under ``cap_folder_cot/``, scene and camera captions under
+    ``cap_folder_scene/`` and ``cap_folder_cam/``, camera maps under ``cam_folder/``, first views under
+    ``local_folder_init/``. Returns each sample's parts."""
     samples, records = [], []
     for i in range(n):
         stem = f'{seed}{i:03d}'
@@ -134,6 +135,8 @@ def make_puffin_data(root: str = PUFFIN, n: int = 4, seed: int = 0) -> list[dict
         write(f'{root}/cap_folder/{stem}.json', json.dumps({'caption': f'  {caption} '}).encode())
         write(f'{root}/cap_folder_cot/{stem}.json',
               json.dumps({'caption': f'<think> {reasoning} </think> the answer'}).encode())
+        for folder in ('cap_folder_scene', 'cap_folder_cam'):  # the cross-view scene and camera captions
+            write(f'{root}/{folder}/{stem}.json', json.dumps({'caption': f'{folder} of {stem}'}).encode())
         os.makedirs(f'{root}/cam_folder', exist_ok=True)
         torch.save(camera, f'{root}/cam_folder/{stem}.pt')
         samples.append(dict(caption=caption, reasoning=reasoning, camera=camera,
@@ -348,3 +351,70 @@ def test_puffins_generation_prompt_with_a_tokenizer(workdir, tokenizer, prompt_t
     image_tokens = t['IMG_START_TOKEN'] + t['IMG_CONTEXT_TOKEN'] * 4 + t['IMG_END_TOKEN']
     prompt = t['INSTRUCTION'].format(input=f"{image_tokens}\n{t['GENERATION'].format(input=sample['text'])}")
     assert sample['input_ids'].tolist() == tokenizer.encode(prompt + t['IMG_START_TOKEN'])
+
+
+# ---- every config of both forks: deepgen's 11, Puffin's 13 -------------------------------------
+CONFIGS = sorted(str(path.relative_to(FORKS)) for path in FORKS.rglob('*.py') if path.name != 'processors.py')
+UNIT = 32  # unit_image_size, both forks
+
+
+def collate_keys(collate_cfg) -> set[str]:
+    """The batch keys the forks' collate function of ``collate_cfg`` gives (read from their code)."""
+    from src.datasets.collate_functions import (CollateFuncGen, CollateFuncUnd, collate_func_gen_txt_dynamic,
+                                                collate_func_img2img_txt_dynamic)
+    kind, data_type = collate_cfg['type'], collate_cfg.get('data_type')
+    if kind is collate_func_gen_txt_dynamic:
+        return {'pixel_values', 'texts'}
+    if kind is collate_func_img2img_txt_dynamic:
+        return {'pixel_values', 'pixel_values_src', 'texts'}
+    if kind is CollateFuncGen:
+        return {'pixel_values', 'texts'} | ({'cam_values'} if data_type != 'text2image' else set()) | (
+            {'pixel_values_init'} if data_type == 'image2image' else set())
+    assert kind is CollateFuncUnd
+    return {'conversations'} | ({'pixel_values'} if data_type == 'image2text' else set())
+
+
+def check_picture(tensor) -> None:
+    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32 and tensor.dim() == 3
+    assert tensor.shape[0] == 3 and tensor.shape[1] % UNIT == 0 and tensor.shape[2] % UNIT == 0
+    assert -1.0 <= float(tensor.min()) and float(tensor.max()) <= 1.0
+
+
+def check_data(data: dict, keys: set[str], size: int) -> None:
+    """One collate function's batch: its keys, a list of ``size`` per key, each item as the fork's."""
+    assert set(data) == keys and all(isinstance(value, list) and len(value) == size for value in data.values())
+    for picture in data.get('pixel_values', []):
+        check_picture(picture)
+    for key in ('pixel_values_src', 'pixel_values_init', 'cam_values'):
+        for pictures in data.get(key, []):
+            assert isinstance(pictures, list) and len(pictures) == 1 and isinstance(pictures[0], torch.Tensor)
+            if key != 'cam_values':
+                check_picture(pictures[0])
+    assert all(isinstance(text, str) and text for text in data.get('texts', []))
+    for conversation in data.get('conversations', []):
+        assert [set(turn) for turn in conversation] == [{'input', 'output'}]
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_every_fork_config_builds_unchanged_with_the_forks_batch_structure(workdir, config):
+    cfg = Config.fromfile(str(FORKS / config))
+    if config.startswith('deepgen'):
+        make_deepgen_data(cfg.train_dataloader.dataset)
+    else:
+        for root, seed in ((PUFFIN, 0), (f'{PUFFIN}/cross_view', 1), (f'{PUFFIN}/photography', 2)):
+            make_puffin_data(root, seed=seed)
+    loader_cfg = cfg.train_dataloader
+    _, loader = build(FORKS / config)
+    collate = loader_cfg.collate_fn
+    sampler = loader_cfg.get('batch_sampler')
+    for number, batch in enumerate(itertools.islice(iter(loader), 2)):
+        assert set(batch) == {'data', 'data_samples'} and batch['data_samples'] is None
+        if collate['type'].__name__ != 'CollateConcat':
+            check_data(batch['data'], collate_keys(collate), loader_cfg.batch_size)
+            continue
+        turns = [s for s, r in enumerate(sampler.repeats) for _ in range(r)] if sampler else [0]
+        source = turns[number % len(turns)]
+        (kind,) = batch['data']
+        assert kind == collate['keys'][source]
+        size = sampler.batch_sizes[source] if sampler else loader_cfg.batch_size
+        check_data(batch['data'][kind], collate_keys(collate['collate_fns'][source]), size)
