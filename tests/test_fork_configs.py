@@ -284,6 +284,13 @@ def test_multi_source_batches_take_each_sources_size_and_resume_in_place():
     assert resumed == first[4:]
     with pytest.raises(ValueError, match='batch_sizes'):
         MultiSourceBatchSampler(sampler, batch_sizes=[3, 3], repeats=[1, 2])
+    # As ResumableTrainLoop places it: the loop counts iterations x the mean batch size, the sampler
+    # is moved by whole batches, so the resumed batches are the uninterrupted ones, unequal sizes too.
+    from src.engine.positions import PositionedSampler, StartPoint
+    placed = MultiSourceSampler(repeats=[1, 2], dataset=dataset, batch_sizes=[3, 2], seed=5)
+    start = StartPoint(epoch=0, skip=4 * placed.batch_size, position=4 * placed.batch_size)
+    loop_resumed = MultiSourceBatchSampler(PositionedSampler(placed, start, rank=0), [3, 2], [1, 2])
+    assert [list(map(int, batch)) for batch in itertools.islice(iter(loop_resumed), 5)] == first[4:]
 
 
 # ---- resuming a fork's mix under ResumableTrainLoop ---------------------------------------------
