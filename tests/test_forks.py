@@ -331,3 +331,26 @@ def test_a_subclass_without_super_init_reads_through_the_base_hooks(workdir, tok
     # The project's rules hold: a path out of its folder is refused where it is read, counted, replaced.
     dataset.data_list[0] = dict(dataset.data_list[0], image='../data.json')
     assert dataset[0]['pixel_values'].shape == (3, 64, 64) and dataset.failures['failed-in-subclass'] >= 1
+
+
+class RecordsAfterInit(Text2ImageDataset):
+    """As SkyR0ver's Harmon writes ``LargeText2ImageDataset``: ``_load_data`` loads nothing, the
+    list is assigned after ``super().__init__()``."""
+
+    def __init__(self, cap_folder=None, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cap_folder = self.local_folder if cap_folder is None else cap_folder
+        self.data_list = []
+
+    def _load_data(self, data_path):
+        pass
+
+
+def test_records_assigned_after_super_init(workdir, tokenizer, prompt_template):
+    captions = make_caption_layout(workdir, 'data.json', 'images', 'caption', n=2)
+    dataset = RecordsAfterInit(data_path='no/index/here', local_folder='images', image_size=64, unconditional=0,
+                               tokenizer=tokenizer, prompt_template=prompt_template)
+    assert len(dataset) == 0
+    for image, caption in captions.items():
+        dataset.data_list.append({'image': image, 'caption': caption})
+    assert len(dataset) == 2 and dataset[1]['image_file'] == list(captions)[1]

@@ -257,6 +257,8 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         logged. Which records are kept is decided once per index cache and options, then mapped
         (``src.datasets.selection``)."""
         self._load_data(self.index_source)
+        if not self.has_own_records and 'index' not in self.__dict__:
+            self.data_list = []  # a subclass's _load_data that loads nothing: its records come later
         if self.has_own_records:  # a subclass's own data_list: its records as it made them
             return self.own_index()
         index = self.index
