@@ -300,9 +300,12 @@ class SetsItsOwnAttributes(CaptionDataset):
     """Upstream's attributes set by hand; the base's ``_read_image``, ``_read_json``, ``_process_image``
     and ``_process_text`` do the reading (the readers, tokenizer calls and draws made on first use)."""
 
+    folder_attribute = 'image_folder'  # OpenUni's name for the image folder
+
     def __init__(self, data_path, image_folder, cap_folder, tokenizer, prompt_template, image_size=64):
         self.data_path = data_path
-        self.image_folder, self.cap_folder, self.cap_source = image_folder, cap_folder, 'caption'
+        setattr(self, self.folder_attribute, image_folder)
+        self.cap_folder, self.cap_source = cap_folder, 'caption'
         self.tokenizer, self.prompt_template = tokenizer, prompt_template
         self.image_size, self.max_length, self.unconditional = image_size, 128, 0
         with open(data_path) as f:
@@ -319,9 +322,14 @@ class SetsItsOwnAttributes(CaptionDataset):
             return self._retry()
 
 
-def test_a_subclass_without_super_init_reads_through_the_base_hooks(workdir, tokenizer, prompt_template):
+class SetsHarmonsAttributes(SetsItsOwnAttributes):
+    folder_attribute = 'local_folder'  # Harmon's
+
+
+@pytest.mark.parametrize('subclass', [SetsItsOwnAttributes, SetsHarmonsAttributes])
+def test_a_subclass_without_super_init_reads_through_the_base_hooks(workdir, tokenizer, prompt_template, subclass):
     captions = make_caption_layout(workdir, 'data.json', 'images', 'caption', 'captions', n=4)
-    dataset = SetsItsOwnAttributes('data.json', 'images', 'captions', tokenizer, prompt_template)
+    dataset = subclass('data.json', 'images', 'captions', tokenizer, prompt_template)
     assert len(dataset) == 4
     expected = {tuple(dataset._encode(dataset.prompt_of(caption)).tolist()) for caption in captions.values()}
     loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=lambda samples: samples)

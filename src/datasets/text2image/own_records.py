@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from src.datasets.captions import caption_keys
 from src.datasets.sample_index import RecordList
 
 OWN = '_own_records'
@@ -117,6 +118,9 @@ class SubclassContract:
         if name == 'index' and self.__dict__.get(OWN) is not None:
             self.__dict__['index'] = value = self.own_index()
             return value
+        if name == 'image_folder' and 'local_folder' in self.__dict__:  # Harmon's name for it
+            self.__dict__[name] = value = self.__dict__['local_folder']
+            return value
         if name in DEFAULTS:
             self.__dict__[name] = DEFAULTS[name]
             return DEFAULTS[name]
@@ -124,7 +128,6 @@ class SubclassContract:
             self.__dict__[name] = value = FRESH[name]()
             return value
         if name == 'cap_keys':
-            from src.datasets.captions import caption_keys
             self.__dict__[name] = value = caption_keys(self.cap_source)
             return value
         if name in READERS and 'image_files' not in self.__dict__:
