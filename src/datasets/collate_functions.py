@@ -9,6 +9,9 @@ from functools import partial
 import torch
 from torch.utils.data import default_collate
 
+# The second generation's (deepgen, Puffin), at the path their configs import them from.
+from src.datasets.collate_generation import (CollateFuncGen, CollateFuncUnd,  # noqa: F401
+                                             collate_func_gen_txt_dynamic, collate_func_img2img_txt_dynamic)
 from src.datasets.components import resolve_type
 from src.datasets.extra_keys import collate_extras
 from src.datasets.image_io import fit_to_resolution

@@ -490,7 +490,8 @@ def load_pixels(data: bytes, name: str, target: tuple[int, int], rng: random.Ran
                 max_pixels: int = DEFAULT_MAX_PIXELS, crop: bool = True,
                 normalise: bool = True) -> tuple[torch.Tensor, Placement]:
     """The whole pipeline: ``[3, height, width]`` in [-1, 1] (``target`` = (height, width)) from
-    the image in ``data`` resized to cover the target and cropped (``crop_mode`` 'random' or
+    the image in ``data`` resized to cover the target (or ``target(size)``, a function of the
+    picture's upright (width, height)) and cropped (``crop_mode`` 'random' or
     'center'; with ``crop=False``, the whole image squeezed, as Harmon's ``crop_image=False``), and
     its ``Placement``; with ``normalise=False``, the uint8 pixels that would be normalised (the
     device normalises them: ``src.datasets.data_preprocessor``). Raises ``SampleError`` (reason
@@ -500,6 +501,8 @@ def load_pixels(data: bytes, name: str, target: tuple[int, int], rng: random.Ran
     orientation = _orientation(img)
     size = _upright_size(img.size, orientation)  # oriented_size, with the EXIF block read once
     check_size(size, name, min_image_size=min_image_size, max_aspect=max_aspect)
+    if callable(target):  # a shape that follows the picture's (src.datasets.image_process)
+        target = target(size)
     box = crop_box(size, target, rng, crop_mode) if crop else (0, 0, *size)
     # to_pixel_values(load_square(...)), without making a PIL image in between
     pixels = _load_region_pixels(img, box, target, orientation)

@@ -8,6 +8,11 @@ randomness keyed on each draw for an exact resume).
 - ``ReconstructDataset``: records ``{"image", ...}``; the picture, a random square crop, is both the
   source and the target, and the instruction is "Keep the image as it is.".
 
+deepgen's ``ImageEditDataset`` (its configs give ``image_process``): records ``{"input_image": [paths],
+"output_image", "instruction"}`` (the first source is read), both pictures shaped by ``image_process``,
+the instruction as ``text``; without a tokenizer, no ``input_ids`` (batches:
+``collate_func_img2img_txt_dynamic``).
+
 A sample: ``pixel_values_src``, ``pixel_values``, ``input_ids`` of
 ``INSTRUCTION.format(input=IMG_START + IMG_CONTEXT x image_length + IMG_END + "\\n" + instruction)``
 followed by ``IMG_START_TOKEN`` (unless ``IMG_START_TOKEN_FOR_GENERATION`` is False), never dropped
@@ -27,6 +32,7 @@ from src.datasets.extra_keys import extra_values
 from src.datasets.text2image.caption_datasets import CaptionDataset
 
 RECONSTRUCT_INSTRUCTION = 'Keep the image as it is.'
+DEEPGEN_SOURCES, DEEPGEN_TARGET, DEEPGEN_INSTRUCTION = 'input_image', 'output_image', 'instruction'
 
 
 @DATASETS.register_module()
@@ -50,27 +56,46 @@ class ImageEditDataset(CaptionDataset):
 
     def process_text(self, text: str, rng: random.Random, stored_ids: torch.Tensor | None = None) -> dict:
         """The editing prompt's ids: never the CFG prompt, never cut (as upstream)."""
+        if self.tokenizer is None:
+            return {}
         return dict(input_ids=stored_ids if stored_ids is not None else self._encode(self.caption_prompt(text)))
 
+    @property
+    def deepgen_records(self) -> bool:
+        """Whether the records are deepgen's (see the module): with its ``image_process``."""
+        return self.image_process is not None
+
     def instruction_of(self, record: dict) -> str:
+        if self.deepgen_records:
+            return self._required(record, DEEPGEN_INSTRUCTION)
         return self.caption_of(record)
 
     def load_pictures(self, record: dict, rng: random.Random) -> dict:
-        """``pixel_values_src`` and ``pixel_values``: the source and the target, squeezed whole."""
-        source, target = (self._required(record, key) for key in self.image_keys)
+        """``pixel_values_src`` and ``pixel_values``: the source and the target, squeezed whole (or as
+        ``image_process`` shapes them)."""
+        if self.deepgen_records:
+            source = self._required(record, DEEPGEN_SOURCES, first_of_list=True)
+            target = self._required(record, DEEPGEN_TARGET)
+        else:
+            source, target = (self._required(record, key) for key in self.image_keys)
         return dict(pixel_values_src=self.load_pixels(source, rng, crop=False),
                     pixel_values=self.load_pixels(target, rng, crop=False))
 
     @staticmethod
-    def _required(record: dict, key: str) -> str:
-        if not isinstance(record.get(key), str):
-            raise SampleError('bad-record', f'the record has no {key!r} path; its keys are {sorted(record)}')
-        return record[key]
+    def _required(record: dict, key: str, first_of_list: bool = False) -> str:
+        """``record[key]``, text; with ``first_of_list``, the first of a list too (deepgen's sources)."""
+        value = record.get(key)
+        if first_of_list and isinstance(value, list) and value:
+            value = value[0]
+        if not isinstance(value, str):
+            raise SampleError('bad-record', f'the record has no {key!r} text; its keys are {sorted(record)}')
+        return value
 
     def prepare_data(self, idx) -> dict:
         state, rng = self._sample_state(idx)
         record = self.index[idx]
-        image_file = record.get(self.image_key) or record.get(self.image_keys[-1])
+        image_file = record.get(self.image_key) or record.get(
+            DEEPGEN_TARGET if self.deepgen_records else self.image_keys[-1])
         try:
             instruction = self.instruction_of(record)  # first: a missing one costs no decode
             data = self.load_pictures(record, rng)
@@ -79,11 +104,13 @@ class ImageEditDataset(CaptionDataset):
         data.update(self.process_text(instruction, rng, self._stored_ids(idx)))
         data.update(image_dir=self.image_folder, image_file=image_file, type=self.sample_type)
         data.update(extra_values(record, self.extra_keys))
+        if self.gives_text:
+            data['text'] = instruction
         return data
 
     @property
     def required_keys(self) -> tuple[str, ...]:
-        return self.image_keys
+        return (DEEPGEN_TARGET,) if self.deepgen_records else self.image_keys
 
 
 @DATASETS.register_module()
@@ -92,6 +119,8 @@ class ReconstructDataset(ImageEditDataset):
 
     path_keys = ('annotation',)
     image_keys = ()
+
+    deepgen_records = False  # deepgen's ReconstructDataset reads OpenUni's records
 
     def instruction_of(self, record: dict) -> str:
         return RECONSTRUCT_INSTRUCTION
@@ -102,6 +131,8 @@ class ReconstructDataset(ImageEditDataset):
 
     def process_text(self, text: str, rng: random.Random, stored_ids: torch.Tensor | None = None) -> dict:
         """The one instruction's ids, made once per process (stored captions' ids do not apply)."""
+        if self.tokenizer is None:
+            return {}
         return dict(input_ids=self._instruction_ids.clone())
 
     def load_pictures(self, record: dict, rng: random.Random) -> dict:

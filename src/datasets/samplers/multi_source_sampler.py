@@ -123,13 +123,13 @@ class FixedBatchMultiSourceSampler(Sampler):
         seed = hash((self.seed, source)) & 0x7FFF_FFFF_FFFF_FFFF
         what = f'FixedBatchMultiSourceSampler source {source}'
         if getattr(part, 'bucket_ids', None) is None:
-            batches = BucketBatches(np.zeros(self.sizes[source], np.int16), ['all'], self.batch_size, self.rank,
-                                    self.world_size, seed, self.shuffle, self.offsets[source], what,
+            batches = BucketBatches(np.zeros(self.sizes[source], np.int16), ['all'], self.batch_size_of(source),
+                                    self.rank, self.world_size, seed, self.shuffle, self.offsets[source], what,
                                     require_full=False)
         else:
             names = [part.buckets.key(b) for b in range(len(part.buckets))]
-            batches = BucketBatches(part.bucket_ids, names, self.batch_size, self.rank, self.world_size, seed,
-                                    self.shuffle, self.offsets[source], what)
+            batches = BucketBatches(part.bucket_ids, names, self.batch_size_of(source), self.rank, self.world_size,
+                                    seed, self.shuffle, self.offsets[source], what)
         if not self.history:
             return batches
         # The source's own batches at each change of the global batch.
@@ -177,6 +177,10 @@ class FixedBatchMultiSourceSampler(Sampler):
         ``source_batches[s]``-th batch: a resume with other weights goes on from where each source stood."""
         self.origin = (batch, list(source_batches))
 
+    def batch_size_of(self, source: int) -> int:
+        """The size of source ``source``'s batches on a rank: one for all here."""
+        return self.batch_size
+
     def source_of_batch(self, batch: int) -> int:
         return self.turns[(batch - self.origin[0]) % len(self.turns)]
 
@@ -189,11 +193,88 @@ class FixedBatchMultiSourceSampler(Sampler):
         stream, before = self.streams[source], self.source_batches(number)[source]
         return stream.batch(before)[1]
 
+    def first_position(self, number: int) -> int:
+        """This rank's first sample of global batch ``number``: its position in the global stream."""
+        return stream_position(self.history or [[0, self.global_batch]], number) + self.rank * self.batch_size
+
+    def iteration_batches(self) -> range:
+        """The global batches the next iteration yields: its epoch's, less those ``resume_at`` skips."""
+        return range(self.batches_before(self.epoch) + self._skip, self.batches_before(self.epoch + 1))
+
     def __iter__(self) -> Iterator[Draw]:
-        skip, self._skip = self._skip, 0
-        epoch = self.epoch
-        first = self.batches_before(epoch)
-        history = self.history or [[0, self.global_batch]]
-        for number in range(first + skip, self.batches_before(epoch + 1)):
-            position = stream_position(history, number) + self.rank * self.batch_size
+        self.current_batches, epoch = self.iteration_batches(), self.epoch  # what a batch sampler cuts
+        self._skip = 0
+        for number in self.current_batches:
+            position = self.first_position(number)
             yield from (Draw(index, position + k, self.seed, epoch) for k, index in enumerate(self._batch(number)))
+
+
+@DATA_SAMPLERS.register_module()
+class MultiSourceSampler(FixedBatchMultiSourceSampler):
+    """The second generation's sampler (deepgen, Puffin, UniPic-1): ``FixedBatchMultiSourceSampler``
+    with a batch size per source, ``batch_sizes``, and its ``repeats``. ``batch_size`` is theirs: the
+    mean size of a round's batches. Batch its indices with ``MultiSourceBatchSampler``. A resume
+    keeps the ranks' count and the batch sizes (another global batch is refused)."""
+
+    def __init__(self, repeats, dataset: Sized, batch_sizes: list[int], shuffle: bool = True,
+                 seed: Optional[int] = None) -> None:
+        if not isinstance(batch_sizes, (list, tuple)) or not all(isinstance(b, int) and b > 0 for b in batch_sizes):
+            raise ValueError(f'MultiSourceSampler: batch_sizes must be a list of positive ints, got {batch_sizes!r}')
+        if len(batch_sizes) != len(repeats):
+            raise ValueError(f'MultiSourceSampler: {len(batch_sizes)} batch_sizes for {len(repeats)} repeats')
+        self.batch_sizes, self.repeats = list(batch_sizes), list(repeats)
+        mean = sum(b * r for b, r in zip(batch_sizes, repeats)) // max(sum(repeats), 1)
+        super().__init__(repeats, dataset, max(mean, 1), shuffle, seed)
+
+    def batch_size_of(self, source: int) -> int:
+        return self.batch_sizes[source]
+
+    def __len__(self) -> int:
+        numbers = range(self.batches_before(self.epoch), self.batches_before(self.epoch + 1))
+        return sum(self.batch_size_of(self.source_of_batch(number)) for number in numbers)
+
+    def first_position(self, number: int) -> int:
+        done = self.source_batches(number)  # the samples of the global batches before, source by source
+        size = self.batch_size_of(self.source_of_batch(number))
+        return self.world_size * sum(count * b for count, b in zip(done, self.batch_sizes)) + self.rank * size
+
+
+@DATA_SAMPLERS.register_module()
+class MultiSourceBatchSampler(Sampler):
+    """The second generation's batch sampler: the indices of ``sampler`` cut into batches, each of its
+    source's size, in the sampler's turns (a resumed sampler's too). ``batch_sizes`` and ``repeats``
+    are the sampler's, as the configs repeat them; ``batch_size`` (mmengine's default argument) is
+    ignored, as theirs."""
+
+    def __init__(self, sampler, batch_sizes: list[int], repeats: list[int], **kwargs) -> None:
+        inner = getattr(sampler, 'inner', sampler)
+        for name, value in (('batch_sizes', batch_sizes), ('repeats', repeats)):
+            if hasattr(inner, name) and list(getattr(inner, name)) != list(value):
+                raise ValueError(f'MultiSourceBatchSampler: {name}={list(value)}, but its sampler has '
+                                 f'{list(getattr(inner, name))}')
+        self.sampler, self.batch_sizes, self.repeats = sampler, list(batch_sizes), list(repeats)
+
+    @property
+    def batch_size(self) -> int:
+        return sum(b * r for b, r in zip(self.batch_sizes, self.repeats)) // max(sum(self.repeats), 1)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        inner = getattr(self.sampler, 'inner', self.sampler)
+        indices = iter(self.sampler)
+        first = list(itertools.islice(indices, 1))  # starts the sampler: a resumed one places itself
+        indices = itertools.chain(first, indices)
+        if hasattr(inner, 'current_batches'):
+            sizes = (inner.batch_size_of(inner.source_of_batch(number)) for number in inner.current_batches)
+        else:
+            sizes = itertools.cycle([b for b, r in zip(self.batch_sizes, self.repeats) for _ in range(r)])
+        for size in sizes:
+            batch = list(itertools.islice(indices, size))
+            if not batch:
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        inner = getattr(self.sampler, 'inner', self.sampler)
+        if hasattr(inner, 'iteration_batches'):
+            return len(range(inner.batches_before(inner.epoch), inner.batches_before(inner.epoch + 1)))
+        return len(self.sampler) // self.batch_size

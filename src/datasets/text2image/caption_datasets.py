@@ -37,17 +37,19 @@ from src.datasets.extra_keys import check_extra_keys, extra_values
 from src.datasets.failure_policy import FailureTracker
 from src.datasets.files import join_inside
 from src.datasets.image_io import Placement, load_pixels
+from src.datasets.image_process import pixel_shape
 from src.datasets.image_sizes import record_sizes
 from src.datasets import filters as record_filters, selection
 from src.datasets.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
 from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.prefetch import has_remote_reader, prefetch_records
 from src.datasets.prompt_ids import PromptIds, inline_prompts, load_prompt_ids
-from src.datasets.sample_index import RecordList, SampleIndex
+from src.datasets.sample_index import SampleIndex
 from src.datasets.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.tar_index import TarMemberIndex
 from src.datasets.tensor_files import MAX_TENSOR_BYTES, load_tensor_file
 from src.datasets.text2image.bucketed import BucketedRecords
+from src.datasets.text2image.own_records import OwnRecords, SubclassContract
 from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
 from src.datasets.token_ids import TokenIds
 
@@ -73,7 +75,7 @@ class _ProcessState:
 
 
 @DATASETS.register_module()
-class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
+class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     """Text-to-image samples: ``pixel_values`` (or ``image_latents`` / ``image_tokens``) and ``input_ids``.
 
     The keywords up to ``unconditional`` are upstream OpenUni's, in its order. Added:
@@ -109,8 +111,14 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     ``filters``: records kept by size, aspect, caption words, any column's values and duplicate
     clusters (``src.datasets.filters``), decided once per index cache and part of the fingerprint;
     ``extra_keys``: index columns returned in each sample (scores as conditioning).
+    ``image_process`` and ``unit_image_size`` (the second generation's, deepgen's and Puffin's):
+    'crop2square', 'resize2square', 'dynamic' or 'fix_pixels' (``src.datasets.image_process``: the
+    last two keep each picture's aspect), and the sample adds its caption as ``text``;
+    ``tokenizer=None`` (theirs too): samples without ``input_ids``, their caption as ``text``, for a
+    model that tokenizes it.
 
-    ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index.
+    ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index, or a
+    subclass's own list as it made it (``src.datasets.text2image.own_records``).
     """
 
     crop_image = True  # a random square crop; False squeezes the whole image (Harmon's option)
@@ -158,7 +166,9 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
                  buckets=None,
                  pixel_dtype='float32',
                  filters=None,
-                 extra_keys=None):
+                 extra_keys=None,
+                 image_process=None,
+                 unit_image_size=32):
         super().__init__()
         self.data_path = str(data_path)
         self.image_folder = image_folder
@@ -170,8 +180,9 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         self.image_processor = build_component(image_processor)
         self.tokenizer = build_component(tokenizer)
         self.prompt_template = prompt_template
-        if self.tokenizer is None or prompt_template is None:
-            raise ValueError(f'{type(self).__name__} needs a tokenizer and a prompt_template to build input_ids')
+        if self.tokenizer is not None and prompt_template is None:
+            raise ValueError(f'{type(self).__name__} needs a tokenizer and a prompt_template to build input_ids '
+                             '(or tokenizer=None: samples then hold the caption as text, for a model to tokenize)')
         self.max_length = max_length
         self.min_image_size = min_image_size
         self.image_size = image_size
@@ -213,6 +224,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         self._set_buckets(buckets)
         self.filters = record_filters.normalize(filters)
         self.extra_keys = check_extra_keys(extra_keys)
+        self.image_process, self.unit_image_size = image_process, unit_image_size
+        self.pixel_shape = pixel_shape(image_process, image_size, unit_image_size, buckets)
         self._check_folders()
         self.index = self.load_index()
         if len(self.index) and type(self).caption_of is CaptionDataset.caption_of:  # a typo fails here, at once
@@ -221,17 +234,6 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         self.prompt_ids = self.load_prompt_ids() if pretokenize else None
         self._cfg_ids = None  # the unconditional prompt's ids, the same for every sample
         self._process_state = None
-
-    @property
-    def data_list(self) -> RecordList:
-        """The records as upstream's ``self.data_list[idx]`` reads them, without copying them into
-        every worker: indexing, ``len``, iteration and slices over the memory-mapped index."""
-        return RecordList(self.index)
-
-    @data_list.setter
-    def data_list(self, records) -> None:
-        # Upstream's subclasses assign their own records in a _load_data of their own: held in memory.
-        self.index = SampleIndex.from_records(records, self.data_path)
 
     def _choose_readers(self):
         """Where images, annotations and latents are read from, chosen once (``src.datasets.storage``).
@@ -264,7 +266,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     # ---- index ----------------------------------------------------------------------------------
     def _check_folders(self):
         """A wrong path in a config fails here, naming it, rather than as thousands of skipped samples."""
-        folders = dict(data_path=self.index_source, image_tokens_folder=self.image_tokens_folder)
+        folders = dict(image_tokens_folder=self.image_tokens_folder)  # data_path: by the base's own loader
         if isinstance(self.latent_files, LocalFiles):
             folders['image_latents_folder'] = self.latent_root
         if isinstance(self.annotation_files, LocalFiles):  # else tar shards or objects
@@ -280,6 +282,10 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         logged. Which records are kept is decided once per index cache and options, then mapped
         (``src.datasets.selection``)."""
         self._load_data(self.index_source)
+        if not self.has_own_records and 'index' not in self.__dict__:
+            self.data_list = []  # a subclass's _load_data that loads nothing: its records come later
+        if self.has_own_records:  # a subclass's own data_list: its records as it made them
+            return self.own_index()
         index = self.index
         if self.train_number_samples and 0 < self.train_number_samples < len(index):
             print_log(f'Using the first {self.train_number_samples} of the {len(index)} records of '
@@ -378,6 +384,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
     def load_prompt_ids(self) -> PromptIds | None:
         """The stored prompt ids of the whole index (``pretokenize``: built once, then mapped), or
         None where they cannot be stored."""
+        if isinstance(self.index, OwnRecords) or self.tokenizer is None:
+            return None
         return load_prompt_ids(self.index, self.cap_keys, self.caption_prompt, self.tokenizer,
                                self.tokenizer_kwargs, self.prompt_template, self._encode)
 
@@ -518,6 +526,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         ``[3, height, width]`` of the sample's bucket, covered and cropped by the buckets' crop_mode."""
         state = self._state()
         target = state.target or (self.image_size, self.image_size)
+        if self.pixel_shape is not None:  # image_process: the shape follows the picture's
+            target, crop = self.pixel_shape.target, self.pixel_shape.crop
         crop_mode = 'random' if self.buckets is None else self.buckets.crop_mode
         pixels, state.placement = load_pixels(
             self.read_image(image_file), self.data_path_of(self.image_root, image_file), target, rng,
@@ -531,6 +541,8 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
 
         A chat template made for understanding (xtuner's ``qwen_chat``, as Harmon uses it) has no
         GENERATION, CFG or IMG_START_TOKEN: Harmon's own wording is used, with no start token."""
+        if self.tokenizer is None:  # the second generation's datasets: the model tokenizes `text`
+            return {}
         conditional = rng.uniform(0, 1) >= self.unconditional
         if not conditional:
             if self._cfg_ids is None:
@@ -631,7 +643,15 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         data.update(self.process_text(caption, rng, self._stored_ids(idx)))
         data.update(image_dir=self.image_folder, image_file=image_file, type='text2image')
         data.update(extra_values(record, self.extra_keys))
+        if self.gives_text:
+            data['text'] = caption
         return data
+
+    @property
+    def gives_text(self) -> bool:
+        """Whether samples hold their caption as ``text`` (the second generation's datasets do: with
+        ``image_process``, or without a tokenizer)."""
+        return self.image_process is not None or self.tokenizer is None
 
     def caption_of(self, record: dict) -> str:
         """The record's caption (``src.datasets.captions``); an empty one is a ``SampleError``, or
@@ -658,7 +678,7 @@ class CaptionDataset(UpstreamHooks, BucketedRecords, Dataset):
         class's (a subclass that makes its own text, or makes samples its own way, tokenizes them
         itself)."""
         cls = type(self)
-        return all(getattr(cls, name) is getattr(CaptionDataset, name)
+        return self.tokenizer is not None and all(getattr(cls, name) is getattr(CaptionDataset, name)
                    for name in ('__getitem__', 'prepare_data', 'process_text', 'caption_prompt', 'prompt_of',
                                 'caption_of', '_encode'))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 
 from src.datasets.captions import MAX_CAPTION_BYTES, parse_json
 from src.datasets.errors import SampleError
@@ -55,7 +56,11 @@ class UpstreamHooks:
 
     def _load_data(self, data_path: str) -> None:
         """Upstream: ``self.data_list`` from ``data_path``. Here the index, memory-mapped from its cache;
-        a subclass's own ``_load_data`` may assign ``self.data_list`` a list of records instead."""
+        a subclass's own ``_load_data`` may assign ``self.data_list`` a list of records instead, and its
+        ``data_path`` (a glob, a hub id) is then its own business: it is checked here, not before."""
+        if not os.path.exists(data_path):
+            raise FileNotFoundError(f'{type(self).__name__}: data_path {data_path!r} does not exist')
+        self.forget_own_records()
         self.index = SampleIndex.load(data_path, cache_dir=self.index_cache_dir)
 
     def _read_ceph(self, ceph_path: str) -> io.BytesIO:

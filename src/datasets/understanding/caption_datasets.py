@@ -26,6 +26,7 @@ from src.datasets.components import build_component
 from src.datasets.errors import SampleError
 from src.datasets.image_io import load_square, random_square_box, to_pixel_values
 from src.datasets.text2image.caption_datasets import CaptionDataset as _TextToImage
+from src.datasets.understanding.caption_conversations import CaptionDatasetUnd  # noqa: F401 - Puffin's, at its path
 from src.datasets.understanding.caption_prompts import dense_prompts, short_prompts
 from src.datasets.utils import DEFAULT_IMAGE_TOKEN, encode_fn
 

@@ -1,0 +1,1 @@
+"""Puffin's generation datasets (``src.datasets.generation.caption_datasets``)."""

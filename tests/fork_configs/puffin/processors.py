@@ -1,0 +1,2 @@
+image_size = 512
+image_process = 'dynamic'
