@@ -153,6 +153,13 @@ def build(config: Path, **overrides):
     return cfg, Runner.build_dataloader(loader, seed=0)
 
 
+def epochs(loader):
+    """The loader's batches epoch after epoch, as a training loop reads them (an epoch ends)."""
+    for epoch in itertools.count():
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        yield from loader
+
+
 def assert_pictures(pixel_values, shapes) -> None:
     assert isinstance(pixel_values, list) and len(pixel_values) == len(shapes)
     for tensor, shape in zip(pixel_values, shapes):
@@ -189,7 +196,7 @@ def test_deepgen_joint_config_alternates_editing_and_generation(workdir):
     _, loader = build(FORKS / 'deepgen' / 'joint_pretrain.py')
     assert isinstance(loader.batch_sampler, MultiSourceBatchSampler)
     assert isinstance(loader.batch_sampler.sampler, MultiSourceSampler)
-    batches = list(itertools.islice(iter(loader), 8))
+    batches = list(itertools.islice(epochs(loader), 8))
     kinds = [next(iter(batch['data'])) for batch in batches]
     assert kinds == ['image2image', 'text2image', 'text2image', 'text2image'] * 2  # repeats [1, 3]
     edit = batches[0]['data']['image2image']
@@ -253,7 +260,7 @@ def test_puffin_understanding_configs_give_conversations(workdir):
 def test_puffin_concat_config_alternates_understanding_and_generation(workdir):
     make_puffin_data()
     _, loader = build(FORKS / 'puffin' / 'basic' / 'concat_datasets.py')
-    batches = list(itertools.islice(iter(loader), 4))
+    batches = list(itertools.islice(epochs(loader), 4))
     assert [next(iter(batch['data'])) for batch in batches] == ['image2text', 'text2image'] * 2
     assert len(batches[0]['data']['image2text']['conversations']) == 16
     assert len(batches[1]['data']['text2image']['texts']) == 16

@@ -228,7 +228,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         self.pixel_shape = pixel_shape(image_process, image_size, unit_image_size, buckets)
         self._check_folders()
         self.index = self.load_index()
-        if len(self.index) and type(self).caption_of is CaptionDataset.caption_of:  # a typo fails here, at once
+        if len(self.index) and self._reads_cap_source:  # a typo fails here, at once
             check_cap_source(self.index.columns, self.cap_keys, f'{type(self).__name__} {self.data_path}')
         self.latent_shapes = self.load_latent_shapes() if self.latent_root is not None else None
         self.prompt_ids = self.load_prompt_ids() if pretokenize else None
@@ -646,6 +646,14 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         if self.gives_text:
             data['text'] = caption
         return data
+
+    @property
+    def _reads_cap_source(self) -> bool:
+        """Whether every sample's caption comes from ``cap_source`` of an index record: the class
+        makes its samples and captions as this one does, over the index (not a subclass's own records)."""
+        cls = type(self)
+        return not self.has_own_records and all(getattr(cls, name) is getattr(CaptionDataset, name)
+                                                for name in ('prepare_data', 'caption_of'))
 
     @property
     def gives_text(self) -> bool:
