@@ -285,6 +285,7 @@ class PositionedSampler:
             stream = self.inner._infinite_indices()
             for number, index in enumerate(itertools.islice(stream, drawn + self.rank, None, self.world_size)):
                 yield Draw(index, drawn + self.rank + number * self.world_size, seed, 0)
+            return
         size, epoch = len(self.inner.dataset), self.inner.epoch
         if self.inner.shuffle:
             generator = torch.Generator()
@@ -293,8 +294,8 @@ class PositionedSampler:
         else:
             order = list(range(size))
         base = epoch * len(self.inner) * self.world_size
-        share = -(-(size - drawn) // self.world_size)
-        for position in range(drawn + self.rank, drawn + share * self.world_size, self.world_size):
+        end = drawn + -(-(size - drawn) // self.world_size) * self.world_size if self.inner.round_up else size
+        for position in range(drawn + self.rank, end, self.world_size):
             yield Draw(order[position % size], base + position, seed, epoch)
 
 
