@@ -5,13 +5,16 @@ another global batch reads every record of the interrupted pass once across the 
 mixture weights go on from where each source stood; other buckets are refused with the option."""
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from mmengine.dataset import DefaultSampler
+from mmengine.dataset import DefaultSampler, InfiniteSampler
 from mmengine.dataset import sampler as mmengine_sampler
 from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import sampler as torch_samplers
 
 from src.datasets.samplers import bucket_sampler, multi_source_sampler
 from src.datasets.samplers.bucket_sampler import BucketSampler
@@ -37,6 +40,7 @@ SAMPLERS = {
     # mmengine's DefaultSampler pads an epoch to the ranks and ends it with a short batch: the global
     # batches are the same where the global batch divides the dataset.
     'default': (lambda: list(range(48)), lambda dataset, batch: DefaultSampler(dataset, shuffle=True, seed=5)),
+    'infinite': (lambda: list(range(48)), lambda dataset, batch: InfiniteSampler(dataset, shuffle=True, seed=5)),
 }
 
 
@@ -54,14 +58,14 @@ def run(kind, monkeypatch, world, batch, steps, iteration=0, saved=None, make=No
         placed, now, start = place_sampler(inner, iteration, saved, now, rank, **options)
         drawn, epoch = [], start.epoch
         while len(drawn) < steps * batch:  # epoch after epoch, as an iteration loop reads them
-            drawn += [(int(draw), draw.position) for draw in placed]
+            drawn += [(int(draw), draw.position) for draw in itertools.islice(placed, steps * batch - len(drawn))]
             epoch += 1
             inner.set_epoch(epoch)
         per_rank.append([drawn[k:k + batch] for k in range(0, steps * batch, batch)])
     return [sum((rank[step] for rank in per_rank), []) for step in range(steps)], now, start
 
 
-@pytest.mark.parametrize('kind', ['bucket', 'mix', 'default'])
+@pytest.mark.parametrize('kind', ['bucket', 'mix', 'default', 'infinite'])
 def test_the_same_global_batch_on_other_ranks_goes_on_with_the_uninterrupted_global_batches(kind, monkeypatch):
     whole, _, _ = run(kind, monkeypatch, 2, 3, 30)
     first, facts, _ = run(kind, monkeypatch, 2, 3, 7)
@@ -69,7 +73,7 @@ def test_the_same_global_batch_on_other_ranks_goes_on_with_the_uninterrupted_glo
     assert 'split 3 x 2 instead of 2 x 3' in start.note
     third, _, _ = run(kind, monkeypatch, 1, 6, 14, iteration=16, saved=facts)
     resumed = first + second + third
-    if kind == 'default':  # mmengine deals an epoch's indices to the ranks in turn: the same set a step
+    if kind in ('default', 'infinite'):  # mmengine deals indices to the ranks in turn: the same set a step
         whole, resumed = [sorted(b) for b in whole], [sorted(b) for b in resumed]
     assert resumed == whole
 
@@ -120,6 +124,29 @@ def test_a_resumed_run_with_another_global_batch_ends_its_epoch_where_its_pass_d
     assert sampler.batches.epoch_length(0) == 5 + left
 
 
+@pytest.mark.parametrize('kind', ['default', 'infinite'])
+def test_mmengine_s_samplers_with_another_global_batch_read_the_rest_of_the_pass_once(kind, monkeypatch):
+    first, facts, _ = run(kind, monkeypatch, 2, 3, 5)  # 30 of the 48 records
+    rest = []
+    for rank in range(2):  # 2 ranks x batch 2: the 18 left, 9 a rank, dealt in turn
+        for module in (bucket_sampler, multi_source_sampler, mmengine_sampler):
+            monkeypatch.setattr(module, 'get_dist_info', lambda rank=rank: (rank, 2))
+        dataset = SAMPLERS[kind][0]()
+        inner = SAMPLERS[kind][1](dataset, 2)
+        now = facts_of(DataLoader(dataset, batch_size=2, sampler=inner), (rank, 2))
+        placed, now, start = place_sampler(inner, 5, facts, now, rank)
+        assert 'global batch changed from 6 (3 x 2 ranks) to 4 (2 x 2)' in start.note and start.epoch == 0
+        iteration = iter(placed)
+        drawn = [(int(draw), draw.position) for draw in itertools.islice(iteration, 9)]
+        assert kind == 'infinite' or not list(iteration)  # the epoch ends there on every rank
+        rest += drawn
+    records = [index for batch in first for index, _ in batch] + [index for index, _ in rest]
+    assert sorted(records) == list(range(48))  # every record of the pass once across the two runs
+    assert sorted(position for _, position in rest) == list(range(30, 48))
+    inner.set_epoch(1)  # and the next epoch is DefaultSampler's own, on the new ranks
+    assert kind == 'infinite' or len(list(placed)) == 24
+
+
 def test_other_mixture_weights_go_on_from_where_each_source_stood(monkeypatch):
     first, facts, _ = run('mix', monkeypatch, 2, 3, 7)
     other = lambda dataset, batch: FixedBatchMultiSourceSampler([1, 3], dataset, batch_size=batch, seed=5)  # noqa
@@ -143,9 +170,10 @@ def test_other_buckets_are_refused_with_the_fingerprints_and_the_option(monkeypa
     assert 'buckets changed' in start.note
 
 
-def test_default_sampler_with_another_global_batch_is_refused_with_the_numbers(monkeypatch):
+def test_another_sampler_with_another_global_batch_is_refused_with_the_numbers(monkeypatch):
     _, facts, _ = run('default', monkeypatch, 2, 3, 2)
+    other = lambda dataset, batch: torch_samplers.RandomSampler(dataset)  # noqa: E731
     with pytest.raises(ResumeError, match=r'global batch of 6 \(batch size 3 x 2 ranks\), this run has 4 '
                                           r'\(2 x 2\).*BucketSampler, FixedBatchMultiSourceSampler'):
-        run('default', monkeypatch, 2, 2, 1, iteration=2, saved=facts)
+        run('default', monkeypatch, 2, 2, 1, iteration=2, saved=replace(facts, sampler='RandomSampler'), make=other)
 

@@ -22,7 +22,7 @@ import pytest
 from test_buckets import write_bucket_data
 
 REPO = Path(__file__).resolve().parents[1]
-STOPS = (7, 13)  # the interruptions, in global batches of the one epoch (20 batches of 6)
+STOPS = (5, 9)  # the interruptions, in global batches of the one epoch (13 batches of 6)
 
 
 def leg(tmp_path, data, tokenizer_path, name, ranks, workers, batch, stop=None, resume=None) -> list[list]:
@@ -43,11 +43,11 @@ def leg(tmp_path, data, tokenizer_path, name, ranks, workers, batch, stop=None, 
 
 @pytest.mark.slow
 def test_the_ledger_of_an_epoch_resumed_on_other_cluster_shapes(tmp_path, tokenizer_path):
-    # 78 records in 4 buckets (36, 24, 12, 6) and 39 in 4 (18, 12, 6, 3): 117, an epoch of 20 batches of 6.
-    data = [write_bucket_data(tmp_path / 'a', count=84, sizes_in_index='all'),
-            write_bucket_data(tmp_path / 'b', count=42, sizes_in_index='all')]
+    # 52 records in 4 buckets (24, 16, 8, 4) and 26 in 4 (12, 8, 4, 2): 78, an epoch of 13 batches of 6.
+    data = [write_bucket_data(tmp_path / 'a', count=56, sizes_in_index='all'),
+            write_bucket_data(tmp_path / 'b', count=28, sizes_in_index='all')]
     whole = leg(tmp_path, data, tokenizer_path, 'whole', 2, 2, 3)
-    assert len(whole) == 20 and all(len(batch) == 6 for batch in whole)
+    assert len(whole) == 13 and all(len(batch) == 6 for batch in whole)
 
     first = leg(tmp_path, data, tokenizer_path, 'first', 2, 2, 3, stop=STOPS[0])
     second = leg(tmp_path, data, tokenizer_path, 'second', 3, 1, 2, stop=STOPS[1], resume=f'first/iter_{STOPS[0]}.pth')

@@ -162,18 +162,16 @@ def test_an_epoch_sampler_resumes_inside_its_epoch():
     assert plan_resume(30, now, now, drop_last=True).epoch == 2  # 12 batches an epoch
 
 
-def test_a_new_world_size_is_mapped_when_the_samples_divide_evenly():
+def test_a_new_world_size_is_mapped_whether_the_samples_divide_evenly_or_not():
     start = plan_resume(1000, facts(world_size=2), facts(world_size=4))
     assert start.skip == 2000 and 'world size changed from 2 to 4' in start.note
-    with pytest.raises(ResumeError, match=r'8 x batch 4 x 3 ranks = 96 samples, not divisible by 5|x 3 ranks'):
-        plan_resume(8, facts(world_size=3), facts(world_size=5))
+    uneven = plan_resume(8, facts(world_size=3), facts(world_size=5))  # 96 samples drawn, 5 ranks
+    assert uneven.drawn == 96  # the ranks take the stream's positions from the 96th on, in turn
 
 
-@pytest.mark.parametrize('change, words', [(dict(batch_size=3, world_size=3), r'global batch of 8 \(batch size 4 x 2 ranks\), '
-                                                                  r'this run has 9.*80 samples drawn divide by the ranks'),
-                                           (dict(dataset_size=99), 'dataset size 100, this run has 99'),
+@pytest.mark.parametrize('change, words', [(dict(dataset_size=99), 'dataset size 100, this run has 99'),
                                            (dict(sampler='DefaultSampler', samples_per_epoch=50), 'sampler')])
-def test_another_batch_size_dataset_or_sampler_is_refused_with_the_numbers(change, words):
+def test_another_dataset_or_sampler_is_refused_with_the_numbers(change, words):
     with pytest.raises(ResumeError, match=words):
         plan_resume(10, facts(), facts(**change))
 

@@ -28,8 +28,10 @@ POSITION_KEY = 'data_position'
 
 # mmengine 0.10.6's CheckpointHook makes a FileClient before a run and at every save, whatever its
 # arguments, and each time logs that FileClient (and HardDiskBackend) will be deprecated: notes
-# about mmengine's own code, which no config can act on.
-_MMENGINE_NOTES = ('"FileClient" will be deprecated', '"HardDiskBackend" is the alias')
+# about mmengine's own code, which no config can act on. Its iterator warns at every epoch's end
+# that the loader restarts and InfiniteSampler is recommended: here epochs end by design.
+_MMENGINE_NOTES = ('"FileClient" will be deprecated', '"HardDiskBackend" is the alias',
+                   'Reach the end of the dataloader')
 
 
 @contextlib.contextmanager

@@ -18,10 +18,11 @@ import itertools
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterator
 
+import torch
 from mmengine.dataset import DefaultSampler, InfiniteSampler
 
-from src.datasets.samplers.draws import Draw
-from src.datasets.samplers.multi_source_sampler import source_batches_at
+from src.datasets.samplers.draws import Draw, stream_position
+from src.datasets.samplers.multi_source_sampler import epoch_origin, source_batches_at
 
 __all__ = ['ELASTIC', 'DataFacts', 'Draw', 'batch_history', 'place_sampler', 'PositionedSampler', 'ResumeError', 'StartPoint', 'epoch_iterations', 'facts_of',
            'plan_resume', 'restore_seed']
@@ -61,14 +62,16 @@ class DataFacts:
 @dataclass(frozen=True)
 class StartPoint:
     """Where the resumed stream starts: the sampler ``epoch``, the ``skip`` indices of that epoch
-    already used by this rank, its draw number of the first index given out, and for a mix the
-    ``rebase`` (batch, batches per source) its turns go on from."""
+    already used by this rank, its draw number of the first index given out, for a mix the
+    ``rebase`` (batch, batches per source) its turns go on from, and after a change of the global
+    batch the positions of the epoch (an endless sampler: of the stream) drawn before."""
 
     epoch: int
     skip: int
     position: int
     note: str = ''
     rebase: tuple | None = None
+    drawn: int | None = None  # global positions of the epoch (of the stream, endless) already drawn
 
 
 class ResumeError(RuntimeError):
@@ -165,7 +168,22 @@ def _check_same_data(saved: DataFacts, now: DataFacts, allow_data_change: bool) 
     return ''
 
 
-ELASTIC = ('BucketSampler', 'FixedBatchMultiSourceSampler')  # they go on with another global batch
+ELASTIC = ('BucketSampler', 'FixedBatchMultiSourceSampler', 'DefaultSampler', 'InfiniteSampler')  # another
+# global batch goes on from where their streams stood
+
+
+def epoch_and_drawn(history: list, size: int, iteration: int) -> tuple[int, int]:
+    """The epoch of global batch ``iteration`` and the positions of that epoch drawn before it,
+    epochs of ``size`` samples in batches of the global batch ``history`` gives (mmengine's
+    ``DefaultSampler``: ``ceil(size / G)`` batches an epoch, the one a change falls in ending once
+    its samples are drawn)."""
+    batch, epoch, _, drawn = epoch_origin(history, size)
+    global_batch = history[-1][1]
+    rest, length = -(-(size - drawn) // global_batch), -(-size // global_batch)
+    if iteration < batch + rest:
+        return epoch, drawn + (iteration - batch) * global_batch
+    epochs, done = divmod(iteration - batch - rest, length)
+    return epoch + 1 + epochs, done * global_batch
 
 
 def batch_history(iteration: int, saved: DataFacts | None, now: DataFacts) -> list | None:
@@ -205,24 +223,20 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
                               f'{what}, or start a new run (load_from instead of resume).')
     saved_batch = saved.global_batch
     consumed = iteration * now.batch_size  # indices each rank drew, when the global batch is kept
-    if saved_batch != now.global_batch and now.sampler in ELASTIC and now.history is not None:
-        note = (f'global batch changed from {saved_batch} ({saved.batch_size} x {saved.world_size} ranks) to '
-                f'{now.global_batch} ({now.batch_size} x {now.world_size}): each stream goes on from where it stood, '
-                'every record of the interrupted pass read once across the two runs')
-    elif saved_batch != now.global_batch:
-        total = iteration * saved_batch
-        if now.sampler != 'InfiniteSampler' or total % now.world_size:
+    history = now.history if now.history is not None else batch_history(iteration, saved, now)
+    if saved_batch != now.global_batch:
+        if now.sampler not in ELASTIC or history is None:
             raise ResumeError(
                 f'cannot map the data position: the checkpoint was made with a global batch of {saved_batch} '
                 f'(batch size {saved.batch_size} x {saved.world_size} ranks), this run has {now.global_batch} '
-                f'({now.batch_size} x {now.world_size}). Keep the global batch (batch_size {saved_batch} / ranks, '
-                f'when it divides), use a sampler that maps it ({", ".join(ELASTIC)}), or start a new run (load_from '
-                'instead of resume)' + ('' if now.sampler != 'InfiniteSampler' else
-                   f'; InfiniteSampler maps when the {total} samples drawn divide by the ranks') + '.')
-        consumed = total // now.world_size
-        note = (f'world size changed from {saved.world_size} to {now.world_size}, batch size from {saved.batch_size} '
-                f'to {now.batch_size} (global batch {saved_batch} -> {now.global_batch}): each rank resumes after '
-                f'{consumed} of its samples, none skipped or repeated')
+                f'({now.batch_size} x {now.world_size}) and sampler {now.sampler}. Keep the global batch '
+                f'(batch_size {saved_batch} / ranks, when it divides), use a sampler that maps it '
+                f'({", ".join(ELASTIC)}), or start a new run (load_from instead of resume).')
+        ranks = '' if saved.world_size == now.world_size else \
+            f', world size changed from {saved.world_size} to {now.world_size}'
+        note = (f'global batch changed from {saved_batch} ({saved.batch_size} x {saved.world_size} ranks) to '
+                f'{now.global_batch} ({now.batch_size} x {now.world_size}{ranks}): each stream goes on from where it '
+                'stood, every record of the interrupted pass read once across the two runs')
     elif (saved.batch_size, saved.world_size) != (now.batch_size, now.world_size):
         note = (f'the global batch of {saved_batch} is split {now.world_size} x {now.batch_size} instead of '
                 f'{saved.world_size} x {saved.batch_size}: the same global batches go on')
@@ -235,6 +249,15 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
                     f'from where it stood (batches per source so far: {rebase[1]})')
         elif tuple(origin) != (0, [0] * len(origin[1])):
             rebase = origin  # a run that changed weights before: its turns go on
+    if history is not None and epoch_of_batch is None:  # mmengine's samplers after a change
+        drawn = stream_position(history, iteration)
+        if now.samples_per_epoch is not None:
+            epoch, drawn = epoch_and_drawn(history, now.dataset_size, iteration)
+        else:
+            epoch = 0
+        aligned = drawn % now.world_size == 0
+        return StartPoint(epoch=epoch, skip=drawn // now.world_size if aligned else 0, position=drawn, note=note,
+                          drawn=None if aligned else drawn)
     if now.samples_per_epoch is None:
         return StartPoint(epoch=0, skip=consumed, position=consumed, note=note, rebase=rebase)
     if epoch_of_batch is not None:
@@ -260,6 +283,7 @@ class PositionedSampler:
         self.rank, self.world_size = rank, world_size
         self._skip = start.skip
         self._drawn = start.skip  # an endless sampler's draws so far on this rank
+        self._from = start.drawn  # the global batch changed: the global positions drawn before
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -274,6 +298,10 @@ class PositionedSampler:
             yield from self.inner
             return
         seed = getattr(self.inner, 'seed', 0) or 0
+        drawn, self._from = self._from, None
+        if drawn is not None:
+            yield from self._rest(drawn, seed)
+            return
         if is_endless(self.inner):
             epoch, first = 0, self._drawn
         else:
@@ -284,6 +312,27 @@ class PositionedSampler:
             self._drawn = number + 1
             yield Draw(index, base + number * self.world_size + self.rank, seed, epoch)
 
+    def _rest(self, drawn: int, seed: int) -> Iterator[Draw]:
+        """After a change of the global batch: this rank's share of the positions from ``drawn`` on,
+        dealt in turn, of the endless stream (``InfiniteSampler``) or of the epoch (``DefaultSampler``,
+        whose permutation is made here as it makes it, the epoch's end padded as it pads it)."""
+        if is_endless(self.inner):
+            stream = self.inner._infinite_indices()
+            for number, index in enumerate(itertools.islice(stream, drawn + self.rank, None, self.world_size)):
+                yield Draw(index, drawn + self.rank + number * self.world_size, seed, 0)
+            return
+        size, epoch = len(self.inner.dataset), self.inner.epoch
+        if self.inner.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.inner.seed + epoch)
+            order = torch.randperm(size, generator=generator).tolist()
+        else:
+            order = list(range(size))
+        base = epoch * len(self.inner) * self.world_size
+        end = drawn + -(-(size - drawn) // self.world_size) * self.world_size if self.inner.round_up else size
+        for position in range(drawn + self.rank, end, self.world_size):
+            yield Draw(order[position % size], base + position, seed, epoch)
+
 
 def place_sampler(inner, iteration: int, saved: DataFacts | None, now: DataFacts, rank: int, drop_last: bool = False,
                   allow_data_change: bool = False) -> tuple['PositionedSampler', DataFacts, StartPoint]:
@@ -291,9 +340,10 @@ def place_sampler(inner, iteration: int, saved: DataFacts | None, now: DataFacts
     checkpoint's ``saved`` facts, this run's ``now``): the global batch's history and the mix's
     weights applied to it, its epoch set, wrapped to skip what was drawn. Also the facts to save."""
     history = batch_history(iteration, saved, now)
-    if history and hasattr(inner, 'set_history'):
-        inner.set_history(history)  # the global batch changed at a resume: the streams go on from there
+    if history:
         now = replace(now, history=history)
+        if hasattr(inner, 'set_history'):
+            inner.set_history(history)  # the global batch changed at a resume: the streams go on from there
     start = plan_resume(iteration, saved, now, drop_last=drop_last, allow_data_change=allow_data_change,
                         epoch_of_batch=getattr(inner, 'epoch_of_batch', None))
     if start.rebase is not None:
