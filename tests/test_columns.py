@@ -120,7 +120,8 @@ def test_the_url_route_keeps_img2dataset_columns_and_joins_by_url(tmp_path, monk
     with UrlServer() as server:
         make_recap('laion6m', root, server)
         report = datasets.prepare_laion6m(str(root), download=DownloadOptions(timeout=1, samples_per_shard=4,
-                                                                              thread_count=4), num_processes=1)
+                                                                              thread_count=4, allow_local_urls=True),
+                                         num_processes=1)
         assert report.finish() == 0, report.summary()
     records = json.loads((root / 'data.json').read_text())
     assert records and all({'url', 'key', 'width', 'height'} <= set(record) for record in records)
