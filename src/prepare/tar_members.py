@@ -24,7 +24,7 @@ import pyarrow.ipc as ipc
 from src.datasets.errors import IndexFormatError
 from src.datasets.tar_index import (FORMAT_VERSION, INDEX_NAME, INDEX_SCHEMA, TarMemberIndex, path_key,
                                     read_arrow, schema_metadata)
-from src.prepare.atomic import atomic_write
+from src.datasets.atomic import atomic_write
 from src.prepare.listing import PathListing
 from src.prepare.tar_headers import TarJob, TarResult, file_signature, scan_tar
 
