@@ -25,7 +25,7 @@ from pathlib import Path
 from src.datasets.errors import SampleError
 from src.datasets.extras import require
 from src.datasets.files import MAX_FILE_BYTES, read_text_file, unsafe_path
-from src.datasets.locks import wait_for_lock
+from src.datasets.locks import building
 from src.datasets.obstore_client import object_head, read_object, worker_store
 from src.datasets.redact import redact
 from src.datasets.storage import Reader, check_size
@@ -380,7 +380,7 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
     cache = Path(cache_dir or DEFAULT_CACHE) / hashlib.sha1(url.encode()).hexdigest()[:16] / name
     cache.parent.mkdir(parents=True, exist_ok=True)
     stamp = cache.parent / f'.{name}.etag'
-    with wait_for_lock(cache.parent / f'.{name}.lock'):
+    with building(cache.parent / f'.{name}'):
         if cache.exists() and stamp.exists() and stamp.read_text() == etag:
             return str(cache)
         tmp = cache.parent / f'.{name}.download-{os.getpid()}'

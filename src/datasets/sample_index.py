@@ -46,7 +46,7 @@ from mmengine.logging import print_log
 from src.datasets.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError, write_error
 from src.datasets.files import unsafe_path_mask
-from src.datasets.locks import wait_for_lock
+from src.datasets.locks import building
 
 # Bump when the cache layout or the conversion of records changes: old caches are then rebuilt.
 FORMAT_VERSION = 2
@@ -497,14 +497,14 @@ class _SpillWriter:
 
 def _build_cache(source: str, members: list[Path], cache: Path, fingerprint: bytes) -> pa.Table:
     """Builds the cache file once (other processes building the same one wait for it)."""
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        # Ranks starting together wait here instead of all parsing the source; the atomic rename
-        # below keeps the cache whole where the lock does not work.
-        lock = wait_for_lock(f'{cache}.lock')
-    except OSError as exc:
-        raise _CacheUnwritable(exc) from exc
-    with lock:
+    with contextlib.ExitStack() as held:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            # Ranks starting together wait here instead of all parsing the source; the atomic
+            # rename below keeps the cache whole where the lock does not work.
+            held.enter_context(building(cache))
+        except OSError as exc:
+            raise _CacheUnwritable(exc) from exc
         table = _open_cache(cache, fingerprint)
         if table is not None:
             return table
