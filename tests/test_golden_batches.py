@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import itertools
 import json
 import os
 import random
@@ -79,12 +80,7 @@ def first_batches(dataset, collate, batch_size=4, sampler=None, count=BATCHES) -
     seed_all()
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=collate,
                         sampler=sampler if sampler is not None else range(min(len(dataset), batch_size * count)))
-    found = []
-    for batch in loader:
-        found.append(batch)
-        if len(found) == count:
-            break
-    return found
+    return list(itertools.islice(loader, count))
 
 
 # ---- miniatures ------------------------------------------------------------------------------------
@@ -231,12 +227,7 @@ def _config_batches(workdir: Path, name: str, tokenizer_path: str, **dataset_ove
                               dataset_overrides=dict(image_size=64, unconditional=0.2, seed=0, **dataset_overrides),
                               batch_size=4, num_workers=0, pin_memory=False)
         loader = Runner.build_dataloader(loader_cfg, seed=0)
-        found = []
-        for batch in loader:
-            found.append(batch)
-            if len(found) == BATCHES:
-                break
-        return found
+        return list(itertools.islice(loader, BATCHES))
     finally:
         os.chdir(cwd)
 
@@ -289,21 +280,21 @@ def case_upstream_hooks_tar_shards(root, tokenizer, template, tokenizer_path, **
                            tar_index=f'{DEFAULT_ROOTS["laion6m"]}/{INDEX_NAME}')
 
 
+def _editing(cls_name, tokenizer, template, **options):
+    from src.datasets.image2image import edit_datasets
+    return getattr(edit_datasets, cls_name)(
+        options.pop('data_path', 'edits.json'), image_folder='images', cap_folder='captions', tokenizer=tokenizer,
+        prompt_template=template, image_size=32, image_length=4, seed=0, **options)
+
+
 def case_edit(root, tokenizer, template, **_):
-    from src.datasets.image2image.edit_datasets import ImageEditDataset
     edit_data(root)
-    dataset = ImageEditDataset('edits.json', image_folder='images',
-                               cap_folder='captions', tokenizer=tokenizer, prompt_template=template,
-                               image_size=32, image_length=4, seed=0)
-    return first_batches(dataset, cf.collate_func_img2img)
+    return first_batches(_editing('ImageEditDataset', tokenizer, template), cf.collate_func_img2img)
 
 
 def case_edit_pretokenized_text_dynamic(root, tokenizer, template, **_):
-    from src.datasets.image2image.edit_datasets import ImageEditDataset
     edit_data(root)
-    dataset = ImageEditDataset('edits.json', image_folder='images',
-                               cap_folder='captions', tokenizer=tokenizer, prompt_template=template,
-                               image_size=32, image_length=4, seed=0, pretokenize=True)
+    dataset = _editing('ImageEditDataset', tokenizer, template, pretokenize=True)
     batches = first_batches(dataset, cf.collate_func_img2img)
     samples = [dataset[i] for i in range(4)]
     if 'text' in samples[0]:
@@ -312,15 +303,12 @@ def case_edit_pretokenized_text_dynamic(root, tokenizer, template, **_):
 
 
 def case_reconstruct(root, tokenizer, template, **_):
-    from src.datasets.image2image.edit_datasets import ReconstructDataset
     caption_layout(root)
     records = json.loads((root / 'data.json').read_text())
     (root / 'data.json').write_text(json.dumps([{**r, 'annotation': r.get('annotation', r['image'] + '.json')}
                                                 for r in records]))
-    dataset = ReconstructDataset('data.json', image_folder='images',
-                                 cap_folder='captions', tokenizer=tokenizer, prompt_template=template,
-                                 image_size=32, image_length=4, seed=0)
-    return first_batches(dataset, cf.collate_func_img2img)
+    return first_batches(_editing('ReconstructDataset', tokenizer, template, data_path='data.json'),
+                         cf.collate_func_img2img)
 
 
 def case_image_to_text(root, tokenizer, template, **_):
