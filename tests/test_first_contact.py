@@ -216,9 +216,10 @@ def test_report_previews_keep_their_shape():
 def test_a_stale_index_cache_is_said_once(tmp_path, monkeypatch):
     import json
 
-    from src.datasets import sample_index
+    from src.datasets import index_cache, sample_index
     said = []
-    monkeypatch.setattr(sample_index, 'print_log', lambda msg, **kwargs: said.append(msg))
+    for module in (sample_index, index_cache):
+        monkeypatch.setattr(module, 'print_log', lambda msg, **kwargs: said.append(msg))
     source = tmp_path / 'data.json'
     source.write_text(json.dumps([{'image': 'a.jpg', 'caption': 'a'}]))
     sample_index.SampleIndex.load(str(source))

@@ -18,7 +18,7 @@ import torch
 from src.latents import cache as latent_cache
 from src.latents.autoencoder import load_encoder
 from src.latents.store import is_complete
-from src.prepare import lock
+from src.datasets import locks as lock
 from src.prepare.datasets import prepare_midjourney23m
 from src.synthetic.autoencoder import KINDS, build_autoencoder
 from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
@@ -277,7 +277,7 @@ def test_the_sharded_store_gives_the_same_latents_through_the_same_config(workdi
     from mmengine.registry import DATASETS
 
     from src.datasets.errors import SampleError
-    from src.latents.store import index_shards
+    from src.prepare.latent_shards import index_shards
     cfg = Config.fromfile(str(REPO / 'configs/datasets/midjourney23m.py'))
     cfg.dataset.tokenizer.pretrained_model_name_or_path = tokenizer_path
     cfg.dataset.image_size = 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from src.synthetic.preview import Tile, grid
+from src.report.preview import Tile, grid
 
 
 def caption_pixels(caption: str) -> np.ndarray:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from src.datasets.errors import IndexFormatError
-from src.prepare import datasets, lock
+from src.datasets import locks as lock
+from src.prepare import datasets
 from src.prepare.extract import EXTRACT
 from src.prepare.report import REPORT_NAME
 from src.prepare.runner import prepare as run_prepare

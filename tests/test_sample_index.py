@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from src.datasets import sample_index
+from src.datasets import index_cache, index_source, sample_index
 from src.datasets.errors import IndexFormatError
 from src.datasets.sample_index import SampleIndex, cache_path_for, iter_json_array
 
@@ -66,8 +66,9 @@ def all_records(index):
 @pytest.fixture
 def logged(monkeypatch):
     messages = []
-    monkeypatch.setattr(sample_index, 'print_log',
-                        lambda msg, logger=None, level=logging.INFO: messages.append((level, msg)))
+    for module in (sample_index, index_cache):
+        monkeypatch.setattr(module, 'print_log',
+                            lambda msg, logger=None, level=logging.INFO: messages.append((level, msg)))
     return messages
 
 
@@ -91,7 +92,7 @@ def test_every_format_gives_the_same_records(tmp_path, fmt):
 def test_mixed_types_give_back_what_each_record_held(tmp_path, monkeypatch):
     """A column of text and other values is stored as text, the others as their JSON: a record
     gives back the very value (a caption that is a list or NaN is never taken for its text)."""
-    monkeypatch.setattr(sample_index, '_BATCH_ROWS', 2)  # mixes within and across batches
+    monkeypatch.setattr(index_source, '_BATCH_ROWS', 2)  # mixes within and across batches
     records = [{'a': 1, 'n': 1}, {'a': 'x', 'n': 2}, {'a': 2, 'n': 2.5}, {'a': [1, 'b']},
                {'a': True, 'n': 3}, {'a': 2 ** 70}, {'a': float('nan')}, {'a': '[1, "b"]'}]
     for use_cache in (True, False):
@@ -124,7 +125,7 @@ def test_json_reader_across_chunk_boundaries(tmp_path, chunk_chars, indent):
 
 
 def test_index_built_through_tiny_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(sample_index, '_JSON_CHUNK_CHARS', 5)
+    monkeypatch.setattr(index_source, '_JSON_CHUNK_CHARS', 5)
     records = make_records(20)
     assert all_records(SampleIndex.load(write_json(tmp_path / 'd.json', records))) == records
 

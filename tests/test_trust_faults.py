@@ -14,7 +14,7 @@ import pytest
 from full_disk import fill, tiny_disk
 from src.datasets.errors import WriteError
 from src.datasets.sample_index import SampleIndex
-from src.prepare.atomic import write_json
+from src.datasets.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

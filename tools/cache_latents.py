@@ -78,8 +78,9 @@ def main(argv=None) -> int:
     from src.latents.autoencoder import AutoencoderError, load_encoder
     from src.datasets.build import build_leaf_datasets
     from src.latents.cache import RankReport, encode_dataset, output_folder
-    from src.latents.store import check_and_record, index_shards
-    from src.prepare.atomic import write_json
+    from src.latents.store import check_and_record
+    from src.prepare.latent_shards import index_shards
+    from src.datasets.atomic import write_json
     from src.prepare.extract import storage_problem
 
     distributed = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ

@@ -130,7 +130,7 @@ def iterate(name: str, tokenizer_path: str, args):
 
 
 def preview_tiles(batch: dict, dataset, count: int) -> list:
-    from src.synthetic.preview import Tile, caption_from_prompt, to_image
+    from src.report.preview import Tile, caption_from_prompt, to_image
 
     data, tiles = batch['data'], []
     for i in range(min(count, len(data['pixel_values']))):
@@ -165,7 +165,7 @@ def run(args) -> Path | None:
     from src.prepare import datasets as prepare
     from src.prepare.recap import DownloadOptions
     from src.synthetic.downloads import DEFAULT_ROOTS, FAMILY_MAKERS, FAMILY_ROOTS, make_all, make_recap
-    from src.synthetic.preview import grid
+    from src.report.preview import grid
     from src.synthetic.url_server import UrlServer
 
     # config name -> (the folder its data/ is in, the download, its --root)

@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     except (HubUnreachable, DataMissing, DatasetConfigError, MissingExtra) as e:
         logger.error('%s', e)
         return 2
-    from src.prepare.atomic import atomic_write
+    from src.datasets.atomic import atomic_write
     try:  # each file whole or the previous one kept: a full disk never leaves a cut report
         with atomic_write(os.path.join(args.out, 'report.html')) as f:
             f.write(html)

@@ -4,16 +4,12 @@ Safe to run again: finished tars are skipped. --start/--end take a slice of the 
 that several machines can share the work; the index is built by the run that finishes the last tar.
 A summary is printed and written to <root>/prepare_report.json.
 """
+import functools
 import sys
 
-from src.prepare.datasets import BLIP3O60K_ROOT, prepare_blip3o60k
-from src.prepare.runner import run_tool, tool_parser
+from src.prepare.tool_mains import main as tool_main
 
-
-def main(argv=None) -> int:
-    args = tool_parser(__doc__, BLIP3O60K_ROOT).parse_args(argv)
-    return run_tool(prepare_blip3o60k, args)
-
+main = functools.partial(tool_main, 'blip3o60k', __doc__)  # main(argv=None) -> exit code
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -9,19 +9,12 @@ reads. A re-run fetches only the shards that did not finish.
 
 A summary is printed and written to <root>/prepare_report.json.
 """
+import functools
 import sys
 
-from src.prepare.datasets import CC3M_ROOT, CC3M_URL_COL, prepare_cc3m
-from src.prepare.recap import DownloadOptions, add_download_options, download_options
-from src.prepare.runner import run_tool, tool_parser
+from src.prepare.tool_mains import main as tool_main
 
-
-def main(argv=None) -> int:
-    parser = tool_parser(__doc__, CC3M_ROOT)
-    add_download_options(parser, DownloadOptions(url_col=CC3M_URL_COL))
-    args = parser.parse_args(argv)
-    return run_tool(prepare_cc3m, args, download=download_options(args))
-
+main = functools.partial(tool_main, 'cc3m', __doc__)  # main(argv=None) -> exit code
 
 if __name__ == '__main__':
     sys.exit(main())

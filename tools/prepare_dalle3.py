@@ -9,22 +9,12 @@ Safe to run again: finished tars are skipped. --start/--end take a slice of the 
 that several machines can share the work; the index is built by the run that finishes the last tar.
 A summary is printed and written to <root>/prepare_report.json.
 """
+import functools
 import sys
 
-from src.prepare.dalle3 import CAPTION_FIELDS, DEFAULT_CAPTION_FIELD
-from src.prepare.datasets import DALLE3_ROOT, prepare_dalle3
-from src.prepare.runner import run_tool, tool_parser
+from src.prepare.tool_mains import main as tool_main
 
-
-def main(argv=None) -> int:
-    parser = tool_parser(__doc__, DALLE3_ROOT)
-    parser.add_argument('--caption-field', default=DEFAULT_CAPTION_FIELD, choices=CAPTION_FIELDS,
-                        help='the json key used as caption; a list takes its first element (default: %(default)s)')
-    parser.add_argument('--write-txt', action='store_true',
-                        help='also write each caption to data/<stem>.txt')
-    args = parser.parse_args(argv)
-    return run_tool(prepare_dalle3, args, caption_field=args.caption_field, write_txt=args.write_txt)
-
+main = functools.partial(tool_main, 'dalle3', __doc__)  # main(argv=None) -> exit code
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -10,19 +10,12 @@ Safe to run again: finished tars are skipped. --start/--end take a slice of the 
 that several machines can share the work; the index is built by the run that finishes the last tar.
 A summary is printed and written to <root>/prepare_report.json.
 """
+import functools
 import sys
 
-from src.prepare.datasets import LAION6M_ROOT, prepare_laion6m
-from src.prepare.recap import add_download_options, download_options
-from src.prepare.runner import run_tool, tool_parser
+from src.prepare.tool_mains import main as tool_main
 
-
-def main(argv=None) -> int:
-    parser = tool_parser(__doc__, LAION6M_ROOT)
-    add_download_options(parser)
-    args = parser.parse_args(argv)
-    return run_tool(prepare_laion6m, args, download=download_options(args))
-
+main = functools.partial(tool_main, 'laion6m', __doc__)  # main(argv=None) -> exit code
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -11,16 +11,12 @@ Safe to run again: finished tars are skipped. --start/--end take a slice of the 
 that several machines can share the work; the index is built by the run that finishes the last tar.
 A summary is printed and written to <root>/prepare_report.json.
 """
+import functools
 import sys
 
-from src.prepare.datasets import MEGALITH10M_ROOT, prepare_megalith10m
-from src.prepare.runner import run_tool, tool_parser
+from src.prepare.tool_mains import main as tool_main
 
-
-def main(argv=None) -> int:
-    args = tool_parser(__doc__, MEGALITH10M_ROOT).parse_args(argv)
-    return run_tool(prepare_megalith10m, args)
-
+main = functools.partial(tool_main, 'megalith10m', __doc__)  # main(argv=None) -> exit code
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -32,7 +32,7 @@ def local_files(root: Path, refused: list, follow_links: bool = False):
     (``src.datasets.files.link_outside``) finds that they stay inside ``root``. Folders reached
     through a link are never entered (a link to a parent would be a loop)."""
     from src.datasets.files import link_outside
-    from src.prepare.atomic import TEMP_MARK
+    from src.datasets.atomic import TEMP_MARK
     for folder, subfolders, files in os.walk(root):  # never into a linked folder: followlinks=False
         for name in sorted(subfolders):
             if os.path.islink(os.path.join(folder, name)):

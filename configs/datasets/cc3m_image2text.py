@@ -2,13 +2,13 @@
 # the picture padded to a square, a drawn instruction, the caption as the answer, input_ids and labels):
 # prepare with `tools/prepare_cc3m.py`. Needs xtuner (its template_map_fn), as Harmon's configs do.
 from mmengine.config import read_base
-from mmengine.dataset import InfiniteSampler
 from xtuner.dataset.map_fns import template_map_fn_factory
 
 from src.datasets.collate_functions import collate_func_und
 from src.datasets.understanding.caption_datasets import CaptionDataset
 
 with read_base():
+    from ..dataloader import train_dataloader
     from ..processors import image_size, pad_index, prompt_template, tokenizer
 
 dataset = dict(type=CaptionDataset,
@@ -20,9 +20,4 @@ dataset = dict(type=CaptionDataset,
                max_length=512,
                image_length=256)
 
-train_dataloader = dict(batch_size=32,
-                        num_workers=4,
-                        pin_memory=True,
-                        dataset=dataset,
-                        sampler=dict(type=InfiniteSampler, shuffle=True),
-                        collate_fn=dict(type=collate_func_und, pad_index=pad_index))
+train_dataloader.update(dataset=dataset, collate_fn=dict(type=collate_func_und, pad_index=pad_index))

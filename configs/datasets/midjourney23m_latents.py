@@ -1,12 +1,12 @@
 # Midjourney-23M from cached latents, as upstream's *_latents configs read them: fill the folder with
 # `tools/cache_latents.py configs/datasets/midjourney23m.py` (DC-AE by default), then train with this.
 from mmengine.config import read_base
-from mmengine.dataset import InfiniteSampler
 
 from src.datasets.collate_functions import collate_func_gen_latents
 from src.datasets.text2image.caption_datasets import CaptionDataset
 
 with read_base():
+    from ..dataloader import train_dataloader
     from ..processors import image_size, pad_index, prompt_template, tokenizer
 
 max_length = 128
@@ -25,9 +25,4 @@ dataset = dict(type=CaptionDataset,
                tokenizer=tokenizer,
                max_length=max_length)
 
-train_dataloader = dict(batch_size=32,
-                        num_workers=4,
-                        pin_memory=True,
-                        dataset=dataset,
-                        sampler=dict(type=InfiniteSampler, shuffle=True),
-                        collate_fn=dict(type=collate_func_gen_latents, pad_index=pad_index))
+train_dataloader.update(dataset=dataset, collate_fn=dict(type=collate_func_gen_latents, pad_index=pad_index))

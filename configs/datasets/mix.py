@@ -1,11 +1,10 @@
 # All five datasets in one training stream, as OpenUni mixes its text-to-image sets.
 from mmengine.config import read_base
-from mmengine.dataset import InfiniteSampler
 
-from src.datasets.collate_functions import collate_func_gen
 from src.datasets.mixes import ConcatDataset  # xtuner's arguments; reads a batch a source's share at a time
 
 with read_base():
+    from ..dataloader import train_dataloader
     from ..processors import pad_index
     from .blip3o60k import dataset as blip3o60k_dataset
     from .dalle3 import dataset as dalle3_dataset
@@ -17,9 +16,4 @@ dataset = dict(type=ConcatDataset,
                datasets=[midjourney23m_dataset, laion6m_dataset, dalle3_dataset,
                          redcaps5m_dataset, blip3o60k_dataset])
 
-train_dataloader = dict(batch_size=32,
-                        num_workers=4,
-                        pin_memory=True,
-                        dataset=dataset,
-                        sampler=dict(type=InfiniteSampler, shuffle=True),
-                        collate_fn=dict(type=collate_func_gen, pad_index=pad_index))
+train_dataloader.update(dataset=dataset)

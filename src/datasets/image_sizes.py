@@ -27,7 +27,7 @@ from tqdm import tqdm
 from src.datasets import selection
 from src.datasets.errors import SampleError
 from src.datasets.image_io import open_image, oriented_size
-from src.datasets.locks import wait_for_lock
+from src.datasets.locks import building
 from src.datasets.sample_index import SampleIndex
 from src.datasets.stored_arrays import load_array
 
@@ -89,11 +89,7 @@ def _fill(widths: np.ndarray, heights: np.ndarray, missing: np.ndarray, sizes: n
 
 def _read_missing(index: SampleIndex, read_size, missing: np.ndarray, path: str | None, what: str) -> np.ndarray:
     """Read the headers not stored yet (under the lock: other processes wait, then find them)."""
-    lock = None
-    if path is not None:
-        with contextlib.suppress(OSError):
-            lock = wait_for_lock(f'{path}.lock')
-    try:
+    with building(path, required=False) if path is not None else contextlib.nullcontext():
         table_rows = index.table_rows()
         stored = np.array(_load(path, len(index.whole())))  # again: another process may have read them
         todo = np.flatnonzero(missing & (stored[table_rows, 0] == UNREAD))
@@ -105,9 +101,6 @@ def _read_missing(index: SampleIndex, read_size, missing: np.ndarray, path: str 
             if path is not None:
                 _save(stored, path)
         return stored
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _read_headers(read_size, rows: np.ndarray, what: str) -> np.ndarray:

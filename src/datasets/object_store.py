@@ -11,182 +11,30 @@ setting. Secrets are never part of a message: only the cluster, endpoint and buc
 """
 from __future__ import annotations
 
-import configparser
 import contextlib
 import hashlib
 import json
 import os
-import re
-from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.datasets.errors import SampleError
 from src.datasets.extras import require
-from src.datasets.files import MAX_FILE_BYTES, read_text_file, unsafe_path
-from src.datasets.locks import wait_for_lock
+from src.datasets.files import MAX_FILE_BYTES, unsafe_path
+from src.datasets.locks import building
 from src.datasets.obstore_client import object_head, read_object, worker_store
 from src.datasets.redact import redact
 from src.datasets.storage import Reader, check_size
+
+# The settings and the fetching ahead live in modules of their own; their names stay importable here.
+from src.datasets.object_config import (_FOLDER, Cluster, StorageConfigError, _environment_cluster,  # noqa: F401
+                                        is_object_url, read_petrel_config)
+from src.datasets.object_fetch import MAX_GAP, MAX_SPAN, PREFETCH_THREADS, Kept, fetch_within  # noqa: F401
 
 CONNECT_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60
 MAX_ATTEMPTS = 5  # per request, botocore's standard retry mode (with backoff)
 BODY_ATTEMPTS = 3  # a body cut off mid-read is fetched again this many times
-# Bytes between a sample's members that one request still carries rather than two: their tar
-# headers (512 bytes each, more with pax records), or a small member read along.
-MAX_GAP = 64 * 1024
-MAX_SPAN = 16 * 2 ** 20  # at most this many bytes a coalesced GET: larger runs go in parallel GETs
-PREFETCH_THREADS = 8  # requests of a batch in flight at once, in each process
-KEPT_BYTES = 256 * 2 ** 20  # fetched ahead and not yet read, at most, in each process
-_FOLDER = re.compile(r'^(?:(?P<cluster>[^:/]+):)?s3://(?P<bucket>[^/]+)/?(?P<prefix>.*)$')
 DEFAULT_CACHE = Path.home() / '.cache' / 't2i-data' / 'objects'
-
-
-def is_object_url(path) -> bool:
-    return isinstance(path, str) and _FOLDER.match(path) is not None
-
-
-class StorageConfigError(ValueError):
-    """A ceph_config or a folder that cannot work; the message names the setting, never a secret."""
-
-    def __init__(self, message: str):
-        super().__init__(redact(message))  # an endpoint written as http://user:password@host among them
-
-
-@dataclass(frozen=True)
-class Cluster:
-    name: str
-    endpoint: str
-    access_key: str = field(repr=False)
-    secret_key: str = field(repr=False)
-
-
-def read_petrel_config(path: str) -> tuple[dict[str, Cluster], str | None]:
-    """The clusters of a petrel-client INI file and its default cluster. Keys a section lacks come
-    from the standard AWS environment variables."""
-    # Raw: with interpolation, a '%' in a secret key is an error whose message quotes the secret.
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(read_text_file(path, max_bytes=1 << 20), source=path)
-    except SampleError as e:
-        raise StorageConfigError(f'ceph_config {path}: {e.reason}: cannot be read as a config file') from None
-    except (UnicodeDecodeError, configparser.Error) as e:
-        # Only the kind of error and its line: the messages of configparser quote the line, a secret maybe.
-        line = getattr(e, 'lineno', None) or getattr(e, 'errors', [[None]])[0][0]
-        where = f' at line {line}' if line else ''
-        raise StorageConfigError(f'ceph_config {path}: not a readable INI file ({type(e).__name__}{where})') from None
-    default = parser.defaults().get('default_cluster')
-    clusters = {}
-    for name in parser.sections():
-        section = parser[name]
-        endpoint = section.get('host_base') or os.environ.get('AWS_ENDPOINT_URL')
-        access = section.get('access_key') or os.environ.get('AWS_ACCESS_KEY_ID')
-        secret = section.get('secret_key') or os.environ.get('AWS_SECRET_ACCESS_KEY')
-        missing = [key for key, value in (('host_base', endpoint), ('access_key', access), ('secret_key', secret))
-                   if not value]
-        if missing:
-            raise StorageConfigError(f'ceph_config {path}: section [{name}] has no {", ".join(missing)} '
-                                     '(nor the AWS environment variable for it)')
-        if not re.match(r'^https?://', endpoint):
-            endpoint = f'http://{endpoint}'  # petrel's host_base may omit the scheme
-        clusters[name] = Cluster(name, endpoint, access, secret)
-    return clusters, default
-
-
-def _environment_cluster() -> tuple[dict[str, Cluster], str]:
-    values = {key: os.environ.get(key) for key in ('AWS_ENDPOINT_URL', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY')}
-    missing = [key for key, value in values.items() if not value]
-    if missing:
-        raise StorageConfigError(f'no ceph_config, and the environment lacks {", ".join(missing)}')
-    return {'env': Cluster('env', *values.values())}, 'env'
-
-
-class Kept:
-    """Bytes fetched before their read, each handed out once. Bounded (the oldest go first): what
-    was fetched for a sample that was then skipped does not pile up. A batch's prefetch fetches no
-    more than the bound leaves room for (:func:`fetch_within`), so that none of its own objects is
-    pushed out by the next, to be fetched again."""
-
-    def __init__(self, limit: int = KEPT_BYTES):
-        self.limit = limit
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._bytes = 0
-        self.largest = 0  # the largest object kept so far: the guess for one not fetched yet
-
-    def touch(self, path: str) -> int | None:
-        """The size of ``path``'s bytes, now the newest kept (a batch's own go last); None if not kept."""
-        if path not in self._items:
-            return None
-        self._items.move_to_end(path)
-        return len(self._items[path])
-
-    def __contains__(self, path: str) -> bool:
-        return path in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, path: str, data: bytes) -> None:
-        if path in self._items:
-            return
-        self._items[path] = data
-        self._bytes += len(data)
-        self.largest = max(self.largest, len(data))
-        while self._bytes > self.limit:
-            self._bytes -= len(self._items.popitem(last=False)[1])
-
-    def take(self, path: str) -> bytes | None:
-        data = self._items.pop(path, None)
-        if data is not None:
-            self._bytes -= len(data)
-        return data
-
-
-_THREADS: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def fetch_threads() -> ThreadPoolExecutor:
-    """This process's fetching threads, made in it (a forked worker never uses its parent's)."""
-    global _THREADS
-    if _THREADS is None or _THREADS[0] != os.getpid():
-        _THREADS = (os.getpid(), ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix='t2i-fetch'))
-    return _THREADS[1]
-
-
-_END = object()
-
-
-def fetch_within(fetch, jobs, room: int, size=None, guess: int = 0):
-    """Yields ``(job, fetch(job))`` for the first ``jobs`` whose results fit in ``room`` bytes
-    together (a result of None is left out), fetched in this process's threads, at most
-    ``PREFETCH_THREADS`` at a time and in order. Where ``size(job)`` gives a result's size
-    beforehand, a job that would not fit ends the fetching; else each job in flight counts as the
-    largest result seen (``guess`` before the first), and a result that still overflows the room is
-    dropped (its read fetches it)."""
-    pool, pending, jobs = fetch_threads(), deque(), iter(jobs)
-    used, largest, more = 0, guess, room > 0
-    while True:
-        while more and len(pending) < PREFETCH_THREADS and (size is not None or largest or not pending):
-            job = next(jobs, _END)
-            expected = 0 if job is _END else size(job) if size is not None else largest
-            if job is _END or used + sum(claim for _, _, claim in pending) + expected > room:
-                more = False
-                break
-            pending.append((job, pool.submit(fetch, job), expected))
-        if not pending:
-            return
-        job, future, _ = pending.popleft()
-        data = future.result()
-        if data is None:
-            continue
-        largest = max(largest, len(data))
-        if used + len(data) > room:
-            more = False
-            continue
-        used += len(data)
-        yield job, data
 
 
 class ObjectFolder(Reader):
@@ -380,7 +228,7 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
     cache = Path(cache_dir or DEFAULT_CACHE) / hashlib.sha1(url.encode()).hexdigest()[:16] / name
     cache.parent.mkdir(parents=True, exist_ok=True)
     stamp = cache.parent / f'.{name}.etag'
-    with wait_for_lock(cache.parent / f'.{name}.lock'):
+    with building(cache.parent / f'.{name}'):
         if cache.exists() and stamp.exists() and stamp.read_text() == etag:
             return str(cache)
         tmp = cache.parent / f'.{name}.download-{os.getpid()}'
@@ -533,3 +381,4 @@ def member_spans(located: dict[str, tuple[str, int, int, int]]) -> list[tuple]:
         else:
             spans.append([tar, tar_size, offset, offset + size, [(path, offset, size)]])
     return [tuple(span) for span in spans]
+

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from src.datasets.captions import resolve_caption
 from src.datasets.errors import SampleError, write_error
-from src.datasets.locks import wait_for_lock
+from src.datasets.locks import building
 from src.datasets.sample_index import SampleIndex
 from src.datasets.stored_arrays import load_array
 from src.datasets.token_ids import TokenIds
@@ -271,7 +271,7 @@ def _open_or_build(folder: Path, arguments: tuple, source: str, rows: int, vocab
     if not folder.is_dir():
         # Ranks starting together wait here rather than all tokenizing; where the lock does not
         # work, the atomic rename still keeps the folder whole.
-        with wait_for_lock(f'{folder}.lock'):
+        with building(folder):
             if not folder.is_dir():
                 for leftover in folder.parent.glob(f'{folder.name}.tmp-*'):  # a build killed midway
                     shutil.rmtree(leftover, ignore_errors=True)

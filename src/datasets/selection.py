@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.datasets.locks import wait_for_lock
+from src.datasets.locks import building
 from src.datasets.stored_arrays import load_array
 
 VERSION = 1
@@ -85,13 +85,8 @@ def stored(folder: Path | None, total: int, buckets: int = 0):
     if folder is None:
         yield None
         return
-    try:
-        lock = wait_for_lock(f'{folder}.lock')
-    except OSError:  # a read-only cache folder: computed each time
-        yield None
-        return
-    with lock:
-        yield _load(folder, total, buckets)
+    with building(folder, required=False) as held:  # not held: a read-only cache folder, computed each time
+        yield _load(folder, total, buckets) if held else None
 
 
 def forget(index) -> None:

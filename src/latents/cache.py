@@ -22,7 +22,7 @@ from src.datasets.errors import SampleError
 from src.datasets.latent_store import size_key
 from src.latents.store import ShardWriter, is_complete, latent_folder, latent_path, save_latent, stored_form, \
     stored_latents
-from src.prepare.cleanup import remove_temp_leftovers
+from src.datasets.cleanup import remove_temp_leftovers
 
 EXAMPLES = 5
 

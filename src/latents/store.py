@@ -20,8 +20,8 @@ from src.datasets.errors import SampleError, write_error
 from src.datasets.files import join_inside, open_regular
 from src.datasets.latent_store import FORMAT, INFO_NAME, SIZES_NAME, read_info
 from src.datasets.storage import LocalFiles
-from src.prepare.atomic import TEMP_MARK, atomic_write, write_json
-from src.prepare.lock import HOST
+from src.datasets.atomic import TEMP_MARK, atomic_write, write_json
+from src.datasets.locks import HOST
 
 _ZIP_END = b'PK\x05\x06'  # torch.save writes a zip archive; its last record starts so
 _ZIP_END_MIN = 22  # the end record's size without a comment
@@ -117,7 +117,7 @@ def completed_shards(folder: str) -> list[str]:
 
 def stored_latents(folder: str) -> set[str]:
     """The member names (``<image_file>.pt``) of the whole shards: the latents that are done."""
-    from src.prepare.tar_headers import scan_tar  # the header scan: no latent is read
+    from src.datasets.tar_headers import scan_tar  # the header scan: no latent is read
     done = set()
     for shard in completed_shards(folder):
         done.update(name for name, _, _ in scan_tar(os.path.join(folder, shard))[0])
@@ -175,17 +175,3 @@ class ShardWriter:
             self._tar = None
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._tmp)
-
-
-def index_shards(folder: str) -> str:
-    """Write ``<folder>/tar_index.arrow`` over the whole shards (the --no-extract step); its path."""
-    from src.datasets.tar_index import INDEX_NAME
-    from src.prepare.tar_headers import TarJob
-    from src.prepare.runner import prepare
-    from src.prepare.tar_members import INDEX_MEMBERS
-    jobs = [TarJob(folder, shard, '') for shard in completed_shards(folder)]
-    report = prepare('latents', folder, jobs, [SHARDS], lambda files, report: None, step=INDEX_MEMBERS,
-                     num_processes=1)
-    if report.index_error or report.by_status('failed'):
-        raise OSError(f'cannot index the latent shards of {folder}: {report.summary()}')
-    return os.path.join(folder, INDEX_NAME)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from src.datasets.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError
 from src.datasets.sample_index import SampleIndex, iter_json_array, iter_jsonl
-from src.prepare.atomic import atomic_write, write_json_array
+from src.datasets.atomic import atomic_write, write_json_array
 
 IMAGE_KEY = 'image'  # --key image: the record's image path, whatever the dataset's image_key is
 CHUNK = 65536

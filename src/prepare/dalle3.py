@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from src.datasets.captions import is_blank, parse_json
 from src.datasets.errors import SampleError
-from src.prepare.atomic import WriteOutcome, atomic_write
+from src.datasets.atomic import WriteOutcome, atomic_write
 from src.prepare.report import Report
 from src.prepare.runner import Files
 

@@ -16,7 +16,7 @@ import tarfile
 from typing import Iterator
 
 from src.datasets.files import join_inside, link_outside, read_file
-from src.prepare.atomic import atomic_write
+from src.datasets.atomic import atomic_write
 from src.prepare.listing import PathListing
 from src.prepare.tar_headers import (TarJob, TarResult, check_not_compressed, end_of_archive_missing, member_path,
                                       printable, refusal, scan_tar, scan_tar_headers)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from src.datasets.errors import IndexFormatError
 from src.datasets.files import unsafe_path_mask
-from src.prepare.atomic import write_encoded_json_array
+from src.datasets.atomic import write_encoded_json_array
 from src.prepare.report import EXAMPLES_PER_REASON, Drops, Report
 from src.prepare.listing import string_hashes
 from src.prepare.runner import Files

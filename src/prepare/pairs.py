@@ -22,7 +22,7 @@ from tqdm import tqdm
 from src.datasets.captions import parse_json
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.files import unsafe_path
-from src.prepare.atomic import WriteOutcome, atomic_write, write_json, write_json_array
+from src.datasets.atomic import WriteOutcome, atomic_write, write_json, write_json_array
 from src.prepare.metadata import carried_columns
 from src.prepare.report import Drops, Report
 from src.prepare.runner import Files

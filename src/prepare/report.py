@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from src.datasets.errors import WriteError
-from src.prepare.atomic import write_json
+from src.datasets.atomic import write_json
 
 logger = logging.getLogger(__name__)
 

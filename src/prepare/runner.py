@@ -25,9 +25,9 @@ from src.cli.logs import setup_logging
 from src.datasets.errors import IndexFormatError
 from src.datasets.extras import MissingExtra
 from src.datasets.files import link_outside
-from src.prepare.atomic import write_json
-from src.prepare import lock
-from src.prepare.cleanup import remove_empty_folders, remove_leftovers
+from src.datasets.atomic import write_json
+from src.datasets import locks as lock
+from src.datasets.cleanup import remove_empty_folders, remove_leftovers
 from src.prepare.extract import EXTRACT, Extract, storage_problem
 from src.prepare.listing import PathListing
 from src.prepare.tar_headers import TarJob, TarResult, file_signature

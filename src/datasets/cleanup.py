@@ -12,8 +12,8 @@ import re
 import shutil
 import time
 
-from src.prepare import lock
-from src.prepare.atomic import TEMP_MARK
+from src.datasets import locks as lock
+from src.datasets.atomic import TEMP_MARK
 
 logger = logging.getLogger(__name__)
 

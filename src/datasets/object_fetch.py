@@ -1,0 +1,102 @@
+"""Fetching ahead for object storage: the bytes of a batch fetched in threads before their read
+(``Kept``, bounded), and how much of a batch one prefetch takes on (``fetch_within``)."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+
+
+# Bytes between a sample's members that one request still carries rather than two: their tar
+# headers (512 bytes each, more with pax records), or a small member read along.
+MAX_GAP = 64 * 1024
+MAX_SPAN = 16 * 2 ** 20  # at most this many bytes a coalesced GET: larger runs go in parallel GETs
+PREFETCH_THREADS = 8  # requests of a batch in flight at once, in each process
+KEPT_BYTES = 256 * 2 ** 20  # fetched ahead and not yet read, at most, in each process
+
+
+class Kept:
+    """Bytes fetched before their read, each handed out once. Bounded (the oldest go first): what
+    was fetched for a sample that was then skipped does not pile up. A batch's prefetch fetches no
+    more than the bound leaves room for (:func:`fetch_within`), so that none of its own objects is
+    pushed out by the next, to be fetched again."""
+
+    def __init__(self, limit: int = KEPT_BYTES):
+        self.limit = limit
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self.largest = 0  # the largest object kept so far: the guess for one not fetched yet
+
+    def touch(self, path: str) -> int | None:
+        """The size of ``path``'s bytes, now the newest kept (a batch's own go last); None if not kept."""
+        if path not in self._items:
+            return None
+        self._items.move_to_end(path)
+        return len(self._items[path])
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, path: str, data: bytes) -> None:
+        if path in self._items:
+            return
+        self._items[path] = data
+        self._bytes += len(data)
+        self.largest = max(self.largest, len(data))
+        while self._bytes > self.limit:
+            self._bytes -= len(self._items.popitem(last=False)[1])
+
+    def take(self, path: str) -> bytes | None:
+        data = self._items.pop(path, None)
+        if data is not None:
+            self._bytes -= len(data)
+        return data
+
+
+_THREADS: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def fetch_threads() -> ThreadPoolExecutor:
+    """This process's fetching threads, made in it (a forked worker never uses its parent's)."""
+    global _THREADS
+    if _THREADS is None or _THREADS[0] != os.getpid():
+        _THREADS = (os.getpid(), ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix='t2i-fetch'))
+    return _THREADS[1]
+
+
+_END = object()
+
+
+def fetch_within(fetch, jobs, room: int, size=None, guess: int = 0):
+    """Yields ``(job, fetch(job))`` for the first ``jobs`` whose results fit in ``room`` bytes
+    together (a result of None is left out), fetched in this process's threads, at most
+    ``PREFETCH_THREADS`` at a time and in order. Where ``size(job)`` gives a result's size
+    beforehand, a job that would not fit ends the fetching; else each job in flight counts as the
+    largest result seen (``guess`` before the first), and a result that still overflows the room is
+    dropped (its read fetches it)."""
+    pool, pending, jobs = fetch_threads(), deque(), iter(jobs)
+    used, largest, more = 0, guess, room > 0
+    while True:
+        while more and len(pending) < PREFETCH_THREADS and (size is not None or largest or not pending):
+            job = next(jobs, _END)
+            expected = 0 if job is _END else size(job) if size is not None else largest
+            if job is _END or used + sum(claim for _, _, claim in pending) + expected > room:
+                more = False
+                break
+            pending.append((job, pool.submit(fetch, job), expected))
+        if not pending:
+            return
+        job, future, _ = pending.popleft()
+        data = future.result()
+        if data is None:
+            continue
+        largest = max(largest, len(data))
+        if used + len(data) > room:
+            more = False
+            continue
+        used += len(data)
+        yield job, data
+

@@ -1,0 +1,67 @@
+"""The layers of src/: which top-level package may import which. A package imports only packages of
+lower layers (every import counts, a function's own too), so the packages form no import circle.
+
+    datasets                                  the data code (storage, index, sample, their locks
+                                              and atomic writes); imports no other package of src/
+    engine, latents, synthetic, examples      training-loop positions, latent caches, miniatures
+    cli, report                               the tools' options and logs; the report and its preview
+    prepare                                   preparing downloads (uses the tools' logs, latent shards)
+"""
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / 'src'
+LAYERS = [{'datasets'}, {'engine', 'latents', 'synthetic', 'examples'}, {'cli', 'report'}, {'prepare'}]
+LAYER_OF = {package: n for n, packages in enumerate(LAYERS) for package in packages}
+
+
+def package_imports() -> dict[tuple[str, str], set[str]]:
+    """(importing package, imported package) -> the files, for every import between two packages."""
+    edges = defaultdict(set)
+    for path in SRC.rglob('*.py'):
+        parts = path.relative_to(SRC).parts
+        if len(parts) < 2:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f'{node.module}.{alias.name}' for alias in node.names if node.module == 'src']
+            else:
+                continue
+            for name in names:
+                if name.startswith('src.') and name.split('.')[1] != parts[0]:
+                    edges[(parts[0], name.split('.')[1])].add(str(path.relative_to(SRC.parent)))
+    return edges
+
+
+def test_every_package_of_src_has_a_layer():
+    packages = {path.parent.name for path in SRC.glob('*/__init__.py')}
+    assert packages == set(LAYER_OF), 'give the new package a layer in LAYERS (and the docstring)'
+
+
+def test_no_package_imports_its_own_layer_or_a_higher_one():
+    wrong = {f'{a} -> {b}': sorted(files) for (a, b), files in package_imports().items()
+             if LAYER_OF.get(b, len(LAYERS)) >= LAYER_OF.get(a, -1)}
+    assert not wrong, wrong
+
+
+def test_no_import_circle_between_packages():
+    graph = defaultdict(set)
+    for a, b in package_imports():
+        graph[a].add(b)
+    state = {}
+
+    def visit(node, trail):
+        if state.get(node) == 'open':
+            raise AssertionError(f'import circle: {" -> ".join(trail + [node])}')
+        if state.get(node) is None:
+            state[node] = 'open'
+            for nxt in sorted(graph[node]):
+                visit(nxt, trail + [node])
+            state[node] = 'done'
+    for node in sorted(graph):
+        visit(node, [])
