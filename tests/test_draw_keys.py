@@ -5,41 +5,23 @@ another global batch gives every place the uninterrupted run's record, and the d
 crop and dropout there; the key is a few integers, pickles with the draw and survives an offset."""
 from __future__ import annotations
 
-import itertools
 import pickle
 
 import pytest
 import torch
-from mmengine.dataset import sampler as mmengine_sampler
-from torch.utils.data import DataLoader
 
-from src.datasets.samplers import bucket_sampler, multi_source_sampler
 from src.datasets.samplers.draws import Draw
-from src.engine.positions import facts_of, place_sampler
 
-from test_elastic_resume import SAMPLERS
+from test_elastic_resume import run
 from test_sample_keys import datasets  # noqa: F401 (a fixture)
 
 
 def keys_read(kind, monkeypatch, world, batch, steps, iteration=0, saved=None) -> tuple[list, object]:
-    """``steps`` global batches from ``iteration`` on, as ``world`` ranks of ``batch`` read them:
-    (key, index) of every draw, and the facts the run saves."""
-    make_dataset, make_sampler = SAMPLERS[kind]
-    read = []
-    for rank in range(world):
-        for module in (bucket_sampler, multi_source_sampler, mmengine_sampler):
-            monkeypatch.setattr(module, 'get_dist_info', lambda rank=rank: (rank, world))
-        dataset = make_dataset()
-        inner = make_sampler(dataset, batch)
-        now = facts_of(DataLoader(dataset, batch_size=batch, sampler=inner), (rank, world))
-        placed, now, start = place_sampler(inner, iteration, saved, now, rank)
-        drawn, epoch = [], start.epoch
-        while len(drawn) < steps * batch:  # epoch after epoch, as an iteration loop reads them
-            drawn += [(draw.key, int(draw)) for draw in itertools.islice(placed, steps * batch - len(drawn))]
-            epoch += 1
-            inner.set_epoch(epoch)
-        read += drawn
-    return read, now
+    """(key, index) of every draw of ``steps`` global batches from ``iteration`` on, read by
+    ``world`` ranks of ``batch``, and the facts the run saves."""
+    batches, facts, _ = run(kind, monkeypatch, world, batch, steps, iteration, saved,
+                            seen=lambda draw: (draw.key, int(draw)))
+    return sum(batches, []), facts
 
 
 @pytest.mark.parametrize('kind', ['bucket', 'mix', 'default', 'infinite'])
