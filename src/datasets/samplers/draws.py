@@ -46,7 +46,7 @@ class Draw(int):
 
 
 def keyed(index: int, key: tuple) -> Draw:
-    """``index`` with only its randomness key (a bucket stream's place; :meth:`placed` adds the rest)."""
+    """``index`` with only its randomness key (a bucket stream's place; :func:`placed` adds the rest)."""
     return Draw(index, None, 0, 0, key)
 
 
