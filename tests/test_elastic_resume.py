@@ -44,9 +44,10 @@ SAMPLERS = {
 }
 
 
-def run(kind, monkeypatch, world, batch, steps, iteration=0, saved=None, make=None, **options):
+def run(kind, monkeypatch, world, batch, steps, iteration=0, saved=None, make=None,
+        seen=lambda draw: (int(draw), draw.position), **options):
     """``steps`` global batches from ``iteration`` on, read by ``world`` ranks of ``batch`` (each a
-    list of (index, position), rank after rank), and the facts the run saves."""
+    list of what is ``seen`` of each draw, (index, position), rank after rank), and the facts the run saves."""
     make_dataset, make_sampler = SAMPLERS[kind]
     per_rank = []
     for rank in range(world):
@@ -58,7 +59,7 @@ def run(kind, monkeypatch, world, batch, steps, iteration=0, saved=None, make=No
         placed, now, start = place_sampler(inner, iteration, saved, now, rank, **options)
         drawn, epoch = [], start.epoch
         while len(drawn) < steps * batch:  # epoch after epoch, as an iteration loop reads them
-            drawn += [(int(draw), draw.position) for draw in itertools.islice(placed, steps * batch - len(drawn))]
+            drawn += [seen(draw) for draw in itertools.islice(placed, steps * batch - len(drawn))]
             epoch += 1
             inner.set_epoch(epoch)
         per_rank.append([drawn[k:k + batch] for k in range(0, steps * batch, batch)])

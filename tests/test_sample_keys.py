@@ -1,8 +1,8 @@
-"""A sample's randomness (crop, flip, caption dropout, replacement) is keyed on (seed, epoch, its
-position in the global stream): the same global batch gives the same tensors on 1 rank with a batch
-of 4 as on 2 ranks with 2 each, with or without DataLoader workers, for ``BucketSampler``,
-``FixedBatchMultiSourceSampler`` (a bucketed source and a square one) and mmengine's
-``DefaultSampler`` under ``ResumableTrainLoop``'s placement."""
+"""A sample's randomness (crop, flip, caption dropout, replacement) is keyed on (seed, its draw's
+key: its place in a bucket's stream or an epoch's permutation, see ``draws``): the same global batch
+gives the same tensors on 1 rank with a batch of 4 as on 2 ranks with 2 each, with or without
+DataLoader workers, for ``BucketSampler``, ``FixedBatchMultiSourceSampler`` (a bucketed source and
+a square one) and mmengine's ``DefaultSampler`` under ``ResumableTrainLoop``'s placement."""
 from __future__ import annotations
 
 import pytest

@@ -274,7 +274,11 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
 class PositionedSampler:
     """``inner`` with its first ``start.skip`` indices skipped once, every index given out as a
     :class:`Draw` at its position in the global stream (mmengine's samplers deal it out to ranks in
-    turn: this rank's ``i``-th index of an epoch is at ``i x world size + rank`` of it). A sampler that
+    turn: this rank's ``i``-th index of an epoch is at ``i x world size + rank`` of it), its randomness
+    keyed on (epoch, that place in the epoch's permutation): ``DefaultSampler``'s permutation and
+    ``InfiniteSampler``'s endless stream depend on the seed only, so a record's key does not move
+    when the ranks, the workers or the global batch change (the padding of an epoch's end aside,
+    which repeats records anyway). A sampler that
     yields draws itself (the project's) is placed in O(1) by its ``resume_at``. Other attributes are
     the inner sampler's (``set_epoch``, ``seed``, ...)."""
 
@@ -310,7 +314,8 @@ class PositionedSampler:
         base = epoch * len(self.inner) * self.world_size
         for number, index in enumerate(itertools.islice(iter(self.inner), skip, None), first):
             self._drawn = number + 1
-            yield Draw(index, base + number * self.world_size + self.rank, seed, epoch)
+            place = number * self.world_size + self.rank  # in the epoch's permutation, whatever the batching
+            yield Draw(index, base + place, seed, epoch, (epoch, place))
 
     def _rest(self, drawn: int, seed: int) -> Iterator[Draw]:
         """After a change of the global batch: this rank's share of the positions from ``drawn`` on,
@@ -331,7 +336,7 @@ class PositionedSampler:
         base = epoch * len(self.inner) * self.world_size
         end = drawn + -(-(size - drawn) // self.world_size) * self.world_size if self.inner.round_up else size
         for position in range(drawn + self.rank, end, self.world_size):
-            yield Draw(order[position % size], base + position, seed, epoch)
+            yield Draw(order[position % size], base + position, seed, epoch, (epoch, position))
 
 
 def place_sampler(inner, iteration: int, saved: DataFacts | None, now: DataFacts, rank: int, drop_last: bool = False,

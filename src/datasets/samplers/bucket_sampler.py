@@ -22,10 +22,12 @@ A batch size no bucket can fill is an error at construction.
 An iteration of ``BucketSampler`` yields one epoch, the one set by ``set_epoch`` (``len()``
 indices, then it ends), so that epoch-based loops end their epochs and every rank ends each on the
 same step; the bucket streams run on across epochs, so what an epoch leaves is still carried. Each
-index is a ``Draw`` carrying its position in the global stream: global batch ``t``'s positions are
-``t G`` to ``(t + 1) G - 1``, rank ``r`` holding ``r b`` to ``(r + 1) b - 1`` of them, so that a
-record's position (and so its crop and caption dropout) depends on ``G`` only, not on how many
-ranks share it.
+index is a ``Draw`` carrying its position in the global stream (global batch ``t``'s positions are
+``t G`` to ``(t + 1) G - 1``, rank ``r`` holding ``r b`` to ``(r + 1) b - 1`` of them) and, as the
+key of its randomness (crop, flip, caption dropout), its place in its bucket's stream: (source,
+bucket, pass, slot in the pass's permutation). That place does not depend on how records are
+batched, so a record drawn at it gets the same crop and dropout on any number of ranks, and also
+after a resume with another global batch.
 
 Resume: the position after ``t`` global batches is computed, not replayed (:meth:`epoch_of_batch`
 and :meth:`resume_at`): the epoch by a binary search over the closed form above, the bucket's pass
@@ -47,7 +49,7 @@ from mmengine.logging import print_log
 from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
-from src.datasets.samplers.draws import Draw
+from src.datasets.samplers.draws import Draw, keyed, placed
 
 
 def bucket_ids_of(dataset: Sized) -> tuple[np.ndarray, list[str]]:
@@ -87,8 +89,9 @@ class BucketBatches:
 
     def __init__(self, bucket_ids: np.ndarray, names: list[str], batch_size: int, rank: int, world_size: int,
                  seed: int, shuffle: bool = True, offset: int = 0, what: str = 'BucketSampler',
-                 require_full: bool = True):
+                 require_full: bool = True, source: int = 0):
         self.seed, self.shuffle, self.offset, self.what = seed, shuffle, offset, what
+        self.source = source  # the first part of a draw's randomness key (a mix's source number)
         order = np.argsort(bucket_ids, kind='stable')
         present, starts, counts = np.unique(bucket_ids[order], return_index=True, return_counts=True)
         self.members = order.astype(np.int32 if len(order) < 2 ** 31 else np.int64)
@@ -174,14 +177,16 @@ class BucketBatches:
                 del passes[old]
         return passes[number]
 
-    def rank_batch(self, bucket: int, stream_batch: int) -> list[int]:
-        """This rank's indices of the ``stream_batch``-th global batch (from the origin) of bucket position ``bucket``."""
-        count = int(self.counts[bucket])
+    def rank_batch(self, bucket: int, stream_batch: int) -> list[Draw]:
+        """This rank's indices of the ``stream_batch``-th global batch (from the origin) of bucket
+        position ``bucket``, each keyed on its place in the bucket's stream (see the module)."""
+        count, name = int(self.counts[bucket]), int(self.buckets[bucket])
         first = int(self._consumed[bucket]) + stream_batch * self.global_batch + self.rank * self.batch_size
         indices = []
         for position in range(first, first + self.batch_size):
             number, at = divmod(position, count)
-            indices.append(int(self._permutation(bucket, number)[at]) + self.offset)
+            indices.append(keyed(int(self._permutation(bucket, number)[at]) + self.offset,
+                                 ('b', self.source, name, number, at)))
         return indices
 
     def position_of(self, number: int) -> int:
@@ -189,9 +194,10 @@ class BucketBatches:
         return self.origin.position + (number - self.origin.batch) * self.global_batch + self.rank * self.batch_size
 
     def draws(self, indices: list[int], number: int, seed: int, epoch: int) -> list[Draw]:
-        """This rank's ``indices`` of global batch ``number`` as draws at their global positions."""
+        """This rank's ``indices`` of global batch ``number`` as draws at their global positions
+        (each keeping its randomness key)."""
         first = self.position_of(number)
-        return [Draw(index, first + k, seed, epoch) for k, index in enumerate(indices)]
+        return [placed(index, first + k, seed, epoch) for k, index in enumerate(indices)]
 
     def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[int, list[int]]]:
         """Epoch ``epoch``'s global batches after its first ``skip``: (number from the start, this

@@ -29,7 +29,7 @@ from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
 from src.datasets.samplers.bucket_sampler import BucketBatches
-from src.datasets.samplers.draws import Draw, stream_position
+from src.datasets.samplers.draws import Draw, placed, stream_position
 
 
 def source_sizes(dataset: Sized, repeat) -> list[int]:
@@ -125,11 +125,11 @@ class FixedBatchMultiSourceSampler(Sampler):
         if getattr(part, 'bucket_ids', None) is None:
             batches = BucketBatches(np.zeros(self.sizes[source], np.int16), ['all'], self.batch_size_of(source),
                                     self.rank, self.world_size, seed, self.shuffle, self.offsets[source], what,
-                                    require_full=False)
+                                    require_full=False, source=source)
         else:
             names = [part.buckets.key(b) for b in range(len(part.buckets))]
             batches = BucketBatches(part.bucket_ids, names, self.batch_size_of(source), self.rank, self.world_size,
-                                    seed, self.shuffle, self.offsets[source], what)
+                                    seed, self.shuffle, self.offsets[source], what, source=source)
         if not self.history:
             return batches
         # The source's own batches at each change of the global batch.
@@ -206,7 +206,7 @@ class FixedBatchMultiSourceSampler(Sampler):
         self._skip = 0
         for number in self.current_batches:
             position = self.first_position(number)
-            yield from (Draw(index, position + k, self.seed, epoch) for k, index in enumerate(self._batch(number)))
+            yield from (placed(index, position + k, self.seed, epoch) for k, index in enumerate(self._batch(number)))
 
 
 @DATA_SAMPLERS.register_module()

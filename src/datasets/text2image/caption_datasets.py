@@ -721,13 +721,14 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
 
         An index that says where it stands in the global sample stream (a ``Draw``, given out by
         the project's samplers and ``ResumableTrainLoop``) gets a generator of its own, keyed on
-        (seed, epoch, position): the same sample on any number of ranks and workers, resumed or
-        not. A plain index draws from the process's stream."""
-        position = getattr(idx, 'position', None)
-        if position is None:
+        (seed, the draw's key: its place in a stream batching does not move, ``draws``): the same
+        sample on any number of ranks and workers, resumed or not, and (bucket streams, mmengine's
+        samplers) whatever the global batch. A plain index draws from the process's stream."""
+        key = getattr(idx, 'key', None)
+        if key is None:
             return self._state().rng
         seed = self.seed if self.seed is not None else idx.seed
-        return random.Random(f'{seed}/{idx.epoch}/{position}/{self.data_path}')
+        return random.Random(f'{seed}/{"/".join(map(str, key))}/{self.data_path}')
 
     def __getitems__(self, indices: Sequence) -> list:
         """A batch, as torch's DataLoader asks for one: in object storage, the files of all its
