@@ -258,22 +258,27 @@ def fetch(url: str, policy: UrlPolicy, headers: dict | None = None) -> tuple[byt
         deadline.cancel()
 
 
-def too_many_pixels(data: bytes, max_pixels: int) -> bool:
-    """Whether the image's header declares more than ``max_pixels`` pixels (nothing is decoded:
-    the project's one opening function, ``src.datasets.image_io.open_image``, reads the header).
-    Bytes it cannot open are left to img2dataset's decoder, which counts them."""
+def refused_image(data: bytes, max_pixels: int) -> str | None:
+    """Why the image is refused before img2dataset decodes it, or None: its header declares more than
+    ``max_pixels`` pixels, or it is a JPEG of more scans than its size allows (a decoder bomb).
+    Nothing is decoded: the project's one opening function, ``src.datasets.image_io.open_image``,
+    reads the header and counts the scans. Other bytes it cannot open are left to img2dataset's
+    decoder, which counts them."""
     from src.datasets.errors import SampleError
-    from src.datasets.image_io import open_image
+    from src.datasets.image_io import ScanBomb, open_image
     try:
         open_image(data, 'download', max_pixels=max_pixels).close()
+    except ScanBomb:
+        return 'refused: a JPEG of more scans than its size allows (a decoder bomb)'
     except SampleError as e:
-        return e.reason == 'too-large'
-    return False
+        if e.reason == 'too-large':
+            return f'refused: more than {max_pixels} pixels declared'
+    return None
 
 
 def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *, policy: UrlPolicy):
     """img2dataset's ``download_image`` (same arguments and answer: key, stream, error) through
-    :func:`fetch`, refusing images that declare more than ``policy.max_pixels`` pixels."""
+    :func:`fetch`, refusing images that declare more than ``policy.max_pixels`` pixels or more JPEG scans than their size allows."""
     key, url = row
     agent = 'Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0'
     if user_agent_token:
@@ -288,6 +293,7 @@ def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *,
         from img2dataset.downloader import is_disallowed
         if is_disallowed(headers, user_agent_token, disallowed_header_directives):
                 return key, None, 'Use of image disallowed by X-Robots-Tag directive'
-    if too_many_pixels(data, policy.max_pixels):
-        return key, None, f'refused: more than {policy.max_pixels} pixels declared'
+    refusal = refused_image(data, policy.max_pixels)
+    if refusal:
+        return key, None, refusal
     return key, io.BytesIO(data), None
