@@ -1,0 +1,186 @@
+"""Trust, round 2, follow-ups: the holes a hostile tester found after issue 37, each closed at the
+rule that holds it. Real files, links and servers on 127.0.0.1 only."""
+from __future__ import annotations
+
+import decimal
+import json
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from src.cli.data_config import UntrustedConfig, check_data_config, load_data_config
+from src.datasets.errors import IndexFormatError, SampleError
+from src.datasets.files import join_inside
+from src.datasets.sample_index import SampleIndex
+from src.prepare import columns
+from src.prepare.columns import join_columns
+from src.prepare.url_fetch import UrlPolicy, fetch_image
+from src.synthetic.url_server import Response, UrlServer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'tests'))
+from test_trust_resources import progressive_jpeg  # noqa: E402
+
+LOCAL = UrlPolicy(allow_local=True, timeout=5)
+
+
+# ---- data configs: _scope_, network visualizer backends, URL checkpoints --------------------------
+@pytest.mark.parametrize('node', [
+    {'train_dataloader': {'sampler': {'type': 'InfiniteSampler', '_scope_': 'dl.evil'}}},
+    {'dataset': {'type': 'InfiniteSampler', '_scope_': 'data.laion6m.raw.evil'}},
+    {'a': [{'b': {'_scope_': 'x'}}]},
+])
+def test_a_scope_at_any_depth_is_refused_in_a_data_config(tmp_path, node):
+    path = tmp_path / 'scope.json'
+    path.write_text(json.dumps(node))
+    with pytest.raises(UntrustedConfig, match=r"_scope_: _scope_ '[\w.]+' is refused"):
+        load_data_config(str(path))
+
+
+def test_the_mmengine_scope_or_none_is_still_accepted():
+    check_data_config({'sampler': {'type': 'InfiniteSampler', '_scope_': 'mmengine'},
+                       'other': {'type': 'DefaultSampler', '_scope_': None}}, 'c.json')
+
+
+def wandb_config(backend: str = 'WandbVisBackend') -> dict:
+    return {'visualizer': {'type': 'Visualizer', 'vis_backends': [
+        {'type': backend, 'init_kwargs': {'project': 'p', 'settings': {'base_url': 'http://127.0.0.1:9'}}}]}}
+
+
+@pytest.mark.parametrize('backend', ['WandbVisBackend', 'TensorboardVisBackend', 'MLflowVisBackend'])
+def test_a_visualizer_backend_that_talks_to_the_network_is_refused_unless_allowed(backend):
+    with pytest.raises(UntrustedConfig, match='only LocalVisBackend'):
+        check_data_config(wandb_config(backend), 'wb.json')
+    check_data_config(wandb_config(backend), 'wb.json', allowed_types=(backend,))
+
+
+def test_a_local_visualizer_backend_is_accepted():
+    check_data_config({'visualizer': {'type': 'Visualizer', 'vis_backends': [{'type': 'LocalVisBackend'}]}}, 'v.json')
+
+
+@pytest.mark.parametrize('key', ['load_from', 'resume_from'])
+@pytest.mark.parametrize('url', ['http://127.0.0.1:1/x.pth', 'HTTPS://169.254.169.254/x.pth'])
+def test_a_checkpoint_url_is_refused_in_a_data_config(key, url):
+    with pytest.raises(UntrustedConfig, match=f'{key}: a URL'):
+        check_data_config({key: url}, 'lf.json')
+    check_data_config({key: 'work_dirs/iter_10.pth'}, 'lf.json')
+
+
+# ---- tools/find_duplicates.py: the dup_cluster parquet ---------------------------------------------
+def test_find_duplicates_never_writes_through_a_planted_link(tmp_path):
+    pytest.importorskip('imagehash')
+    from src.prepare.duplicates import find_duplicates
+    root = tmp_path / 'data'
+    root.mkdir()
+    (root / 'data.json').write_text(json.dumps([{'image': '0.jpg', 'caption': 'a'}]))
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('precious')
+    (root / 'data.json.dup_cluster.parquet').symlink_to(victim)
+
+    def unreadable(name):
+        raise SampleError('missing-file', name)
+    dataset = SimpleNamespace(data_path=str(root / 'data.json'), index=SampleIndex.load(str(root / 'data.json')),
+                              image_key='image', read_image=unreadable, index_cache_dir=None)
+    with pytest.raises(IndexFormatError, match='symbolic link out of'):
+        find_duplicates(dataset)
+    assert victim.read_text() == 'precious'
+
+
+# ---- tools/add_columns.py ------------------------------------------------------------------------------
+@pytest.fixture
+def index(tmp_path):
+    root = tmp_path / 'data'
+    root.mkdir()
+    (root / 'data.json').write_text(json.dumps([{'image': f'{i}.jpg', 'caption': 'x'} for i in range(3)]))
+    return root
+
+
+def test_a_dangling_before_columns_link_creates_nothing_outside(index, tmp_path):
+    outside = tmp_path / 'victim' / 'planted.json'
+    outside.parent.mkdir()
+    (index / 'data.json.before-columns').symlink_to(outside)
+    pq.write_table(pa.table({'image': ['0.jpg'], 'aesthetic': [5.0]}), index / 's.parquet')
+    with pytest.raises(IndexFormatError, match='symbolic link out of'):
+        join_columns(str(index / 'data.json'), str(index / 's.parquet'))
+    assert not outside.exists() and not os.path.lexists(outside)
+
+
+def test_the_first_index_is_kept_by_a_regular_file(index):
+    pq.write_table(pa.table({'image': ['0.jpg'], 'aesthetic': [5.0]}), index / 's.parquet')
+    before = (index / 'data.json').read_text()
+    join_columns(str(index / 'data.json'), str(index / 's.parquet'))
+    kept = index / 'data.json.before-columns'
+    assert not kept.is_symlink() and kept.read_text() == before
+
+
+@pytest.mark.parametrize('column, kind', [
+    (pa.array([b'\x00', b'z'], pa.binary()), 'binary'),
+    (pa.array([0, 1], pa.timestamp('us')), 'timestamp'),
+    (pa.array([decimal.Decimal('1.5')] * 2), 'decimal'),
+])
+def test_a_column_no_index_holds_is_refused_by_name(index, column, kind):
+    pq.write_table(pa.table({'image': ['0.jpg', '1.jpg'], 'odd': column}), index / 's.parquet')
+    with pytest.raises(IndexFormatError, match=f"column 'odd' holds {kind}"):
+        join_columns(str(index / 'data.json'), str(index / 's.parquet'))
+    assert not os.path.lexists(index / 'data.json.before-columns')  # refused before anything is written
+
+
+def test_a_scores_parquet_is_bounded(index, monkeypatch):
+    pq.write_table(pa.table({'image': ['0.jpg', '1.jpg'], 's': [1.0, 2.0]}), index / 's.parquet')
+    monkeypatch.setattr(columns, 'MAX_SCORES_ROWS', 1)
+    with pytest.raises(IndexFormatError, match='2 rows, more than the 1'):
+        join_columns(str(index / 'data.json'), str(index / 's.parquet'))
+    monkeypatch.setattr(columns, 'MAX_SCORES_BYTES', 16)
+    with pytest.raises(IndexFormatError, match='bytes, more than the 16'):
+        join_columns(str(index / 'data.json'), str(index / 's.parquet'))
+
+
+# ---- cache_latents: a latent folder shipped as a link -------------------------------------------------
+def test_a_latent_folder_that_is_a_link_out_is_not_written_through(tmp_path):
+    from src.latents.cache import output_folder
+    from src.latents.store import latent_folder
+    (tmp_path / 'raw').mkdir()
+    dataset = SimpleNamespace(data_path='data.json', image_latents_folder=None, image_tokens_folder=None,
+                              image_folder=str(tmp_path / 'raw'), image_size=64, buckets=None)
+    folder = latent_folder(str(tmp_path / 'raw'), 64, None)
+    assert output_folder(dataset) == folder
+    (tmp_path / 'elsewhere').mkdir()
+    os.symlink(tmp_path / 'elsewhere', folder)
+    assert output_folder(dataset) == folder  # inside the dataset's folder: fine
+    os.remove(folder)
+    os.symlink(tmp_path.parent, folder)  # out of it
+    with pytest.raises(ValueError, match='symbolic link out of'):
+        output_folder(dataset)
+    assert output_folder(dataset, str(tmp_path / 'mine')) == str(tmp_path / 'mine')  # the caller's choice
+
+
+# ---- the URL route: JPEG scan bombs ---------------------------------------------------------------------
+def test_a_jpeg_of_thousands_of_scans_is_refused_by_the_url_route():
+    with UrlServer() as server:
+        bomb = server.add('/bomb.jpg', Response(progressive_jpeg(5000)))
+        key, stream, error = fetch_image((0, bomb), 5, None, None, policy=LOCAL)
+        assert stream is None and error.startswith('refused: a JPEG of more scans')
+        fine = progressive_jpeg(10)
+        key, stream, error = fetch_image((1, server.add('/fine.jpg', Response(fine))), 5, None, None, policy=LOCAL)
+        assert error is None and stream.read() == fine
+
+
+# ---- join_inside with no folder -------------------------------------------------------------------------
+def test_join_inside_without_a_folder_applies_the_link_rule_in_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / 'outside').mkdir()
+    (tmp_path / 'outside' / 'secret.jpg').write_bytes(b'x')
+    work = tmp_path / 'work'
+    (work / 'dl').mkdir(parents=True)
+    (work / 'dl' / 'own.jpg').write_bytes(b'x')
+    (work / 'dl' / 'out').symlink_to(tmp_path / 'outside')
+    monkeypatch.chdir(work)
+    assert join_inside(None, 'dl/own.jpg') == 'dl/own.jpg'
+    with pytest.raises(SampleError) as err:
+        join_inside(None, 'dl/out/secret.jpg')
+    assert err.value.reason == 'unsafe-link' and 'the working directory' in str(err.value)
+    assert join_inside(None, 'dl/out/secret.jpg', allow_outside=True) == 'dl/out/secret.jpg'
