@@ -184,3 +184,68 @@ def test_join_inside_without_a_folder_applies_the_link_rule_in_the_working_direc
         join_inside(None, 'dl/out/secret.jpg')
     assert err.value.reason == 'unsafe-link' and 'the working directory' in str(err.value)
     assert join_inside(None, 'dl/out/secret.jpg', allow_outside=True) == 'dl/out/secret.jpg'
+
+
+# ---- the URL route: its folders and state files ---------------------------------------------------------
+def url_download(root: Path, urls=('http://127.0.0.1:9/a.jpg',)) -> Path:
+    (root / 'parquets').mkdir(parents=True)
+    pq.write_table(pa.table({'url': list(urls), 're_caption': ['a caption'] * len(urls)}),
+                   root / 'parquets' / 'part-0.parquet')
+    return root
+
+
+@pytest.mark.parametrize('folder', ['raw', '.prepare'])
+def test_the_url_route_writes_nothing_through_a_planted_folder_link(tmp_path, folder):
+    from src.prepare import datasets
+    from src.prepare.recap import DownloadOptions
+    root = url_download(tmp_path / 'laion6m')
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (root / folder).symlink_to(outside)
+    report = datasets.prepare_laion6m(str(root), download=DownloadOptions(timeout=2), num_processes=1)
+    assert report.finish() != 0
+    assert 'symbolic link out of' in report.index_error and folder in report.index_error
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize('content', ['{}', '[]', '{"successes": "1", "status_dict": {}}', 'fifo'])
+def test_shard_stats_are_read_bounded_and_checked(tmp_path, content):
+    from src.prepare import datasets
+    from src.prepare.recap import DownloadOptions
+    root = url_download(tmp_path / 'laion6m')
+    (root / 'raw').mkdir()
+    stats = root / 'raw' / '00000_stats.json'
+    os.mkfifo(stats) if content == 'fifo' else stats.write_text(content)  # a finished shard: no download runs
+    report = datasets.prepare_laion6m(str(root), download=DownloadOptions(timeout=2), num_processes=1)
+    assert report.finish() != 0
+    assert str(stats) in report.index_error and 'not img2dataset' in report.index_error
+
+
+@pytest.mark.parametrize('content', ['fifo', '[1]', '{"output_format": 3}'])
+def test_the_download_record_is_read_bounded_and_checked(tmp_path, content):
+    from src.prepare.recap import check_output_format
+    (tmp_path / '.prepare').mkdir()
+    marker = tmp_path / '.prepare' / 'recap.json'
+    os.mkfifo(marker) if content == 'fifo' else marker.write_text(content)
+    with pytest.raises(IndexFormatError, match='recap.json: not the record of a download'):
+        check_output_format(str(tmp_path), 'files')
+
+
+def test_a_tar_marker_that_is_a_fifo_counts_as_no_marker_and_never_blocks(tmp_path):
+    from src.prepare.runner import read_marker
+    os.mkfifo(tmp_path / 'a.tar.done.json')
+    assert read_marker(str(tmp_path / 'a.tar.done.json')) is None
+    (tmp_path / 'b.done.json').write_text('{"tar": {}}')
+    assert read_marker(str(tmp_path / 'b.done.json')) == {'tar': {}}
+
+
+def test_the_tar_route_writes_no_state_through_a_planted_prepare_link(tmp_path):
+    from src.prepare.runner import prepare
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    root = tmp_path / 'root'
+    root.mkdir()
+    (root / '.prepare').symlink_to(outside)
+    report = prepare('x', str(root), [], [], lambda files, report: None)
+    assert 'symbolic link out of' in report.index_error
+    assert list(outside.iterdir()) == []
