@@ -249,3 +249,66 @@ def test_the_tar_route_writes_no_state_through_a_planted_prepare_link(tmp_path):
     report = prepare('x', str(root), [], [], lambda files, report: None)
     assert 'symbolic link out of' in report.index_error
     assert list(outside.iterdir()) == []
+
+
+# ---- the URL rule's addresses, the summary's reasons, redaction -------------------------------------------
+@pytest.mark.parametrize('address', ['192.0.0.192', '192.0.0.1', 'fec0::1', 'fefe::1'])
+def test_special_purpose_and_site_local_addresses_are_refused(address):
+    from src.prepare.url_fetch import refused_address
+    assert refused_address(address) == 'private address'
+    assert refused_address(address, allow_local=True) is None
+
+
+def test_ipv6_loopback_is_allowed_with_local_addresses_allowed():
+    from src.prepare.url_fetch import refused_address
+    assert refused_address('::1') == 'loopback address'
+    assert refused_address('::1', allow_local=True) is None
+    assert refused_address('::', allow_local=True) == 'reserved address'
+
+
+def test_a_reason_phrase_with_terminal_escapes_never_reaches_the_summary():
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(1)
+
+    def answer():
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(b'HTTP/1.0 404 \x1b[2J\x1b]0;owned\x07Gone\r\nContent-Length: 0\r\n\r\n')
+        conn.close()
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    url = f'http://127.0.0.1:{listener.getsockname()[1]}/a.jpg'
+    key, stream, error = fetch_image((0, url), 5, None, None, policy=LOCAL)
+    thread.join(5)
+    listener.close()
+    assert stream is None and error == 'HTTP Error 404'
+
+
+def test_printable_replaces_control_characters():
+    from src.prepare.url_fetch import printable
+    assert printable('a\x1b[31mb\nc') == 'a?[31mb?c'
+
+
+@pytest.mark.parametrize('text, secret', [
+    ('https://s.googleapis.com/b/o.jpg?X-Goog-Algorithm=G&X-Goog-Credential=svc%40p&X-Goog-Signature=deadbeef',
+     ('deadbeef', 'svc%40p')),
+    ('https://h/x?client_secret=S1', ('S1',)), ('https://h/x?refresh_token=S2', ('S2',)),
+    ('https://h/x?id_token=S3', ('S3',)), ('https://h/x?hf_token=S4', ('S4',)),
+    ('https://h/x#access_token=S5', ('S5',)),
+    ('https://user:pa/ss@host/x', ('pa/ss', 'ss@')), ('https://user:pa ss@host/x', ('pa ss', 'ss@')),
+    ('endpoint https://AKIA:wJalr/XUtn+bPxR@s3.local/b', ('wJalr', 'bPxR')),
+])
+def test_redact_hides_more_credentials(text, secret):
+    from src.datasets.redact import redact
+    out = redact(text)
+    assert not any(part in out for part in secret), out
+    assert '***' in out
+
+
+def test_redact_keeps_what_is_no_credential():
+    from src.datasets.redact import redact
+    for text in ('https://host/a/b.jpg?width=3', 'http://127.0.0.1:8080/x/y.jpg', 'mail a@b and https://h/p'):
+        assert redact(text) == text

@@ -36,6 +36,11 @@ NAT64 = ipaddress.ip_network('64:ff9b::/96')  # the well-known prefix: 64:ff9b::
 _READ_CHUNK = 64 << 10
 
 
+# IANA's special-purpose block (192.0.0.0/24: 192.0.0.192 is a NAT traversal box's address) that
+# some Python versions count as global.
+SPECIAL_PURPOSE = ipaddress.ip_network('192.0.0.0/24')
+
+
 @dataclass(frozen=True)
 class UrlPolicy:
     """What one download may do: the host kinds it may reach, its time, bytes and pixels."""
@@ -66,10 +71,12 @@ def refused_address(address: str, allow_local: bool = False) -> str | None:
             return refused_address(str(inner), allow_local)
     if ip.is_link_local or ip == ipaddress.ip_address('fd00:ec2::254'):  # the metadata services
         return 'link-local address'
+    if ip.is_loopback:  # before the reserved kinds: ::1 lies in ::/8, reserved too
+        return None if allow_local else 'loopback address'
     if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
         return 'reserved address'
-    if ip.is_loopback:
-        return None if allow_local else 'loopback address'
+    if ip in SPECIAL_PURPOSE or (ip.version == 6 and ip.is_site_local):
+        return None if allow_local else 'private address'  # IANA special-purpose; deprecated site-local
     if ip.is_private or not ip.is_global:
         return None if allow_local else 'private address'
     return None
@@ -276,6 +283,12 @@ def refused_image(data: bytes, max_pixels: int) -> str | None:
     return None
 
 
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` as a summary line may show it: a control character (a terminal escape a server put in
+    its answer) as '?', at most ``limit`` characters."""
+    return ''.join(ch if ch.isprintable() else '?' for ch in text[:limit])
+
+
 def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *, policy: UrlPolicy):
     """img2dataset's ``download_image`` (same arguments and answer: key, stream, error) through
     :func:`fetch`, refusing images that declare more than ``policy.max_pixels`` pixels or more JPEG scans than their size allows."""
@@ -287,8 +300,10 @@ def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *,
         data, headers = fetch(url, policy, {'User-Agent': agent})  # policy.timeout is img2dataset's too
     except UrlRefused as refused:
         return key, None, f'refused: {refused.reason}'
+    except urllib.error.HTTPError as err:  # its reason phrase is the server's text: only the code is said
+        return key, None, f'HTTP Error {err.code}'
     except Exception as err:  # noqa: BLE001 (img2dataset counts every failure by its message)
-        return key, None, str(err)
+        return key, None, printable(str(err))
     if disallowed_header_directives:
         from img2dataset.downloader import is_disallowed
         if is_disallowed(headers, user_agent_token, disallowed_header_directives):
