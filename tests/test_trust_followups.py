@@ -312,3 +312,28 @@ def test_redact_keeps_what_is_no_credential():
     from src.datasets.redact import redact
     for text in ('https://host/a/b.jpg?width=3', 'http://127.0.0.1:8080/x/y.jpg', 'mail a@b and https://h/p'):
         assert redact(text) == text
+
+
+# ---- filters: a bool in where ----------------------------------------------------------------------------
+@pytest.mark.parametrize('value', [True, False])
+def test_a_where_clause_with_a_bool_value_is_refused_clearly(value):
+    from src.datasets.filters import normalize
+    with pytest.raises(ValueError, match='is a bool'):
+        normalize({'where': [('aesthetic', '>=', value)]})
+    assert normalize({'where': [('aesthetic', '>=', 1)]}) == {'where': [['aesthetic', '>=', 1]]}
+
+
+# ---- the tar route: the downloaded data.json --------------------------------------------------------------
+def test_the_downloaded_index_is_not_read_through_a_link_out_of_the_root(tmp_path):
+    from src.prepare.pairs import load_json_array
+    (tmp_path / 'outside.json').write_text('[{"image": "a.jpg"}]')
+    root = tmp_path / 'root'
+    root.mkdir()
+    (root / 'data.json').symlink_to(tmp_path / 'outside.json')
+    with pytest.raises(IndexFormatError, match='symbolic link out of'):
+        load_json_array(str(root / 'data.json'), str(root))
+    with pytest.raises(IndexFormatError, match='symbolic link out of'):
+        load_json_array(str(root / 'data.json'))
+    (root / 'inside.json').write_text('[]')
+    (root / 'alias.json').symlink_to(root / 'inside.json')
+    assert load_json_array(str(root / 'alias.json'), str(root)) == []
