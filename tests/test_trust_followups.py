@@ -284,7 +284,7 @@ def test_a_reason_phrase_with_terminal_escapes_never_reaches_the_summary():
     key, stream, error = fetch_image((0, url), 5, None, None, policy=LOCAL)
     thread.join(5)
     listener.close()
-    assert stream is None and error == 'HTTP Error 404'
+    assert stream is None and error == 'HTTP Error 404: Not Found'  # the standard phrase, not the server's
 
 
 def test_printable_replaces_control_characters():

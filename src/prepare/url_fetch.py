@@ -300,8 +300,9 @@ def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *,
         data, headers = fetch(url, policy, {'User-Agent': agent})  # policy.timeout is img2dataset's too
     except UrlRefused as refused:
         return key, None, f'refused: {refused.reason}'
-    except urllib.error.HTTPError as err:  # its reason phrase is the server's text: only the code is said
-        return key, None, f'HTTP Error {err.code}'
+    except urllib.error.HTTPError as err:  # its reason phrase is the server's text: the standard one is said
+        phrase = http.client.responses.get(err.code)
+        return key, None, f'HTTP Error {err.code}: {phrase}' if phrase else f'HTTP Error {err.code}'
     except Exception as err:  # noqa: BLE001 (img2dataset counts every failure by its message)
         return key, None, printable(str(err))
     if disallowed_header_directives:
