@@ -310,7 +310,8 @@ def test_redact_hides_more_credentials(text, secret):
 
 def test_redact_keeps_what_is_no_credential():
     from src.datasets.redact import redact
-    for text in ('https://host/a/b.jpg?width=3', 'http://127.0.0.1:8080/x/y.jpg', 'mail a@b and https://h/p'):
+    for text in ('https://host/a/b.jpg?width=3', 'http://127.0.0.1:8080/x/y.jpg', 'mail a@b and https://h/p',
+                 'http://host:9/a@b.jpg', 'https://h:443/p/q@r'):
         assert redact(text) == text
 
 
