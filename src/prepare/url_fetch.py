@@ -291,7 +291,8 @@ def printable(text: str, limit: int = 300) -> str:
 
 def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *, policy: UrlPolicy):
     """img2dataset's ``download_image`` (same arguments and answer: key, stream, error) through
-    :func:`fetch`, refusing images that declare more than ``policy.max_pixels`` pixels or more JPEG scans than their size allows."""
+    :func:`fetch`, refusing images that declare more than ``policy.max_pixels`` pixels, or JPEGs of more
+    scans than their size allows (:func:`refused_image`)."""
     key, url = row
     agent = 'Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0'
     if user_agent_token:
