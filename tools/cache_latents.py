@@ -108,9 +108,9 @@ def main(argv=None) -> int:
         reports.append(report)
         if stopped:
             continue
-        folder = output_folder(dataset, args.out)
         buckets = None if dataset.buckets is None else dataset.buckets.record()
         try:  # every rank checks; rank 0 writes the record
+            folder = output_folder(dataset, args.out)
             check_and_record(folder, args.vae, encoder.kind, dataset.image_size, buckets, write=rank == 0)
         except ValueError as e:
             logger.error('%s', e)

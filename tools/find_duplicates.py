@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     from src.cli.config import dataset_roots, load_config
     from src.cli.logs import setup_logging
     from src.datasets.build import build_leaf_datasets
+    from src.datasets.errors import IndexFormatError
     from src.datasets.extras import MissingExtra
     from src.prepare.duplicates import find_duplicates, without_dedup
     setup_logging('find_duplicates')
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
             report = find_duplicates(dataset, args.max_distance)
             logger.info('%s: %s', dataset.data_path, report.summary())
             logger.info('%s', report.join.summary())
-    except MissingExtra as e:
+    except (MissingExtra, IndexFormatError) as e:
         logger.error('%s', e)
         return 2
     return 0

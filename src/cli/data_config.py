@@ -52,6 +52,12 @@ REFUSED_KEYS = ('_base_', 'custom_imports')
 REGISTERING_MODULES = ('mmengine.dataset', 'mmengine.evaluator', 'mmengine.hooks', 'mmengine.model',
                        'mmengine.optim', 'mmengine.runner', 'mmengine.visualization', 'src.datasets', 'src.engine')
 DEFAULT_SCOPES = (None, 'mmengine')
+# Visualizer backends that only write local files; the others (wandb, tensorboard's, mlflow, clearml,
+# dvclive, aim, neptune) talk to a server the config could choose, and send the user's keys to it.
+LOCAL_VIS_BACKENDS = ('LocalVisBackend', 'mmengine.visualization.LocalVisBackend',
+                      'mmengine.visualization.vis_backend.LocalVisBackend')
+# Keys whose value mmengine fetches: an http(s) URL here reaches any address and writes into ~/.cache.
+CHECKPOINT_KEYS = ('load_from', 'resume_from')
 PROJECT_PACKAGE = 'src.'  # a registered class of the project may be named by its import path
 
 
@@ -133,6 +139,18 @@ def refused_type(name, allowed_types: tuple = ()) -> str | None:
             'ones); a Python config may name any, as it is code you chose to run')
 
 
+def _refused_vis_backend(name, at: str, allowed_types) -> str | None:
+    """Why the ``type`` ``name`` at ``at`` may not be a visualizer backend of a data config (one that
+    talks to the network: it could send WANDB_API_KEY to an address the config chooses), or None."""
+    if not isinstance(name, str) or name in allowed_types or name in LOCAL_VIS_BACKENDS:
+        return None
+    if '.vis_backends.' in f'.{at}.' or name.rpartition('.')[2].endswith('VisBackend'):
+        return (f'{name!r}: only LocalVisBackend may be a visualizer backend in a data config (the others '
+                'send data and keys to a server the config may choose); pass it in allowed_types, or '
+                'write a Python config')
+    return None
+
+
 def check_data_config(data, path: str, allowed_types: tuple = ()) -> None:
     """``UntrustedConfig`` naming ``path`` and the key for the first thing in ``data`` that would run code."""
     if not isinstance(data, dict):
@@ -158,9 +176,17 @@ def check_data_config(data, path: str, allowed_types: tuple = ()) -> None:
         for key, value in items:
             at = f'{where}.{key}' if where else str(key)
             if key == 'type' and isinstance(node, dict):
-                reason = refused_type(value, tuple(allowed_types))
+                reason = refused_type(value, tuple(allowed_types)) or _refused_vis_backend(value, at, allowed_types)
                 if reason:
                     raise UntrustedConfig(f'{path}: {at}: {reason}')
+            elif key == '_scope_' and value not in DEFAULT_SCOPES:
+                raise UntrustedConfig(f'{path}: {at}: _scope_ {value!r} is refused in a data config '
+                                      "(mmengine imports '<scope>.registry' when it builds the node)")
+            elif key in CHECKPOINT_KEYS and isinstance(value, str) and \
+                    value.split('://', 1)[0].lower() in ('http', 'https'):
+                raise UntrustedConfig(f'{path}: {at}: a URL ({key}) is refused in a data config (it is '
+                                      'fetched from any address into ~/.cache); download the checkpoint '
+                                      'yourself and name the local file')
             elif key == 'trust_remote_code' and value:
                 raise UntrustedConfig(f'{path}: {at}: trust_remote_code runs code from the hub repository '
                                       'the config names; refused in a data config (set it to false: '

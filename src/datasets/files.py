@@ -114,10 +114,12 @@ def join_inside(folder: str | None, path: str, *, allow_outside: bool = False) -
                                          f'their folder ({folder or "the working directory"}); set '
                                          'allow_outside_paths=True to read such paths')
     joined = os.path.join(folder or '', path)
-    if not allow_outside and folder and '://' not in folder and link_outside(joined, folder):
+    base = folder or os.curdir  # no folder: the path is named under the working directory, judged there
+    if not allow_outside and '://' not in base and link_outside(joined, base):
         # A link to a device or a FIFO is counted as what it reaches (a stat, never an open).
         reason = 'not-a-file' if os.path.exists(joined) and not os.path.isfile(joined) else 'unsafe-link'
-        raise SampleError(reason, f'{joined}: refused: a symbolic link on the way leads out of {folder}; '
+        raise SampleError(reason, f'{joined}: refused: a symbolic link on the way leads out of '
+                                  f'{folder or "the working directory"}; '
                                   'set allow_outside_paths=True to read through such links')
     return joined
 

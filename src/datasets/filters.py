@@ -84,6 +84,9 @@ def normalize(filters) -> dict | None:
                 or clause[1] not in _NUMPY_OPS or not isinstance(clause[2], (str, numbers.Real))):
             raise ValueError(f'filters: where {clause!r} must be (column, operator, number or text), '
                              f'the operator one of {list(_NUMPY_OPS)}')
+        if isinstance(clause[2], bool):  # a bool is an int to Python: True would compare as 1
+            raise ValueError(f'filters: where {clause!r}: the value {clause[2]!r} is a bool; compare with a number '
+                             'or a text (a column of true/false: == 1 or == 0)')
         clauses.append([clause[0], clause[1], clause[2]])
     if clauses:
         plain['where'] = clauses

@@ -111,10 +111,15 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     if img.format in ('JPEG', 'MPO'):
         scans, limit = jpeg_scans(data), max_jpeg_scans(width * height)
         if scans > limit:
-            raise SampleError('bad-image', f'{name}: a JPEG of {scans} scans, more than the {limit} a {width}x{height} '
+            raise ScanBomb('bad-image', f'{name}: a JPEG of {scans} scans, more than the {limit} a {width}x{height} '
                                            'picture may have (each scan is a pass of the decoder): refused, not decoded')
     img.info[_NAME_KEY] = name
     return img
+
+
+class ScanBomb(SampleError):
+    """The scan refusal of :func:`open_image` (counted as 'bad-image'): a JPEG whose scans would take
+    its decoder far longer than its size says. Told apart so that a download refuses it too."""
 
 
 def max_jpeg_scans(pixels: int) -> int:

@@ -13,11 +13,15 @@ import re
 HIDDEN = '***'
 # scheme://userinfo@ : the userinfo (user, or user:password) of any URL in the text.
 # (to the last @ before the path: a password may hold one)
-_USERINFO = re.compile(r'(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s\'"]+)@')
+# A password may also hold a '/' or a space (unescaped, as people paste them): 'user:' then to the
+# first @ on the line, unless digits and a '/' follow the colon ('host:9/a@b.jpg': a port, then a path).
+_USERINFO = re.compile(r'(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)'
+                       r'(?P<userinfo>[^/\s\'"]+|[^/\s\'"@:]+:(?!\d*/)[^@\n\'"]*?)@')
 # A query parameter that holds a credential (pre-signed S3 URLs, tokens, passwords).
 _SECRET_PARAMETER = re.compile(
-    r'(?P<name>[?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId|'
-    r'access_token|token|password|passwd|secret|secret_key|access_key|api_key|apikey|key|sig)=)[^&\s\'"#]*',
+    r'(?P<name>[?&#](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|X-Goog-Signature|X-Goog-Credential|'
+    r'Signature|AWSAccessKeyId|access_token|token|password|passwd|secret|secret_key|access_key|api_key|apikey|'
+    r'key|sig|client_secret|refresh_token|id_token|hf_token)=)[^&\s\'"#]*',
     re.IGNORECASE)
 
 

@@ -11,6 +11,7 @@ is done kept.
 """
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import SampleError
+from src.datasets.files import link_outside
 from src.datasets.latent_store import size_key
 from src.latents.store import ShardWriter, is_complete, latent_folder, latent_path, save_latent, stored_form, \
     stored_latents
@@ -61,7 +63,14 @@ def output_folder(dataset, out: str | None = None) -> str:
     if dataset.image_latents_folder is not None or dataset.image_tokens_folder is not None:
         raise ValueError(f'{dataset.data_path}: the config reads latents or tokens already; give the config '
                          'that reads the images (image_folder), whose latents are to be cached')
-    return out or latent_folder(dataset.image_folder or '.', dataset.image_size, dataset.buckets)
+    if out:
+        return out  # the caller's own choice
+    folder = latent_folder(dataset.image_folder or '.', dataset.image_size, dataset.buckets)
+    parent = os.path.dirname(os.path.abspath(folder))
+    if link_outside(folder, parent):  # a download that ships '<image_folder>_dc32_N' as a link out
+        raise ValueError(f'{folder}: a symbolic link out of {parent}: latents are not written through it '
+                         '(remove it, or name the folder to write with --out)')
+    return folder
 
 
 class Pending(Dataset):

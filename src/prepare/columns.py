@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,14 @@ import pyarrow.parquet as pq
 
 from src.datasets.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError
+from src.datasets.files import link_outside
 from src.datasets.sample_index import SampleIndex, iter_json_array, iter_jsonl
 from src.datasets.atomic import atomic_write, write_json_array
 
 IMAGE_KEY = 'image'  # --key image: the record's image path, whatever the dataset's image_key is
 CHUNK = 65536
+MAX_SCORES_BYTES = 8 << 30  # a scores parquet: its columns are read whole into memory
+MAX_SCORES_ROWS = 1 << 30
 
 
 @dataclass
@@ -78,6 +82,52 @@ def _values(scores: pa.Table, key: str, index_column: str) -> tuple[pa.Array, li
     return keys, others
 
 
+def _scores_column_refused(field: pa.Field) -> bool:
+    kind = field.type
+    return not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+                or pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _read_scores(scores_path: str, key: str, index_column: str) -> pa.Table:
+    """The parquet's key column and the columns to join (not the whole file: its other columns are
+    never read), its size and rows bounded; a column of a type an index cannot hold (binary, a
+    timestamp, a decimal, a list) refused by name, before anything is written."""
+    try:
+        size = os.stat(scores_path).st_size
+        if size > MAX_SCORES_BYTES:
+            raise IndexFormatError(f'{scores_path}: {size} bytes, more than the {MAX_SCORES_BYTES} a scores '
+                                   'parquet may have')
+        meta = pq.ParquetFile(scores_path)
+        if meta.metadata.num_rows > MAX_SCORES_ROWS:
+            raise IndexFormatError(f'{scores_path}: {meta.metadata.num_rows} rows, more than the '
+                                   f'{MAX_SCORES_ROWS} a scores parquet may have')
+        schema = meta.schema_arrow
+        if key not in schema.names:
+            raise IndexFormatError(f'the parquet has no {key!r} column to join by (it has {schema.names})')
+        for field in schema:
+            if field.name not in (key, index_column) and _scores_column_refused(field):
+                raise IndexFormatError(f'{scores_path}: column {field.name!r} holds {field.type}: an index '
+                                       'column holds numbers, booleans or texts')
+        scores = meta.read(columns=[name for name in schema.names if name != index_column or name == key])
+    except (pa.ArrowInvalid, OSError) as err:
+        raise IndexFormatError(f'{scores_path}: not a readable parquet table ({err})') from None
+    return scores
+
+
+def _keep_original(path: Path) -> None:
+    """Keep the index as first seen as ``<index>.before-columns`` (once): not through a link out of
+    its folder (a dangling one included: ``Path.exists`` says False for it), and written by the
+    atomic write (a temp file, then a rename that replaces a link in the folder, never follows it)."""
+    original = path.with_name(path.name + '.before-columns')
+    if os.path.lexists(original) and link_outside(str(original), str(path.parent)):
+        raise IndexFormatError(f'{original}: a symbolic link out of {path.parent}: refused (remove it)')
+    if os.path.lexists(original):
+        return
+    with open(path, 'rb') as source, atomic_write(original, 'wb') as f:
+        shutil.copyfileobj(source, f)
+    shutil.copystat(path, original)
+
+
 def _json_value(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
@@ -90,10 +140,7 @@ def join_columns(data_path: str, scores_path: str, key: str = IMAGE_KEY, *, imag
     index_column = image_key if key == IMAGE_KEY else key
     if index.column_type(index_column) is None:
         raise IndexFormatError(f'{data_path}: no {index_column!r} column to join by (it has {index.columns})')
-    try:
-        scores = pq.read_table(scores_path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise IndexFormatError(f'{scores_path}: not a readable parquet table ({err})') from None
+    scores = _read_scores(scores_path, key, index_column)
     keys, others = _values(scores, key, index_column)
     record_keys = index.whole_column(index_column)
     if keys.type != record_keys.type:
@@ -109,9 +156,7 @@ def join_columns(data_path: str, scores_path: str, key: str = IMAGE_KEY, *, imag
     used[to_numpy(pc.drop_null(positions).cast(pa.int64()))] = True
     report.unmatched_keys = int((~used).sum())
     report.examples = [str(keys[int(i)]) for i in np.flatnonzero(~used)[:3]]
-    original = path.with_name(path.name + '.before-columns')
-    if not original.exists():
-        shutil.copy2(path, original)
+    _keep_original(path)
     suffix = path.suffix.lower()
     if suffix == '.parquet':
         table = pq.read_table(path)

@@ -11,6 +11,7 @@ named by its first record's row, and a record in no cluster has no value.
 from __future__ import annotations
 
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -19,10 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from src.datasets.errors import SampleError
+from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.extras import require
+from src.datasets.files import link_outside
 from src.datasets.filters import CLUSTER_COLUMN
 from src.datasets.image_io import open_image
+from src.datasets.atomic import atomic_write
 from src.prepare.columns import JoinReport, join_columns
 
 MAX_DISTANCE = 4  # bits of 64: re-encodings and small resizes stay within it (0-2 bits), other pictures do not
@@ -151,7 +154,11 @@ def find_duplicates(dataset, max_distance: int = MAX_DISTANCE, threads: int = TH
     table = pa.table({'image': pa.array(list(kept), pa.string()),
                       CLUSTER_COLUMN: pa.array(list(kept.values()), pa.int64())})
     scores = f'{dataset.data_path}.dup_cluster.parquet'
-    pq.write_table(table, scores)
+    folder = os.path.dirname(os.path.abspath(dataset.data_path))
+    if link_outside(scores, folder):  # a link planted by the download: never written through
+        raise IndexFormatError(f'{scores}: a symbolic link out of {folder}: refused (remove it)')
+    with atomic_write(scores, 'wb') as f:  # a rename: replaces a link inside the folder, never follows it
+        pq.write_table(table, f)
     report.join = join_columns(dataset.data_path, scores, 'image', image_key=dataset.image_key,
                                cache_dir=dataset.index_cache_dir)
     return report

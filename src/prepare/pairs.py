@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from src.datasets.captions import parse_json
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.files import unsafe_path
+from src.datasets.files import link_outside, unsafe_path
 from src.datasets.atomic import WriteOutcome, atomic_write, write_json, write_json_array
 from src.prepare.metadata import carried_columns
 from src.prepare.report import Drops, Report
@@ -49,7 +49,12 @@ class PairLayout:
     caption_ext: str
 
 
-def load_json_array(path: str) -> list:
+def load_json_array(path: str, root: str | None = None) -> list:
+    """The download's JSON index at ``path``: a regular file inside ``root`` (by default its own
+    folder), never read through a symbolic link out of it (the link rule)."""
+    folder = root if root is not None else os.path.dirname(os.path.abspath(path))
+    if link_outside(path, folder):
+        raise IndexFormatError(f'{path}: a symbolic link out of {folder}: not read (remove it, then re-run)')
     if not os.path.isfile(path):  # a FIFO would hang the reader, a device read without end
         raise IndexFormatError(f'{path}: not a regular file')
     try:
@@ -196,7 +201,7 @@ def build_pair_index(files: Files, report: Report, layout: PairLayout) -> None:
         index.note = f'built by pairing each image with the {layout.caption_ext} of the same name in {caption_folder}/'
     else:
         source = original if os.path.exists(original) else path
-        downloaded = load_json_array(source)
+        downloaded = load_json_array(source, files.root)
         records, relocated = check_pairs(downloaded, files, layout, index.drops)
         index.note = f'checked {len(downloaded)} entries of {source} against the files'
         if relocated:

@@ -33,7 +33,7 @@ from src.prepare.extract import EXTRACT
 from src.prepare.tar_headers import TarJob
 from src.prepare.pairs import PairLayout, build_pair_index
 from src.prepare.report import Report
-from src.prepare.runner import DEFAULT_NUM_PROCESSES, Files, prepare
+from src.prepare.runner import DEFAULT_NUM_PROCESSES, Files, links_out, prepare, read_marker
 from src.prepare.tar_members import INDEX_MEMBERS
 from src.prepare.url_fetch import UrlPolicy
 
@@ -182,8 +182,7 @@ def download_summary(output: str, shards: list[str], earlier: set[str], options:
     successes, failed = 0, {}
     done = finished_shards(output)
     for shard in sorted(done & set(shards)):
-        with open(os.path.join(output, f'{shard}_stats.json'), encoding='utf-8') as f:
-            stats = json.load(f)
+        stats = shard_stats(os.path.join(output, f'{shard}_stats.json'))
         successes += stats['successes']
         for reason, count in stats['status_dict'].items():
             if reason != 'success':
@@ -192,6 +191,18 @@ def download_summary(output: str, shards: list[str], earlier: set[str], options:
             'shards_now': len((done - earlier) & set(shards)), 'shards_earlier': len(earlier & set(shards)),
             'shards_unfinished': [shard for shard in shards if shard not in done],
             'successes': successes, 'failed_by_reason': failed}
+
+
+def shard_stats(path: str) -> dict:
+    """img2dataset's stats of one shard (bounded, a regular file), its keys checked: an
+    ``IndexFormatError`` naming the file otherwise."""
+    stats = read_marker(path)
+    counts = stats.get('status_dict') if isinstance(stats, dict) else None
+    if not (isinstance(stats, dict) and type(stats.get('successes')) is int and isinstance(counts, dict)
+            and all(isinstance(reason, str) and type(count) is int for reason, count in counts.items())):
+        raise IndexFormatError(f'{path}: not img2dataset\'s stats of a shard (a JSON object of a "successes" '
+                               'count and a "status_dict" of counts); remove it to download the shard again')
+    return stats
 
 
 def build_index(files: Files, report: Report, layout: PairLayout = LAYOUT) -> None:
@@ -213,16 +224,19 @@ def prepare_recap(dataset: str, root: str, parquets: list[str], options: Downloa
         if (start, end) != (0, -1):
             raise IndexFormatError('--start/--end slice tars; the URL route spreads one download over many '
                                    'machines with --distributor pyspark instead')
+        problem = links_out(root, ('.prepare', IMAGE_FOLDER))  # before any marker or download is written
+        if problem:
+            raise IndexFormatError(problem)
         check_output_format(root, output_format)
         rows = [parquet_rows(path, options.url_col) for path in parquets]
         shards = shard_names(rows, options.samples_per_shard)
         earlier = finished_shards(output)
         if set(shards) - earlier:
             run_img2dataset(parquets, output, output_format, options, num_processes, shards)
+        report.download = download_summary(output, shards, earlier, options, sum(rows))
     except (IndexFormatError, MissingExtra) as e:
         report.index_error = str(e)
         return report
-    report.download = download_summary(output, shards, earlier, options, sum(rows))
     done = [shard for shard in shards if shard not in report.download['shards_unfinished']]
     jobs = ([TarJob(root, f'{IMAGE_FOLDER}/{shard}.tar', f'{IMAGE_FOLDER}/{shard}') for shard in done]
             if output_format == 'webdataset' else [])
@@ -234,11 +248,13 @@ def prepare_recap(dataset: str, root: str, parquets: list[str], options: Downloa
 def check_output_format(root: str, output_format: str) -> None:
     """One download is files or tars, never a mix: a run with the other choice is refused."""
     marker = os.path.join(root, '.prepare', 'recap.json')
-    try:
-        with open(marker, encoding='utf-8') as f:
-            earlier = json.load(f).get('output_format')
-    except (OSError, ValueError, AttributeError):
-        earlier = None
+    earlier = None
+    if os.path.lexists(marker):
+        recorded = read_marker(marker)
+        earlier = recorded.get('output_format') if isinstance(recorded, dict) else 'unreadable'
+        if earlier not in ('files', 'webdataset'):
+            raise IndexFormatError(f'{marker}: not the record of a download (a regular JSON file of its '
+                                   '"output_format", files or webdataset); remove it to go on')
     if earlier not in (None, output_format):
         flag = 'with' if earlier == 'webdataset' else 'without'
         raise IndexFormatError(f'{root}/{IMAGE_FOLDER} was downloaded as {earlier} by an earlier run: run {flag} '

@@ -22,9 +22,9 @@ from typing import Callable
 from tqdm import tqdm
 
 from src.cli.logs import setup_logging
-from src.datasets.errors import IndexFormatError
+from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.extras import MissingExtra
-from src.datasets.files import link_outside
+from src.datasets.files import link_outside, read_text_file
 from src.datasets.atomic import write_json
 from src.datasets import locks as lock
 from src.datasets.cleanup import remove_empty_folders, remove_leftovers
@@ -71,22 +71,44 @@ def tar_signature(job: TarJob, step) -> dict:
     return {**file_signature(job.path), 'dest': job.dest, **getattr(step, 'options', {})}
 
 
+MAX_MARKER_BYTES = 1 << 20
+
+
+def read_marker(path: str):
+    """A marker or stats file's JSON, read through the project's bounded regular-file reader (a
+    FIFO or device planted in its place is never opened for a blocking read), or None when it is
+    absent, not a regular file, too large or not JSON."""
+    try:
+        return json.loads(read_text_file(path, MAX_MARKER_BYTES))
+    except (SampleError, ValueError):
+        return None
+
+
+def links_out(root: str, folders=('.prepare',)) -> str:
+    """The link rule for the folders a run writes its state and downloads into: '' when each of
+    ``folders`` (under ``root``) stays inside it, else why nothing is written there."""
+    for folder in folders:
+        path = os.path.join(root, folder)
+        if link_outside(path, root):
+            return (f'{path} is a symbolic link out of {root}: nothing is written through it '
+                    '(remove it, then re-run)')
+    return ''
+
+
 def finished_result(job: TarJob, step) -> dict | None:
     """The recorded result of ``step`` on ``job`` when its marker matches the tar as it is now, else None."""
     try:
-        with open(marker_path(job, step.name), encoding='utf-8') as f:
-            marker = json.load(f)
+        marker = read_marker(marker_path(job, step.name))
         current = tar_signature(job, step)
     except (OSError, ValueError):
-        return None  # no marker, an unreadable one, or the tar is gone: not finished
+        return None  # the tar is gone: not finished
     return marker.get('result') if isinstance(marker, dict) and marker.get('tar') == current else None
 
 
 def recorded_options(job: TarJob, step) -> dict | None:
     """The step options (``--resize-to``) a finished earlier run recorded for ``job``, or None."""
     try:
-        with open(marker_path(job, step.name), encoding='utf-8') as f:
-            recorded = json.load(f)['tar']
+        recorded = read_marker(marker_path(job, step.name))['tar']
         return {key: value for key, value in recorded.items() if key not in ('size', 'mtime_ns', 'dest')}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -159,6 +181,9 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
     ``folders`` there is nothing to prepare, and the report says so (an error, not an empty index).
     Returns the report (``report``, when given, is filled in); ``report.finish()`` prints and saves it."""
     report = report or Report(dataset=dataset, root=root)
+    report.index_error = links_out(root)  # markers, claims and staging live in .prepare
+    if report.index_error:
+        return report
     jobs = [job for job in jobs if not linked_out(job, report)]
     start, end = select_slice(jobs, start, end)
     report.step, report.tars_total, report.tar_slice = step.name, len(jobs), (start, end)

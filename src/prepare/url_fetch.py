@@ -36,6 +36,11 @@ NAT64 = ipaddress.ip_network('64:ff9b::/96')  # the well-known prefix: 64:ff9b::
 _READ_CHUNK = 64 << 10
 
 
+# IANA's special-purpose block (192.0.0.0/24: 192.0.0.192 is a NAT traversal box's address) that
+# some Python versions count as global.
+SPECIAL_PURPOSE = ipaddress.ip_network('192.0.0.0/24')
+
+
 @dataclass(frozen=True)
 class UrlPolicy:
     """What one download may do: the host kinds it may reach, its time, bytes and pixels."""
@@ -66,10 +71,12 @@ def refused_address(address: str, allow_local: bool = False) -> str | None:
             return refused_address(str(inner), allow_local)
     if ip.is_link_local or ip == ipaddress.ip_address('fd00:ec2::254'):  # the metadata services
         return 'link-local address'
+    if ip.is_loopback:  # before the reserved kinds: ::1 lies in ::/8, reserved too
+        return None if allow_local else 'loopback address'
     if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
         return 'reserved address'
-    if ip.is_loopback:
-        return None if allow_local else 'loopback address'
+    if ip in SPECIAL_PURPOSE or (ip.version == 6 and ip.is_site_local):
+        return None if allow_local else 'private address'  # IANA special-purpose; deprecated site-local
     if ip.is_private or not ip.is_global:
         return None if allow_local else 'private address'
     return None
@@ -258,22 +265,34 @@ def fetch(url: str, policy: UrlPolicy, headers: dict | None = None) -> tuple[byt
         deadline.cancel()
 
 
-def too_many_pixels(data: bytes, max_pixels: int) -> bool:
-    """Whether the image's header declares more than ``max_pixels`` pixels (nothing is decoded:
-    the project's one opening function, ``src.datasets.image_io.open_image``, reads the header).
-    Bytes it cannot open are left to img2dataset's decoder, which counts them."""
+def refused_image(data: bytes, max_pixels: int) -> str | None:
+    """Why the image is refused before img2dataset decodes it, or None: its header declares more than
+    ``max_pixels`` pixels, or it is a JPEG of more scans than its size allows (a decoder bomb).
+    Nothing is decoded: the project's one opening function, ``src.datasets.image_io.open_image``,
+    reads the header and counts the scans. Other bytes it cannot open are left to img2dataset's
+    decoder, which counts them."""
     from src.datasets.errors import SampleError
-    from src.datasets.image_io import open_image
+    from src.datasets.image_io import ScanBomb, open_image
     try:
         open_image(data, 'download', max_pixels=max_pixels).close()
+    except ScanBomb:
+        return 'refused: a JPEG of more scans than its size allows (a decoder bomb)'
     except SampleError as e:
-        return e.reason == 'too-large'
-    return False
+        if e.reason == 'too-large':
+            return f'refused: more than {max_pixels} pixels declared'
+    return None
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` as a summary line may show it: a control character (a terminal escape a server put in
+    its answer) as '?', at most ``limit`` characters."""
+    return ''.join(ch if ch.isprintable() else '?' for ch in text[:limit])
 
 
 def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *, policy: UrlPolicy):
     """img2dataset's ``download_image`` (same arguments and answer: key, stream, error) through
-    :func:`fetch`, refusing images that declare more than ``policy.max_pixels`` pixels."""
+    :func:`fetch`, refusing images that declare more than ``policy.max_pixels`` pixels, or JPEGs of more
+    scans than their size allows (:func:`refused_image`)."""
     key, url = row
     agent = 'Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0'
     if user_agent_token:
@@ -282,12 +301,16 @@ def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *,
         data, headers = fetch(url, policy, {'User-Agent': agent})  # policy.timeout is img2dataset's too
     except UrlRefused as refused:
         return key, None, f'refused: {refused.reason}'
+    except urllib.error.HTTPError as err:  # its reason phrase is the server's text: the standard one is said
+        phrase = http.client.responses.get(err.code)
+        return key, None, f'HTTP Error {err.code}: {phrase}' if phrase else f'HTTP Error {err.code}'
     except Exception as err:  # noqa: BLE001 (img2dataset counts every failure by its message)
-        return key, None, str(err)
+        return key, None, printable(str(err))
     if disallowed_header_directives:
         from img2dataset.downloader import is_disallowed
         if is_disallowed(headers, user_agent_token, disallowed_header_directives):
                 return key, None, 'Use of image disallowed by X-Robots-Tag directive'
-    if too_many_pixels(data, policy.max_pixels):
-        return key, None, f'refused: more than {policy.max_pixels} pixels declared'
+    refusal = refused_image(data, policy.max_pixels)
+    if refusal:
+        return key, None, refusal
     return key, io.BytesIO(data), None
