@@ -82,3 +82,17 @@ def test_upload_prints_no_credential_of_its_endpoint(tmp_path):
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and 'endpoint http://***@127.0.0.1:9' in result.stderr, result.stderr[-2000:]
     assert SECRET not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize('text', [
+    'http://h/x?auth={}', 'http://h/x?authorization=Bearer%20{}', 'http://h/x;token={}', 'http://h/x?token%3D{}',
+    'http://h/x?a=1&amp;token={}', 'Authorization: Bearer {}', 'Authorization: Basic {}',
+    'aws_secret_access_key={}', "{{'secret_key': '{}'}}", 'password: {}', 'http://h/x?X-Goog-Signature={}'])
+def test_redact_hides_tokens_in_headers_settings_and_pasted_urls(text):
+    """The forms a hostile review found after the URL credentials: headers, settings, escaped queries."""
+    assert SECRET not in redact(text.format(SECRET))
+
+
+def test_redact_keeps_ordinary_words_near_credential_names():
+    for text in ('key frames of a basic video', 'the password field is empty', 'a bearer of news'):
+        assert redact(text) == text

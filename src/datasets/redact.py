@@ -18,17 +18,28 @@ HIDDEN = '***'
 _USERINFO = re.compile(r'(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)'
                        r'(?P<userinfo>[^/\s\'"]+|[^/\s\'"@:]+:(?!\d*/)[^@\n\'"]*?)@')
 # A query parameter that holds a credential (pre-signed S3 URLs, tokens, passwords).
-_SECRET_PARAMETER = re.compile(
-    r'(?P<name>[?&#](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|X-Goog-Signature|X-Goog-Credential|'
-    r'Signature|AWSAccessKeyId|access_token|token|password|passwd|secret|secret_key|access_key|api_key|apikey|'
-    r'key|sig|client_secret|refresh_token|id_token|hf_token)=)[^&\s\'"#]*',
-    re.IGNORECASE)
+_SECRET_NAMES = (r'X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|X-Goog-Signature|X-Goog-Credential|'
+                 r'Signature|AWSAccessKeyId|access_token|token|password|passwd|secret|secret_key|access_key|api_key|'
+                 r'apikey|key|sig|client_secret|refresh_token|id_token|hf_token|auth|authorization|'
+                 r'aws_secret_access_key|aws_session_token')
+# (also after ';' and as '&amp;' or percent-encoded '=', as URLs are pasted from pages and logs)
+_SECRET_PARAMETER = re.compile(rf'(?P<name>(?:[?&#;]|&amp;)(?:{_SECRET_NAMES})(?:=|%3D))[^&;\s\'"#]*', re.IGNORECASE)
+# An HTTP authorization header or a bearer token, in whatever text quotes it.
+# After 'Authorization:' whatever follows; elsewhere a token of 12 characters or more ('a basic video' stays).
+_BEARER = re.compile(r'(?P<name>\bAuthorization\s*[:=]\s*(?:(?:Bearer|Basic|Token)\s+)?)[^\s\'",}]+|'
+                     r'(?P<scheme>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{12,}', re.IGNORECASE)
+# A secret as a setting: "aws_secret_access_key = x", "{'secret_key': 'x'}", "password: x".
+_SECRET_SETTING = re.compile(
+    r'(?P<name>\b(?:aws_secret_access_key|aws_session_token|secret_key|secret_access_key|client_secret|password|'
+    r'passwd|api_key|access_token|refresh_token|hf_token)[\'"]?\s*[:=]\s*[\'"]?)[^\s\'",}]+', re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` with every URL's credentials replaced by ``***``."""
+    """``text`` with every credential of a URL, a header or a setting replaced by ``***``."""
     text = _USERINFO.sub(lambda m: f'{m["scheme"]}{HIDDEN}@', text)
-    return _SECRET_PARAMETER.sub(lambda m: f'{m["name"]}{HIDDEN}', text)
+    text = _SECRET_PARAMETER.sub(lambda m: f'{m["name"]}{HIDDEN}', text)
+    text = _BEARER.sub(lambda m: f'{m["name"] or m["scheme"]}{HIDDEN}', text)
+    return _SECRET_SETTING.sub(lambda m: f'{m["name"]}{HIDDEN}', text)
 
 
 _SIGNATURES = ((b'\x1f\x8b', 'gzip data'), (b'PK\x03\x04', 'a zip archive'), (b'%PDF', 'a PDF'),
