@@ -234,6 +234,11 @@ def test_two_nodes_write_what_one_process_writes_and_a_killed_node_is_filled_in(
 
     again = start_nodes(_free_port())
     outputs = [node.communicate(timeout=300)[0] for node in again]
+    if any(node.returncode for node in again) and any('rendezvous' in output for output in outputs):
+        # torchrun's c10d store can abort an agent as the job ends (its host gone first): a scheduler
+        # would start the job once more, which again encodes only what is missing.
+        again = start_nodes(_free_port())
+        outputs = [node.communicate(timeout=300)[0] for node in again]
     assert all(node.returncode == 0 for node in again), [output[-3000:] for output in outputs]
     report = json.loads((folder / 'cache_latents_report.json').read_text())
     assert report['world_size'] == 2 and all(rank['encoded'] + rank['already_there'] > 0 for rank in report['ranks'])
