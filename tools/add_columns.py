@@ -22,22 +22,22 @@ logger = logging.getLogger('add_columns')
 
 
 def main(argv=None) -> int:
-    from mmengine.config import Config, DictAction
+    from src.cli.options import ConfigOptions
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
     parser.add_argument('scores', help='a parquet: the key column and the columns to join')
     parser.add_argument('--key', default='image', help='the column to join by (default: %(default)s)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions, default={},
                         help="override config keys, as mmengine's tools take them (key=value ...)")
     args = parser.parse_args(argv)
 
+    from src.cli.config import read_config
     from src.cli.logs import setup_logging
     from src.datasets.build import dataset_config
     from src.datasets.errors import IndexFormatError
     from src.prepare.columns import index_paths, join_columns
     setup_logging('add_columns')
-    cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
+    cfg = read_config(args.config, args.cfg_options)  # a JSON or YAML config through the data-config rule
     paths = index_paths(dataset_config(cfg))
     if not paths:
         logger.error('%s: no dataset with a data_path', args.config)

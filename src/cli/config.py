@@ -47,18 +47,11 @@ def installed_path(package: str) -> str:
     return list(spec.submodule_search_locations)[0]
 
 
-def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | None = None, *,
-                builds: str = 'dataset'):
-    """The config at ``path``, with ``cfg_options`` merged and every dataset tokenizer pointed at
-    ``tokenizer`` when given. Each tokenizer of what the tool builds (``builds``: 'dataset', the
-    config's ``dataset`` as upstream's scripts take it, else the training dataloader's; or
-    'train_dataloader') that names a hub model is checked: loaded from the hub cache when the hub is
-    out of reach, or a ``HubUnreachable`` that says what to pass; the local data it reads is there
-    (``DataMissing`` naming every path that is not).
-
-    A Python config is code and runs as such; a JSON or YAML one is data, and may only name
-    registered or trusted types (``src.cli.data_config``): one that would run code is refused, in
-    one line naming the file and the key."""
+def read_config(path: str, cfg_options: dict | None = None):
+    """The config at ``path`` with ``cfg_options`` merged, nothing checked or resolved: a Python
+    config is code and runs as such; a JSON or YAML one is data, and may only name registered or
+    trusted types (``src.cli.data_config``): one that would run code is refused, in one line naming
+    the file and the key."""
     import mmengine.config.config as mmengine_config
 
     from src.cli.data_config import UntrustedConfig, is_data_config, load_data_config
@@ -71,6 +64,18 @@ def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | Non
         mmengine_config.get_installed_path = installed_path  # the project's configs from a user's (configs.*)
         cfg = mmengine_config.Config.fromfile(path)
     cfg.merge_from_dict(cfg_options or {})
+    return cfg
+
+
+def load_config(path: str, cfg_options: dict | None = None, tokenizer: str | None = None, *,
+                builds: str = 'dataset'):
+    """The config at ``path``, with ``cfg_options`` merged and every dataset tokenizer pointed at
+    ``tokenizer`` when given. Each tokenizer of what the tool builds (``builds``: 'dataset', the
+    config's ``dataset`` as upstream's scripts take it, else the training dataloader's; or
+    'train_dataloader') that names a hub model is checked: loaded from the hub cache when the hub is
+    out of reach, or a ``HubUnreachable`` that says what to pass; the local data it reads is there
+    (``DataMissing`` naming every path that is not). The config is read by :func:`read_config`."""
+    cfg = read_config(path, cfg_options)
     from src.datasets.mixes import batched_mixes  # torch: after the tools' checks made before it
     for root in dataset_roots(cfg):  # mixes read a batch at a time, whichever ConcatDataset the config names
         batched_mixes(root)
