@@ -19,7 +19,7 @@ bench: $(VENV)/.installed
 
 # Debian packages: a font with CJK glyphs (captions in the preview and the report), Java 17 (Spark,
 # for img2dataset's pyspark distributor and its test), and a C compiler with Python's headers (the one
-# compiled loop, src/datasets/_planes.c). Installed when missing, as root (as CI runs); otherwise one
+# compiled loop, src/datasets/sample/_planes.c). Installed when missing, as root (as CI runs); otherwise one
 # line says what is missing.
 $(VENV)/.system: Makefile
 	@mkdir -p $(VENV)
@@ -42,11 +42,11 @@ $(VENV)/.system: Makefile
 # xtuner 0.2.0 pins bitsandbytes 0.45.0, which fails to import with this torch's triton, and
 # diffusers imports bitsandbytes whenever it is installed. Nothing here uses it (xtuner's dataset code
 # and diffusers' autoencoders import without it): it is removed after the install.
-$(VENV)/.installed: pyproject.toml setup.py src/datasets/_planes.c Makefile | $(VENV)/.system
+$(VENV)/.installed: pyproject.toml setup.py src/datasets/sample/_planes.c Makefile | $(VENV)/.system
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[$(EXTRAS)]'
-	@$(PY) -c 'import src.datasets._planes' 2>/dev/null || \
-	  echo "the compiled pixel loop (src/datasets/_planes.c) was not built (no C compiler or Python headers found): samples take numpy's way, 0.2-0.9 ms longer"
+	@$(PY) -c 'import src.datasets.sample._planes' 2>/dev/null || \
+	  echo "the compiled pixel loop (src/datasets/sample/_planes.c) was not built (no C compiler or Python headers found): samples take numpy's way, 0.2-0.9 ms longer"
 	$(PY) -m pip show -q bitsandbytes >/dev/null 2>&1 && $(PY) -m pip uninstall -q -y bitsandbytes || true
 	touch $@

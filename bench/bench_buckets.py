@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._mem import peak_rss, reset_peak  # noqa: E402
-from src.datasets.buckets import Buckets, kept_area  # noqa: E402
+from src.datasets.sample.buckets import Buckets, kept_area  # noqa: E402
 
 DALLE3 = {(1024, 1024): 1, (1792, 1024): 1, (1024, 1792): 1}
 # (width, height): share. Midjourney's --ar choices as its downloads hold them (an assumed spread).

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.datasets.image_io import load_pixel_values, random_square_box
+from src.datasets.sample.image_io import load_pixel_values, random_square_box
 from src.synthetic.images import encode_image
 
 

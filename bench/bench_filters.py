@@ -4,7 +4,7 @@ dataset without filters, in fresh processes, the imports and the tokenizer made 
 
 The first construction with a filter decides it (whole-column passes over the memory-mapped index,
 once per index cache and options); every later one, in every rank and run, maps the kept rows
-(``src.datasets.selection``): the cost that repeats should stay that of a construction without a
+(``src.datasets.index.selection``): the cost that repeats should stay that of a construction without a
 filter. Also timed: joining a 1M-row score parquet into the index (``tools/add_columns.py``).
 
     PYTHONPATH=. .venv/bin/python bench/bench_filters.py [--n 1000000 | --small] [--repeat 5]

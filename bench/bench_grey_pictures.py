@@ -39,7 +39,7 @@ def naive_rgb(img):
 def child(mode: str, side: int, which: str) -> dict:
     import numpy as np
     from bench._mem import peak_rss, reset_peak
-    from src.datasets.image_io import to_rgb
+    from src.datasets.sample.image_io import to_rgb
     img = picture(mode, side)
     img.load()
     base = reset_peak()

@@ -27,7 +27,7 @@ import torch
 from mmengine.dataset import BaseDataset
 
 from bench._mem import peak_rss, private_and_proportional, reset_peak
-from src.datasets.sample_index import SampleIndex
+from src.datasets.index.sample_index import SampleIndex
 
 WORKERS = 4
 WORDS = ('a cinematic portrait of an astronaut cat in a neon city, ultra detailed, volumetric '

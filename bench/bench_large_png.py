@@ -24,7 +24,7 @@ def child(path: str, which: str) -> dict:
     import torch  # noqa: F401  (loaded before the baseline, as in a training worker)
     from bench._mem import peak_rss, reset_peak
     from bench.bench_decode import naive_pixel_values
-    from src.datasets.image_io import load_pixel_values
+    from src.datasets.sample.image_io import load_pixel_values
     data = Path(path).read_bytes()
     base = reset_peak()
     start = time.perf_counter()

@@ -51,7 +51,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from src.datasets.collate_functions import collate_func_gen  # noqa: E402
-from src.datasets.image_io import load_pixel_values  # noqa: E402
+from src.datasets.sample.image_io import load_pixel_values  # noqa: E402
 
 BATCH, WORKERS, IMAGE_SIZE = 8, 2, 256
 KEYS = dict(aws_access_key_id='bench', aws_secret_access_key='bench')

@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.datasets import image_io  # noqa: E402
+from src.datasets.sample import image_io  # noqa: E402
 
 HALF, ONE = np.float32(127.5), np.float32(1)
 
@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds, repeats = (5, 5) if args.small else (30, 20)
     if image_io._compiled_normalise is None:
-        sys.exit('the compiled loop is not built (src/datasets/_planes.c): run make, with a C compiler installed')
+        sys.exit('the compiled loop is not built (src/datasets/sample/_planes.c): run make, with a C compiler installed')
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     picture = Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))

@@ -28,15 +28,15 @@ import pyspng
 import torch
 from PIL import Image
 
-from src.datasets import image_io
-from src.datasets.captions import resolve_caption
+from src.datasets.sample import image_io
+from src.datasets.index.captions import resolve_caption
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.prepare.resize import shrink_image
 from src.synthetic.images import encode_image
 from src.synthetic.tokenizer import build_tokenizer
 
 # The issue's JPEGs (1024-1536 px a side, as LAION / Midjourney downloads hold), the same prepared
-# with pretokenize=True (prompt ids stored once: src.datasets.prompt_ids), the same prepared with
+# with pretokenize=True (prompt ids stored once: src.datasets.index.prompt_ids), the same prepared with
 # --resize-to 512 (src.prepare.resize.shrink_image), and DALL-E 3's PNGs: (format, sizes, short
 # side the files are shrunk to, pretokenize).
 JPEG_SIZES = [(1024, 1024), (1536, 1024), (1024, 1536), (1280, 1280), (1536, 1536), (1344, 1024)]

@@ -9,7 +9,7 @@ of 5-60 words):
   written. The listing of the images is given as extraction or ``--no-extract`` would list them
   (a ``PathListing`` of every image but 0.1%), so that no 23M files are made;
 - ``first construction``: the first ``CaptionDataset`` on the new data.json, which makes its
-  memory-mapped index cache and decides the kept records (``src.datasets.selection``), once;
+  memory-mapped index cache and decides the kept records (``src.datasets.index.selection``), once;
 - ``start-up``: ``CaptionDataset`` built again in a fresh process, as every rank and spawned worker
   of every run builds it (the imports and the tokenizer before the clock);
 - ``pretokenize``: the first construction with ``pretokenize=True`` (every prompt tokenized once);

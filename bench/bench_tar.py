@@ -36,7 +36,7 @@ from multiprocessing import Pool
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from src.datasets.tar_index import INDEX_NAME, TarMemberIndex
+from src.datasets.storage.tar_index import INDEX_NAME, TarMemberIndex
 from src.prepare.tar_headers import scan_tar_headers, scan_tar_with_tarfile
 from src.prepare.tar_members import INDEX_MEMBERS
 from src.prepare.datasets import prepare_midjourney23m

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.datasets.buckets import Buckets  # noqa: E402
+from src.datasets.sample.buckets import Buckets  # noqa: E402
 from src.engine import ResumableTrainLoop  # noqa: E402
 
 BUCKET_SIZES = (9, 7, 6)  # with a global batch of 4: epochs of 4, 6 and 5 batches (records carried)

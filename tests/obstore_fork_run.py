@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.datasets.obstore_client import worker_store  # noqa: E402
+from src.datasets.storage.obstore_client import worker_store  # noqa: E402
 from src.datasets.text2image.caption_datasets import CaptionDataset  # noqa: E402
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from src.datasets.buckets import Buckets, equal_area_shapes, kept_area, pixart_shapes
+from src.datasets.sample.buckets import Buckets, equal_area_shapes, kept_area, pixart_shapes
 from src.datasets.collate_functions import collate_func_gen, collate_func_gen_latents
-from src.datasets.image_io import crop_box, load_pixel_values, load_pixels, random_square_box
+from src.datasets.sample.image_io import crop_box, load_pixel_values, load_pixels, random_square_box
 from src.datasets.samplers.bucket_sampler import BucketBatches, BucketSampler
 from src.datasets.samplers.multi_source_sampler import FixedBatchMultiSourceSampler
 from src.datasets.text2image.caption_datasets import CaptionDataset
@@ -156,7 +156,7 @@ def test_square_samples_are_unchanged_by_the_target_path():
 # ---- the dataset ------------------------------------------------------------------------------------
 def test_each_record_s_bucket_is_known_at_construction_and_headers_are_read_once(bucket_data, tokenizer, prompt_template,
                                                                                  monkeypatch):
-    from src.datasets import image_sizes
+    from src.datasets.index import image_sizes
     reads = Counter()
     original = image_sizes.header_size
 

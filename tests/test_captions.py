@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from src.datasets.captions import (caption_from_json, caption_from_text, caption_keys, check_caption,
+from src.datasets.index.captions import (caption_from_json, caption_from_text, caption_keys, check_caption,
                                    parse_annotation, resolve_caption)
 from src.datasets.errors import SampleError
 

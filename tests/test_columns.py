@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from src.datasets.sample_index import SampleIndex
+from src.datasets.index.sample_index import SampleIndex
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.prepare import datasets
 from src.prepare.metadata import carried_columns

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.datasets.sample_index import SampleIndex
+from src.datasets.index.sample_index import SampleIndex
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.prepare.datasets import prepare_midjourney23m
 from src.prepare.duplicates import clusters_of

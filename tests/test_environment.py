@@ -44,10 +44,10 @@ def test_the_spark_test_has_what_it_needs_where_make_installs_it():
 
 def test_the_compiled_pixel_loop_is_built_where_make_installs_a_compiler():
     """make installs gcc and Python's headers as root (as CI runs), and the install builds
-    src/datasets/_planes.c; without a compiler the numpy loop runs (the same floats, slower)."""
+    src/datasets/sample/_planes.c; without a compiler the numpy loop runs (the same floats, slower)."""
     import shutil
     import sysconfig
-    from src.datasets import image_io
+    from src.datasets.sample import image_io
     headers = Path(sysconfig.get_paths()['include'], 'Python.h').exists()
     if os.geteuid() == 0 or (shutil.which('cc') and headers):
-        assert image_io._compiled_normalise is not None, 'make builds src/datasets/_planes.c'
+        assert image_io._compiled_normalise is not None, 'make builds src/datasets/sample/_planes.c'

@@ -190,7 +190,7 @@ class UpstreamStyleReconstruct(CaptionDataset):
 @pytest.mark.parametrize('subclass', [UpstreamStyleReconstruct], ids=['upstream-style'])
 def test_a_subclass_written_against_upstream_runs_over_tar_shards(tmp_path, tokenizer_path, subclass):
     from test_no_extract import batches
-    from src.datasets.tar_index import INDEX_NAME
+    from src.datasets.storage.tar_index import INDEX_NAME
     from src.prepare.datasets import prepare_laion6m
     from src.prepare.tar_members import INDEX_MEMBERS
     from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.datasets.sample_index import SampleIndex
+from src.datasets.index.sample_index import SampleIndex
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.prepare.datasets import prepare_midjourney23m
 from src.synthetic.downloads import make_midjourney23m

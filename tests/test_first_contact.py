@@ -216,7 +216,7 @@ def test_report_previews_keep_their_shape():
 def test_a_stale_index_cache_is_said_once(tmp_path, monkeypatch):
     import json
 
-    from src.datasets import index_cache, sample_index
+    from src.datasets.index import index_cache, sample_index
     said = []
     for module in (sample_index, index_cache):
         monkeypatch.setattr(module, 'print_log', lambda msg, **kwargs: said.append(msg))

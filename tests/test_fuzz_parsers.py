@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.datasets.captions import parse_annotation
+from src.datasets.index.captions import parse_annotation
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.latent_store import LatentShapes, read_info
-from src.datasets.sample_index import SampleIndex
+from src.datasets.storage.latent_store import LatentShapes, read_info
+from src.datasets.index.sample_index import SampleIndex
 
 BOUND_S = 5.0  # one input's time bound (a loaded machine); each takes milliseconds
 TOKENS = [b'[', b']', b'{', b'}', b'"', b'\\', b',', b':', b'null', b'1e999', b'-0', b'NaN', b'\x00', b'\xff',
@@ -231,7 +231,7 @@ def _npy(values) -> bytes:
 
 
 def test_fuzzed_selection_and_sizes_files_are_used_or_computed_again(tmp_path):
-    from src.datasets import image_sizes, selection
+    from src.datasets.index import image_sizes, selection
     folder = tmp_path / 'select'
     folder.mkdir()
     good = {'drops.json': json.dumps({'total': 10, 'rows': True, 'buckets': True,
@@ -263,7 +263,7 @@ def test_fuzzed_selection_and_sizes_files_are_used_or_computed_again(tmp_path):
 
 
 def test_fuzzed_prompt_ids_stores_are_rebuilt_or_refuse_the_sample_naming_the_store(tmp_path):
-    from src.datasets.prompt_ids import DamagedStore, _map
+    from src.datasets.index.prompt_ids import DamagedStore, _map
     folder = tmp_path / 'prompt-ids'
     folder.mkdir()
     lengths = np.array([3, 0, 5, 2, 4])

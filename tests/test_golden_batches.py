@@ -249,7 +249,7 @@ def _config_case(name):
 
 
 def case_tar_shards(root, tokenizer, template, tokenizer_path, **_):
-    from src.datasets.tar_index import INDEX_NAME
+    from src.datasets.storage.tar_index import INDEX_NAME
     from src.prepare.tar_members import INDEX_MEMBERS
     from src.synthetic.downloads import DEFAULT_ROOTS
     _prepared(root, 'laion6m', step=INDEX_MEMBERS)
@@ -272,7 +272,7 @@ def case_upstream_hooks(root, tokenizer, template, tokenizer_path, **_):
 
 def case_upstream_hooks_tar_shards(root, tokenizer, template, tokenizer_path, **_):
     from test_family import UpstreamStyleReconstruct
-    from src.datasets.tar_index import INDEX_NAME
+    from src.datasets.storage.tar_index import INDEX_NAME
     from src.prepare.tar_members import INDEX_MEMBERS
     from src.synthetic.downloads import DEFAULT_ROOTS
     _prepared(root, 'laion6m', step=INDEX_MEMBERS)

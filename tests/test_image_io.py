@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from src.datasets import image_io
+from src.datasets.sample import image_io
 from src.datasets.errors import SampleError
-from src.datasets.image_io import (DEFAULT_MAX_PIXELS, check_size, load_pixel_values, load_square,
+from src.datasets.sample.image_io import (DEFAULT_MAX_PIXELS, check_size, load_pixel_values, load_square,
                                    open_image, oriented_size, random_square_box, to_pixel_values,
                                    to_rgb)
 from src.synthetic.images import (FORMAT_MODES, convert_mode, decompression_bomb_png, encode_image,

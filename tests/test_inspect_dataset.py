@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.datasets import prompt_ids
+from src.datasets.index import prompt_ids
 from src.prepare.datasets import prepare_blip3o60k, prepare_midjourney23m
 from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
 

@@ -18,7 +18,7 @@ import torch
 from src.latents import cache as latent_cache
 from src.latents.autoencoder import load_encoder
 from src.latents.store import is_complete
-from src.datasets import locks as lock
+from src.datasets.storage import locks as lock
 from src.prepare.datasets import prepare_midjourney23m
 from src.synthetic.autoencoder import KINDS, build_autoencoder
 from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
@@ -74,7 +74,7 @@ def test_every_usable_image_is_encoded_once_as_upstream_writes_it(workdir, vaes,
     image, latent = next(iter(written.items()))
     assert latent.dtype == torch.bfloat16 and latent.shape == (4, 32, 32)
     # The same tensor as encoding that image's crop directly, scaled as the config declares.
-    from src.datasets.image_io import load_pixel_values
+    from src.datasets.sample.image_io import load_pixel_values
     pixels = load_pixel_values((workdir.root / image[:-3]).read_bytes(), image, 64,
                                random.Random(f'latents/{image[:-3]}'), min_image_size=80)
     encoder = load_encoder(vaes[kind], torch.device('cpu'), torch.float32)
@@ -184,7 +184,7 @@ def test_two_ranks_write_each_latent_once(workdir, vaes, tokenizer_path):
                    tokenizer_path=tokenizer_path, cwd=cwd,
                    launcher=(sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2'))
     assert sharded.returncode == 0, sharded.stderr[-3000:]
-    from src.datasets.tar_index import TarMemberIndex
+    from src.datasets.storage.tar_index import TarMemberIndex
     index = TarMemberIndex.open(str(cwd / 'sharded' / 'tar_index.arrow'))
     assert set(index.paths()) == usable(workdir)  # each latent once, over both ranks' shards
     assert {p.name[:4] for p in (cwd / 'sharded' / 'shards').glob('*.tar')} == {'r000', 'r001'}

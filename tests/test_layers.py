@@ -1,11 +1,15 @@
 """The layers of src/: which top-level package may import which. A package imports only packages of
 lower layers (every import counts, a function's own too), so the packages form no import circle.
 
-    datasets                                  the data code (storage, index, sample, their locks
-                                              and atomic writes); imports no other package of src/
+    datasets                                  the data code; imports no other package of src/
     engine, latents, synthetic, examples      training-loop positions, latent caches, miniatures
     cli, report                               the tools' options and logs; the report and its preview
     prepare                                   preparing downloads (uses the tools' logs, latent shards)
+
+Inside ``src/datasets`` the folders are layers too: ``storage`` (where bytes come from) < ``index``
+(what is known before a picture is read) < ``sample`` (a record made a sample) < the dataset
+classes, collate functions and samplers (the upstream module paths). ``errors`` and ``extras`` sit
+under all of them.
 """
 from __future__ import annotations
 
@@ -65,3 +69,29 @@ def test_no_import_circle_between_packages():
             state[node] = 'done'
     for node in sorted(graph):
         visit(node, [])
+
+
+DATASETS = SRC / 'datasets'
+INNER = {'errors': 0, 'extras': 0, 'storage': 1, 'index': 2, 'sample': 3}  # anything else: 4
+
+
+def _inner_layer(module: str) -> int:
+    """The layer of ``src.datasets.<module...>`` (a dotted name below src.datasets)."""
+    return INNER.get(module.split('.')[0], 4)
+
+
+def test_the_folders_of_datasets_import_only_lower_folders():
+    wrong = []
+    for folder in ('storage', 'index', 'sample'):
+        for path in (DATASETS / folder).rglob('*.py'):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module] + [f'{node.module}.{alias.name}' for alias in node.names]
+                else:
+                    continue
+                for name in names:
+                    if name.startswith('src.datasets.') and _inner_layer(name[len('src.datasets.'):]) > INNER[folder]:
+                        wrong.append(f'{path.relative_to(SRC.parent)} imports {name}')
+    assert not wrong, wrong

@@ -12,7 +12,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from src.datasets.tar_index import INDEX_NAME
+from src.datasets.storage.tar_index import INDEX_NAME
 from src.prepare.tar_members import INDEX_MEMBERS
 from src.prepare import datasets as prepare
 from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS

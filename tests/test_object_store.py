@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from src.datasets.errors import SampleError
-from src.datasets.object_store import ObjectFolder, StorageConfigError
+from src.datasets.storage.object_store import ObjectFolder, StorageConfigError
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.prepare.datasets import prepare_redcaps5m
 from src.synthetic.downloads import MAKERS
@@ -255,7 +255,7 @@ def test_an_index_in_the_bucket_is_fetched_once_per_machine(uploaded, s3, tmp_pa
 
 
 def test_a_shard_whose_size_differs_from_its_index_is_refused(uploaded, s3, tmp_path, tokenizer, prompt_template):
-    from src.datasets.tar_index import StaleIndexError
+    from src.datasets.storage.tar_index import StaleIndexError
     from src.prepare.tar_members import INDEX_MEMBERS
     packed = MAKERS['redcaps5m'](tmp_path / 'stale', n=4, faults=False, shards=1)
     assert prepare_redcaps5m(str(packed.root), num_processes=1, step=INDEX_MEMBERS).exit_code() == 0
@@ -374,7 +374,7 @@ def test_a_subclass_written_against_upstream_reads_the_bucket(uploaded, s3, tmp_
 
 
 def test_prefetched_bytes_are_bounded_and_handed_out_once():
-    from src.datasets.object_store import Kept
+    from src.datasets.storage.object_store import Kept
     kept = Kept(limit=10)
     kept.put('a', b'123456')
     kept.put('b', b'abcdef')  # over the limit: the oldest goes
@@ -382,7 +382,7 @@ def test_prefetched_bytes_are_bounded_and_handed_out_once():
 
 
 def test_a_samples_members_close_together_in_one_tar_share_a_range():
-    from src.datasets.object_store import MAX_GAP, member_spans
+    from src.datasets.storage.object_store import MAX_GAP, member_spans
     located = {'s/1.json': ('0.tar', 10 ** 9, 2048, 100), 's/1.jpg': ('0.tar', 10 ** 9, 512, 1000),
                'far.jpg': ('0.tar', 10 ** 9, 2148 + MAX_GAP + 1, 10), 'other.jpg': ('1.tar', 5000, 512, 10)}
     assert member_spans(located) == [

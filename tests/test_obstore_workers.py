@@ -1,4 +1,4 @@
-"""obstore in DataLoader workers (src.datasets.obstore_client): made in each worker, never in the
+"""obstore in DataLoader workers (src.datasets.storage.obstore_client): made in each worker, never in the
 parent, so workers forked after the parent read from the bucket read every sample whole; against
 moto's standalone server, through a proxy that throttles and cuts bodies. The fork runs in a
 process of its own under a timeout (a hang fails the test instead of stalling the suite)."""
@@ -102,6 +102,6 @@ def test_without_obstore_workers_read_with_boto3(bucket, tmp_path, tokenizer_pat
 
 
 def test_outside_a_worker_there_is_no_obstore_store():
-    from src.datasets.object_store import Cluster
-    from src.datasets.obstore_client import worker_store
+    from src.datasets.storage.object_store import Cluster
+    from src.datasets.storage.obstore_client import worker_store
     assert worker_store(Cluster('c', 'http://127.0.0.1:1', 'k', 's'), 'b') is None

@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from src.datasets.atomic import atomic_write, write_json_array
+from src.datasets.storage.atomic import atomic_write, write_json_array
 from src.prepare.extract import EXTRACT, scan_files, staging_folder
 from src.prepare.tar_headers import TarJob
 from src.prepare.report import Report

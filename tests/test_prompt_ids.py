@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
-from src.datasets import prompt_ids
+from src.datasets.index import prompt_ids
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.synthetic.images import encode_image
 

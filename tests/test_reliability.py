@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from src.datasets.errors import IndexFormatError
-from src.datasets import locks as lock
+from src.datasets.storage import locks as lock
 from src.prepare import datasets
 from src.prepare.extract import EXTRACT
 from src.prepare.report import REPORT_NAME
@@ -155,7 +155,7 @@ def sparse_tar(tmp_path: Path, fmt: str) -> Path:
 @pytest.mark.skipif(shutil.which('tar') is None, reason='needs GNU tar to make sparse members')
 @pytest.mark.parametrize('fmt', ['gnu', 'pax'])
 def test_sparse_members_are_refused_never_misread(tmp_path, fmt):
-    from src.datasets.tar_index import TarMemberIndex
+    from src.datasets.storage.tar_index import TarMemberIndex
     sparse_tar(tmp_path, fmt)
     report = extract_only(tmp_path, [f'raw/{fmt}.tar'], INDEX_MEMBERS)
     assert report.tars[f'raw/{fmt}.tar']['refused'] == [['holes.bin', 'sparse']]
@@ -169,7 +169,7 @@ def test_sparse_members_are_refused_never_misread(tmp_path, fmt):
 # ---- 5. the same path in two tars ---------------------------------------------------------------
 @pytest.mark.parametrize('order', ['in order', 'later tar first'])
 def test_a_path_in_two_tars_is_the_last_tar_s_copy_as_with_no_extract(tmp_path, order):
-    from src.datasets.tar_index import TarMemberIndex
+    from src.datasets.storage.tar_index import TarMemberIndex
     from src.prepare.tar_headers import TarJob
     write_tar(tmp_path / 'raw' / '0.tar', [('same.jpg', b'first tar'), ('only0.jpg', JPEG)])
     write_tar(tmp_path / 'raw' / '1.tar', [('same.jpg', b'second tar'), ('only1.jpg', JPEG)])
@@ -278,7 +278,7 @@ def test_leftovers_of_killed_runs_are_removed_by_the_next_run(tmp_path):
 
 
 def test_a_sample_index_build_killed_midway_leaves_nothing_for_long(tmp_path):
-    from src.datasets.sample_index import SampleIndex, cache_path_for
+    from src.datasets.index.sample_index import SampleIndex, cache_path_for
     (tmp_path / 'data.json').write_text(json.dumps([{'image': 'a.jpg'}]))
     cache = cache_path_for(str(tmp_path / 'data.json'))
     for suffix in ('abc123.tmp', 'abc123.tmp.0', 'abc123.tmp.1'):
@@ -289,7 +289,7 @@ def test_a_sample_index_build_killed_midway_leaves_nothing_for_long(tmp_path):
 
 # ---- 10. smaller ones ---------------------------------------------------------------------------------
 def test_a_deeply_nested_index_is_an_error_naming_the_file(tmp_path):
-    from src.datasets.sample_index import SampleIndex
+    from src.datasets.index.sample_index import SampleIndex
     (tmp_path / 'data.json').write_text('[' * 3000 + ']' * 3000)
     with pytest.raises(IndexFormatError, match=r'data.json.*nested deeper'):
         SampleIndex.load(str(tmp_path / 'data.json'), use_cache=False)
@@ -307,7 +307,7 @@ def test_a_32_bit_grey_tiff_keeps_its_picture():
     import numpy as np
     from PIL import Image
 
-    from src.datasets.image_io import to_rgb
+    from src.datasets.sample.image_io import to_rgb
     values = (np.arange(64 * 64).reshape(64, 64) * 100_000).astype(np.int32)
     buf = io.BytesIO()
     Image.fromarray(values, 'I').save(buf, 'TIFF')

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from src.datasets import index_cache, index_source, sample_index
+from src.datasets.index import index_cache, index_source, sample_index
 from src.datasets.errors import IndexFormatError
-from src.datasets.sample_index import SampleIndex, cache_path_for, iter_json_array
+from src.datasets.index.sample_index import SampleIndex, cache_path_for, iter_json_array
 
 TRICKY = 'a ] b [ c { d } e , f "quoted" \\ back\\slash ünïcødé 画像 🎨\n'
 

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from src.datasets.sample_index import SampleIndex
+from src.datasets.index.sample_index import SampleIndex
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.synthetic.images import encode_image
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.tar_index import INDEX_NAME, StaleIndexError, TarMemberIndex
+from src.datasets.storage.tar_index import INDEX_NAME, StaleIndexError, TarMemberIndex
 from src.prepare import tar_headers
 from src.prepare.tar_headers import scan_tar, scan_tar_headers, scan_tar_with_tarfile
 from src.prepare.tar_members import INDEX_MEMBERS, shard_index_path
@@ -307,7 +307,7 @@ def test_a_path_in_two_members_reads_the_last_one(tmp_path):
 
 
 def test_paths_whose_hashes_collide_are_told_apart(tmp_path, monkeypatch):
-    for module in ('src.datasets.tar_index', 'src.datasets.tar_index_writer'):  # the reader's and the builder's
+    for module in ('src.datasets.storage.tar_index', 'src.datasets.storage.tar_index_writer'):  # the reader's and the builder's
         monkeypatch.setattr(f'{module}.path_key', lambda path: 7)
     write_tar(tmp_path / '0.tar', {'a.jpg': b'a0', 'b.jpg': b'b', 'c.jpg': b'c'})
     write_tar(tmp_path / '1.tar', {'a.jpg': b'a1', 'd.jpg': b'd'})

@@ -1,4 +1,4 @@
-"""``src.datasets.token_ids``: the Rust tokenizer's own call gives transformers' ids, and is used
+"""``src.datasets.index.token_ids``: the Rust tokenizer's own call gives transformers' ids, and is used
 only where it does; everything else goes through transformers."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pickle
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from src.datasets.token_ids import TokenIds
+from src.datasets.index.token_ids import TokenIds
 
 TEXTS = ['<|im_start|>user\nGenerate an image: a red fox in the snow<|im_end|>\n<|im_start|>assistant\n<img>',
          '  spaces around, and a special token <|im_end|> inside  ',

@@ -13,8 +13,8 @@ import pytest
 
 from full_disk import fill, tiny_disk
 from src.datasets.errors import WriteError
-from src.datasets.sample_index import SampleIndex
-from src.datasets.atomic import write_json
+from src.datasets.index.sample_index import SampleIndex
+from src.datasets.storage.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import pytest
 
 from src.cli.data_config import UntrustedConfig, check_data_config, load_data_config
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.files import join_inside
-from src.datasets.sample_index import SampleIndex
+from src.datasets.storage.files import join_inside
+from src.datasets.index.sample_index import SampleIndex
 from src.prepare import columns
 from src.prepare.columns import join_columns
 from src.prepare.url_fetch import UrlPolicy, fetch_image
@@ -302,14 +302,14 @@ def test_printable_replaces_control_characters():
     ('endpoint https://AKIA:wJalr/XUtn+bPxR@s3.local/b', ('wJalr', 'bPxR')),
 ])
 def test_redact_hides_more_credentials(text, secret):
-    from src.datasets.redact import redact
+    from src.datasets.storage.redact import redact
     out = redact(text)
     assert not any(part in out for part in secret), out
     assert '***' in out
 
 
 def test_redact_keeps_what_is_no_credential():
-    from src.datasets.redact import redact
+    from src.datasets.storage.redact import redact
     for text in ('https://host/a/b.jpg?width=3', 'http://127.0.0.1:8080/x/y.jpg', 'mail a@b and https://h/p',
                  'http://host:9/a@b.jpg', 'https://h:443/p/q@r'):
         assert redact(text) == text
@@ -318,7 +318,7 @@ def test_redact_keeps_what_is_no_credential():
 # ---- filters: a bool in where ----------------------------------------------------------------------------
 @pytest.mark.parametrize('value', [True, False])
 def test_a_where_clause_with_a_bool_value_is_refused_clearly(value):
-    from src.datasets.filters import normalize
+    from src.datasets.index.filters import normalize
     with pytest.raises(ValueError, match='is a bool'):
         normalize({'where': [('aesthetic', '>=', value)]})
     assert normalize({'where': [('aesthetic', '>=', 1)]}) == {'where': [['aesthetic', '>=', 1]]}

@@ -1,5 +1,5 @@
 """Links in a download are not followed out of it (README reliability table, "symbolic links"): the
-link rule (``src.datasets.files.link_outside``) keeps every reader, lister, writer and uploader
+link rule (``src.datasets.storage.files.link_outside``) keeps every reader, lister, writer and uploader
 inside the dataset's folder; what it refuses is counted and named."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from src.datasets.errors import SampleError
-from src.datasets.files import join_inside, link_outside
+from src.datasets.storage.files import join_inside, link_outside
 from src.latents.store import latent_path
 from src.prepare import datasets as prepare
 from src.prepare.extract import EXTRACT

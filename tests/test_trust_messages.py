@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from src.datasets.errors import SampleError
-from src.datasets.image_io import open_image
-from src.datasets.redact import byte_kind, redact
+from src.datasets.sample.image_io import open_image
+from src.datasets.storage.redact import byte_kind, redact
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = b'-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n'
@@ -36,7 +36,7 @@ def test_a_file_that_is_no_image_is_described_never_quoted(data, kind):
 
 
 def test_a_caption_that_is_an_object_is_named_by_its_type_not_its_content():
-    from src.datasets.captions import check_caption
+    from src.datasets.index.captions import check_caption
     with pytest.raises(SampleError) as refused:
         check_caption({'api_key': SECRET}, 'raw/0001.json: caption')
     assert str(refused.value) == 'raw/0001.json: caption is an object, not text'
@@ -58,7 +58,7 @@ def test_redact_keeps_what_is_no_credential():
 def test_storage_errors_and_every_logged_line_lose_the_endpoint_credentials(monkeypatch):
     pytest.importorskip('boto3')
     from src.cli.logs import Redact
-    from src.datasets.object_store import ObjectFolder, StorageConfigError
+    from src.datasets.storage.object_store import ObjectFolder, StorageConfigError
     monkeypatch.setenv('AWS_ENDPOINT_URL', f'http://AKIAUSER:{SECRET}@127.0.0.1:9')
     monkeypatch.setenv('AWS_ACCESS_KEY_ID', 'k')
     monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', 's')

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from src.datasets.tar_index import StaleIndexError
+from src.datasets.storage.tar_index import StaleIndexError
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.prepare.datasets import prepare_redcaps5m
 from src.prepare.tar_members import INDEX_MEMBERS

@@ -9,10 +9,10 @@ import random
 import pytest
 import torch
 
-from src.datasets.captions import MAX_CAPTION_BYTES, cut_caption, is_blank
+from src.datasets.index.captions import MAX_CAPTION_BYTES, cut_caption, is_blank
 from src.datasets.errors import SampleError
 from src.datasets.text2image.caption_datasets import CaptionDataset
-from src.datasets.token_ids import TokenIds
+from src.datasets.index.token_ids import TokenIds
 from test_untrusted_input import good_image
 
 
@@ -51,7 +51,7 @@ def longest_text(monkeypatch):
 
 # ---- a caption file of tens of MB ---------------------------------------------------------------
 def test_a_caption_file_of_tens_of_mb_is_refused_unread_and_counted(tmp_path, dataset_over, monkeypatch):
-    from src.datasets import files
+    from src.datasets.storage import files
     records = [good_image(tmp_path / 'images', f'{i}.jpg', i) for i in range(3)]
     for i, record in enumerate(records):
         del record['caption']
@@ -281,7 +281,7 @@ def test_a_large_jpeg_may_have_fewer_scans(tmp_path):
     import io
     import numpy as np
     from PIL import Image
-    from src.datasets.image_io import MAX_JPEG_SCANS, MIN_JPEG_SCANS, jpeg_scans, max_jpeg_scans, open_image
+    from src.datasets.sample.image_io import MAX_JPEG_SCANS, MIN_JPEG_SCANS, jpeg_scans, max_jpeg_scans, open_image
     assert max_jpeg_scans(120 * 100) == max_jpeg_scans(2048 * 2048) == MAX_JPEG_SCANS
     assert max_jpeg_scans(4096 * 4096) == max_jpeg_scans(8192 * 8192) == MIN_JPEG_SCANS
     assert MIN_JPEG_SCANS < max_jpeg_scans(3000 * 2000) < MAX_JPEG_SCANS
@@ -296,7 +296,7 @@ def test_a_large_jpeg_may_have_fewer_scans(tmp_path):
 
 
 def test_counting_scans_steps_over_a_header_of_endless_markers_in_bounded_time():
-    from src.datasets.image_io import jpeg_scans
+    from src.datasets.sample.image_io import jpeg_scans
     data = progressive_jpeg(10)
     hostile = data[:2] + b'\xff\xd0' * 2_000_000 + b'\xff' * 1_000_000 + data[2:]
     assert jpeg_scans(hostile) == 10  # the whole file's markers: stepping stops after a few thousand
@@ -304,7 +304,7 @@ def test_counting_scans_steps_over_a_header_of_endless_markers_in_bounded_time()
 
 @pytest.mark.parametrize('scans', [10, 99, 100, 101])
 def test_the_scan_limit_holds_just_under_and_over(tmp_path, dataset_over, scans):
-    from src.datasets.image_io import MAX_JPEG_SCANS, jpeg_scans
+    from src.datasets.sample.image_io import MAX_JPEG_SCANS, jpeg_scans
     data = progressive_jpeg(scans, exif_thumbnail=scans == 10)
     assert jpeg_scans(data) == scans  # a thumbnail's scan in the EXIF block is not one of the picture's
     records = [good_image(tmp_path / 'images', '0.jpg')]
@@ -334,7 +334,7 @@ def test_16_bit_and_float_pictures_convert_as_before_without_float64_copies():
     import tracemalloc
     import warnings
     import numpy as np
-    from src.datasets.image_io import to_rgb
+    from src.datasets.sample.image_io import to_rgb
     for name, picture in grey_pictures(64):  # the values: those of the float64 formula
         values = np.asarray(picture, dtype=np.float64)
         top = float(values.max(initial=0))
@@ -357,7 +357,7 @@ def test_16_bit_and_float_pictures_convert_as_before_without_float64_copies():
 # ---- an index whose records each bring their own keys -------------------------------------------
 def test_an_index_whose_records_bring_their_own_keys_is_refused_naming_the_file(tmp_path, dataset_over):
     from src.datasets.errors import IndexFormatError
-    from src.datasets.sample_index import MAX_INDEX_KEYS
+    from src.datasets.index.sample_index import MAX_INDEX_KEYS
     records = [{'image': f'{i}.jpg', 'caption': 'c', f'key{i}': i} for i in range(50_000)]  # 1.6 MB
     with pytest.raises(IndexFormatError) as err:
         dataset_over(records)
@@ -367,7 +367,7 @@ def test_an_index_whose_records_bring_their_own_keys_is_refused_naming_the_file(
 
 
 def test_an_index_of_many_shared_keys_is_read(tmp_path):
-    from src.datasets.sample_index import MAX_INDEX_KEYS, SampleIndex
+    from src.datasets.index.sample_index import MAX_INDEX_KEYS, SampleIndex
     shared = {f'field{k}': k for k in range(MAX_INDEX_KEYS - 1)}
     (tmp_path / 'data.jsonl').write_text(''.join(json.dumps({'image': f'{i}.jpg', **shared}) + '\n'
                                                  for i in range(100)))
@@ -380,7 +380,7 @@ def test_the_key_bound_holds_across_files_and_in_tables(tmp_path, layout):
     import pyarrow as pa
     import pyarrow.parquet as pq
     from src.datasets.errors import IndexFormatError
-    from src.datasets.sample_index import MAX_INDEX_KEYS, SampleIndex
+    from src.datasets.index.sample_index import MAX_INDEX_KEYS, SampleIndex
     if layout == 'folder of arrays':
         path = tmp_path / 'index'
         path.mkdir()
@@ -457,7 +457,7 @@ def bucket():
 
 @pytest.mark.slow
 def test_the_prefetch_keeps_within_its_bound_and_fetches_each_object_once(bucket, tmp_path):
-    from src.datasets.object_store import ObjectFolder
+    from src.datasets.storage.object_store import ObjectFolder
     config = tmp_path / 'petreloss.conf'
     config.write_text(f'[DEFAULT]\ndefault_cluster = c\n\n[c]\naccess_key = a\nsecret_key = s\nhost_base = {bucket}\n')
     folder = ObjectFolder('s3://data/objects', str(config))
@@ -496,7 +496,7 @@ def test_the_prefetch_keeps_within_its_bound_and_fetches_each_object_once(bucket
 
 def test_fetching_within_a_room_of_known_sizes_fetches_only_what_fits():
     import threading
-    from src.datasets.object_store import PREFETCH_THREADS, fetch_within
+    from src.datasets.storage.object_store import PREFETCH_THREADS, fetch_within
     running, most, lock = [0], [0], threading.Lock()
 
     def fetch(job):

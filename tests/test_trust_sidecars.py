@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.datasets.sample_index import cache_path_for
+from src.datasets.index.sample_index import cache_path_for
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.synthetic.images import encode_image
 

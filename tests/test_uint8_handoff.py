@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from src.datasets import image_io
+from src.datasets.sample import image_io
 from src.datasets.collate_functions import collate_func_gen
 from src.datasets.data_preprocessor import T2IDataPreprocessor, normalise_pixels
 from src.datasets.text2image.caption_datasets import CaptionDataset

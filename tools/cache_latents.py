@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     from src.latents.cache import RankReport, encode_dataset, output_folder
     from src.latents.store import check_and_record
     from src.prepare.latent_shards import index_shards
-    from src.datasets.atomic import write_json
+    from src.datasets.storage.atomic import write_json
     from src.prepare.extract import storage_problem
 
     distributed = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ

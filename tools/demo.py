@@ -70,7 +70,7 @@ def clear_workdir(workdir: Path) -> None:
 
 def check_preparation(expected, report) -> list[str]:
     """What differs between the prepared dataset and what its download implies."""
-    from src.datasets.sample_index import SampleIndex
+    from src.datasets.index.sample_index import SampleIndex
 
     problems = []
     cut_tars = {f.path.split(':')[0] for f in expected.faults if f.kind == 'truncated-member'}

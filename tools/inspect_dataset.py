@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         # before torch and mmengine: the models are checked in seconds
         preflight(args.config, args.tokenizer, cfg_options=args.cfg_options)
         from src.cli.config import dataset_roots, load_config
-        from src.datasets.filters import normalize, set_in_config
+        from src.datasets.index.filters import normalize, set_in_config
         try:
             filters = None if args.filters is None else normalize(ast.literal_eval(args.filters))
         except (ValueError, SyntaxError) as e:
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     except (HubUnreachable, DataMissing, DatasetConfigError, MissingExtra) as e:
         logger.error('%s', e)
         return 2
-    from src.datasets.atomic import atomic_write
+    from src.datasets.storage.atomic import atomic_write
     try:  # each file whole or the previous one kept: a full disk never leaves a cut report
         with atomic_write(os.path.join(args.out, 'report.html')) as f:
             f.write(html)

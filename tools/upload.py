@@ -29,10 +29,10 @@ logger = logging.getLogger('upload')
 def local_files(root: Path, refused: list, follow_links: bool = False):
     """(relative path, size) of the files to upload: not .prepare/, not temp files, not caches; links
     (files or folders) go to ``refused`` instead, unless ``follow_links`` and the link rule
-    (``src.datasets.files.link_outside``) finds that they stay inside ``root``. Folders reached
+    (``src.datasets.storage.files.link_outside``) finds that they stay inside ``root``. Folders reached
     through a link are never entered (a link to a parent would be a loop)."""
-    from src.datasets.files import link_outside
-    from src.datasets.atomic import TEMP_MARK
+    from src.datasets.storage.files import link_outside
+    from src.datasets.storage.atomic import TEMP_MARK
     for folder, subfolders, files in os.walk(root):  # never into a linked folder: followlinks=False
         for name in sorted(subfolders):
             if os.path.islink(os.path.join(folder, name)):
@@ -80,8 +80,8 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from src.datasets.extras import MissingExtra
-    from src.datasets.object_store import ObjectFolder, StorageConfigError
-    from src.datasets.redact import redact
+    from src.datasets.storage.object_store import ObjectFolder, StorageConfigError
+    from src.datasets.storage.redact import redact
     root = Path(args.root)
     if not root.is_dir():
         logger.error('%s is not a folder', root)

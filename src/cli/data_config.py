@@ -200,7 +200,7 @@ def load_data_config(path: str, allowed_types: tuple = ()):
     from mmengine.config import Config
 
     from src.datasets.errors import SampleError
-    from src.datasets.files import read_text_file
+    from src.datasets.storage.files import read_text_file
     try:
         text = read_text_file(path, MAX_CONFIG_BYTES)
     except SampleError as e:

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import logging
 
-from src.datasets.redact import redact
+from src.datasets.storage.redact import redact
 
 
 class Redact(logging.Filter):
-    """Every line a tool prints loses the credentials of the URLs in it (``src.datasets.redact``)."""
+    """Every line a tool prints loses the credentials of the URLs in it (``src.datasets.storage.redact``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = redact(record.getMessage()), None

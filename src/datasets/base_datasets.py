@@ -14,7 +14,7 @@ import re
 
 import torch
 
-from src.datasets.captions import parse_json
+from src.datasets.index.captions import parse_json
 from src.datasets.errors import SampleError
 from src.datasets.text2image.caption_datasets import LOCAL_FILES, CaptionDataset as _TextToImage
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import errno
 import os
 
-from src.datasets.redact import redact
+from src.datasets.storage.redact import redact
 
 
 class SampleError(Exception):

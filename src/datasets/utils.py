@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from src.datasets.collate_functions import pad_input_ids as _pad
-from src.datasets.sample_index import iter_jsonl
+from src.datasets.index.sample_index import iter_jsonl
 
 IGNORE_INDEX = -100  # xtuner.utils.IGNORE_INDEX: labels the loss skips
 IMAGE_TOKEN_INDEX = -200  # xtuner.utils.IMAGE_TOKEN_INDEX: where the image's embeddings go

@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.errors import SampleError
-from src.datasets.files import link_outside
-from src.datasets.latent_store import size_key
+from src.datasets.storage.files import link_outside
+from src.datasets.storage.latent_store import size_key
 from src.latents.store import ShardWriter, is_complete, latent_folder, latent_path, save_latent, stored_form, \
     stored_latents
-from src.datasets.cleanup import remove_temp_leftovers
+from src.datasets.storage.cleanup import remove_temp_leftovers
 
 EXAMPLES = 5
 

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from src.datasets.errors import SampleError, write_error
-from src.datasets.files import join_inside, open_regular
-from src.datasets.latent_store import FORMAT, INFO_NAME, SIZES_NAME, read_info
-from src.datasets.storage import LocalFiles
-from src.datasets.atomic import TEMP_MARK, atomic_write, write_json
-from src.datasets.locks import HOST
+from src.datasets.storage.files import join_inside, open_regular
+from src.datasets.storage.latent_store import FORMAT, INFO_NAME, SIZES_NAME, read_info
+from src.datasets.storage.storage import LocalFiles
+from src.datasets.storage.atomic import TEMP_MARK, atomic_write, write_json
+from src.datasets.storage.locks import HOST
 
 _ZIP_END = b'PK\x05\x06'  # torch.save writes a zip archive; its last record starts so
 _ZIP_END_MIN = 22  # the end record's size without a comment
@@ -76,7 +76,7 @@ def save_latent(stored, path: str) -> None:
 
 def check_and_record(folder: str, vae: str, kind: str, image_size: int, buckets=None, shapes=None,
                      write: bool = True, sizes=None) -> None:
-    """The latent folder's record (``src.datasets.latent_store``): refuse a folder that holds latents
+    """The latent folder's record (``src.datasets.storage.latent_store``): refuse a folder that holds latents
     of another autoencoder, image size or buckets (``Buckets.record()``: mixed shapes in one folder),
     then write the record with ``shapes`` added (when ``write``), and with ``sizes`` (the index's
     image-path digest and an ``int32 [rows, 2]`` array of picture sizes) stored beside it."""
@@ -117,7 +117,7 @@ def completed_shards(folder: str) -> list[str]:
 
 def stored_latents(folder: str) -> set[str]:
     """The member names (``<image_file>.pt``) of the whole shards: the latents that are done."""
-    from src.datasets.tar_headers import scan_tar  # the header scan: no latent is read
+    from src.datasets.storage.tar_headers import scan_tar  # the header scan: no latent is read
     done = set()
     for shard in completed_shards(folder):
         done.update(name for name, _, _ in scan_tar(os.path.join(folder, shard))[0])

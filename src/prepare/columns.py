@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from src.datasets.arrow_numpy import to_numpy
+from src.datasets.storage.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError
-from src.datasets.files import link_outside
-from src.datasets.sample_index import SampleIndex, iter_json_array, iter_jsonl
-from src.datasets.atomic import atomic_write, write_json_array
+from src.datasets.storage.files import link_outside
+from src.datasets.index.sample_index import SampleIndex, iter_json_array, iter_jsonl
+from src.datasets.storage.atomic import atomic_write, write_json_array
 
 IMAGE_KEY = 'image'  # --key image: the record's image path, whatever the dataset's image_key is
 CHUNK = 65536

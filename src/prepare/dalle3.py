@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from src.datasets.captions import is_blank, parse_json
+from src.datasets.index.captions import is_blank, parse_json
 from src.datasets.errors import SampleError
-from src.datasets.atomic import WriteOutcome, atomic_write
+from src.datasets.storage.atomic import WriteOutcome, atomic_write
 from src.prepare.report import Report
 from src.prepare.runner import Files
 

@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.extras import require
-from src.datasets.files import link_outside
-from src.datasets.filters import CLUSTER_COLUMN
-from src.datasets.image_io import open_image
-from src.datasets.atomic import atomic_write
+from src.datasets.storage.files import link_outside
+from src.datasets.index.filters import CLUSTER_COLUMN
+from src.datasets.sample.image_io import open_image
+from src.datasets.storage.atomic import atomic_write
 from src.prepare.columns import JoinReport, join_columns
 
 MAX_DISTANCE = 4  # bits of 64: re-encodings and small resizes stay within it (0-2 bits), other pictures do not

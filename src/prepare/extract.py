@@ -15,8 +15,8 @@ import subprocess
 import tarfile
 from typing import Iterator
 
-from src.datasets.files import join_inside, link_outside, read_file
-from src.datasets.atomic import atomic_write
+from src.datasets.storage.files import join_inside, link_outside, read_file
+from src.datasets.storage.atomic import atomic_write
 from src.prepare.listing import PathListing
 from src.prepare.tar_headers import (TarJob, TarResult, check_not_compressed, end_of_archive_missing, member_path,
                                       printable, refusal, scan_tar, scan_tar_headers)
@@ -199,7 +199,7 @@ class Extract:
         return PathListing.collect(path for folder in folders for path in _walk_files(root, folder, refused))
 
     def read(self, root: str, path: str) -> bytes:
-        """A file's bytes (``src.datasets.files.read_file``: regular files only, bounded; never
+        """A file's bytes (``src.datasets.storage.files.read_file``: regular files only, bounded; never
         through a link out of ``root``)."""
         return read_file(join_inside(root, path))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from src.datasets.tar_headers import TarJob
-from src.datasets.tar_index import INDEX_NAME
+from src.datasets.storage.tar_headers import TarJob
+from src.datasets.storage.tar_index import INDEX_NAME
 from src.latents.store import SHARDS, completed_shards
 from src.prepare.runner import prepare
 from src.prepare.tar_members import INDEX_MEMBERS

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from src.datasets.arrow_numpy import to_numpy
+from src.datasets.storage.arrow_numpy import to_numpy
 
 CHUNK = 65_536  # paths turned into Arrow at a time while scanning: few Python strings held at once
 

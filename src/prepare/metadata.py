@@ -1,6 +1,6 @@
 """The metadata a download carries beside each image (img2dataset's ``<key>.json``: url, key,
 width, height, original sizes, status, hashes and the parquet's ``save_additional_columns``), kept
-as index columns so that filters can use them (``src.datasets.filters``) and scores can be joined
+as index columns so that filters can use them (``src.datasets.index.filters``) and scores can be joined
 by URL or key (``src.datasets.columns``). Numbers and short texts only: captions are read from their
 files as ever, and long or binary values (EXIF) would bloat every index."""
 from __future__ import annotations

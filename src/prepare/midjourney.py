@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from src.datasets.errors import IndexFormatError
-from src.datasets.files import unsafe_path_mask
-from src.datasets.atomic import write_encoded_json_array
+from src.datasets.storage.files import unsafe_path_mask
+from src.datasets.storage.atomic import write_encoded_json_array
 from src.prepare.report import EXAMPLES_PER_REASON, Drops, Report
 from src.prepare.listing import string_hashes
 from src.prepare.runner import Files

@@ -19,10 +19,10 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from src.datasets.captions import parse_json
+from src.datasets.index.captions import parse_json
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.files import link_outside, unsafe_path
-from src.datasets.atomic import WriteOutcome, atomic_write, write_json, write_json_array
+from src.datasets.storage.files import link_outside, unsafe_path
+from src.datasets.storage.atomic import WriteOutcome, atomic_write, write_json, write_json_array
 from src.prepare.metadata import carried_columns
 from src.prepare.report import Drops, Report
 from src.prepare.runner import Files

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError
 from src.datasets.extras import MissingExtra, check
-from src.datasets.atomic import write_json
+from src.datasets.storage.atomic import write_json
 from src.prepare.extract import EXTRACT
 from src.prepare.tar_headers import TarJob
 from src.prepare.pairs import PairLayout, build_pair_index

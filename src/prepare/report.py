@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from src.datasets.errors import WriteError
-from src.datasets.atomic import write_json
+from src.datasets.storage.atomic import write_json
 
 logger = logging.getLogger(__name__)
 

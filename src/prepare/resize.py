@@ -14,8 +14,8 @@ import io
 import os
 
 from src.datasets.errors import SampleError
-from src.datasets.files import read_file
-from src.datasets.image_io import open_image, to_rgb
+from src.datasets.storage.files import read_file
+from src.datasets.sample.image_io import open_image, to_rgb
 
 NAMED = ('.jpg', '.jpeg', '.png', '.webp')  # the members looked at: the images these datasets hold
 WRITABLE = {'JPEG': dict(quality=95), 'PNG': {}, 'WEBP': dict(quality=95)}

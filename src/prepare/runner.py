@@ -24,10 +24,10 @@ from tqdm import tqdm
 from src.cli.logs import setup_logging
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.extras import MissingExtra
-from src.datasets.files import link_outside, read_text_file
-from src.datasets.atomic import write_json
-from src.datasets import locks as lock
-from src.datasets.cleanup import remove_empty_folders, remove_leftovers
+from src.datasets.storage.files import link_outside, read_text_file
+from src.datasets.storage.atomic import write_json
+from src.datasets.storage import locks as lock
+from src.datasets.storage.cleanup import remove_empty_folders, remove_leftovers
 from src.prepare.extract import EXTRACT, Extract, storage_problem
 from src.prepare.listing import PathListing
 from src.prepare.tar_headers import TarJob, TarResult, file_signature
@@ -251,7 +251,7 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
 
 def linked_out(job: TarJob, report: Report) -> bool:
     """Whether the tar, or the folder it extracts into, leads out of the dataset's folder through a
-    symbolic link (the link rule, ``src.datasets.files.link_outside``): then it is neither read
+    symbolic link (the link rule, ``src.datasets.storage.files.link_outside``): then it is neither read
     nor extracted, and the report names it."""
     for path, what in ((job.path, job.name), (os.path.join(job.root, job.dest), job.dest)):
         if link_outside(path, job.root):

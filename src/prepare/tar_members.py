@@ -3,7 +3,7 @@
 :data:`INDEX_MEMBERS` is the preparation runner's step for it (the runner gives it parallelism,
 resume markers and ``--start/--end`` slices, as it gives them to extraction): one pass over each
 tar's headers (no member data is read) writes that tar's member index; once every tar is done,
-:func:`combine` joins them into ``<root>/tar_index.arrow``, which ``src.datasets.tar_index`` reads.
+:func:`combine` joins them into ``<root>/tar_index.arrow``, which ``src.datasets.storage.tar_index`` reads.
 
 Members that safe extraction refuses (links, devices, absolute names, names with ``..``) are
 refused here too, by the same rule; a damaged tar gives its complete members and is reported.
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 
-from src.datasets.tar_headers import TarJob, TarResult
-from src.datasets.tar_index import INDEX_NAME, TarMemberIndex
-from src.datasets.tar_index_writer import STEP_NAME, combine, index_tar, shard_index_path  # noqa: F401
+from src.datasets.storage.tar_headers import TarJob, TarResult
+from src.datasets.storage.tar_index import INDEX_NAME, TarMemberIndex
+from src.datasets.storage.tar_index_writer import STEP_NAME, combine, index_tar, shard_index_path  # noqa: F401
 from src.prepare.listing import PathListing
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from src.datasets.extras import require
-from src.datasets.filters import CLUSTER_COLUMN
+from src.datasets.index.filters import CLUSTER_COLUMN
 
 # Numeric index columns that describe the file rather than score the picture.
 NOT_SCORES = frozenset({'width', 'height', 'original_width', 'original_height', CLUSTER_COLUMN})

@@ -1,7 +1,7 @@
 """What a dataset holds, as numbers: records and drops, prompt lengths against ``max_length`` (and
 what upstream's cut of ``input_ids`` costs), captions, image sizes. Computed on a sample of
 records drawn with a fixed seed, so a report can be made again and checked; the prompt lengths also
-over every record where the prompt ids are stored (``src.datasets.prompt_ids``)."""
+over every record where the prompt ids are stored (``src.datasets.index.prompt_ids``)."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from src.datasets.errors import SampleError
-from src.datasets.files import read_text_file
-from src.datasets.image_io import open_image
+from src.datasets.storage.files import read_text_file
+from src.datasets.sample.image_io import open_image
 from src.report.funnel import filter_stats
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class DatasetStats:
     decoded_all: bool = False
     decode_failures: dict = field(default_factory=dict)  # by reason
     decode_examples: list = field(default_factory=list)  # the first messages
-    # Aspect-ratio buckets (src.datasets.buckets): the dataset's own, or for a square dataset the
+    # Aspect-ratio buckets (src.datasets.sample.buckets): the dataset's own, or for a square dataset the
     # table it could use; records per bucket (every record, or the sampled sizes), and the share of
     # each sampled picture's area a sample keeps against a square crop.
     buckets: dict = field(default_factory=dict)
@@ -98,7 +98,7 @@ def prepare_drops(data_path: str) -> dict:
 
 def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
     """The statistics of ``dataset`` (a CaptionDataset) over ``sample`` of its records."""
-    from src.datasets.sample_index import SampleIndex
+    from src.datasets.index.sample_index import SampleIndex
     records = len(SampleIndex.load(dataset.index_source))
     rows = sorted(random.Random(seed).sample(range(len(dataset)), min(sample, len(dataset))))
     stats = DatasetStats(dataset.data_path, records, len(dataset), len(rows), dataset.max_length,
@@ -139,7 +139,7 @@ def dataset_stats(dataset, sample: int = 2000, seed: int = 0) -> DatasetStats:
 def bucket_stats(dataset, widths: np.ndarray, heights: np.ndarray) -> dict:
     """Records per bucket (every record where the dataset has buckets, else the sampled sizes under
     the table that fits its image_size) and the mean share of picture area kept, bucketed and square."""
-    from src.datasets.buckets import TABLES, Buckets, kept_area
+    from src.datasets.sample.buckets import TABLES, Buckets, kept_area
     buckets = dataset.buckets
     if buckets is None:
         table = f'pixart-{dataset.image_size}'

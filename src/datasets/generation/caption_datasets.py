@@ -21,7 +21,7 @@ import torch
 from mmengine.registry import DATASETS
 
 from src.datasets.errors import SampleError
-from src.datasets.image_io import load_pixels
+from src.datasets.sample.image_io import load_pixels
 from src.datasets.base_datasets import CaptionDataset, thinking_of
 from src.datasets.text2image.caption_datasets import LOCAL_FILES
 

@@ -28,7 +28,7 @@ import torch
 from mmengine.registry import DATASETS
 
 from src.datasets.errors import SampleError
-from src.datasets.extra_keys import extra_values
+from src.datasets.index.extra_keys import extra_values
 from src.datasets.text2image.caption_datasets import CaptionDataset
 
 RECONSTRUCT_INSTRUCTION = 'Keep the image as it is.'

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from mmengine.registry import DATASETS
 
-from src.datasets.captions import caption_from_text
+from src.datasets.index.captions import caption_from_text
 from src.datasets.text2image.caption_datasets import CaptionDataset
 
 

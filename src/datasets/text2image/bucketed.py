@@ -2,7 +2,7 @@
 is in, known at construction, and the shape a record's sample takes.
 
 Mixed into ``CaptionDataset``. At construction every usable record gets its bucket from its
-picture's size (``src.datasets.image_sizes``: the index's width and height, the sizes stored beside
+picture's size (``src.datasets.index.image_sizes``: the index's width and height, the sizes stored beside
 its latents, or the image header, read once); records that fit no bucket, or whose size cannot be
 known, are counted drops like every other. ``bucket_ids`` (one ``int16`` per record) is what
 ``BucketSampler`` batches by; ``target_of(idx)`` is the (height, width) sample ``idx`` takes; a
@@ -14,10 +14,10 @@ import random
 
 import numpy as np
 
-from src.datasets.buckets import Buckets
+from src.datasets.sample.buckets import Buckets
 from src.datasets.errors import SampleError
-from src.datasets.image_sizes import forget_sizes, header_size, record_sizes
-from src.datasets.latent_store import read_sizes
+from src.datasets.index.image_sizes import forget_sizes, header_size, record_sizes
+from src.datasets.storage.latent_store import read_sizes
 # Registered in DATA_SAMPLERS with the datasets that need it: configs may name it by string.
 from src.datasets.samplers import bucket_sampler  # noqa: F401
 

@@ -3,7 +3,7 @@
 Steps, each a method a subclass can replace: ``load_index`` (read and filter the index),
 ``load_prompt_ids`` (the stored prompt ids, with ``pretokenize``),
 ``read_image`` (bytes of one image, from the reader chosen at construction:
-``src.datasets.storage``), ``parse_annotation`` (caption from a caption file), ``load_image_data``
+``src.datasets.storage.storage``), ``parse_annotation`` (caption from a caption file), ``load_image_data``
 (pixels, latents or tokens), ``process_text`` (prompt ids) and ``prepare_data`` (one sample, or
 ``SampleError``). ``__getitem__`` adds the failure policy:
 a sample that cannot be used is counted, logged and replaced, a bounded number of times.
@@ -28,30 +28,30 @@ from mmengine.logging import print_log
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset, get_worker_info
 
-from src.datasets.captions import (ANNOTATION_KEY, MAX_CAPTION_BYTES, caption_keys, check_cap_source, cut_caption,
+from src.datasets.index.captions import (ANNOTATION_KEY, MAX_CAPTION_BYTES, caption_keys, check_cap_source, cut_caption,
                                    parse_annotation,
                                    resolve_caption)
 from src.datasets.components import build_component
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.extra_keys import check_extra_keys, extra_values
+from src.datasets.index.extra_keys import check_extra_keys, extra_values
 from src.datasets.failure_policy import FailureTracker
-from src.datasets.files import join_inside
-from src.datasets.image_io import Placement, load_pixels
-from src.datasets.image_process import pixel_shape
-from src.datasets.image_sizes import record_sizes
-from src.datasets import filters as record_filters, selection
-from src.datasets.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
-from src.datasets.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
-from src.datasets.prefetch import has_remote_reader, prefetch_records
-from src.datasets.prompt_ids import PromptIds, inline_prompts, load_prompt_ids
-from src.datasets.sample_index import SampleIndex
-from src.datasets.storage import LocalFiles, TarMembers, folder_storage
-from src.datasets.tar_index import TarMemberIndex
-from src.datasets.tensor_files import MAX_TENSOR_BYTES, load_tensor_file
+from src.datasets.storage.files import join_inside
+from src.datasets.sample.image_io import Placement, load_pixels
+from src.datasets.sample.image_process import pixel_shape
+from src.datasets.index.image_sizes import record_sizes
+from src.datasets.index import filters as record_filters, selection
+from src.datasets.storage.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
+from src.datasets.storage.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
+from src.datasets.storage.prefetch import has_remote_reader, prefetch_records
+from src.datasets.index.prompt_ids import PromptIds, inline_prompts, load_prompt_ids
+from src.datasets.index.sample_index import SampleIndex
+from src.datasets.storage.storage import LocalFiles, TarMembers, folder_storage
+from src.datasets.storage.tar_index import TarMemberIndex
+from src.datasets.storage.tensor_files import MAX_TENSOR_BYTES, load_tensor_file
 from src.datasets.text2image.bucketed import BucketedRecords
 from src.datasets.text2image.own_records import OwnRecords, SubclassContract
 from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
-from src.datasets.token_ids import TokenIds
+from src.datasets.index.token_ids import TokenIds
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
 LOCAL_FILES = LocalFiles()
@@ -85,7 +85,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     ``max_failure_ratio``: the failure rate a run accepts; the dataset stops when the recent rate
     exceeds it beyond doubt, or every recent sample fails (``src.datasets.failure_policy``);
     ``index_cache_dir``: where ``SampleIndex`` keeps its memory-mapped copy of the index;
-    ``tar_index``: the path of a tar member index (``tar_index.arrow``, see ``src.datasets.tar_index``),
+    ``tar_index``: the path of a tar member index (``tar_index.arrow``, see ``src.datasets.storage.tar_index``),
     or an object / config with its ``relpath(path)`` and ``read(relpath)``: image files are then read
     straight from the tar shards instead of ``image_folder``;
     ``train_number_samples`` (VGT's): only the first N records of the index are used;
@@ -93,7 +93,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     (``'ids'``, the default: the template's end and IMG_START_TOKEN may be lost), or by shortening
     the caption so that they survive (``'caption'``);
     ``pretokenize``: tokenize every prompt whose caption is in the index once, into memory-mapped
-    arrays beside the index's cache (``src.datasets.prompt_ids``; the same ids, 0.5 ms or more less
+    arrays beside the index's cache (``src.datasets.index.prompt_ids``; the same ids, 0.5 ms or more less
     per sample; a build on first use for each tokenizer and template, and about 4 bytes a token of
     disk). Off by default;
     ``allow_outside_paths``: image and annotation paths in the index that are absolute or climb out
@@ -101,7 +101,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     ``empty_captions``: an empty or blank caption is a counted ``empty-caption`` skip (``'skip'``,
     the default: a picture trained against an empty prompt teaches nothing about its text), or is
     trained on as upstream does, as the prompt "Generate an image: " (``'keep'``);
-    ``buckets``: aspect-ratio buckets instead of square crops (``src.datasets.buckets``:
+    ``buckets``: aspect-ratio buckets instead of square crops (``src.datasets.sample.buckets``:
     ``dict(table='pixart-512')`` or ``dict(area=512 * 512, divisor=32, max_aspect=4.0)``, with
     ``crop_mode`` 'random' or 'center'): each sample's picture covers its bucket's shape, the rest
     cropped, and the sample adds ``original_size`` and ``crop_coords``; batch them with
@@ -109,10 +109,10 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     ``pixel_dtype``: 'float32' (the default, upstream's [-1, 1]), or 'uint8' (a quarter of the bytes
     handed from the workers, normalised on the device by ``T2IDataPreprocessor``);
     ``filters``: records kept by size, aspect, caption words, any column's values and duplicate
-    clusters (``src.datasets.filters``), decided once per index cache and part of the fingerprint;
+    clusters (``src.datasets.index.filters``), decided once per index cache and part of the fingerprint;
     ``extra_keys``: index columns returned in each sample (scores as conditioning).
     ``image_process`` and ``unit_image_size`` (the second generation's, deepgen's and Puffin's):
-    'crop2square', 'resize2square', 'dynamic' or 'fix_pixels' (``src.datasets.image_process``: the
+    'crop2square', 'resize2square', 'dynamic' or 'fix_pixels' (``src.datasets.sample.image_process``: the
     last two keep each picture's aspect), and the sample adds its caption as ``text``;
     ``tokenizer=None`` (theirs too): samples without ``input_ids``, their caption as ``text``, for a
     model that tokenizes it.
@@ -236,7 +236,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         self._process_state = None
 
     def _choose_readers(self):
-        """Where images, annotations and latents are read from, chosen once (``src.datasets.storage``).
+        """Where images, annotations and latents are read from, chosen once (``src.datasets.storage.storage``).
 
         As upstream: images from ``<ceph_folder>/<image>`` when there is no image_folder, annotations
         from ``<ceph_folder>/<annotation>`` when there is no cap_folder, latents from
@@ -280,7 +280,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     def load_index(self) -> SampleIndex:
         """The index (``_load_data``), without the records that cannot be used; each kind of drop is
         logged. Which records are kept is decided once per index cache and options, then mapped
-        (``src.datasets.selection``)."""
+        (``src.datasets.index.selection``)."""
         self._load_data(self.index_source)
         if not self.has_own_records and 'index' not in self.__dict__:
             self.data_list = []  # a subclass's _load_data that loads nothing: its records come later
@@ -491,7 +491,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         return LOCAL_FILES.read if isinstance(self.latent_files, TarMembers) else self.latent_files.read
 
     def load_latent_shapes(self) -> LatentShapes:
-        """The latent shape expected for each image size (``src.datasets.latent_store``)."""
+        """The latent shape expected for each image size (``src.datasets.storage.latent_store``)."""
         first = (latent for i in range(min(len(self), 32)) for latent in self._latent_or_none(i))
         return LatentShapes.of_folder(self.latent_root, self.latent_info_reader, self.image_size,
                                       None if self.buckets is None else self.buckets.record(), first)
@@ -604,7 +604,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         return torch.from_numpy(np.array(self._tokens().one(prompt), np.int64))
 
     def _tokens(self) -> TokenIds:
-        """The tokenizer's calls (``src.datasets.token_ids``: the Rust tokenizer's own where
+        """The tokenizer's calls (``src.datasets.index.token_ids``: the Rust tokenizer's own where
         transformers would only pass the text on), for the tokenizer and kwargs set now."""
         tokens = self._token_ids
         if tokens is None or tokens.tokenizer is not self.tokenizer or tokens.tokenizer_kwargs != self.tokenizer_kwargs:
@@ -662,7 +662,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         return self.image_process is not None or self.tokenizer is None
 
     def caption_of(self, record: dict) -> str:
-        """The record's caption (``src.datasets.captions``); an empty one is a ``SampleError``, or
+        """The record's caption (``src.datasets.index.captions``); an empty one is a ``SampleError``, or
         with ``empty_captions='keep'`` the empty text that upstream trains on."""
         try:
             return resolve_caption(record, self.cap_keys, self.read_annotation)
@@ -732,7 +732,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
 
     def __getitems__(self, indices: Sequence) -> list:
         """A batch, as torch's DataLoader asks for one: in object storage, the files of all its
-        samples are fetched at once (``src.datasets.prefetch``); the prompts whose captions are in
+        samples are fetched at once (``src.datasets.storage.prefetch``); the prompts whose captions are in
         the index are tokenized one after another (the tokenizer's tables stay in the cache, where
         between two decodes they do not: 0.3 ms a sample less, bench/bench_sample.py); then the
         samples are made in turn. The same samples as ``self[idx]`` one by one."""

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from src.datasets.captions import caption_keys
-from src.datasets.sample_index import RecordList
+from src.datasets.index.captions import caption_keys
+from src.datasets.index.sample_index import RecordList
 
 OWN = '_own_records'
 

@@ -18,11 +18,11 @@ import functools
 import io
 import os
 
-from src.datasets.captions import MAX_CAPTION_BYTES, parse_json
+from src.datasets.index.captions import MAX_CAPTION_BYTES, parse_json
 from src.datasets.errors import SampleError
-from src.datasets.image_io import check_size, decode_upright_rgb, load_square, open_image, random_square_box, \
+from src.datasets.sample.image_io import check_size, decode_upright_rgb, load_square, open_image, random_square_box, \
     to_pixel_values
-from src.datasets.sample_index import SampleIndex
+from src.datasets.index.sample_index import SampleIndex
 
 HOOK_FAILURE = 'failed-in-subclass'
 SETS_DRAW = '_sets_draw_rng'

@@ -24,7 +24,7 @@ from mmengine.registry import DATASETS
 
 from src.datasets.components import build_component
 from src.datasets.errors import SampleError
-from src.datasets.image_io import load_square, random_square_box, to_pixel_values
+from src.datasets.sample.image_io import load_square, random_square_box, to_pixel_values
 from src.datasets.text2image.caption_datasets import CaptionDataset as _TextToImage
 from src.datasets.understanding.caption_conversations import CaptionDatasetUnd  # noqa: F401 - Puffin's, at its path
 from src.datasets.understanding.caption_prompts import dense_prompts, short_prompts

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.stored_arrays import load_array
+from src.datasets.storage.stored_arrays import load_array
 
 INFO_NAME = 'latents.json'
 SIZES_NAME = 'image_sizes.npy'

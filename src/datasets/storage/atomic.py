@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import IO, Iterable, Iterator
 
 from src.datasets.errors import write_error
-from src.datasets.locks import HOST
+from src.datasets.storage.locks import HOST
 
 
 TEMP_MARK = '.tmp-'  # <target>.tmp-<host>-<pid>: a killed writer's leftover is told by its host and pid

@@ -3,7 +3,7 @@
 
 A DataLoader worker that reads sample after sample waits a request's latency for each (tens of
 milliseconds on a real object store, more than decoding the image). Told a batch's files at once,
-the readers fetch them together, in threads (``src.datasets.object_store``); told a sample's caption
+the readers fetch them together, in threads (``src.datasets.storage.object_store``); told a sample's caption
 file and image together, a tar shard in a bucket gives both in one ranged GET. Readers of local
 files do nothing.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Sequence
 
-from src.datasets.captions import ANNOTATION_KEY
+from src.datasets.index.captions import ANNOTATION_KEY
 from src.datasets.errors import SampleError
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.datasets.locks import building
-from src.datasets.stored_arrays import load_array
+from src.datasets.storage.locks import building
+from src.datasets.storage.stored_arrays import load_array
 
 VERSION = 1
 

@@ -6,7 +6,7 @@ may be told which files come next (:meth:`Reader.prefetch`).
 - :class:`TarMembers`: members of tar shards, through a tar member index (``tar_index.arrow``,
   written by the preparation tools' ``--no-extract`` and by ``cache_latents.py --format shards``):
   one ``pread`` each;
-- in S3-protocol storage (``src.datasets.object_store``): ``ObjectFolder``, objects;
+- in S3-protocol storage (``src.datasets.storage.object_store``): ``ObjectFolder``, objects;
   ``ObjectTarMembers``, members of tar shards in a bucket, one ranged GET each, or one for a
   sample's files together; a batch's files fetched at once, in threads, when told.
 """
@@ -16,8 +16,8 @@ import os
 from typing import Sequence
 
 from src.datasets.errors import SampleError
-from src.datasets.files import MAX_FILE_BYTES, read_file
-from src.datasets.tar_index import INDEX_NAME, TarMemberIndex
+from src.datasets.storage.files import MAX_FILE_BYTES, read_file
+from src.datasets.storage.tar_index import INDEX_NAME, TarMemberIndex
 
 
 class Reader:
@@ -33,11 +33,11 @@ class Reader:
     def prefetch(self, samples: Sequence[Sequence[str]]) -> None:
         """The files of ``samples`` (each sample's paths) are read next. Where reading them
         together saves nothing (a file system, a memory-mapped tar), nothing happens; errors are
-        always the reads' own (``src.datasets.prefetch``)."""
+        always the reads' own (``src.datasets.storage.prefetch``)."""
 
 
 class LocalFiles(Reader):
-    """Regular files only, and bounded: see ``src.datasets.files.read_file``."""
+    """Regular files only, and bounded: see ``src.datasets.storage.files.read_file``."""
 
     def read(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         return read_file(path, max_bytes)

@@ -12,8 +12,8 @@ import re
 import shutil
 import time
 
-from src.datasets import locks as lock
-from src.datasets.atomic import TEMP_MARK
+from src.datasets.storage import locks as lock
+from src.datasets.storage.atomic import TEMP_MARK
 
 logger = logging.getLogger(__name__)
 

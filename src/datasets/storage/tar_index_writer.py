@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from src.datasets.errors import IndexFormatError
-from src.datasets.atomic import atomic_write
-from src.datasets.tar_index import (FORMAT_VERSION, INDEX_NAME, INDEX_SCHEMA, path_key, read_arrow,
+from src.datasets.storage.atomic import atomic_write
+from src.datasets.storage.tar_index import (FORMAT_VERSION, INDEX_NAME, INDEX_SCHEMA, path_key, read_arrow,
                                     schema_metadata)
-from src.datasets.tar_headers import TarJob, TarResult, file_signature, scan_tar
+from src.datasets.storage.tar_headers import TarJob, TarResult, file_signature, scan_tar
 
 # Its warnings are the preparation's (the tools' logging shows the src.prepare loggers).
 logger = logging.getLogger('src.prepare.tar_members')

@@ -3,7 +3,7 @@
 Small steps, each testable alone, and ``load_pixels`` composing them the way the dataset does:
 open (header only) -> check size -> draw the crop box of the target's shape -> decode + crop +
 resize -> tensor. A square crop is the target (S, S) of that one path; an aspect-ratio bucket
-(``src.datasets.buckets``) is any other (height, width).
+(``src.datasets.sample.buckets``) is any other (height, width).
 Every failure is a ``SampleError`` whose message names the file; no Pillow traceback escapes.
 
 Decoding only what the crop needs, with the fastest decoder that gives the same pixels
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from src.datasets.errors import SampleError
-from src.datasets.redact import byte_kind
+from src.datasets.storage.redact import byte_kind
 
 # A header claiming more pixels than this is refused, never decoded: 8192 x 8192 RGB is 200 MB per
 # worker already. Below Pillow's own default limit, so Pillow's bomb warning stays quiet.
@@ -413,7 +413,7 @@ def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: in
 
 
 try:  # built at install where a C compiler is found (setup.py); numpy otherwise, the same floats
-    from src.datasets._planes import normalise as _compiled_normalise
+    from src.datasets.sample._planes import normalise as _compiled_normalise
 except ImportError:
     _compiled_normalise = None
 
@@ -424,7 +424,7 @@ def _normalise(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 ``[3, H, W]`` in any layout -> contiguous float32 planes in [-1, 1], exactly
     ``x.float() / 127.5 - 1``.
 
-    One pass in the compiled loop (``src/datasets/_planes.c``: a table of the 256 results);
+    One pass in the compiled loop (``src/datasets/sample/_planes.c``: a table of the 256 results);
     without it, numpy a plane at a time (``_numpy_normalise``). numba did the one pass too, but
     cost every process that built a dataset 0.4 s and 169 MB of LLVM (bench/RESULTS.md, "Float
     planes").
@@ -506,7 +506,7 @@ def load_pixels(data: bytes, name: str, target: tuple[int, int], rng: random.Ran
     orientation = _orientation(img)
     size = _upright_size(img.size, orientation)  # oriented_size, with the EXIF block read once
     check_size(size, name, min_image_size=min_image_size, max_aspect=max_aspect)
-    if callable(target):  # a shape that follows the picture's (src.datasets.image_process)
+    if callable(target):  # a shape that follows the picture's (src.datasets.sample.image_process)
         target = target(size)
     box = crop_box(size, target, rng, crop_mode) if crop else (0, 0, *size)
     # to_pixel_values(load_square(...)), without making a PIL image in between

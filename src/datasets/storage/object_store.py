@@ -19,16 +19,16 @@ from pathlib import Path
 
 from src.datasets.errors import SampleError
 from src.datasets.extras import require
-from src.datasets.files import MAX_FILE_BYTES, unsafe_path
-from src.datasets.locks import building
-from src.datasets.obstore_client import object_head, read_object, worker_store
-from src.datasets.redact import redact
-from src.datasets.storage import Reader, check_size
+from src.datasets.storage.files import MAX_FILE_BYTES, unsafe_path
+from src.datasets.storage.locks import building
+from src.datasets.storage.obstore_client import object_head, read_object, worker_store
+from src.datasets.storage.redact import redact
+from src.datasets.storage.storage import Reader, check_size
 
 # The settings and the fetching ahead live in modules of their own; their names stay importable here.
-from src.datasets.object_config import (_FOLDER, Cluster, StorageConfigError, _environment_cluster,  # noqa: F401
+from src.datasets.storage.object_config import (_FOLDER, Cluster, StorageConfigError, _environment_cluster,  # noqa: F401
                                         is_object_url, read_petrel_config)
-from src.datasets.object_fetch import MAX_GAP, MAX_SPAN, PREFETCH_THREADS, Kept, fetch_within  # noqa: F401
+from src.datasets.storage.object_fetch import MAX_GAP, MAX_SPAN, PREFETCH_THREADS, Kept, fetch_within  # noqa: F401
 
 CONNECT_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60
@@ -199,7 +199,7 @@ class ObjectFolder(Reader):
                 if code in ('NoSuchKey', '404'):
                     raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
                 if code in ('PreconditionFailed', '412'):
-                    from src.datasets.tar_index import StaleIndexError
+                    from src.datasets.storage.tar_index import StaleIndexError
                     raise StaleIndexError(f'{path}: replaced in {self.describe()} while it was being read (its '
                                           f'ETag is no longer {etag}): upload the shards and their index together '
                                           'again') from None
@@ -280,7 +280,7 @@ class ObjectTarMembers(Reader):
     remote = True
 
     def __init__(self, index_url: str, ceph_config: str | None, cache_dir=None):
-        from src.datasets.tar_index import TarMemberIndex
+        from src.datasets.storage.tar_index import TarMemberIndex
         self.folder = index_url.rstrip('/').rsplit('/', 1)[0]
         self.store = ObjectFolder(self.folder, ceph_config)
         self.index_copy = fetch_to_cache(index_url, ceph_config, cache_dir)
@@ -352,7 +352,7 @@ class ObjectTarMembers(Reader):
     def _shard(self, tar: str, expected_size: int) -> tuple[str, str]:
         """The shard's path and ETag, checked on first use: its size against the index, its ETag
         against the one this machine first saw (a shard replaced by one of the same size has another)."""
-        from src.datasets.tar_index import StaleIndexError
+        from src.datasets.storage.tar_index import StaleIndexError
         shard = f'{self.folder}/{tar}'
         if tar not in self._checked:
             actual, etag = self.store.head(shard)

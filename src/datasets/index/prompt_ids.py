@@ -43,12 +43,12 @@ import transformers
 from mmengine.logging import print_log
 from tqdm import tqdm
 
-from src.datasets.captions import resolve_caption
+from src.datasets.index.captions import resolve_caption
 from src.datasets.errors import SampleError, write_error
-from src.datasets.locks import building
-from src.datasets.sample_index import SampleIndex
-from src.datasets.stored_arrays import load_array
-from src.datasets.token_ids import TokenIds
+from src.datasets.storage.locks import building
+from src.datasets.index.sample_index import SampleIndex
+from src.datasets.storage.stored_arrays import load_array
+from src.datasets.index.token_ids import TokenIds
 
 FORMAT_VERSION = 1
 _BATCH = 4096  # prompts per tokenizer call

@@ -18,8 +18,8 @@ import pyarrow as pa
 from mmengine.logging import print_log
 
 from src.datasets.errors import write_error
-from src.datasets.locks import building
-from src.datasets.index_source import _conform, _no_records, _source_batches, _unified_schema
+from src.datasets.storage.locks import building
+from src.datasets.index.index_source import _conform, _no_records, _source_batches, _unified_schema
 
 # Bump when the cache layout or the conversion of records changes: old caches are then rebuilt.
 FORMAT_VERSION = 2

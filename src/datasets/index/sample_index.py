@@ -39,15 +39,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from mmengine.logging import print_log
 
-from src.datasets.arrow_numpy import to_numpy
+from src.datasets.storage.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError
-from src.datasets.files import unsafe_path_mask
+from src.datasets.storage.files import unsafe_path_mask
 
 # The cache and the source's readers live in their own modules; their public names (and the
 # spill writer the tests reach) stay importable from here.
-from src.datasets.index_cache import (FORMAT_VERSION, _build_cache, _CacheUnwritable, _fingerprint,  # noqa: F401
+from src.datasets.index.index_cache import (FORMAT_VERSION, _build_cache, _CacheUnwritable, _fingerprint,  # noqa: F401
                                       _open_cache, _SpillWriter, cache_path_for)
-from src.datasets.index_source import (MAX_INDEX_KEYS, _JSON_FLAG, _batched, _build_table,  # noqa: F401
+from src.datasets.index.index_source import (MAX_INDEX_KEYS, _JSON_FLAG, _batched, _build_table,  # noqa: F401
                                        _format_error, _is_flag, _member_files, _source_batches,
                                        iter_json_array, iter_jsonl, json_flag)
 
@@ -253,7 +253,7 @@ class SampleIndex:
         return self._view(values)
 
     def select_stored(self, rows: np.ndarray) -> 'SampleIndex':
-        """A view of the whole index's ``rows`` as ``src.datasets.selection`` stores them (sorted
+        """A view of the whole index's ``rows`` as ``src.datasets.index.selection`` stores them (sorted
         int64, memory-mapped): used in place, neither copied nor scanned."""
         if self._rows is not None or rows.dtype != np.int64:
             raise ValueError('select_stored takes sorted int64 rows of a whole index')
@@ -323,7 +323,7 @@ def _digest_column(table: pa.Table, name: str) -> str:
 
 
 class _StoredRows(str):
-    """The path of a stored ``rows.npy`` (``src.datasets.selection``), pickled in place of its rows."""
+    """The path of a stored ``rows.npy`` (``src.datasets.index.selection``), pickled in place of its rows."""
 
 
 def _reopen(source: str, cache: Path, fingerprint: bytes, rows) -> SampleIndex:

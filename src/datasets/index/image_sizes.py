@@ -1,5 +1,5 @@
 """The upright (width, height) of each record's picture, known before training: what aspect-ratio
-buckets (``src.datasets.buckets``) are assigned from.
+buckets (``src.datasets.sample.buckets``) are assigned from.
 
 From the index's ``width`` and ``height`` fields where it has them (dalle3's parquet, Midjourney's
 and the URL datasets' indexes do); else from the image's header, read once, in parallel threads
@@ -24,12 +24,12 @@ import numpy as np
 from mmengine.logging import print_log
 from tqdm import tqdm
 
-from src.datasets import selection
+from src.datasets.index import selection
 from src.datasets.errors import SampleError
-from src.datasets.image_io import open_image, oriented_size
-from src.datasets.locks import building
-from src.datasets.sample_index import SampleIndex
-from src.datasets.stored_arrays import load_array
+from src.datasets.sample.image_io import open_image, oriented_size
+from src.datasets.storage.locks import building
+from src.datasets.index.sample_index import SampleIndex
+from src.datasets.storage.stored_arrays import load_array
 
 UNREAD, UNREADABLE = -1, 0
 THREADS = 16  # header reads are I/O: local disks, network file systems and object stores alike

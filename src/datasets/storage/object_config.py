@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass, field
 
 from src.datasets.errors import SampleError
-from src.datasets.files import read_text_file
-from src.datasets.redact import redact
+from src.datasets.storage.files import read_text_file
+from src.datasets.storage.redact import redact
 
 _FOLDER = re.compile(r'^(?:(?P<cluster>[^:/]+):)?s3://(?P<bucket>[^/]+)/?(?P<prefix>.*)$')
 

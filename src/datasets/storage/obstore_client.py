@@ -5,7 +5,7 @@ obstore runs its requests on a runtime of threads made at its first use; a proce
 that inherits the runtime without its threads, and its first request hangs. So obstore is made
 only inside a DataLoader worker, in the worker, and never in the process that forks them: the
 parent (index fetches, start-up checks, ``num_workers=0``) stays on boto3
-(``src.datasets.object_store``), as do workers where obstore is not installed (the ``s3`` extra
+(``src.datasets.storage.object_store``), as do workers where obstore is not installed (the ``s3`` extra
 brings it). Reads behave as boto3's: bounded retries of throttling, 5xx and dropped connections
 with backoff, timeouts on connect and read, a missing object a ``missing-file`` sample error, an
 oversized one ``too-large``; no message holds a secret.
@@ -17,7 +17,7 @@ import os
 from datetime import timedelta
 
 from src.datasets.errors import SampleError
-from src.datasets.files import MAX_FILE_BYTES
+from src.datasets.storage.files import MAX_FILE_BYTES
 
 CONNECT_TIMEOUT = '10s'
 READ_TIMEOUT = '60s'
@@ -96,7 +96,7 @@ def read_object(store, key: str, path: str, where: str, offset: int | None = Non
                                                f'{max_bytes} it may have')
             return result.bytes().to_bytes()
         except PreconditionError:
-            from src.datasets.tar_index import StaleIndexError
+            from src.datasets.storage.tar_index import StaleIndexError
             raise StaleIndexError(f'{path}: replaced in {where} while it was being read (its ETag is no longer '
                                   f'{etag}): upload the shards and their index together again') from None
         except NotFoundError:

@@ -2,7 +2,7 @@
 
 Teams keep records by resolution, aspect, caption length and by scores computed elsewhere (joined
 into the index with ``tools/add_columns.py``). A filter is decided with the dataset's other drops,
-once per index cache and options (``src.datasets.selection``): whole-column passes over the
+once per index cache and options (``src.datasets.index.selection``): whole-column passes over the
 memory-mapped index the first time, a mapped file of kept rows after. ::
 
     filters=dict(min_side=512,                 # the picture's shorter side, pixels
@@ -31,10 +31,10 @@ import pyarrow.compute as pc
 from mmengine.logging import MMLogger
 from tqdm import tqdm
 
-from src.datasets.arrow_numpy import to_numpy
-from src.datasets.captions import ANNOTATION_KEY
+from src.datasets.storage.arrow_numpy import to_numpy
+from src.datasets.index.captions import ANNOTATION_KEY
 from src.datasets.errors import SampleError
-from src.datasets.sample_index import SampleIndex
+from src.datasets.index.sample_index import SampleIndex
 
 KEYS = ('min_side', 'aspect', 'caption_words', 'where', 'dedup')
 DERIVED = ('min_side', 'aspect', 'caption_words')
@@ -107,7 +107,7 @@ def clause_label(clause) -> str:
 
 class RecordValues:
     """The values filters compare, per record of an index view: its columns and the derived ones
-    (computed on first use: the sizes may need image headers, see ``src.datasets.image_sizes``)."""
+    (computed on first use: the sizes may need image headers, see ``src.datasets.index.image_sizes``)."""
 
     def __init__(self, index: SampleIndex, sizes: Callable[[SampleIndex], tuple], caption_keys: tuple,
                  caption: Callable[[int], str] | None = None):

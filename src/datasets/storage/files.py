@@ -24,7 +24,7 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from src.datasets.arrow_numpy import bits
+from src.datasets.storage.arrow_numpy import bits
 from src.datasets.errors import SampleError
 
 # The largest file a sample may read: no image of these datasets comes close (a 8192 x 8192 PNG is

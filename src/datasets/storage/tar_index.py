@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from src.datasets.arrow_numpy import to_numpy
+from src.datasets.storage.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.files import MAX_FILE_BYTES
+from src.datasets.storage.files import MAX_FILE_BYTES
 
 INDEX_NAME = 'tar_index.arrow'
 FORMAT_VERSION = '1'

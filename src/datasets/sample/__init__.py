@@ -1,0 +1,1 @@
+"""How one record becomes a sample: image decoding and cropping, aspect-ratio buckets, token ids."""
