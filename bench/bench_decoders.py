@@ -11,10 +11,15 @@ pixels are compared with Pillow's full decode: mean and largest absolute differe
 - PNG (1024x1024 RGB, as DALL-E 3's data): Pillow, pyspng, torchvision.io.
 - WebP (1024x1024, quality 90): Pillow, torchvision.io.
 
+``--workers 2`` decodes the same files as DataLoader workers do (forked, one thread each, two at
+once on two cores): each decode's CPU time in its worker, and the files a second together. One
+thread alone has the caches and the memory bus to itself; two workers share them, so a ranking
+measured on one thread may not hold in workers (see bench/RESULTS.md).
+
 pillow-simd replaces Pillow in its environment, so it is measured by running this script with that
 environment's Python (see bench/RESULTS.md); the rows then say which Pillow was loaded.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_decoders.py [--small]
+    PYTHONPATH=. .venv/bin/python bench/bench_decoders.py [--small] [--workers 2]
 """
 from __future__ import annotations
 
@@ -91,6 +96,40 @@ def cpu_ms(decode: Callable[[bytes], np.ndarray], files: list[bytes]) -> float:
     return (time.process_time() - start) / len(files) * 1e3
 
 
+class _Decodes:
+    """A map-style dataset whose item ``i`` decodes file ``i % len(files)`` and returns the CPU ms
+    it took in its worker (not the pixels: the handoff is bench_handoff's concern)."""
+
+    def __init__(self, decode: Callable[[bytes], np.ndarray], files: list[bytes], repeats: int):
+        self.decode, self.files, self.repeats = decode, files, repeats
+
+    def __len__(self) -> int:
+        return len(self.files) * self.repeats
+
+    def __getitem__(self, i: int) -> float:
+        start = time.process_time()
+        self.decode(self.files[i % len(self.files)])
+        return (time.process_time() - start) * 1e3
+
+
+def _worker_init(_):
+    import torch
+    torch.set_num_threads(1)
+
+
+def worker_ms(decode: Callable[[bytes], np.ndarray], files: list[bytes], workers: int) -> tuple[float, float]:
+    """(median CPU ms per file in a worker, files per second) decoding ``files`` twice over in
+    ``workers`` DataLoader workers at once."""
+    from torch.utils.data import DataLoader
+    loader = DataLoader(_Decodes(decode, files, 2), batch_size=None, num_workers=workers,
+                        worker_init_fn=_worker_init, prefetch_factor=4)
+    it = iter(loader)
+    next(it)  # the workers started and warm: the first decode loads libraries and tables
+    start = time.perf_counter()
+    times = [float(ms) for ms in it]
+    return statistics.median(times), len(times) / (time.perf_counter() - start)
+
+
 def survey(fmt: str, decoders: dict, files: list[bytes], rounds: int) -> list[tuple]:
     usable = {name: d for name, d in decoders.items() if callable(d)}
     for decode in usable.values():  # warm-up: first calls load libraries and tables
@@ -122,6 +161,8 @@ def main() -> None:
     parser.add_argument('--small', action='store_true', help='4 files and 2 rounds: a quick check')
     parser.add_argument('--num-files', type=int, default=20)
     parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--workers', type=int, default=0,
+                        help='also decode in this many DataLoader workers at once (the decode floor as workers read)')
     args = parser.parse_args()
     num_files, rounds = (4, 2) if args.small else (args.num_files, args.rounds)
     try:  # torch's intra-op threads would count in CPU time; a DataLoader worker runs with one
@@ -150,6 +191,24 @@ def main() -> None:
                 print(f'{name:<44}{note}')
             else:
                 print(f'{name:<44}{ms:>8.2f}{baseline / ms:>10.2f}x{mean:>12.3f}{worst:>11d}')
+        if args.workers:
+            print_workers(decoders, files, rounds, args.workers)
+
+
+def print_workers(decoders: dict, files: list[bytes], rounds: int, workers: int) -> None:
+    """The same decoders in ``workers`` DataLoader workers: CPU ms per file in a worker (against one
+    thread alone above) and files a second, medians of interleaved rounds."""
+    usable = {name: d for name, d in decoders.items() if callable(d)}
+    runs = {name: [] for name in usable}
+    for _ in range(rounds):
+        for name, decode in usable.items():
+            runs[name].append(worker_ms(decode, files, workers))
+    print(f'  in {workers} DataLoader workers at once{"":<11}{"CPU ms":>8}{"vs Pillow":>11}{"files/s":>12}')
+    base = statistics.median(ms for ms, _ in runs[next(iter(usable))])
+    for name, results in runs.items():
+        ms = statistics.median(m for m, _ in results)
+        rate = statistics.median(r for _, r in results)
+        print(f'  {name:<42}{ms:>8.2f}{base / ms:>10.2f}x{rate:>12.1f}')
 
 
 if __name__ == '__main__':
