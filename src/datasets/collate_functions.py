@@ -40,8 +40,8 @@ def pad_input_ids(input_ids: Sequence, pad_index: int = DEFAULT_PAD_INDEX,
 def stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """``torch.stack``, into shared memory when called in a DataLoader worker (torch's
     ``default_collate`` does it so): the batch then reaches the main process as it is. Stacked into
-    private memory, a 96 MiB batch of pixels is copied into shared memory a second time when the
-    worker sends it (bench/bench_handoff.py)."""
+    private memory, a batch of pixels is copied into shared memory a second time when the worker
+    sends it (bench/RESULTS.md, "The batch handoff")."""
     return default_collate(list(tensors))
 
 

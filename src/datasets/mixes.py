@@ -2,7 +2,7 @@
 source its share of the batch through the source's own ``__getitems__``.
 
 torch's DataLoader asks a dataset for a whole batch when it has ``__getitems__``; torch's, xtuner's
-and mmengine's ``ConcatDataset`` have none, so a mixed batch was read a sample at a time, without
+and mmengine's ``ConcatDataset`` have none, so they read a mixed batch a sample at a time, without
 a source's batch prefetch from object storage or its batch tokenization. Here a batch is split by
 source (the order of each source's samples kept, so each source's random stream sees the same
 draws), each share read as one batch, and the samples returned in the batch's order: the same

@@ -2,8 +2,8 @@
 upstream's names, signatures and results: ``crop2square``, ``load_jsonl``, ``encode_fn`` (xtuner's
 conversation encoding with ``image_length`` image placeholders) and VGT's ``pad_input_ids``.
 
-xtuner's token constants are written out here (importing ``xtuner.utils`` costs every process about
-6 s); ``tests/test_family.py`` checks them against xtuner. ``encode_fn`` asks xtuner for a
+xtuner's token constants are written out here (importing ``xtuner.utils`` would cost every process
+seconds of imports); ``tests/test_family.py`` checks them against xtuner. ``encode_fn`` asks xtuner for a
 tokenizer's BOS / EOS ids where it runs, as upstream does: only the understanding datasets use it,
 and their configs import xtuner anyway.
 """

@@ -1,11 +1,11 @@
 """The files an index builder may use, listed once: ``PathListing``, a set of relative paths held as
 Arrow strings.
 
-Midjourney-23M lists 23M image paths. As a Python set they took 2-3 GB (a string object and a hash
-slot each); as Arrow strings they are their bytes and an offset each (about 0.6 GB at 23M). The
+Midjourney-23M lists 23M image paths. A Python set holds a string object and a hash slot each; Arrow
+strings hold their bytes and an offset each, several times less at 23M (bench/RESULTS.md). The
 one question a 23M builder asks, "which of these rows' files exist", is answered with 64-bit
 hashes of the paths, sorted once (8 bytes a path), and a binary search of the rows' hashes: Arrow's
-``is_in`` built a hash table of every path's bytes, over a GB more at 23M. A hash that matches
+``is_in`` would build a hash table of every path's bytes, gigabytes more at 23M. A hash that matches
 without the path (about one in 10^5 over a 23M-path dataset) lets a missing file through, which the
 dataset then counts as a missing file when it reads it. Builders of the smaller datasets iterate the
 paths, or probe them one by one (a Python set is then made once, on the first probe).

@@ -155,8 +155,8 @@ def page(title: str, sections: list[str]) -> str:
 
 
 def image_data_url(pixel_values, side: int = 256) -> str:
-    """A [3, H, W] tensor in [-1, 1] as an embedded JPEG thumbnail (a page of PNGs of every sample was
-    13 MB for the mix)."""
+    """A [3, H, W] tensor in [-1, 1] as an embedded JPEG thumbnail: PNGs of every sample would make the
+    page many times heavier to open."""
     from src.report.preview import to_image
     image = to_image(pixel_values)
     image.thumbnail((side, side))

@@ -1,10 +1,11 @@
 """The sample index: a read-only, columnar table of index records, memory-mapped from a cache.
 
-Upstream datasets ``json.load`` the whole index (23M entries: ~40 s and ~13 GB per process) into a
-list of dicts. DataLoader workers forked from that process copy it page by page, because merely
-reading a Python object writes its reference count. mmengine's ``BaseDataset.serialize_data``
-packs the list into one numpy buffer of pickles, which fixes the copying but still ``json.load``s
-everything first in every rank and unpickles a dict on every access.
+Upstream datasets ``json.load`` the whole index (at 23M entries, tens of seconds and gigabytes in
+every process: bench/RESULTS.md) into a list of dicts. DataLoader workers forked from that process
+copy it page by page, because merely reading a Python object writes its reference count. mmengine's
+``BaseDataset.serialize_data`` packs the list into one numpy buffer of pickles, which fixes the
+copying but still ``json.load``s everything first in every rank and unpickles a dict on every
+access.
 
 ``SampleIndex`` instead streams the source once, in bounded batches, into an Arrow IPC file (the
 cache) and from then on memory-maps that file:

@@ -3,7 +3,8 @@ text through to it.
 
 A fast tokenizer's ``encode`` sets the Rust tokenizer's truncation and padding for the call, calls
 it, and turns the result into Python objects (``BatchEncoding``, one per field): per sample in a
-DataLoader worker that is half of the tokenization (0.08-0.3 ms of 0.2-0.9, bench/bench_sample.py).
+DataLoader worker that is about half of the tokenization (bench/RESULTS.md, "Per sample and the
+decode floor").
 With no truncation or padding asked for, no special-token splitting and the encode methods as
 transformers' fast tokenizer has them, that call gives the ids of the Rust tokenizer's ``encode``:
 those cases go there. Whether the Rust tokenizer's settings still allow it is looked at on every

@@ -2,10 +2,11 @@
  *
  * numpy needs five passes over each plane for this (gather the channel, narrow, widen, divide,
  * subtract: x / 127.5 - 1 rounds twice, and no one-rounding form gives the same floats), and numba,
- * which did it in one, cost every process 0.4 s and 169 MB to load. This is that one pass, at no
- * start-up cost: a table of the 256 results (computed here with the same two float roundings), read
- * once a channel value. Built at install when a C compiler is there (pyproject.toml); image_io
- * falls back to numpy, with the same floats, when it is not.
+ * which did it in one, cost every process that builds a dataset a heavy import and a compilation
+ * (bench/RESULTS.md, "Float planes"). This is that one pass, at no start-up cost: a table of the
+ * 256 results (computed here with the same two float roundings), read once a channel value. Built
+ * at install when a C compiler is there (pyproject.toml); image_io falls back to numpy, with the
+ * same floats, when it is not.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -56,7 +57,7 @@ static PyObject *normalise(PyObject *module, PyObject *args)
     float *red = dst.buf, *green = red + height * width, *blue = green + height * width;
     Py_BEGIN_ALLOW_THREADS
     /* Pixel by pixel, writing the three planes side by side: each source byte is read once (a plane
-     * at a time read the pixels three times, 20% slower). */
+     * at a time reads the pixels three times, and is slower). */
     for (Py_ssize_t y = 0; y < height; y++) {
         const uint8_t *row = pixels + y * row_stride;
         for (Py_ssize_t x = 0; x < width; x++) {

@@ -1,8 +1,8 @@
 """Arrow columns of numbers and booleans as numpy arrays, without pandas.
 
-pyarrow's own ``to_numpy`` imports pandas on its first call (0.1 s and 60 MB in every process that
-builds a dataset, every rank and spawned worker), though nothing here needs it: a fixed-width
-column is a numpy view of its buffer, a boolean one a bit unpacking.
+pyarrow's own ``to_numpy`` imports pandas on its first call, a cost in time and memory for every
+process that builds a dataset, every rank and spawned worker (bench/RESULTS.md), though nothing here
+needs it: a fixed-width column is a numpy view of its buffer, a boolean one a bit unpacking.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def to_numpy(values: pa.Array | pa.ChunkedArray, fill=None) -> np.ndarray:
     else:
         dtype = np.dtype(_DTYPES[values.type])
         array = np.frombuffer(values.buffers()[1], dtype, count=len(values), offset=values.offset * dtype.itemsize)
-    if values.null_count:  # by the validity bits: pyarrow's fill_null imports pandas (0.3 s)
+    if values.null_count:  # by the validity bits: pyarrow's fill_null imports pandas
         array = array.copy()
         array[~bits(values.buffers()[0], values.offset, len(values))] = fill
     return array

@@ -49,8 +49,8 @@ def unsafe_path_mask(column) -> np.ndarray:
     """Per value of an Arrow string column: whether :func:`unsafe_path` refuses it (nulls: no).
 
     Read from the column's buffers: a leading '/' is one byte per value, and '..' or NUL anywhere
-    is one ``bytes.find`` over all the text (a regex over 1M paths took 0.12 s of every dataset's
-    construction); only values that hold one of those are judged one by one.
+    is one ``bytes.find`` over all the text (a regex per path would weigh on every dataset's
+    construction: bench/RESULTS.md); only values that hold one of those are judged one by one.
     """
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     parts = [_unsafe_in_chunk(chunk) for chunk in chunks]

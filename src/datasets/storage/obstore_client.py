@@ -1,5 +1,5 @@
-"""The S3 client of DataLoader workers: obstore (Rust), 3-3.7x less CPU a request than boto3
-(bench/bench_s3_clients.py), where it is safe.
+"""The S3 client of DataLoader workers: obstore (Rust), far less CPU a request than boto3
+(bench/RESULTS.md, "Object storage, and against LitData"), where it is safe.
 
 obstore runs its requests on a runtime of threads made at its first use; a process forked after
 that inherits the runtime without its threads, and its first request hangs. So obstore is made

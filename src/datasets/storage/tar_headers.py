@@ -148,7 +148,7 @@ def scan_tar(tar_path: str) -> tuple[list[tuple[str, int, int]], list[list[str]]
     can be read.
 
     A tar of plain ustar headers only (the common case) is read by :func:`scan_tar_headers`,
-    about four times faster; any other goes through tarfile (:func:`scan_tar_with_tarfile`)."""
+    several times faster (bench/RESULTS.md); any other goes through tarfile (:func:`scan_tar_with_tarfile`)."""
     found = scan_tar_headers(tar_path)
     if found is None:
         check_not_compressed(tar_path)
@@ -214,11 +214,11 @@ class _HeaderReader:
 
     A ``pread`` per header reads no member data, which indexing needs (``--no-extract``) and which
     suits large members before an extraction too. Small members' headers are a few KB apart, and
-    a small read each is the slow way to the page cache GNU tar then reads: with 16 KB members
-    the scan took twice as long as GNU tar's whole extraction of an uncached tar. Read through in
-    4 MB reads, the scan is one sequential pass whose pages GNU tar finds in memory (the pair
-    twice as fast); with 1 MB members reading through costs more than it saves, so headers more
-    than ``DENSE`` apart keep their own small read."""
+    a small read each is the slow way to the page cache GNU tar then reads: scattered reads of an
+    uncached tar cost more than GNU tar's whole extraction. Read through in large reads, the scan
+    is one sequential pass whose pages GNU tar finds in memory; with large members reading through
+    costs more than it saves, so headers more than ``DENSE`` apart keep their own small read
+    (bench/RESULTS.md, "Preparation against the guides' scripts")."""
 
     CHUNK = 4 << 20
     DENSE = 256 << 10

@@ -53,8 +53,8 @@ def _metadata(path: str) -> dict[str, str] | None:
     return schema_metadata(schema)
 
 
-# Columns are made from buffers: pa.array imports pandas on its first call (~0.2 s), which every
-# worker process would pay once per run.
+# Columns are made from buffers: pa.array imports pandas on its first call, a cost every worker
+# process would pay once per run (bench/RESULTS.md, "Start-up and construction").
 def _numeric_array(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
