@@ -32,7 +32,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ from tqdm import tqdm
 
 from src.datasets.index.captions import resolve_caption
 from src.datasets.errors import SampleError, write_error
-from src.datasets.storage.sidecars import build_once
+from src.datasets.storage.sidecars import build_once, remove
 from src.datasets.index.sample_index import SampleIndex
 from src.datasets.storage.stored_arrays import load_array
 from src.datasets.index.token_ids import TokenIds
@@ -241,7 +240,7 @@ def load_prompt_ids(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Call
             agrees, problem = False, f'are damaged: {exc}'
         if not agrees:
             print_log(f'The prompt ids in {folder} {problem}: rebuilding them', logger='current', level=logging.WARNING)
-            shutil.rmtree(folder, ignore_errors=True)
+            remove(folder)  # a link planted there goes, never what it points to
             stored = _open_or_build(folder, arguments, index.source, rows, len(tokenizer))
         return stored
     except (OSError, DamagedStore) as exc:  # a full disk (the error names it), a store that cannot be replaced

@@ -60,7 +60,7 @@ def held(target, *, required: bool = True, leftovers: Sequence[str] = ()) -> Ite
     with lock:
         for pattern in (f'{glob.escape(target.name)}{TEMP}*', *leftovers):
             for leftover in target.parent.glob(pattern):
-                _remove(leftover)
+                remove(leftover)
         yield True
 
 
@@ -85,7 +85,7 @@ def written_aside(target, *, folder: bool = False) -> Iterator[Path]:
         except OSError as exc:
             raise Unwritable(write_error(exc, target)) from exc
     finally:
-        _remove(temp)  # gone already when renamed
+        remove(temp)  # gone already when renamed
 
 
 def build_once(target, load: Callable[[], T | None], build: Callable[[Path], object], *,
@@ -109,17 +109,15 @@ def build_once(target, load: Callable[[], T | None], build: Callable[[Path], obj
 
 
 def _rename(temp: Path, target: Path, folder: bool) -> None:
-    if folder:  # a folder cannot replace another by a rename: what is there goes first
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
+    if folder:
+        remove(target)  # a folder cannot replace another by a rename: what is there goes first
         os.rename(temp, target)
     else:
         os.replace(temp, target)
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Remove the file, folder or link ``path`` (a link itself, never what it points to), if it is there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
