@@ -12,8 +12,10 @@ import fcntl
 import glob
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
+import queue
 import signal
 import time
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from mmengine.logging import MMLogger
 
 from src.datasets.index import image_sizes, prompt_ids, selection
 from src.datasets.index.sample_index import SampleIndex, cache_path_for
@@ -32,6 +35,16 @@ ROWS, MANY_ROWS = 3000, 50000  # MANY_ROWS: a build that lasts long enough to be
 SELECTION_KEY = {'kept': 'the even rows'}
 BLOB = 'blob.bin'
 _TOKENIZER = []  # the session's tokenizer, set by the fixture below; forked builders inherit it
+_WORK = []  # the building this process did: a record of each build (each header read, for the image sizes)
+_GETS = []  # the object GETs the local server answered
+
+
+class _Builds(logging.Handler):
+    """Keeps the lines the index cache and the prompt ids say when they build."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(('Indexing ', 'Tokenizing the prompts')):
+            _WORK.append(record.getMessage())
 
 
 def _records(n: int) -> list[dict]:
@@ -53,6 +66,7 @@ def _selection(root: Path, slow: bool) -> list[int]:
     folder = selection.folder_for(index, SELECTION_KEY)
     with selection.stored(folder, len(index)) as kept:
         if kept is None:  # the dataset's whole-column passes, as long as they take
+            _WORK.append('selected')
             time.sleep(60 if slow else 0.2)
             rows = np.arange(0, len(index), 2, dtype=np.int64)
             kept = selection.Selection(rows, None, {'counts': {'odd': len(index) - len(rows)}, 'messages': []},
@@ -63,6 +77,7 @@ def _selection(root: Path, slow: bool) -> list[int]:
 
 def _image_sizes(root: Path, slow: bool) -> list[float]:
     def read_size(i: int) -> tuple[int, int]:  # a reader of image headers on slow storage
+        _WORK.append(i)
         time.sleep(0.05 if slow else 0.0002)
         return 100 + i, 200 + i
     widths, heights = image_sizes.record_sizes(_index(root), read_size, 'the test index')
@@ -78,10 +93,11 @@ def _prompt_ids(root: Path, slow: bool) -> list[list[int]]:
 
 
 def _digests(root: Path, slow: bool) -> str:
-    index = _index(root)
-    if slow:  # a value as long to compute as a 23M-record column's digest
-        return index._memo('slow', lambda: time.sleep(60) or 'never', lambda value: True)
-    return index.content_digest('image')
+    def compute() -> str:  # a value as long to compute as a column's digest at 23M records
+        _WORK.append('computed')
+        time.sleep(60 if slow else 0.2)
+        return 'computed once'
+    return _index(root)._memo('test/once', compute, lambda value: value == 'computed once')
 
 
 def _fetched(root: Path, slow: bool) -> str:
@@ -101,7 +117,7 @@ def _expected(site: str, root: Path, rows: int):
         one = TokenIds(_TOKENIZER[0], {}).one
         return [one(f'picture number {row} of a cat') for row in (0, rows - 1)]
     if site == 'digests':
-        return SampleIndex.load(root / 'data.json', use_cache=False).content_digest('image')  # computed here
+        return 'computed once'
     return hashlib.sha256((root / BLOB).read_bytes()).hexdigest()
 
 
@@ -156,8 +172,17 @@ def s3():
     client = boto3.client('s3', endpoint_url=f'http://{host}:{port}', aws_access_key_id='test-access',
                           aws_secret_access_key='test-secret', region_name='us-east-1')
     client.create_bucket(Bucket='sidecars')
+    gets = _Gets()
+    logging.getLogger('werkzeug').addHandler(gets)
     yield f'http://{host}:{port}', client
+    logging.getLogger('werkzeug').removeHandler(gets)
     server.stop()
+
+
+class _Gets(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if 'GET /sidecars/' in record.getMessage():
+            _GETS.append(record.getMessage())
 
 
 def _prepare(site: str, root: Path, request, rows: int = ROWS) -> None:
@@ -165,7 +190,7 @@ def _prepare(site: str, root: Path, request, rows: int = ROWS) -> None:
     root.mkdir()
     if site == 'fetched object':
         endpoint, client = request.getfixturevalue('s3')
-        (root / BLOB).write_bytes(np.random.default_rng(0).bytes(8 << 20))
+        (root / BLOB).write_bytes(np.random.default_rng(0).bytes(1 << 20))  # one GET
         client.put_object(Bucket='sidecars', Key=f'{root.parent.name}/{BLOB}', Body=(root / BLOB).read_bytes())
         (root / 'petreloss.conf').write_text(f'[DEFAULT]\ndefault_cluster = c\n\n[c]\naccess_key = test-access\n'
                                              f'secret_key = test-secret\nhost_base = {endpoint}\n')
@@ -180,9 +205,25 @@ def _leftovers(target: Path) -> list[Path]:
 
 
 def _build_and_report(site: str, root: Path, barrier, results) -> None:
+    _WORK.clear()
+    MMLogger.get_current_instance().addHandler(_Builds())
     barrier.wait()
     value = SITES[site].build(root, False)
-    results.put((value, os.stat(_target(site, root)).st_ino))
+    results.put((value, os.stat(_target(site, root)).st_ino, len(_WORK)))
+
+
+def _results(results, processes: list) -> list:
+    """What each of ``processes`` put in ``results`` (a failed one fails the test at once)."""
+    got = []
+    while len(got) < len(processes):
+        try:
+            got.append(results.get(timeout=1))
+        except queue.Empty:
+            assert all(p.is_alive() or p.exitcode == 0 for p in processes), 'a builder failed (its traceback is above)'
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    return got
 
 
 @pytest.mark.slow
@@ -194,14 +235,15 @@ def test_processes_building_at_once_build_once(site, tmp_path, request):
     builders = [FORK.Process(target=_build_and_report, args=(site, root, barrier, results)) for _ in range(2)]
     for builder in builders:
         builder.start()
-    seen = [results.get(timeout=300) for _ in builders]
-    for builder in builders:
-        builder.join(60)
-        assert builder.exitcode == 0
+    gets = len(_GETS)
+    seen = _results(results, builders)
     target = _target(site, root)
-    # A second build would have renamed another file (another inode) onto the target.
-    assert [inode for _, inode in seen] == [os.stat(target).st_ino] * 2
-    assert [value for value, _ in seen] == [_expected(site, root, ROWS)] * 2
+    # What each did to build it: once on the machine (each header read once); and a second build
+    # would have renamed another file (another inode) onto the target.
+    work = len(_GETS) - gets if site == 'fetched object' else sum(work for _, _, work in seen)
+    assert work == (ROWS if site == 'image sizes' else 1)
+    assert [inode for _, inode, _ in seen] == [os.stat(target).st_ino] * 2
+    assert [value for value, _, _ in seen] == [_expected(site, root, ROWS)] * 2
     assert not _leftovers(target) and target.is_dir() == SITES[site].folder
 
 
@@ -250,9 +292,7 @@ def test_a_build_killed_midway_leaves_nothing_half_that_is_read(site, tmp_path, 
     results = FORK.Queue()
     again = FORK.Process(target=lambda: results.put(SITES[site].build(root, False)))
     again.start()
-    value = results.get(timeout=300)
-    again.join(60)
-    assert again.exitcode == 0 and value == _expected(site, root, rows)
+    assert _results(results, [again]) == [_expected(site, root, rows)]
     assert not _leftovers(target) and target.is_dir() == SITES[site].folder
 
 
