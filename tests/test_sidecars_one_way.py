@@ -102,7 +102,8 @@ def _digests(root: Path, slow: bool) -> str:
 
 def _fetched(root: Path, slow: bool) -> str:
     from src.datasets.storage.object_store import fetch_to_cache
-    path = fetch_to_cache(f's3://sidecars/{root.parent.name}/{BLOB}', str(root / 'petreloss.conf'), str(root / 'objects'))
+    path = fetch_to_cache(f's3://sidecars/{root.parent.name}/{BLOB}', str(root / 'petreloss.conf'),
+                          str(root / 'objects'))
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -310,4 +311,5 @@ def test_a_link_planted_where_the_file_goes_is_replaced_never_written_through(si
     value = SITES[site].build(root, False)
     assert value == _expected(site, root, ROWS)
     assert not target.is_symlink() and target.is_dir() == SITES[site].folder
-    assert [p.name for p in outside.iterdir()] == ['mine.txt'] and (outside / 'mine.txt').read_text() == 'not the dataset\'s'
+    assert [p.name for p in outside.iterdir()] == ['mine.txt']
+    assert (outside / 'mine.txt').read_text() == 'not the dataset\'s'

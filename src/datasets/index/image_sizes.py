@@ -7,7 +7,8 @@ and the URL datasets' indexes do); else from the image's header, read once, in p
 memory-mapped cache as ``<cache>.sizes-<fingerprint>.npy``: an ``int32 [rows, 2]`` table over the
 whole index, read by every later construction (every rank, every run) in milliseconds. The
 processes of a machine that start together wait for the one reading, under a lock, rather than
-all reading the headers (``storage.sidecars``). An index held in memory (no cache) reads the headers each time.
+all reading the headers (``storage.sidecars``). An index held in memory (no cache) reads the
+headers each time.
 
 A stored size of 0 x 0 is a picture whose header could not be read: no bucket, a counted drop.
 """

@@ -12,8 +12,8 @@ settings), the prompt template, ``tokenizer_kwargs``, the caption keys, and the 
 transformers and tokenizers. A changed input gives another name, so nothing stale is ever read;
 opening one also re-tokenizes a few prompts and compares, which catches what a digest misses.
 One process builds it under a lock, in a temporary folder renamed into place when whole; the
-others wait and then map it (``storage.sidecars``). Where no folder can be written, the prompts are tokenized as they
-are read, as without the option.
+others wait and then map it (``storage.sidecars``). Where no folder can be written, the prompts
+are tokenized as they are read, as without the option.
 
 - ``ids.int32``: all the prompts' ids end to end (raw little-endian int32, written as they come);
 - ``offsets.npy``: int64, one more than the index has rows; row ``r``'s ids are

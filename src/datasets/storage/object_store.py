@@ -244,7 +244,9 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
         with written_aside(stamp) as stamp_temp:
             stamp_temp.write_text(etag)
 
-    return build_once(cache, current, download, leftovers=[f'.{glob.escape(name)}.download-*'])
+    # (the stamp's own leftovers, and the downloads of builds before this one)
+    leftovers = [f'.{glob.escape(name)}.etag.tmp-*', f'.{glob.escape(name)}.download-*']
+    return build_once(cache, current, download, leftovers=leftovers)
 
 
 def shard_etags_path(index_copy) -> Path:

@@ -38,6 +38,9 @@ class Unwritable(OSError):
     def __str__(self) -> str:
         return self.strerror
 
+    def __reduce__(self):  # its arguments are not the constructor's: rebuilt from its words
+        return Unwritable, (self.strerror,)
+
 
 @contextlib.contextmanager
 def held(target, *, required: bool = True, leftovers: Sequence[str] = ()) -> Iterator[bool]:
