@@ -7,7 +7,8 @@ and the URL datasets' indexes do); else from the image's header, read once, in p
 memory-mapped cache as ``<cache>.sizes-<fingerprint>.npy``: an ``int32 [rows, 2]`` table over the
 whole index, read by every later construction (every rank, every run) in milliseconds. The
 processes of a machine that start together wait for the one reading, under a lock, rather than
-all reading the headers. An index held in memory (no cache) reads the headers each time.
+all reading the headers (``storage.sidecars``). An index held in memory (no cache) reads the
+headers each time.
 
 A stored size of 0 x 0 is a picture whose header could not be read: no bucket, a counted drop.
 """
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from src.datasets.index import selection
 from src.datasets.errors import SampleError
 from src.datasets.sample.image_io import open_image, oriented_size
-from src.datasets.storage.locks import building
+from src.datasets.storage.sidecars import held, written_aside
 from src.datasets.index.sample_index import SampleIndex
 from src.datasets.storage.stored_arrays import load_array
 
@@ -89,7 +90,7 @@ def _fill(widths: np.ndarray, heights: np.ndarray, missing: np.ndarray, sizes: n
 
 def _read_missing(index: SampleIndex, read_size, missing: np.ndarray, path: str | None, what: str) -> np.ndarray:
     """Read the headers not stored yet (under the lock: other processes wait, then find them)."""
-    with building(path, required=False) if path is not None else contextlib.nullcontext():
+    with held(path, required=False) if path is not None else contextlib.nullcontext():
         table_rows = index.table_rows()
         stored = np.array(_load(path, len(index.whole())))  # again: another process may have read them
         todo = np.flatnonzero(missing & (stored[table_rows, 0] == UNREAD))
@@ -129,12 +130,9 @@ def forget_sizes(index: SampleIndex) -> None:
 
 
 def _save(stored: np.ndarray, path: str) -> None:
-    temp = f'{path}.{os.getpid()}.tmp.npy'
     try:
-        np.save(temp, stored)
-        os.replace(temp, path)
+        with written_aside(path) as temp, open(temp, 'wb') as f:
+            np.save(f, stored)
     except OSError as exc:  # a read-only cache folder: read again next time
         print_log(f'cannot keep the image sizes in {path} ({exc}): they are read again next time',
                   logger='current', level=logging.WARNING)
-        with contextlib.suppress(OSError):
-            os.remove(temp)

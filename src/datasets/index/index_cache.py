@@ -1,7 +1,7 @@
 """The sample index's cache: an Arrow IPC file beside the index (or under ``cache_dir``), keyed on
 the source's identity (resolved path; size, mtime, ctime and a digest of each file; the format
-version), built once under the build lock (``locks.building``), written aside and renamed; a stale
-or unreadable cache is rebuilt, never used."""
+version), built once as every file beside it is (``storage.sidecars``: under a lock, written aside
+and renamed); a stale or unreadable cache is rebuilt, never used."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pyarrow as pa
 from mmengine.logging import print_log
 
 from src.datasets.errors import write_error
-from src.datasets.storage.locks import building
+from src.datasets.storage.sidecars import Unwritable, build_once
 from src.datasets.index.index_source import _conform, _no_records, _source_batches, _unified_schema
 
 # Bump when the cache layout or the conversion of records changes: old caches are then rebuilt.
@@ -27,10 +26,6 @@ _FINGERPRINT_KEY = b'sampleindex.fingerprint'
 
 
 # ------------------------------------------------------------------------------------- the cache
-
-class _CacheUnwritable(Exception):
-    """The cache cannot be written (read-only folder, disk full, ...): build in memory instead."""
-
 
 # A member up to this size is hashed whole (about 10 ms); a larger one by its head, its tail and
 # blocks spread between, 1.5 MiB whatever its size (hashing a 223 MiB index whole took 1.2 s here,
@@ -150,55 +145,42 @@ class _SpillWriter:
                 os.remove(segment)
 
 
-def _build_cache(source: str, members: list[Path], cache: Path, fingerprint: bytes) -> pa.Table:
-    """Builds the cache file once (other processes building the same one wait for it)."""
-    with contextlib.ExitStack() as held:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            # Ranks starting together wait here instead of all parsing the source; the atomic
-            # rename below keeps the cache whole where the lock does not work.
-            held.enter_context(building(cache))
-        except OSError as exc:
-            raise _CacheUnwritable(exc) from exc
-        table = _open_cache(cache, fingerprint)
-        if table is not None:
-            return table
-        # What a build killed midway left (temp file and segments): this lock's holder builds now.
-        for leftover in cache.parent.glob(f'.{glob.escape(cache.name)}.*.tmp*'):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+def cached_table(source: str, members: list[Path], cache: Path, fingerprint: bytes) -> pa.Table:
+    """The index of ``source`` memory-mapped from ``cache``, built there first when it is missing,
+    stale or unreadable (once: other processes building the same one wait for it). ``Unwritable``
+    when it cannot be kept there; errors reading the source pass."""
+    started = []
+
+    def build(temp: Path) -> None:
         print_log(f'Indexing {source} into {cache} (done once; later loads memory-map it)',
                   logger='current', level=logging.INFO)
-        started = time.perf_counter()
-        try:
-            handle, temp_path = tempfile.mkstemp(dir=cache.parent, prefix=f'.{cache.name}.',
-                                                 suffix='.tmp')
-            os.close(handle)
-        except OSError as exc:
-            raise _CacheUnwritable(exc) from exc
-        spill = _SpillWriter(temp_path, {_FINGERPRINT_KEY: fingerprint})
-        try:
-            for batch in _source_batches(members):
-                if len(batch):
-                    try:
-                        spill.write(batch)
-                    except OSError as exc:
-                        raise _CacheUnwritable(write_error(exc, cache)) from exc
-            if not spill.segments:
-                raise _no_records(source)
-            try:
-                spill.finish()
-                os.replace(temp_path, cache)
-            except OSError as exc:
-                raise _CacheUnwritable(write_error(exc, cache)) from exc
-        finally:
-            spill.remove_segments()
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temp_path)
-    table = _open_cache(cache, fingerprint)
-    if table is None:
-        raise _CacheUnwritable(f'{cache} could not be read back after writing it')
-    print_log(f'Indexed {table.num_rows} records of {source} in '
-              f'{time.perf_counter() - started:.1f} s', logger='current', level=logging.INFO)
+        started.append(time.perf_counter())
+        _write_cache(members, temp, cache, fingerprint, source)
+
+    table = build_once(cache, lambda: _open_cache(cache, fingerprint), build,
+                       leftovers=[f'.{glob.escape(cache.name)}.*.tmp*'])  # as builds before this one named them
+    if started:
+        print_log(f'Indexed {table.num_rows} records of {source} in '
+                  f'{time.perf_counter() - started[0]:.1f} s', logger='current', level=logging.INFO)
     return table
 
+
+def _write_cache(members: list[Path], temp: Path, cache: Path, fingerprint: bytes, source: str) -> None:
+    """The index of ``members`` written to ``temp``, a batch at a time (``Unwritable`` naming
+    ``cache`` when a write fails)."""
+    spill = _SpillWriter(str(temp), {_FINGERPRINT_KEY: fingerprint})
+    try:
+        for batch in _source_batches(members):
+            if len(batch):
+                try:
+                    spill.write(batch)
+                except OSError as exc:
+                    raise Unwritable(write_error(exc, cache)) from exc
+        if not spill.segments:
+            raise _no_records(source)
+        try:
+            spill.finish()
+        except OSError as exc:
+            raise Unwritable(write_error(exc, cache)) from exc
+    finally:
+        spill.remove_segments()

@@ -12,8 +12,8 @@ settings), the prompt template, ``tokenizer_kwargs``, the caption keys, and the 
 transformers and tokenizers. A changed input gives another name, so nothing stale is ever read;
 opening one also re-tokenizes a few prompts and compares, which catches what a digest misses.
 One process builds it under a lock, in a temporary folder renamed into place when whole; the
-others wait and then map it. Where no folder can be written, the prompts are tokenized as they
-are read, as without the option.
+others wait and then map it (``storage.sidecars``). Where no folder can be written, the prompts
+are tokenized as they are read, as without the option.
 
 - ``ids.int32``: all the prompts' ids end to end (raw little-endian int32, written as they come);
 - ``offsets.npy``: int64, one more than the index has rows; row ``r``'s ids are
@@ -32,8 +32,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -45,7 +43,7 @@ from tqdm import tqdm
 
 from src.datasets.index.captions import resolve_caption
 from src.datasets.errors import SampleError, write_error
-from src.datasets.storage.locks import building
+from src.datasets.storage.sidecars import build_once, remove
 from src.datasets.index.sample_index import SampleIndex
 from src.datasets.storage.stored_arrays import load_array
 from src.datasets.index.token_ids import TokenIds
@@ -187,21 +185,16 @@ def _digest(index_fingerprint: bytes, tokenizer, tokenizer_kwargs: dict, templat
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _build(folder: Path, arguments: tuple) -> int:
-    """Tokenizes into ``folder`` atomically (a temporary folder beside it, renamed when whole);
+def _tokenize_into(temp: Path, arguments: tuple, folder: Path) -> int:
+    """Tokenizes into the folder ``temp`` (an ``OSError`` naming ``folder`` when a write fails);
     how many prompts it holds."""
-    temp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'{folder.name}.tmp-'))
     try:
-        try:
-            with open(temp / _IDS, 'wb') as ids:  # written by the file, not tofile: its errors have no errno
-                offsets, known = tokenize_index(*arguments, write=lambda batch: ids.write(memoryview(batch)))
-            np.save(temp / 'offsets.npy', offsets)
-            np.save(temp / 'known.npy', known)
-        except OSError as exc:
-            raise write_error(exc, temp) from None
-        os.rename(temp, folder)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        with open(temp / _IDS, 'wb') as ids:  # written by the file, not tofile: its errors have no errno
+            offsets, known = tokenize_index(*arguments, write=lambda batch: ids.write(memoryview(batch)))
+        np.save(temp / 'offsets.npy', offsets)
+        np.save(temp / 'known.npy', known)
+    except OSError as exc:
+        raise write_error(exc, folder) from None
     return int(known.sum())
 
 
@@ -247,7 +240,7 @@ def load_prompt_ids(index: SampleIndex, cap_keys: Sequence[str], prompt_of: Call
             agrees, problem = False, f'are damaged: {exc}'
         if not agrees:
             print_log(f'The prompt ids in {folder} {problem}: rebuilding them', logger='current', level=logging.WARNING)
-            shutil.rmtree(folder, ignore_errors=True)
+            remove(folder)  # a link planted there goes, never what it points to
             stored = _open_or_build(folder, arguments, index.source, rows, len(tokenizer))
         return stored
     except (OSError, DamagedStore) as exc:  # a full disk (the error names it), a store that cannot be replaced
@@ -268,21 +261,18 @@ def _covering_folder(whole: Path, covered: int, rows: int) -> Path:
 
 
 def _open_or_build(folder: Path, arguments: tuple, source: str, rows: int, vocab: int) -> PromptIds:
-    if not folder.is_dir():
-        # Ranks starting together wait here rather than all tokenizing; where the lock does not
-        # work, the atomic rename still keeps the folder whole.
-        with building(folder):
-            if not folder.is_dir():
-                for leftover in folder.parent.glob(f'{folder.name}.tmp-*'):  # a build killed midway
-                    shutil.rmtree(leftover, ignore_errors=True)
-                print_log(f'Tokenizing the prompts of {source} into {folder} (done once per tokenizer '
-                          f'and template; later runs map it)', logger='current', level=logging.INFO)
-                started = time.perf_counter()
-                count = _build(folder, arguments)
-                print_log(f'Tokenized {count} prompts of {source} in {time.perf_counter() - started:.1f} s '
-                          f'({len(arguments[0]) - count} records have no usable caption in the index: '
-                          f'theirs are read and tokenized with the sample)', logger='current', level=logging.INFO)
-    return _map(folder, rows, vocab)
+    """The store in ``folder``, built first when missing (once: ranks starting together wait for
+    the first rather than all tokenizing; ``storage.sidecars``)."""
+    def build(temp: Path) -> None:
+        print_log(f'Tokenizing the prompts of {source} into {folder} (done once per tokenizer '
+                  f'and template; later runs map it)', logger='current', level=logging.INFO)
+        started = time.perf_counter()
+        count = _tokenize_into(temp, arguments, folder)
+        print_log(f'Tokenized {count} prompts of {source} in {time.perf_counter() - started:.1f} s '
+                  f'({len(arguments[0]) - count} records have no usable caption in the index: '
+                  f'theirs are read and tokenized with the sample)', logger='current', level=logging.INFO)
+
+    return build_once(folder, lambda: _map(folder, rows, vocab) if folder.is_dir() else None, build, folder=True)
 
 
 def _agrees(stored: PromptIds, whole: SampleIndex, cap_keys, prompt_of, check) -> bool:

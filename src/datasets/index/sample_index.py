@@ -43,11 +43,12 @@ from mmengine.logging import print_log
 from src.datasets.storage.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError
 from src.datasets.storage.files import unsafe_path_mask
+from src.datasets.storage.sidecars import Unwritable, held, written_aside
 
 # The cache and the source's readers live in their own modules; their public names (and the
 # spill writer the tests reach) stay importable from here.
-from src.datasets.index.index_cache import (FORMAT_VERSION, _build_cache, _CacheUnwritable, _fingerprint,  # noqa: F401
-                                      _open_cache, _SpillWriter, cache_path_for)
+from src.datasets.index.index_cache import (FORMAT_VERSION, _fingerprint, _open_cache, _SpillWriter,  # noqa: F401
+                                            cache_path_for, cached_table)
 from src.datasets.index.index_source import (MAX_INDEX_KEYS, _JSON_FLAG, _batched, _build_table,  # noqa: F401
                                        _format_error, _is_flag, _member_files, _source_batches,
                                        iter_json_array, iter_jsonl, json_flag)
@@ -88,11 +89,9 @@ class SampleIndex:
             fingerprint = _fingerprint(resolved, members)
             cache = cache_path_for(resolved, cache_dir)
             try:
-                table = _open_cache(cache, fingerprint)
-                if table is None:
-                    table = _build_cache(source, members, cache, fingerprint)
+                table = cached_table(source, members, cache, fingerprint)
                 return cls(table, source, cache=cache, fingerprint=fingerprint)
-            except _CacheUnwritable as exc:
+            except Unwritable as exc:
                 print_log(f'Cannot write the sample index cache {cache} ({exc}): building the '
                           f'index of {source} in memory, in every process that loads it; give '
                           f'a writable cache_dir (index_cache_dir= of the dataset) to share it',
@@ -141,27 +140,32 @@ class SampleIndex:
 
     def _memo(self, key: str, compute, valid):
         """``compute()`` (a JSON value about the whole table), computed once per cache: kept in a
-        file beside it, keyed on the cache's fingerprint. A kept value that is not ``valid`` (a
-        damaged file) is computed again."""
-        sidecar = None if self._cache is None else self._cache.with_name(f'{self._cache.name}.digests.json')
-        known = {}
-        if sidecar is not None:
-            with contextlib.suppress(OSError, ValueError, RecursionError):
-                known = json.loads(sidecar.read_text())
-            if not isinstance(known, dict) or known.get('fingerprint') != self._fingerprint.decode() or \
-                    not isinstance(known.get('values'), dict) or known.get('check') != _memo_check(known['values']):
-                known = {}  # another index's, or damaged: computed again
-        values = known.get('values', {})
-        if key not in values or not valid(values[key]):
-            values = {**values, key: compute()}
-            known = {'fingerprint': self._fingerprint.decode() if self._fingerprint else None, 'values': values,
-                     'check': _memo_check(values)}
-            if sidecar is not None:
-                with contextlib.suppress(OSError):  # a read-only cache folder: computed again next time
-                    temp = sidecar.with_name(f'{sidecar.name}.{os.getpid()}.tmp')
+        file beside it (``storage.sidecars``), keyed on the cache's fingerprint. A kept value that
+        is not ``valid`` (a damaged file) is computed again."""
+        if self._cache is None:
+            return compute()
+        sidecar = self._cache.with_name(f'{self._cache.name}.digests.json')
+        values = self._memo_values(sidecar)
+        if key in values and valid(values[key]):
+            return values[key]
+        with held(sidecar, required=False):  # not held (a read-only cache folder): computed again next time
+            values = self._memo_values(sidecar)  # another process may have computed it meanwhile
+            if key not in values or not valid(values[key]):
+                values = {**values, key: compute()}
+                known = {'fingerprint': self._fingerprint.decode(), 'values': values, 'check': _memo_check(values)}
+                with contextlib.suppress(OSError), written_aside(sidecar) as temp:
                     temp.write_text(json.dumps(known))
-                    os.replace(temp, sidecar)
         return values[key]
+
+    def _memo_values(self, sidecar: Path) -> dict:
+        """The values kept in ``sidecar`` for this cache; none when it is another index's, or damaged."""
+        known = {}
+        with contextlib.suppress(OSError, ValueError, RecursionError):
+            known = json.loads(sidecar.read_text())
+        if not isinstance(known, dict) or known.get('fingerprint') != self._fingerprint.decode() or \
+                not isinstance(known.get('values'), dict) or known.get('check') != _memo_check(known['values']):
+            return {}
+        return known['values']
 
     def unsafe_paths(self, name: str) -> np.ndarray:
         """Per record: whether field ``name`` holds a path that is absolute or climbs out of its

@@ -11,7 +11,8 @@ it is kept beside the index's cache, in a folder named by a digest of both:
 
 Later constructions (every rank, every run) memory-map the arrays: a fixed cost whatever the
 record count, and the pages are shared by every process of the machine. The processes that start
-together wait, under a lock, for the one computing it. An index held in memory keeps nothing.
+together wait, under a lock, for the one computing it (``storage.sidecars``). An index held in
+memory keeps nothing.
 """
 from __future__ import annotations
 
@@ -19,15 +20,13 @@ import contextlib
 import glob
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from src.datasets.storage.locks import building
+from src.datasets.storage.sidecars import held, written_aside
 from src.datasets.storage.stored_arrays import load_array
 
 VERSION = 1
@@ -79,14 +78,14 @@ def _sorted_rows(rows: np.ndarray, total: int) -> bool:
 
 @contextlib.contextmanager
 def stored(folder: Path | None, total: int, buckets: int = 0):
-    """The stored selection (or None), held under the folder's lock so that one process computes
-    what is missing while the others wait; ``save`` it inside the block. ``buckets``: how many the
-    dataset has (a stored bucket id must be one of them)."""
+    """The stored selection (or None), held under the folder's lock (``storage.sidecars``) so that
+    one process computes what is missing while the others wait; ``save`` it inside the block.
+    ``buckets``: how many the dataset has (a stored bucket id must be one of them)."""
     if folder is None:
         yield None
         return
-    with building(folder, required=False) as held:  # not held: a read-only cache folder, computed each time
-        yield _load(folder, total, buckets) if held else None
+    with held(folder, required=False) as locked:  # not held: a read-only cache folder, computed each time
+        yield _load(folder, total, buckets) if locked else None
 
 
 def forget(index) -> None:
@@ -99,13 +98,11 @@ def forget(index) -> None:
 
 
 def save(folder: Path | None, selection: Selection) -> None:
-    """Keep ``selection`` in ``folder`` (atomically: a temporary folder renamed); a folder that
-    cannot be written is left to the next construction."""
+    """Keep ``selection`` in ``folder`` (written aside and renamed); a folder that cannot be
+    written is left to the next construction."""
     if folder is None:
         return
-    temp = None
-    try:
-        temp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'{folder.name}.tmp-'))
+    with contextlib.suppress(OSError), written_aside(folder, folder=True) as temp:
         if selection.rows is not None:
             np.save(temp / 'rows.npy', np.asarray(selection.rows, np.int64))
         if selection.bucket_ids is not None:
@@ -113,10 +110,3 @@ def save(folder: Path | None, selection: Selection) -> None:
         (temp / 'drops.json').write_text(json.dumps({
             'total': selection.total, 'drops': selection.drops, 'rows': selection.rows is not None,
             'buckets': selection.bucket_ids is not None}))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.rename(temp, folder)
-    except OSError:
-        pass
-    finally:
-        if temp is not None and temp.exists():
-            shutil.rmtree(temp, ignore_errors=True)

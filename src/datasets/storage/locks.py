@@ -2,7 +2,7 @@
 
 - :func:`wait_for_lock` makes the processes of one machine wait while one of them builds a shared
   file (the sample index's cache, a selection, image sizes, a fetched object, the stored prompt
-  ids) that the others would build too.
+  ids) that the others would build too: ``src.datasets.storage.sidecars`` builds them all.
 - Claim files let runs on the same dataset root at once (slices on several machines over a shared
   file system, or two started by mistake) share work.
 
@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Iterator
+from typing import IO
 
 HEARTBEAT = 30.0
 STALE_AFTER = 300.0
@@ -196,22 +196,3 @@ def wait_for_lock(path) -> IO:
         fcntl.flock(lock, fcntl.LOCK_EX)
     return lock
 
-
-@contextlib.contextmanager
-def building(target, *, required: bool = True) -> Iterator[bool]:
-    """The one way a file (or folder) beside the index cache is built once: the block runs holding
-    ``<target>.lock``, so the processes of a machine that would build ``target`` at once wait for
-    the first; the block checks again whether ``target`` is there before building it, and writes it
-    aside and renames it (the lock is best effort).
-
-    Yields True when the lock is held. Where the lock file cannot be made (a read-only folder), it
-    raises that ``OSError`` when ``required``, else yields False (the caller then does without)."""
-    try:
-        lock = wait_for_lock(f'{target}.lock')
-    except OSError:
-        if required:
-            raise
-        yield False
-        return
-    with lock:
-        yield True

@@ -12,6 +12,7 @@ setting. Secrets are never part of a message: only the cluster, endpoint and buc
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 from src.datasets.errors import SampleError
 from src.datasets.extras import require
 from src.datasets.storage.files import MAX_FILE_BYTES, unsafe_path
-from src.datasets.storage.locks import building
+from src.datasets.storage.sidecars import build_once, held, written_aside
 from src.datasets.storage.obstore_client import object_head, read_object, worker_store
 from src.datasets.storage.redact import redact
 from src.datasets.storage.storage import Reader, check_size
@@ -226,22 +227,26 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
     except Exception:  # botocore's ClientError for a missing key, among others
         raise StorageConfigError(f'{url}: no such object in {store.describe()}') from None
     cache = Path(cache_dir or DEFAULT_CACHE) / hashlib.sha1(url.encode()).hexdigest()[:16] / name
-    cache.parent.mkdir(parents=True, exist_ok=True)
     stamp = cache.parent / f'.{name}.etag'
-    with building(cache.parent / f'.{name}'):
-        if cache.exists() and stamp.exists() and stamp.read_text() == etag:
-            return str(cache)
-        tmp = cache.parent / f'.{name}.download-{os.getpid()}'
-        try:
-            store.client().download_file(store.bucket, key, str(tmp))
-            os.replace(tmp, cache)
-        finally:
+
+    def current() -> str | None:
+        with contextlib.suppress(OSError):
+            if cache.exists() and stamp.read_text() == etag:
+                return str(cache)
+        return None
+
+    def download(temp: Path) -> None:
+        # What the stamp will vouch for goes first: a download killed before its rename leaves no copy to trust.
+        for old in (cache, shard_etags_path(cache)):  # another index: its shards are seen afresh
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            shard_etags_path(cache).unlink()  # another index: its shards are seen afresh
-        stamp.write_text(etag)
-    return str(cache)
+                old.unlink()
+        store.client().download_file(store.bucket, key, str(temp))
+        with written_aside(stamp) as stamp_temp:
+            stamp_temp.write_text(etag)
+
+    # (the stamp's own leftovers, and the downloads of builds before this one)
+    leftovers = [f'.{glob.escape(name)}.etag.tmp-*', f'.{glob.escape(name)}.download-*']
+    return build_once(cache, current, download, leftovers=leftovers)
 
 
 def shard_etags_path(index_copy) -> Path:
@@ -253,19 +258,18 @@ def shard_etags_path(index_copy) -> Path:
 def first_seen_etag(index_copy, tar: str, etag: str) -> str:
     """The ETag this machine first saw of shard ``tar`` (``etag`` now, if it had seen none: kept)."""
     path = shard_etags_path(index_copy)
-    known = {}
-    with contextlib.suppress(OSError, ValueError, RecursionError):
-        known = json.loads(path.read_text())
-    if not isinstance(known, dict):
+    with held(path, required=False):  # the machine's processes add theirs one at a time
         known = {}
-    seen = known.get(tar)
-    if isinstance(seen, str) and seen:
-        return seen
-    known[tar] = etag
-    temp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
-    with contextlib.suppress(OSError):  # not kept (a read-only cache): compared within this run only
-        temp.write_text(json.dumps(known))
-        os.replace(temp, path)
+        with contextlib.suppress(OSError, ValueError, RecursionError):
+            known = json.loads(path.read_text())
+        if not isinstance(known, dict):
+            known = {}
+        seen = known.get(tar)
+        if isinstance(seen, str) and seen:
+            return seen
+        known[tar] = etag
+        with contextlib.suppress(OSError), written_aside(path) as temp:  # not kept (a read-only cache): this run only
+            temp.write_text(json.dumps(known))
     return etag
 
 
