@@ -1,4 +1,4 @@
-"""uint8 pixels -> float planes in [-1, 1] (``image_io._normalise``: the compiled loop, and the numpy
+"""uint8 pixels -> float planes in [-1, 1] (``planes.float_planes``: the compiled loop, and the numpy
 one used where it is not built), against the ways it was done before and the torch one-liner, on
 Pillow's own 4-byte pixels of a 512 px picture (as the dataset hands them over), one thread, as a
 DataLoader worker runs. Every variant is checked bit for bit against ``x.float() / 127.5 - 1``;
@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.datasets.sample import image_io  # noqa: E402
+from src.datasets.sample import image_io, planes  # noqa: E402
 
 HALF, ONE = np.float32(127.5), np.float32(1)
 
@@ -52,8 +52,8 @@ def torch_planes(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float().div_(127.5).sub_(1).contiguous()
 
 
-VARIANTS = {'one pass, the compiled loop (the code)': image_io._normalise,
-            'numpy a plane at a time (the code without a C compiler)': image_io._numpy_normalise,
+VARIANTS = {'one pass, the compiled loop (the code)': planes.float_planes,
+            'numpy a plane at a time (the code without a C compiler)': planes._numpy_normalise,
             'bytes made planes, then divide + subtract (before)': bytes_planes_whole,
             'divide from the 4-byte pixels + subtract (before that)': divide_strided,
             'torch float().div_().sub_(), planes': torch_planes,
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument('--small', action='store_true', help='fewer rounds')
     args = parser.parse_args()
     rounds, repeats = (5, 5) if args.small else (30, 20)
-    if image_io._compiled_normalise is None:
+    if planes._compiled_normalise is None:
         sys.exit('the compiled loop is not built (src/datasets/sample/_planes.c): run make, with a C compiler installed')
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -28,8 +28,9 @@ import pyspng
 import torch
 from PIL import Image
 
-from src.datasets.sample import image_io
+from src.datasets.sample import image_io, planes
 from src.datasets.index.captions import resolve_caption
+from src.datasets.storage import images
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.prepare.resize import shrink_image
 from src.synthetic.images import encode_image
@@ -94,9 +95,9 @@ class Sample:
         self.data = dataset.read_image(self.file)
         self.rng = random.Random(idx)
         self.target = (dataset.image_size, dataset.image_size)
-        img = image_io.open_image(self.data, self.file)
-        self.box = image_io.random_square_box(image_io.oriented_size(img), random.Random(idx))
-        self.stored_box = image_io._stored_box(self.box, image_io._orientation(img), img.size)
+        img = images.open_image(self.data, self.file)
+        self.box = image_io.random_square_box(images.oriented_size(img), random.Random(idx))
+        self.stored_box = image_io._stored_box(self.box, images.exif_orientation(img), img.size)
         self.spng = image_io._spng_decodes(img)  # decided here: the floor is the decode alone
         self.region = image_io._decode_region(img, self.stored_box, self.target)
         self.square = image_io._resize(self.region, self.target)
@@ -125,19 +126,19 @@ class Sample:
         self.dataset.read_image(self.file)
 
     def header(self) -> None:
-        img = image_io.open_image(self.data, self.file)
-        size = image_io.oriented_size(img)
+        img = images.open_image(self.data, self.file)
+        size = images.oriented_size(img)
         image_io.check_size(size, self.file)
         image_io.random_square_box(size, random.Random(self.idx))
 
     def decode_and_crop(self) -> None:
-        image_io._decode_region(image_io.open_image(self.data, self.file), self.stored_box, self.target)
+        image_io._decode_region(images.open_image(self.data, self.file), self.stored_box, self.target)
 
     def resize(self) -> None:
         image_io._resize(self.region, self.target)
 
     def normalise(self) -> None:
-        image_io._normalise(self.square)
+        planes.float_planes(self.square)
 
     def tokenize(self) -> None:
         self.dataset.process_text(self.caption, self.rng, self.dataset._stored_ids(self.idx))

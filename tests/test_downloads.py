@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from src.synthetic.downloads import (DEFAULT_ROOTS, HOSTILE_ABSOLUTE, HOSTILE_ESCAPE, HOSTILE_LINK,
-                                     MAKERS, make_all)
+from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS, make_all
+from src.synthetic.downloads.parts import HOSTILE_ABSOLUTE, HOSTILE_ESCAPE, HOSTILE_LINK
 
 # Where the guides extract each dataset's tars: (tar glob, folder, one folder per tar stem?).
 EXTRACTION = {

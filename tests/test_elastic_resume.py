@@ -19,7 +19,8 @@ from torch.utils.data import sampler as torch_samplers
 from src.datasets.samplers import bucket_sampler, multi_source_sampler
 from src.datasets.samplers.bucket_sampler import BucketSampler
 from src.datasets.samplers.multi_source_sampler import FixedBatchMultiSourceSampler
-from src.engine.positions import ResumeError, facts_of, place_sampler
+from src.engine.data_facts import facts_of
+from src.engine.positions import ResumeError, place_sampler
 
 from epoch_run import BucketedRecords
 

@@ -47,7 +47,7 @@ def test_the_compiled_pixel_loop_is_built_where_make_installs_a_compiler():
     src/datasets/sample/_planes.c; without a compiler the numpy loop runs (the same floats, slower)."""
     import shutil
     import sysconfig
-    from src.datasets.sample import image_io
+    from src.datasets.sample import planes
     headers = Path(sysconfig.get_paths()['include'], 'Python.h').exists()
     if os.geteuid() == 0 or (shutil.which('cc') and headers):
-        assert image_io._compiled_normalise is not None, 'make builds src/datasets/sample/_planes.c'
+        assert planes._compiled_normalise is not None, 'make builds src/datasets/sample/_planes.c'

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from mmengine.config import Config
 
-from src.engine.positions import DataFacts, ResumeError, plan_resume
+from src.engine.data_facts import DataFacts
+from src.engine.positions import ResumeError, plan_resume
 from src.prepare.datasets import prepare_midjourney23m
 from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
 from src.synthetic.local_config import localize

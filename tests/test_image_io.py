@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from src.datasets.sample import image_io
 from src.datasets.errors import SampleError
-from src.datasets.sample.image_io import (DEFAULT_MAX_PIXELS, check_size, load_pixel_values, load_square,
-                                   open_image, oriented_size, random_square_box, to_pixel_values,
-                                   to_rgb)
+from src.datasets.sample import image_io, planes
+from src.datasets.sample.image_io import check_size, load_pixel_values, load_square, random_square_box, \
+    to_pixel_values, to_rgb
+from src.datasets.storage.images import DEFAULT_MAX_PIXELS, open_image, oriented_size
 from src.synthetic.images import (FORMAT_MODES, convert_mode, decompression_bomb_png, encode_image,
                                   make_picture, not_an_image, truncated)
 
@@ -133,7 +133,7 @@ def test_to_pixel_values_maps_0_255_to_minus_one_one_channel_first():
     assert pixels[0, 1, 1] == 1 and pixels[1, 1, 1] == -1
 
 
-NORMALISERS = {'compiled': image_io._normalise, 'numpy': image_io._numpy_normalise}
+NORMALISERS = {'compiled': planes.float_planes, 'numpy': planes._numpy_normalise}
 
 
 @pytest.mark.parametrize('normalise', NORMALISERS.values(), ids=NORMALISERS.keys())
@@ -168,20 +168,20 @@ def test_normalise_is_exactly_torchs_float_division_from_every_layout(normalise)
 
 def test_normalise_names_what_it_cannot_take():
     with pytest.raises(ValueError, match=r'uint8 \[3, H, W\].*torch.float32 \[3, 4, 4\]'):
-        image_io._normalise(torch.zeros(3, 4, 4))
+        planes.float_planes(torch.zeros(3, 4, 4))
     with pytest.raises(ValueError, match=r'torch.uint8 \[4, 4\]'):
-        image_io._normalise(torch.zeros(4, 4, dtype=torch.uint8))
+        planes.float_planes(torch.zeros(4, 4, dtype=torch.uint8))
     # the compiled loop checks what it is handed itself: dtypes, shapes, a contiguous output
-    planes, read_only = np.zeros((3, 4, 4), np.float32), np.zeros((3, 4, 4), np.float32)
+    output, read_only = np.zeros((3, 4, 4), np.float32), np.zeros((3, 4, 4), np.float32)
     read_only.flags.writeable = False
-    for pixels, out in [(np.zeros((3, 4, 4), np.float32), planes), (np.zeros((4, 4, 3), np.uint8), planes),
+    for pixels, out in [(np.zeros((3, 4, 4), np.float32), output), (np.zeros((4, 4, 3), np.uint8), output),
                         (np.zeros((3, 4, 4), np.uint8), np.zeros((3, 4, 4), np.float64)),
-                        (np.zeros((3, 4, 5), np.uint8), planes),
+                        (np.zeros((3, 4, 5), np.uint8), output),
                         (np.zeros((3, 4, 4), np.uint8), np.zeros((3, 4, 8), np.float32)[:, :, ::2]),
                         (np.zeros((3, 4, 4), np.uint8), read_only)]:
         with pytest.raises((ValueError, BufferError)):  # numpy's buffer export raises either
-            image_io._compiled_normalise(pixels, out)
-    assert not planes.any()
+            planes._compiled_normalise(pixels, out)
+    assert not output.any()
 
 
 @pytest.mark.parametrize('channels', [3, 4])
@@ -194,7 +194,7 @@ def test_resize_leaves_the_pixels_channels_last_for_normalise_to_unpack(channels
     planar = F.interpolate(torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None].contiguous(),
                            size=(64, 64), mode='bicubic', antialias=True)[0, :3]
     assert torch.equal(square, planar)
-    assert torch.equal(image_io._normalise(square), planar.float() / 127.5 - 1)
+    assert torch.equal(planes.float_planes(square), planar.float() / 127.5 - 1)
 
 
 # --- colour conversion ---------------------------------------------------------------------------

@@ -95,3 +95,27 @@ def test_the_folders_of_datasets_import_only_lower_folders():
                     if name.startswith('src.datasets.') and _inner_layer(name[len('src.datasets.'):]) > INNER[folder]:
                         wrong.append(f'{path.relative_to(SRC.parent)} imports {name}')
     assert not wrong, wrong
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+# What another branch is still splitting (issue 33: CaptionDataset as a thin composition); the lead
+# removes this allow-list once that work is merged.
+STILL_BEING_SPLIT = {'src/datasets/text2image/caption_datasets.py'}
+
+
+def test_no_module_over_400_lines_and_no_function_over_60():
+    """A module holds one job and a function one step: split what grows past either bound."""
+    too_long = []
+    for path in sorted(SRC.rglob('*.py')):
+        name = str(path.relative_to(SRC.parent))
+        if name in STILL_BEING_SPLIT:
+            continue
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f'{name}: {len(text.splitlines())} lines')
+        for node in ast.walk(ast.parse(text, name)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f'{name}:{node.lineno} {node.name}: {length} lines')
+    assert not too_long, too_long

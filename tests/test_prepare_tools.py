@@ -1,4 +1,4 @@
-"""The five prepare tools on miniature raw downloads (src/synthetic/downloads.py): through their
+"""The five prepare tools on miniature raw downloads (src/synthetic/downloads/): through their
 library functions and as commands, with faults, hostile members, truncated tars, re-runs,
 interruptions and slices."""
 import json

@@ -16,7 +16,8 @@ from mmengine.runner import IterBasedTrainLoop
 
 from src.datasets.samplers.multi_source_sampler import FixedBatchMultiSourceSampler
 from src.engine.checkpoint import history_buffer_statistic
-from src.engine.positions import DataFacts, ResumeError, plan_resume
+from src.engine.data_facts import DataFacts
+from src.engine.positions import ResumeError, plan_resume
 from src.prepare import datasets as prepare
 from src.synthetic.downloads import DEFAULT_ROOTS, MAKERS
 from src.synthetic.local_config import localize

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from src.datasets.errors import SampleError
-from src.datasets.sample.image_io import open_image
+from src.datasets.storage.images import open_image
 from src.datasets.storage.redact import byte_kind, redact
 
 REPO = Path(__file__).resolve().parents[1]

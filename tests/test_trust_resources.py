@@ -281,7 +281,7 @@ def test_a_large_jpeg_may_have_fewer_scans(tmp_path):
     import io
     import numpy as np
     from PIL import Image
-    from src.datasets.sample.image_io import MAX_JPEG_SCANS, MIN_JPEG_SCANS, jpeg_scans, max_jpeg_scans, open_image
+    from src.datasets.storage.images import MAX_JPEG_SCANS, MIN_JPEG_SCANS, jpeg_scans, max_jpeg_scans, open_image
     assert max_jpeg_scans(120 * 100) == max_jpeg_scans(2048 * 2048) == MAX_JPEG_SCANS
     assert max_jpeg_scans(4096 * 4096) == max_jpeg_scans(8192 * 8192) == MIN_JPEG_SCANS
     assert MIN_JPEG_SCANS < max_jpeg_scans(3000 * 2000) < MAX_JPEG_SCANS
@@ -296,7 +296,7 @@ def test_a_large_jpeg_may_have_fewer_scans(tmp_path):
 
 
 def test_counting_scans_steps_over_a_header_of_endless_markers_in_bounded_time():
-    from src.datasets.sample.image_io import jpeg_scans
+    from src.datasets.storage.images import jpeg_scans
     data = progressive_jpeg(10)
     hostile = data[:2] + b'\xff\xd0' * 2_000_000 + b'\xff' * 1_000_000 + data[2:]
     assert jpeg_scans(hostile) == 10  # the whole file's markers: stepping stops after a few thousand
@@ -304,7 +304,7 @@ def test_counting_scans_steps_over_a_header_of_endless_markers_in_bounded_time()
 
 @pytest.mark.parametrize('scans', [10, 99, 100, 101])
 def test_the_scan_limit_holds_just_under_and_over(tmp_path, dataset_over, scans):
-    from src.datasets.sample.image_io import MAX_JPEG_SCANS, jpeg_scans
+    from src.datasets.storage.images import MAX_JPEG_SCANS, jpeg_scans
     data = progressive_jpeg(scans, exif_thumbnail=scans == 10)
     assert jpeg_scans(data) == scans  # a thumbnail's scan in the EXIF block is not one of the picture's
     records = [good_image(tmp_path / 'images', '0.jpg')]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from src.datasets.sample import image_io
+from src.datasets.sample import planes
 from src.datasets.collate_functions import collate_func_gen
 from src.datasets.data_preprocessor import T2IDataPreprocessor, normalise_pixels
 from src.datasets.text2image.caption_datasets import CaptionDataset
@@ -47,7 +47,7 @@ def bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def test_every_byte_value_normalises_to_the_default_path_s_float():
     values = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16).expand(3, 16, 16).contiguous()
-    assert bit_equal(normalise_pixels(values), image_io._normalise(values))
+    assert bit_equal(normalise_pixels(values), planes.float_planes(values))
     assert bit_equal(normalise_pixels(values), values.float() / 127.5 - 1)
 
 
@@ -55,7 +55,7 @@ def test_every_byte_value_normalises_to_the_default_path_s_float():
 def test_square_batches_after_the_preprocessor_equal_the_default_batches(miniatures, tokenizer, prompt_template,
                                                                           monkeypatch, compiled):
     if not compiled:  # the numpy fallback of the default path, where the compiled loop is not built
-        monkeypatch.setattr(image_io, '_compiled_normalise', None)
+        monkeypatch.setattr(planes, '_compiled_normalise', None)
     default, light = (build(miniatures, tokenizer, prompt_template, **options)
                       for options in ({}, dict(pixel_dtype='uint8')))
     indices = list(range(len(default)))

@@ -14,7 +14,7 @@ from src.datasets.collate_generation import (CollateFuncGen, CollateFuncUnd,  # 
                                              collate_func_gen_txt_dynamic, collate_func_img2img_txt_dynamic)
 from src.datasets.components import resolve_type
 from src.datasets.index.extra_keys import collate_extras
-from src.datasets.sample.image_io import fit_to_resolution
+from src.datasets.sample.resolution import fit_to_resolution
 
 DEFAULT_PAD_INDEX = 0  # xtuner's DEFAULT_PAD_TOKEN_INDEX, without importing xtuner
 IGNORE_INDEX = -100  # xtuner's, for labels

@@ -4,7 +4,7 @@ places every rank's sampler where an uninterrupted run would stand, instead of c
 batch 32, 3.2M decoded images before training goes on).
 
 The data position is saved in mmengine's checkpoint itself, as runtime info of the message hub
-(``data_position``: the facts of :class:`~src.engine.positions.DataFacts`), next to the iteration
+(``data_position``: the facts of :class:`~src.engine.data_facts.DataFacts`), next to the iteration
 count mmengine saves; a checkpoint without it (mmengine's or xtuner's loop) resumes from its
 iteration count. The dataloader iterator is made only once the sampler is placed, so no worker
 reads a sample of the skipped batches, not even while prefetching.
@@ -21,7 +21,8 @@ from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.loops import IterBasedTrainLoop, _InfiniteDataloaderIterator
 from mmengine.runner.utils import calc_dynamic_intervals
 
-from src.engine.positions import DataFacts, epoch_iterations, facts_of, place_sampler, records_moved, restore_seed
+from src.engine.data_facts import DataFacts, facts_of, records_moved
+from src.engine.positions import epoch_iterations, place_sampler, restore_seed
 
 POSITION_KEY = 'data_position'
 

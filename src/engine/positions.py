@@ -1,8 +1,8 @@
 """Where a rank's data stream stands, and how to place a sampler there without reading a sample.
 
 A run's data position is the number of iterations done (mmengine's ``meta['iter']``) together
-with the facts that turn it into a place in each rank's index stream (:class:`DataFacts`: batch
-size, world size, dataset size, sampler kind and seed, samples per epoch). :func:`plan_resume`
+with the facts that turn it into a place in each rank's index stream (``src.engine.data_facts``:
+batch size, world size, dataset size, sampler kind and seed, samples per epoch). :func:`plan_resume`
 compares the facts a checkpoint saved with the run's own, maps or refuses a change, and gives the
 :class:`StartPoint` (epoch, indices to skip). :class:`PositionedSampler` wraps the loader's sampler: it skips those
 indices (in O(1) when the sampler has ``resume_at``, else by drawing bare integers, never
@@ -13,50 +13,19 @@ would, whatever the number of ranks sharing the global batch and of DataLoader w
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
-from mmengine.dataset import DefaultSampler, InfiniteSampler
+from mmengine.dataset import InfiniteSampler
 
 from src.datasets.samplers.draws import Draw, stream_position
 from src.datasets.samplers.multi_source_sampler import epoch_origin, source_batches_at
+from src.engine.data_facts import DataFacts, is_endless
 
-__all__ = ['ELASTIC', 'DataFacts', 'Draw', 'batch_history', 'place_sampler', 'PositionedSampler', 'ResumeError', 'StartPoint', 'epoch_iterations', 'facts_of',
-           'plan_resume', 'restore_seed']
-
-
-@dataclass(frozen=True)
-class DataFacts:
-    """What turns an iteration count into a place in the global sample stream (a few hundred bytes)."""
-
-    batch_size: int
-    world_size: int
-    dataset_size: int
-    sampler: str
-    seed: int | None
-    samples_per_epoch: int | None  # per rank; None for an endless sampler
-    data: str | None = None  # the dataset's fingerprint (its records, in order); None when it has none
-    buckets: str | None = None  # the sampler's buckets' fingerprint (each record's bucket); None without
-    repeat: list | None = None  # a mix's weights (FixedBatchMultiSourceSampler)
-    origin: list | None = None  # where the mix's turns of ``repeat`` started: [batch, [batches per source]]
-    history: list | None = None  # the global batch's changes: [batch, global batch(, batches per source)]
-    filters: object = None  # the dataset's filters (a list of the parts' for a mix); None: none, or not known
-
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.world_size
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, saved: dict) -> 'DataFacts':
-        """The facts a checkpoint saved; those an older checkpoint lacks are None."""
-        known = {field.name for field in fields(cls)}
-        return cls(**{key: value for key, value in saved.items() if key in known})
+__all__ = ['ELASTIC', 'Draw', 'batch_history', 'place_sampler', 'PositionedSampler', 'ResumeError', 'StartPoint',
+           'epoch_iterations', 'plan_resume', 'restore_seed']
 
 
 @dataclass(frozen=True)
@@ -76,71 +45,6 @@ class StartPoint:
 
 class ResumeError(RuntimeError):
     """The checkpoint's data position cannot be placed in this run; the message has the numbers."""
-
-
-def is_endless(sampler) -> bool:
-    return not (isinstance(sampler, DefaultSampler) or hasattr(sampler, 'epoch_of_batch'))
-
-
-def data_fingerprint(dataset) -> str | None:
-    """What the records of ``dataset`` are, as a digest (``CaptionDataset.fingerprint``; the parts'
-    in order for a ConcatDataset); None for a dataset that cannot say."""
-    parts = getattr(dataset, 'datasets', None)
-    if parts is not None:
-        prints = [data_fingerprint(part) for part in parts]
-        if any(fingerprint is None for fingerprint in prints):
-            return None
-        return hashlib.blake2b('|'.join(prints).encode(), digest_size=16).hexdigest()
-    return getattr(dataset, 'fingerprint', None)
-
-
-def bucket_fingerprint(sampler) -> str | None:
-    """Which bucket each record is in, as a digest, for a sampler that batches by bucket; else None."""
-    streams = [getattr(sampler, 'batches', None)] if hasattr(sampler, 'batches') else [
-        getattr(sampler, 'streams', {}).get(source) for source in sorted(getattr(sampler, 'bucketed', ()))]
-    if not streams or streams[0] is None:
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-    for batches in streams:
-        digest.update('|'.join(batches.names).encode())
-        for array in (batches.counts, batches.members):
-            digest.update(array.astype('<i8').tobytes())
-    return digest.hexdigest()
-
-
-def data_filters(dataset):
-    """The filters the records of ``dataset`` were chosen by (``CaptionDataset(filters=...)``; the
-    parts' in order for a ConcatDataset), or None when there are none."""
-    parts = getattr(dataset, 'datasets', None)
-    if parts is not None:
-        filters = [data_filters(part) for part in parts]
-        return filters if any(part is not None for part in filters) else None
-    return getattr(dataset, 'filters', None)
-
-
-def records_moved(dataset, filters) -> tuple[int, int] | None:
-    """How many records entered and left ``dataset`` against the same index under ``filters``
-    (``dataset.records_moved``; summed over a mix's parts), or None where it cannot say."""
-    parts = getattr(dataset, 'datasets', None)
-    if parts is not None:
-        old = filters if isinstance(filters, list) and len(filters) == len(parts) else [None] * len(parts)
-        moves = [records_moved(part, part_filters) for part, part_filters in zip(parts, old)]
-        return None if None in moves else tuple(map(sum, zip(*moves)))
-    moved = getattr(dataset, 'records_moved', None)
-    return None if moved is None else moved(filters)
-
-
-def facts_of(loader, rank_world: tuple[int, int]) -> DataFacts:
-    sampler = loader.batch_sampler.sampler
-    sampler = getattr(sampler, 'inner', sampler)
-    batch_size = loader.batch_sampler.batch_size
-    origin = getattr(sampler, 'origin', None)
-    return DataFacts(batch_size=batch_size, world_size=rank_world[1], dataset_size=len(loader.dataset),
-                     sampler=type(sampler).__name__, seed=getattr(sampler, 'seed', None),
-                     samples_per_epoch=None if is_endless(sampler) else len(sampler),
-                     data=data_fingerprint(loader.dataset), buckets=bucket_fingerprint(sampler),
-                     repeat=getattr(sampler, 'repeat', None), origin=None if origin is None else list(origin),
-                     filters=data_filters(loader.dataset))
 
 
 def _check_same_data(saved: DataFacts, now: DataFacts, allow_data_change: bool) -> str:
@@ -213,7 +117,16 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
         saved = now
         note = 'the checkpoint has no data position (made by another loop): derived from its iteration count'
     note = _check_same_data(saved, now, allow_data_change) or note
-    data_changed = None not in (saved.data, now.data) and saved.data != now.data  # allowed, or refused above
+    _check_same_size_and_sampler(saved, now)
+    history = now.history if now.history is not None else batch_history(iteration, saved, now)
+    note = _global_batch_change(saved, now, history) or note
+    rebase, mix_note = _mix_rebase(iteration, saved, now)
+    return _start_point(iteration, now, history, drop_last, epoch_of_batch, mix_note or note, rebase)
+
+
+def _check_same_size_and_sampler(saved: DataFacts, now: DataFacts) -> None:
+    """Refuse another dataset size (unless the records changed, as allowed) or another sampler."""
+    data_changed = None not in (saved.data, now.data) and saved.data != now.data  # allowed, or refused before
     for name, what in (('dataset_size', 'dataset size'), ('sampler', 'sampler')):
         if name == 'dataset_size' and data_changed:  # other records, maybe another count
             continue
@@ -221,9 +134,12 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
             raise ResumeError(f'cannot resume the data position: the checkpoint was made with {what} '
                               f'{getattr(saved, name)}, this run has {getattr(now, name)}. Resume with the same '
                               f'{what}, or start a new run (load_from instead of resume).')
+
+
+def _global_batch_change(saved: DataFacts, now: DataFacts, history: list | None) -> str:
+    """What became of the checkpoint's global batch ('' when it is split as before); a change that
+    the sampler cannot map is refused."""
     saved_batch = saved.global_batch
-    consumed = iteration * now.batch_size  # indices each rank drew, when the global batch is kept
-    history = now.history if now.history is not None else batch_history(iteration, saved, now)
     if saved_batch != now.global_batch:
         if now.sampler not in ELASTIC or history is None:
             raise ResumeError(
@@ -234,21 +150,33 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
                 f'({", ".join(ELASTIC)}), or start a new run (load_from instead of resume).')
         ranks = '' if saved.world_size == now.world_size else \
             f', world size changed from {saved.world_size} to {now.world_size}'
-        note = (f'global batch changed from {saved_batch} ({saved.batch_size} x {saved.world_size} ranks) to '
+        return (f'global batch changed from {saved_batch} ({saved.batch_size} x {saved.world_size} ranks) to '
                 f'{now.global_batch} ({now.batch_size} x {now.world_size}{ranks}): each stream goes on from where it '
                 'stood, every record of the interrupted pass read once across the two runs')
-    elif (saved.batch_size, saved.world_size) != (now.batch_size, now.world_size):
-        note = (f'the global batch of {saved_batch} is split {now.world_size} x {now.batch_size} instead of '
+    if (saved.batch_size, saved.world_size) != (now.batch_size, now.world_size):
+        return (f'the global batch of {saved_batch} is split {now.world_size} x {now.batch_size} instead of '
                 f'{saved.world_size} x {saved.batch_size}: the same global batches go on')
-    rebase = None
-    if saved.repeat is not None and saved.origin is not None:
-        origin = (saved.origin[0], saved.origin[1])
-        if list(saved.repeat) != list(now.repeat or []):
-            rebase = (iteration, source_batches_at(list(saved.repeat), origin, iteration))
-            note = (f'mixture weights changed from repeat={list(saved.repeat)} to {now.repeat}: each source goes on '
-                    f'from where it stood (batches per source so far: {rebase[1]})')
-        elif tuple(origin) != (0, [0] * len(origin[1])):
-            rebase = origin  # a run that changed weights before: its turns go on
+    return ''
+
+
+def _mix_rebase(iteration: int, saved: DataFacts, now: DataFacts) -> tuple[tuple | None, str]:
+    """A mix's turns: where each source stands when its weights changed now or before (None for no
+    mix), and the note of a change now ('' else)."""
+    if saved.repeat is None or saved.origin is None:
+        return None, ''
+    origin = (saved.origin[0], saved.origin[1])
+    if list(saved.repeat) != list(now.repeat or []):
+        rebase = (iteration, source_batches_at(list(saved.repeat), origin, iteration))
+        return rebase, (f'mixture weights changed from repeat={list(saved.repeat)} to {now.repeat}: each source goes '
+                        f'on from where it stood (batches per source so far: {rebase[1]})')
+    if tuple(origin) != (0, [0] * len(origin[1])):
+        return origin, ''  # a run that changed weights before: its turns go on
+    return None, ''
+
+
+def _start_point(iteration: int, now: DataFacts, history: list | None, drop_last: bool, epoch_of_batch,
+                 note: str, rebase) -> StartPoint:
+    """Where this run's sampler starts after ``iteration`` global batches, as its kind of epoch counts."""
     if history is not None and epoch_of_batch is None:  # mmengine's samplers after a change
         drawn = stream_position(history, iteration)
         if now.samples_per_epoch is not None:
@@ -259,6 +187,7 @@ def plan_resume(iteration: int, saved: DataFacts | None, now: DataFacts, drop_la
         return StartPoint(epoch=epoch, skip=drawn // now.world_size if aligned else 0, position=drawn, note=note,
                           drawn=None if aligned else drawn)
     if now.samples_per_epoch is None:
+        consumed = iteration * now.batch_size  # indices each rank drew, when the global batch is kept
         return StartPoint(epoch=0, skip=consumed, position=consumed, note=note, rebase=rebase)
     if epoch_of_batch is not None:
         epoch, batches = epoch_of_batch(iteration)

@@ -24,7 +24,7 @@ from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.extras import require
 from src.datasets.storage.files import link_outside
 from src.datasets.index.filters import CLUSTER_COLUMN
-from src.datasets.sample.image_io import open_image
+from src.datasets.storage.images import open_image
 from src.datasets.storage.atomic import atomic_write
 from src.prepare.columns import JoinReport, join_columns
 

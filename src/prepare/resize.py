@@ -2,11 +2,11 @@
 
 A member's name says nothing sure about its bytes (a CMYK JPEG named ``.png``, a 16-bit PNG named
 ``.jpg`` are both in real downloads), so the picture is opened by the dataset's own function
-(``image_io.open_image``: the formats the project reads and no other, a bound on its pixels) and
-written back in the format it really is, under its own name. Modes that format cannot hold, or
-that Pillow's resampler does not take, are converted first as the dataset converts them
-(``image_io.to_rgb``: 16-bit values scaled, transparency on white), so the dataset sees the same
-picture, only smaller.
+(``src.datasets.storage.images.open_image``: the formats the project reads and no other, a bound on
+its pixels) and written back in the format it really is, under its own name. Modes that format
+cannot hold, or that Pillow's resampler does not take, are converted first as the dataset converts
+them (``src.datasets.sample.image_io.to_rgb``: 16-bit values scaled, transparency on white), so the
+dataset sees the same picture, only smaller.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import os
 
 from src.datasets.errors import SampleError
 from src.datasets.storage.files import read_file
-from src.datasets.sample.image_io import open_image, to_rgb
+from src.datasets.sample.image_io import to_rgb
+from src.datasets.storage.images import open_image
 
 NAMED = ('.jpg', '.jpeg', '.png', '.webp')  # the members looked at: the images these datasets hold
 WRITABLE = {'JPEG': dict(quality=95), 'PNG': {}, 'WEBP': dict(quality=95)}

@@ -190,16 +190,37 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
     report.index_error = options_conflict(jobs, step)
     if report.index_error:
         return report
+    todo = _not_done(jobs[start:end], step, report)
+    remove_leftovers(root)
+    _run(dataset, todo, jobs, step, num_processes, report)
+    remove_empty_folders(os.path.join(root, '.prepare', 'staging'))  # what the tars' staging left
+
+    waiting = [job.name for job in jobs if job.name not in report.tars
+               and finished_result(job, step) is None]
+    if waiting:
+        report.index_skipped = (f'{len(waiting)} tars outside this run are not done yet (e.g. {waiting[0]}); '
+                                'the run that finishes the last one builds it')
+    else:
+        _index(root, jobs, folders, build_index, step, looked_for, report)
+    return report
+
+
+def _not_done(jobs: list[TarJob], step, report: Report) -> list[TarJob]:
+    """The jobs ``step`` has not finished yet; the finished ones' results go to the report as skipped."""
     todo = []
-    for job in jobs[start:end]:
+    for job in jobs:
         earlier = finished_result(job, step)
         if earlier is None:
             todo.append(job)
         else:
             report.tars[job.name] = earlier
             report.skipped_done.append(job.name)
+    return todo
 
-    remove_leftovers(root)
+
+def _run(dataset: str, todo: list[TarJob], jobs: list[TarJob], step, num_processes: int, report: Report) -> None:
+    """``step`` on every job of ``todo``, in parallel, with a progress bar; a tar another run holds is
+    waited for (and taken over if that run died) until none is left."""
     with tqdm(total=len(todo), unit='tar', desc=f'{dataset}: {step.name}', disable=not jobs) as bar:
         members = 0
         while todo:
@@ -215,38 +236,35 @@ def prepare(dataset: str, root: str, jobs: list[TarJob], folders: list[str], bui
                 if result.status != 'done':
                     logger.warning('%s: %s: %s', result.name, result.status, result.error)
             todo = wait_for_others(busy, jobs, step, report, bar)
-    remove_empty_folders(os.path.join(root, '.prepare', 'staging'))  # what the tars' staging left
 
-    waiting = [job.name for job in jobs if job.name not in report.tars
-               and finished_result(job, step) is None]
-    if waiting:
-        report.index_skipped = (f'{len(waiting)} tars outside this run are not done yet (e.g. {waiting[0]}); '
-                                'the run that finishes the last one builds it')
-    else:
-        if hasattr(step, 'settle'):
-            report.shared_paths = step.settle(root, jobs, report.tars)
-        files = Files(root, step.listing(root, jobs, folders, refused=report.links), step)
-        if not jobs and not files.paths:
-            report.index_error = (f'nothing to prepare in {os.path.abspath(root)}: no {looked_for}, and no '
-                                  f'files in {", ".join(f + "/" for f in folders)}. Is --root the folder '
-                                  'the download went to?')
-            return report
-        try:
-            with lock.held(lock.index_claim_path(root), wait=INDEX_WAIT, on_wait=lambda busy: logger.warning(
-                    'waiting for another run to finish building the index (%s)', busy.holder.describe())):
-                build_index(files, report)
-        except IndexFormatError as e:
-            report.index_error = str(e)
-        except lock.Busy as busy:
-            report.index_error = (f'another run has been building the index for over {INDEX_WAIT:.0f} s '
-                                  f'({busy.holder.describe()}): re-run once it is done')
-        except OSError as e:
-            problem = storage_problem(e)
-            if problem is None:
-                raise
-            report.index_error = (f'cannot write the index: {problem} ({e}). Free space or make the folder '
-                                  'writable, then re-run: every finished tar is kept')
-    return report
+
+def _index(root: str, jobs: list[TarJob], folders: list[str], build_index: IndexBuilder, step, looked_for: str,
+           report: Report) -> None:
+    """The index of the files under ``folders``, built once every tar is done, by one run at a time;
+    what stops it goes to ``report.index_error``."""
+    if hasattr(step, 'settle'):
+        report.shared_paths = step.settle(root, jobs, report.tars)
+    files = Files(root, step.listing(root, jobs, folders, refused=report.links), step)
+    if not jobs and not files.paths:
+        report.index_error = (f'nothing to prepare in {os.path.abspath(root)}: no {looked_for}, and no '
+                              f'files in {", ".join(f + "/" for f in folders)}. Is --root the folder '
+                              'the download went to?')
+        return
+    try:
+        with lock.held(lock.index_claim_path(root), wait=INDEX_WAIT, on_wait=lambda busy: logger.warning(
+                'waiting for another run to finish building the index (%s)', busy.holder.describe())):
+            build_index(files, report)
+    except IndexFormatError as e:
+        report.index_error = str(e)
+    except lock.Busy as busy:
+        report.index_error = (f'another run has been building the index for over {INDEX_WAIT:.0f} s '
+                              f'({busy.holder.describe()}): re-run once it is done')
+    except OSError as e:
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        report.index_error = (f'cannot write the index: {problem} ({e}). Free space or make the folder '
+                              'writable, then re-run: every finished tar is kept')
 
 
 def linked_out(job: TarJob, report: Report) -> bool:

@@ -268,11 +268,11 @@ def fetch(url: str, policy: UrlPolicy, headers: dict | None = None) -> tuple[byt
 def refused_image(data: bytes, max_pixels: int) -> str | None:
     """Why the image is refused before img2dataset decodes it, or None: its header declares more than
     ``max_pixels`` pixels, or it is a JPEG of more scans than its size allows (a decoder bomb).
-    Nothing is decoded: the project's one opening function, ``src.datasets.sample.image_io.open_image``,
+    Nothing is decoded: the project's one opening function, ``src.datasets.storage.images.open_image``,
     reads the header and counts the scans. Other bytes it cannot open are left to img2dataset's
     decoder, which counts them."""
     from src.datasets.errors import SampleError
-    from src.datasets.sample.image_io import ScanBomb, open_image
+    from src.datasets.storage.images import ScanBomb, open_image
     try:
         open_image(data, 'download', max_pixels=max_pixels).close()
     except ScanBomb:

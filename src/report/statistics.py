@@ -15,7 +15,7 @@ import numpy as np
 
 from src.datasets.errors import SampleError
 from src.datasets.storage.files import read_text_file
-from src.datasets.sample.image_io import open_image
+from src.datasets.storage.images import open_image
 from src.report.funnel import filter_stats
 
 logger = logging.getLogger(__name__)

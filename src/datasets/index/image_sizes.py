@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from src.datasets.index import selection
 from src.datasets.errors import SampleError
-from src.datasets.sample.image_io import open_image, oriented_size
+from src.datasets.storage.images import open_image, oriented_size
 from src.datasets.storage.sidecars import held, written_aside
 from src.datasets.index.sample_index import SampleIndex
 from src.datasets.storage.stored_arrays import load_array

@@ -55,95 +55,109 @@ def iter_json_array(path, *, chunk_chars: int | None = None) -> Iterator[dict]:
     file. Otherwise, and for precise error positions, records are decoded one at a time with
     ``json.JSONDecoder.raw_decode``; a record cut by the end of the text is retried with more.
     """
-    chunk_chars = chunk_chars or _JSON_CHUNK_CHARS
-    decoder = json.JSONDecoder()
     with open(path, encoding='utf-8-sig') as file:
-        buf, pos, eof = '', 0, False
-        may_decode_run = True  # tried at most once per text read, so a failure costs little
-        consumed_chars = consumed_lines = 0  # text already dropped from the front of ``buf``
+        yield from _JsonArrayReader(path, file, chunk_chars or _JSON_CHUNK_CHARS).records()
 
-        def read_more() -> None:
-            nonlocal buf, pos, eof, consumed_chars, consumed_lines, may_decode_run
-            consumed_lines += buf.count('\n', 0, pos)
-            consumed_chars += pos
-            try:
-                text = file.read(chunk_chars)
-            except UnicodeDecodeError as exc:
-                raise _format_error(path, f'not UTF-8 text after character {consumed_chars}: '
-                                          f'{exc}') from None
-            buf, pos, eof = buf[pos:] + text, 0, not text
-            may_decode_run = True
 
-        def fail(at: int, message: str) -> IndexFormatError:
-            line = consumed_lines + buf.count('\n', 0, at) + 1
-            return _format_error(path, f'line {line}, character {consumed_chars + at}: {message}')
+class _JsonArrayReader:
+    """The state of one pass of :func:`iter_json_array` over a file: the text read and not yet
+    decoded (``buf`` from ``pos``), and how much was dropped before it, for error positions."""
 
-        def decode_run() -> tuple[list, int] | None:
-            """The records from ``pos`` to the last '}' read, and where they end; or None."""
-            end = buf.rfind('}', pos) + 1
-            if end == 0:
-                return None
-            try:
-                run = decoder.decode(f'[{buf[pos:end]}]')
-            except json.JSONDecodeError:
-                return None
-            return (run, end) if all(isinstance(record, dict) for record in run) else None
+    def __init__(self, path, file, chunk_chars: int):
+        self.path, self.file, self.chunk_chars = path, file, chunk_chars
+        self.decoder = json.JSONDecoder()
+        self.buf, self.pos, self.eof = '', 0, False
+        self.may_decode_run = True  # tried at most once per text read, so a failure costs little
+        self.consumed_chars = self.consumed_lines = 0  # text already dropped from the front of ``buf``
+        self.count = 0  # records yielded
 
-        def decode_one() -> tuple[list, int]:
-            """The record at ``pos`` alone (reading on while it may be cut), and where it ends."""
-            while True:
-                try:
-                    record, end = decoder.raw_decode(buf, pos)
-                    break
-                except json.JSONDecodeError as exc:
-                    maybe_cut = (exc.pos >= len(buf) - _MAX_CUT_TOKEN
-                                 or exc.msg.startswith('Unterminated string'))
-                    if eof or not maybe_cut:
-                        raise fail(exc.pos, f'malformed JSON in record {count}: '
-                                            f'{exc.msg}') from None
-                    read_more()
-            if not isinstance(record, dict):
-                raise fail(pos, f'record {count} is a {type(record).__name__}, not a JSON object')
-            return [record], end
-
-        def next_char() -> str:
-            """The next non-blank character ('' at the end of the file), left at ``buf[pos]``."""
-            nonlocal pos
-            while True:
-                pos = _WHITESPACE.match(buf, pos).end()
-                if pos < len(buf) or eof:
-                    return buf[pos:pos + 1]
-                read_more()
-
-        char = next_char()
+    def records(self) -> Iterator[dict]:
+        """The array's records, in order; then the check that nothing follows the array."""
+        char = self.next_char()
         if char != '[':
-            raise fail(pos, 'the file is empty' if not char else
-                       'the top-level value is not a JSON array of records')
-        pos += 1
-        count = 0
-        if next_char() == ']':
-            pos += 1
+            raise self.fail(self.pos, 'the file is empty' if not char else
+                            'the top-level value is not a JSON array of records')
+        self.pos += 1
+        if self.next_char() == ']':
+            self.pos += 1
         else:
-            while True:
-                next_char()
-                run = decode_run() if may_decode_run else None
-                if run is None:
-                    may_decode_run = False
-                    run = decode_one()
-                records, end = run
-                yield from records
-                count += len(records)
-                pos = end
-                char = next_char()
-                if char == ']':
-                    pos += 1
-                    break
-                if char != ',':
-                    raise fail(pos, f"expected ',' or ']' after record {count - 1}, found "
-                                    f"{char!r}" if char else 'unexpected end of file')
-                pos += 1
-        if next_char():
-            raise fail(pos, 'unexpected data after the JSON array')
+            yield from self.elements()
+        if self.next_char():
+            raise self.fail(self.pos, 'unexpected data after the JSON array')
+
+    def elements(self) -> Iterator[dict]:
+        """The records from the first one to the closing ']' (read past it)."""
+        while True:
+            self.next_char()
+            run = self.decode_run() if self.may_decode_run else None
+            if run is None:
+                self.may_decode_run = False
+                run = self.decode_one()
+            records, end = run
+            yield from records
+            self.count += len(records)
+            self.pos = end
+            char = self.next_char()
+            if char == ']':
+                self.pos += 1
+                return
+            if char != ',':
+                raise self.fail(self.pos, f"expected ',' or ']' after record {self.count - 1}, found "
+                                          f"{char!r}" if char else 'unexpected end of file')
+            self.pos += 1
+
+    def read_more(self) -> None:
+        """Drop the decoded text and read the next chunk after the rest."""
+        self.consumed_lines += self.buf.count('\n', 0, self.pos)
+        self.consumed_chars += self.pos
+        try:
+            text = self.file.read(self.chunk_chars)
+        except UnicodeDecodeError as exc:
+            raise _format_error(self.path, f'not UTF-8 text after character {self.consumed_chars}: '
+                                           f'{exc}') from None
+        self.buf, self.pos, self.eof = self.buf[self.pos:] + text, 0, not text
+        self.may_decode_run = True
+
+    def fail(self, at: int, message: str) -> IndexFormatError:
+        """The error at ``buf[at]``, naming its line and character in the file."""
+        line = self.consumed_lines + self.buf.count('\n', 0, at) + 1
+        return _format_error(self.path, f'line {line}, character {self.consumed_chars + at}: {message}')
+
+    def decode_run(self) -> tuple[list, int] | None:
+        """The records from ``pos`` to the last '}' read, and where they end; or None."""
+        end = self.buf.rfind('}', self.pos) + 1
+        if end == 0:
+            return None
+        try:
+            run = self.decoder.decode(f'[{self.buf[self.pos:end]}]')
+        except json.JSONDecodeError:
+            return None
+        return (run, end) if all(isinstance(record, dict) for record in run) else None
+
+    def decode_one(self) -> tuple[list, int]:
+        """The record at ``pos`` alone (reading on while it may be cut), and where it ends."""
+        while True:
+            try:
+                record, end = self.decoder.raw_decode(self.buf, self.pos)
+                break
+            except json.JSONDecodeError as exc:
+                maybe_cut = (exc.pos >= len(self.buf) - _MAX_CUT_TOKEN
+                             or exc.msg.startswith('Unterminated string'))
+                if self.eof or not maybe_cut:
+                    raise self.fail(exc.pos, f'malformed JSON in record {self.count}: '
+                                             f'{exc.msg}') from None
+                self.read_more()
+        if not isinstance(record, dict):
+            raise self.fail(self.pos, f'record {self.count} is a {type(record).__name__}, not a JSON object')
+        return [record], end
+
+    def next_char(self) -> str:
+        """The next non-blank character ('' at the end of the file), left at ``buf[pos]``."""
+        while True:
+            self.pos = _WHITESPACE.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf) or self.eof:
+                return self.buf[self.pos:self.pos + 1]
+            self.read_more()
 
 
 def iter_jsonl(path) -> Iterator[dict]:

@@ -1,11 +1,11 @@
-/* uint8 pixels -> float32 planes in [-1, 1], in one pass: src.datasets.image_io._normalise.
+/* uint8 pixels -> float32 planes in [-1, 1], in one pass: src.datasets.sample.planes.float_planes.
  *
  * numpy needs five passes over each plane for this (gather the channel, narrow, widen, divide,
  * subtract: x / 127.5 - 1 rounds twice, and no one-rounding form gives the same floats), and numba,
  * which did it in one, cost every process that builds a dataset a heavy import and a compilation
  * (bench/RESULTS.md, "Float planes"). This is that one pass, at no start-up cost: a table of the
  * 256 results (computed here with the same two float roundings), read once a channel value. Built
- * at install when a C compiler is there (pyproject.toml); image_io falls back to numpy, with the
+ * at install when a C compiler is there (pyproject.toml); planes.py falls back to numpy, with the
  * same floats, when it is not.
  */
 #define PY_SSIZE_T_CLEAN

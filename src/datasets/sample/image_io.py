@@ -1,9 +1,10 @@
-"""Image bytes to the square, normalised pixel tensor a text-to-image sample holds.
+"""Image bytes to the normalised pixel tensor of the target's shape a text-to-image sample holds.
 
 Small steps, each testable alone, and ``load_pixels`` composing them the way the dataset does:
-open (header only) -> check size -> draw the crop box of the target's shape -> decode + crop +
-resize -> tensor. A square crop is the target (S, S) of that one path; an aspect-ratio bucket
-(``src.datasets.sample.buckets``) is any other (height, width).
+open (header only: ``src.datasets.storage.images``) -> check size -> draw the crop box of the
+target's shape -> decode + crop + resize -> float planes (``src.datasets.sample.planes``). A square
+crop is the target (S, S) of that one path; an aspect-ratio bucket (``src.datasets.sample.buckets``)
+is any other (height, width).
 Every failure is a ``SampleError`` whose message names the file; no Pillow traceback escapes.
 
 Decoding only what the crop needs, with the fastest decoder that gives the same pixels
@@ -30,9 +31,7 @@ from __future__ import annotations
 
 import io
 import random
-import struct
 import warnings
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,134 +42,17 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from src.datasets.errors import SampleError
-from src.datasets.storage.redact import byte_kind
+from src.datasets.sample.planes import float_planes
+from src.datasets.storage.images import (DECODE_ERRORS, DEFAULT_MAX_PIXELS, exif_orientation, image_name,
+                                         open_image, upright_size)
 
-# A header claiming more pixels than this is refused, never decoded: 8192 x 8192 RGB is 200 MB per
-# worker already. Below Pillow's own default limit, so Pillow's bomb warning stays quiet.
-DEFAULT_MAX_PIXELS = 8192 * 8192
 REDUCING_GAP = 2.0  # the bicubic pass sees at least this many source pixels per output pixel
 
-# A progressive JPEG is decoded scan by scan, each a pass over the picture: encoders write up to
-# about 10 (libjpeg's and mozjpeg's scripts; 190 for one scan per coefficient, which no encoder's
-# default does), while a hostile file repeats scans by the thousand, a pass of the decoder each. Up to
-# 100 are read up to 4 megapixels, fewer for a larger picture, where each costs more (32 from 13 on).
-MAX_JPEG_SCANS = 100
-MIN_JPEG_SCANS = 32
-_SCAN_PIXELS = MAX_JPEG_SCANS * 2048 * 2048  # scans x pixels a picture may cost
-_SOS, _STANDALONE = 0xDA, frozenset((0x01, *range(0xD0, 0xD9)))
-_MAX_HEADER_STEPS = 4096  # markers and fill bytes before the first scan stepped over, at most
-
-# The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
-# away from ones that shell out (EPS runs Ghostscript) or parse exotic containers.
-SUPPORTED_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')
-Image.init()  # Image.open(formats=...) looks only among registered plugins; register them all (JPEG covers MPO)
-
-# What a broken or hostile file makes Pillow's plugins raise while reading a header or decoding.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
-                  zlib.error, Image.DecompressionBombError)
-
-_EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> what turns a [C, H, W] tensor of the stored pixels upright, as
 # ImageOps.exif_transpose does (6: 90 degrees clockwise, 8: counter-clockwise, 5/7: the diagonals).
 _UPRIGHT = {2: lambda t: t.flip(-1), 3: lambda t: t.flip(-2, -1), 4: lambda t: t.flip(-2),
             5: lambda t: t.transpose(-2, -1), 6: lambda t: t.rot90(-1, (-2, -1)),
             7: lambda t: t.transpose(-2, -1).flip(-2, -1), 8: lambda t: t.rot90(1, (-2, -1))}
-
-# The file name travels with the opened image, so that decode errors can name it.
-_NAME_KEY = 'sample_name'
-
-
-def _name_of(img: Image.Image) -> str:
-    return img.info.get(_NAME_KEY) or getattr(img, 'filename', '') or '<image>'
-
-
-def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """The image in ``data``, with only its header read.
-
-    Raises ``SampleError('bad-image')`` for empty, non-image or unreadable bytes and
-    ``SampleError('too-large')`` when the header claims more than ``max_pixels`` pixels.
-    """
-    if not data:
-        raise SampleError('bad-image', f'{name}: empty file (0 bytes)')
-    try:
-        with warnings.catch_warnings():
-            # The size is checked below against max_pixels, whatever Pillow's global limit says.
-            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise SampleError('too-large', f'{name}: refused by Pillow as a decompression bomb: {exc}') from None
-    except Image.UnidentifiedImageError:
-        raise SampleError('bad-image', f'{name}: not an image in a supported format '
-                                       f'({", ".join(SUPPORTED_FORMATS)}); it holds {byte_kind(data)}') from None
-    except _DECODE_ERRORS as exc:
-        raise SampleError('bad-image', f'{name}: unreadable image header: {exc}') from None
-    width, height = img.size
-    if width * height > max_pixels:
-        raise SampleError('too-large', f'{name}: {width}x{height} = {width * height} pixels is more than '
-                                       f'max_pixels={max_pixels} (possible decompression bomb)')
-    if img.format in ('JPEG', 'MPO'):
-        scans, limit = jpeg_scans(data), max_jpeg_scans(width * height)
-        if scans > limit:
-            raise ScanBomb('bad-image', f'{name}: a JPEG of {scans} scans, more than the {limit} a {width}x{height} '
-                                           'picture may have (each scan is a pass of the decoder): refused, not decoded')
-    img.info[_NAME_KEY] = name
-    return img
-
-
-class ScanBomb(SampleError):
-    """The scan refusal of :func:`open_image` (counted as 'bad-image'): a JPEG whose scans would take
-    its decoder far longer than its size says. Told apart so that a download refuses it too."""
-
-
-def max_jpeg_scans(pixels: int) -> int:
-    """The most scans a JPEG of ``pixels`` pixels may have (see ``MAX_JPEG_SCANS``)."""
-    return max(MIN_JPEG_SCANS, min(MAX_JPEG_SCANS, _SCAN_PIXELS // max(pixels, 1)))
-
-
-def jpeg_scans(data: bytes) -> int:
-    """The scans (SOS markers) of the JPEG in ``data``, counted without decoding: the segments
-    before the first scan are stepped over by their lengths (an EXIF thumbnail is not counted);
-    after it, every SOS marker counts (in coded data a 0xFF byte is always followed by 0x00 or a
-    marker, so none is mistaken; an MPO's later pictures count too). Where the header is no
-    sequence of segments (or an endless one), every SOS marker in the file counts."""
-    at = 2  # after SOI
-    for _ in range(_MAX_HEADER_STEPS):
-        if at + 4 > len(data) or data[at] != 0xFF:
-            break  # not a marker where one belongs: Pillow's decoder says what is wrong
-        marker = data[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-        elif marker == _SOS:
-            return 1 + data.count(b'\xff\xda', at + 2)
-        elif marker in _STANDALONE:
-            at += 2
-        else:
-            at += 2 + int.from_bytes(data[at + 2:at + 4], 'big')
-    return data.count(b'\xff\xda')
-
-
-def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1 when absent) as far as the header tells, without decoding.
-
-    A PNG's eXIf chunk after the pixel data is only seen by decoding; such a PNG counts as upright.
-    """
-    if img.format == 'PNG' and 'exif' not in img.info:
-        return 1
-    try:
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-    except _DECODE_ERRORS:
-        return 1  # an unreadable EXIF block leaves the pixels as stored, as viewers do
-    return orientation if orientation in _UPRIGHT else 1
-
-
-def oriented_size(img: Image.Image) -> tuple[int, int]:
-    """``(width, height)`` once the EXIF orientation is applied."""
-    return _upright_size(img.size, _orientation(img))
-
-
-def _upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
-    width, height = size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def decode_upright_rgb(img: Image.Image) -> Image.Image:
@@ -180,8 +62,8 @@ def decode_upright_rgb(img: Image.Image) -> Image.Image:
     try:
         img.load()
         return to_rgb(ImageOps.exif_transpose(img))
-    except _DECODE_ERRORS as exc:
-        raise SampleError('bad-image', f'{_name_of(img)}: cannot decode {img.format or "image"} data: {exc}') from None
+    except DECODE_ERRORS as exc:
+        raise SampleError('bad-image', f'{image_name(img)}: cannot decode {img.format or "image"} data: {exc}') from None
 
 
 def check_size(size: tuple[int, int], name: str, min_image_size: int = 80,
@@ -324,7 +206,7 @@ def _decode_region(img: Image.Image, stored_box: tuple[float, float, float, floa
         try:
             return pyspng.load(img.fp.getvalue(), 'RGB')[y0:y1, x0:x1]
         except RuntimeError as exc:  # pyspng reports every broken file this way
-            raise SampleError('bad-image', f'{_name_of(img)}: cannot decode PNG data: {exc}') from None
+            raise SampleError('bad-image', f'{image_name(img)}: cannot decode PNG data: {exc}') from None
     full_width = img.width
     reduction = _draft_reduction(ratio)
     if reduction > 1:
@@ -342,8 +224,8 @@ def _decode_region(img: Image.Image, stored_box: tuple[float, float, float, floa
         gap = int(_ratio(box, target) // REDUCING_GAP)
         if gap >= 2:
             return np.asarray(rgb.reduce(gap, box=box))
-    except _DECODE_ERRORS as exc:
-        raise SampleError('bad-image', f'{_name_of(img)}: cannot decode {img.format or "image"} data: {exc}') from None
+    except DECODE_ERRORS as exc:
+        raise SampleError('bad-image', f'{image_name(img)}: cannot decode {img.format or "image"} data: {exc}') from None
     return _pixels_of(rgb)[box[1]:box[3], box[0]:box[2]]
 
 
@@ -361,9 +243,8 @@ def _pixels_of(rgb: Image.Image) -> np.ndarray:
 def _resize(region: np.ndarray, target: tuple[int, int]) -> torch.Tensor:
     """``region`` (``[H, W, 3 or 4]``, see ``_decode_region``) resized to ``target`` (height,
     width; bicubic, antialiased), as a uint8 ``[3, H, W]`` view of pixels stored channels last
-    (``_normalise`` makes the planes). A
-    region already that size is taken as it is (bicubic at scale 1 is the identity), which saves a
-    whole pass for a JPEG decoded at exactly the output scale.
+    (``float_planes`` makes the planes). A region already that size is taken as it is (bicubic at
+    scale 1 is the identity), which saves a whole pass for a JPEG decoded at exactly the output scale.
 
     torch's uint8 antialiased bicubic is Pillow's BICUBIC filter (output within 1/255 of
     ``Image.resize``, 2/255 when enlarging) in vectorised (AVX2) code, about 4x faster than Pillow's
@@ -375,11 +256,11 @@ def _resize(region: np.ndarray, target: tuple[int, int]) -> torch.Tensor:
     last, and torch writes the output in that layout too. Added after (``unsqueeze`` of the
     ``[C, H, W]`` view), the axis gets a stride that reads as planar; torch then repacked its
     result into planes in a scalar pass that cost as much as the resampling (0.7 ms of 3.1 for
-    640 -> 512 px), where ``_normalise`` reads 4-byte pixels as they are.
+    640 -> 512 px), where ``float_planes`` reads 4-byte pixels as they are.
     """
     with warnings.catch_warnings():
         # Pillow's arrays are read-only views of its bytes; nothing here writes to them (the output
-        # is new, and every square is copied by _normalise), so no copy is made for torch.
+        # is new, and every square is copied by float_planes), so no copy is made for torch.
         warnings.simplefilter('ignore', UserWarning)
         batch = torch.from_numpy(region).unsqueeze(0).permute(0, 3, 1, 2)
     if tuple(batch.shape[2:]) != tuple(target):
@@ -392,7 +273,7 @@ def _load_region_pixels(img: Image.Image, box: tuple[int, int, int, int], target
     """The region ``box`` (upright coordinates) of ``img`` resized to ``target`` (height, width), as a
     uint8 ``[3, H, W]`` tensor: the one path of every crop, square or not, without a round trip
     through a PIL image. ``orientation``: the EXIF tag when the caller has read it."""
-    orientation = _orientation(img) if orientation is None else orientation
+    orientation = exif_orientation(img) if orientation is None else orientation
     # Decoded and resized as stored; turned upright last, on the small result.
     stored_target = (target[1], target[0]) if orientation in (5, 6, 7, 8) else tuple(target)
     region = _decode_region(img, _stored_box(box, orientation, img.size), stored_target)
@@ -412,72 +293,9 @@ def load_square(img: Image.Image, box: tuple[int, int, int, int], image_size: in
     return Image.fromarray(_load_region_pixels(img, box, (image_size, image_size)).permute(1, 2, 0).numpy(), 'RGB')
 
 
-try:  # built at install where a C compiler is found (setup.py); numpy otherwise, the same floats
-    from src.datasets.sample._planes import normalise as _compiled_normalise
-except ImportError:
-    _compiled_normalise = None
-
-_HALF_RANGE, _ONE = np.float32(127.5), np.float32(1.0)
-
-
-def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[3, H, W]`` in any layout -> contiguous float32 planes in [-1, 1], exactly
-    ``x.float() / 127.5 - 1``.
-
-    One pass in the compiled loop (``src/datasets/sample/_planes.c``: a table of the 256 results);
-    without it, numpy a plane at a time (``_numpy_normalise``). numba did the one pass too, but
-    cost every process that built a dataset 0.4 s and 169 MB of LLVM (bench/RESULTS.md, "Float
-    planes").
-    """
-    if pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[0] != 3:
-        raise ValueError(f'_normalise takes uint8 [3, H, W] pixels, not {pixels.dtype} {list(pixels.shape)}')
-    if _compiled_normalise is None:
-        return _numpy_normalise(pixels)
-    planes = np.empty(pixels.shape, np.float32)
-    _compiled_normalise(pixels.numpy(), planes)
-    return torch.from_numpy(planes)
-
-
-def _numpy_normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """``_normalise`` in numpy: five passes over each plane where the compiled loop makes one. Its
-    bytes gathered, widened to float, divided and shifted in place, a plane at a time (closer to
-    the cache than the whole). No exact formula needs fewer float passes: ``x / 127.5 - 1`` rounds
-    twice, and every one-rounding form (``x * (1 / 127.5) - 1``, ``(x - 127.5) / 127.5``) differs
-    from it on 111-174 of the 256 values. Pillow's and the resize's 4-byte pixels are read as one
-    little-endian word each, a channel being a shift and a narrowing cast: faster than numpy's
-    byte-strided gather."""
-    planes = np.empty(pixels.shape, np.float32)
-    plane = np.empty(pixels.shape[1:], np.uint8)
-    for channel, out in zip(_channel_bytes(pixels), planes):
-        np.copyto(plane, channel, casting='unsafe')  # a word's low byte, or the byte itself
-        np.copyto(out, plane)
-        np.divide(out, _HALF_RANGE, out=out)
-        np.subtract(out, _ONE, out=out)
-    return torch.from_numpy(planes)
-
-
-def _channel_bytes(pixels: torch.Tensor):
-    """The three channels of ``pixels``, one at a time, each an ``[H, W]`` array whose low byte is
-    the channel: shifted 4-byte words where each pixel is 4 bytes (channel bytes first), else the
-    channel's byte view."""
-    array = pixels.numpy()
-    height, width = pixels.shape[1:]
-    stride_h, stride_w = pixels.stride(1), pixels.stride(2)
-    last = pixels.storage_offset() + (height - 1) * stride_h + (width - 1) * stride_w + 3
-    if (pixels.stride(0) != 1 or stride_h % 4 or stride_w % 4 or stride_h < 0 or stride_w < 0
-            or last >= pixels.untyped_storage().nbytes()):
-        yield from array
-        return
-    words = pixels.as_strided((height, width, 4), (stride_h, stride_w, 1)).numpy().view('<u4')[..., 0]
-    shifted = np.empty((height, width), np.uint32)
-    yield words
-    for shift in (8, 16):
-        yield np.right_shift(words, shift, out=shifted)
-
-
 def to_pixel_values(img: Image.Image) -> torch.Tensor:
     """An RGB picture as a float32 ``[3, H, W]`` tensor in [-1, 1]."""
-    return _normalise(torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1))
+    return float_planes(torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1))
 
 
 @dataclass(frozen=True)
@@ -503,15 +321,15 @@ def load_pixels(data: bytes, name: str, target: tuple[int, int], rng: random.Ran
     'bad-image', 'too-large', 'too-small' or 'bad-aspect') naming ``name``.
     """
     img = open_image(data, name, max_pixels=max_pixels)
-    orientation = _orientation(img)
-    size = _upright_size(img.size, orientation)  # oriented_size, with the EXIF block read once
+    orientation = exif_orientation(img)
+    size = upright_size(img.size, orientation)  # oriented_size, with the EXIF block read once
     check_size(size, name, min_image_size=min_image_size, max_aspect=max_aspect)
     if callable(target):  # a shape that follows the picture's (src.datasets.sample.image_process)
         target = target(size)
     box = crop_box(size, target, rng, crop_mode) if crop else (0, 0, *size)
     # to_pixel_values(load_square(...)), without making a PIL image in between
     pixels = _load_region_pixels(img, box, target, orientation)
-    pixels = _normalise(pixels) if normalise else pixels.contiguous()
+    pixels = float_planes(pixels) if normalise else pixels.contiguous()
     scale = target[0] / (box[3] - box[1])
     return pixels, Placement((size[1], size[0]), (round(box[1] * scale), round(box[0] * scale)))
 
@@ -519,36 +337,3 @@ def load_pixels(data: bytes, name: str, target: tuple[int, int], rng: random.Ran
 def load_pixel_values(data: bytes, name: str, image_size: int, rng: random.Random, **options) -> torch.Tensor:
     """``load_pixels`` to a square: ``[3, image_size, image_size]``, a random square crop."""
     return load_pixels(data, name, (image_size, image_size), rng, **options)[0]
-
-
-CROP_MODES = ('center_crop', 'random_crop', 'pad_resize')
-
-
-def fit_to_resolution(pixels: torch.Tensor, resolution: tuple[int, int], mode: str = 'center_crop',
-                      rng: random.Random | None = None) -> torch.Tensor:
-    """VGT's per-batch resize of a ``[C, H, W]`` tensor to ``resolution`` = (width, height), as its
-    ``smart_resize_and_crop`` does: bilinear, keeping the aspect ratio, then a centre or random crop
-    ('center_crop', 'random_crop') or zero padding around the whole picture ('pad_resize')."""
-    if pixels.dim() != 3:
-        raise ValueError(f'expected a [C, H, W] tensor, got shape {tuple(pixels.shape)}')
-    if mode not in CROP_MODES:
-        raise ValueError(f'crop_mode {mode!r} is not one of {CROP_MODES}')
-    _, height, width = pixels.shape
-    target_w, target_h = resolution
-    scale_w, scale_h = target_w / width, target_h / height
-    if mode == 'pad_resize':
-        scale = min(scale_w, scale_h)
-        new_w, new_h = int(width * scale), int(height * scale)
-    else:
-        scale = max(scale_w, scale_h)
-        new_w, new_h = max(target_w, int(width * scale)), max(target_h, int(height * scale))
-    resized = F.interpolate(pixels.unsqueeze(0), size=(new_h, new_w), mode='bilinear', align_corners=False)[0]
-    if mode == 'pad_resize':
-        pad_w, pad_h = target_w - new_w, target_h - new_h
-        return F.pad(resized, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0)
-    if mode == 'center_crop':
-        top, left = (new_h - target_h) // 2, (new_w - target_w) // 2
-    else:
-        rng = rng or random
-        top, left = rng.randint(0, new_h - target_h), rng.randint(0, new_w - target_w)
-    return resized[:, top:top + target_h, left:left + target_w]
