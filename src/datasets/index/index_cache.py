@@ -27,9 +27,9 @@ _FINGERPRINT_KEY = b'sampleindex.fingerprint'
 
 # ------------------------------------------------------------------------------------- the cache
 
-# A member up to this size is hashed whole (about 10 ms); a larger one by its head, its tail and
-# blocks spread between, 1.5 MiB whatever its size (hashing a 223 MiB index whole took 1.2 s here,
-# at every start of every rank; this sample 5-15 ms: bench/RESULTS.md).
+# A member up to this size is hashed whole; a larger one by its head, its tail and blocks spread
+# between, 1.5 MiB whatever its size: the key is computed at every start of every rank, where a
+# whole-file hash of a large index would dominate (bench/RESULTS.md, "Start-up and construction").
 _HASH_WHOLE_BYTES = 4 << 20
 _HASH_BLOCK = 256 << 10  # the head and the tail; also the read size of a whole hash
 _HASH_SPREAD = 64  # blocks of _HASH_SPREAD_BYTES between the head and the tail

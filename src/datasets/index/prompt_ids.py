@@ -1,7 +1,7 @@
 """Every record's prompt tokenized once and memory-mapped: ``CaptionDataset(pretokenize=True)``.
 
 A prompt goes through transformers' tokenizer in every epoch to the same ids, and in a DataLoader
-worker that costs 0.5-0.7 ms a sample (bench/bench_sample.py): a tenth of a JPEG's decode. With
+worker that is a noticeable share of a sample (bench/RESULTS.md, "Per sample and the decode floor"). With
 ``pretokenize=True`` the prompts of all records whose caption is in the index are tokenized once,
 in batches (a fast tokenizer's batch call runs on every core), and a sample reads its ids from
 a memory-mapped array that every worker and rank on the machine shares.

@@ -1,8 +1,8 @@
 """Which records of an index a dataset uses, decided once per index cache and options, then mapped.
 
 A dataset drops records at construction (no image path, too small, unsafe path, outside every
-bucket, ...) with a handful of whole-column passes: at 23M records that is about a second and
-0.7 GB of masks in every rank. The outcome depends only on the index and the dataset's options, so
+bucket, ...) with a handful of whole-column passes, which at 23M records weigh on every rank's start-up in
+time and memory (bench/RESULTS.md, "Memory per process and at scale (23M)"). The outcome depends only on the index and the dataset's options, so
 it is kept beside the index's cache, in a folder named by a digest of both:
 
 - ``rows.npy``: int64, the kept rows of the whole index (absent when every row is kept);

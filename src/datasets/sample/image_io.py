@@ -8,16 +8,16 @@ is any other (height, width).
 Every failure is a ``SampleError`` whose message names the file; no Pillow traceback escapes.
 
 Decoding only what the crop needs, with the fastest decoder that gives the same pixels
-(``bench/bench_decoders.py`` surveys them per format):
+(``bench/bench_decoders.py`` surveys them per format; bench/RESULTS.md, "Decode and decoders"):
 - JPEG: Pillow, with ``draft`` making libjpeg-turbo decode at the smallest DCT scale (1/8, 1/4,
   1/2) whose copy of the crop still has at least ``image_size`` pixels a side, so it resamples from
   less and never upsamples; Pillow exposes no region decode, so the whole picture is decoded.
-  simplejpeg and torchvision.io are no faster; PyTurboJPEG gives the same pixels up to 1.3x faster
+  simplejpeg and torchvision.io are no faster; PyTurboJPEG gives the same pixels a little faster
   but loads the system's libjpeg-turbo through ctypes (its 2.x needs libjpeg-turbo 3, newer than
   Debian 12's), which no pip install provides.
-- PNG: 8-bit RGB through pyspng (libspng), 1.35x faster than Pillow with identical pixels; other
+- PNG: 8-bit RGB through pyspng (libspng), faster than Pillow with identical pixels; other
   modes through Pillow, which neither scales nor crops a PNG decode.
-- WebP and the rest: Pillow (torchvision.io decodes WebP 1.2x faster, but none of the five
+- WebP and the rest: Pillow (torchvision.io decodes WebP faster, but none of the five
   datasets is WebP, and torchvision is not a dependency of the core).
 - Only the crop is resized, with Pillow's bicubic filter as torch implements it (see ``_resize``),
   and not at all when the decoded crop already has the output size; the EXIF rotation/flip is
@@ -197,8 +197,8 @@ def _decode_region(img: Image.Image, stored_box: tuple[float, float, float, floa
     orientation), at a reduced scale where the decoder allows (JPEG DCT scaling, Pillow's box
     reduce for a region many times the output).
 
-    8-bit RGB PNGs go to pyspng (libspng), which decodes them 1.35x faster than Pillow with the
-    same pixels (bench/bench_decoders.py); the rest to Pillow.
+    8-bit RGB PNGs go to pyspng (libspng), which decodes them faster than Pillow with the
+    same pixels (bench/RESULTS.md, "Decode and decoders"); the rest to Pillow.
     """
     ratio = _ratio(stored_box, target)
     if int(ratio // REDUCING_GAP) < 2 and _spng_decodes(img):  # a region to box-reduce keeps Pillow
@@ -247,7 +247,7 @@ def _resize(region: np.ndarray, target: tuple[int, int]) -> torch.Tensor:
     scale 1 is the identity), which saves a whole pass for a JPEG decoded at exactly the output scale.
 
     torch's uint8 antialiased bicubic is Pillow's BICUBIC filter (output within 1/255 of
-    ``Image.resize``, 2/255 when enlarging) in vectorised (AVX2) code, about 4x faster than Pillow's
+    ``Image.resize``, 2/255 when enlarging) in vectorised (AVX2) code, much faster than Pillow's
     own resampler, which otherwise takes as long as the reduced-scale JPEG decode. That code works
     on 4 bytes a pixel: Pillow's padded pixels go in as they are (a 3-channel view of them would be
     copied first, at twice the cost of the resize), and the padding channel is dropped after.
@@ -255,8 +255,8 @@ def _resize(region: np.ndarray, target: tuple[int, int]) -> torch.Tensor:
     The batch of one is made by adding its axis before the permute: its strides then say channels
     last, and torch writes the output in that layout too. Added after (``unsqueeze`` of the
     ``[C, H, W]`` view), the axis gets a stride that reads as planar; torch then repacked its
-    result into planes in a scalar pass that cost as much as the resampling (0.7 ms of 3.1 for
-    640 -> 512 px), where ``float_planes`` reads 4-byte pixels as they are.
+    result into planes in a scalar pass that cost as much as the resampling (bench/RESULTS.md,
+    "Per sample and the decode floor"), where ``float_planes`` reads 4-byte pixels as they are.
     """
     with warnings.catch_warnings():
         # Pillow's arrays are read-only views of its bytes; nothing here writes to them (the output

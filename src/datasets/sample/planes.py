@@ -22,8 +22,8 @@ def float_planes(pixels: torch.Tensor) -> torch.Tensor:
 
     One pass in the compiled loop (``src/datasets/sample/_planes.c``: a table of the 256 results);
     without it, numpy a plane at a time (``_numpy_normalise``). numba did the one pass too, but
-    cost every process that built a dataset 0.4 s and 169 MB of LLVM (bench/RESULTS.md, "Float
-    planes").
+    cost every process that built a dataset a heavy import and a compilation (bench/RESULTS.md,
+    "Float planes").
     """
     if pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[0] != 3:
         raise ValueError(f'float_planes takes uint8 [3, H, W] pixels, not {pixels.dtype} {list(pixels.shape)}')
