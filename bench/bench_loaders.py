@@ -28,7 +28,10 @@ DataLoader's workers: the cost no loading layer can remove. The files stay in th
 were just written, and are read once before the first round): this measures the loaders, not the
 disk.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_loaders.py [--images 2048 --rounds 3 | --small]
+    PYTHONPATH=. .venv/bin/python bench/bench_loaders.py [--images 2048 --rounds 3 | --small] [--profile]
+
+``--profile`` measures instead the project's sample path against the decode floor in one process
+(no workers), and prints where the project's time goes.
 
 Needs the ``bench`` extra (webdataset, which holds wids, and litdata) and psutil (``dev``).
 """
@@ -305,6 +308,30 @@ def epoch(name: str, work: Path) -> dict:
                 rss=memory.rss, uss=memory.uss, prompts=sorted(prompts), shapes=sorted(shapes))
 
 
+def profile(work: Path, count: int) -> None:
+    """In this process, without workers: CPU per sample of the project's batches (``__getitems__``
+    and the collate) against the decode floor's on the same samples, then where the project's time
+    goes (cProfile, by each function's own time)."""
+    import cProfile
+    import pstats
+
+    from transformers import AutoTokenizer
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(str(work / 'tokenizer'))
+    project, floor = project_dataset(work, tokenizer), InMemory(work, tokenizer)
+    order = random.Random(0).sample(range(count), count)
+    batches = [order[i:i + BATCH] for i in range(0, count, BATCH)]
+    passes = {'project': lambda: [collate_func_gen(project.__getitems__(batch)) for batch in batches],
+              FLOOR: lambda: [collate_func_gen([floor[i] for i in batch]) for batch in batches]}
+    for name, run in list(passes.items()) * 2:
+        start = time.process_time()
+        run()
+        print(f'{name}: {(time.process_time() - start) / count * 1e3:.2f} ms CPU a sample, in one process')
+    profiler = cProfile.Profile()
+    profiler.runcall(passes['project'])
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats('tottime').print_stats(15)
+
+
 # ---- the run ---------------------------------------------------------------------------------------
 def timed(fn, *args) -> float:
     start = time.perf_counter()
@@ -394,6 +421,9 @@ def main() -> int:
     parser.add_argument('--small', action='store_true', help='256 images, 1 round')
     parser.add_argument('--json', help='write the results (and what each loader yielded) here')
     parser.add_argument('--workdir', default=None, help='where to write the data (default: a temp dir)')
+    parser.add_argument('--profile', action='store_true',
+                        help="instead of the loaders: the project's sample path against the decode floor in one "
+                             'process, and its profile')
     parser.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -409,6 +439,9 @@ def main() -> int:
         work = Path(work)
         setup = prepare_all(work, count)
         warm_page_cache(work)
+        if args.profile:
+            profile(work, count)
+            return 0
         print(f'{count} samples: JPEG pictures of 1024-1536 px a side with a caption json each, '
               f'{setup["picture_bytes"] / count / 1024:.0f} KiB a picture, in {len(setup["shards"])} tars '
               f'({setup["tar_bytes"] / 2 ** 20:.0f} MiB, written in {setup["written"]:.0f} s), in the page cache; '
