@@ -447,6 +447,7 @@ def main() -> int:
               f'({setup["tar_bytes"] / 2 ** 20:.0f} MiB, written in {setup["written"]:.0f} s), in the page cache; '
               f'{IMAGE_SIZE} px, DataLoader of {WORKERS} workers, batch {BATCH}, one shuffled epoch a '
               f'measurement, medians of {rounds} round(s)')
+        print('load average (1, 5, 15 min) at the start: %.2f %.2f %.2f' % os.getloadavg())
         results: dict[str, list[dict]] = {name: [] for name in loaders + [FLOOR]}
         for number in range(rounds):
             order = loaders[number % len(loaders):] + loaders[:number % len(loaders)] + [FLOOR]
@@ -457,6 +458,7 @@ def main() -> int:
         check(results, setup['expected'])
         print(f'every loader yielded the same samples (prompt ids) at {IMAGE_SIZE} px, each once')
         report(results, setup, count)
+        print('load average (1, 5, 15 min) at the end: %.2f %.2f %.2f' % os.getloadavg())
     return 0
 
 
