@@ -16,7 +16,7 @@ def _status_kib(field: str, pid: int | str = 'self') -> int:
         for line in status:
             if line.startswith(field + ':'):
                 return int(line.split()[1])
-    raise RuntimeError(f'/proc/{pid}/status has no {field} (an exited process)')
+    raise RuntimeError(f'/proc/{pid}/status has no {field} (a process that has exited)')
 
 
 def reset_peak() -> int:

@@ -206,8 +206,8 @@ def wids_loader(work: Path, tokenizer):
     import wids
 
     def sample(item: dict) -> dict:  # wids hands each file as a stream over its mapped tar
-        return make_sample(item['__key__'] + '.jpg', item['.jpg'].read(), json.loads(item['.json'].read())['re_caption'],
-                           tokenizer)
+        caption = json.loads(item['.json'].read())['re_caption']
+        return make_sample(item['__key__'] + '.jpg', item['.jpg'].read(), caption, tokenizer)
 
     with redirect_stderr(io.StringIO()):  # it prints a line about itself on every construction
         dataset = wids.ShardListDataset(str(work / 'wids' / 'shards.json'), localname=in_place,
