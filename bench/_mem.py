@@ -11,12 +11,12 @@ import psutil
 MiB = 2 ** 20
 
 
-def _status_kib(field: str) -> int:
-    with open('/proc/self/status') as status:
+def _status_kib(field: str, pid: int | str = 'self') -> int:
+    with open(f'/proc/{pid}/status') as status:
         for line in status:
             if line.startswith(field + ':'):
                 return int(line.split()[1])
-    raise RuntimeError(f'/proc/self/status has no {field}')
+    raise RuntimeError(f'/proc/{pid}/status has no {field} (a process that has exited)')
 
 
 def reset_peak() -> int:
@@ -26,12 +26,14 @@ def reset_peak() -> int:
     return _status_kib('VmRSS') * 1024
 
 
-def peak_rss() -> int:
-    """The highest RSS of this process since it started or since ``reset_peak``, in bytes."""
-    return _status_kib('VmHWM') * 1024
+def peak_rss(pid: int | str = 'self') -> int:
+    """The highest RSS of this process (or of process ``pid``) since it started or since
+    ``reset_peak``, in bytes."""
+    return _status_kib('VmHWM', pid) * 1024
 
 
-def private_and_proportional() -> tuple[int, int]:
-    """(USS, PSS) of this process in bytes: memory only it holds, and its share of what it holds."""
-    info = psutil.Process().memory_full_info()
+def private_and_proportional(pid: int | None = None) -> tuple[int, int]:
+    """(USS, PSS) of this process (or of process ``pid``) in bytes: memory only it holds, and its
+    share of what it holds."""
+    info = psutil.Process(pid).memory_full_info()
     return info.uss, info.pss

@@ -17,7 +17,8 @@ BENCHMARKS = ['bench_construct.py', 'bench_index.py', 'bench_decode.py', 'bench_
               'bench_handoff.py',
               'bench_buckets.py', 'bench_scale.py',
               'bench_decoders.py', 'bench_metadata.py', 'bench_tar.py', 'bench_resume.py',
-              'bench_large_png.py', 'bench_latents.py', 'bench_object_store.py', 'bench_litdata.py', 'bench_s3_clients.py',
+              'bench_large_png.py', 'bench_latents.py', 'bench_object_store.py', 'bench_loaders.py',
+              'bench_litdata.py', 'bench_s3_clients.py',
               'bench_extract_workflow.py', 'bench_grey_pictures.py']
 
 
