@@ -43,7 +43,7 @@ from src.datasets.index import filters as record_filters, selection
 from src.datasets.storage.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
 from src.datasets.storage.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.storage.prefetch import has_remote_reader, prefetch_records
-from src.datasets.index.prompt_ids import PromptIds, inline_prompts, load_prompt_ids
+from src.datasets.index.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.index.sample_index import SampleIndex
 from src.datasets.storage.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.storage.tar_index import TarMemberIndex
@@ -52,14 +52,12 @@ from src.datasets.text2image.bucketed import BucketedRecords
 from src.datasets.text2image.own_records import OwnRecords, SubclassContract
 from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
 from src.datasets.index.token_ids import TokenIds
+from src.datasets.sample.prompts import TRUNCATIONS, PromptEncoder, image_start_token as start_token_of, template_prompt
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
 LOCAL_FILES = LocalFiles()
-TRUNCATIONS = ('ids', 'caption')
 EMPTY_CAPTIONS = ('skip', 'keep')
 PIXEL_DTYPES = ('float32', 'uint8')
-HARMON_GENERATION = 'Generate an image: {input}'  # Harmon's prompts, for templates without their own
-HARMON_CFG = 'Generate an image.'
 
 @dataclass
 class _ProcessState:
@@ -191,7 +189,6 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         self.image_latents_folder = image_latents_folder
         self.unconditional = unconditional
         self.tokenizer_kwargs = dict(add_special_tokens=True) if tokenizer_kwargs is None else dict(tokenizer_kwargs)
-        self._token_ids = None  # made on first use, for the tokenizer and kwargs then set
         self.ceph_config = ceph_config
         self.ceph_folder = ceph_folder
         self.latents_ceph_folder = latents_ceph_folder
@@ -232,7 +229,6 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
             check_cap_source(self.index.columns, self.cap_keys, f'{type(self).__name__} {self.data_path}')
         self.latent_shapes = self.load_latent_shapes() if self.latent_root is not None else None
         self.prompt_ids = self.load_prompt_ids() if pretokenize else None
-        self._cfg_ids = None  # the unconditional prompt's ids, the same for every sample
         self._process_state = None
 
     def _choose_readers(self):
@@ -535,26 +531,22 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
             crop=self.crop_image if crop is None else crop, normalise=self.pixel_dtype == 'float32')
         return pixels
 
+    # ---- the prompt: src.datasets.sample.prompts ------------------------------------------------
+    @property
+    def prompts(self) -> PromptEncoder:
+        """The prompt encoder of the tokenizer and prompt options set now."""
+        options = (self.tokenizer, self.tokenizer_kwargs, self.max_length, self.unconditional, self.truncation)
+        encoder = self.__dict__.get('_prompts')
+        if encoder is None or not encoder.made_for(*options):
+            encoder = self.__dict__['_prompts'] = PromptEncoder(*options)
+        return encoder
+
     def process_text(self, text: str, rng: random.Random, stored_ids: torch.Tensor | None = None) -> dict:
         """Upstream's prompt: the caption (or, with probability ``unconditional``, CFG) in the template.
-        ``stored_ids``: the ids of the caption's prompt when they are stored (``pretokenize``).
-
-        A chat template made for understanding (xtuner's ``qwen_chat``, as Harmon uses it) has no
-        GENERATION, CFG or IMG_START_TOKEN: Harmon's own wording is used, with no start token."""
+        ``stored_ids``: the ids of the caption's prompt when they are made already."""
         if self.tokenizer is None:  # the second generation's datasets: the model tokenizes `text`
             return {}
-        conditional = rng.uniform(0, 1) >= self.unconditional
-        if not conditional:
-            if self._cfg_ids is None:
-                self._cfg_ids = self._encode(self.prompt_of(None))
-            input_ids = self._cfg_ids.clone()
-        elif stored_ids is not None:
-            input_ids = stored_ids
-        else:
-            input_ids = self._encode(self.caption_prompt(text))
-        if len(input_ids) > self.max_length and conditional and self.truncation == 'caption':
-            input_ids = self._fit_caption(self.cut_caption(text))
-        return dict(input_ids=input_ids[:self.max_length])
+        return self.prompts.input_ids(text, rng, stored_ids, self.caption_prompt, self.prompt_of)
 
     def caption_prompt(self, caption: str) -> str:
         """The prompt of a record's caption as ``process_text`` makes it (and the stored and
@@ -562,22 +554,12 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         return self.prompt_of(self.cut_caption(caption))
 
     def cut_caption(self, caption: str) -> str:
-        """``caption`` stripped, and cut where it is far longer than ``max_length`` tokens can be:
-        its prompt's first ``max_length`` ids are those of the whole caption's, and a caption of
-        megabytes costs no more than one of kilobytes (``captions.cut_caption``; the bound is
-        twice the characters ``max_length`` of the tokenizer's longest tokens can cover)."""
-        if not isinstance(self.max_length, int):
-            return caption.strip()
-        return cut_caption(caption, 2 * self.max_length * self._tokens().longest_token)
+        """``caption`` stripped, and cut where it is far longer than ``max_length`` tokens can be."""
+        return self.prompts.cut(caption)
 
     def prompt_of(self, caption: str | None) -> str:
         """The whole prompt text of ``caption`` (None: the unconditional CFG prompt)."""
-        template = self.prompt_template
-        if caption is None:
-            prompt = template.get('CFG', HARMON_CFG)
-        else:
-            prompt = template.get('GENERATION', HARMON_GENERATION).format(input=caption)
-        return template['INSTRUCTION'].format(input=prompt) + (self.image_start_token or '')
+        return template_prompt(self.prompt_template, caption)
 
     def prompt_length(self, caption: str) -> int:
         """The prompt's length in tokens for ``caption``, as ``max_length`` counts it (the report's);
@@ -591,41 +573,17 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
 
     @property
     def image_start_token(self) -> str | None:
-        """IMG_START_TOKEN where the template ends every prompt with it (a cut at ``max_length``
-        then loses it first), else None."""
-        template = self.prompt_template
-        if template.get('IMG_START_TOKEN_FOR_GENERATION', True):
-            return template.get('IMG_START_TOKEN') or None
-        return None
+        """IMG_START_TOKEN where the template ends every prompt with it, else None."""
+        return start_token_of(self.prompt_template)
 
     def _encode(self, prompt: str) -> torch.Tensor:
-        # One array, then the tensor: return_tensors='pt' built a BatchEncoding and a tensor for
-        # every field of it, which took as long as the tokenization (bench/bench_sample.py).
-        return torch.from_numpy(np.array(self._tokens().one(prompt), np.int64))
+        return self.prompts.encode(prompt)
 
     def _tokens(self) -> TokenIds:
-        """The tokenizer's calls (``src.datasets.index.token_ids``: the Rust tokenizer's own where
-        transformers would only pass the text on), for the tokenizer and kwargs set now."""
-        tokens = self._token_ids
-        if tokens is None or tokens.tokenizer is not self.tokenizer or tokens.tokenizer_kwargs != self.tokenizer_kwargs:
-            tokens = self._token_ids = TokenIds(self.tokenizer, self.tokenizer_kwargs)
-        return tokens
+        return self.prompts.tokens()
 
     def _fit_caption(self, caption: str) -> torch.Tensor:
-        """``truncation='caption'``: the prompt of the longest start of the caption (in tokens) that
-        fits in ``max_length``, so the template's end and IMG_START_TOKEN survive (a binary search:
-        a few tokenizations, for the rare prompt that is too long)."""
-        words = self.tokenizer.encode(caption, add_special_tokens=False)
-        best = self._encode(self.prompt_of(''))
-        low, high = 1, len(words)
-        while low <= high:
-            middle = (low + high) // 2
-            ids = self._encode(self.prompt_of(self.tokenizer.decode(words[:middle]).strip()))
-            if len(ids) <= self.max_length:
-                best, low = ids, middle + 1
-            else:
-                high = middle - 1
-        return best
+        return self.prompts.fit_caption(caption, self.prompt_of)
 
     def prepare_data(self, idx: int) -> dict:
         """Sample ``idx``, or a ``SampleError`` whose message names the index file, record and image."""
@@ -742,10 +700,8 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
             prefetch_records(self, records)
         state = self._state()
         if tokenize:
-            positions, prompts = inline_prompts(records, self.cap_keys, self.caption_prompt)
-            # One prompt at a time: the Rust tokenizer's batch call runs a thread pool, which hung
-            # in a forked DataLoader worker after the parent had used it.
-            state.batch_ids = {indices[position]: self._encode(prompt) for position, prompt in zip(positions, prompts)}
+            ids = self.prompts.batch_ids(records, self.cap_keys, self.caption_prompt)
+            state.batch_ids = {idx: found for idx, found in zip(indices, ids) if found is not None}
         try:
             return [self[idx] for idx in indices]
         finally:

@@ -33,8 +33,7 @@ DEFAULTS = dict(
     unconditional=0.1, image_key='image', seed=None, max_refetch=10, max_failure_ratio=0.5,
     index_cache_dir=None, tar_index=None, remote_tars=None, train_number_samples=None, truncation='ids',
     allow_outside_paths=False, empty_captions='skip', buckets=None, bucket_ids=None, latent_shapes=None,
-    prompt_ids=None, image_process=None, unit_image_size=32, pixel_shape=None, _process_state=None,
-    _token_ids=None, _cfg_ids=None)
+    prompt_ids=None, image_process=None, unit_image_size=32, pixel_shape=None, _process_state=None)
 FRESH = dict(tokenizer_kwargs=lambda: dict(add_special_tokens=True), _members=dict)  # mutable defaults
 READERS = ('ceph_files', 'image_files', 'image_root', 'annotation_files', 'cap_root', 'latent_files',
            'latent_root', '_remote')  # chosen together by ``_choose_readers``
