@@ -28,26 +28,22 @@ from mmengine.logging import print_log
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset, get_worker_info
 
-from src.datasets.index.captions import (ANNOTATION_KEY, MAX_CAPTION_BYTES, caption_keys, check_cap_source, cut_caption,
-                                   parse_annotation,
-                                   resolve_caption)
+from src.datasets.index.captions import ANNOTATION_KEY, caption_keys, check_cap_source, parse_annotation, resolve_caption
 from src.datasets.components import build_component
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.index.extra_keys import check_extra_keys, extra_values
 from src.datasets.failure_policy import FailureTracker
-from src.datasets.storage.files import join_inside
 from src.datasets.sample.image_io import Placement, load_pixels
 from src.datasets.sample.image_process import pixel_shape
 from src.datasets.index.image_sizes import record_sizes
 from src.datasets.index import filters as record_filters, selection
 from src.datasets.storage.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
-from src.datasets.storage.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
-from src.datasets.storage.prefetch import has_remote_reader, prefetch_records
+from src.datasets.storage.object_store import ObjectTarMembers, fetch_to_cache, is_object_url
+from src.datasets.storage.prefetch import prefetch
+from src.datasets.sample.files import LOCAL_FILES, SampleFiles  # noqa: F401 - LOCAL_FILES: subclasses import it here
 from src.datasets.index.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.index.sample_index import SampleIndex
-from src.datasets.storage.storage import LocalFiles, TarMembers, folder_storage
 from src.datasets.storage.tar_index import TarMemberIndex
-from src.datasets.storage.tensor_files import MAX_TENSOR_BYTES, load_tensor_file
 from src.datasets.text2image.bucketed import BucketedRecords
 from src.datasets.text2image.own_records import OwnRecords, SubclassContract
 from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
@@ -55,7 +51,6 @@ from src.datasets.index.token_ids import TokenIds
 from src.datasets.sample.prompts import TRUNCATIONS, PromptEncoder, image_start_token as start_token_of, template_prompt
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
-LOCAL_FILES = LocalFiles()
 EMPTY_CAPTIONS = ('skip', 'keep')
 PIXEL_DTYPES = ('float32', 'uint8')
 
@@ -206,12 +201,12 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         self.tar_index = (None if self.remote_tars is not None else
                           TarMemberIndex.open(os.fspath(tar_index)) if isinstance(tar_index, (str, os.PathLike))
                           else build_component(tar_index))
+        self.allow_outside_paths = allow_outside_paths
         self._choose_readers()
         self.train_number_samples = train_number_samples
         if truncation not in TRUNCATIONS:
             raise ValueError(f'truncation={truncation!r}: one of {TRUNCATIONS}')
         self.truncation = truncation
-        self.allow_outside_paths = allow_outside_paths
         if empty_captions not in EMPTY_CAPTIONS:
             raise ValueError(f'empty_captions={empty_captions!r}: one of {EMPTY_CAPTIONS}')
         self.empty_captions = empty_captions
@@ -223,7 +218,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         self.extra_keys = check_extra_keys(extra_keys)
         self.image_process, self.unit_image_size = image_process, unit_image_size
         self.pixel_shape = pixel_shape(image_process, image_size, unit_image_size, buckets)
-        self._check_folders()
+        self.files.check_folders(type(self).__name__, self.image_tokens_folder, self.decodes_images)
         self.index = self.load_index()
         if len(self.index) and self._reads_cap_source:  # a typo fails here, at once
             check_cap_source(self.index.columns, self.cap_keys, f'{type(self).__name__} {self.data_path}')
@@ -231,48 +226,31 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         self.prompt_ids = self.load_prompt_ids() if pretokenize else None
         self._process_state = None
 
+    # ---- the sample's files: src.datasets.sample.files ------------------------------------------
     def _choose_readers(self):
-        """Where images, annotations and latents are read from, chosen once (``src.datasets.storage.storage``).
+        """Where images, annotations and latents are read from, chosen once (``SampleFiles``)."""
+        self.files = SampleFiles(
+            image_folder=self.image_folder, cap_folder=self.cap_folder, image_latents_folder=self.image_latents_folder,
+            ceph_folder=self.ceph_folder, latents_ceph_folder=self.latents_ceph_folder, ceph_config=self.ceph_config,
+            use_ceph=self.use_ceph, tar_index=self.tar_index, remote_tars=self.remote_tars,
+            allow_outside_paths=self.allow_outside_paths)
 
-        As upstream: images from ``<ceph_folder>/<image>`` when there is no image_folder, annotations
-        from ``<ceph_folder>/<annotation>`` when there is no cap_folder, latents from
-        ``<latents_ceph_folder>/<image>.pt`` when it is set; else the local folders (or tar shards).
-        With ``tar_index`` in the bucket too, the ceph_folder reads are ranged GETs of its shards."""
-        ceph = self.remote_tars if self.remote_tars is not None else self._object_folder(self.ceph_folder)
-        self.ceph_files = ceph
-        local = TarMembers(self.tar_index) if self.tar_index is not None else LOCAL_FILES
-        self.image_files, self.image_root = ((ceph, self.ceph_folder) if ceph and self.image_folder is None
-                                             else (local, self.image_folder))
-        self.annotation_files, self.cap_root = ((ceph, self.ceph_folder) if ceph and self.cap_folder is None
-                                                else (local, self.cap_folder))
-        latents_ceph = self._object_folder(self.latents_ceph_folder)
-        self.latent_files, self.latent_root = ((latents_ceph, self.latents_ceph_folder) if latents_ceph
-                                               else (folder_storage(self.image_latents_folder), self.image_latents_folder))
-        self._remote = has_remote_reader(self)
+    ceph_files = property(lambda self: self.files.ceph_files)
+    image_files = property(lambda self: self.files.image_files)
+    image_root = property(lambda self: self.files.image_root)
+    annotation_files = property(lambda self: self.files.annotation_files)
+    cap_root = property(lambda self: self.files.cap_root)
+    latent_files = property(lambda self: self.files.latent_files)
+    latent_root = property(lambda self: self.files.latent_root)
+    latent_info_reader = property(lambda self: self.files.latent_info_reader)
 
-    def _object_folder(self, folder):
-        """The object-storage folder ``folder`` when upstream would read it (checked now: a wrong
-        endpoint, key or bucket fails here), else None."""
-        if folder is None or not self.use_ceph:
-            return None
-        store = ObjectFolder(folder, os.fspath(self.ceph_config))
-        store.check()
-        return store
+    def _prefetch(self, records) -> None:
+        """The files of ``records``' samples, fetched together where they are remote (``storage.prefetch``)."""
+        if self.files.remote:
+            prefetch([self.files.of_record(record, self.image_key, self.cap_keys, self.decodes_images)
+                      for record in records])
 
     # ---- index ----------------------------------------------------------------------------------
-    def _check_folders(self):
-        """A wrong path in a config fails here, naming it, rather than as thousands of skipped samples."""
-        folders = dict(image_tokens_folder=self.image_tokens_folder)  # data_path: by the base's own loader
-        if isinstance(self.latent_files, LocalFiles):
-            folders['image_latents_folder'] = self.latent_root
-        if isinstance(self.annotation_files, LocalFiles):  # else tar shards or objects
-            folders['cap_folder'] = self.cap_root
-        if self.decodes_images and isinstance(self.image_files, LocalFiles):
-            folders['image_folder'] = self.image_root
-        for name, path in folders.items():
-            if path is not None and not os.path.exists(path):
-                raise FileNotFoundError(f'{type(self).__name__}: {name} {path!r} does not exist')
-
     def load_index(self) -> SampleIndex:
         """The index (``_load_data``), without the records that cannot be used; each kind of drop is
         logged. Which records are kept is decided once per index cache and options, then mapped
@@ -432,32 +410,26 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     def data_path_of(self, folder: str | None, relpath: str) -> str:
         """``folder/relpath``, where ``relpath`` comes from the index: one that is absolute or climbs
         out of ``folder`` is a ``SampleError('unsafe-path')`` unless ``allow_outside_paths``."""
-        return join_inside(folder, relpath, allow_outside=self.allow_outside_paths)
+        return self.files.path(folder, relpath)
 
     def read_image(self, image_file: str) -> bytes:
         """The encoded image at ``image_folder/image_file``."""
-        return self.image_files.read(self.data_path_of(self.image_root, image_file))
+        return self.files.read_image(image_file)
 
     def parse_annotation(self, path: str, data: bytes) -> str:
         """The caption in the annotation file ``path`` (``.json``: a ``cap_source`` key; ``.txt``: the text)."""
         return parse_annotation(path, data, self.cap_keys)
 
     def read_annotation(self, annotation: str) -> str:
-        path = self.data_path_of(self.cap_root, annotation)
-        return self.parse_annotation(path, self.annotation_files.read(path, max_bytes=MAX_CAPTION_BYTES))
+        return self.parse_annotation(*self.files.read_annotation(annotation))
 
     def load_tensor(self, folder: str, image_file: str) -> torch.Tensor:
         """``<folder>/<image_file>.pt``, as upstream stores precomputed latents and tokens (a file,
         or a member of the latent shards)."""
-        path, stored = self._load_stored(folder, image_file)
-        if not isinstance(stored, torch.Tensor):
-            raise SampleError('bad-tensor', f'{path}: holds a {type(stored).__name__}, not a tensor')
-        return stored
+        return self.files.load_tensor(folder, image_file)
 
     def _load_stored(self, folder: str, image_file: str):
-        path = self.data_path_of(folder, image_file + '.pt')
-        data = (self.latent_files if folder == self.latent_root else LOCAL_FILES).read(path, max_bytes=MAX_TENSOR_BYTES)
-        return path, load_tensor_file(data, path)  # bounded before it inflates, weights only
+        return self.files.load_stored(folder, image_file)
 
     def load_latent(self, image_file: str, target: tuple[int, int]) -> dict:
         """The stored latent of ``image_file`` (``image_latents``), checked against the shape its
@@ -480,11 +452,6 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
                                  if isinstance(stored, dict) else ''))
         self.latent_shapes.check(data['image_latents'], path, *target)
         return data
-
-    @property
-    def latent_info_reader(self):
-        """The reader of the latent folder's own files (its record, its sizes): beside the shards."""
-        return LOCAL_FILES.read if isinstance(self.latent_files, TarMembers) else self.latent_files.read
 
     def load_latent_shapes(self) -> LatentShapes:
         """The latent shape expected for each image size (``src.datasets.storage.latent_store``)."""
@@ -590,8 +557,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         state, rng = self._sample_state(idx)
         record = self.index[idx]
         image_file = record[self.image_key]
-        if self._remote:  # its files at once: a sample drawn alone, or as a replacement
-            prefetch_records(self, [record])
+        self._prefetch([record])  # its files at once: a sample drawn alone, or as a replacement
         try:
             # The caption first: a missing caption is found without decoding the image.
             caption = self.caption_of(record)
@@ -695,9 +661,9 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         between two decodes they do not: 0.3 ms a sample less, bench/bench_sample.py); then the
         samples are made in turn. The same samples as ``self[idx]`` one by one."""
         tokenize = self._tokenizes_batches and self.prompt_ids is None
-        records = [self.index[idx] for idx in indices] if self._remote or tokenize else None
-        if self._remote:
-            prefetch_records(self, records)
+        records = [self.index[idx] for idx in indices] if self.files.remote or tokenize else None
+        if self.files.remote:
+            self._prefetch(records)
         state = self._state()
         if tokenize:
             ids = self.prompts.batch_ids(records, self.cap_keys, self.caption_prompt)

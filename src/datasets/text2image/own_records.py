@@ -35,8 +35,7 @@ DEFAULTS = dict(
     allow_outside_paths=False, empty_captions='skip', buckets=None, bucket_ids=None, latent_shapes=None,
     prompt_ids=None, image_process=None, unit_image_size=32, pixel_shape=None, _process_state=None)
 FRESH = dict(tokenizer_kwargs=lambda: dict(add_special_tokens=True), _members=dict)  # mutable defaults
-READERS = ('ceph_files', 'image_files', 'image_root', 'annotation_files', 'cap_root', 'latent_files',
-           'latent_root', '_remote')  # chosen together by ``_choose_readers``
+READERS = ('files',)  # chosen by ``_choose_readers``
 
 
 class OwnRecords:
@@ -129,7 +128,7 @@ class SubclassContract:
         if name == 'cap_keys':
             self.__dict__[name] = value = caption_keys(self.cap_source)
             return value
-        if name in READERS and 'image_files' not in self.__dict__:
+        if name in READERS and 'files' not in self.__dict__:
             self._choose_readers()
             return self.__dict__[name]
         raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}')
