@@ -33,7 +33,7 @@ from src.datasets.components import build_component
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.index.extra_keys import check_extra_keys, extra_values
 from src.datasets.failure_policy import FailureTracker
-from src.datasets.sample.image_io import Placement, load_pixels
+from src.datasets.sample.pictures import PIXEL_DTYPES, PictureLoader, first_latents, placement_values
 from src.datasets.sample.image_process import pixel_shape
 from src.datasets.index.image_sizes import record_sizes
 from src.datasets.index import filters as record_filters, selection
@@ -46,25 +46,20 @@ from src.datasets.index.sample_index import SampleIndex
 from src.datasets.storage.tar_index import TarMemberIndex
 from src.datasets.text2image.bucketed import BucketedRecords
 from src.datasets.text2image.own_records import OwnRecords, SubclassContract
-from src.datasets.text2image.upstream_hooks import UpstreamHooks, sets_draw_rng
+from src.datasets.text2image.upstream_hooks import UpstreamHooks, current_draw, make_sample, sets_draw_rng
 from src.datasets.index.token_ids import TokenIds
 from src.datasets.sample.prompts import TRUNCATIONS, PromptEncoder, image_start_token as start_token_of, template_prompt
 
 MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
 EMPTY_CAPTIONS = ('skip', 'keep')
-PIXEL_DTYPES = ('float32', 'uint8')
 
 @dataclass
 class _ProcessState:
-    """What each process (main, every DataLoader worker) draws and counts on its own. ``rng`` is
-    the process's stream; ``draw_rng`` the generator of the sample being read (see ``__getitem__``)."""
+    """What each process (main, every DataLoader worker) draws and counts on its own: ``rng``, the
+    process's stream (plain indices, upstream's ``_retry``), and its failures."""
     pid: int
     rng: random.Random
     tracker: FailureTracker
-    draw_rng: random.Random | None = None
-    target: tuple[int, int] | None = None  # the (height, width) of the sample being read
-    placement: Placement | None = None  # where its last picture came from (with buckets)
-    batch_ids: dict | None = None  # the prompt ids of the batch being read, by index (__getitems__)
 
 
 @DATASETS.register_module()
@@ -431,72 +426,46 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     def _load_stored(self, folder: str, image_file: str):
         return self.files.load_stored(folder, image_file)
 
+    # ---- the picture: src.datasets.sample.pictures --------------------------------------------
+    @property
+    def pictures(self) -> PictureLoader:
+        """The picture loader of the options set now."""
+        return PictureLoader(self.read_image, self.files, self.pixel_shape,
+                             'random' if self.buckets is None else self.buckets.crop_mode,
+                             self.min_image_size, self.max_aspect, self.pixel_dtype)
+
     def load_latent(self, image_file: str, target: tuple[int, int]) -> dict:
         """The stored latent of ``image_file`` (``image_latents``), checked against the shape its
-        folder records for ``target``; a bucketed latent (a dict, see ``latent_store``) adds its
-        ``original_size`` and ``crop_coords``."""
-        path, stored = self._load_stored(self.latent_root, image_file)
-        if isinstance(stored, dict) and self.buckets is not None:
-            placement = {key: stored.get(key) for key in ('original_size', 'crop_coords')}
-            latent = stored.get('latent')
-            if not isinstance(latent, torch.Tensor) or not all(
-                    isinstance(v, torch.Tensor) and v.shape == (2,) for v in placement.values()):
-                raise SampleError('bad-tensor', f'{path}: a bucketed latent holds a "latent" tensor, "original_size" '
-                                                f'and "crop_coords" (2 numbers each); this one holds {sorted(stored)}')
-            data = dict(image_latents=latent, **{key: value.long() for key, value in placement.items()})
-        elif isinstance(stored, torch.Tensor):
-            data = dict(image_latents=stored)
-        else:
-            raise SampleError('bad-tensor', f'{path}: holds a {type(stored).__name__}, not a tensor'
-                              + (' (latents cached with buckets: give the dataset the same buckets)'
-                                 if isinstance(stored, dict) else ''))
-        self.latent_shapes.check(data['image_latents'], path, *target)
-        return data
+        folder records for ``target``; with buckets, its ``original_size`` and ``crop_coords`` too."""
+        return self.pictures.latent(image_file, target, self.latent_shapes, self.buckets is not None)
 
     def load_latent_shapes(self) -> LatentShapes:
         """The latent shape expected for each image size (``src.datasets.storage.latent_store``)."""
-        first = (latent for i in range(min(len(self), 32)) for latent in self._latent_or_none(i))
+        first = first_latents(self.files, (self.index[i][self.image_key] for i in range(min(len(self), 32))))
         return LatentShapes.of_folder(self.latent_root, self.latent_info_reader, self.image_size,
                                       None if self.buckets is None else self.buckets.record(), first)
 
-    def _latent_or_none(self, i: int):
-        with contextlib.suppress(SampleError):
-            path, stored = self._load_stored(self.latent_root, self.index[i][self.image_key])
-            latent = stored.get('latent') if isinstance(stored, dict) else stored
-            if isinstance(latent, torch.Tensor):
-                yield latent
-
     def load_image_data(self, image_file: str, rng: random.Random, target: tuple[int, int] | None = None) -> dict:
         """``pixel_values`` (or ``image_latents`` / ``image_tokens``) of ``image_file`` at ``target``
-        (height, width: the sample's bucket; default: the one ``prepare_data`` set, else square)."""
-        state = self._state()
-        if target is not None:
-            state.target = target
+        (height, width: the sample's bucket; None: ``image_size`` square, its bucket unchecked)."""
+        shape = target or (self.image_size, self.image_size)
         if self.image_tokens_folder is not None:
-            return dict(image_tokens=self.load_tensor(self.image_tokens_folder, image_file).long())
+            return self.pictures.tokens(self.image_tokens_folder, image_file)
         if self.latent_root is not None:
-            return self.load_latent(image_file, state.target or (self.image_size, self.image_size))
-        data = dict(pixel_values=self.load_pixels(image_file, rng))
+            return self.load_latent(image_file, shape)
+        pixels, placement = self.pictures.pixels(image_file, rng, shape, self.crop_image)
+        data = dict(pixel_values=pixels)
         if self.buckets is not None:
-            self.check_bucket(image_file, state.placement.original_size, state.target)
-            data.update(original_size=torch.tensor(state.placement.original_size),
-                        crop_coords=torch.tensor(state.placement.crop_coords))
+            self.check_bucket(image_file, placement.original_size, target)
+            data.update(placement_values(placement))
         return data
 
-    def load_pixels(self, image_file: str, rng: random.Random, crop: bool | None = None) -> torch.Tensor:
-        """The picture ``image_file`` in [-1, 1]: ``[3, image_size, image_size]``, a random square crop
-        (or the whole picture squeezed: ``crop=False``; default: ``crop_image``); with buckets,
-        ``[3, height, width]`` of the sample's bucket, covered and cropped by the buckets' crop_mode."""
-        state = self._state()
-        target = state.target or (self.image_size, self.image_size)
-        if self.pixel_shape is not None:  # image_process: the shape follows the picture's
-            target, crop = self.pixel_shape.target, self.pixel_shape.crop
-        crop_mode = 'random' if self.buckets is None else self.buckets.crop_mode
-        pixels, state.placement = load_pixels(
-            self.read_image(image_file), self.data_path_of(self.image_root, image_file), target, rng,
-            crop_mode=crop_mode, min_image_size=self.min_image_size, max_aspect=self.max_aspect,
-            crop=self.crop_image if crop is None else crop, normalise=self.pixel_dtype == 'float32')
-        return pixels
+    def load_pixels(self, image_file: str, rng: random.Random, crop: bool | None = None,
+                    target: tuple[int, int] | None = None) -> torch.Tensor:
+        """The picture ``image_file`` in [-1, 1]: ``[3, *target]`` (default: ``image_size`` square),
+        covered and cropped (or the whole picture squeezed: ``crop=False``; default: ``crop_image``)."""
+        shape = target or (self.image_size, self.image_size)
+        return self.pictures.pixels(image_file, rng, shape, self.crop_image if crop is None else crop)[0]
 
     # ---- the prompt: src.datasets.sample.prompts ------------------------------------------------
     @property
@@ -552,19 +521,22 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     def _fit_caption(self, caption: str) -> torch.Tensor:
         return self.prompts.fit_caption(caption, self.prompt_of)
 
-    def prepare_data(self, idx: int) -> dict:
-        """Sample ``idx``, or a ``SampleError`` whose message names the index file, record and image."""
-        state, rng = self._sample_state(idx)
+    def prepare_data(self, idx: int, rng: random.Random | None = None, prompt_ids: torch.Tensor | None = None) -> dict:
+        """Sample ``idx``, or a ``SampleError`` whose message names the index file, record and image:
+        record -> caption -> picture (at the sample's bucket) -> prompt ids -> sample. ``rng``: the
+        sample's generator (default: ``sample_rng``); ``prompt_ids``: its prompt's ids where its
+        batch made them."""
+        rng = self.sample_rng(idx) if rng is None else rng
         record = self.index[idx]
         image_file = record[self.image_key]
         self._prefetch([record])  # its files at once: a sample drawn alone, or as a replacement
         try:
             # The caption first: a missing caption is found without decoding the image.
             caption = self.caption_of(record)
-            data = self.load_image_data(image_file, rng)
+            data = self.load_image_data(image_file, rng, self.target_of(idx))
         except SampleError as err:
             raise SampleError(err.reason, f'{self.data_path} sample #{idx} (image {image_file!r}): {err}') from err
-        data.update(self.process_text(caption, rng, self._stored_ids(idx)))
+        data.update(self.process_text(caption, rng, self._stored_ids(idx, prompt_ids)))
         data.update(image_dir=self.image_folder, image_file=image_file, type='text2image')
         data.update(extra_values(record, self.extra_keys))
         if self.gives_text:
@@ -595,12 +567,11 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
                 raise
             return ''
 
-    def _stored_ids(self, idx) -> torch.Tensor | None:
+    def _stored_ids(self, idx, batch_ids: torch.Tensor | None = None) -> torch.Tensor | None:
         """The ids of sample ``idx``'s prompt where they are made already: stored (``pretokenize``),
-        or tokenized with its batch's (``__getitems__``); None else."""
+        or tokenized with its batch's (``batch_ids``, from ``__getitems__``); None else."""
         if self.prompt_ids is None:
-            batch = self._state().batch_ids
-            return batch.pop(idx, None) if batch else None
+            return batch_ids
         ids = self.prompt_ids.get(self.index.table_row(idx))
         return None if ids is None else torch.from_numpy(ids.astype(np.int64))
 
@@ -628,13 +599,6 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
                 tracker=FailureTracker(self.data_path, self.max_refetch, self.max_failure_ratio))
         return self._process_state
 
-    def _sample_state(self, idx) -> tuple[_ProcessState, random.Random]:
-        """This process's state, set for reading sample ``idx`` (its shape), and the sample's
-        generator (the process's stream when called outside ``__getitem__``)."""
-        state = self._state()
-        state.target = self.target_of(idx)
-        return state, state.draw_rng or state.rng
-
     @property
     def failures(self) -> Counter:
         """Samples that could not be used in this process, by reason."""
@@ -654,42 +618,46 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         seed = self.seed if self.seed is not None else idx.seed
         return random.Random(f'{seed}/{"/".join(map(str, key))}/{self.data_path}')
 
+    def sample_rng(self, idx) -> random.Random:
+        """The generator of sample ``idx`` where its caller gives none: the draw an upstream-style
+        call runs under (``upstream_hooks``), else ``draw_rng(idx)``."""
+        rng = current_draw()
+        return self.draw_rng(idx) if rng is None else rng
+
     def __getitems__(self, indices: Sequence) -> list:
         """A batch, as torch's DataLoader asks for one: in object storage, the files of all its
         samples are fetched at once (``src.datasets.storage.prefetch``); the prompts whose captions are in
-        the index are tokenized one after another (the tokenizer's tables stay in the cache, where
-        between two decodes they do not: 0.3 ms a sample less, bench/bench_sample.py); then the
-        samples are made in turn. The same samples as ``self[idx]`` one by one."""
+        the index are tokenized one after another (``PromptEncoder.batch_ids``), each handed to its
+        sample; then the samples are made in turn. The same samples as ``self[idx]`` one by one."""
         tokenize = self._tokenizes_batches and self.prompt_ids is None
         records = [self.index[idx] for idx in indices] if self.files.remote or tokenize else None
         if self.files.remote:
             self._prefetch(records)
-        state = self._state()
-        if tokenize:
-            ids = self.prompts.batch_ids(records, self.cap_keys, self.caption_prompt)
-            state.batch_ids = {idx: found for idx, found in zip(indices, ids) if found is not None}
-        try:
+        if not tokenize:
             return [self[idx] for idx in indices]
-        finally:
-            state.batch_ids = None
+        ids = self.prompts.batch_ids(records, self.cap_keys, self.caption_prompt)
+        return [self._drawn(idx, prompt_ids) for idx, prompt_ids in zip(indices, ids)]
 
     @sets_draw_rng
     def __getitem__(self, idx):
         """Sample ``idx``, or, when it cannot be used, a random other one: see ``failure_policy``
         for when drawing stops."""
-        state = self._state()
-        state.draw_rng = rng = self.draw_rng(idx)
+        return self._drawn(idx)
+
+    def _drawn(self, idx, prompt_ids: torch.Tensor | None = None) -> dict:
+        """Sample ``idx`` (its prompt's ids, where its batch made them) or its replacements, under
+        the failure policy; each made with the draw's generator."""
+        tracker = self._state().tracker
+        rng = self.draw_rng(idx)
         streak = 0
         while True:
-            if self.debug:
-                idx = 0
-            elif streak:
-                idx = self.replacement(idx, rng)
+            if self.debug or streak:
+                idx, prompt_ids = 0 if self.debug else self.replacement(idx, rng), None
             try:
-                sample = self.prepare_data(idx)
+                sample = make_sample(self.prepare_data, idx, rng, prompt_ids)
             except SampleError as err:
                 streak += 1
-                state.tracker.failure(err, streak)
+                tracker.failure(err, streak)
                 continue
-            state.tracker.success()
+            tracker.success()
             return sample

@@ -14,7 +14,10 @@ without end), and the randomness is the sample's own (keyed on its draw under
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import inspect
 import io
 import os
 
@@ -26,6 +29,43 @@ from src.datasets.index.sample_index import SampleIndex
 
 HOOK_FAILURE = 'failed-in-subclass'
 SETS_DRAW = '_sets_draw_rng'
+# The generator of the sample an upstream-style call is making: upstream's hooks (``_process_image``,
+# ``_process_text``) and a subclass's ``prepare_data(idx)`` take none as an argument. Set only
+# around such a call (``upstream_draw``), never between samples; the project's own steps receive it.
+_DRAW: contextvars.ContextVar = contextvars.ContextVar('upstream_draw', default=None)
+
+
+def current_draw():
+    """The generator of the upstream-style call being made, or None outside one."""
+    return _DRAW.get()
+
+
+@contextlib.contextmanager
+def upstream_draw(rng):
+    token = _DRAW.set(rng)
+    try:
+        yield rng
+    finally:
+        _DRAW.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_draw(function) -> bool:
+    """Whether ``function`` (a ``prepare_data``) takes the sample's generator: the project's do; one
+    written against upstream takes the index alone."""
+    try:
+        return 'rng' in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def make_sample(prepare_data, idx, rng, prompt_ids=None):
+    """``prepare_data(idx, rng=rng, prompt_ids=...)``, or, for one written as ``prepare_data(idx)``,
+    the call made under the sample's draw."""
+    if _takes_draw(getattr(prepare_data, '__func__', prepare_data)):
+        return prepare_data(idx, rng=rng, prompt_ids=prompt_ids)
+    with upstream_draw(rng):
+        return prepare_data(idx)
 
 
 def sets_draw_rng(getitem):
@@ -45,14 +85,14 @@ class UpstreamHooks:
             # through the project's: the sample's random generator is set from its index here.
             @functools.wraps(own)
             def getitem(self, idx):
-                self._state().draw_rng = self.draw_rng(idx)
-                return own(self, idx)
+                with upstream_draw(self.draw_rng(idx)):
+                    return own(self, idx)
             setattr(getitem, SETS_DRAW, True)
             cls.__getitem__ = getitem
 
     def _current_rng(self):
-        state = self._state()
-        return state.draw_rng or state.rng
+        rng = current_draw()
+        return self._state().rng if rng is None else rng
 
     def _load_data(self, data_path: str) -> None:
         """Upstream: ``self.data_list`` from ``data_path``. Here the index, memory-mapped from its cache;
