@@ -16,8 +16,7 @@ import numpy as np
 
 from src.datasets.sample.buckets import Buckets
 from src.datasets.errors import SampleError
-from src.datasets.index.image_sizes import forget_sizes, header_size, record_sizes
-from src.datasets.storage.latent_store import read_sizes
+from src.datasets.index.image_sizes import forget_sizes
 # Registered in DATA_SAMPLERS with the datasets that need it: configs may name it by string.
 from src.datasets.samplers import bucket_sampler  # noqa: F401
 
@@ -34,57 +33,10 @@ class BucketedRecords:
         self.buckets = None if options is None else Buckets.from_options(options, self.image_size)
         self._members = {}
 
-    def _assign_buckets(self, index, keep: np.ndarray, total: int) -> tuple[np.ndarray, dict]:
-        """The bucket of each record of ``index`` (-1: none, or not kept) and the drops, by reason."""
-        rows = np.flatnonzero(keep)
-        view = index.select(rows)
-        read = self._header_reader(view)
-        widths, heights = record_sizes(view, read, self.data_path, self._latent_sizes(view))
-        assigned = np.full(len(index), -1, np.int16)
-        assigned[rows] = self.buckets.assign(widths, heights)
-        no_size = keep & (assigned == -2)
-        outside = keep & (assigned == -1)
-        drops = {
-            'without a size': self._log_dropped(
-                no_size, total, 'have no size for their bucket: no width and height in the index, and their image '
-                                'header unreadable' + ('' if read else ' or unreachable (no image_folder: give the '
-                                                       'index width and height, or cache the latents with '
-                                                       'tools/cache_latents.py, which stores them)')),
-            'outside every bucket': self._log_dropped(
-                outside, total, f'are more elongated than the buckets allow (max_aspect={self.buckets.max_aspect:g})'),
-        }
-        assigned[no_size | outside] = -1
-        return assigned, drops
-
-    def _header_reader(self, view):
-        """``i -> (width, height)`` of record ``i``'s image, or None where the images are not reachable."""
-        if not self.decodes_images and self.image_root is None and self.ceph_files is None:
-            return None
-
-        def read(i: int) -> tuple[int, int]:
-            image_file = view[i].get(self.image_key)
-            if not isinstance(image_file, str):
-                raise SampleError('bad-record', f'record {i} has no image path')
-            return header_size(self.read_image(image_file), image_file)
-        return read
-
-    def _latent_sizes(self, view) -> np.ndarray | None:
-        """The sizes a latent folder stored for the whole index (``tools/cache_latents.py``), if any."""
-        if self.latent_root is None:
-            return None
-        whole = view.whole()
-        return read_sizes(self.latent_info_reader, self.latent_root, whole.content_digest(self.image_key), len(whole))
-
     def size_table(self) -> tuple[str, np.ndarray]:
         """The picture sizes of this dataset's records as a latent folder stores them: the index's
         image-path digest, and ``int32 [rows of the whole index, 2]`` (0 where unknown or not used)."""
-        view = self.index
-        widths, heights = record_sizes(view, self._header_reader(view), self.data_path, self._latent_sizes(view))
-        whole = view.whole()
-        table = np.zeros((len(whole), 2), np.int32)
-        known = (widths > 0) & (heights > 0)
-        table[view.table_rows()[known]] = np.stack([widths[known], heights[known]], 1).astype(np.int32)
-        return whole.content_digest(self.image_key), table
+        return self.picture_sizes.table(self.index)
 
     # ---- per sample -------------------------------------------------------------------------------
     def target_of(self, idx) -> tuple[int, int]:

@@ -10,10 +10,7 @@ a sample that cannot be used is counted, logged and replaced, a bounded number o
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import logging
 import os
 import random
 from collections import Counter
@@ -21,23 +18,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
 from mmengine.dist import get_rank
-from mmengine.logging import print_log
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset, get_worker_info
 
 from src.datasets.index.captions import ANNOTATION_KEY, caption_keys, check_cap_source, parse_annotation, resolve_caption
 from src.datasets.components import build_component
-from src.datasets.errors import IndexFormatError, SampleError
+from src.datasets.errors import SampleError
 from src.datasets.index.extra_keys import check_extra_keys, extra_values
 from src.datasets.failure_policy import FailureTracker
+from src.datasets.sample.records import MAX_ASPECT, PictureSizes, RecordRules, keep_records
 from src.datasets.sample.pictures import PIXEL_DTYPES, PictureLoader, first_latents, placement_values
 from src.datasets.sample.image_process import pixel_shape
-from src.datasets.index.image_sizes import record_sizes
-from src.datasets.index import filters as record_filters, selection
-from src.datasets.storage.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
+from src.datasets.index import filters as record_filters
+from src.datasets.storage.latent_store import LatentShapes
 from src.datasets.storage.object_store import ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.storage.prefetch import prefetch
 from src.datasets.sample.files import LOCAL_FILES, SampleFiles  # noqa: F401 - LOCAL_FILES: subclasses import it here
@@ -50,7 +45,6 @@ from src.datasets.text2image.upstream_hooks import UpstreamHooks, current_draw, 
 from src.datasets.index.token_ids import TokenIds
 from src.datasets.sample.prompts import TRUNCATIONS, PromptEncoder, image_start_token as start_token_of, template_prompt
 
-MAX_ASPECT = 10.0  # upstream's asserts: 0.1 < w / h < 10
 EMPTY_CAPTIONS = ('skip', 'keep')
 
 @dataclass
@@ -246,109 +240,33 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
                       for record in records])
 
     # ---- index ----------------------------------------------------------------------------------
+    # ---- the records: src.datasets.sample.records ----------------------------------------------
     def load_index(self) -> SampleIndex:
         """The index (``_load_data``), without the records that cannot be used; each kind of drop is
-        logged. Which records are kept is decided once per index cache and options, then mapped
-        (``src.datasets.index.selection``)."""
+        logged. Which records are kept is decided once per index cache and options, then mapped."""
         self._load_data(self.index_source)
         if not self.has_own_records and 'index' not in self.__dict__:
             self.data_list = []  # a subclass's _load_data that loads nothing: its records come later
         if self.has_own_records:  # a subclass's own data_list: its records as it made them
             return self.own_index()
-        index = self.index
-        if self.train_number_samples and 0 < self.train_number_samples < len(index):
-            print_log(f'Using the first {self.train_number_samples} of the {len(index)} records of '
-                      f'{self.data_path} (train_number_samples)', logger='current', level=logging.INFO)
-            index = index.select(np.arange(self.train_number_samples))
-        whole = index.whole()
-        folder = selection.folder_for(whole, self._selection_key()) if len(whole) == len(index) or \
-            self.train_number_samples else None
-        with selection.stored(folder, len(index), 0 if self.buckets is None else len(self.buckets.shapes)) as kept:
-            if kept is None:
-                kept = self._select_records(index)
-                selection.save(folder, kept)
-            else:
-                for message in kept.drops['messages']:
-                    print_log(message, logger='current', level=logging.WARNING)
-        dropped = kept.drops['counts']
-        count = kept.total if kept.rows is None else len(kept.rows)
-        if count == 0:
-            raise ValueError(f'{self.data_path}: none of its {kept.total} records is usable '
-                             f'(dropped: {self._describe_drops(dropped)})')
-        print_log(f'Loaded {count} samples from {self.data_path} '
-                  f'(dropped: {self._describe_drops(dropped)})', logger='current', level=logging.INFO)
-        self.bucket_ids = kept.bucket_ids
-        self.funnel = kept.drops.get('funnel', [])
-        if kept.rows is None:
-            return index
-        return whole.select_stored(kept.rows) if isinstance(kept.rows, np.memmap) else index.select(kept.rows)
+        kept = keep_records(self.record_rules, self.index, self.picture_sizes, self.cap_keys, self.caption_of)
+        self.bucket_ids, self.funnel = kept.bucket_ids, kept.funnel
+        return kept.index
 
-    def _selection_key(self) -> dict:
+    @property
+    def record_rules(self) -> RecordRules:
         """What decides which records are kept, besides the index itself."""
-        key = dict(dataset=f'{type(self).__module__}.{type(self).__qualname__}', image_key=self.image_key,
-                   required=list(self.required_keys), paths=list(self.path_keys),
-                   outside=self.allow_outside_paths, min_image_size=self.min_image_size, max_aspect=MAX_ASPECT,
-                   first=self.train_number_samples, buckets=None if self.buckets is None else self.buckets.record())
-        if self.filters:
-            key['filters'] = self.filters
-        if self.buckets is not None and self.latent_root is not None:  # sizes may come from the latent folder
-            with contextlib.suppress(SampleError, OSError):
-                key['latents'] = hashlib.sha256(self.latent_info_reader(
-                    os.path.join(self.latent_root, LATENT_INFO))).hexdigest()
-        return key
+        cls = type(self)
+        return RecordRules(self.data_path, f'{cls.__module__}.{cls.__qualname__}', self.image_key,
+                           tuple(self.required_keys), tuple(self.path_keys), self.allow_outside_paths,
+                           self.min_image_size, self.train_number_samples, self.filters, self.buckets)
 
-    def _select_records(self, index: SampleIndex) -> selection.Selection:
-        """Which records of ``index`` are kept (row numbers), each drop counted and logged."""
-        total = len(index)
-        self._drop_messages = []
-        keep, dropped = np.ones(total, dtype=bool), {}
-        for key in self.required_keys:
-            self._check_image_column(index, key)
-            missing = keep & ~index.has_value(key)
-            dropped[f'without {key!r}'] = self._log_dropped(missing, total, f'have no {key!r}')
-            not_text = keep & ~missing & index.not_text(key)
-            dropped[f'{key!r} not text'] = self._log_dropped(not_text, total, f'have a {key!r} that is not text')
-            keep &= ~missing & ~not_text
-        if not self.allow_outside_paths:
-            unsafe = np.zeros(total, dtype=bool)
-            for key in dict.fromkeys((self.image_key, *self.required_keys, *self.path_keys)):
-                unsafe |= keep & index.unsafe_paths(key)
-            dropped['unsafe path'] = self._log_dropped(
-                unsafe, total, 'name an image or annotation path that is absolute or climbs out of its folder '
-                               "with '..' (refused: set allow_outside_paths=True to read them)")
-            keep &= ~unsafe
-        if 'width' in index.columns and 'height' in index.columns:
-            width, height = index.numbers('width'), index.numbers('height')
-            # NaN (size unknown) compares False everywhere: such records are checked when read.
-            small = keep & ((width <= self.min_image_size) | (height <= self.min_image_size))
-            with np.errstate(divide='ignore', invalid='ignore'):
-                aspect = width / height
-            bad_aspect = keep & ~small & ((aspect <= 1 / MAX_ASPECT) | (aspect >= MAX_ASPECT))
-            dropped['too small'] = self._log_dropped(
-                small, total, f'are no larger than {self.min_image_size} px on a side')
-            dropped['bad aspect'] = self._log_dropped(
-                bad_aspect, total, f'have an aspect ratio outside (1/{MAX_ASPECT:g}, {MAX_ASPECT:g})')
-            keep &= ~small & ~bad_aspect
-        filtered, funnel = record_filters.apply(self.filters, self._filter_values(index), keep,
-                                                lambda mask, what: self._log_dropped(mask, total, what))
-        dropped.update(filtered)
-        if self.buckets is not None:
-            assigned, drops = self._assign_buckets(index, keep, total)
-            dropped.update(drops)
-            keep &= assigned >= 0
-        rows = np.flatnonzero(keep)
-        return selection.Selection(
-            rows=index.table_rows()[rows] if len(rows) < total else None,
-            bucket_ids=None if self.buckets is None else assigned[rows],
-            drops={'counts': dropped, 'messages': self._drop_messages, 'funnel': funnel}, total=total)
-
-    def _filter_values(self, index: SampleIndex) -> record_filters.RecordValues:
-        """What ``filters`` compare: the index's columns, the pictures' sizes (as buckets get them) and
-        the captions' word counts (from the index, or the annotation files)."""
-        def sizes(view):
-            return record_sizes(view, self._header_reader(view), self.data_path, self._latent_sizes(view))
-        return record_filters.RecordValues(index, sizes, self.cap_keys, lambda i: self.caption_of(index[i]))
-
+    @property
+    def picture_sizes(self) -> PictureSizes:
+        """Where the records' picture sizes come from (buckets, size filters)."""
+        reachable = self.decodes_images or self.image_root is not None or self.ceph_files is not None
+        return PictureSizes(self.data_path, self.image_key, self.read_image if reachable else None,
+                            self.latent_info_reader, self.latent_root)
 
     def load_prompt_ids(self) -> PromptIds | None:
         """The stored prompt ids of the whole index (``pretokenize``: built once, then mapped), or
@@ -362,29 +280,6 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     def required_keys(self) -> tuple[str, ...]:
         """The record keys a sample cannot do without: the image path (``image_key``)."""
         return (self.image_key,)
-
-    def _check_image_column(self, index: SampleIndex, key: str) -> None:
-        """Image paths must be text: a column of numbers, lists or objects is a wrong ``image_key``
-        or a broken index, said here rather than as a TypeError inside a DataLoader worker."""
-        kind = index.column_type(key)
-        if kind is None or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
-            return
-        first = int(np.argmax(index.has_value(key)))
-        raise IndexFormatError(f'{self.data_path}: the {key!r} field holds {kind} values (record #{first}: '
-                               f'{index[first].get(key)!r}), not image paths. Is image_key right? '
-                               f'The records have {index.columns}.')
-
-    def _log_dropped(self, mask: np.ndarray, total: int, what: str) -> int:
-        count = int(mask.sum())
-        if count:
-            message = f'{count} of {total} records in {self.data_path} {what} (first: record #{int(np.argmax(mask))})'
-            print_log(message, logger='current', level=logging.WARNING)
-            getattr(self, '_drop_messages', []).append(message)
-        return count
-
-    @staticmethod
-    def _describe_drops(dropped: dict) -> str:
-        return ', '.join(f'{count} {why}' for why, count in dropped.items() if count) or 'none'
 
     def __len__(self):
         return len(self.index)
