@@ -96,17 +96,16 @@ class RecordRules:
     min_image_size: int
     first: int | None  # train_number_samples
     filters: dict | None
-    buckets: Buckets | None
+    buckets: Buckets  # the table (square crops: the square table of one bucket)
 
     def key(self, sizes: PictureSizes) -> dict:
         """The selection's key: what decides which records are kept, besides the index itself."""
         key = dict(dataset=self.dataset, image_key=self.image_key, required=list(self.required_keys),
                    paths=list(self.path_keys), outside=self.allow_outside_paths, min_image_size=self.min_image_size,
-                   max_aspect=MAX_ASPECT, first=self.first,
-                   buckets=None if self.buckets is None else self.buckets.record())
+                   max_aspect=MAX_ASPECT, first=self.first, buckets=self.buckets.record())
         if self.filters:
             key['filters'] = self.filters
-        if self.buckets is not None:
+        if self.buckets.placed:
             digest = sizes.latents_digest()
             if digest is not None:
                 key['latents'] = digest
@@ -162,7 +161,7 @@ def keep_records(rules: RecordRules, index, sizes: PictureSizes, cap_keys: Seque
         index = index.select(np.arange(rules.first))
     whole = index.whole()
     folder = selection.folder_for(whole, rules.key(sizes)) if len(whole) == len(index) or rules.first else None
-    with selection.stored(folder, len(index), 0 if rules.buckets is None else len(rules.buckets.shapes)) as kept:
+    with selection.stored(folder, len(index), len(rules.buckets) if rules.buckets.placed else 0) as kept:
         if kept is None:
             kept = select_records(rules, index, sizes, cap_keys, caption_of)
             selection.save(folder, kept)
@@ -210,7 +209,7 @@ def select_records(rules: RecordRules, index, sizes: PictureSizes, cap_keys: Seq
     filtered, funnel = record_filters.apply(rules.filters, values, keep, log)
     dropped.update(filtered)
     assigned = None
-    if rules.buckets is not None:
+    if rules.buckets.placed:  # the square table's one bucket takes every record, whatever its size
         assigned, drops = assign_buckets(rules.buckets, index, keep, sizes, log)
         dropped.update(drops)
         keep &= assigned >= 0

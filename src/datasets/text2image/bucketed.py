@@ -24,13 +24,16 @@ REJECTION_DRAWS = 32  # draws of a random record before a small bucket's members
 
 
 class BucketedRecords:
-    """See the module. ``buckets``: the ``Buckets`` (None: square samples of ``image_size``)."""
+    """See the module. ``buckets``: the configured ``Buckets`` (None: square samples of ``image_size``,
+    as upstream configs and tools read it); ``bucket_table``: the table samples take their shapes
+    from, the square table of one bucket where none is configured."""
 
     buckets: Buckets | None = None
     bucket_ids: np.ndarray | None = None
 
     def _set_buckets(self, options) -> None:
         self.buckets = None if options is None else Buckets.from_options(options, self.image_size)
+        self.bucket_table = self.buckets or Buckets.square(self.image_size)
         self._members = {}
 
     def size_table(self) -> tuple[str, np.ndarray]:
@@ -40,10 +43,8 @@ class BucketedRecords:
 
     # ---- per sample -------------------------------------------------------------------------------
     def target_of(self, idx) -> tuple[int, int]:
-        """The (height, width) of sample ``idx``: its bucket's shape, else ``image_size`` square."""
-        if self.buckets is None:
-            return self.image_size, self.image_size
-        return self.buckets.shapes[int(self.bucket_ids[int(idx)])]
+        """The (height, width) of sample ``idx``: its bucket's shape."""
+        return self.bucket_table.shapes[self.bucket_table.bucket_of(self.bucket_ids, idx)]
 
     def check_bucket(self, image_file: str, original_size: tuple[int, int], target: tuple[int, int] | None) -> None:
         """``SampleError('stale-size')`` for a picture whose size puts it in another bucket than the
@@ -54,8 +55,9 @@ class BucketedRecords:
             return
         height, width = original_size
         # Either way up: an index's width and height may be those before the picture's EXIF rotation.
-        buckets = self.buckets.assign(np.array([width, height]), np.array([height, width]))
-        if any(bucket >= 0 and tuple(self.buckets.shapes[bucket]) == tuple(target) for bucket in buckets.tolist()):
+        table = self.bucket_table
+        buckets = table.assign(np.array([width, height]), np.array([height, width]))
+        if any(bucket >= 0 and tuple(table.shapes[bucket]) == tuple(target) for bucket in buckets.tolist()):
             return
         forget_sizes(self.index.whole())
         raise SampleError('stale-size', f'{self.data_path_of(self.image_root, image_file)}: the picture is {width}x'
@@ -66,14 +68,13 @@ class BucketedRecords:
     def replacement(self, idx, rng: random.Random) -> int:
         """A random other record to read when sample ``idx`` cannot be used: of ``idx``'s bucket, so
         that its batch keeps one shape (a few random draws, then the bucket's own list)."""
-        if self.buckets is None:
-            return rng.randrange(len(self))
-        bucket = self.bucket_ids[int(idx)]
+        table, ids = self.bucket_table, self.bucket_ids
+        bucket = table.bucket_of(ids, idx)
         for _ in range(REJECTION_DRAWS):
             other = rng.randrange(len(self))
-            if self.bucket_ids[other] == bucket:
+            if table.bucket_of(ids, other) == bucket:
                 return other
-        members = self._members.get(int(bucket))
+        members = self._members.get(bucket)
         if members is None:  # a small bucket: listed once in this process
-            members = self._members[int(bucket)] = np.flatnonzero(self.bucket_ids == bucket)
+            members = self._members[bucket] = np.flatnonzero(ids == bucket)
         return int(members[rng.randrange(len(members))])

@@ -259,7 +259,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         cls = type(self)
         return RecordRules(self.data_path, f'{cls.__module__}.{cls.__qualname__}', self.image_key,
                            tuple(self.required_keys), tuple(self.path_keys), self.allow_outside_paths,
-                           self.min_image_size, self.train_number_samples, self.filters, self.buckets)
+                           self.min_image_size, self.train_number_samples, self.filters, self.bucket_table)
 
     @property
     def picture_sizes(self) -> PictureSizes:
@@ -325,20 +325,19 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     @property
     def pictures(self) -> PictureLoader:
         """The picture loader of the options set now."""
-        return PictureLoader(self.read_image, self.files, self.pixel_shape,
-                             'random' if self.buckets is None else self.buckets.crop_mode,
+        return PictureLoader(self.read_image, self.files, self.pixel_shape, self.bucket_table.crop_mode,
                              self.min_image_size, self.max_aspect, self.pixel_dtype)
 
     def load_latent(self, image_file: str, target: tuple[int, int]) -> dict:
         """The stored latent of ``image_file`` (``image_latents``), checked against the shape its
         folder records for ``target``; with buckets, its ``original_size`` and ``crop_coords`` too."""
-        return self.pictures.latent(image_file, target, self.latent_shapes, self.buckets is not None)
+        return self.pictures.latent(image_file, target, self.latent_shapes, self.bucket_table.placed)
 
     def load_latent_shapes(self) -> LatentShapes:
         """The latent shape expected for each image size (``src.datasets.storage.latent_store``)."""
         first = first_latents(self.files, (self.index[i][self.image_key] for i in range(min(len(self), 32))))
         return LatentShapes.of_folder(self.latent_root, self.latent_info_reader, self.image_size,
-                                      None if self.buckets is None else self.buckets.record(), first)
+                                      self.bucket_table.record(), first)
 
     def load_image_data(self, image_file: str, rng: random.Random, target: tuple[int, int] | None = None) -> dict:
         """``pixel_values`` (or ``image_latents`` / ``image_tokens``) of ``image_file`` at ``target``
@@ -350,7 +349,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
             return self.load_latent(image_file, shape)
         pixels, placement = self.pictures.pixels(image_file, rng, shape, self.crop_image)
         data = dict(pixel_values=pixels)
-        if self.buckets is not None:
+        if self.bucket_table.placed:  # micro-conditioning: the square table's samples are upstream's
             self.check_bucket(image_file, placement.original_size, target)
             data.update(placement_values(placement))
         return data

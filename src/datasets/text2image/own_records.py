@@ -21,6 +21,7 @@ import numpy as np
 
 from src.datasets.index.captions import caption_keys
 from src.datasets.index.sample_index import RecordList
+from src.datasets.sample.buckets import Buckets
 
 OWN = '_own_records'
 
@@ -104,7 +105,7 @@ class SubclassContract:
 
     def own_index(self) -> OwnRecords:
         """The subclass's own records as the dataset's index (see the module: not filtered)."""
-        if self.buckets is not None:
+        if self.bucket_table.placed:
             raise ValueError(f'{type(self).__name__}: buckets need the records\' sizes from the index; '
                              f'a data_list of its own ({self.data_path}) has none: leave buckets out')
         return OwnRecords(self.__dict__[OWN], str(self.data_path))
@@ -124,6 +125,9 @@ class SubclassContract:
             return DEFAULTS[name]
         if name in FRESH:
             self.__dict__[name] = value = FRESH[name]()
+            return value
+        if name == 'bucket_table':
+            self.__dict__[name] = value = self.buckets or Buckets.square(self.image_size)
             return value
         if name == 'cap_keys':
             self.__dict__[name] = value = caption_keys(self.cap_source)
