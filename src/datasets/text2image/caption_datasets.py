@@ -1,106 +1,58 @@
-"""CaptionDataset: one text-to-image sample (image + tokenized prompt) per index record.
+"""CaptionDataset: one text-to-image sample (picture + tokenized prompt) per index record, as a
+composition of collaborators with one job each (``src.datasets.sample``):
 
-Steps, each a method a subclass can replace: ``load_index`` (read and filter the index),
-``load_prompt_ids`` (the stored prompt ids, with ``pretokenize``),
-``read_image`` (bytes of one image, from the reader chosen at construction:
-``src.datasets.storage.storage``), ``parse_annotation`` (caption from a caption file), ``load_image_data``
-(pixels, latents or tokens), ``process_text`` (prompt ids) and ``prepare_data`` (one sample, or
-``SampleError``). ``__getitem__`` adds the failure policy:
-a sample that cannot be used is counted, logged and replaced, a bounded number of times.
+- ``SampleFiles`` (``files``): the readers and roots of images, annotations and latents;
+- ``keep_records`` (``load_index``): which records are kept, and their buckets (``records``);
+- ``PictureLoader`` (``pictures``): pixels, latents or image tokens, and their placement;
+- ``PromptEncoder`` (``prompts``): template, CFG dropout, truncation, stored and batch ids.
+
+``prepare_data`` is the sample's way: record -> caption -> picture (at its bucket) -> prompt ids ->
+sample, or a ``SampleError`` naming the index file, record and image. ``__getitem__``
+(``sample_draws``) adds the draw's generator and the failure policy: a sample that cannot be used
+is counted, logged and replaced, a bounded number of times. The methods upstream's subclasses
+override (``read_image``, ``load_image_data``, ``process_text``, ``caption_prompt``, ``caption_of``,
+``load_latent``, ``prepare_data``, ...) stay here, delegating, so that an override takes effect.
 """
 from __future__ import annotations
 
 import functools
-import os
 import random
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from mmengine.dist import get_rank
 from mmengine.registry import DATASETS
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
-from src.datasets.index.captions import ANNOTATION_KEY, caption_keys, check_cap_source, parse_annotation, resolve_caption
 from src.datasets.components import build_component
 from src.datasets.errors import SampleError
-from src.datasets.index.extra_keys import check_extra_keys, extra_values
-from src.datasets.failure_policy import FailureTracker
-from src.datasets.sample.records import MAX_ASPECT, PictureSizes, RecordRules, keep_records
-from src.datasets.sample.pictures import PIXEL_DTYPES, PictureLoader, first_latents, placement_values
-from src.datasets.sample.image_process import pixel_shape
 from src.datasets.index import filters as record_filters
-from src.datasets.storage.latent_store import LatentShapes
-from src.datasets.storage.object_store import ObjectTarMembers, fetch_to_cache, is_object_url
-from src.datasets.storage.prefetch import prefetch
-from src.datasets.sample.files import LOCAL_FILES, SampleFiles  # noqa: F401 - LOCAL_FILES: subclasses import it here
+from src.datasets.index.captions import ANNOTATION_KEY, caption_keys, check_cap_source, parse_annotation, resolve_caption
+from src.datasets.index.extra_keys import check_extra_keys, extra_values
 from src.datasets.index.prompt_ids import PromptIds, load_prompt_ids
 from src.datasets.index.sample_index import SampleIndex
-from src.datasets.storage.tar_index import TarMemberIndex
-from src.datasets.text2image.bucketed import BucketedRecords
-from src.datasets.text2image.own_records import OwnRecords, SubclassContract
-from src.datasets.text2image.upstream_hooks import UpstreamHooks, current_draw, make_sample, sets_draw_rng
 from src.datasets.index.token_ids import TokenIds
-from src.datasets.sample.prompts import TRUNCATIONS, PromptEncoder, image_start_token as start_token_of, template_prompt
-
-EMPTY_CAPTIONS = ('skip', 'keep')
-
-@dataclass
-class _ProcessState:
-    """What each process (main, every DataLoader worker) draws and counts on its own: ``rng``, the
-    process's stream (plain indices, upstream's ``_retry``), and its failures."""
-    pid: int
-    rng: random.Random
-    tracker: FailureTracker
+from src.datasets.sample.files import LOCAL_FILES, SampleFiles  # noqa: F401 - LOCAL_FILES: subclasses import it here
+from src.datasets.sample.image_process import pixel_shape
+from src.datasets.sample.pictures import PictureLoader, first_latents, placement_values
+from src.datasets.sample.prompts import PromptEncoder, image_start_token as start_token_of, template_prompt
+from src.datasets.sample.records import MAX_ASPECT, PictureSizes, RecordRules, keep_records
+from src.datasets.storage.latent_store import LatentShapes
+from src.datasets.storage.prefetch import prefetch
+from src.datasets.text2image.bucketed import BucketedRecords
+from src.datasets.text2image.dataset_options import check_choices, index_sources
+from src.datasets.text2image.own_records import OwnRecords, SubclassContract
+from src.datasets.text2image.sample_draws import SampleDraws
+from src.datasets.text2image.upstream_hooks import UpstreamHooks
 
 
 @DATASETS.register_module()
-class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
+class CaptionDataset(SubclassContract, UpstreamHooks, SampleDraws, BucketedRecords, Dataset):
     """Text-to-image samples: ``pixel_values`` (or ``image_latents`` / ``image_tokens``) and ``input_ids``.
 
-    The keywords up to ``unconditional`` are upstream OpenUni's, in its order. Added:
-    ``image_key``: the record key holding the image path (the dalle3 parquet uses 'filename');
-    ``seed``: crop, dropout and replacement draws (None: the process's torch seed);
-    ``max_refetch``: failures in a row after which a warning says that drawing goes on;
-    ``max_failure_ratio``: the failure rate a run accepts; the dataset stops when the recent rate
-    exceeds it beyond doubt, or every recent sample fails (``src.datasets.failure_policy``);
-    ``index_cache_dir``: where ``SampleIndex`` keeps its memory-mapped copy of the index;
-    ``tar_index``: the path of a tar member index (``tar_index.arrow``, see ``src.datasets.storage.tar_index``),
-    or an object / config with its ``relpath(path)`` and ``read(relpath)``: image files are then read
-    straight from the tar shards instead of ``image_folder``;
-    ``train_number_samples`` (VGT's): only the first N records of the index are used;
-    ``truncation``: a prompt longer than ``max_length`` is cut as upstream cuts it, its ids
-    (``'ids'``, the default: the template's end and IMG_START_TOKEN may be lost), or by shortening
-    the caption so that they survive (``'caption'``);
-    ``pretokenize``: tokenize every prompt whose caption is in the index once, into memory-mapped
-    arrays beside the index's cache (``src.datasets.index.prompt_ids``; the same ids, 0.5 ms or more less
-    per sample; a build on first use for each tokenizer and template, and about 4 bytes a token of
-    disk). Off by default;
-    ``allow_outside_paths``: image and annotation paths in the index that are absolute or climb out
-    of their folder with '..' are refused and counted ('unsafe-path') unless this is True;
-    ``empty_captions``: an empty or blank caption is a counted ``empty-caption`` skip (``'skip'``,
-    the default: a picture trained against an empty prompt teaches nothing about its text), or is
-    trained on as upstream does, as the prompt "Generate an image: " (``'keep'``);
-    ``buckets``: aspect-ratio buckets instead of square crops (``src.datasets.sample.buckets``:
-    ``dict(table='pixart-512')`` or ``dict(area=512 * 512, divisor=32, max_aspect=4.0)``, with
-    ``crop_mode`` 'random' or 'center'): each sample's picture covers its bucket's shape, the rest
-    cropped, and the sample adds ``original_size`` and ``crop_coords``; batch them with
-    ``BucketSampler``. None (the default): square crops of ``image_size``;
-    ``pixel_dtype``: 'float32' (the default, upstream's [-1, 1]), or 'uint8' (a quarter of the bytes
-    handed from the workers, normalised on the device by ``T2IDataPreprocessor``);
-    ``filters``: records kept by size, aspect, caption words, any column's values and duplicate
-    clusters (``src.datasets.index.filters``), decided once per index cache and part of the fingerprint;
-    ``extra_keys``: index columns returned in each sample (scores as conditioning).
-    ``image_process`` and ``unit_image_size`` (the second generation's, deepgen's and Puffin's):
-    'crop2square', 'resize2square', 'dynamic' or 'fix_pixels' (``src.datasets.sample.image_process``: the
-    last two keep each picture's aspect), and the sample adds its caption as ``text``;
-    ``tokenizer=None`` (theirs too): samples without ``input_ids``, their caption as ``text``, for a
-    model that tokenizes it.
-
-    ``data_list`` is upstream's list of records, as a read-only view of the memory-mapped index, or a
-    subclass's own list as it made it (``src.datasets.text2image.own_records``).
+    The keywords up to ``unconditional`` are upstream OpenUni's, in its order; the project's own
+    follow by name. docs/dataset-options.md says what each does. ``data_list`` is upstream's list
+    of records, as a read-only view of the memory-mapped index, or a subclass's own list as it made
+    it (``src.datasets.text2image.own_records``).
     """
 
     crop_image = True  # a random square crop; False squeezes the whole image (Harmon's option)
@@ -113,98 +65,36 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     extra_keys = ()
     funnel = ()
 
-    def __init__(self,
-                 data_path,
-                 image_folder=None,
-                 debug=False,
-                 image_processor=None,
-                 ceph_folder=None,
-                 latents_ceph_folder=None,
-                 ceph_config=None,
-                 tokenizer=None,
-                 prompt_template=None,
-                 max_length=128,
-                 min_image_size=80,
-                 image_size=256,
-                 image_length=256,
-                 image_tokens_folder=None,
-                 image_latents_folder=None,
-                 cap_folder=None,
-                 cap_source='caption',
-                 tokenizer_kwargs=None,
-                 unconditional=0.1,
-                 *,
-                 image_key='image',
-                 seed=None,
-                 max_refetch=10,
-                 max_failure_ratio=0.5,
-                 index_cache_dir=None,
-                 tar_index=None,
-                 train_number_samples=None,
-                 truncation='ids',
-                 pretokenize=False,
-                 allow_outside_paths=False,
-                 empty_captions='skip',
-                 buckets=None,
-                 pixel_dtype='float32',
-                 filters=None,
-                 extra_keys=None,
-                 image_process=None,
-                 unit_image_size=32):
+    def __init__(self, data_path, image_folder=None, debug=False, image_processor=None, ceph_folder=None,
+                 latents_ceph_folder=None, ceph_config=None, tokenizer=None, prompt_template=None, max_length=128,
+                 min_image_size=80, image_size=256, image_length=256, image_tokens_folder=None,
+                 image_latents_folder=None, cap_folder=None, cap_source='caption', tokenizer_kwargs=None,
+                 unconditional=0.1, *, image_key='image', seed=None, max_refetch=10, max_failure_ratio=0.5,
+                 index_cache_dir=None, tar_index=None, train_number_samples=None, truncation='ids',
+                 pretokenize=False, allow_outside_paths=False, empty_captions='skip', buckets=None,
+                 pixel_dtype='float32', filters=None, extra_keys=None, image_process=None, unit_image_size=32):
         super().__init__()
-        self.data_path = str(data_path)
-        self.image_folder = image_folder
-        self.cap_folder = cap_folder
-        self.cap_source = cap_source
+        check_choices(type(self).__name__, tokenizer, prompt_template, truncation=truncation,
+                      empty_captions=empty_captions, pixel_dtype=pixel_dtype)
+        self.data_path, self.image_key, self.debug = str(data_path), image_key, debug
+        self.image_folder, self.cap_folder, self.cap_source = image_folder, cap_folder, cap_source
         self.cap_keys = caption_keys(cap_source)
-        self.image_key = image_key
-        self.debug = debug
-        self.image_processor = build_component(image_processor)
-        self.tokenizer = build_component(tokenizer)
-        self.prompt_template = prompt_template
-        if self.tokenizer is not None and prompt_template is None:
-            raise ValueError(f'{type(self).__name__} needs a tokenizer and a prompt_template to build input_ids '
-                             '(or tokenizer=None: samples then hold the caption as text, for a model to tokenize)')
-        self.max_length = max_length
-        self.min_image_size = min_image_size
-        self.image_size = image_size
-        self.image_length = image_length
-        self.image_tokens_folder = image_tokens_folder
-        self.image_latents_folder = image_latents_folder
-        self.unconditional = unconditional
+        self.image_tokens_folder, self.image_latents_folder = image_tokens_folder, image_latents_folder
+        self.ceph_config, self.ceph_folder, self.latents_ceph_folder = ceph_config, ceph_folder, latents_ceph_folder
+        self.image_processor, self.tokenizer = build_component(image_processor), build_component(tokenizer)
+        self.prompt_template, self.max_length, self.unconditional = prompt_template, max_length, unconditional
         self.tokenizer_kwargs = dict(add_special_tokens=True) if tokenizer_kwargs is None else dict(tokenizer_kwargs)
-        self.ceph_config = ceph_config
-        self.ceph_folder = ceph_folder
-        self.latents_ceph_folder = latents_ceph_folder
-        # Upstream's rule: object storage is used when ceph_config names an existing file.
-        self.use_ceph = ceph_config is not None and os.path.isfile(os.fspath(ceph_config))
-        self.seed = seed
-        self.max_refetch = max_refetch
-        self.max_failure_ratio = max_failure_ratio
-        self.index_cache_dir = index_cache_dir
-        # A data_path or tar_index in the bucket is fetched once per machine, then read locally.
-        self.index_source = (fetch_to_cache(self.data_path, os.fspath(ceph_config), index_cache_dir)
-                             if self.use_ceph and is_object_url(self.data_path) else self.data_path)
-        self.remote_tars = (ObjectTarMembers(tar_index, os.fspath(ceph_config), index_cache_dir)
-                            if self.use_ceph and is_object_url(tar_index) else None)
-        self.tar_index = (None if self.remote_tars is not None else
-                          TarMemberIndex.open(os.fspath(tar_index)) if isinstance(tar_index, (str, os.PathLike))
-                          else build_component(tar_index))
+        self.truncation, self.empty_captions, self.pixel_dtype = truncation, empty_captions, pixel_dtype
+        self.min_image_size, self.image_size, self.image_length = min_image_size, image_size, image_length
+        self.seed, self.max_refetch, self.max_failure_ratio = seed, max_refetch, max_failure_ratio
+        self.index_cache_dir, self.train_number_samples = index_cache_dir, train_number_samples
         self.allow_outside_paths = allow_outside_paths
+        sources = index_sources(self.data_path, tar_index, ceph_config, index_cache_dir)
+        self.use_ceph, self.index_source = sources.use_ceph, sources.index_source
+        self.tar_index, self.remote_tars = sources.tar_index, sources.remote_tars
         self._choose_readers()
-        self.train_number_samples = train_number_samples
-        if truncation not in TRUNCATIONS:
-            raise ValueError(f'truncation={truncation!r}: one of {TRUNCATIONS}')
-        self.truncation = truncation
-        if empty_captions not in EMPTY_CAPTIONS:
-            raise ValueError(f'empty_captions={empty_captions!r}: one of {EMPTY_CAPTIONS}')
-        self.empty_captions = empty_captions
-        if pixel_dtype not in PIXEL_DTYPES:
-            raise ValueError(f'pixel_dtype={pixel_dtype!r}: one of {PIXEL_DTYPES}')
-        self.pixel_dtype = pixel_dtype
         self._set_buckets(buckets)
-        self.filters = record_filters.normalize(filters)
-        self.extra_keys = check_extra_keys(extra_keys)
+        self.filters, self.extra_keys = record_filters.normalize(filters), check_extra_keys(extra_keys)
         self.image_process, self.unit_image_size = image_process, unit_image_size
         self.pixel_shape = pixel_shape(image_process, image_size, unit_image_size, buckets)
         self.files.check_folders(type(self).__name__, self.image_tokens_folder, self.decodes_images)
@@ -239,7 +129,6 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
             prefetch([self.files.of_record(record, self.image_key, self.cap_keys, self.decodes_images)
                       for record in records])
 
-    # ---- index ----------------------------------------------------------------------------------
     # ---- the records: src.datasets.sample.records ----------------------------------------------
     def load_index(self) -> SampleIndex:
         """The index (``_load_data``), without the records that cannot be used; each kind of drop is
@@ -296,7 +185,6 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         (a resume whose filters changed says so)."""
         return record_filters.records_moved(self, filters)
 
-    # ---- reading one sample ---------------------------------------------------------------------
     def data_path_of(self, folder: str | None, relpath: str) -> str:
         """``folder/relpath``, where ``relpath`` comes from the index: one that is absolute or climbs
         out of ``folder`` is a ``SampleError('unsafe-path')`` unless ``allow_outside_paths``."""
@@ -478,80 +366,3 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         return self.tokenizer is not None and all(getattr(cls, name) is getattr(CaptionDataset, name)
                    for name in ('__getitem__', 'prepare_data', 'process_text', 'caption_prompt', 'prompt_of',
                                 'caption_of', '_encode'))
-
-    # ---- failure policy and randomness ----------------------------------------------------------
-    def _state(self) -> _ProcessState:
-        """This process's state, made on first use: a forked worker must not replay its parent's draws."""
-        pid = os.getpid()
-        if self._process_state is None or self._process_state.pid != pid:
-            worker = get_worker_info()
-            base_seed = self.seed if self.seed is not None else torch.initial_seed()
-            # The index path too: datasets mixed in one ConcatDataset must not drop captions in step.
-            stream = f'{base_seed}/{get_rank()}/{worker.id if worker is not None else "main"}/{self.data_path}'
-            self._process_state = _ProcessState(
-                pid=pid, rng=random.Random(stream),
-                tracker=FailureTracker(self.data_path, self.max_refetch, self.max_failure_ratio))
-        return self._process_state
-
-    @property
-    def failures(self) -> Counter:
-        """Samples that could not be used in this process, by reason."""
-        return self._state().tracker.failures
-
-    def draw_rng(self, idx) -> random.Random:
-        """The random generator of one ``__getitem__`` call (crop, caption dropout, replacements).
-
-        An index that says where it stands in the global sample stream (a ``Draw``, given out by
-        the project's samplers and ``ResumableTrainLoop``) gets a generator of its own, keyed on
-        (seed, the draw's key: its place in a stream batching does not move, ``draws``): the same
-        sample on any number of ranks and workers, resumed or not, and (bucket streams, mmengine's
-        samplers) whatever the global batch. A plain index draws from the process's stream."""
-        key = getattr(idx, 'key', None)
-        if key is None:
-            return self._state().rng
-        seed = self.seed if self.seed is not None else idx.seed
-        return random.Random(f'{seed}/{"/".join(map(str, key))}/{self.data_path}')
-
-    def sample_rng(self, idx) -> random.Random:
-        """The generator of sample ``idx`` where its caller gives none: the draw an upstream-style
-        call runs under (``upstream_hooks``), else ``draw_rng(idx)``."""
-        rng = current_draw()
-        return self.draw_rng(idx) if rng is None else rng
-
-    def __getitems__(self, indices: Sequence) -> list:
-        """A batch, as torch's DataLoader asks for one: in object storage, the files of all its
-        samples are fetched at once (``src.datasets.storage.prefetch``); the prompts whose captions are in
-        the index are tokenized one after another (``PromptEncoder.batch_ids``), each handed to its
-        sample; then the samples are made in turn. The same samples as ``self[idx]`` one by one."""
-        tokenize = self._tokenizes_batches and self.prompt_ids is None
-        records = [self.index[idx] for idx in indices] if self.files.remote or tokenize else None
-        if self.files.remote:
-            self._prefetch(records)
-        if not tokenize:
-            return [self[idx] for idx in indices]
-        ids = self.prompts.batch_ids(records, self.cap_keys, self.caption_prompt)
-        return [self._drawn(idx, prompt_ids) for idx, prompt_ids in zip(indices, ids)]
-
-    @sets_draw_rng
-    def __getitem__(self, idx):
-        """Sample ``idx``, or, when it cannot be used, a random other one: see ``failure_policy``
-        for when drawing stops."""
-        return self._drawn(idx)
-
-    def _drawn(self, idx, prompt_ids: torch.Tensor | None = None) -> dict:
-        """Sample ``idx`` (its prompt's ids, where its batch made them) or its replacements, under
-        the failure policy; each made with the draw's generator."""
-        tracker = self._state().tracker
-        rng = self.draw_rng(idx)
-        streak = 0
-        while True:
-            if self.debug or streak:
-                idx, prompt_ids = 0 if self.debug else self.replacement(idx, rng), None
-            try:
-                sample = make_sample(self.prepare_data, idx, rng, prompt_ids)
-            except SampleError as err:
-                streak += 1
-                tracker.failure(err, streak)
-                continue
-            tracker.success()
-            return sample
