@@ -1,5 +1,6 @@
-"""Aspect-ratio buckets on a dataset (``CaptionDataset(buckets=...)``): which bucket each record
-is in, known at construction, and the shape a record's sample takes.
+"""A dataset's records (``src.datasets.sample.records`` decides which are kept) and their
+aspect-ratio buckets (``CaptionDataset(buckets=...)``; square crops: the square table of one
+bucket): which bucket each record is in, known at construction, and the shape a record's sample takes.
 
 Mixed into ``CaptionDataset``. At construction every usable record gets its bucket from its
 picture's size (``src.datasets.index.image_sizes``: the index's width and height, the sizes stored beside
@@ -14,7 +15,10 @@ import random
 
 import numpy as np
 
+from src.datasets.index import filters as record_filters
+from src.datasets.index.sample_index import SampleIndex
 from src.datasets.sample.buckets import Buckets
+from src.datasets.sample.records import PictureSizes, RecordRules, keep_records
 from src.datasets.errors import SampleError
 from src.datasets.index.image_sizes import forget_sizes
 # Registered in DATA_SAMPLERS with the datasets that need it: configs may name it by string.
@@ -35,6 +39,50 @@ class BucketedRecords:
         self.buckets = None if options is None else Buckets.from_options(options, self.image_size)
         self.bucket_table = self.buckets or Buckets.square(self.image_size)
         self._members = {}
+
+    def load_index(self) -> SampleIndex:
+        """The index (``_load_data``), without the records that cannot be used; each kind of drop is
+        logged. Which records are kept is decided once per index cache and options, then mapped."""
+        self._load_data(self.index_source)
+        if not self.has_own_records and 'index' not in self.__dict__:
+            self.data_list = []  # a subclass's _load_data that loads nothing: its records come later
+        if self.has_own_records:  # a subclass's own data_list: its records as it made them
+            return self.own_index()
+        kept = keep_records(self.record_rules, self.index, self.picture_sizes, self.cap_keys, self.caption_of)
+        self.bucket_ids, self.funnel = kept.bucket_ids, kept.funnel
+        return kept.index
+
+    @property
+    def record_rules(self) -> RecordRules:
+        """What decides which records are kept, besides the index itself."""
+        cls = type(self)
+        return RecordRules(self.data_path, f'{cls.__module__}.{cls.__qualname__}', self.image_key,
+                           tuple(self.required_keys), tuple(self.path_keys), self.allow_outside_paths,
+                           self.min_image_size, self.train_number_samples, self.filters, self.bucket_table)
+
+    @property
+    def picture_sizes(self) -> PictureSizes:
+        """Where the records' picture sizes come from (buckets, size filters)."""
+        reachable = self.decodes_images or self.image_root is not None or self.ceph_files is not None
+        return PictureSizes(self.data_path, self.image_key, self.read_image if reachable else None,
+                            self.latent_info_reader, self.latent_root)
+
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        """The record keys a sample cannot do without: the image path (``image_key``)."""
+        return (self.image_key,)
+
+    @property
+    def fingerprint(self) -> str:
+        """The records this dataset reads, as a resume checks them: their number and a digest of
+        their image paths in order (another index, or the same one reordered, differs)."""
+        digest = f'{len(self)}:{self.index.content_digest(self.image_key)}'
+        return digest if not self.filters else f'{digest} filters={record_filters.describe(self.filters)}'
+
+    def records_moved(self, filters) -> tuple[int, int]:
+        """How many records entered and left this dataset against the same index chosen by ``filters``
+        (a resume whose filters changed says so)."""
+        return record_filters.records_moved(self, filters)
 
     def size_table(self) -> tuple[str, np.ndarray]:
         """The picture sizes of this dataset's records as a latent folder stores them: the index's

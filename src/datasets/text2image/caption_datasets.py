@@ -29,13 +29,12 @@ from src.datasets.index import filters as record_filters
 from src.datasets.index.captions import ANNOTATION_KEY, caption_keys, check_cap_source, parse_annotation, resolve_caption
 from src.datasets.index.extra_keys import check_extra_keys, extra_values
 from src.datasets.index.prompt_ids import PromptIds, load_prompt_ids
-from src.datasets.index.sample_index import SampleIndex
 from src.datasets.index.token_ids import TokenIds
 from src.datasets.sample.files import LOCAL_FILES, SampleFiles  # noqa: F401 - LOCAL_FILES: subclasses import it here
 from src.datasets.sample.image_process import pixel_shape
 from src.datasets.sample.pictures import PictureLoader, first_latents, placement_values
 from src.datasets.sample.prompts import PromptEncoder, image_start_token as start_token_of, template_prompt
-from src.datasets.sample.records import MAX_ASPECT, PictureSizes, RecordRules, keep_records
+from src.datasets.sample.records import MAX_ASPECT
 from src.datasets.storage.latent_store import LatentShapes
 from src.datasets.storage.prefetch import prefetch
 from src.datasets.text2image.bucketed import BucketedRecords
@@ -129,34 +128,6 @@ class CaptionDataset(SubclassContract, UpstreamHooks, SampleDraws, BucketedRecor
             prefetch([self.files.of_record(record, self.image_key, self.cap_keys, self.decodes_images)
                       for record in records])
 
-    # ---- the records: src.datasets.sample.records ----------------------------------------------
-    def load_index(self) -> SampleIndex:
-        """The index (``_load_data``), without the records that cannot be used; each kind of drop is
-        logged. Which records are kept is decided once per index cache and options, then mapped."""
-        self._load_data(self.index_source)
-        if not self.has_own_records and 'index' not in self.__dict__:
-            self.data_list = []  # a subclass's _load_data that loads nothing: its records come later
-        if self.has_own_records:  # a subclass's own data_list: its records as it made them
-            return self.own_index()
-        kept = keep_records(self.record_rules, self.index, self.picture_sizes, self.cap_keys, self.caption_of)
-        self.bucket_ids, self.funnel = kept.bucket_ids, kept.funnel
-        return kept.index
-
-    @property
-    def record_rules(self) -> RecordRules:
-        """What decides which records are kept, besides the index itself."""
-        cls = type(self)
-        return RecordRules(self.data_path, f'{cls.__module__}.{cls.__qualname__}', self.image_key,
-                           tuple(self.required_keys), tuple(self.path_keys), self.allow_outside_paths,
-                           self.min_image_size, self.train_number_samples, self.filters, self.bucket_table)
-
-    @property
-    def picture_sizes(self) -> PictureSizes:
-        """Where the records' picture sizes come from (buckets, size filters)."""
-        reachable = self.decodes_images or self.image_root is not None or self.ceph_files is not None
-        return PictureSizes(self.data_path, self.image_key, self.read_image if reachable else None,
-                            self.latent_info_reader, self.latent_root)
-
     def load_prompt_ids(self) -> PromptIds | None:
         """The stored prompt ids of the whole index (``pretokenize``: built once, then mapped), or
         None where they cannot be stored."""
@@ -165,25 +136,8 @@ class CaptionDataset(SubclassContract, UpstreamHooks, SampleDraws, BucketedRecor
         return load_prompt_ids(self.index, self.cap_keys, self.caption_prompt, self.tokenizer,
                                self.tokenizer_kwargs, self.prompt_template, self._encode)
 
-    @property
-    def required_keys(self) -> tuple[str, ...]:
-        """The record keys a sample cannot do without: the image path (``image_key``)."""
-        return (self.image_key,)
-
     def __len__(self):
         return len(self.index)
-
-    @property
-    def fingerprint(self) -> str:
-        """The records this dataset reads, as a resume checks them: their number and a digest of
-        their image paths in order (another index, or the same one reordered, differs)."""
-        digest = f'{len(self)}:{self.index.content_digest(self.image_key)}'
-        return digest if not self.filters else f'{digest} filters={record_filters.describe(self.filters)}'
-
-    def records_moved(self, filters) -> tuple[int, int]:
-        """How many records entered and left this dataset against the same index chosen by ``filters``
-        (a resume whose filters changed says so)."""
-        return record_filters.records_moved(self, filters)
 
     def data_path_of(self, folder: str | None, relpath: str) -> str:
         """``folder/relpath``, where ``relpath`` comes from the index: one that is absolute or climbs
