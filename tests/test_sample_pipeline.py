@@ -78,15 +78,25 @@ class UpstreamStyle(CaptionDataset):
         return sample
 
 
-def test_an_upstream_style_prepare_data_gets_the_draw_s_generator(data, tokenizer, prompt_template):
+class GeneratorOnly(CaptionDataset):
+    """A subclass that takes the generator and not the batch's prompt ids."""
+
+    def prepare_data(self, idx, rng=None):
+        return super().prepare_data(idx, rng)
+
+
+@pytest.mark.parametrize('cls', [UpstreamStyle, GeneratorOnly])
+def test_an_override_gets_the_draw_s_generator_as_it_asks(data, tokenizer, prompt_template, cls):
     ours = build(data, tokenizer, prompt_template, seed=3, unconditional=0.5)
-    theirs = build(data, tokenizer, prompt_template, UpstreamStyle, seed=3, unconditional=0.5)
+    theirs = build(data, tokenizer, prompt_template, cls, seed=3, unconditional=0.5)
     for position in range(6):
         draw = Draw(position % len(ours), position, seed=0, key=(0, position))
         mine, upstream = ours[draw], theirs[draw]
-        assert upstream['seen'] == int(draw)
+        assert upstream.get('seen', int(draw)) == int(draw)
         assert torch.equal(mine['pixel_values'], upstream['pixel_values'])
         assert torch.equal(mine['input_ids'], upstream['input_ids'])
+    batch = theirs.__getitems__([0, 1, 2])  # a batch: each sample made as the override asks
+    assert [sample['image_file'] for sample in batch] == ['0.jpg', '1.jpg', '2.jpg']
 
 
 class Remote:

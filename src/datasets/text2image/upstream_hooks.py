@@ -49,21 +49,23 @@ def upstream_draw(rng):
         _DRAW.reset(token)
 
 
-@functools.lru_cache(maxsize=None)
-def _takes_draw(function) -> bool:
-    """Whether ``function`` (a ``prepare_data``) takes the sample's generator: the project's do; one
-    written against upstream takes the index alone."""
+@functools.lru_cache(maxsize=256)
+def _draw_arguments(function) -> tuple[str, ...]:
+    """Which of the sample's arguments ``function`` (a ``prepare_data``) takes: the project's take
+    ``rng`` and ``prompt_ids``; one written against upstream takes the index alone."""
     try:
-        return 'rng' in inspect.signature(function).parameters
+        parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
-        return False
+        return ()
+    return tuple(name for name in ('rng', 'prompt_ids') if name in parameters)
 
 
 def make_sample(prepare_data, idx, rng, prompt_ids=None):
     """``prepare_data(idx, rng=rng, prompt_ids=...)``, or, for one written as ``prepare_data(idx)``,
     the call made under the sample's draw."""
-    if _takes_draw(getattr(prepare_data, '__func__', prepare_data)):
-        return prepare_data(idx, rng=rng, prompt_ids=prompt_ids)
+    taken = _draw_arguments(getattr(prepare_data, '__func__', prepare_data))
+    if 'rng' in taken:
+        return prepare_data(idx, rng=rng, **({'prompt_ids': prompt_ids} if 'prompt_ids' in taken else {}))
     with upstream_draw(rng):
         return prepare_data(idx)
 
