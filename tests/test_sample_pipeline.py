@@ -36,7 +36,8 @@ def test_square_crops_are_the_one_bucket_table_recorded_as_no_buckets(data, toke
     monkeypatch.setattr('src.datasets.sample.records.header_size', lambda *a: pytest.fail('read a size'))
     dataset = build(data, tokenizer, prompt_template)
     table = dataset.bucket_table
-    assert table.shapes == ((64, 64),) and not table.placed and table.record() is None
+    assert table.shapes == ((64, 64),) and not table.placed and table.record() is None and len(table) == 1
+    assert table.label() == 'square64' and table.key(0) == '64x64'
     # what upstream configs, samplers, the report and checkpoints read stays "no buckets"
     assert dataset.buckets is None and dataset.bucket_ids is None
     key = dataset.record_rules.key(dataset.picture_sizes)

@@ -137,6 +137,8 @@ class Buckets:
     def label(self) -> str:
         """A short name of these buckets, for a folder: the table's, or ``area<A>-d<D>-a<max aspect>``."""
         options = dict(self.options)
+        if not self.placed:
+            return f'square{self.shapes[0][0]}'
         if 'table' in options:
             return str(options['table'])
         return f"area{options['area']}-d{options.get('divisor', 32)}-a{self.max_aspect:g}"
