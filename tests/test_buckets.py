@@ -163,7 +163,7 @@ def test_each_record_s_bucket_is_known_at_construction_and_headers_are_read_once
     def counting(data, name):
         reads[name] += 1
         return original(data, name)
-    monkeypatch.setattr('src.datasets.text2image.bucketed.header_size', counting)
+    monkeypatch.setattr('src.datasets.sample.records.header_size', counting)
     dataset = make_dataset(bucket_data, tokenizer, prompt_template)
     assert sum(reads.values()) == 14  # the records without a size in the index, once each
     assert len(dataset) == 26  # 200x900 (1:4.5) fits no bucket: counted out
@@ -180,7 +180,7 @@ def test_each_record_s_bucket_is_known_at_construction_and_headers_are_read_once
 
 def test_the_index_s_sizes_spare_the_header_reads(tmp_path, tokenizer, prompt_template, monkeypatch):
     root = write_bucket_data(tmp_path / 'sized', sizes_in_index='all')
-    monkeypatch.setattr('src.datasets.text2image.bucketed.header_size', lambda *a: pytest.fail('read a header'))
+    monkeypatch.setattr('src.datasets.sample.records.header_size', lambda *a: pytest.fail('read a header'))
     assert len(make_dataset(root, tokenizer, prompt_template)) == 26
 
 
@@ -199,7 +199,7 @@ def test_a_failed_sample_is_replaced_within_its_bucket(tmp_path, tokenizer, prom
 def logged(monkeypatch) -> list[str]:
     """What the dataset and the sampler log."""
     lines = []
-    for module in ('src.datasets.text2image.caption_datasets', 'src.datasets.samplers.bucket_sampler'):
+    for module in ('src.datasets.sample.records', 'src.datasets.samplers.bucket_sampler'):
         monkeypatch.setattr(f'{module}.print_log', lambda msg, logger=None, level=None: lines.append(msg))
     return lines
 

@@ -22,7 +22,7 @@ from conftest import PROCESSORS_CONFIG
 from src.datasets.collate_functions import collate_func_gen, collate_func_gen_latents, collate_func_gen_tokens
 from src.datasets import failure_policy
 from src.datasets.errors import IndexFormatError, SampleError
-from src.datasets.text2image import caption_datasets
+from src.datasets.sample import records as kept_records
 from src.datasets.text2image.blip3_o import BLIP3oDataset
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.synthetic.images import (EXTENSIONS, FORMAT_MODES, decompression_bomb_png, encode_image,
@@ -74,7 +74,7 @@ def make_dataset(tmp_path, tokenizer, prompt_template):
 def logged(monkeypatch):
     """What the dataset logs, as (level, message)."""
     lines = []
-    for module in (caption_datasets, failure_policy):
+    for module in (kept_records, failure_policy):
         monkeypatch.setattr(module, 'print_log', lambda msg, logger=None, level=None: lines.append((level, msg)))
     return lines
 

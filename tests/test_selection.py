@@ -35,7 +35,7 @@ def build(data, tokenizer, prompt_template, **options):
 @pytest.fixture
 def logged(monkeypatch):
     lines = []
-    monkeypatch.setattr('src.datasets.text2image.caption_datasets.print_log',
+    monkeypatch.setattr('src.datasets.sample.records.print_log',
                         lambda msg, logger=None, level=None: lines.append(msg))
     return lines
 

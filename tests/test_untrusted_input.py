@@ -23,7 +23,7 @@ from PIL import Image
 from src.datasets.errors import SampleError
 from src.datasets.storage.files import read_file, unsafe_path, unsafe_path_mask
 from src.datasets.storage.object_store import ObjectFolder, StorageConfigError, read_petrel_config
-from src.datasets.text2image import caption_datasets
+from src.datasets.sample import records as kept_records
 from src.datasets.text2image.caption_datasets import CaptionDataset
 from src.prepare import datasets as prepare
 from src.prepare.extract import EXTRACT
@@ -141,7 +141,7 @@ def test_unsafe_paths_are_judged_alike_one_by_one_and_by_column():
 
 def test_index_paths_outside_their_folder_are_refused_and_counted(tmp_path, dataset_over, monkeypatch):
     lines = []
-    monkeypatch.setattr(caption_datasets, 'print_log', lambda message, **_: lines.append(message))
+    monkeypatch.setattr(kept_records, 'print_log', lambda message, **_: lines.append(message))
     outside = tmp_path / 'secret'
     outside.mkdir()
     (outside / 'abs.jpg').write_bytes(encode_image(120, 100))

@@ -75,8 +75,8 @@ class CaptionDatasetGen(CaptionDataset):
     def camera_of(self, record: dict) -> torch.Tensor:
         return self.read_tensor_in(self.cam_folder, self._path(record, 'camera')) / CAMERA_SCALE
 
-    def prepare_data(self, idx) -> dict:
-        state, rng = self._sample_state(idx)
+    def prepare_data(self, idx, rng=None, prompt_ids=None) -> dict:
+        rng = self.sample_rng(idx) if rng is None else rng
         record = self.index[idx]
         image_file = record[self.image_key]
         try:

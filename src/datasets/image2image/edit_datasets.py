@@ -70,16 +70,16 @@ class ImageEditDataset(CaptionDataset):
             return self._required(record, DEEPGEN_INSTRUCTION)
         return self.caption_of(record)
 
-    def load_pictures(self, record: dict, rng: random.Random) -> dict:
-        """``pixel_values_src`` and ``pixel_values``: the source and the target, squeezed whole (or as
-        ``image_process`` shapes them)."""
+    def load_pictures(self, record: dict, rng: random.Random, shape: tuple[int, int] | None = None) -> dict:
+        """``pixel_values_src`` and ``pixel_values``: the source and the target, squeezed whole to
+        ``shape`` (or as ``image_process`` shapes them)."""
         if self.deepgen_records:
             source = self._required(record, DEEPGEN_SOURCES, first_of_list=True)
             target = self._required(record, DEEPGEN_TARGET)
         else:
             source, target = (self._required(record, key) for key in self.image_keys)
-        return dict(pixel_values_src=self.load_pixels(source, rng, crop=False),
-                    pixel_values=self.load_pixels(target, rng, crop=False))
+        return dict(pixel_values_src=self.load_pixels(source, rng, crop=False, target=shape),
+                    pixel_values=self.load_pixels(target, rng, crop=False, target=shape))
 
     @staticmethod
     def _required(record: dict, key: str, first_of_list: bool = False) -> str:
@@ -91,17 +91,17 @@ class ImageEditDataset(CaptionDataset):
             raise SampleError('bad-record', f'the record has no {key!r} text; its keys are {sorted(record)}')
         return value
 
-    def prepare_data(self, idx) -> dict:
-        state, rng = self._sample_state(idx)
+    def prepare_data(self, idx, rng=None, prompt_ids=None) -> dict:
+        rng = self.sample_rng(idx) if rng is None else rng
         record = self.index[idx]
         image_file = record.get(self.image_key) or record.get(
             DEEPGEN_TARGET if self.deepgen_records else self.image_keys[-1])
         try:
             instruction = self.instruction_of(record)  # first: a missing one costs no decode
-            data = self.load_pictures(record, rng)
+            data = self.load_pictures(record, rng, self.target_of(idx))
         except SampleError as err:
             raise SampleError(err.reason, f'{self.data_path} sample #{idx} (image {image_file!r}): {err}') from err
-        data.update(self.process_text(instruction, rng, self._stored_ids(idx)))
+        data.update(self.process_text(instruction, rng, self._stored_ids(idx, prompt_ids)))
         data.update(image_dir=self.image_folder, image_file=image_file, type=self.sample_type)
         data.update(extra_values(record, self.extra_keys))
         if self.gives_text:
@@ -135,8 +135,8 @@ class ReconstructDataset(ImageEditDataset):
             return {}
         return dict(input_ids=self._instruction_ids.clone())
 
-    def load_pictures(self, record: dict, rng: random.Random) -> dict:
-        pixel_values = self.load_pixels(record[self.image_key], rng)  # cropped as CaptionDataset crops
+    def load_pictures(self, record: dict, rng: random.Random, shape: tuple[int, int] | None = None) -> dict:
+        pixel_values = self.load_pixels(record[self.image_key], rng, target=shape)  # cropped as CaptionDataset crops
         return dict(pixel_values_src=pixel_values, pixel_values=pixel_values)
 
     @property

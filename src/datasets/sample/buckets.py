@@ -99,6 +99,23 @@ class Buckets:
         max_aspect = float(options.get('max_aspect', widest))
         return cls(tuple(shapes), crop_mode, max_aspect, tuple(sorted(options.items())))
 
+    @classmethod
+    def square(cls, image_size: int) -> 'Buckets':
+        """Square crops of ``image_size``: the table of one bucket that every picture fits, whatever
+        its size (its records need none). It is what a dataset without ``buckets`` trains on."""
+        return cls(((image_size, image_size),), 'random', math.inf, ())
+
+    @property
+    def placed(self) -> bool:
+        """Whether records are assigned by their pictures' sizes and samples carry their placement
+        (``original_size``, ``crop_coords``): a configured table's are and do; the square table's,
+        as upstream's square crops, are not and do not (and it is recorded as no buckets)."""
+        return bool(self.options)
+
+    def bucket_of(self, bucket_ids, idx) -> int:
+        """The bucket of record ``idx`` (``bucket_ids``: each record's; a table of one needs none)."""
+        return int(bucket_ids[int(idx)]) if len(self.shapes) > 1 else 0
+
     def __len__(self) -> int:
         return len(self.shapes)
 
@@ -120,12 +137,17 @@ class Buckets:
     def label(self) -> str:
         """A short name of these buckets, for a folder: the table's, or ``area<A>-d<D>-a<max aspect>``."""
         options = dict(self.options)
+        if not self.placed:
+            return f'square{self.shapes[0][0]}'
         if 'table' in options:
             return str(options['table'])
         return f"area{options['area']}-d{options.get('divisor', 32)}-a{self.max_aspect:g}"
 
-    def record(self) -> dict:
-        """What a latent folder records of these buckets: what decides each record's latent shape."""
+    def record(self) -> dict | None:
+        """What a latent folder (and a selection) records of these buckets: what decides each
+        record's latent shape; None for the square table, as for a dataset without buckets."""
+        if not self.placed:
+            return None
         return {'shapes': [self.key(b) for b in range(len(self))], 'max_aspect': self.max_aspect}
 
     def key(self, bucket: int) -> str:

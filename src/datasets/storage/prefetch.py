@@ -1,4 +1,4 @@
-"""Which files a dataset's samples read next, told to the readers that gain by knowing
+"""Which files a batch's samples read next, told to the readers that gain by knowing
 (``Reader.prefetch``): object storage, where each read waits on the network.
 
 A DataLoader worker that reads sample after sample waits a request's latency for each (tens of
@@ -9,41 +9,19 @@ files do nothing.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
-from src.datasets.index.captions import ANNOTATION_KEY
-from src.datasets.errors import SampleError
 
-
-def _files_of(dataset, record: dict) -> list[tuple[object, str, str]]:
-    """(reader, folder, relative path) of each file the sample of ``record`` reads."""
-    files = []
-    if ANNOTATION_KEY in record and not any(key in record for key in dataset.cap_keys):
-        files.append((dataset.annotation_files, dataset.cap_root, record[ANNOTATION_KEY]))
-    image = record.get(dataset.image_key)
-    if dataset.decodes_images:
-        files.append((dataset.image_files, dataset.image_root, image))
-    elif dataset.latent_root is not None and isinstance(image, str):
-        files.append((dataset.latent_files, dataset.latent_root, image + '.pt'))
-    return files
-
-
-def prefetch_records(dataset, records: Sequence[dict]) -> None:
-    """Tell ``dataset``'s remote readers the files of the samples of ``records``, a list of paths
-    a sample. A path that cannot be made (unsafe, not text) is left to its read to report."""
+def prefetch(samples: Sequence[Sequence[tuple[object, str]]]) -> None:
+    """Tell the remote readers of ``samples`` (for each sample, the (reader, path) of each file it
+    reads) their files, a list of paths a sample."""
     samples_by_reader: dict[object, list[list[str]]] = {}
-    for record in records:
+    for files in samples:
         sample: dict[object, list[str]] = {}  # one reader may hold both the caption file and the image
-        for reader, folder, relpath in _files_of(dataset, record):
+        for reader, path in files:
             if reader.remote:
-                with contextlib.suppress(SampleError, TypeError, ValueError):
-                    sample.setdefault(reader, []).append(dataset.data_path_of(folder, relpath))
+                sample.setdefault(reader, []).append(path)
         for reader, paths in sample.items():
             samples_by_reader.setdefault(reader, []).append(paths)
-    for reader, samples in samples_by_reader.items():
-        reader.prefetch(samples)
-
-
-def has_remote_reader(dataset) -> bool:
-    return any(reader.remote for reader in (dataset.image_files, dataset.annotation_files, dataset.latent_files))
+    for reader, batch in samples_by_reader.items():
+        reader.prefetch(batch)

@@ -21,6 +21,7 @@ import numpy as np
 
 from src.datasets.index.captions import caption_keys
 from src.datasets.index.sample_index import RecordList
+from src.datasets.sample.buckets import Buckets
 
 OWN = '_own_records'
 
@@ -33,11 +34,9 @@ DEFAULTS = dict(
     unconditional=0.1, image_key='image', seed=None, max_refetch=10, max_failure_ratio=0.5,
     index_cache_dir=None, tar_index=None, remote_tars=None, train_number_samples=None, truncation='ids',
     allow_outside_paths=False, empty_captions='skip', buckets=None, bucket_ids=None, latent_shapes=None,
-    prompt_ids=None, image_process=None, unit_image_size=32, pixel_shape=None, _process_state=None,
-    _token_ids=None, _cfg_ids=None)
+    prompt_ids=None, image_process=None, unit_image_size=32, pixel_shape=None, _process_state=None)
 FRESH = dict(tokenizer_kwargs=lambda: dict(add_special_tokens=True), _members=dict)  # mutable defaults
-READERS = ('ceph_files', 'image_files', 'image_root', 'annotation_files', 'cap_root', 'latent_files',
-           'latent_root', '_remote')  # chosen together by ``_choose_readers``
+READERS = ('files',)  # chosen by ``_choose_readers``
 
 
 class OwnRecords:
@@ -106,7 +105,7 @@ class SubclassContract:
 
     def own_index(self) -> OwnRecords:
         """The subclass's own records as the dataset's index (see the module: not filtered)."""
-        if self.buckets is not None:
+        if self.bucket_table.placed:
             raise ValueError(f'{type(self).__name__}: buckets need the records\' sizes from the index; '
                              f'a data_list of its own ({self.data_path}) has none: leave buckets out')
         return OwnRecords(self.__dict__[OWN], str(self.data_path))
@@ -127,10 +126,13 @@ class SubclassContract:
         if name in FRESH:
             self.__dict__[name] = value = FRESH[name]()
             return value
+        if name == 'bucket_table':
+            self.__dict__[name] = value = self.buckets or Buckets.square(self.image_size)
+            return value
         if name == 'cap_keys':
             self.__dict__[name] = value = caption_keys(self.cap_source)
             return value
-        if name in READERS and 'image_files' not in self.__dict__:
+        if name in READERS and 'files' not in self.__dict__:
             self._choose_readers()
             return self.__dict__[name]
         raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}')

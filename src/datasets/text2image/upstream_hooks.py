@@ -14,7 +14,10 @@ without end), and the randomness is the sample's own (keyed on its draw under
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import inspect
 import io
 import os
 
@@ -26,6 +29,45 @@ from src.datasets.index.sample_index import SampleIndex
 
 HOOK_FAILURE = 'failed-in-subclass'
 SETS_DRAW = '_sets_draw_rng'
+# The generator of the sample an upstream-style call is making: upstream's hooks (``_process_image``,
+# ``_process_text``) and a subclass's ``prepare_data(idx)`` take none as an argument. Set only
+# around such a call (``upstream_draw``), never between samples; the project's own steps receive it.
+_DRAW: contextvars.ContextVar = contextvars.ContextVar('upstream_draw', default=None)
+
+
+def current_draw():
+    """The generator of the upstream-style call being made, or None outside one."""
+    return _DRAW.get()
+
+
+@contextlib.contextmanager
+def upstream_draw(rng):
+    token = _DRAW.set(rng)
+    try:
+        yield rng
+    finally:
+        _DRAW.reset(token)
+
+
+@functools.lru_cache(maxsize=256)
+def _draw_arguments(function) -> tuple[str, ...]:
+    """Which of the sample's arguments ``function`` (a ``prepare_data``) takes: the project's take
+    ``rng`` and ``prompt_ids``; one written against upstream takes the index alone."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return ()
+    return tuple(name for name in ('rng', 'prompt_ids') if name in parameters)
+
+
+def make_sample(prepare_data, idx, rng, prompt_ids=None):
+    """``prepare_data(idx, rng=rng, prompt_ids=...)``, or, for one written as ``prepare_data(idx)``,
+    the call made under the sample's draw."""
+    taken = _draw_arguments(getattr(prepare_data, '__func__', prepare_data))
+    if 'rng' in taken:
+        return prepare_data(idx, rng=rng, **({'prompt_ids': prompt_ids} if 'prompt_ids' in taken else {}))
+    with upstream_draw(rng):
+        return prepare_data(idx)
 
 
 def sets_draw_rng(getitem):
@@ -45,14 +87,14 @@ class UpstreamHooks:
             # through the project's: the sample's random generator is set from its index here.
             @functools.wraps(own)
             def getitem(self, idx):
-                self._state().draw_rng = self.draw_rng(idx)
-                return own(self, idx)
+                with upstream_draw(self.draw_rng(idx)):
+                    return own(self, idx)
             setattr(getitem, SETS_DRAW, True)
             cls.__getitem__ = getitem
 
     def _current_rng(self):
-        state = self._state()
-        return state.draw_rng or state.rng
+        rng = current_draw()
+        return self._state().rng if rng is None else rng
 
     def _load_data(self, data_path: str) -> None:
         """Upstream: ``self.data_list`` from ``data_path``. Here the index, memory-mapped from its cache;

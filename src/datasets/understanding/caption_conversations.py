@@ -42,8 +42,8 @@ class CaptionDatasetUnd(CaptionDataset):
     def decodes_images(self) -> bool:
         return self.data_type == 'image2text' and super().decodes_images
 
-    def prepare_data(self, idx) -> dict:
-        state, rng = self._sample_state(idx)
+    def prepare_data(self, idx, rng=None, prompt_ids=None) -> dict:
+        rng = self.sample_rng(idx) if rng is None else rng
         record = self.index[idx]
         try:
             caption = self.caption_of(record)

@@ -90,9 +90,8 @@ class CaptionDataset(_TextToImage):
         """The conversation's text tokens (``max_length`` leaves the image's placeholders out)."""
         return len(self.conversation_of(caption, random.Random(0))['input_ids']) - self.image_length
 
-    def prepare_data(self, idx) -> dict:
-        state = self._state()
-        rng = state.draw_rng or state.rng
+    def prepare_data(self, idx, rng=None, prompt_ids=None) -> dict:
+        rng = self.sample_rng(idx) if rng is None else rng
         record = self.index[idx]
         image_file = record[self.image_key]
         try:
