@@ -93,14 +93,15 @@ def project_dataset(config: Path, cache: Path, tokenizer):
                           image_size=IMAGE_SIZE, cap_source='re_caption', seed=0)
 
 
-def project_loader(dataset, skip: int = 0, blocks: bool = False):
+def project_loader(dataset, skip: int = 0, blocks: int = 0):
     """The project's loader placed ``skip`` samples into epoch 0 as ResumableTrainLoop places it:
-    the global shuffle, or with ``blocks`` the block shuffle (a batch a block of one shard)."""
+    the global shuffle, or with ``blocks`` the block shuffle with blocks of that many neighbours,
+    dealt whole to the workers (a GET a block)."""
     from mmengine.dataset import DefaultSampler
 
     from src.datasets.samplers.block_sampler import BlockShuffleSampler
     from src.engine.positions import PositionedSampler, StartPoint
-    order = (BlockShuffleSampler(dataset, block_size=BATCH, seed=0) if blocks
+    order = (BlockShuffleSampler(dataset, block_size=blocks, seed=0, batch_size=BATCH, num_workers=WORKERS) if blocks
              else DefaultSampler(dataset, shuffle=True, seed=0))
     sampler = PositionedSampler(order, StartPoint(epoch=0, skip=skip, position=skip), rank=0)
     return DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=WORKERS,
@@ -237,6 +238,7 @@ def main() -> int:
     parser.add_argument('--images', type=int, default=512)
     parser.add_argument('--shards', type=int, default=8)
     parser.add_argument('--small', action='store_true', help='64 images in 4 shards')
+    parser.add_argument('--block', type=int, default=32, help="the block shuffle's block (a multiple of the batch, 8)")
     parser.add_argument('--latency-ms', type=float, nargs='+', default=[0, 30],
                         help="the proxy's wait before each answer, a run each (default: none, and 30 ms)")
     args = parser.parse_args()
@@ -310,14 +312,14 @@ def main() -> int:
             ours = {'dataset': lambda cache: project_dataset(config, cache, tokenizer),
                     'loader': project_loader,
                     'resume': lambda dataset: project_loader(dataset, skip=middle * BATCH)}
-            blocks = {'dataset': ours['dataset'], 'loader': lambda dataset: project_loader(dataset, blocks=True),
-                      'resume': lambda dataset: project_loader(dataset, skip=middle * BATCH, blocks=True)}
+            blocks = {'dataset': ours['dataset'], 'loader': lambda dataset: project_loader(dataset, blocks=args.block),
+                      'resume': lambda dataset: project_loader(dataset, skip=middle * BATCH, blocks=args.block)}
             theirs = {'dataset': lambda cache: litdata_dataset('s3://data/litdata', cache, proxy.url, tokenizer),
                       'loader': litdata_loader}
             for latency in args.latency_ms:
                 proxy.latency = latency / 1000
                 results = []
-                loaders = [('project, global', ours), ('project, blocks', blocks)]
+                loaders = [('project, global', ours), (f'project, blocks {args.block}', blocks)]
                 for name, loader in loaders + ([('LitData', theirs)] if optimize is not None else []):
                     cache = Path(tempfile.mkdtemp(dir=work))
                     result = epoch(name, lambda: loader['dataset'](cache), loader['loader'], proxy, count,

@@ -41,6 +41,7 @@ from src.datasets.sample.image_process import pixel_shape
 from src.datasets.index.image_sizes import record_sizes
 from src.datasets.index import filters as record_filters, selection
 from src.datasets.storage.latent_store import INFO_NAME as LATENT_INFO, LatentShapes
+from src.datasets.storage.object_fetch import block_rest
 from src.datasets.storage.object_store import ObjectFolder, ObjectTarMembers, fetch_to_cache, is_object_url
 from src.datasets.storage.prefetch import has_remote_reader, prefetch_records
 from src.datasets.index.prompt_ids import PromptIds, inline_prompts, load_prompt_ids
@@ -130,6 +131,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
     filters = None
     extra_keys = ()
     funnel = ()
+    read_blocks = None  # BlockShuffleSampler's block size: a batch fetches the rest of its block too
 
     def __init__(self,
                  data_path,
@@ -739,7 +741,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, BucketedRecords, Dataset):
         tokenize = self._tokenizes_batches and self.prompt_ids is None
         records = [self.index[idx] for idx in indices] if self._remote or tokenize else None
         if self._remote:
-            prefetch_records(self, records)
+            prefetch_records(self, records + [self.index[i] for i in block_rest(indices, self.read_blocks, len(self))])
         state = self._state()
         if tokenize:
             positions, prompts = inline_prompts(records, self.cap_keys, self.caption_prompt)
