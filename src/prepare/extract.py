@@ -20,7 +20,6 @@ from src.datasets.storage.atomic import atomic_write
 from src.prepare.listing import PathListing
 from src.prepare.tar_headers import (TarJob, TarResult, check_not_compressed, end_of_archive_missing, member_path,
                                       printable, refusal, scan_tar, scan_tar_headers)
-from src.prepare.resize import NotResized, shrink_image
 
 
 GNU_TAR = shutil.which('tar')  # extracts the tars the header scan proves clean
@@ -75,6 +74,7 @@ class Extract:
             if not self._extract_clean_tar(job, staging, result, written):
                 self._extract_member_by_member(job, staging, result, written)
             if self.resize_to:
+                from src.prepare.resize import NotResized, shrink_image  # Pillow and torch: only when resizing
                 for path in written:
                     try:
                         shrink_image(os.path.join(staging, path), self.resize_to)
