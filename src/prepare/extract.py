@@ -11,6 +11,7 @@ import errno
 import os
 import posixpath
 import shutil
+import stat
 import subprocess
 import tarfile
 from typing import Iterator
@@ -244,18 +245,31 @@ def move_into_place(staging: str, dest: str, paths, root: str) -> tuple[list[str
     """Move the staged ``paths`` to ``dest``; return (those that clash with what is there, a file
     where a folder is needed or the reverse: left out; those that replaced a file already there;
     those whose place leads out of ``root`` through a symbolic link: never written)."""
-    made, clashes, replaced, linked = set(), [], [], []
+    judged, ready, clashes, replaced, linked = {}, set(), [], [], []  # judged: folder -> leads out of root
     for path in paths:
         target = os.path.join(dest, path)
         folder = os.path.dirname(target)
-        if link_outside(target, root):  # a folder on the way (or the file) is a link out of the dataset
+        outside = judged.get(folder)
+        if outside is None:  # judged once per folder; a file's own place by its one lstat below
+            outside = judged[folder] = bool(link_outside(folder, root))
+        try:
+            found = os.lstat(target)
+        except FileNotFoundError:
+            found = None
+        except OSError as e:
+            if e.errno not in NAME_ERRORS:
+                raise
+            clashes.append(path)
+            continue
+        # A folder on the way, or the file, is a link out of the dataset.
+        if outside or (found is not None and stat.S_ISLNK(found.st_mode) and link_outside(target, root)):
             linked.append(path)
             continue
         try:
-            if folder not in made:
+            if folder not in ready:
                 os.makedirs(folder, exist_ok=True)
-                made.add(folder)
-            if os.path.lexists(target):
+                ready.add(folder)
+            if found is not None:
                 replaced.append(path)
             try:
                 os.replace(os.path.join(staging, path), target)
