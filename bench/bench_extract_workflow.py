@@ -82,39 +82,14 @@ if __name__ == '__main__':
         p.join()
 """
 
-GUIDE_METADATA = """import pandas as pd
-from glob import glob
-from tqdm import tqdm
-import json
-import os
+def guide_metadata_script() -> str:
+    """process_metadata.py: bench_metadata's copy of the guide's function, with its imports and call."""
+    import inspect
 
-
-def process_parquet_files():
-    parquet_files = sorted(glob('raw/table-*.parquet'))
-    all_data = []
-    for parquet_file in tqdm(parquet_files, desc="Processing parquet files"):
-        df = pd.read_parquet(parquet_file)
-        for idx, row in df.iterrows():
-            filename = row['filename']
-            prompt = row['prompt']
-            width = row['width']
-            height = row['height']
-            image_path = f"images/{filename}"
-            if os.path.exists(image_path):
-                all_data.append({
-                    'image': image_path,
-                    'caption': prompt,
-                    'width': int(width),
-                    'height': int(height)
-                })
-    with open('data.json', 'w') as f:
-        json.dump(all_data, f, indent=2)
-    print(f"Processed {len(all_data)} image-caption pairs")
-
-
-if __name__ == '__main__':
-    process_parquet_files()
-"""
+    from bench.bench_metadata import guide_process_metadata
+    return ('import glob\nimport json\nimport os\n\nimport pandas as pd\n\n\n'
+            f'{inspect.getsource(guide_process_metadata)}\n\nif __name__ == "__main__":\n'
+            '    guide_process_metadata()\n')
 
 
 def run(command: list[str], cwd: str) -> None:
@@ -174,7 +149,7 @@ def main() -> int:
         root = os.path.join(work, 'midjourney-23m')
         total = make_layout(root, args.tars, args.members, args.mean_kb * 1024)
         Path(work, 'extract.py').write_text(GUIDE_EXTRACT)
-        Path(work, 'process_metadata.py').write_text(GUIDE_METADATA)
+        Path(work, 'process_metadata.py').write_text(guide_metadata_script())
         print(f'{args.tars} tars x {args.members} images of {args.mean_kb} KB on average ({total / 2 ** 20:.0f} MiB), '
               f'{args.num_processes} processes, {args.rounds} alternating rounds, seconds until on disk, '
               'each step a fresh process (its imports included)')

@@ -54,11 +54,10 @@ def test_the_sampler_tells_the_dataset_its_blocks_and_checks_them():
 def test_a_worker_reads_a_block_with_one_get(tmp_path, tokenizer, prompt_template):
     """An epoch through 2 forked workers: a GET a block (each shard here one block) and each
     worker's first check of a shard's size, against a GET a batch without the workers' lanes."""
-    import boto3
     from torch.utils.data import DataLoader
 
     from flaky_proxy import FlakyProxy
-    from moto_server import moto_server
+    from moto_server import bucket_with, petrel_file
     from src.datasets.text2image.caption_datasets import CaptionDataset
     from src.prepare.datasets import prepare_redcaps5m
     from src.prepare.tar_members import INDEX_MEMBERS
@@ -66,17 +65,9 @@ def test_a_worker_reads_a_block_with_one_get(tmp_path, tokenizer, prompt_templat
     shards, per_shard, batch, workers = 4, 16, 4, 2
     packed = MAKERS['redcaps5m'](tmp_path / 'packed', n=shards * per_shard, faults=False, shards=shards)
     assert prepare_redcaps5m(str(packed.root), num_processes=1, step=INDEX_MEMBERS).exit_code() == 0
-    with moto_server() as endpoint:
-        client = boto3.client('s3', endpoint_url=endpoint, aws_access_key_id='k', aws_secret_access_key='s',
-                              region_name='us-east-1')
-        client.create_bucket(Bucket='data')
-        for path in packed.root.rglob('*'):
-            if path.is_file() and '.prepare' not in path.parts and not path.name.startswith('.'):
-                client.put_object(Bucket='data', Key=path.relative_to(packed.root).as_posix(), Body=path.read_bytes())
+    with bucket_with(packed.root) as endpoint:
         with FlakyProxy(endpoint, throttle_every=0, cut_every=0) as proxy:
-            config = tmp_path / 'petreloss.conf'
-            config.write_text(f'[DEFAULT]\ndefault_cluster = c\n\n[c]\naccess_key = k\nsecret_key = s\n'
-                              f'host_base = {proxy.url}\n')
+            config = petrel_file(tmp_path / 'petreloss.conf', proxy.url)
 
             def epoch(lanes: int | None) -> tuple[int, list[str], list[str]]:
                 dataset = CaptionDataset('s3://data/redcaps5m_data.json', tokenizer=tokenizer,
