@@ -6,8 +6,9 @@ same moto server and the same samples, in one run.
 Both loaders read through one counting proxy and turn bytes into the same sample: the pixels by the
 project's ``image_io.load_pixel_values`` (256 px), the prompt by the same tokenizer. What differs is
 the storage layer. Each reads one shuffled epoch through a DataLoader (2 workers, batch 8); the
-project twice, with the global shuffle and with the block shuffle (``BlockShuffleSampler``, a batch
-one block of neighbouring members of a shard, one ranged GET):
+project twice, with the global shuffle and with the block shuffle (``BlockShuffleSampler``: blocks
+of ``--block`` neighbouring members of a shard, each dealt whole to one worker, whose first batch of
+it fetches the block with one ranged GET):
 
 - preparation: indexing the tars where they lie against rewriting them into chunks;
 - requests and bytes moved per sample (the proxy's counts: index files included);
@@ -23,7 +24,7 @@ whichever loader asks more often. Requests, bytes and worker CPU do not depend o
 comparison runs twice: as moto answers, and with the proxy waiting 30 ms before each answer, as a
 real object store's first byte takes (where a loader that waits on each request falls behind).
 
-    PYTHONPATH=. .venv/bin/python bench/bench_litdata.py [--images 512 --shards 8 | --small]
+    PYTHONPATH=. .venv/bin/python bench/bench_litdata.py [--images 512 --shards 8 | --small] [--block 32]
 
 Needs the ``bench`` and ``s3`` extras (litdata, boto3) and moto's server (``dev``).
 """

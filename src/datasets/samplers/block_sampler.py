@@ -61,7 +61,9 @@ def worker_lanes(share: np.ndarray, block_size: int, batch_size: int, workers: i
     """``share`` (whole blocks of ``block_size``) reordered so that batch ``k`` of ``batch_size``
     comes from lane ``k % workers``, each lane reading its blocks (every ``workers``-th) whole and in
     turn: torch's DataLoader gives batch ``k`` to worker ``k % workers``, so each block is read by one
-    worker. The same indices, a multiple of ``block_size`` long."""
+    worker. The same indices, a multiple of ``block_size`` long. Where the blocks do not divide
+    among the workers, the last ones' batches go to the workers in turn (each fetching the rest of
+    the block from its batch: a few requests and bytes more at an epoch's end)."""
     if workers <= 1 or block_size % batch_size:
         return share
     blocks = share.reshape(-1, block_size)
