@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 
@@ -48,7 +49,6 @@ def bucket_with(folder, bucket: str = 'data') -> Iterator[str]:
     """moto's server (:func:`moto_server`) with the files of the prepared ``folder`` in ``bucket``
     (the preparation's own ``.prepare`` and hidden files left out); yields its endpoint. Needs boto3."""
     import boto3
-    from pathlib import Path
     folder = Path(folder)
     with moto_server() as endpoint:
         client = boto3.client('s3', endpoint_url=endpoint, aws_access_key_id='k', aws_secret_access_key='s',

@@ -62,7 +62,6 @@ def test_the_sampler_logs_its_quality_and_is_finite_per_epoch(monkeypatch):
 def test_a_block_of_a_shard_is_one_ranged_get(tmp_path, tokenizer, prompt_template):
     """Batches of one block from tar shards in a bucket: one GET each (after each shard's first
     size check), against one a sample for the global shuffle."""
-
     from flaky_proxy import FlakyProxy
     from moto_server import bucket_with, petrel_file
     from src.datasets.text2image.caption_datasets import CaptionDataset
