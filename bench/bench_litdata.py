@@ -6,8 +6,9 @@ same moto server and the same samples, in one run.
 Both loaders read through one counting proxy and turn bytes into the same sample: the pixels by the
 project's ``image_io.load_pixel_values`` (256 px), the prompt by the same tokenizer. What differs is
 the storage layer. Each reads one shuffled epoch through a DataLoader (2 workers, batch 8); the
-project twice, with the global shuffle and with the block shuffle (``BlockShuffleSampler``, a batch
-one block of neighbouring members of a shard, one ranged GET):
+project twice, with the global shuffle and with the block shuffle (``BlockShuffleSampler``: blocks
+of ``--block`` neighbouring members of a shard, each dealt whole to one worker, whose first batch of
+it fetches the block with one ranged GET):
 
 - preparation: indexing the tars where they lie against rewriting them into chunks;
 - requests and bytes moved per sample (the proxy's counts: index files included);
@@ -23,7 +24,7 @@ whichever loader asks more often. Requests, bytes and worker CPU do not depend o
 comparison runs twice: as moto answers, and with the proxy waiting 30 ms before each answer, as a
 real object store's first byte takes (where a loader that waits on each request falls behind).
 
-    PYTHONPATH=. .venv/bin/python bench/bench_litdata.py [--images 512 --shards 8 | --small]
+    PYTHONPATH=. .venv/bin/python bench/bench_litdata.py [--images 512 --shards 8 | --small] [--block 32]
 
 Needs the ``bench`` and ``s3`` extras (litdata, boto3) and moto's server (``dev``).
 """
@@ -93,14 +94,15 @@ def project_dataset(config: Path, cache: Path, tokenizer):
                           image_size=IMAGE_SIZE, cap_source='re_caption', seed=0)
 
 
-def project_loader(dataset, skip: int = 0, blocks: bool = False):
+def project_loader(dataset, skip: int = 0, blocks: int = 0):
     """The project's loader placed ``skip`` samples into epoch 0 as ResumableTrainLoop places it:
-    the global shuffle, or with ``blocks`` the block shuffle (a batch a block of one shard)."""
+    the global shuffle, or with ``blocks`` the block shuffle with blocks of that many neighbours,
+    dealt whole to the workers (a GET a block)."""
     from mmengine.dataset import DefaultSampler
 
     from src.datasets.samplers.block_sampler import BlockShuffleSampler
     from src.engine.positions import PositionedSampler, StartPoint
-    order = (BlockShuffleSampler(dataset, block_size=BATCH, seed=0) if blocks
+    order = (BlockShuffleSampler(dataset, block_size=blocks, seed=0, batch_size=BATCH, num_workers=WORKERS) if blocks
              else DefaultSampler(dataset, shuffle=True, seed=0))
     sampler = PositionedSampler(order, StartPoint(epoch=0, skip=skip, position=skip), rank=0)
     return DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=WORKERS,
@@ -237,6 +239,7 @@ def main() -> int:
     parser.add_argument('--images', type=int, default=512)
     parser.add_argument('--shards', type=int, default=8)
     parser.add_argument('--small', action='store_true', help='64 images in 4 shards')
+    parser.add_argument('--block', type=int, default=32, help="the block shuffle's block (a multiple of the batch, 8)")
     parser.add_argument('--latency-ms', type=float, nargs='+', default=[0, 30],
                         help="the proxy's wait before each answer, a run each (default: none, and 30 ms)")
     args = parser.parse_args()
@@ -310,14 +313,14 @@ def main() -> int:
             ours = {'dataset': lambda cache: project_dataset(config, cache, tokenizer),
                     'loader': project_loader,
                     'resume': lambda dataset: project_loader(dataset, skip=middle * BATCH)}
-            blocks = {'dataset': ours['dataset'], 'loader': lambda dataset: project_loader(dataset, blocks=True),
-                      'resume': lambda dataset: project_loader(dataset, skip=middle * BATCH, blocks=True)}
+            blocks = {'dataset': ours['dataset'], 'loader': lambda dataset: project_loader(dataset, blocks=args.block),
+                      'resume': lambda dataset: project_loader(dataset, skip=middle * BATCH, blocks=args.block)}
             theirs = {'dataset': lambda cache: litdata_dataset('s3://data/litdata', cache, proxy.url, tokenizer),
                       'loader': litdata_loader}
             for latency in args.latency_ms:
                 proxy.latency = latency / 1000
                 results = []
-                loaders = [('project, global', ours), ('project, blocks', blocks)]
+                loaders = [('project, global', ours), (f'project, blocks {args.block}', blocks)]
                 for name, loader in loaders + ([('LitData', theirs)] if optimize is not None else []):
                     cache = Path(tempfile.mkdtemp(dir=work))
                     result = epoch(name, lambda: loader['dataset'](cache), loader['loader'], proxy, count,

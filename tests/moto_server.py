@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 
@@ -41,3 +42,27 @@ def moto_server(python: str = sys.executable, env: dict | None = None, timeout: 
         except subprocess.TimeoutExpired:  # busy with a client that never finished its request
             server.kill()
             server.wait()
+
+
+@contextmanager
+def bucket_with(folder, bucket: str = 'data') -> Iterator[str]:
+    """moto's server (:func:`moto_server`) with the files of the prepared ``folder`` in ``bucket``
+    (the preparation's own ``.prepare`` and hidden files left out); yields its endpoint. Needs boto3."""
+    import boto3
+    folder = Path(folder)
+    with moto_server() as endpoint:
+        client = boto3.client('s3', endpoint_url=endpoint, aws_access_key_id='k', aws_secret_access_key='s',
+                              region_name='us-east-1')
+        client.create_bucket(Bucket=bucket)
+        for path in folder.rglob('*'):
+            if path.is_file() and '.prepare' not in path.parts and not path.name.startswith('.'):
+                client.put_object(Bucket=bucket, Key=path.relative_to(folder).as_posix(), Body=path.read_bytes())
+        yield endpoint
+
+
+def petrel_file(path, endpoint: str) -> str:
+    """A petrel-client config at ``path`` whose default cluster is ``endpoint`` with bucket_with's keys."""
+    text = f'[DEFAULT]\ndefault_cluster = c\n\n[c]\naccess_key = k\nsecret_key = s\nhost_base = {endpoint}\n'
+    with open(path, 'w') as f:
+        f.write(text)
+    return str(path)

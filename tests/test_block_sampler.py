@@ -62,27 +62,17 @@ def test_the_sampler_logs_its_quality_and_is_finite_per_epoch(monkeypatch):
 def test_a_block_of_a_shard_is_one_ranged_get(tmp_path, tokenizer, prompt_template):
     """Batches of one block from tar shards in a bucket: one GET each (after each shard's first
     size check), against one a sample for the global shuffle."""
-    import boto3
-
     from flaky_proxy import FlakyProxy
-    from moto_server import moto_server
+    from moto_server import bucket_with, petrel_file
     from src.datasets.text2image.caption_datasets import CaptionDataset
     from src.prepare.datasets import prepare_redcaps5m
     from src.prepare.tar_members import INDEX_MEMBERS
     from src.synthetic.downloads import MAKERS
     packed = MAKERS['redcaps5m'](tmp_path / 'packed', n=16, faults=False, shards=4)
     assert prepare_redcaps5m(str(packed.root), num_processes=1, step=INDEX_MEMBERS).exit_code() == 0
-    with moto_server() as endpoint:
-        client = boto3.client('s3', endpoint_url=endpoint, aws_access_key_id='k', aws_secret_access_key='s',
-                              region_name='us-east-1')
-        client.create_bucket(Bucket='data')
-        for path in packed.root.rglob('*'):
-            if path.is_file() and '.prepare' not in path.parts and not path.name.startswith('.'):
-                client.put_object(Bucket='data', Key=path.relative_to(packed.root).as_posix(), Body=path.read_bytes())
+    with bucket_with(packed.root) as endpoint:
         with FlakyProxy(endpoint, throttle_every=0, cut_every=0) as proxy:
-            config = tmp_path / 'petreloss.conf'
-            config.write_text(f'[DEFAULT]\ndefault_cluster = c\n\n[c]\naccess_key = k\nsecret_key = s\n'
-                              f'host_base = {proxy.url}\n')
+            config = petrel_file(tmp_path / 'petreloss.conf', proxy.url)
             dataset = CaptionDataset('s3://data/redcaps5m_data.json', tokenizer=tokenizer,
                                      prompt_template=prompt_template, image_size=32, cap_source='re_caption', seed=0,
                                      ceph_folder='s3://data/raw', ceph_config=str(config),

@@ -11,6 +11,7 @@ import errno
 import os
 import posixpath
 import shutil
+import stat
 import subprocess
 import tarfile
 from typing import Iterator
@@ -20,7 +21,6 @@ from src.datasets.storage.atomic import atomic_write
 from src.prepare.listing import PathListing
 from src.prepare.tar_headers import (TarJob, TarResult, check_not_compressed, end_of_archive_missing, member_path,
                                       printable, refusal, scan_tar, scan_tar_headers)
-from src.prepare.resize import NotResized, shrink_image
 
 
 GNU_TAR = shutil.which('tar')  # extracts the tars the header scan proves clean
@@ -75,6 +75,7 @@ class Extract:
             if not self._extract_clean_tar(job, staging, result, written):
                 self._extract_member_by_member(job, staging, result, written)
             if self.resize_to:
+                from src.prepare.resize import NotResized, shrink_image  # Pillow and torch: only when resizing
                 for path in written:
                     try:
                         shrink_image(os.path.join(staging, path), self.resize_to)
@@ -244,18 +245,31 @@ def move_into_place(staging: str, dest: str, paths, root: str) -> tuple[list[str
     """Move the staged ``paths`` to ``dest``; return (those that clash with what is there, a file
     where a folder is needed or the reverse: left out; those that replaced a file already there;
     those whose place leads out of ``root`` through a symbolic link: never written)."""
-    made, clashes, replaced, linked = set(), [], [], []
+    judged, ready, clashes, replaced, linked = {}, set(), [], [], []  # judged: folder -> leads out of root
     for path in paths:
         target = os.path.join(dest, path)
         folder = os.path.dirname(target)
-        if link_outside(target, root):  # a folder on the way (or the file) is a link out of the dataset
+        outside = judged.get(folder)
+        if outside is None:  # judged once per folder; a file's own place by its one lstat below
+            outside = judged[folder] = bool(link_outside(folder, root))
+        try:
+            found = os.lstat(target)
+        except FileNotFoundError:
+            found = None
+        except OSError as e:
+            if e.errno not in NAME_ERRORS:
+                raise
+            clashes.append(path)
+            continue
+        # A folder on the way, or the file, is a link out of the dataset.
+        if outside or (found is not None and stat.S_ISLNK(found.st_mode) and link_outside(target, root)):
             linked.append(path)
             continue
         try:
-            if folder not in made:
+            if folder not in ready:
                 os.makedirs(folder, exist_ok=True)
-                made.add(folder)
-            if os.path.lexists(target):
+                ready.add(folder)
+            if found is not None:
                 replaced.append(path)
             try:
                 os.replace(os.path.join(staging, path), target)

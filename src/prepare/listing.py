@@ -47,10 +47,10 @@ class PathListing:
         for path in paths:
             pending.append(path)
             if len(pending) == CHUNK:
-                chunks.append(pa.array(pending, pa.string()))
+                chunks.append(string_array(pending))
                 pending = []
         if pending:
-            chunks.append(pa.array(pending, pa.string()))
+            chunks.append(string_array(pending))
         return cls(pa.chunked_array(chunks, pa.string()))
 
     def __len__(self) -> int:
@@ -80,6 +80,34 @@ class PathListing:
         found = listed[at] == wanted if len(listed) else np.zeros(len(wanted), bool)
         valid = pc.is_valid(candidates)
         return found & to_numpy(valid, fill=False)
+
+
+def string_array(values: list[str]) -> pa.Array:
+    """``pa.array(values, pa.string())`` built from its buffers: ``pa.array`` imports pandas (half
+    a second, whatever the size) to ask whether a list is one of its arrays. A name that is no
+    UTF-8 goes to ``pa.array``, which says so as it always did."""
+    try:
+        data = [value.encode() for value in values]
+    except (AttributeError, UnicodeEncodeError):
+        return pa.array(values, pa.string())
+    offsets = np.zeros(len(data) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
+    if offsets[-1] >= 2 ** 31:
+        return pa.array(values, pa.string())
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                          pa.py_buffer(b''.join(data))])
+
+
+def bool_array(mask: np.ndarray) -> pa.Array:
+    """``pa.array(mask)`` of a numpy bool array, built from its bits (``pa.array`` imports pandas)."""
+    bits = np.packbits(np.asarray(mask, np.bool_), bitorder='little')
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
+
+
+def row_array(rows: np.ndarray) -> pa.Array:
+    """Row numbers (numpy) as an Arrow int64 array for ``take``, from their buffer (``pa.array`` imports pandas)."""
+    rows = np.ascontiguousarray(rows, np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows)])
 
 
 def string_hashes(strings: pa.ChunkedArray | pa.Array, prefix: str = '') -> np.ndarray:

@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 
 from src.datasets.errors import IndexFormatError
 from src.datasets.storage.files import unsafe_path_mask
+from src.datasets.storage.arrow_numpy import to_numpy
 from src.datasets.storage.atomic import write_encoded_json_array
 from src.prepare.report import EXAMPLES_PER_REASON, Drops, Report
-from src.prepare.listing import string_hashes
+from src.prepare.listing import bool_array, row_array, string_array, string_hashes
 from src.prepare.runner import Files
 
 TABLE_SCHEMA = pa.schema([('filename', pa.string()), ('prompt', pa.string()),
@@ -62,12 +63,15 @@ def read_table(path: str, columns: Columns = Columns(), roles=TABLE_SCHEMA.names
     """The ``roles`` (of :data:`TABLE_SCHEMA`) of one table, under those names."""
     wanted = {role: name for role, name in columns.by_role().items() if role in roles}
     try:
-        present = pq.read_schema(path).names
-        missing = [name for name in columns.by_role().values() if name not in present]
-        if missing:
-            raise IndexFormatError(f'{path}: no column {", ".join(map(repr, missing))}; its columns are '
-                                   f'{present}. Name them with --filename-col/--caption-col/--width-col/--height-col.')
-        table = pq.read_table(path, columns=list(wanted.values()))
+        # One file, not pq.read_table's dataset layer (whose import pulls in pandas: half a second).
+        with pq.ParquetFile(path) as parquet:
+            present = parquet.schema_arrow.names
+            missing = [name for name in columns.by_role().values() if name not in present]
+            if missing:
+                raise IndexFormatError(f'{path}: no column {", ".join(map(repr, missing))}; its columns are '
+                                       f'{present}. Name them with --filename-col/--caption-col/--width-col/'
+                                       '--height-col.')
+            table = parquet.read(columns=list(wanted.values()))
         schema = pa.schema([TABLE_SCHEMA.field(role) for role in wanted])
         return table.rename_columns(list(wanted)).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
@@ -98,7 +102,7 @@ def first_occurrences(names: pa.ChunkedArray, candidates: np.ndarray, hashes: np
     mask[candidates] = True
     rows = np.sort(candidates[order[shared]])
     seen = set()
-    for row, name in zip(rows.tolist(), names.take(rows).to_pylist()):
+    for row, name in zip(rows.tolist(), names.take(row_array(rows)).to_pylist()):
         if name in seen:
             mask[row] = False
         seen.add(name)
@@ -148,18 +152,19 @@ def _records_of_tables(paths: list[str], columns: Columns, keep: np.ndarray):
     start = 0
     for path in paths:
         table = read_table(path, columns)
-        images = pc.binary_join_element_wise(IMAGE_FOLDER + '/', table['filename'], '')
+        folder, empty = string_array([IMAGE_FOLDER + '/', ''])  # Arrow scalars (pa.scalar imports pandas)
+        images = pc.binary_join_element_wise(folder, table['filename'], empty)
         yield from encoded_records(table.set_column(0, 'image', images), keep[start:start + len(table)])
         start += len(table)
 
 
 def is_missing(values: pa.ChunkedArray) -> np.ndarray:
-    return pc.is_null(values, nan_is_null=True).to_numpy(zero_copy_only=False)
+    return to_numpy(pc.is_null(values, nan_is_null=True))
 
 
 def is_plausible_size(values: pa.ChunkedArray) -> np.ndarray:
     """Finite and below :data:`MAX_SIDE` (nulls count as plausible here: they are 'no-size')."""
-    sizes = values.to_numpy(zero_copy_only=False)  # float64 with NaN for null
+    sizes = to_numpy(values, fill=np.nan)  # float64 with NaN for null
     with np.errstate(invalid='ignore'):
         return np.isnan(sizes) | (np.isfinite(sizes) & (np.abs(sizes) < MAX_SIDE))
 
@@ -167,7 +172,7 @@ def is_plausible_size(values: pa.ChunkedArray) -> np.ndarray:
 def record_drops(drops: Drops, reason: str, names: pa.ChunkedArray, rows: np.ndarray) -> None:
     count = int(rows.sum())
     if count:
-        examples = names.take(np.flatnonzero(rows)[:EXAMPLES_PER_REASON]).to_pylist()
+        examples = names.take(row_array(np.flatnonzero(rows)[:EXAMPLES_PER_REASON])).to_pylist()
         drops.add_many(reason, [str(name) for name in examples], count)
 
 
@@ -194,7 +199,7 @@ def json_escaped(values: pa.Array) -> pa.Array:
     if data.size and data.min() < 0x20:
         control = pc.fill_null(pc.match_substring_regex(values, r'[\x00-\x1f]'), False)
         fixed = [json.dumps(value, ensure_ascii=False)[1:-1] for value in values.filter(control).to_pylist()]
-        escaped = pc.replace_with_mask(escaped, control, pa.array(fixed, pa.string()))
+        escaped = pc.replace_with_mask(escaped, control, string_array(fixed))
     return escaped
 
 
@@ -209,7 +214,7 @@ def kept_chunks(table: pa.Table, keep: np.ndarray):
         rows = np.flatnonzero(keep[start:start + len(whole)])
         for first in range(0, len(rows), CHUNK):
             low, high = rows[first], rows[min(first + CHUNK, len(rows)) - 1] + 1
-            yield whole.slice(low, high - low).filter(pa.array(keep[start + low:start + high]))
+            yield whole.slice(low, high - low).filter(bool_array(keep[start + low:start + high]))
         start += len(whole)
 
 
@@ -222,9 +227,12 @@ def encoded_records(table: pa.Table, keep: np.ndarray):
     joined array as it is (less the last comma): it is written from there, never copied to bytes
     (each piece is a bytes-like numpy view).
     """
+    # The literals as Arrow scalars: a Python str argument goes through pa.scalar, which imports pandas.
+    opening, caption, width, height, closing, empty = string_array(
+        ['{"image":"', '","caption":"', '","width":', ',"height":', '},', ''])
     for batch in kept_chunks(table, keep):
         sizes = [pc.cast(pc.cast(batch[name], pa.int64(), safe=False), pa.string()) for name in ('width', 'height')]
         records = pc.binary_join_element_wise(
-            '{"image":"', json_escaped(batch['image']), '","caption":"', json_escaped(batch['prompt']),
-            '","width":', sizes[0], ',"height":', sizes[1], '},', '')
+            opening, json_escaped(batch['image']), caption, json_escaped(batch['prompt']),
+            width, sizes[0], height, sizes[1], closing, empty)
         yield string_bytes(records)[:-1]

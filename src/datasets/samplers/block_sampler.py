@@ -5,8 +5,14 @@ The global shuffle (mmengine's ``DefaultSampler``, the default) draws every samp
 one ranged GET a sample. Here the indices are cut into blocks of ``block_size`` neighbours, and the
 blocks, not the samples, are shuffled (by seed and epoch). The preparation tools list a shard's
 members in their order in the index, so a block is a run of neighbouring members of one shard; with
-``block_size`` a multiple of the batch size, a batch is whole blocks, and the batch prefetch reads
-each block's members with one coalesced ranged GET (``object_store.member_spans``).
+``block_size`` a multiple of the batch size, a batch lies in one block, and the batch prefetch reads
+its members with one coalesced ranged GET (``object_store.member_spans``).
+
+Told the DataLoader's ``batch_size`` and ``num_workers``, the sampler deals whole blocks to the
+workers (torch hands batch ``k`` of an epoch to worker ``k % num_workers``), so a worker reads a
+block's batches one after another, and tells the dataset its blocks (``read_blocks``): the
+worker's first batch of a block fetches the whole block with one GET, the next ones find their
+bytes fetched (a block of 32 and batches of 8: a GET every 32 samples, not every 8).
 
 The price is shuffle quality: a batch holds ``batch_size / block_size`` places of the data instead
 of ``batch_size``. It is measured at construction against a global shuffle of the same size and
@@ -51,6 +57,22 @@ def rank_share(order: np.ndarray, block_size: int, rank: int, world_size: int) -
     return padded.reshape(-1, world_size, block_size)[:, rank, :].ravel()
 
 
+def worker_lanes(share: np.ndarray, block_size: int, batch_size: int, workers: int) -> np.ndarray:
+    """``share`` (whole blocks of ``block_size``) reordered so that batch ``k`` of ``batch_size``
+    comes from lane ``k % workers``, each lane reading its blocks (every ``workers``-th) whole and in
+    turn: torch's DataLoader gives batch ``k`` to worker ``k % workers``, so each block is read by one
+    worker. The same indices, a multiple of ``block_size`` long. Where the blocks do not divide
+    among the workers, the last ones' batches go to the workers in turn (each fetching the rest of
+    the block from its batch: a few requests and bytes more at an epoch's end)."""
+    if workers <= 1 or block_size % batch_size:
+        return share
+    blocks = share.reshape(-1, block_size)
+    lanes = [blocks[w::workers].reshape(-1, batch_size) for w in range(workers)]
+    rounds = max(len(lane) for lane in lanes)
+    batches = [lane[r] for r in range(rounds) for lane in lanes if r < len(lane)]
+    return np.concatenate(batches) if batches else share
+
+
 def shuffle_quality(order: np.ndarray, size: int, batch_size: int) -> tuple[float, float]:
     """(mean distance between neighbours of ``order``, as a fraction of ``size``; mean number of
     distinct regions of ``batch_size`` neighbouring indices that a batch of ``order`` draws from)."""
@@ -68,26 +90,39 @@ def shuffle_quality(order: np.ndarray, size: int, batch_size: int) -> tuple[floa
 
 @DATA_SAMPLERS.register_module()
 class BlockShuffleSampler(Sampler):
-    """``dataset``; ``block_size``: neighbours read together (make it the batch size, or a divisor
-    of it, so a batch is whole blocks); ``batch_size``: for the logged quality measure only;
+    """``dataset``; ``block_size``: neighbours read together (a multiple of the batch size, so a
+    batch lies in one block); ``batch_size`` and ``num_workers``: the DataLoader's (0: the main
+    process reads), to deal whole blocks to its workers, each fetching a block with one request
+    (without ``num_workers``, a request a batch);
     ``shuffle``, ``seed`` (None: one drawn and shared by all ranks) as ``DefaultSampler``'s."""
 
     def __init__(self, dataset: Sized, block_size: int = 32, shuffle: bool = True, seed: Optional[int] = None,
-                 batch_size: Optional[int] = None) -> None:
+                 batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> None:
         if not isinstance(block_size, int) or block_size <= 0:
             raise ValueError(f'BlockShuffleSampler: block_size must be a positive int, got {block_size!r}')
+        if batch_size and num_workers is not None and block_size % batch_size:
+            raise ValueError(f'BlockShuffleSampler: block_size ({block_size}) must be a multiple of batch_size '
+                             f'({batch_size}) to deal whole blocks to the workers')
         self.rank, self.world_size = get_dist_info()
         self.size, self.block_size, self.shuffle = len(dataset), block_size, shuffle
+        self.batch_size, self.workers = batch_size or block_size, max(num_workers or 1, 1)
         self.seed = sync_random_seed() if seed is None else seed
         self.epoch = 0
         span = block_size * self.world_size
         self.num_samples = math.ceil(self.size / span) * block_size
+        if num_workers is not None and hasattr(dataset, 'read_blocks'):  # each block read by one process:
+            dataset.read_blocks = block_size  # its first batch fetches the whole block
         if self.size:
-            self._log_quality(batch_size or block_size)
+            self._log_quality(self.batch_size)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """This rank's indices of ``epoch``, in the order they are read."""
+        order = block_order(self.size, self.block_size, self.seed, epoch, self.shuffle)
+        share = rank_share(order, self.block_size, self.rank, self.world_size)
+        return worker_lanes(share, self.block_size, self.batch_size, self.workers)
 
     def _log_quality(self, batch_size: int) -> None:
-        blocks = shuffle_quality(block_order(self.size, self.block_size, self.seed, 0, self.shuffle), self.size,
-                                 batch_size)
+        blocks = shuffle_quality(self._order(0), self.size, batch_size)
         uniform = shuffle_quality(np.random.default_rng(self.seed).permutation(self.size), self.size, batch_size)
         print_log(f'BlockShuffleSampler: blocks of {self.block_size} neighbouring samples, shuffled; its shuffle '
                   f'quality against a global shuffle of the {self.size} samples: mean distance between neighbours '
@@ -95,8 +130,7 @@ class BlockShuffleSampler(Sampler):
                   f'{blocks[1]:.1f} places (global: {uniform[1]:.1f})', logger='current')
 
     def __iter__(self) -> Iterator[int]:
-        order = block_order(self.size, self.block_size, self.seed, self.epoch, self.shuffle)
-        return iter(rank_share(order, self.block_size, self.rank, self.world_size).tolist())
+        return iter(self._order(self.epoch).tolist())
 
     def __len__(self) -> int:
         return self.num_samples

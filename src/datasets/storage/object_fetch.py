@@ -1,5 +1,6 @@
 """Fetching ahead for object storage: the bytes of a batch fetched in threads before their read
-(``Kept``, bounded), and how much of a batch one prefetch takes on (``fetch_within``)."""
+(``Kept``, bounded), how much of a batch one prefetch takes on (``fetch_within``), and the rest of
+a block shuffle's block fetched with its first batch (``block_rest``)."""
 from __future__ import annotations
 
 import os
@@ -54,6 +55,19 @@ class Kept:
         if data is not None:
             self._bytes -= len(data)
         return data
+
+
+def block_rest(indices, block_size: int | None, size: int) -> range:
+    """The indices after a batch (``indices``) to the end of its block of ``block_size``, where the
+    batch is a run of neighbours inside one block (``BlockShuffleSampler``'s batches); else none. A
+    worker's first batch of a block fetches them with its own (one request); its next batches,
+    dealt to the same worker, find their bytes fetched."""
+    if not block_size or block_size <= 1 or not len(indices):
+        return range(0)
+    first, last = int(indices[0]), int(indices[-1])
+    if first // block_size != last // block_size or any(int(b) - int(a) != 1 for a, b in zip(indices, indices[1:])):
+        return range(0)
+    return range(last + 1, min(size, (first // block_size + 1) * block_size))
 
 
 _THREADS: tuple[int, ThreadPoolExecutor] | None = None

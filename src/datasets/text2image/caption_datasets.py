@@ -63,6 +63,7 @@ class CaptionDataset(SubclassContract, UpstreamHooks, SampleDraws, BucketedRecor
     filters = None
     extra_keys = ()
     funnel = ()
+    read_blocks = None  # BlockShuffleSampler's block size: a batch fetches the rest of its block too
 
     def __init__(self, data_path, image_folder=None, debug=False, image_processor=None, ceph_folder=None,
                  latents_ceph_folder=None, ceph_config=None, tokenizer=None, prompt_template=None, max_length=128,

@@ -18,6 +18,7 @@ from torch.utils.data import get_worker_info
 
 from src.datasets.errors import SampleError
 from src.datasets.failure_policy import FailureTracker
+from src.datasets.storage.object_fetch import block_rest
 from src.datasets.text2image.upstream_hooks import current_draw, make_sample, sets_draw_rng
 
 
@@ -80,8 +81,8 @@ class SampleDraws:
         sample; then the samples are made in turn. The same samples as ``self[idx]`` one by one."""
         tokenize = self._tokenizes_batches and self.prompt_ids is None
         records = [self.index[idx] for idx in indices] if self.files.remote or tokenize else None
-        if self.files.remote:
-            self._prefetch(records)
+        if self.files.remote:  # with BlockShuffleSampler's blocks, the rest of the batch's block too
+            self._prefetch(records + [self.index[i] for i in block_rest(indices, self.read_blocks, len(self))])
         if not tokenize:
             return [self[idx] for idx in indices]
         ids = self.prompts.batch_ids(records, self.cap_keys, self.caption_prompt)
