@@ -208,7 +208,8 @@ def kept_chunks(table: pa.Table, keep: np.ndarray):
     one of the table's own chunks: a line of data.json each, where lines always broke, so that a
     re-run with this code leaves an existing data.json untouched. Each is filtered from the span of
     rows it comes from: the kept rows are never copied whole (memory a process touches for the
-    first time is slow to get on a virtual machine: ~1.5 s a GiB on ours)."""
+    first time is slow to get on a virtual machine: bench/RESULTS.md, "Preparation against the
+    guides' scripts")."""
     start = 0
     for whole in table.to_batches():
         rows = np.flatnonzero(keep[start:start + len(whole)])
@@ -221,7 +222,7 @@ def kept_chunks(table: pa.Table, keep: np.ndarray):
 def encoded_records(table: pa.Table, keep: np.ndarray):
     """The data.json records of the ``keep`` rows of ``table``, already JSON-encoded, a chunk per line.
 
-    Building {"image", "caption", "width", "height"} dicts and encoding them costs ~5 us a row in
+    Building {"image", "caption", "width", "height"} dicts and encoding them is per-row work in
     Python; joining the escaped columns with Arrow string kernels costs a small fraction of that.
     Each record is joined with its trailing comma, so the chunk's text is the data buffer of the
     joined array as it is (less the last comma): it is written from there, never copied to bytes
