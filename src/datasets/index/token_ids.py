@@ -11,13 +11,28 @@ those cases go there. Whether the Rust tokenizer's settings still allow it is lo
 call (another user of the same tokenizer may have left truncation set: transformers' next call then
 resets it); a tokenizer class that overrides any of the encode methods always goes through
 transformers. Each ``TokenIds`` is checked once against transformers' call when made.
+
+A batch call runs the Rust tokenizer's thread pool, which can hang for good in a process forked
+after its parent used the pool (a lock left taken by a thread that does not exist in the child,
+whatever TOKENIZERS_PARALLELISM says): in a forked process, a batch is encoded a text at a time.
 """
 from __future__ import annotations
 
 import functools
+import os
 
 from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+_forked = False
+
+
+def _in_forked_child() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_in_forked_child)
 
 # What transformers' fast tokenizer runs on the way to the Rust call; a subclass overriding any of
 # them may change the text or the ids (GPT-2's asserts its options, for one): transformers' then.
@@ -63,6 +78,8 @@ class TokenIds:
         return self.tokenizer.encode(text, **self.tokenizer_kwargs)
 
     def many(self, texts: list[str]) -> list[list[int]]:
+        if _forked:  # no thread pool in a forked process: see the module's docstring
+            return [self.one(text) for text in texts]
         backend = self._backend()
         if backend is not None:
             return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=self.special)]
