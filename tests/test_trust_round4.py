@@ -158,3 +158,89 @@ def test_a_digests_file_grown_past_its_bound_is_computed_again_never_read_whole(
     sidecar.write_bytes(b' ' * MAX_JSON_BYTES + whole)  # the very values, after more blank space than a build writes
     assert bounded(lambda: SampleIndex.load(index_root / 'data.json').content_digest('image'))[0] == digest
     assert sidecar.stat().st_size == len(whole)  # computed again and kept afresh
+
+
+# ---- TIFF layouts that cost the decoder more than the picture ---------------------------------
+
+def _tiff(width: int, height: int, data: bytes, tags: dict, compression: int = 1) -> bytes:
+    """A little-endian RGB TIFF of ``data`` (at offset 8) and the LONG ``tags`` (a tag: a value,
+    or a list of them kept after the data)."""
+    import struct
+    tail, entries = b'', []
+    after = 8 + len(data)
+    base = {256: width, 257: height, 259: compression, 262: 2, 277: 3}
+    for tag, value in sorted({**base, **tags}.items()):
+        values = value if isinstance(value, list) else [value]
+        if len(values) == 1:
+            entries.append(struct.pack('<HHII', tag, 4, 1, values[0]))
+        else:
+            entries.append(struct.pack('<HHII', tag, 4, len(values), after + len(tail)))
+            tail += struct.pack(f'<{len(values)}I', *values)
+    bits_at = after + len(tail)
+    tail += struct.pack('<3H', 8, 8, 8)
+    entries.append(struct.pack('<HHII', 258, 3, 3, bits_at))
+    entries.sort(key=lambda entry: entry[:2])
+    ifd = struct.pack('<H', len(entries)) + b''.join(entries) + b'\0\0\0\0'
+    return b'II*\0' + struct.pack('<I', after + len(tail)) + data + tail + ifd
+
+
+def _load(data: bytes):
+    import random
+    from src.datasets.sample.image_io import load_pixels
+    return load_pixels(data, 'picture.tif', (64, 64), random.Random(0), min_image_size=16)[0]
+
+
+def test_a_tiff_whose_strips_cover_the_picture_again_and_again_is_refused_undecoded():
+    from src.datasets.errors import SampleError
+    width, height, rounds = 512, 256, 200  # each strip one row; the list goes round the picture 200 times
+    row = bytes(range(256)) * (width * 3 // 256)
+    data = _tiff(width, height, row, {273: [8] * height * rounds, 278: 1, 279: [len(row)] * height * rounds})
+
+    def attempt():
+        try:
+            _load(data)
+        except SampleError as exc:
+            return exc.reason, str(exc)
+    reason, message = bounded(attempt)[0]
+    assert reason == 'bad-image'
+    assert message.startswith('picture.tif: the 51200 strips or tiles of this TIFF cover its 512x256 picture 200 times')
+
+
+def test_a_small_tiff_of_one_huge_tile_is_refused_before_its_tile_is_allocated():
+    import zlib
+    from src.datasets.errors import SampleError
+    from src.datasets.storage.images import DEFAULT_MAX_PIXELS
+    data = _tiff(200, 200, zlib.compress(bytes(1000)), {322: 16384, 323: 16384, 324: 8, 325: 17}, compression=8)
+
+    def attempt():
+        try:
+            _load(data)
+        except SampleError as exc:
+            return exc.reason, str(exc)
+    assert bounded(attempt)[0] == ('too-large', f'picture.tif: a TIFF tile of 16384x16384 pixels is more than '
+                                                f'max_pixels={DEFAULT_MAX_PIXELS}: refused, not decoded')
+
+
+@pytest.mark.parametrize('layout', ['strips of rows', 'a plane a band'])
+def test_tiffs_whose_strips_cover_the_picture_once_a_band_still_load(layout):
+    import numpy as np
+    import torch
+    from PIL import Image
+    width, height = 96, 80
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    if layout == 'strips of rows':
+        data = _tiff(width, height, pixels.tobytes(), {273: [8 + i * width * 3 * 8 for i in range(10)], 278: 8,
+                                                       279: [width * 3 * 8] * 10})
+    else:
+        planes = pixels.transpose(2, 0, 1).tobytes()
+        data = _tiff(width, height, planes, {273: [8 + i * width * height for i in range(3)], 278: height,
+                                             279: [width * height] * 3, 284: 2})
+    expected = _load(_png(Image.fromarray(pixels)))
+    assert torch.equal(_load(data), expected)
+
+
+def _png(img) -> bytes:
+    import io
+    out = io.BytesIO()
+    img.save(out, 'PNG')
+    return out.getvalue()

@@ -42,6 +42,7 @@ Image.init()  # Image.open(formats=...) looks only among registered plugins; reg
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
                  zlib.error, Image.DecompressionBombError)
 
+_TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH = 322, 323
 _EXIF_ORIENTATION = 0x0112
 _TURNED = frozenset(range(2, 9))  # the EXIF orientations other than upright (1): flips, turns, diagonals
 
@@ -78,6 +79,8 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     if width * height > max_pixels:
         raise SampleError('too-large', f'{name}: {width}x{height} = {width * height} pixels is more than '
                                        f'max_pixels={max_pixels} (possible decompression bomb)')
+    if img.format == 'TIFF':
+        _check_tiff_layout(img, name, max_pixels)
     if img.format in ('JPEG', 'MPO'):
         scans, limit = jpeg_scans(data), max_jpeg_scans(width * height)
         if scans > limit:
@@ -85,6 +88,22 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
                                            'picture may have (each scan is a pass of the decoder): refused, not decoded')
     img.info[_NAME_KEY] = name
     return img
+
+
+def _check_tiff_layout(img: Image.Image, name: str, max_pixels: int) -> None:
+    """Refuse a TIFF whose layout costs its decoder more than its picture: a tile of more than
+    ``max_pixels`` (libtiff allocates a whole tile, whatever the picture's size), or strips or tiles
+    covering it more than once a band (each is decoded again, the list as long as the file allows)."""
+    tile = img.tag_v2.get(_TIFF_TILE_WIDTH), img.tag_v2.get(_TIFF_TILE_LENGTH)
+    if all(isinstance(side, int) for side in tile) and tile[0] * tile[1] > max_pixels:
+        raise SampleError('too-large', f'{name}: a TIFF tile of {tile[0]}x{tile[1]} pixels is more than '
+                                       f'max_pixels={max_pixels}: refused, not decoded')
+    width, height = img.size
+    covered = sum((x1 - x0) * (y1 - y0) for _, (x0, y0, x1, y1), *_ in (t for t in img.tile if t[1]))
+    if covered > width * height * len(img.getbands()):
+        raise SampleError('bad-image', f'{name}: the {len(img.tile)} strips or tiles of this TIFF cover its '
+                                       f'{width}x{height} picture {covered / (width * height):.0f} times over '
+                                       '(each is decoded again): refused, not decoded')
 
 
 class ScanBomb(SampleError):
