@@ -244,3 +244,20 @@ def _png(img) -> bytes:
     out = io.BytesIO()
     img.save(out, 'PNG')
     return out.getvalue()
+
+
+# ---- what the clearing of leftovers removes ----------------------------------------------------
+
+def test_clearing_a_killed_builds_leftovers_keeps_a_users_files_of_a_like_name(index_root):
+    cache = cache_path_for(index_root / 'data.json')
+    mine = [cache.with_name(f'{cache.name}.tmp-notes.txt'), cache.with_name(f'{cache.name}.tmp-1-backup')]
+    for path in mine:
+        path.write_text('mine')
+    (cache.with_name(f'{cache.name}.tmp-keep') / 'inside').mkdir(parents=True)
+    left = [cache.with_name(f'{cache.name}.tmp-{2 ** 22 + 1}-0badf00d{part}') for part in ('', '.0', '.1')]
+    for path in left:  # as a build killed while writing leaves them
+        path.write_bytes(b'half')
+    assert bounded(lambda: _load_len(index_root))[0] == 20
+    assert [path.read_text() for path in mine] == ['mine', 'mine']
+    assert (cache.with_name(f'{cache.name}.tmp-keep') / 'inside').is_dir()
+    assert not any(path.exists() for path in left)

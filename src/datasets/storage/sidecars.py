@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -29,6 +30,7 @@ from src.datasets.storage.locks import wait_for_lock
 T = TypeVar('T')
 MAX_JSON_BYTES = 64 << 20  # a JSON file beside the cache larger than this was not written by a build
 TEMP = '.tmp-'  # <target>.tmp-<pid>-<random>: a build's file or folder until it is renamed
+_TEMP_NAME = re.compile(rf'{re.escape(TEMP)}\d+-[0-9a-f]{{8}}(\.\d+)?')  # (and the parts a build adds: .0, .1)
 
 
 class Unwritable(OSError):
@@ -63,7 +65,10 @@ def held(target, *, required: bool = True, leftovers: Sequence[str] = ()) -> Ite
         yield False
         return
     with lock:
-        for pattern in (f'{glob.escape(target.name)}{TEMP}*', *leftovers):
+        for leftover in target.parent.glob(f'{glob.escape(target.name)}{TEMP}*'):
+            if _TEMP_NAME.fullmatch(leftover.name[len(target.name):]):  # a user's own '.tmp-mine' stays
+                remove(leftover)
+        for pattern in leftovers:
             for leftover in target.parent.glob(pattern):
                 remove(leftover)
         yield True
