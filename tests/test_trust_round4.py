@@ -261,3 +261,52 @@ def test_clearing_a_killed_builds_leftovers_keeps_a_users_files_of_a_like_name(i
     assert [path.read_text() for path in mine] == ['mine', 'mine']
     assert (cache.with_name(f'{cache.name}.tmp-keep') / 'inside').is_dir()
     assert not any(path.exists() for path in left)
+
+
+# ---- PNGs of millions of chunks -----------------------------------------------------------------
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+
+def _png_with(mode: str, where: str, chunks: bytes) -> bytes:
+    from PIL import Image
+    png = _png(Image.new(mode, (128, 128), 7))
+    at = png.index(b'IDAT') - 4 if where == 'before the pixels' else len(png) - 12  # or before IEND
+    return png[:at] + chunks + png[at:]
+
+
+@pytest.mark.parametrize('mode', ['RGB', 'L'])
+@pytest.mark.parametrize('where', ['before the pixels', 'after them'])
+@pytest.mark.parametrize('kind', [b'abCd', b'IDAT'])
+def test_a_png_of_millions_of_empty_chunks_is_refused_unopened(mode, where, kind):
+    from src.datasets.errors import SampleError
+    data = _png_with(mode, where, _chunk(kind, b'') * 400_000)
+
+    def attempt():
+        try:
+            _load(data)
+        except SampleError as exc:
+            return exc.reason, str(exc)
+    reason, message = bounded(attempt)[0]
+    assert reason == 'bad-image'
+    assert message.startswith(f'picture.tif: a PNG of more than {1024 + len(data) // 1024} chunks in {len(data)} bytes')
+
+
+def test_a_png_of_its_pixels_in_chunks_of_a_kilobyte_loads():
+    import numpy as np
+    import torch
+    from PIL import Image
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    png = _png(Image.fromarray(pixels))
+    start, end = png.index(b'IDAT') - 4, png.index(b'IEND') - 4
+    stream, at = b'', start
+    while at < end:  # the pixels' zlib stream, whole
+        length = int.from_bytes(png[at:at + 4], 'big')
+        stream += png[at + 8:at + 8 + length]
+        at += 12 + length
+    data = png[:start] + b''.join(_chunk(b'IDAT', stream[i:i + 1024]) for i in range(0, len(stream), 1024)) + png[end:]
+    assert data.count(b'IDAT') > 300
+    assert torch.equal(_load(data), _load(png))

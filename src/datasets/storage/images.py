@@ -1,8 +1,10 @@
 """Opening an image file's bytes, trusting nothing in them: the one place that calls ``Image.open``.
 
 :func:`open_image` reads the header only, among the raster formats these datasets hold, and refuses
-before any decode what would cost a worker without bound: more pixels than a limit, or a JPEG of
-more scans than its size allows (:func:`jpeg_scans` counts them without decoding). Every refusal is a
+before any decode what would cost a worker without bound: more pixels than a limit, a JPEG of
+more scans than its size allows (:func:`jpeg_scans` counts them without decoding), a PNG of more
+chunks than its size allows (:func:`png_chunks`), a TIFF whose tiles or strips cost more than its
+picture. Every refusal is a
 ``SampleError`` naming the file; no Pillow traceback escapes. :func:`oriented_size` is the picture's
 upright size from the same header (its EXIF orientation), for the size index and the crop.
 Decoding, cropping and resizing are the sample's (``src.datasets.sample.image_io``).
@@ -32,6 +34,13 @@ MIN_JPEG_SCANS = 32
 _SCAN_PIXELS = MAX_JPEG_SCANS * 2048 * 2048  # scans x pixels a picture may cost
 _SOS, _STANDALONE = 0xDA, frozenset((0x01, *range(0xD0, 0xD9)))
 _MAX_HEADER_STEPS = 4096  # markers and fill bytes before the first scan stepped over, at most
+
+# Pillow reads a PNG's chunks one at a time in Python: a file of millions of empty chunks costs
+# seconds a megabyte where its pixels cost milliseconds. Encoders write a handful besides the image
+# data, which comes in chunks of kilobytes; more than that many, one a kilobyte, is refused.
+_MIN_PNG_CHUNKS = 1024
+_PNG_CHUNK_BYTES = 1024
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 # The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
 # away from ones that shell out (EPS runs Ghostscript) or parse exotic containers.
@@ -63,6 +72,11 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     """
     if not data:
         raise SampleError('bad-image', f'{name}: empty file (0 bytes)')
+    if data.startswith(_PNG_SIGNATURE):
+        limit = max_png_chunks(len(data))
+        if png_chunks(data, limit) > limit:
+            raise SampleError('bad-image', f'{name}: a PNG of more than {limit} chunks in {len(data)} bytes (Pillow '
+                                           'reads each on its own, before the pixels): refused, not opened')
     try:
         with warnings.catch_warnings():
             # The size is checked below against max_pixels, whatever Pillow's global limit says.
@@ -88,6 +102,21 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
                                            'picture may have (each scan is a pass of the decoder): refused, not decoded')
     img.info[_NAME_KEY] = name
     return img
+
+
+def max_png_chunks(size: int) -> int:
+    """The most chunks a PNG of ``size`` bytes may have (see ``_MIN_PNG_CHUNKS``)."""
+    return _MIN_PNG_CHUNKS + size // _PNG_CHUNK_BYTES
+
+
+def png_chunks(data: bytes, limit: int) -> int:
+    """The chunks of the PNG in ``data`` up to its IEND, stepped over by their lengths; counting stops
+    past ``limit`` (so it costs at most that many steps)."""
+    at, count = 8, 0  # after the signature
+    while at + 8 <= len(data) and count <= limit and data[at + 4:at + 8] != b'IEND':
+        at += 12 + int.from_bytes(data[at:at + 4], 'big')  # length, type, data, CRC
+        count += 1
+    return count
 
 
 def _check_tiff_layout(img: Image.Image, name: str, max_pixels: int) -> None:
