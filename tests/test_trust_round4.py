@@ -184,40 +184,39 @@ def _tiff(width: int, height: int, data: bytes, tags: dict, compression: int = 1
     return b'II*\0' + struct.pack('<I', after + len(tail)) + data + tail + ifd
 
 
-def _load(data: bytes):
+def _load(data: bytes, name: str = 'picture.tif'):
     import random
     from src.datasets.sample.image_io import load_pixels
-    return load_pixels(data, 'picture.tif', (64, 64), random.Random(0), min_image_size=16)[0]
+    return load_pixels(data, name, (64, 64), random.Random(0), min_image_size=16)[0]
 
 
-def test_a_tiff_whose_strips_cover_the_picture_again_and_again_is_refused_undecoded():
+def _refusal(data: bytes, name: str) -> tuple[str, str] | None:
+    """The reason and message of the ``SampleError`` loading ``data`` raises (None: it loaded), in
+    bounded time."""
     from src.datasets.errors import SampleError
-    width, height, rounds = 512, 256, 200  # each strip one row; the list goes round the picture 200 times
-    row = bytes(range(256)) * (width * 3 // 256)
-    data = _tiff(width, height, row, {273: [8] * height * rounds, 278: 1, 279: [len(row)] * height * rounds})
 
     def attempt():
         try:
-            _load(data)
+            _load(data, name)
         except SampleError as exc:
             return exc.reason, str(exc)
-    reason, message = bounded(attempt)[0]
+    return bounded(attempt)[0]
+
+
+def test_a_tiff_whose_strips_cover_the_picture_again_and_again_is_refused_undecoded():
+    width, height, rounds = 512, 256, 200  # each strip one row; the list goes round the picture 200 times
+    row = bytes(range(256)) * (width * 3 // 256)
+    data = _tiff(width, height, row, {273: [8] * height * rounds, 278: 1, 279: [len(row)] * height * rounds})
+    reason, message = _refusal(data, 'picture.tif')
     assert reason == 'bad-image'
     assert message.startswith('picture.tif: the 51200 strips or tiles of this TIFF cover its 512x256 picture 200 times')
 
 
 def test_a_small_tiff_of_one_huge_tile_is_refused_before_its_tile_is_allocated():
     import zlib
-    from src.datasets.errors import SampleError
     from src.datasets.storage.images import DEFAULT_MAX_PIXELS
     data = _tiff(200, 200, zlib.compress(bytes(1000)), {322: 16384, 323: 16384, 324: 8, 325: 17}, compression=8)
-
-    def attempt():
-        try:
-            _load(data)
-        except SampleError as exc:
-            return exc.reason, str(exc)
-    assert bounded(attempt)[0] == ('too-large', f'picture.tif: a TIFF tile of 16384x16384 pixels is more than '
+    assert _refusal(data, 'picture.tif') == ('too-large', f'picture.tif: a TIFF tile of 16384x16384 pixels is more than '
                                                 f'max_pixels={DEFAULT_MAX_PIXELS}: refused, not decoded')
 
 
@@ -282,17 +281,10 @@ def _png_with(mode: str, where: str, chunks: bytes) -> bytes:
 @pytest.mark.parametrize('where', ['before the pixels', 'after them'])
 @pytest.mark.parametrize('kind', [b'abCd', b'IDAT'])
 def test_a_png_of_millions_of_empty_chunks_is_refused_unopened(mode, where, kind):
-    from src.datasets.errors import SampleError
     data = _png_with(mode, where, _chunk(kind, b'') * 400_000)
-
-    def attempt():
-        try:
-            _load(data)
-        except SampleError as exc:
-            return exc.reason, str(exc)
-    reason, message = bounded(attempt)[0]
+    reason, message = _refusal(data, 'picture.png')
     assert reason == 'bad-image'
-    assert message.startswith(f'picture.tif: a PNG of more than {1024 + len(data) // 1024} chunks in {len(data)} bytes')
+    assert message.startswith(f'picture.png: a PNG of more than {1024 + len(data) // 1024} chunks in {len(data)} bytes')
 
 
 def test_a_png_of_its_pixels_in_chunks_of_a_kilobyte_loads():
