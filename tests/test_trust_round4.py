@@ -321,3 +321,16 @@ def test_a_fifo_planted_at_a_fetched_objects_etag_stamp_is_not_waited_on(tmp_pat
     os.mkfifo(stamp)
     assert bounded(lambda: _fetched(root, False), timeout=20)[0] == _expected('fetched object', root, 0)
     assert not stamp.is_fifo()
+
+
+# ---- an index named through a link ------------------------------------------------------------
+
+def test_the_cache_of_an_index_that_is_a_link_out_is_kept_in_the_folder_it_is_named_in(index_root, tmp_path):
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (index_root / 'data.json').rename(outside / 'real.json')
+    os.symlink(outside / 'real.json', index_root / 'data.json')
+    assert bounded(lambda: _load_len(index_root))[0] == 20
+    assert [p.name for p in outside.iterdir()] == ['real.json']  # nothing written where the link leads
+    assert cache_path_for(index_root / 'data.json').parent == index_root.resolve()
+    assert cache_path_for(index_root / 'data.json').is_file()

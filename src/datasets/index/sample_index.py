@@ -87,7 +87,7 @@ class SampleIndex:
             raise _format_error(source, 'the folder holds no .json files')
         if use_cache:
             fingerprint = _fingerprint(resolved, members)
-            cache = cache_path_for(resolved, cache_dir)
+            cache = cache_path_for(source, cache_dir)
             try:
                 table = cached_table(source, members, cache, fingerprint)
                 return cls(table, source, cache=cache, fingerprint=fingerprint)
