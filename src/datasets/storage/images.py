@@ -4,8 +4,7 @@
 before any decode what would cost a worker without bound: more pixels than a limit, a JPEG of
 more scans than its size allows (:func:`jpeg_scans` counts them without decoding), a PNG of more
 chunks than its size allows (:func:`png_chunks`), a TIFF whose tiles or strips cost more than its
-picture. Every refusal is a
-``SampleError`` naming the file; no Pillow traceback escapes. :func:`oriented_size` is the picture's
+picture. Every refusal is a ``SampleError`` naming the file; no Pillow traceback escapes. :func:`oriented_size` is the picture's
 upright size from the same header (its EXIF orientation), for the size index and the crop.
 Decoding, cropping and resizing are the sample's (``src.datasets.sample.image_io``).
 """

@@ -6,7 +6,10 @@ index's digests and a fetched object all go through it, so each holds the same p
   :func:`src.datasets.storage.locks.wait_for_lock`) and look again before building;
 - a build fills a temporary ``<target>.tmp-*`` beside it, renamed into place when whole: a reader
   never meets a half-written file (a rename also replaces a link planted there, never follows it);
-  what a killed build left is removed by the next one, under the lock;
+  what a killed build left (``<target>.tmp-<pid>-<random>``, nothing else) is removed by the next
+  one, under the lock;
+- what is found there is read only when it is what a build leaves (:func:`kept`): a link, a FIFO
+  or an oversized JSON file planted there is built over, never read;
 - a target that cannot be kept (a read-only or full folder, a lock that cannot be made) raises
   :class:`Unwritable` with the cause's words: the caller does without (in memory, or again next time).
 
