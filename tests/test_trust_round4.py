@@ -334,3 +334,33 @@ def test_the_cache_of_an_index_that_is_a_link_out_is_kept_in_the_folder_it_is_na
     assert [p.name for p in outside.iterdir()] == ['real.json']  # nothing written where the link leads
     assert cache_path_for(index_root / 'data.json').parent == index_root.resolve()
     assert cache_path_for(index_root / 'data.json').is_file()
+
+
+def _gif_with(blocks: bytes) -> bytes:
+    """A 128x128 GIF with ``blocks`` (extensions) before its picture."""
+    import io
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new('P', (128, 128), 3).save(out, 'GIF')
+    gif = out.getvalue()
+    header = 13 + (3 << ((gif[10] & 7) + 1) if gif[10] & 0x80 else 0)
+    return gif[:header] + blocks + gif[header:]
+
+
+@pytest.mark.parametrize('blocks', [b'\x21\xfe' + b'\x01x' * 2_000_000 + b'\x00',  # a comment, a byte a block
+                                    b'\x21\xf9\x04\x00\x00\x00\x00\x00' * 600_000],  # control blocks
+                         ids=['a comment of one-byte blocks', 'a million control blocks'])
+def test_a_gif_of_millions_of_extension_blocks_is_refused_unopened(blocks):
+    data = _gif_with(blocks)
+    reason, message = _refusal(data, 'picture.gif')
+    assert reason == 'bad-image'
+    assert message.startswith(f'picture.gif: a GIF of more than {1024 + len(data) // 1024} extension blocks')
+
+
+def test_gifs_of_long_comments_and_many_frames_still_load():
+    import io
+    from PIL import Image
+    frames = [Image.new('P', (120, 120), i % 256) for i in range(1500)]
+    out = io.BytesIO()
+    frames[0].save(out, 'GIF', save_all=True, append_images=frames[1:], comment='a cat ' * 20_000)
+    assert _refusal(out.getvalue(), 'picture.gif') is None

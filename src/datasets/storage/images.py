@@ -3,8 +3,9 @@
 :func:`open_image` reads the header only, among the raster formats these datasets hold, and refuses
 before any decode what would cost a worker without bound: more pixels than a limit, a JPEG of
 more scans than its size allows (:func:`jpeg_scans` counts them without decoding), a PNG of more
-chunks than its size allows (:func:`png_chunks`), a TIFF whose tiles or strips cost more than its
-picture. Every refusal is a ``SampleError`` naming the file; no Pillow traceback escapes. :func:`oriented_size` is the picture's
+chunks or a GIF of more extension blocks than its size allows (:func:`png_chunks`,
+:func:`gif_blocks`), a TIFF whose tiles or strips cost more than its picture. Every refusal is a
+``SampleError`` naming the file; no Pillow traceback escapes. :func:`oriented_size` is the picture's
 upright size from the same header (its EXIF orientation), for the size index and the crop.
 Decoding, cropping and resizing are the sample's (``src.datasets.sample.image_io``).
 """
@@ -34,11 +35,12 @@ _SCAN_PIXELS = MAX_JPEG_SCANS * 2048 * 2048  # scans x pixels a picture may cost
 _SOS, _STANDALONE = 0xDA, frozenset((0x01, *range(0xD0, 0xD9)))
 _MAX_HEADER_STEPS = 4096  # markers and fill bytes before the first scan stepped over, at most
 
-# Pillow reads a PNG's chunks one at a time in Python: a file of millions of empty chunks costs
-# seconds a megabyte where its pixels cost milliseconds. Encoders write a handful besides the image
-# data, which comes in chunks of kilobytes; more than that many, one a kilobyte, is refused.
-_MIN_PNG_CHUNKS = 1024
-_PNG_CHUNK_BYTES = 1024
+# Pillow reads a PNG's chunks and a GIF's extension blocks one at a time in Python: a file of
+# millions of empty ones costs seconds a megabyte where its pixels cost milliseconds. Encoders write
+# a handful besides the image data, which comes in chunks of kilobytes (a GIF's in its decoder);
+# more than that many, one a kilobyte, is refused.
+_MIN_BLOCKS = 1024
+_BLOCK_BYTES = 1024
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 # The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
@@ -71,11 +73,11 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     """
     if not data:
         raise SampleError('bad-image', f'{name}: empty file (0 bytes)')
-    if data.startswith(_PNG_SIGNATURE):
-        limit = max_png_chunks(len(data))
-        if png_chunks(data, limit) > limit:
-            raise SampleError('bad-image', f'{name}: a PNG of more than {limit} chunks in {len(data)} bytes (Pillow '
-                                           'reads each on its own, before the pixels): refused, not opened')
+    limit = max_blocks(len(data))
+    for signature, (kind, blocks, count) in _COUNTED_BLOCKS.items():
+        if data.startswith(signature) and count(data, limit) > limit:
+            raise SampleError('bad-image', f'{name}: a {kind} of more than {limit} {blocks} in {len(data)} bytes '
+                                           '(Pillow reads each on its own, before the pixels): refused, not opened')
     try:
         with warnings.catch_warnings():
             # The size is checked below against max_pixels, whatever Pillow's global limit says.
@@ -103,9 +105,9 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     return img
 
 
-def max_png_chunks(size: int) -> int:
-    """The most chunks a PNG of ``size`` bytes may have (see ``_MIN_PNG_CHUNKS``)."""
-    return _MIN_PNG_CHUNKS + size // _PNG_CHUNK_BYTES
+def max_blocks(size: int) -> int:
+    """The most PNG chunks or GIF extension blocks a file of ``size`` bytes may have (see ``_MIN_BLOCKS``)."""
+    return _MIN_BLOCKS + size // _BLOCK_BYTES
 
 
 def png_chunks(data: bytes, limit: int) -> int:
@@ -116,6 +118,23 @@ def png_chunks(data: bytes, limit: int) -> int:
         at += 12 + int.from_bytes(data[at:at + 4], 'big')  # length, type, data, CRC
         count += 1
     return count
+
+
+def gif_blocks(data: bytes, limit: int) -> int:
+    """The extension blocks and their sub-blocks of the GIF in ``data`` before its first picture
+    (whose data its decoder reads), stepped over by their lengths; counting stops past ``limit``."""
+    at, count = 13 + (3 << ((data[10] & 7) + 1) if len(data) > 10 and data[10] & 0x80 else 0), 0
+    while at + 1 < len(data) and data[at] == 0x21 and count <= limit:  # an extension: its label, its sub-blocks
+        at += 2
+        while at < len(data) and data[at] and count <= limit:
+            at += 1 + data[at]
+            count += 1
+        at += 1
+        count += 1
+    return count
+
+
+_COUNTED_BLOCKS = {_PNG_SIGNATURE: ('PNG', 'chunks', png_chunks), b'GIF8': ('GIF', 'extension blocks', gif_blocks)}
 
 
 def _check_tiff_layout(img: Image.Image, name: str, max_pixels: int) -> None:
