@@ -17,6 +17,8 @@ import pytest
 from mmengine.logging import MMLogger
 
 from src.datasets.index.sample_index import SampleIndex, cache_path_for
+from tests.test_sidecars_one_way import _expected, _fetched, _prepare, _target, s3  # noqa: F401 - the local S3 server
+from tests.test_trust_sidecars import _samples, _sidecars, make, root  # noqa: F401 - the dataset's fixtures
 
 FORK = multiprocessing.get_context('fork')
 TIMEOUT = 60  # seconds an attack may take before it counts as a hang (each takes about one)
@@ -91,9 +93,6 @@ def test_what_is_planted_at_the_lock_path_is_neither_waited_on_nor_followed(inde
 
 
 # ---- what is planted where a file beside the index cache goes --------------------------------
-
-from tests.test_trust_sidecars import _samples, _sidecars, make, root  # noqa: E402,F401 - the dataset's fixtures
-
 
 def _planted_at(root: Path, where: str) -> Path:
     cache = cache_path_for(root / 'data.json')
@@ -305,9 +304,6 @@ def test_a_png_of_its_pixels_in_chunks_of_a_kilobyte_loads():
 
 
 # ---- the ETag stamp of a fetched object (storage/object_store.py: another engineer's file) ------
-
-from tests.test_sidecars_one_way import _expected, _fetched, _prepare, _target, s3  # noqa: E402,F401 - the local S3 server
-
 
 @pytest.mark.xfail(strict=True, reason='fetch_to_cache reads its ETag stamp with read_text(): a FIFO there waits '
                                        'forever; current() should ask sidecars.kept(stamp) first')
