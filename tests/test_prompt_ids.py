@@ -166,7 +166,7 @@ def test_ids_that_disagree_with_the_tokenizer_are_rebuilt(make, records, tmp_pat
 
 def test_a_killed_build_leaves_nothing_that_is_read(make, records, tmp_path):
     folder = make(pretokenize=True).prompt_ids.folder
-    os.rename(folder, f'{folder}.tmp-killed')  # a build killed before its rename: never read
+    os.rename(folder, f'{folder}.tmp-{2 ** 22 + 1}-0badf00d')  # a build killed before its rename: never read
     dataset = make(pretokenize=True, unconditional=0)
     assert folder.is_dir() and not list(tmp_path.glob('*.tmp-*'))
     assert torch.equal(dataset[0]['input_ids'], make(unconditional=0)[0]['input_ids'])

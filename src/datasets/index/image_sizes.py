@@ -28,7 +28,7 @@ from tqdm import tqdm
 from src.datasets.index import selection
 from src.datasets.errors import SampleError
 from src.datasets.storage.images import open_image, oriented_size
-from src.datasets.storage.sidecars import held, written_aside
+from src.datasets.storage.sidecars import held, kept, written_aside
 from src.datasets.index.sample_index import SampleIndex
 from src.datasets.storage.stored_arrays import load_array
 
@@ -49,7 +49,7 @@ def _sidecar(index: SampleIndex) -> str | None:
 
 
 def _load(path: str | None, rows: int) -> np.ndarray:
-    if path is not None:
+    if path is not None and kept(path):
         with contextlib.suppress(OSError, ValueError):  # a damaged file (DamagedArray): read again
             stored = load_array(path, mmap=True)
             if stored.shape == (rows, 2) and stored.dtype == np.int32:

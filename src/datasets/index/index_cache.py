@@ -66,12 +66,14 @@ def _fingerprint(resolved: Path, members: list[Path]) -> bytes:
 
 def cache_path_for(data_path, cache_dir=None) -> Path:
     """Where the cache of ``data_path`` lives: beside it, or in ``cache_dir`` under a name that
-    keeps apart sources of the same file name."""
-    resolved = Path(data_path).resolve()
+    keeps apart sources of the same file name. Beside the name it is given in its folder, never
+    where a link of that name leads: the cache and the files beside it stay in that folder."""
+    named = Path(os.path.abspath(data_path))
+    named = named.parent.resolve() / named.name
     if cache_dir is None:
-        return resolved.parent / f'.{resolved.name}.sampleindex.arrow'
-    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:12]
-    return Path(cache_dir) / f'{resolved.name}.{digest}.sampleindex.arrow'
+        return named.parent / f'.{named.name}.sampleindex.arrow'
+    digest = hashlib.sha1(str(named).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f'{named.name}.{digest}.sampleindex.arrow'
 
 
 _SAID_STALE: set = set()

@@ -43,7 +43,7 @@ from mmengine.logging import print_log
 from src.datasets.storage.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError
 from src.datasets.storage.files import unsafe_path_mask
-from src.datasets.storage.sidecars import Unwritable, held, written_aside
+from src.datasets.storage.sidecars import MAX_JSON_BYTES, Unwritable, held, kept, written_aside
 
 # The cache and the source's readers live in their own modules; their public names (and the
 # spill writer the tests reach) stay importable from here.
@@ -87,7 +87,7 @@ class SampleIndex:
             raise _format_error(source, 'the folder holds no .json files')
         if use_cache:
             fingerprint = _fingerprint(resolved, members)
-            cache = cache_path_for(resolved, cache_dir)
+            cache = cache_path_for(source, cache_dir)
             try:
                 table = cached_table(source, members, cache, fingerprint)
                 return cls(table, source, cache=cache, fingerprint=fingerprint)
@@ -161,7 +161,8 @@ class SampleIndex:
         """The values kept in ``sidecar`` for this cache; none when it is another index's, or damaged."""
         known = {}
         with contextlib.suppress(OSError, ValueError, RecursionError):
-            known = json.loads(sidecar.read_text())
+            if kept(sidecar, max_bytes=MAX_JSON_BYTES):
+                known = json.loads(sidecar.read_text())
         if not isinstance(known, dict) or known.get('fingerprint') != self._fingerprint.decode() or \
                 not isinstance(known.get('values'), dict) or known.get('check') != _memo_check(known['values']):
             return {}

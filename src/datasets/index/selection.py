@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.datasets.storage.sidecars import held, written_aside
+from src.datasets.storage.sidecars import MAX_JSON_BYTES, held, kept, written_aside
 from src.datasets.storage.stored_arrays import load_array
 
 VERSION = 1
@@ -52,6 +52,8 @@ def folder_for(index, key: dict) -> Path | None:
 def _load(folder: Path, total: int, buckets: int) -> Selection | None:
     """The stored selection, or None when it is missing or is not what ``save`` writes (a cut,
     zero-byte or altered file is computed again, never trusted)."""
+    if not (kept(folder, folder=True) and kept(folder / 'drops.json', max_bytes=MAX_JSON_BYTES)):
+        return None
     try:
         info = json.loads((folder / 'drops.json').read_text())
         rows = load_array(folder / 'rows.npy', mmap=True) if info['rows'] else None
@@ -62,10 +64,10 @@ def _load(folder: Path, total: int, buckets: int) -> Selection | None:
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # DamagedArray is a ValueError
         return None
-    kept = total if rows is None else len(rows)
+    count = total if rows is None else len(rows)
     if info.get('total') != total or (rows is not None and not _sorted_rows(rows, total)) or \
-            (bucket_ids is not None and (bucket_ids.dtype != np.int16 or bucket_ids.shape != (kept,) or (
-                kept and (bucket_ids.min() < 0 or bucket_ids.max() >= buckets)))):
+            (bucket_ids is not None and (bucket_ids.dtype != np.int16 or bucket_ids.shape != (count,) or (
+                count and (bucket_ids.min() < 0 or bucket_ids.max() >= buckets)))):
         return None
     return Selection(rows, bucket_ids, drops, total)
 

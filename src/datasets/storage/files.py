@@ -140,10 +140,15 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        kind = 'a folder' if stat.S_ISDIR(info.st_mode) else 'a FIFO' if stat.S_ISFIFO(info.st_mode) else \
-            'a device' if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else 'not a regular file'
-        raise SampleError('not-a-file', f'{path}: {kind}, not a regular file: not read')
+        raise SampleError('not-a-file', f'{path}: {file_kind(info.st_mode)}, not a regular file: not read')
     return fd, info
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words, from its ``st_mode``."""
+    return 'a folder' if stat.S_ISDIR(mode) else 'a FIFO' if stat.S_ISFIFO(mode) else \
+        'a symbolic link' if stat.S_ISLNK(mode) else \
+        'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'not a regular file'
 
 
 def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:

@@ -1,8 +1,10 @@
 """Opening an image file's bytes, trusting nothing in them: the one place that calls ``Image.open``.
 
 :func:`open_image` reads the header only, among the raster formats these datasets hold, and refuses
-before any decode what would cost a worker without bound: more pixels than a limit, or a JPEG of
-more scans than its size allows (:func:`jpeg_scans` counts them without decoding). Every refusal is a
+before any decode what would cost a worker without bound: more pixels than a limit, a JPEG of
+more scans than its size allows (:func:`jpeg_scans` counts them without decoding), a PNG of more
+chunks or a GIF of more extension blocks than its size allows (:func:`png_chunks`,
+:func:`gif_blocks`), a TIFF whose tiles or strips cost more than its picture. Every refusal is a
 ``SampleError`` naming the file; no Pillow traceback escapes. :func:`oriented_size` is the picture's
 upright size from the same header (its EXIF orientation), for the size index and the crop.
 Decoding, cropping and resizing are the sample's (``src.datasets.sample.image_io``).
@@ -33,6 +35,14 @@ _SCAN_PIXELS = MAX_JPEG_SCANS * 2048 * 2048  # scans x pixels a picture may cost
 _SOS, _STANDALONE = 0xDA, frozenset((0x01, *range(0xD0, 0xD9)))
 _MAX_HEADER_STEPS = 4096  # markers and fill bytes before the first scan stepped over, at most
 
+# Pillow reads a PNG's chunks and a GIF's extension blocks one at a time in Python: a file of
+# millions of empty ones costs seconds a megabyte where its pixels cost milliseconds. Encoders write
+# a handful besides the image data, which comes in chunks of kilobytes (a GIF's in its decoder);
+# more than that many, one a kilobyte, is refused.
+_MIN_BLOCKS = 1024
+_BLOCK_BYTES = 1024
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
 # The raster formats these datasets hold; restricting the plugins Pillow tries keeps untrusted bytes
 # away from ones that shell out (EPS runs Ghostscript) or parse exotic containers.
 SUPPORTED_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')
@@ -42,6 +52,7 @@ Image.init()  # Image.open(formats=...) looks only among registered plugins; reg
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
                  zlib.error, Image.DecompressionBombError)
 
+_TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH = 322, 323
 _EXIF_ORIENTATION = 0x0112
 _TURNED = frozenset(range(2, 9))  # the EXIF orientations other than upright (1): flips, turns, diagonals
 
@@ -62,6 +73,11 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     """
     if not data:
         raise SampleError('bad-image', f'{name}: empty file (0 bytes)')
+    limit = max_blocks(len(data))
+    for signature, (kind, blocks, count) in _COUNTED_BLOCKS.items():
+        if data.startswith(signature) and count(data, limit) > limit:
+            raise SampleError('bad-image', f'{name}: a {kind} of more than {limit} {blocks} in {len(data)} bytes '
+                                           '(Pillow reads each on its own, before the pixels): refused, not opened')
     try:
         with warnings.catch_warnings():
             # The size is checked below against max_pixels, whatever Pillow's global limit says.
@@ -78,6 +94,8 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     if width * height > max_pixels:
         raise SampleError('too-large', f'{name}: {width}x{height} = {width * height} pixels is more than '
                                        f'max_pixels={max_pixels} (possible decompression bomb)')
+    if img.format == 'TIFF':
+        _check_tiff_layout(img, name, max_pixels)
     if img.format in ('JPEG', 'MPO'):
         scans, limit = jpeg_scans(data), max_jpeg_scans(width * height)
         if scans > limit:
@@ -85,6 +103,54 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
                                            'picture may have (each scan is a pass of the decoder): refused, not decoded')
     img.info[_NAME_KEY] = name
     return img
+
+
+def max_blocks(size: int) -> int:
+    """The most PNG chunks or GIF extension blocks a file of ``size`` bytes may have (see ``_MIN_BLOCKS``)."""
+    return _MIN_BLOCKS + size // _BLOCK_BYTES
+
+
+def png_chunks(data: bytes, limit: int) -> int:
+    """The chunks of the PNG in ``data`` up to its IEND, stepped over by their lengths; counting stops
+    past ``limit`` (so it costs at most that many steps)."""
+    at, count = 8, 0  # after the signature
+    while at + 8 <= len(data) and count <= limit and data[at + 4:at + 8] != b'IEND':
+        at += 12 + int.from_bytes(data[at:at + 4], 'big')  # length, type, data, CRC
+        count += 1
+    return count
+
+
+def gif_blocks(data: bytes, limit: int) -> int:
+    """The extension blocks and their sub-blocks of the GIF in ``data`` before its first picture
+    (whose data its decoder reads), stepped over by their lengths; counting stops past ``limit``."""
+    at, count = 13 + (3 << ((data[10] & 7) + 1) if len(data) > 10 and data[10] & 0x80 else 0), 0
+    while at + 1 < len(data) and data[at] == 0x21 and count <= limit:  # an extension: its label, its sub-blocks
+        at += 2
+        while at < len(data) and data[at] and count <= limit:
+            at += 1 + data[at]
+            count += 1
+        at += 1
+        count += 1
+    return count
+
+
+_COUNTED_BLOCKS = {_PNG_SIGNATURE: ('PNG', 'chunks', png_chunks), b'GIF8': ('GIF', 'extension blocks', gif_blocks)}
+
+
+def _check_tiff_layout(img: Image.Image, name: str, max_pixels: int) -> None:
+    """Refuse a TIFF whose layout costs its decoder more than its picture: a tile of more than
+    ``max_pixels`` (libtiff allocates a whole tile, whatever the picture's size), or strips or tiles
+    covering it more than once a band (each is decoded again, the list as long as the file allows)."""
+    tile = img.tag_v2.get(_TIFF_TILE_WIDTH), img.tag_v2.get(_TIFF_TILE_LENGTH)
+    if all(isinstance(side, int) for side in tile) and tile[0] * tile[1] > max_pixels:
+        raise SampleError('too-large', f'{name}: a TIFF tile of {tile[0]}x{tile[1]} pixels is more than '
+                                       f'max_pixels={max_pixels}: refused, not decoded')
+    width, height = img.size
+    covered = sum((x1 - x0) * (y1 - y0) for _, (x0, y0, x1, y1), *_ in (t for t in img.tile if t[1]))
+    if covered > width * height * len(img.getbands()):
+        raise SampleError('bad-image', f'{name}: the {len(img.tile)} strips or tiles of this TIFF cover its '
+                                       f'{width}x{height} picture {covered / (width * height):.0f} times over '
+                                       '(each is decoded again): refused, not decoded')
 
 
 class ScanBomb(SampleError):

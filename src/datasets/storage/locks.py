@@ -29,10 +29,13 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from typing import IO
+
+from src.datasets.storage.files import file_kind
 
 HEARTBEAT = 30.0
 STALE_AFTER = 300.0
@@ -190,8 +193,25 @@ def wait_for_lock(path) -> IO:
     """The lock file ``path``, open and held by this process (close it to let the next one in).
 
     Best effort: where ``flock`` does not work (some NFS) it does not wait, so what is built under
-    it must still be written atomically. Opening the file raises ``OSError`` as ``open`` does."""
-    lock = open(path, 'a')
+    it must still be written atomically. Opening the file raises ``OSError`` as ``open`` does, and
+    one naming ``path`` where something else than a lock file is there: a link is never followed
+    (it would make or lock a file out of the folder), a FIFO never waited on."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise
+        fd = None
+    if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd is not None:
+            os.close(fd)
+        try:
+            kind = file_kind(os.lstat(path).st_mode)
+        except OSError:
+            kind = 'not a regular file'
+        raise OSError(f'{path}: {kind} where the lock file goes: remove it')
+    lock = os.fdopen(fd, 'a')
     with contextlib.suppress(OSError):
         fcntl.flock(lock, fcntl.LOCK_EX)
     return lock

@@ -6,7 +6,10 @@ index's digests and a fetched object all go through it, so each holds the same p
   :func:`src.datasets.storage.locks.wait_for_lock`) and look again before building;
 - a build fills a temporary ``<target>.tmp-*`` beside it, renamed into place when whole: a reader
   never meets a half-written file (a rename also replaces a link planted there, never follows it);
-  what a killed build left is removed by the next one, under the lock;
+  what a killed build left (``<target>.tmp-<pid>-<random>``, nothing else) is removed by the next
+  one, under the lock;
+- what is found there is read only when it is what a build leaves (:func:`kept`): a link, a FIFO
+  or an oversized JSON file planted there is built over, never read;
 - a target that cannot be kept (a read-only or full folder, a lock that cannot be made) raises
   :class:`Unwritable` with the cause's words: the caller does without (in memory, or again next time).
 
@@ -17,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -26,7 +31,9 @@ from src.datasets.errors import write_error
 from src.datasets.storage.locks import wait_for_lock
 
 T = TypeVar('T')
+MAX_JSON_BYTES = 64 << 20  # a JSON file beside the cache larger than this was not written by a build
 TEMP = '.tmp-'  # <target>.tmp-<pid>-<random>: a build's file or folder until it is renamed
+_TEMP_NAME = re.compile(rf'{re.escape(TEMP)}\d+-[0-9a-f]{{8}}(\.\d+)?')  # (and the parts a build adds: .0, .1)
 
 
 class Unwritable(OSError):
@@ -61,7 +68,10 @@ def held(target, *, required: bool = True, leftovers: Sequence[str] = ()) -> Ite
         yield False
         return
     with lock:
-        for pattern in (f'{glob.escape(target.name)}{TEMP}*', *leftovers):
+        for leftover in target.parent.glob(f'{glob.escape(target.name)}{TEMP}*'):
+            if _TEMP_NAME.fullmatch(leftover.name[len(target.name):]):  # a user's own '.tmp-mine' stays
+                remove(leftover)
+        for pattern in leftovers:
             for leftover in target.parent.glob(pattern):
                 remove(leftover)
         yield True
@@ -91,21 +101,40 @@ def written_aside(target, *, folder: bool = False) -> Iterator[Path]:
         remove(temp)  # gone already when renamed
 
 
+def kept(target, *, folder: bool = False, max_bytes: int | None = None) -> bool:
+    """Whether ``target`` is what a build leaves there, so that reading it is safe: a regular file
+    (of at most ``max_bytes``), or with ``folder`` a real folder of regular files. Anything else
+    planted there counts as missing (built again, and the rename replaces it): a link is never read
+    through (out of the folder), a FIFO never opened (it would wait for a writer forever)."""
+    try:
+        info = os.lstat(target)
+        if folder:
+            return stat.S_ISDIR(info.st_mode) and all(entry.is_file(follow_symlinks=False)
+                                                      for entry in os.scandir(target))
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and (max_bytes is None or info.st_size <= max_bytes)
+
+
 def build_once(target, load: Callable[[], T | None], build: Callable[[Path], object], *,
                folder: bool = False, required: bool = True, leftovers: Sequence[str] = ()) -> T:
-    """``load()``: what ``target`` holds when it is whole and current, else None. When it is None,
+    """``load()``: what ``target`` holds when it is whole and current, else None (not asked where
+    something else than a build's file is there: :func:`kept`). When it is None,
     the lock is taken (:func:`held`) and ``load()`` asked again; still None, ``build(temp)`` fills a
     temporary file (or folder) :func:`written_aside`, renamed onto ``target``, and what it holds is
     loaded. ``Unwritable`` when it cannot be kept or read back; the build's own errors pass."""
-    found = load()
+    def found_there() -> T | None:
+        return load() if kept(target, folder=folder) else None
+
+    found = found_there()
     if found is not None:
         return found
     with held(target, required=required, leftovers=leftovers):
-        found = load()
+        found = found_there()
         if found is None:
             with written_aside(target, folder=folder) as temp:
                 build(temp)
-            found = load()
+            found = found_there()
     if found is None:
         raise Unwritable(f'{target} could not be read back after writing it')
     return found
