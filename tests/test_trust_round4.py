@@ -303,10 +303,8 @@ def test_a_png_of_its_pixels_in_chunks_of_a_kilobyte_loads():
     assert torch.equal(_load(data), _load(png))
 
 
-# ---- the ETag stamp of a fetched object (storage/object_store.py: another engineer's file) ------
+# ---- the ETag stamp of a fetched object and the shard ETags (storage/object_store.py) -----------------
 
-@pytest.mark.xfail(strict=True, reason='fetch_to_cache reads its ETag stamp with read_text(): a FIFO there waits '
-                                       'forever; current() should ask sidecars.kept(stamp) first')
 def test_a_fifo_planted_at_a_fetched_objects_etag_stamp_is_not_waited_on(tmp_path, request):
     root = tmp_path / 'data'
     _prepare('fetched object', root, request)
