@@ -49,4 +49,7 @@ $(VENV)/.installed: pyproject.toml setup.py src/datasets/sample/_planes.c Makefi
 	@$(PY) -c 'import src.datasets.sample._planes' 2>/dev/null || \
 	  echo "the compiled pixel loop (src/datasets/sample/_planes.c) was not built (no C compiler or Python headers found): samples take numpy's way, 0.2-0.9 ms longer"
 	$(PY) -m pip show -q bitsandbytes >/dev/null 2>&1 && $(PY) -m pip uninstall -q -y bitsandbytes || true
+	@# yapf (imported by mmengine's config) writes its grammar cache on its first import: done here once,
+	@# not by two test workers at once (one read the other's half-written cache: EOFError).
+	$(PY) -c 'import yapf' 2>/dev/null || true
 	touch $@
