@@ -164,7 +164,10 @@ def test_a_killed_run_resumes_to_what_an_uninterrupted_one_writes(tmp_path, vaes
     assert f'{24 - done} encoded now, {done} there already' in result.stderr
     resumed = latents(folder)
     assert resumed.keys() == uninterrupted.keys()
-    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    # The same latents up to float rounding: a kill between the two saves of a batch of 2 pairs the
+    # rest of the images otherwise, and the autoencoder's kernels may round another batch's sums apart
+    # in the last bits (seen once in a fresh-clone run); a wrong or missing image differs by far more.
+    assert all(torch.allclose(resumed[k], uninterrupted[k], rtol=0, atol=1e-4) for k in resumed)
     assert [p for p in folder.rglob('*') if '.tmp-' in p.name] == [alive]
     assert 'leftovers of interrupted runs' in result.stderr
 
