@@ -43,7 +43,7 @@ from mmengine.logging import print_log
 from src.datasets.storage.arrow_numpy import to_numpy
 from src.datasets.errors import IndexFormatError
 from src.datasets.storage.files import unsafe_path_mask
-from src.datasets.storage.sidecars import MAX_JSON_BYTES, Unwritable, held, kept, written_aside
+from src.datasets.storage.sidecars import Unwritable, held, read_json, written_aside
 
 # The cache and the source's readers live in their own modules; their public names (and the
 # spill writer the tests reach) stay importable from here.
@@ -159,10 +159,7 @@ class SampleIndex:
 
     def _memo_values(self, sidecar: Path) -> dict:
         """The values kept in ``sidecar`` for this cache; none when it is another index's, or damaged."""
-        known = {}
-        with contextlib.suppress(OSError, ValueError, RecursionError):
-            if kept(sidecar, max_bytes=MAX_JSON_BYTES):
-                known = json.loads(sidecar.read_text())
+        known = read_json(sidecar)
         if not isinstance(known, dict) or known.get('fingerprint') != self._fingerprint.decode() or \
                 not isinstance(known.get('values'), dict) or known.get('check') != _memo_check(known['values']):
             return {}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.datasets.storage.sidecars import MAX_JSON_BYTES, held, kept, written_aside
+from src.datasets.storage.sidecars import held, kept, read_json, written_aside
 from src.datasets.storage.stored_arrays import load_array
 
 VERSION = 1
@@ -52,10 +52,10 @@ def folder_for(index, key: dict) -> Path | None:
 def _load(folder: Path, total: int, buckets: int) -> Selection | None:
     """The stored selection, or None when it is missing or is not what ``save`` writes (a cut,
     zero-byte or altered file is computed again, never trusted)."""
-    if not (kept(folder, folder=True) and kept(folder / 'drops.json', max_bytes=MAX_JSON_BYTES)):
+    info = read_json(folder / 'drops.json') if kept(folder, folder=True) else None
+    if info is None:
         return None
     try:
-        info = json.loads((folder / 'drops.json').read_text())
         rows = load_array(folder / 'rows.npy', mmap=True) if info['rows'] else None
         bucket_ids = load_array(folder / 'buckets.npy', mmap=True) if info['buckets'] else None
         drops = info['drops']

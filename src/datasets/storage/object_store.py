@@ -21,7 +21,7 @@ from pathlib import Path
 from src.datasets.errors import SampleError
 from src.datasets.extras import require
 from src.datasets.storage.files import MAX_FILE_BYTES, unsafe_path
-from src.datasets.storage.sidecars import build_once, held, kept, written_aside
+from src.datasets.storage.sidecars import build_once, held, kept, read_json, written_aside
 from src.datasets.storage.obstore_client import object_head, read_object, worker_store
 from src.datasets.storage.redact import redact
 from src.datasets.storage.storage import Reader, check_size
@@ -255,17 +255,11 @@ def shard_etags_path(index_copy) -> Path:
     return index_copy.with_name(f'.{index_copy.name}.shard-etags.json')
 
 
-MAX_SHARD_ETAGS_BYTES = 64 << 20  # an ETag per shard: millions of shards
-
-
 def first_seen_etag(index_copy, tar: str, etag: str) -> str:
     """The ETag this machine first saw of shard ``tar`` (``etag`` now, if it had seen none: kept)."""
     path = shard_etags_path(index_copy)
     with held(path, required=False):  # the machine's processes add theirs one at a time
-        known = {}
-        with contextlib.suppress(OSError, ValueError, RecursionError):
-            if kept(path, max_bytes=MAX_SHARD_ETAGS_BYTES):  # never a FIFO or a link planted there
-                known = json.loads(path.read_text())
+        known = read_json(path)  # never a FIFO or a link planted there
         if not isinstance(known, dict):
             known = {}
         seen = known.get(tar)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import re
 import secrets
@@ -114,6 +115,16 @@ def kept(target, *, folder: bool = False, max_bytes: int | None = None) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(info.st_mode) and (max_bytes is None or info.st_size <= max_bytes)
+
+
+def read_json(target):
+    """What the JSON file ``target`` beside the cache holds, or None where it is not what a build
+    leaves (:func:`kept`, at most ``MAX_JSON_BYTES``) or cannot be read or parsed: built again."""
+    if not kept(target, max_bytes=MAX_JSON_BYTES):
+        return None
+    with contextlib.suppress(OSError, ValueError, RecursionError):
+        return json.loads(Path(target).read_text())
+    return None
 
 
 def build_once(target, load: Callable[[], T | None], build: Callable[[Path], object], *,
