@@ -46,7 +46,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from flaky_proxy import FlakyProxy
-    from src.datasets.storage.object_store import ObjectTarMembers
+    from src.datasets.storage.object_tars import ObjectTarMembers
     from src.datasets.text2image.caption_datasets import CaptionDataset
     from src.prepare.datasets import prepare_redcaps5m
     from src.prepare.tar_members import INDEX_MEMBERS

@@ -52,8 +52,8 @@ def test_the_sampler_tells_the_dataset_its_blocks_and_checks_them():
 
 @pytest.mark.slow  # a server process of its own
 def test_a_worker_reads_a_block_with_one_get(tmp_path, tokenizer, prompt_template):
-    """An epoch through 2 forked workers: a GET a block (each shard here one block) and each
-    worker's first check of a shard's size, against a GET a batch without the workers' lanes."""
+    """An epoch through 2 forked workers: a GET a block (each shard here one block), against a GET a
+    batch without the workers' lanes."""
     from torch.utils.data import DataLoader
 
     from flaky_proxy import FlakyProxy
@@ -88,9 +88,109 @@ def test_a_worker_reads_a_block_with_one_get(tmp_path, tokenizer, prompt_templat
 
             requests, read, expected = epoch(lanes=workers)
             assert read == expected  # the sampler's order, every sample once
-            # A GET a block, and a HEAD a shard in each worker that reads it (one block, one shard here).
-            assert requests == shards + shards
-            assert requests / len(read) <= 0.125
+            # A GET a block (one block, one shard here): a worker's first read of a shard checks it from
+            # that GET's answer, and a worker's next block is fetched while it reads this one, not again.
+            assert requests == shards
+            assert requests / len(read) <= 0.0625
             requests, read, expected = epoch(lanes=None)  # not told the workers: a GET a batch
             assert read == expected
             assert requests >= len(read) // batch  # a worker's batches from blocks it had not fetched
+
+
+def runs_of_each_worker(order, block: int, batch: int, workers: int) -> list[list[list[int]]]:
+    """For each worker (torch's batch ``k`` to worker ``k % workers``), its batches grouped into runs:
+    batches that follow one another in one block."""
+    runs = [[] for _ in range(workers)]
+    for k, members in enumerate(np.asarray(order).reshape(-1, batch).tolist()):
+        mine = runs[k % workers]
+        if mine and mine[-1][-1] + 1 == members[0] and mine[-1][0] // block == members[0] // block:
+            mine[-1].extend(members)
+        else:
+            mine.append(list(members))
+    return runs
+
+
+@pytest.mark.parametrize('size, block, batch, workers', [(64, 16, 4, 2), (80, 8, 4, 3), (40, 8, 8, 2), (24, 8, 4, 1)])
+def test_each_run_names_the_block_its_worker_reads_next(size, block, batch, workers):
+    from src.datasets.samplers.draws import Ahead
+
+    class Dataset(list):
+        read_blocks = None
+
+    sampler = BlockShuffleSampler(Dataset(range(size)), block_size=block, seed=3, batch_size=batch,
+                                  num_workers=workers)
+    indices = list(sampler)
+    assert [int(i) for i in indices] == sampler._order(0).tolist()  # the same order as without the hints
+    told = {int(i): i.ahead for i in indices if isinstance(i, Ahead)}
+    expected = {}
+    for runs in runs_of_each_worker(indices, block, batch, workers):
+        for run, after in zip(runs, runs[1:]):
+            # its next run's first batch and the rest of that block: what that batch fetches (the whole
+            # run; where the epoch's last blocks are shared among the workers, more than its own)
+            expected[run[0]] = (*after[:batch], *block_rest(after[:batch], block, size))
+    assert told == expected and told  # every run but each worker's last, and nothing else
+    plain = BlockShuffleSampler(Dataset(range(size)), block_size=block, seed=3)  # not told the workers
+    assert not any(isinstance(i, Ahead) for i in plain)
+
+
+def test_the_hint_travels_with_a_draw_and_not_into_a_part_of_a_mix():
+    import pickle
+
+    from src.datasets.samplers.draws import Ahead, Draw
+    from src.engine.positions import PositionedSampler, StartPoint
+    draw = Draw(Ahead(5, (8, 9)), position=40, seed=1)
+    assert draw == 5 and draw.ahead == (8, 9) and pickle.loads(pickle.dumps(draw)).ahead == (8, 9)
+    assert pickle.loads(pickle.dumps(Ahead(5, (8, 9)))).ahead == (8, 9)
+    assert (draw - 2).ahead is None and (draw + 0).ahead is None  # a ConcatDataset's part: other indices
+
+    class Dataset(list):
+        read_blocks = None
+
+    sampler = BlockShuffleSampler(Dataset(range(32)), block_size=8, seed=0, batch_size=4, num_workers=2)
+    placed = list(PositionedSampler(sampler, StartPoint(epoch=0, skip=0, position=0), rank=0))
+    assert [getattr(i, 'ahead', None) for i in placed] == [getattr(i, 'ahead', None) for i in sampler]
+
+
+@pytest.mark.slow  # a server process of its own
+def test_the_next_block_is_fetched_while_this_one_is_read(tmp_path, tokenizer, prompt_template):
+    """In one process: the first batch of a block fetches it, and starts the GET of the block read
+    next; that block's reads (a batch, or a sample alone) wait for that GET rather than ask again."""
+    import time
+
+    from flaky_proxy import FlakyProxy
+    from moto_server import bucket_with, petrel_file
+    from src.datasets.text2image.caption_datasets import CaptionDataset
+    from src.prepare.datasets import prepare_redcaps5m
+    from src.prepare.tar_members import INDEX_MEMBERS
+    from src.synthetic.downloads import MAKERS
+    shards, per_shard, batch = 4, 8, 4
+    packed = MAKERS['redcaps5m'](tmp_path / 'packed', n=shards * per_shard, faults=False, shards=shards)
+    assert prepare_redcaps5m(str(packed.root), num_processes=1, step=INDEX_MEMBERS).exit_code() == 0
+    with bucket_with(packed.root) as endpoint:
+        with FlakyProxy(endpoint, throttle_every=0, cut_every=0) as proxy:
+            config = petrel_file(tmp_path / 'petreloss.conf', proxy.url)
+
+            def made() -> CaptionDataset:
+                return CaptionDataset('s3://data/redcaps5m_data.json', tokenizer=tokenizer,
+                                      prompt_template=prompt_template, image_size=32, cap_source='re_caption', seed=0,
+                                      ceph_folder='s3://data/raw', ceph_config=str(config),
+                                      tar_index='s3://data/tar_index.arrow', index_cache_dir=str(tmp_path / 'cache'))
+            dataset = made()
+            sampler = BlockShuffleSampler(dataset, block_size=per_shard, seed=0, batch_size=batch, num_workers=0)
+            batches = np.asarray(list(sampler), dtype=object).reshape(-1, batch).tolist()
+            before = proxy.requests
+            first = dataset.__getitems__(batches[0])
+            deadline = time.monotonic() + 60
+            while proxy.requests - before < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert proxy.requests - before == 2  # this block, and the next one started
+            samples = first + [sample for members in batches[1:] for sample in dataset.__getitems__(members)]
+            assert [s['image_file'] for s in samples] == [dataset.data_list[int(i)]['image'] for b in batches for i in b]
+            assert proxy.requests - before == shards  # a GET a block: none twice
+
+            dataset = made()  # afresh: nothing fetched yet
+            before = proxy.requests
+            dataset.__getitems__(batches[0])
+            alone = int(batches[2][0])  # the next block's first sample, read alone at once: it waits for the GET
+            assert dataset[alone]['image_file'] == dataset.data_list[alone]['image']
+            assert proxy.requests - before == 2

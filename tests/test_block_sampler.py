@@ -79,7 +79,7 @@ def test_a_block_of_a_shard_is_one_ranged_get(tmp_path, tokenizer, prompt_templa
                                      tar_index='s3://data/tar_index.arrow', index_cache_dir=str(tmp_path / 'cache'))
             members = dataset.ceph_files
             shard_of = [members.index.locate(f'raw/{record["image"]}')[0] for record in dataset.data_list]
-            dataset.__getitems__(list(range(len(dataset))))  # each shard's size checked once (a HEAD)
+            dataset.__getitems__(list(range(len(dataset))))  # each shard checked from its first GET's answer
 
             def requests_per_batch(sampler, batch_size=4) -> tuple[list[int], list[int]]:
                 counts, shards = [], []

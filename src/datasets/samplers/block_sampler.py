@@ -34,6 +34,9 @@ from mmengine.logging import print_log
 from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
+from src.datasets.samplers.draws import Ahead
+from src.datasets.storage.object_fetch import block_rest
+
 
 def block_order(size: int, block_size: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     """All ``size`` indices, in blocks of ``block_size`` neighbours, the blocks in an order drawn by
@@ -73,6 +76,28 @@ def worker_lanes(share: np.ndarray, block_size: int, batch_size: int, workers: i
     return np.concatenate(batches) if batches else share
 
 
+def next_blocks(order: np.ndarray, block_size: int, batch_size: int, workers: int) -> np.ndarray:
+    """For each batch of ``order`` (batch ``k`` read by worker ``k % workers``, as torch deals them)
+    that begins a run of one block in its worker: the number of the batch that begins that worker's
+    next run, else -1. A run is the worker's batches that follow one another in the block (and so
+    are fetched with the run's first, ``object_fetch.block_rest``)."""
+    count = len(order) // batch_size
+    batches = order[:count * batch_size].reshape(count, batch_size).astype(np.int64)
+    following = np.full(count, -1)
+    if not count or block_size % batch_size:
+        return following
+    inside = (np.diff(batches, axis=1) == 1).all(axis=1)  # a run of neighbours (block_rest's own condition)
+    before = np.arange(count) - workers  # the same worker's batch before
+    goes_on = np.zeros(count, dtype=bool)
+    seen = before >= 0
+    goes_on[seen] = (inside[seen] & inside[before[seen]] & (batches[seen, 0] == batches[before[seen], -1] + 1)
+                     & (batches[seen, 0] // block_size == batches[before[seen], 0] // block_size))
+    for worker in range(workers):
+        starts = np.flatnonzero(~goes_on[worker::workers]) * workers + worker
+        following[starts[:-1]] = starts[1:]
+    return following
+
+
 def shuffle_quality(order: np.ndarray, size: int, batch_size: int) -> tuple[float, float]:
     """(mean distance between neighbours of ``order``, as a fraction of ``size``; mean number of
     distinct regions of ``batch_size`` neighbouring indices that a batch of ``order`` draws from)."""
@@ -110,7 +135,8 @@ class BlockShuffleSampler(Sampler):
         self.epoch = 0
         span = block_size * self.world_size
         self.num_samples = math.ceil(self.size / span) * block_size
-        if num_workers is not None and hasattr(dataset, 'read_blocks'):  # each block read by one process:
+        self.dealt = num_workers is not None and hasattr(dataset, 'read_blocks')  # each block read by one process:
+        if self.dealt:
             dataset.read_blocks = block_size  # its first batch fetches the whole block
         if self.size:
             self._log_quality(self.batch_size)
@@ -130,7 +156,22 @@ class BlockShuffleSampler(Sampler):
                   f'{blocks[1]:.1f} places (global: {uniform[1]:.1f})', logger='current')
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._order(self.epoch).tolist())
+        """The epoch's indices; where blocks are dealt to workers, each run's first index is an
+        ``Ahead`` naming the indices its worker reads next (its next run and the rest of that block),
+        which the dataset fetches while the worker reads this run."""
+        order = self._order(self.epoch)
+        if not self.dealt:
+            yield from order.tolist()
+            return
+        following = next_blocks(order, self.block_size, self.batch_size, self.workers)
+        for number, batch in enumerate(order.reshape(-1, self.batch_size).tolist()):
+            after = following[number]
+            if after >= 0:
+                start = after * self.batch_size
+                first = order[start:start + self.batch_size]
+                rest = block_rest(first, self.block_size, self.size)
+                batch[0] = Ahead(batch[0], (*first.tolist(), *rest))
+            yield from batch
 
     def __len__(self) -> int:
         return self.num_samples

@@ -19,12 +19,16 @@ class Draw(int):
     """Index ``index`` at ``position`` of the global stream (counted from the run's first sample,
     over every rank: global batch ``t`` holds positions ``t * G`` to ``(t + 1) * G - 1``), drawn in
     ``epoch`` under sampler ``seed``; ``key`` (a short tuple, see the module) is what its
-    randomness is keyed on, ``(epoch, position)`` when not given. Arithmetic with an int keeps the rest."""
+    randomness is keyed on, ``(epoch, position)`` when not given. ``ahead``: an :class:`Ahead`'s
+    (kept from ``index`` when it is one). Arithmetic with an int keeps the rest but ``ahead``
+    (indices of the dataset the sampler drew from, not of a part of it)."""
 
-    def __new__(cls, index: int, position: int, seed: int, epoch: int = 0, key: tuple | None = None):
+    def __new__(cls, index: int, position: int, seed: int, epoch: int = 0, key: tuple | None = None,
+                ahead: tuple | None = None):
         draw = super().__new__(cls, index)
         draw.position, draw.seed, draw.epoch = position, seed, epoch
         draw.key = (epoch, position) if key is None else tuple(key)
+        draw.ahead = getattr(index, 'ahead', None) if ahead is None else ahead
         return draw
 
     def _like(self, index: int) -> 'Draw':
@@ -39,10 +43,23 @@ class Draw(int):
         return self._like(int(self) - other) if isinstance(other, int) else NotImplemented
 
     def __reduce__(self):
-        return Draw, (int(self), self.position, self.seed, self.epoch, self.key)
+        return Draw, (int(self), self.position, self.seed, self.epoch, self.key, self.ahead)
 
     def __repr__(self) -> str:
         return f'Draw({int(self)}, position={self.position}, epoch={self.epoch})'  # failure_policy reads it
+
+
+class Ahead(int):
+    """An index that begins a run of a block shuffle's block, with ``ahead``: the indices the same
+    reader (DataLoader worker) reads next, its next block, which it fetches while it reads this one."""
+
+    def __new__(cls, index: int, ahead: tuple):
+        value = super().__new__(cls, index)
+        value.ahead = tuple(ahead)
+        return value
+
+    def __reduce__(self):
+        return Ahead, (int(self), self.ahead)
 
 
 def keyed(index: int, key: tuple) -> Draw:

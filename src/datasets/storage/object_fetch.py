@@ -1,6 +1,7 @@
 """Fetching ahead for object storage: the bytes of a batch fetched in threads before their read
-(``Kept``, bounded), how much of a batch one prefetch takes on (``fetch_within``), and the rest of
-a block shuffle's block fetched with its first batch (``block_rest``)."""
+(``Kept``, bounded), how much of a batch one prefetch takes on (``fetch_within``), the rest of
+a block shuffle's block fetched with its first batch (``block_rest``), and a reader's next block
+fetched while it reads this one (``InFlight``)."""
 from __future__ import annotations
 
 import os
@@ -79,6 +80,50 @@ def fetch_threads() -> ThreadPoolExecutor:
     if _THREADS is None or _THREADS[0] != os.getpid():
         _THREADS = (os.getpid(), ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix='t2i-fetch'))
     return _THREADS[1]
+
+
+class InFlight:
+    """Fetches started ahead of their batch and not waited for (a block shuffle's next block,
+    fetched while the reader decodes this one), each a future of ``[(path, bytes), ...]`` in this
+    process's fetching threads. Only the reading thread touches ``Kept``: it folds what came in
+    (:meth:`settle`), waiting only for the fetches that hold the paths it needs now. A fetch started
+    in another process is never waited for (a forked worker inherits the futures, not the threads)."""
+
+    def __init__(self):
+        self._pid, self._fetches = os.getpid(), []  # (paths, bytes claimed, future)
+
+    def _own(self) -> list:
+        if self._pid != os.getpid():
+            self._pid, self._fetches = os.getpid(), []
+        return self._fetches
+
+    @property
+    def claimed(self) -> int:
+        """Bytes the fetches in flight will bring (counted against ``Kept``'s bound beforehand)."""
+        return sum(claim for _, claim, _ in self._own())
+
+    def __contains__(self, path: str) -> bool:
+        return any(path in paths for paths, _, _ in self._own())
+
+    def start(self, fetch, job, paths, claim: int) -> None:
+        """``fetch(job)`` (a list of (path, bytes), or None) started for ``paths``, ``claim`` bytes."""
+        self._own().append((frozenset(paths), claim, fetch_threads().submit(fetch, job)))
+
+    def settle(self, kept: Kept, needed=()) -> None:
+        """What finished is put in ``kept``, after waiting for the fetches holding any of ``needed``
+        (a fetch's own error, such as a shard replaced, is raised here as its read would raise it)."""
+        needed, fetches, self._fetches = set(needed), self._own(), []
+        for number, (paths, claim, future) in enumerate(fetches):
+            if not (future.done() or not paths.isdisjoint(needed)):
+                self._fetches.append((paths, claim, future))
+                continue
+            try:
+                fetched = future.result()
+            except BaseException:
+                self._fetches.extend(fetches[number + 1:])
+                raise
+            for path, data in fetched or ():
+                kept.put(path, data)
 
 
 _END = object()

@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from src.datasets.errors import SampleError
 from src.datasets.extras import require
 from src.datasets.storage.files import MAX_FILE_BYTES, unsafe_path
-from src.datasets.storage.sidecars import build_once, held, kept, read_json, written_aside
+from src.datasets.storage.sidecars import build_once, kept, written_aside
 from src.datasets.storage.obstore_client import object_head, read_object, worker_store
 from src.datasets.storage.redact import redact
 from src.datasets.storage.storage import Reader, check_size
@@ -29,7 +28,7 @@ from src.datasets.storage.storage import Reader, check_size
 # The settings and the fetching ahead live in modules of their own; their names stay importable here.
 from src.datasets.storage.object_config import (_FOLDER, Cluster, StorageConfigError, _environment_cluster,  # noqa: F401
                                         is_object_url, read_petrel_config)
-from src.datasets.storage.object_fetch import MAX_GAP, MAX_SPAN, PREFETCH_THREADS, Kept, fetch_within  # noqa: F401
+from src.datasets.storage.object_fetch import PREFETCH_THREADS, InFlight, Kept, fetch_within  # noqa: F401
 
 CONNECT_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60
@@ -62,12 +61,12 @@ class ObjectFolder(Reader):
         self.prefix = match.group('prefix')
         self.connections = max(connections, PREFETCH_THREADS)
         self._client, self._pid = None, None
-        self._kept = Kept()
+        self._kept, self._ahead = Kept(), InFlight()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state['_client'] = state['_pid'] = None  # a worker makes its own client
-        state['_kept'] = Kept()
+        state['_kept'], state['_ahead'] = Kept(), InFlight()
         return state
 
     def describe(self) -> str:
@@ -144,23 +143,37 @@ class ObjectFolder(Reader):
             raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
         return response['ContentLength'], response.get('ETag', '')
 
-    def prefetch(self, samples) -> None:
+    def prefetch(self, samples, ahead: bool = False) -> None:
         """The objects of ``samples`` fetched at once, in threads, and kept for their reads: as many
-        as the bound of what is kept leaves room for, the rest read one by one."""
+        as the bound of what is kept leaves room for, the rest read one by one. ``ahead``: read
+        later (a reader's next block), so started and not waited for."""
+        requested = [path for sample in samples for path in sample]
+        self._ahead.settle(self._kept, () if ahead else requested)
         paths, held = [], 0
-        for path in dict.fromkeys(path for sample in samples for path in sample):
+        for path in dict.fromkeys(requested):
             size = self._kept.touch(path)
-            if size is None:
-                paths.append(path)
-            else:
+            if size is not None:
                 held += size
+            elif path not in self._ahead:
+                paths.append(path)
         self.ready()
-        for path, data in fetch_within(self._try_read, paths, self._kept.limit - held, guess=self._kept.largest):
+        room = self._kept.limit - held - self._ahead.claimed
+        if ahead:
+            guess = max(self._kept.largest, 1)
+            for path in paths[:max(room, 0) // guess]:
+                self._ahead.start(self._fetch_ahead, path, [path], guess)
+            return
+        for path, data in fetch_within(self._try_read, paths, room, guess=self._kept.largest):
             self._kept.put(path, data)
 
+    def _fetch_ahead(self, path: str) -> list[tuple[str, bytes]]:
+        data = self._try_read(path)
+        return [] if data is None else [(path, data)]
+
     def _try_read(self, path: str) -> bytes | None:
+        """In a fetching thread: the object fetched (never waiting on what is kept or in flight), or None."""
         try:
-            data = self.read(path)
+            data = self.read_part(path)[0]
         except SampleError:
             return None  # its read says why
         self._kept.largest = max(self._kept.largest, len(data))  # also of what did not fit
@@ -171,11 +184,19 @@ class ObjectFolder(Reader):
         """The object ``path``, or its ``size`` bytes from ``offset`` (one ranged GET); one of more
         than ``max_bytes`` is refused from its announced length, not read; with ``etag``, only while
         the object still has it (``If-Match``: ``StaleIndexError`` once it was replaced)."""
-        from botocore.exceptions import BotoCoreError, ClientError
         if offset is None:
+            if path not in self._kept and path in self._ahead:
+                self._ahead.settle(self._kept, [path])
             kept = self._kept.take(path)
             if kept is not None:
                 return check_size(kept, path, max_bytes)
+        return self.read_part(path, offset, size, etag, max_bytes=max_bytes)[0]
+
+    def read_part(self, path: str, offset: int | None = None, size: int | None = None, etag: str | None = None, *,
+                  max_bytes: int = MAX_FILE_BYTES) -> tuple[bytes, int, str]:
+        """As :meth:`read` (never from what was fetched ahead), with the whole object's size and
+        ETag from the same response: a first read checks a shard without a HEAD of its own."""
+        from botocore.exceptions import BotoCoreError, ClientError
         key = self.key(path)
         store = worker_store(self.cluster, self.bucket)  # a DataLoader worker's lighter client
         if store is not None:
@@ -194,7 +215,7 @@ class ObjectFolder(Reader):
                 data = response['Body'].read()
                 if len(data) != response.get('ContentLength', len(data)):
                     raise SampleError('missing-file', f'{path}: {len(data)} of {response["ContentLength"]} bytes')
-                return data
+                return data, whole_size(response, len(data)), response.get('ETag', '')
             except ClientError as e:
                 code = e.response.get('Error', {}).get('Code', '')
                 if code in ('NoSuchKey', '404'):
@@ -212,6 +233,16 @@ class ObjectFolder(Reader):
                     raise SampleError('missing-file', f'{path}: cannot be read from {self.describe()} '
                                                       f'({type(e).__name__})') from None
         raise AssertionError('unreachable')
+
+
+def whole_size(response: dict, received: int) -> int:
+    """The object's size as a GET's response says it: after the '/' of a ranged answer's
+    ``Content-Range`` (``bytes 0-99/1234``), else what came; -1 where a store leaves it unknown ('*')."""
+    content_range = response.get('ContentRange')
+    if not content_range:
+        return received
+    total = content_range.rpartition('/')[2]
+    return int(total) if total.isdigit() else -1
 
 
 def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
@@ -253,134 +284,3 @@ def shard_etags_path(index_copy) -> Path:
     """Where a machine keeps the ETags it first saw of the shards of a fetched tar index."""
     index_copy = Path(index_copy)
     return index_copy.with_name(f'.{index_copy.name}.shard-etags.json')
-
-
-def first_seen_etag(index_copy, tar: str, etag: str) -> str:
-    """The ETag this machine first saw of shard ``tar`` (``etag`` now, if it had seen none: kept)."""
-    path = shard_etags_path(index_copy)
-    with held(path, required=False):  # the machine's processes add theirs one at a time
-        known = read_json(path)  # never a FIFO or a link planted there
-        if not isinstance(known, dict):
-            known = {}
-        seen = known.get(tar)
-        if isinstance(seen, str) and seen:
-            return seen
-        known[tar] = etag
-        with contextlib.suppress(OSError), written_aside(path) as temp:  # not kept (a read-only cache): this run only
-            temp.write_text(json.dumps(known))
-    return etag
-
-
-class ObjectTarMembers(Reader):
-    """Members of tar shards in a bucket, located by their tar member index (fetched once per
-    machine): each read is one ranged GET of exactly the member's bytes. Told which samples come
-    next (:meth:`prefetch`), it fetches them at once, in threads, a sample's members (its image and
-    caption file, side by side in its tar) in one GET. Paths are those the dataset makes under the
-    index's folder (``<folder>/raw/x.jpg`` for ``<folder>/tar_index.arrow``). A shard whose size in
-    the bucket is not the indexed one is refused on its first read."""
-
-    remote = True
-
-    def __init__(self, index_url: str, ceph_config: str | None, cache_dir=None):
-        from src.datasets.storage.tar_index import TarMemberIndex
-        self.folder = index_url.rstrip('/').rsplit('/', 1)[0]
-        self.store = ObjectFolder(self.folder, ceph_config)
-        self.index_copy = fetch_to_cache(index_url, ceph_config, cache_dir)
-        self.index = TarMemberIndex(self.index_copy)
-        self._checked = {}  # tar -> its ETag, from its first use in this process
-        self._kept = Kept()
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, '_kept': Kept()}
-
-    def read(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-        kept = self._kept.take(path)
-        if kept is not None:
-            return check_size(kept, path, max_bytes)
-        tar, expected_size, offset, size = self._locate(path)
-        check_size(b'', path, max_bytes, size)
-        shard, etag = self._shard(tar, expected_size)
-        data = self.store.read(shard, offset, size, etag)
-        if len(data) != size:
-            raise SampleError('missing-file', f'{path}: {len(data)} of its {size} bytes came from '
-                                              f'{self.folder}/{tar}')
-        return data
-
-    def prefetch(self, samples) -> None:
-        """The members of ``samples`` fetched at once, in threads, and kept for their reads: a
-        batch's members that lie in one shard within :data:`MAX_GAP` of each other by one ranged
-        GET. What cannot be fetched so is read on its own, as without it."""
-        located, held = {}, 0  # the batch's members together: neighbours of one shard share a GET (BlockShuffleSampler)
-        for sample in samples:
-            for path in sample:
-                size = self._kept.touch(path)
-                if size is not None:
-                    held += size
-                    continue
-                with contextlib.suppress(SampleError):  # its read says why
-                    located[path] = self._locate(path)
-        spans = member_spans(located)
-        shards = {}  # first use of a shard: its size checked (a HEAD) here, once
-        for tar, size, *_ in spans:
-            if tar not in shards:
-                try:
-                    shards[tar] = self._shard(tar, size)
-                except SampleError:
-                    shards[tar] = None  # not in the bucket: its reads say so
-        spans = [span for span in spans if shards[span[0]] is not None]
-        self.store.ready()
-
-        def fetch(span):
-            tar, _, low, high, _ = span
-            shard, etag = shards[tar]
-            with contextlib.suppress(SampleError):
-                return self.store.read(shard, low, high - low, etag)
-
-        for (_, _, low, high, members), data in fetch_within(fetch, spans, self._kept.limit - held,
-                                                             size=lambda span: span[3] - span[2]):
-            if len(data) == high - low:
-                for path, offset, size in members:
-                    self._kept.put(path, data[offset - low:offset - low + size])
-
-    def _locate(self, path: str) -> tuple[str, int, int, int]:
-        """(tar, its indexed size, data offset, data size) of the member ``path``, or ``SampleError``."""
-        if not path.startswith(self.folder + '/'):
-            raise SampleError('missing-file', f'{path}: not under the folder of its tar index, {self.folder}')
-        found = self.index.locate(path[len(self.folder) + 1:])
-        if found is None:
-            raise SampleError('missing-file', f'{path}: no such member in the tars indexed in {self.folder}')
-        return found
-
-    def _shard(self, tar: str, expected_size: int) -> tuple[str, str]:
-        """The shard's path and ETag, checked on first use: its size against the index, its ETag
-        against the one this machine first saw (a shard replaced by one of the same size has another)."""
-        from src.datasets.storage.tar_index import StaleIndexError
-        shard = f'{self.folder}/{tar}'
-        if tar not in self._checked:
-            actual, etag = self.store.head(shard)
-            if actual != expected_size:
-                raise StaleIndexError(f'{shard} has {actual} bytes in the bucket, {expected_size} when it was '
-                                      'indexed: upload the shards and their index together again')
-            first = first_seen_etag(self.index_copy, tar, etag)
-            if first != etag:
-                raise StaleIndexError(f'{shard} was replaced in the bucket after this machine first read it (its ETag '
-                                      f'was {first}, is {etag}; the same {actual} bytes): upload the shards and their '
-                                      'index together again')
-            self._checked[tar] = etag
-        return shard, self._checked[tar]
-
-
-def member_spans(located: dict[str, tuple[str, int, int, int]]) -> list[tuple]:
-    """The byte ranges that fetch the ``located`` members ({path: (tar, tar size, offset, size)}):
-    members of one tar within :data:`MAX_GAP` of each other share a range of at most
-    :data:`MAX_SPAN` bytes. Each range is (tar, tar size, first byte, end, [(path, offset, size), ...])."""
-    spans = []
-    for path, (tar, tar_size, offset, size) in sorted(located.items(), key=lambda item: (item[1][0], item[1][2])):
-        if (spans and spans[-1][0] == tar and offset - spans[-1][3] <= MAX_GAP
-                and offset + size - spans[-1][2] <= MAX_SPAN):
-            spans[-1][3] = max(spans[-1][3], offset + size)
-            spans[-1][4].append((path, offset, size))
-        else:
-            spans.append([tar, tar_size, offset, offset + size, [(path, offset, size)]])
-    return [tuple(span) for span in spans]
-

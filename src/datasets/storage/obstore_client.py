@@ -76,11 +76,13 @@ def object_head(store, key: str, path: str, where: str) -> tuple[int, str]:
 
 
 def read_object(store, key: str, path: str, where: str, offset: int | None = None, size: int | None = None,
-                attempts: int = 3, *, etag: str | None = None, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+                attempts: int = 3, *, etag: str | None = None,
+                max_bytes: int = MAX_FILE_BYTES) -> tuple[bytes, int, str]:
     """The object ``key`` (named ``path`` in messages, ``where`` the store's description), or its
-    ``size`` bytes from ``offset`` (one ranged GET); a body cut off mid-read is fetched again, up to
-    ``attempts`` times; one of more than ``max_bytes`` is refused from its metadata, not read; with
-    ``etag``, only while the object still has it (``StaleIndexError`` once it was replaced)."""
+    ``size`` bytes from ``offset`` (one ranged GET), with the whole object's size and ETag as the
+    response gives them; a body cut off mid-read is fetched again, up to ``attempts`` times; one of
+    more than ``max_bytes`` is refused from its metadata, not read; with ``etag``, only while the
+    object still has it (``StaleIndexError`` once it was replaced)."""
     import obstore
     from obstore.exceptions import BaseError, NotFoundError, PreconditionError
     options = {'if_match': etag} if etag else {}
@@ -89,12 +91,11 @@ def read_object(store, key: str, path: str, where: str, offset: int | None = Non
     for attempt in range(attempts):
         try:
             result = obstore.get(store, key, options=options)
-            if offset is not None:
-                return result.bytes().to_bytes()
-            if result.meta['size'] > max_bytes:
-                raise SampleError('too-large', f'{path}: {result.meta["size"]} bytes, more than the '
+            meta = result.meta
+            if offset is None and meta['size'] > max_bytes:
+                raise SampleError('too-large', f'{path}: {meta["size"]} bytes, more than the '
                                                f'{max_bytes} it may have')
-            return result.bytes().to_bytes()
+            return result.bytes().to_bytes(), meta['size'], meta.get('e_tag') or ''
         except PreconditionError:
             from src.datasets.storage.tar_index import StaleIndexError
             raise StaleIndexError(f'{path}: replaced in {where} while it was being read (its ETag is no longer '

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Sequence
 
 
-def prefetch(samples: Sequence[Sequence[tuple[object, str]]]) -> None:
+def prefetch(samples: Sequence[Sequence[tuple[object, str]]], ahead: bool = False) -> None:
     """Tell the remote readers of ``samples`` (for each sample, the (reader, path) of each file it
-    reads) their files, a list of paths a sample."""
+    reads) their files, a list of paths a sample; ``ahead``: read after the current batch (fetched
+    meanwhile, not waited for)."""
     samples_by_reader: dict[object, list[list[str]]] = {}
     for files in samples:
         sample: dict[object, list[str]] = {}  # one reader may hold both the caption file and the image
@@ -24,4 +25,7 @@ def prefetch(samples: Sequence[Sequence[tuple[object, str]]]) -> None:
         for reader, paths in sample.items():
             samples_by_reader.setdefault(reader, []).append(paths)
     for reader, batch in samples_by_reader.items():
-        reader.prefetch(batch)
+        if ahead:
+            reader.prefetch(batch, ahead=True)
+        else:
+            reader.prefetch(batch)  # a reader of its own may not know ``ahead``

@@ -30,10 +30,11 @@ class Reader:
         refused before it is read where its size is known first."""
         raise NotImplementedError
 
-    def prefetch(self, samples: Sequence[Sequence[str]]) -> None:
-        """The files of ``samples`` (each sample's paths) are read next. Where reading them
-        together saves nothing (a file system, a memory-mapped tar), nothing happens; errors are
-        always the reads' own (``src.datasets.storage.prefetch``)."""
+    def prefetch(self, samples: Sequence[Sequence[str]], ahead: bool = False) -> None:
+        """The files of ``samples`` (each sample's paths) are read next (``ahead``: after the ones
+        being read now, so not waited for). Where reading them together saves nothing (a file
+        system, a memory-mapped tar), nothing happens; errors are always the reads' own
+        (``src.datasets.storage.prefetch``)."""
 
 
 class LocalFiles(Reader):

@@ -123,11 +123,12 @@ class CaptionDataset(SubclassContract, UpstreamHooks, SampleDraws, BucketedRecor
     latent_root = property(lambda self: self.files.latent_root)
     latent_info_reader = property(lambda self: self.files.latent_info_reader)
 
-    def _prefetch(self, records) -> None:
-        """The files of ``records``' samples, fetched together where they are remote (``storage.prefetch``)."""
+    def _prefetch(self, records, ahead: bool = False) -> None:
+        """The files of ``records``' samples, fetched together where they are remote (``storage.prefetch``;
+        ``ahead``: read after this batch, not waited for)."""
         if self.files.remote:
             prefetch([self.files.of_record(record, self.image_key, self.cap_keys, self.decodes_images)
-                      for record in records])
+                      for record in records], ahead=ahead)
 
     def load_prompt_ids(self) -> PromptIds | None:
         """The stored prompt ids of the whole index (``pretokenize``: built once, then mapped), or

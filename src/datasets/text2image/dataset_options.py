@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from src.datasets.components import build_component
 from src.datasets.sample.pictures import PIXEL_DTYPES
 from src.datasets.sample.prompts import TRUNCATIONS
-from src.datasets.storage.object_store import ObjectTarMembers, fetch_to_cache, is_object_url
+from src.datasets.storage.object_store import fetch_to_cache, is_object_url
+from src.datasets.storage.object_tars import ObjectTarMembers
 from src.datasets.storage.tar_index import TarMemberIndex
 
 EMPTY_CAPTIONS = ('skip', 'keep')

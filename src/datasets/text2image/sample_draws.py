@@ -81,8 +81,11 @@ class SampleDraws:
         sample; then the samples are made in turn. The same samples as ``self[idx]`` one by one."""
         tokenize = self._tokenizes_batches and self.prompt_ids is None
         records = [self.index[idx] for idx in indices] if self.files.remote or tokenize else None
-        if self.files.remote:  # with BlockShuffleSampler's blocks, the rest of the batch's block too
+        if self.files.remote:  # with BlockShuffleSampler's blocks, the rest of the batch's block too,
             self._prefetch(records + [self.index[i] for i in block_rest(indices, self.read_blocks, len(self))])
+            ahead = getattr(indices[0], 'ahead', None) if len(indices) else None
+            if ahead:  # and this worker's next block, fetched while this one is read
+                self._prefetch([self.index[i] for i in ahead], ahead=True)
         if not tokenize:
             return [self[idx] for idx in indices]
         ids = self.prompts.batch_ids(records, self.cap_keys, self.caption_prompt)
