@@ -8,7 +8,7 @@ project's ``image_io.load_pixel_values`` (256 px), the prompt by the same tokeni
 the storage layer. Each reads one shuffled epoch through a DataLoader (2 workers, batch 8); the
 project twice, with the global shuffle and with the block shuffle (``BlockShuffleSampler``: blocks
 of ``--block`` neighbouring members of a shard, each dealt whole to one worker, whose first batch of
-it fetches the block with one ranged GET):
+it fetches the block with one ranged GET, and starts the GET of the block that worker reads next):
 
 - preparation: indexing the tars where they lie against rewriting them into chunks;
 - requests and bytes moved per sample (the proxy's counts: index files included);
@@ -25,6 +25,7 @@ comparison runs twice: as moto answers, and with the proxy waiting 30 ms before 
 real object store's first byte takes (where a loader that waits on each request falls behind).
 
     PYTHONPATH=. .venv/bin/python bench/bench_litdata.py [--images 512 --shards 8 | --small] [--block 32]
+        [--rounds 3] [--latency-ms 0 30]
 
 Needs the ``bench`` and ``s3`` extras (litdata, boto3) and moto's server (``dev``).
 """
@@ -36,6 +37,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import sys
 import tarfile
 import tempfile
@@ -182,9 +184,19 @@ def resume(make_dataset, make_loader, proxy, expected: tuple) -> dict:
     return result
 
 
-def report(results: list[dict], latency: float, middle: int, count: int) -> None:
+def medians(runs: list[dict]) -> dict:
+    """One loader's epochs in one row: the median of each number, the first run's resume."""
+    row = dict(runs[0])
+    for key in ('construct', 'first', 'rate', 'requests', 'bytes', 'cpu'):
+        row[key] = statistics.median(run[key] for run in runs)
+    return row
+
+
+def report(results: list[dict], latency: float, middle: int, count: int, rounds: int = 1) -> None:
+    each = f'the median of {rounds} epochs, ' if rounds > 1 else ''
     print(f'\nwith {latency:g} ms before each answer' + (' (a real store\'s time to first byte)' if latency else '')
-          + ':\none epoch from an empty cache (per sample: requests, KiB moved, worker CPU; index files included):')
+          + f':\none epoch from an empty cache ({each}per sample: requests, KiB moved, worker CPU; index files '
+          'included):')
     print(f'  {"":20} {"requests":>9} {"KiB moved":>10} {"worker CPU":>11} {"construct":>10} '
           f'{"1st batch":>10} {"samples/s":>10}')
     for r in results:
@@ -240,6 +252,8 @@ def main() -> int:
     parser.add_argument('--shards', type=int, default=8)
     parser.add_argument('--small', action='store_true', help='64 images in 4 shards')
     parser.add_argument('--block', type=int, default=32, help="the block shuffle's block (a multiple of the batch, 8)")
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='epochs of each loader, in turn (the medians are printed; the resume is the first\'s)')
     parser.add_argument('--latency-ms', type=float, nargs='+', default=[0, 30],
                         help="the proxy's wait before each answer, a run each (default: none, and 30 ms)")
     args = parser.parse_args()
@@ -317,21 +331,25 @@ def main() -> int:
                       'resume': lambda dataset: project_loader(dataset, skip=middle * BATCH, blocks=args.block)}
             theirs = {'dataset': lambda cache: litdata_dataset('s3://data/litdata', cache, proxy.url, tokenizer),
                       'loader': litdata_loader}
+            loaders = [('project, global', ours), (f'project, blocks {args.block}', blocks)]
+            loaders += [('LitData', theirs)] if optimize is not None else []
             for latency in args.latency_ms:
                 proxy.latency = latency / 1000
-                results = []
-                loaders = [('project, global', ours), (f'project, blocks {args.block}', blocks)]
-                for name, loader in loaders + ([('LitData', theirs)] if optimize is not None else []):
-                    cache = Path(tempfile.mkdtemp(dir=work))
-                    result = epoch(name, lambda: loader['dataset'](cache), loader['loader'], proxy, count,
-                                   stop_after=middle)
-                    # The restarted job's cache: the same path (LitData's state names it), emptied.
-                    shutil.rmtree(cache)
-                    resumed = loader.get('resume') or (lambda dataset: litdata_loader(dataset, result['state']))
-                    result['resume'] = resume(lambda: loader['dataset'](cache), resumed, proxy,
-                                              result['digests'][middle])
-                    results.append(result)
-                report(results, latency, middle, count)
+                rounds = {name: [] for name, _ in loaders}
+                for number in range(args.rounds):  # the loaders in turn, round after round: drift hits all
+                    for name, loader in loaders:
+                        cache = Path(tempfile.mkdtemp(dir=work))
+                        result = epoch(name, lambda: loader['dataset'](cache), loader['loader'], proxy, count,
+                                       stop_after=middle)
+                        # The restarted job's cache: the same path (LitData's state names it), emptied.
+                        shutil.rmtree(cache)
+                        if number == 0:
+                            resumed = loader.get('resume') or (lambda dataset: litdata_loader(dataset, result['state']))
+                            result['resume'] = resume(lambda: loader['dataset'](cache), resumed, proxy,
+                                                      result['digests'][middle])
+                        shutil.rmtree(cache, ignore_errors=True)
+                        rounds[name].append(result)
+                report([medians(runs) for runs in rounds.values()], latency, middle, count, args.rounds)
         server.stop()
     return 0
 
