@@ -254,6 +254,16 @@ def test_an_index_in_the_bucket_is_fetched_once_per_machine(uploaded, s3, tmp_pa
         CaptionDataset('s3://data/indexes/missing.json', **build)
 
 
+def test_a_gets_answer_says_the_whole_objects_size_or_nothing():
+    """A shard's first ranged GET checks its size from ``Content-Range``; where a store leaves it
+    unsaid, the reader asks with a HEAD rather than trusting the part's length."""
+    from src.datasets.storage.object_store import whole_size
+    assert whole_size({'ContentRange': 'bytes 10-19/1000', 'ContentLength': 10}, ranged=True) == 1000
+    assert whole_size({'ContentRange': 'bytes 10-19/*', 'ContentLength': 10}, ranged=True) == -1
+    assert whole_size({'ContentLength': 10}, ranged=True) == -1  # a ranged answer that does not say
+    assert whole_size({'ContentLength': 1000}, ranged=False) == 1000
+
+
 def test_a_shard_whose_size_differs_from_its_index_is_refused(uploaded, s3, tmp_path, tokenizer, prompt_template):
     from src.datasets.storage.tar_index import StaleIndexError
     from src.prepare.tar_members import INDEX_MEMBERS

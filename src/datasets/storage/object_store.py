@@ -215,7 +215,7 @@ class ObjectFolder(Reader):
                 data = response['Body'].read()
                 if len(data) != response.get('ContentLength', len(data)):
                     raise SampleError('missing-file', f'{path}: {len(data)} of {response["ContentLength"]} bytes')
-                return data, whole_size(response, len(data)), response.get('ETag', '')
+                return data, whole_size(response, offset is not None), response.get('ETag', '')
             except ClientError as e:
                 code = e.response.get('Error', {}).get('Code', '')
                 if code in ('NoSuchKey', '404'):
@@ -235,13 +235,12 @@ class ObjectFolder(Reader):
         raise AssertionError('unreachable')
 
 
-def whole_size(response: dict, received: int) -> int:
-    """The object's size as a GET's response says it: after the '/' of a ranged answer's
-    ``Content-Range`` (``bytes 0-99/1234``), else what came; -1 where a store leaves it unknown ('*')."""
-    content_range = response.get('ContentRange')
-    if not content_range:
-        return received
-    total = content_range.rpartition('/')[2]
+def whole_size(response: dict, ranged: bool) -> int:
+    """The object's size as a GET's response says it: its length, or for a ranged GET what follows
+    the '/' of ``Content-Range`` (``bytes 0-99/1234``); -1 where the answer does not say ('*', none)."""
+    if not ranged:
+        return response.get('ContentLength', -1)
+    total = (response.get('ContentRange') or '').rpartition('/')[2]
     return int(total) if total.isdigit() else -1
 
 

@@ -138,16 +138,18 @@ class ObjectTarMembers(Reader):
             if e.reason != 'too-large':  # a shard shorter than indexed refuses the range: say that
                 self._check(tar, expected_size, *self.store.head(shard))
             raise
+        if actual < 0:  # a store that leaves the size unsaid ('bytes 0-9/*'): asked for it
+            actual, etag = self.store.head(shard)
         self._check(tar, expected_size, actual, etag)
         return data
 
     def _check(self, tar: str, expected_size: int, actual: int, etag: str) -> None:
-        """Shard ``tar`` as the bucket has it (``actual`` bytes, ``etag``; -1: size not said) against
-        the index (its size) and against the ETag this machine first saw (a shard replaced by one of
-        the same size has another)."""
+        """Shard ``tar`` as the bucket has it (``actual`` bytes, ``etag``) against the index (its
+        size) and against the ETag this machine first saw (a shard replaced by one of the same size
+        has another)."""
         from src.datasets.storage.tar_index import StaleIndexError
         shard = f'{self.folder}/{tar}'
-        if actual not in (expected_size, -1):
+        if actual != expected_size:
             raise StaleIndexError(f'{shard} has {actual} bytes in the bucket, {expected_size} when it was '
                                   'indexed: upload the shards and their index together again')
         first = first_seen_etag(self.index_copy, tar, etag)
