@@ -132,7 +132,7 @@ class Counter:
 
     def __enter__(self):
         self.requests, self.bytes = self.proxy.requests, self.proxy.bytes_sent
-        self.cpu = self._children_cpu()
+        self.cpu, self.main_cpu = self._children_cpu(), self._own_cpu()
         return self
 
     def __exit__(self, *exc):
@@ -140,6 +140,13 @@ class Counter:
         self.requests = self.proxy.requests - self.requests
         self.bytes = self.proxy.bytes_sent - self.bytes
         self.cpu = self._children_cpu() - self.cpu
+        self.main_cpu = self._own_cpu() - self.main_cpu
+
+    @staticmethod
+    def _own_cpu() -> float:
+        """This process's CPU: the loop taking the batches, and the proxy and moto's server (threads here)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
 
     @staticmethod
     def _children_cpu() -> float:
@@ -164,6 +171,7 @@ def epoch(name: str, make_dataset, make_loader, proxy, count: int, stop_after: i
         del loader, dataset
     return dict(name=name, construct=built - start, first=first - built, rate=count / (end - built),
                 requests=counter.requests / count, bytes=counter.bytes / count, cpu=counter.cpu / count,
+                main_cpu=counter.main_cpu / count,
                 digests=digests, state=state)
 
 
@@ -187,7 +195,7 @@ def resume(make_dataset, make_loader, proxy, expected: tuple) -> dict:
 def medians(runs: list[dict]) -> dict:
     """One loader's epochs in one row: the median of each number, the first run's resume."""
     row = dict(runs[0])
-    for key in ('construct', 'first', 'rate', 'requests', 'bytes', 'cpu'):
+    for key in ('construct', 'first', 'rate', 'requests', 'bytes', 'cpu', 'main_cpu'):
         row[key] = statistics.median(run[key] for run in runs)
     return row
 
@@ -197,11 +205,11 @@ def report(results: list[dict], latency: float, middle: int, count: int, rounds:
     print(f'\nwith {latency:g} ms before each answer' + (' (a real store\'s time to first byte)' if latency else '')
           + f':\none epoch from an empty cache ({each}per sample: requests, KiB moved, worker CPU; index files '
           'included):')
-    print(f'  {"":20} {"requests":>9} {"KiB moved":>10} {"worker CPU":>11} {"construct":>10} '
+    print(f'  {"":20} {"requests":>9} {"KiB moved":>10} {"worker CPU":>11} {"main CPU":>11} {"construct":>10} '
           f'{"1st batch":>10} {"samples/s":>10}')
     for r in results:
         print(f'  {r["name"]:20} {r["requests"]:9.2f} {r["bytes"] / 1024:10.1f} {r["cpu"] * 1e3:8.2f} ms '
-              f'{r["construct"]:9.2f}s {r["first"]:9.2f}s {r["rate"]:10.1f}')
+              f'{r["main_cpu"] * 1e3:8.2f} ms {r["construct"]:9.2f}s {r["first"]:9.2f}s {r["rate"]:10.1f}')
     print(f'resumed at batch {middle} of {-(-count // BATCH)} by a restarted job (its cache empty; requests and '
           'KiB until its first batch):')
     print(f'  {"":20} {"requests":>9} {"KiB moved":>10} {"construct":>10} {"1st batch":>10} {"same batch":>11}')

@@ -97,10 +97,16 @@ _ASPECTS = [0.25, 0.5, 0.75, 1.0, 1.0, 4 / 3, 1.5, 2.0, 3.0, 6.0]
 
 
 def draw_captions(rng: random.Random, count: int) -> list[str]:
-    """``count`` distinct captions: subject, setting and style drawn without repetition."""
+    """``count`` distinct captions: subject, setting and style drawn without repetition (past the
+    combinations, the same again numbered: a bench's thousands of samples)."""
     combos = list(itertools.product(_SUBJECTS, _SETTINGS, _STYLES))
     rng.shuffle(combos)
-    return [f'{subject} {setting}, {style}' for subject, setting, style in combos[:count]]
+    drawn = [f'{subject} {setting}, {style}' for subject, setting, style in combos[:count]]
+    captions, number = list(drawn), 2
+    while len(captions) < count:
+        captions += [f'{caption} ({number})' for caption in drawn[:count - len(captions)]]
+        number += 1
+    return captions
 
 
 @dataclass
