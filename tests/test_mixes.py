@@ -58,6 +58,11 @@ def test_source_shares_keep_the_batch_order_and_the_index_type():
     assert shares[0] == [(1, 0)] and shares[1][0][1].position == 3  # a Draw stays a Draw
     with pytest.raises(IndexError, match='out of range'):
         source_shares([6, 12], [12])
+    from src.datasets.samplers.draws import Ahead
+    hinted = source_shares([6, 12], [Ahead(1, (8, 9)), Draw(Ahead(2, (8, 9)), 5, 0), Draw(Ahead(7, (0, 1)), 6, 0)])
+    # a block shuffle's hint names indices of the mix, not of a source: no source gets it, even the first
+    assert [getattr(idx, 'ahead', None) for share in hinted.values() for _, idx in share] == [None] * 3
+    assert hinted[0][1][1].position == 5
 
 
 def test_a_mixed_batch_is_each_sources_batch_and_equals_reading_one_by_one(sources):

@@ -36,7 +36,9 @@ def source_shares(cumulative_sizes: Sequence[int], indices: Sequence) -> dict[in
         source = bisect.bisect_right(cumulative_sizes, idx)
         if source >= len(cumulative_sizes):
             raise IndexError(f'index {int(idx)} is out of range for a dataset of {total} samples')
-        local = idx - cumulative_sizes[source - 1] if source else idx
+        # Offset even by 0: the index keeps its draw, and loses a hint of indices of the whole mix
+        # (a block shuffle's ``Ahead``), which are not the source's.
+        local = idx - (cumulative_sizes[source - 1] if source else 0)
         shares.setdefault(source, []).append((place, local))
     return shares
 

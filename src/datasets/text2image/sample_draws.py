@@ -84,8 +84,8 @@ class SampleDraws:
         if self.files.remote:  # with BlockShuffleSampler's blocks, the rest of the batch's block too,
             self._prefetch(records + [self.index[i] for i in block_rest(indices, self.read_blocks, len(self))])
             ahead = getattr(indices[0], 'ahead', None) if len(indices) else None
-            if ahead:  # and this worker's next block, fetched while this one is read
-                self._prefetch([self.index[i] for i in ahead], ahead=True)
+            if ahead:  # and this worker's next block, fetched while this one is read (a hint: never an error)
+                self._prefetch([self.index[i] for i in ahead if 0 <= i < len(self)], ahead=True)
         if not tokenize:
             return [self[idx] for idx in indices]
         ids = self.prompts.batch_ids(records, self.cap_keys, self.caption_prompt)
