@@ -1,0 +1,130 @@
+"""A hostile or broken object store against the reads of a shard's parts and the fetches started
+ahead (``ObjectFolder.read_part``, ``InFlight``): an answer that is not the range asked is refused
+before its body is read, never taken as the part; what is fetched ahead stays within the bound of
+what a process keeps; a sampler's own hint never fails a batch."""
+from __future__ import annotations
+
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from src.datasets.errors import SampleError
+from src.datasets.storage.object_fetch import Kept
+from src.datasets.storage.object_store import ObjectFolder, whole_size
+
+OBJECT = bytes(range(256)) * 40  # 10240 bytes
+
+
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that closed a refused answer's connection
+
+
+class Store:
+    """A tiny S3-like server on 127.0.0.1: ``objects`` by key (``/bucket/key``), ranged GETs
+    answered as ``mode`` says: 'ok', 'whole' (200 and the whole object), 'shifted' (another range of
+    the same length), 'lying' (a total shorter than the range), 'digit' (a total of a non-ASCII
+    digit), 'chunked' (no length: the whole object in chunks)."""
+
+    def __init__(self, objects: dict[str, bytes], mode: str = 'ok'):
+        self.objects, self.mode, self.gets = objects, mode, 0
+        store = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def log_message(self, *args):
+                pass
+
+            def _head(self, status, headers):
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+
+            def do_HEAD(self):
+                body = store.objects[self.path.split('/', 2)[2]]
+                self._head(200, {'ETag': '"e1"', 'Content-Length': str(len(body))})
+
+            def do_GET(self):
+                store.gets += 1
+                body = store.objects[self.path.split('/', 2)[2]]
+                asked = re.fullmatch(r'bytes=(\d+)-(\d+)', self.headers.get('Range') or '')
+                if store.mode == 'chunked':
+                    self._head(200, {'ETag': '"e1"', 'Transfer-Encoding': 'chunked'})
+                    for start in range(0, len(body), 1024):
+                        self.wfile.write(b'%x\r\n%s\r\n' % (len(body[start:start + 1024]), body[start:start + 1024]))
+                    self.wfile.write(b'0\r\n\r\n')
+                    return
+                if asked is None or store.mode == 'whole':
+                    self._head(200, {'ETag': '"e1"', 'Content-Length': str(len(body))})
+                    self.wfile.write(body)
+                    return
+                low, high = int(asked[1]), int(asked[2])
+                if store.mode == 'shifted':
+                    low, high = low + 7, high + 7
+                total = {'lying': '5', 'digit': '\u00b2'}.get(store.mode, str(len(body)))
+                part = body[low:high + 1]
+                self._head(206, {'ETag': '"e1"', 'Content-Length': str(len(part)),
+                                 'Content-Range': f'bytes {low}-{high}/{total}'})
+                self.wfile.write(part)
+
+        self._server = QuietServer(('127.0.0.1', 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f'http://127.0.0.1:{self._server.server_address[1]}'
+
+    def __enter__(self) -> 'Store':
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def folder_of(store: Store, tmp_path) -> ObjectFolder:
+    from moto_server import petrel_file
+    return ObjectFolder('s3://b/f', petrel_file(tmp_path / 'petreloss.conf', store.url))
+
+
+@pytest.mark.parametrize('mode', ['whole', 'shifted', 'lying', 'digit'])
+def test_a_ranged_get_answered_with_other_bytes_is_refused_naming_the_object(tmp_path, mode):
+    """A store that ignores the range (the whole object, maybe huge), sends another range of the
+    same length, or says a total that cannot be: a sample error naming the object and the range,
+    asked once (another try would get the same), never other bytes taken for the part."""
+    with Store({'f/o': OBJECT}, mode) as store:
+        folder = folder_of(store, tmp_path)
+        before = store.gets
+        with pytest.raises(SampleError, match=r's3://b/f/o: bytes 100-109 asked.*not that range') as caught:
+            folder.read_part('s3://b/f/o', 100, 10)
+        assert caught.value.reason == 'missing-file' and store.gets - before == 1
+        store.mode = 'ok'
+        assert folder.read_part('s3://b/f/o', 100, 10) == (OBJECT[100:110], len(OBJECT), '"e1"')
+
+
+def test_a_body_of_unsaid_length_is_read_no_further_than_asked(tmp_path):
+    """A store that answers in chunks, with no length: no more than the bound is read."""
+    with Store({'f/o': OBJECT}, 'chunked') as store:
+        folder = folder_of(store, tmp_path)
+        with pytest.raises(SampleError, match='s3://b/f/o: more than the 1000 bytes') as caught:
+            folder.read_part('s3://b/f/o', max_bytes=1000)
+        assert caught.value.reason == 'too-large'
+        assert folder.read_part('s3://b/f/o')[0] == OBJECT
+        # a ranged GET answered so: refused (no Content-Range), not read
+        with pytest.raises(SampleError, match='bytes 10-19 asked, .* no Content-Range'):
+            folder.read_part('s3://b/f/o', 10, 10)
+        assert folder.read_part('s3://b/f/o', 0, len(OBJECT))[0] == OBJECT  # the whole object, from its first byte
+
+
+def test_a_content_range_of_other_digits_says_no_size():
+    assert whole_size({'ContentRange': 'bytes 0-9/\u00b2', 'ContentLength': 10}, ranged=True) == -1
+    assert whole_size({'ContentRange': 'bytes 0-9/\u0661\u0662', 'ContentLength': 10}, ranged=True) == -1
+    assert whole_size({'ContentRange': 'bytes 0-9/12', 'ContentLength': 10}, ranged=True) == 12
+
