@@ -128,3 +128,71 @@ def test_a_content_range_of_other_digits_says_no_size():
     assert whole_size({'ContentRange': 'bytes 0-9/\u0661\u0662', 'ContentLength': 10}, ranged=True) == -1
     assert whole_size({'ContentRange': 'bytes 0-9/12', 'ContentLength': 10}, ranged=True) == 12
 
+
+def fetched_ahead(folder: ObjectFolder) -> list[int]:
+    """The sizes of what ``folder``'s fetches ahead brought, recorded as they come."""
+    sizes, fetch = [], folder._fetch_ahead
+
+    def recording(job):
+        got = fetch(job)
+        sizes.extend(len(data) for _, data in got)
+        return got
+    folder._fetch_ahead = recording
+    return sizes
+
+
+def test_fetches_ahead_bring_no_more_than_the_bound_whatever_the_objects_sizes(tmp_path):
+    """The first object small, the next ones far larger: fetched ahead on the small one's guess,
+    they would all be held at once. Each fetch brings at most what it claimed; the rest is read
+    when its turn comes, from the store, whole."""
+    objects = {'f/small': b's' * 1000, **{f'f/big{i}': bytes([i]) * 50_000 for i in range(40)}}
+    with Store(objects) as store:
+        folder = folder_of(store, tmp_path)
+        folder._kept = Kept(limit=200_000)
+        folder.prefetch([['s3://b/f/small']])
+        sizes = fetched_ahead(folder)
+        paths = [f's3://b/f/big{i}' for i in range(40)]
+        folder.prefetch([[path] for path in paths], ahead=True)
+        assert folder._ahead.claimed <= folder._kept.limit
+        folder._ahead.settle(folder._kept, paths)  # every fetch ended
+        assert sum(sizes) <= folder._kept.limit
+        assert all(folder.read(path) == objects[path[len('s3://b/'):]] for path in paths[:3])
+
+
+def test_fetches_ahead_leave_room_for_what_is_kept(tmp_path):
+    """What this batch fetched fills the bound: the next block's fetches start only as far as the
+    bound leaves room beside it (their bytes wait in the futures, where nothing pushes them out)."""
+    objects = {f'f/o{i}': bytes([i]) * 10_000 for i in range(30)}
+    with Store(objects) as store:
+        folder = folder_of(store, tmp_path)
+        folder._kept = Kept(limit=100_000)
+        folder.prefetch([[f's3://b/f/o{i}'] for i in range(8)])  # this batch: 80 000 bytes kept
+        assert folder._kept.bytes == 80_000
+        folder.prefetch([[f's3://b/f/o{i}'] for i in range(8, 30)], ahead=True)
+        assert folder._kept.bytes + folder._ahead.claimed <= folder._kept.limit
+        assert folder._ahead.claimed == 20_000  # as much as the room left
+        assert [folder.read(f's3://b/f/o{i}') for i in range(30)] == [objects[f'f/o{i}'] for i in range(30)]
+
+
+
+class Located:
+    """A tar member index of one shard, 'members/<n>' at n * 100 000, 10 000 bytes each (a GET each)."""
+
+    def locate(self, relative: str):
+        number = int(relative.rsplit('/', 1)[1])
+        return '0.tar', 2_000_000, number * 100_000, 10_000
+
+
+def test_a_shards_members_fetched_ahead_leave_room_for_what_is_kept(tmp_path):
+    from src.datasets.storage.object_fetch import InFlight
+    from src.datasets.storage.object_tars import ObjectTarMembers
+    shard = bytes(range(250)) * 8_000
+    with Store({'f/0.tar': shard}) as store:
+        members = ObjectTarMembers.__new__(ObjectTarMembers)
+        members.folder, members.store, members.index = 's3://b/f', folder_of(store, tmp_path), Located()
+        members._checked, members._kept, members._ahead = {'0.tar': '"e1"'}, Kept(limit=100_000), InFlight()
+        members._kept.put('s3://b/f/held', b'h' * 80_000)  # this batch's, not read yet
+        members.prefetch([[f's3://b/f/members/{n}'] for n in range(20)], ahead=True)
+        assert members._kept.bytes + members._ahead.claimed <= members._kept.limit
+        assert members._ahead.claimed == 20_000
+        assert members.read('s3://b/f/members/19') == shard[1_900_000:1_910_000]

@@ -159,22 +159,24 @@ class ObjectFolder(Reader):
                 paths.append(path)
         self.ready()
         room = self._kept.limit - held - self._ahead.claimed
-        if ahead:
+        if ahead:  # each fetch claims the largest object seen, and one larger is left to its read
             guess = max(self._kept.largest, 1)
-            for path in paths[:max(room, 0) // guess]:
-                self._ahead.start(self._fetch_ahead, path, [path], guess)
+            for path in paths[:max(self._ahead.room(self._kept), 0) // guess]:
+                self._ahead.start(self._fetch_ahead, (path, guess), [path], guess)
             return
         for path, data in fetch_within(self._try_read, paths, room, guess=self._kept.largest):
             self._kept.put(path, data)
 
-    def _fetch_ahead(self, path: str) -> list[tuple[str, bytes]]:
-        data = self._try_read(path)
+    def _fetch_ahead(self, job: tuple[str, int]) -> list[tuple[str, bytes]]:
+        path, claim = job
+        data = self._try_read(path, claim)
         return [] if data is None else [(path, data)]
 
-    def _try_read(self, path: str) -> bytes | None:
-        """In a fetching thread: the object fetched (never waiting on what is kept or in flight), or None."""
+    def _try_read(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes | None:
+        """In a fetching thread: the object fetched (never waiting on what is kept or in flight), or
+        None (also for one of more than ``max_bytes``)."""
         try:
-            data = self.read_part(path)[0]
+            data = self.read_part(path, max_bytes=max_bytes)[0]
         except SampleError:
             return None  # its read says why
         self._kept.largest = max(self._kept.largest, len(data))  # also of what did not fit

@@ -88,6 +88,7 @@ class ObjectTarMembers(Reader):
         spans, room = member_spans(located), self._kept.limit - held - self._ahead.claimed
         self.store.ready()
         if ahead:
+            room = self._ahead.room(self._kept)
             for span in spans:
                 room -= span[3] - span[2]
                 if room < 0:
