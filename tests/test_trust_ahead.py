@@ -196,3 +196,19 @@ def test_a_shards_members_fetched_ahead_leave_room_for_what_is_kept(tmp_path):
         assert members._kept.bytes + members._ahead.claimed <= members._kept.limit
         assert members._ahead.claimed == 20_000
         assert members.read('s3://b/f/members/19') == shard[1_900_000:1_910_000]
+
+
+def test_two_first_reads_of_a_shard_that_see_two_etags_are_refused_where_the_cache_keeps_none(monkeypatch):
+    """Two threads of a process read a shard's first parts at once, and it is replaced between
+    their GETs; the cache is read-only, so the machine keeps no first ETag: the second is still
+    refused, not mixed with the first's members."""
+    from src.datasets.storage import object_tars
+    from src.datasets.storage.tar_index import StaleIndexError
+    monkeypatch.setattr(object_tars, 'first_seen_etag', lambda index_copy, tar, etag: etag)  # nothing kept
+    members = object_tars.ObjectTarMembers.__new__(object_tars.ObjectTarMembers)
+    members.folder, members.index_copy, members._checked = 's3://b/f', '/nonexistent/tar_index.arrow', {}
+    members._check('0.tar', 100, 100, '"e1"')
+    with pytest.raises(StaleIndexError, match=r's3://b/f/0.tar was replaced .*"e1".*"e2"'):
+        members._check('0.tar', 100, 100, '"e2"')
+    assert members._checked == {'0.tar': '"e1"'}
+    members._check('0.tar', 100, 100, '"e1"')
