@@ -212,3 +212,12 @@ def test_two_first_reads_of_a_shard_that_see_two_etags_are_refused_where_the_cac
         members._check('0.tar', 100, 100, '"e2"')
     assert members._checked == {'0.tar': '"e1"'}
     members._check('0.tar', 100, 100, '"e1"')
+
+
+def test_a_samplers_own_hint_out_of_range_is_passed_over():
+    from src.datasets.samplers.draws import Ahead, Draw
+    from src.datasets.text2image.sample_draws import ahead_of
+    assert ahead_of([Ahead(3, (4, 5, 10 ** 12, -1, 'x', 2.5, 9))], 10) == [4, 5, 9]
+    assert ahead_of([Draw(3, 0, 0, ahead=7)], 10) == []  # not a sequence of indices
+    assert ahead_of([Draw(3, 0, 0, ahead=(1, 2))], 10) == [1, 2]
+    assert ahead_of([], 10) == [] and ahead_of([3], 10) == []
