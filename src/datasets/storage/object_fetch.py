@@ -42,6 +42,11 @@ class Kept:
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def bytes(self) -> int:
+        """The bytes kept now."""
+        return self._bytes
+
     def put(self, path: str, data: bytes) -> None:
         if path in self._items:
             return
@@ -104,6 +109,11 @@ class InFlight:
 
     def __contains__(self, path: str) -> bool:
         return any(path in paths for paths, _, _ in self._own())
+
+    def room(self, kept: Kept) -> int:
+        """The bytes that fetches started now may bring: what ``kept``'s bound leaves beside all it
+        holds and all in flight (what comes in waits in its future, where nothing is pushed out)."""
+        return kept.limit - kept.bytes - self.claimed
 
     def start(self, fetch, job, paths, claim: int) -> None:
         """``fetch(job)`` (a list of (path, bytes), or None) started for ``paths``, ``claim`` bytes."""

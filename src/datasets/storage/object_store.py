@@ -15,6 +15,7 @@ import contextlib
 import glob
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from src.datasets.errors import SampleError
@@ -158,22 +159,24 @@ class ObjectFolder(Reader):
                 paths.append(path)
         self.ready()
         room = self._kept.limit - held - self._ahead.claimed
-        if ahead:
+        if ahead:  # each fetch claims the largest object seen, and one larger is left to its read
             guess = max(self._kept.largest, 1)
-            for path in paths[:max(room, 0) // guess]:
-                self._ahead.start(self._fetch_ahead, path, [path], guess)
+            for path in paths[:max(self._ahead.room(self._kept), 0) // guess]:
+                self._ahead.start(self._fetch_ahead, (path, guess), [path], guess)
             return
         for path, data in fetch_within(self._try_read, paths, room, guess=self._kept.largest):
             self._kept.put(path, data)
 
-    def _fetch_ahead(self, path: str) -> list[tuple[str, bytes]]:
-        data = self._try_read(path)
+    def _fetch_ahead(self, job: tuple[str, int]) -> list[tuple[str, bytes]]:
+        path, claim = job
+        data = self._try_read(path, claim)
         return [] if data is None else [(path, data)]
 
-    def _try_read(self, path: str) -> bytes | None:
-        """In a fetching thread: the object fetched (never waiting on what is kept or in flight), or None."""
+    def _try_read(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes | None:
+        """In a fetching thread: the object fetched (never waiting on what is kept or in flight), or
+        None (also for one of more than ``max_bytes``)."""
         try:
-            data = self.read_part(path)[0]
+            data = self.read_part(path, max_bytes=max_bytes)[0]
         except SampleError:
             return None  # its read says why
         self._kept.largest = max(self._kept.largest, len(data))  # also of what did not fit
@@ -205,14 +208,18 @@ class ObjectFolder(Reader):
         ranged = {} if offset is None else {'Range': f'bytes={offset}-{offset + size - 1}'}
         if etag:
             ranged['IfMatch'] = etag
+        refused = None
         for attempt in range(BODY_ATTEMPTS):
             try:
                 response = self.client().get_object(Bucket=self.bucket, Key=key, **ranged)
-                if response.get('ContentLength', 0) > max_bytes:
+                refused = refused_answer(response, path, offset, size, max_bytes)
+                bound = max_bytes if offset is None else size  # never more read than asked (a length unsaid)
+                data = None if refused else response['Body'].read(bound + 1)
+                if refused or len(data) > bound:
                     response['Body'].close()
-                    raise SampleError('too-large', f'{path}: {response["ContentLength"]} bytes, more than the '
-                                                   f'{max_bytes} it may have')
-                data = response['Body'].read()
+                    refused = refused or SampleError('too-large', f'{path}: more than the {bound} bytes asked came '
+                                                                  f'from {self.describe()}')
+                    raise refused
                 if len(data) != response.get('ContentLength', len(data)):
                     raise SampleError('missing-file', f'{path}: {len(data)} of {response["ContentLength"]} bytes')
                 return data, whole_size(response, offset is not None), response.get('ETag', '')
@@ -227,7 +234,7 @@ class ObjectFolder(Reader):
                                           'again') from None
                 raise SampleError('missing-file', f'{path}: {code or e} from {self.describe()}') from None
             except (BotoCoreError, SampleError) as e:  # cut off mid-read, or a timeout after the retries
-                if getattr(e, 'reason', None) == 'too-large':
+                if e is refused:  # too large, or not the range asked: asking again changes nothing
                     raise
                 if attempt == BODY_ATTEMPTS - 1:
                     raise SampleError('missing-file', f'{path}: cannot be read from {self.describe()} '
@@ -235,13 +242,38 @@ class ObjectFolder(Reader):
         raise AssertionError('unreachable')
 
 
+_CONTENT_RANGE = re.compile(r'bytes (\d+)-(\d+)/(\d+|\*)', re.ASCII)
+
+
 def whole_size(response: dict, ranged: bool) -> int:
     """The object's size as a GET's response says it: its length, or for a ranged GET what follows
     the '/' of ``Content-Range`` (``bytes 0-99/1234``); -1 where the answer does not say ('*', none)."""
     if not ranged:
         return response.get('ContentLength', -1)
-    total = (response.get('ContentRange') or '').rpartition('/')[2]
-    return int(total) if total.isdigit() else -1
+    found = _CONTENT_RANGE.fullmatch(response.get('ContentRange') or '')
+    return int(found[3]) if found and found[3] != '*' else -1
+
+
+def refused_answer(response: dict, path: str, offset: int | None, size: int | None, max_bytes: int):
+    """``SampleError`` for a GET's answer that must not be read: longer than ``max_bytes``, or, for
+    a ranged GET, not exactly the ``size`` bytes from ``offset`` (a store that sends the whole object
+    or another range: its ``Content-Range`` must say the range asked, and only a range from the first
+    byte may come without one, as the whole object); None for one to read."""
+    length = response.get('ContentLength')
+    if length is not None and length > max_bytes:
+        return SampleError('too-large', f'{path}: {length} bytes, more than the {max_bytes} it may have')
+    if offset is None:
+        return None
+    said = response.get('ContentRange')
+    found = _CONTENT_RANGE.fullmatch(said or '')
+    asked = (offset, offset + size - 1)
+    if (length in (None, size) and (found is None and said is None and offset == 0 or found is not None
+                                    and (int(found[1]), int(found[2])) == asked
+                                    and (found[3] == '*' or int(found[3]) > asked[1]))):
+        return None
+    what = f'Content-Range {said[:80]!r}' if said else 'no Content-Range'
+    return SampleError('missing-file', f'{path}: bytes {asked[0]}-{asked[1]} asked, and the store answered '
+                                       f'{length} bytes with {what}: not that range')
 
 
 def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:

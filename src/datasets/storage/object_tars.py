@@ -88,6 +88,7 @@ class ObjectTarMembers(Reader):
         spans, room = member_spans(located), self._kept.limit - held - self._ahead.claimed
         self.store.ready()
         if ahead:
+            room = self._ahead.room(self._kept)
             for span in spans:
                 room -= span[3] - span[2]
                 if room < 0:
@@ -152,12 +153,12 @@ class ObjectTarMembers(Reader):
         if actual != expected_size:
             raise StaleIndexError(f'{shard} has {actual} bytes in the bucket, {expected_size} when it was '
                                   'indexed: upload the shards and their index together again')
-        first = first_seen_etag(self.index_copy, tar, etag)
+        # (the first of this process's threads to check it wins here too, where the cache is read-only)
+        first = self._checked.setdefault(tar, first_seen_etag(self.index_copy, tar, etag))
         if first != etag:
             raise StaleIndexError(f'{shard} was replaced in the bucket after this machine first read it (its ETag '
                                   f'was {first}, is {etag}; the same {actual} bytes): upload the shards and their '
                                   'index together again')
-        self._checked[tar] = etag
 
 
 def member_spans(located: dict[str, tuple[str, int, int, int]]) -> list[tuple]:

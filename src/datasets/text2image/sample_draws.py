@@ -6,6 +6,7 @@ kept per process (made on first use: a forked worker must not replay its parent'
 """
 from __future__ import annotations
 
+import numbers
 import os
 import random
 from collections import Counter
@@ -83,9 +84,9 @@ class SampleDraws:
         records = [self.index[idx] for idx in indices] if self.files.remote or tokenize else None
         if self.files.remote:  # with BlockShuffleSampler's blocks, the rest of the batch's block too,
             self._prefetch(records + [self.index[i] for i in block_rest(indices, self.read_blocks, len(self))])
-            ahead = getattr(indices[0], 'ahead', None) if len(indices) else None
+            ahead = ahead_of(indices, len(self))
             if ahead:  # and this worker's next block, fetched while this one is read (a hint: never an error)
-                self._prefetch([self.index[i] for i in ahead if 0 <= i < len(self)], ahead=True)
+                self._prefetch([self.index[i] for i in ahead], ahead=True)
         if not tokenize:
             return [self[idx] for idx in indices]
         ids = self.prompts.batch_ids(records, self.cap_keys, self.caption_prompt)
@@ -114,3 +115,13 @@ class SampleDraws:
                 continue
             tracker.success()
             return sample
+
+
+def ahead_of(indices: Sequence, size: int) -> list[int]:
+    """The indices a batch's first says its reader reads next (a sampler's ``Ahead``), those of a
+    dataset of ``size`` samples: a hint for fetching, so one a sampler of its own gets wrong (out of
+    range, not an index) is passed over, never an error of the batch."""
+    ahead = getattr(indices[0], 'ahead', None) if len(indices) else None
+    if not isinstance(ahead, (tuple, list)):
+        return []
+    return [int(i) for i in ahead if isinstance(i, numbers.Integral) and 0 <= i < size]
