@@ -221,3 +221,23 @@ def test_a_samplers_own_hint_out_of_range_is_passed_over():
     assert ahead_of([Draw(3, 0, 0, ahead=7)], 10) == []  # not a sequence of indices
     assert ahead_of([Draw(3, 0, 0, ahead=(1, 2))], 10) == [1, 2]
     assert ahead_of([], 10) == [] and ahead_of([3], 10) == []
+
+
+def test_an_empty_member_reads_as_no_bytes_without_a_request(tmp_path):
+    """An empty member (an empty caption file in a tar) has no range to ask for: a GET of
+    'bytes=X-(X-1)' is answered with the whole shard, which is refused. It reads as b'', alone or
+    in a batch, and asks the store nothing."""
+    from src.datasets.storage.object_fetch import InFlight
+    from src.datasets.storage.object_tars import ObjectTarMembers
+
+    class Empty:
+        def locate(self, relative: str):
+            return '0.tar', 2_000_000, 1_000, 0
+
+    with Store({'f/0.tar': bytes(2_000_000)}) as store:
+        members = ObjectTarMembers.__new__(ObjectTarMembers)
+        members.folder, members.store, members.index = 's3://b/f', folder_of(store, tmp_path), Empty()
+        members._checked, members._kept, members._ahead = {}, Kept(), InFlight()
+        assert members.read('s3://b/f/a.txt') == b''
+        members.prefetch([['s3://b/f/b.txt']])
+        assert members.read('s3://b/f/b.txt') == b'' and store.gets == 0

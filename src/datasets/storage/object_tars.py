@@ -131,6 +131,8 @@ class ObjectTarMembers(Reader):
         only while its ETag is the one that read saw (``If-Match``); that first read checks the
         shard from its own answer (:meth:`_check`)."""
         shard = f'{self.folder}/{tar}'
+        if size <= 0:  # an empty member (an empty caption file): no range to ask for ('bytes=X-(X-1)')
+            return b''
         if tar in self._checked:
             return self.store.read(shard, offset, size, self._checked[tar])
         try:
