@@ -12,7 +12,31 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
              b'<Message>Please reduce your request rate.</Message></Error>')
 
 
-class FlakyProxy:
+class LocalServer:
+    """An HTTP server on 127.0.0.1 (a free port) answering with ``handler``, in a thread of its own
+    while the ``with`` block lasts."""
+
+    def __init__(self, handler, server_class=ThreadingHTTPServer):
+        self._server = server_class(('127.0.0.1', 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f'http://{host}:{port}'
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class FlakyProxy(LocalServer):
     """Every ``throttle_every``-th request gets a 503; every ``cut_every``-th GET of an object gets
     half of its body and a closed connection; every request waits ``latency`` seconds first (a
     real store's time to first byte). Counts what it did, the body bytes it sent back and the most
@@ -25,14 +49,7 @@ class FlakyProxy:
         self.requests = self.throttled = self.cut = self.bytes_sent = 0
         self.in_flight = self.most_in_flight = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f'http://{host}:{port}'
+        super().__init__(self._handler())
 
     def _handler(self):
         proxy = self
@@ -108,12 +125,3 @@ class FlakyProxy:
                 pass
 
         return Handler
-
-    def __enter__(self) -> 'FlakyProxy':
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)

@@ -5,10 +5,11 @@ what a process keeps; a sampler's own hint never fails a batch."""
 from __future__ import annotations
 
 import re
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from flaky_proxy import LocalServer
 
 from src.datasets.errors import SampleError
 from src.datasets.storage.object_fetch import Kept
@@ -22,7 +23,7 @@ class QuietServer(ThreadingHTTPServer):
         pass  # a client that closed a refused answer's connection
 
 
-class Store:
+class Store(LocalServer):
     """A tiny S3-like server on 127.0.0.1: ``objects`` by key (``/bucket/key``), ranged GETs
     answered as ``mode`` says: 'ok', 'whole' (200 and the whole object), 'shifted' (another range of
     the same length), 'lying' (a total shorter than the range), 'digit' (a total of a non-ASCII
@@ -71,22 +72,7 @@ class Store:
                                  'Content-Range': f'bytes {low}-{high}/{total}'})
                 self.wfile.write(part)
 
-        self._server = QuietServer(('127.0.0.1', 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f'http://127.0.0.1:{self._server.server_address[1]}'
-
-    def __enter__(self) -> 'Store':
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(Handler, QuietServer)
 
 
 def folder_of(store: Store, tmp_path) -> ObjectFolder:
