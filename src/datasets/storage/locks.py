@@ -27,6 +27,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import stat
@@ -37,8 +38,12 @@ from typing import IO
 
 from src.datasets.storage.files import file_kind
 
+logger = logging.getLogger(__name__)
+
 HEARTBEAT = 30.0
 STALE_AFTER = 300.0
+NOTE_AFTER = 5.0  # seconds a process waits for a lock before it says so (then every NOTE_EVERY)
+NOTE_EVERY = 60.0
 HOST = socket.gethostname()
 
 
@@ -213,6 +218,46 @@ def wait_for_lock(path) -> IO:
         raise OSError(f'{path}: {kind} where the lock file goes: remove it')
     lock = os.fdopen(fd, 'a')
     with contextlib.suppress(OSError):
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _take_flock(lock, path)
     return lock
+
+
+def _take_flock(lock: IO, path) -> None:
+    """``flock`` on ``lock``, waiting while another process holds it: a wait of more than
+    :data:`NOTE_AFTER` seconds is said (then every :data:`NOTE_EVERY`), naming the holder and
+    whether it is stopped, so that a wait for a build, or for a process that will never go on, is
+    never silent."""
+    started = time.monotonic()
+    noted, pause = started - NOTE_EVERY + NOTE_AFTER, 0.01
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if time.monotonic() - noted >= NOTE_EVERY:
+            noted = time.monotonic()
+            logger.warning('waiting %.0f s for %s: %s', noted - started, path, lock_holder(lock))
+        time.sleep(pause)
+        pause = min(2 * pause, 0.5)
+
+
+def lock_holder(lock: IO) -> str:
+    """Who holds the ``flock`` on ``lock``'s file, as ``/proc/locks`` tells it (Linux): its pid, and
+    what to do when it is stopped; a general phrase where that cannot be told."""
+    try:
+        info = os.fstat(lock.fileno())
+        device = f'{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}'
+        with open('/proc/locks', encoding='ascii', errors='replace') as table:
+            pids = [int(fields[4]) for fields in map(str.split, table)
+                    if len(fields) > 5 and fields[1] == 'FLOCK' and fields[5] == device]
+        pid = next(pid for pid in pids if pid != os.getpid())
+        with open(f'/proc/{pid}/stat', encoding='ascii', errors='replace') as stat_file:
+            state = stat_file.read().rpartition(')')[2].split()[0]
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 'another process holds it (building it)'
+    if state in ('T', 't'):
+        return (f'process {pid} holds it and is stopped: nothing goes on until it does '
+                f'(kill -CONT {pid}) or ends')
+    return f'process {pid} holds it (building it)'
 
