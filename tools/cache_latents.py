@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         return 2
     import torch
     import torch.distributed as dist
-    from tqdm import tqdm
+    from src.datasets.progress import tqdm
 
     from src.datasets.errors import DatasetConfigError
     from src.latents.autoencoder import AutoencoderError, load_encoder

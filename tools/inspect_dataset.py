@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         if args.filters is not None:
             for root in dataset_roots(cfg):
                 set_in_config(root, filters)
-        from tqdm import tqdm
+        from src.datasets.progress import tqdm
 
         from src.datasets.build import build_leaf_datasets
         from src.report.html import page

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from src.cli.logs import setup_logging
     setup_logging('upload')
-    from tqdm import tqdm
+    from src.datasets.progress import tqdm
 
     from src.datasets.extras import MissingExtra
     from src.datasets.storage.object_store import ObjectFolder, StorageConfigError

@@ -13,10 +13,10 @@ import posixpath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from src.datasets.index.captions import is_blank, parse_json
 from src.datasets.errors import SampleError
+from src.datasets.progress import tqdm
 from src.datasets.storage.atomic import WriteOutcome, atomic_write
 from src.prepare.report import Report
 from src.prepare.runner import Files

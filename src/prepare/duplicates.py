@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.extras import require
+from src.datasets.progress import tqdm
 from src.datasets.storage.files import link_outside
 from src.datasets.index.filters import CLUSTER_COLUMN
 from src.datasets.storage.images import open_image

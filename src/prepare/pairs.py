@@ -17,10 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
-from tqdm import tqdm
-
 from src.datasets.index.captions import parse_json
 from src.datasets.errors import IndexFormatError, SampleError
+from src.datasets.progress import tqdm
 from src.datasets.storage.files import link_outside, unsafe_path
 from src.datasets.storage.atomic import WriteOutcome, atomic_write, write_json, write_json_array
 from src.prepare.metadata import carried_columns

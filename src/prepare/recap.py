@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from src.datasets.errors import IndexFormatError
 from src.datasets.extras import MissingExtra, check
+from src.datasets.progress import tqdm
 from src.datasets.storage.atomic import write_json
 from src.prepare.extract import EXTRACT
 from src.prepare.tar_headers import TarJob
@@ -268,7 +268,6 @@ def recap_route(root: str) -> list[str] | None:
     has_tars = glob.glob(os.path.join(root, IMAGE_FOLDER, '*.tar')) and not os.path.exists(
         os.path.join(root, '.prepare', 'recap.json'))
     return parquets if parquets and not has_tars else None
-
 
 
 def add_download_options(parser, defaults: DownloadOptions = DownloadOptions()) -> None:

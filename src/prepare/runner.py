@@ -19,11 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from tqdm import tqdm
-
 from src.cli.logs import setup_logging
 from src.datasets.errors import IndexFormatError, SampleError
 from src.datasets.extras import MissingExtra
+from src.datasets.progress import tqdm
 from src.datasets.storage.files import link_outside, read_text_file
 from src.datasets.storage.atomic import write_json
 from src.datasets.storage import locks as lock

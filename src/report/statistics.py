@@ -163,7 +163,7 @@ def check_decoding(dataset, rows, stats: DatasetStats, on_sample=None, progress:
     """Read each of ``rows`` as training reads it (``dataset.prepare_data``: caption, image decoded or
     latent loaded, prompt); count what fails by reason in ``stats``. ``on_sample(row, sample)`` sees
     each sample that works (the report's preview)."""
-    from tqdm import tqdm
+    from src.datasets.progress import tqdm
     failures = Counter(stats.decode_failures)
     for row in tqdm(rows, desc=f'reading {dataset.data_path}', unit='sample', disable=not progress):
         stats.decoded += 1

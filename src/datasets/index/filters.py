@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from mmengine.logging import MMLogger
-from tqdm import tqdm
 
+from src.datasets.progress import tqdm
 from src.datasets.storage.arrow_numpy import to_numpy
 from src.datasets.index.captions import ANNOTATION_KEY
 from src.datasets.errors import SampleError

@@ -23,10 +23,10 @@ from typing import Callable
 
 import numpy as np
 from mmengine.logging import print_log
-from tqdm import tqdm
 
 from src.datasets.index import selection
 from src.datasets.errors import SampleError
+from src.datasets.progress import tqdm
 from src.datasets.storage.images import open_image, oriented_size
 from src.datasets.storage.sidecars import held, kept, written_aside
 from src.datasets.index.sample_index import SampleIndex

@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 import transformers
 from mmengine.logging import print_log
-from tqdm import tqdm
 
 from src.datasets.index.captions import resolve_caption
 from src.datasets.errors import SampleError, write_error
+from src.datasets.progress import tqdm
 from src.datasets.storage.sidecars import build_once, remove
 from src.datasets.index.sample_index import SampleIndex
 from src.datasets.storage.stored_arrays import load_array
