@@ -64,3 +64,13 @@ def test_a_process_forked_while_a_parent_thread_draws_can_draw():
     if child.exitcode is None:
         child.kill()
     assert child.exitcode == 0
+
+
+def test_the_project_draws_its_bars_through_its_own_tqdm():
+    """Every bar goes through ``src.datasets.progress`` (its lock), none through tqdm directly."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    direct = [str(path.relative_to(root)) for folder in ('src', 'tools') for path in (root / folder).rglob('*.py')
+              if path.name != 'progress.py' and re.search(r'^\s*(from tqdm\b|import tqdm\b)', path.read_text(), re.M)]
+    assert direct == []
