@@ -36,12 +36,19 @@ def test_a_wait_for_a_lock_names_its_holder(holder, monkeypatch, caplog, stopped
     if stopped:
         os.kill(child.pid, signal.SIGSTOP)
     monkeypatch.setattr(locks, 'NOTE_AFTER', 0.0)
-    released = threading.Timer(1.0, child.kill)
-    released.start()
-    with caplog.at_level(logging.WARNING, logger='src.datasets.storage.locks'):
-        with locks.wait_for_lock(path):  # the holder ends: the lock is this process's
-            pass
-    released.join()
+
+    class EndsTheHolder(logging.Handler):
+        def emit(self, record):  # once the wait is said, the holder ends: the lock is this process's
+            child.kill()
+
+    ends = EndsTheHolder()
+    logging.getLogger('src.datasets.storage.locks').addHandler(ends)
+    try:
+        with caplog.at_level(logging.WARNING, logger='src.datasets.storage.locks'):
+            with locks.wait_for_lock(path):
+                pass
+    finally:
+        logging.getLogger('src.datasets.storage.locks').removeHandler(ends)
     said = [record.getMessage() for record in caplog.records]
     assert len(said) == 1 and said[0].startswith(f'waiting 0 s for {path}: process {child.pid} holds it')
     assert ('is stopped: nothing goes on until it does (kill -CONT' in said[0]) == stopped
