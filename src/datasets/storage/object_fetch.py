@@ -115,6 +115,29 @@ class InFlight:
         holds and all in flight (what comes in waits in its future, where nothing is pushed out)."""
         return kept.limit - kept.bytes - self.claimed
 
+    def missing(self, kept: Kept, paths, ahead: bool) -> tuple[list[str], int]:
+        """Before a prefetch of ``paths``: what finished put in ``kept`` (for a batch read now,
+        after waiting for the fetches that hold its paths; for one ``ahead``, without waiting); then
+        the paths neither kept nor in flight, and the bytes of those kept (touched: a batch's own
+        are pushed out last)."""
+        paths = list(paths)
+        self.settle(kept, () if ahead else paths)
+        missing, held = [], 0
+        for path in paths:
+            size = kept.touch(path)
+            if size is not None:
+                held += size
+            elif path not in self:
+                missing.append(path)
+        return missing, held
+
+    def take(self, kept: Kept, path: str) -> bytes | None:
+        """``path``'s bytes from ``kept``, once the fetch in flight that holds it is done; None
+        where neither holds it."""
+        if path not in kept and path in self:
+            self.settle(kept, [path])
+        return kept.take(path)
+
     def start(self, fetch, job, paths, claim: int) -> None:
         """``fetch(job)`` (a list of (path, bytes), or None) started for ``paths``, ``claim`` bytes."""
         self._own().append((frozenset(paths), claim, fetch_threads().submit(fetch, job)))

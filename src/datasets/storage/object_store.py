@@ -148,22 +148,15 @@ class ObjectFolder(Reader):
         """The objects of ``samples`` fetched at once, in threads, and kept for their reads: as many
         as the bound of what is kept leaves room for, the rest read one by one. ``ahead``: read
         later (a reader's next block), so started and not waited for."""
-        requested = [path for sample in samples for path in sample]
-        self._ahead.settle(self._kept, () if ahead else requested)
-        paths, held = [], 0
-        for path in dict.fromkeys(requested):
-            size = self._kept.touch(path)
-            if size is not None:
-                held += size
-            elif path not in self._ahead:
-                paths.append(path)
+        paths, held = self._ahead.missing(self._kept, dict.fromkeys(path for sample in samples for path in sample),
+                                          ahead)
         self.ready()
-        room = self._kept.limit - held - self._ahead.claimed
         if ahead:  # each fetch claims the largest object seen, and one larger is left to its read
             guess = max(self._kept.largest, 1)
             for path in paths[:max(self._ahead.room(self._kept), 0) // guess]:
                 self._ahead.start(self._fetch_ahead, (path, guess), [path], guess)
             return
+        room = self._kept.limit - held - self._ahead.claimed
         for path, data in fetch_within(self._try_read, paths, room, guess=self._kept.largest):
             self._kept.put(path, data)
 
@@ -188,9 +181,7 @@ class ObjectFolder(Reader):
         than ``max_bytes`` is refused from its announced length, not read; with ``etag``, only while
         the object still has it (``If-Match``: ``StaleIndexError`` once it was replaced)."""
         if offset is None:
-            if path not in self._kept and path in self._ahead:
-                self._ahead.settle(self._kept, [path])
-            kept = self._kept.take(path)
+            kept = self._ahead.take(self._kept, path)
             if kept is not None:
                 return check_size(kept, path, max_bytes)
         return self.read_part(path, offset, size, etag, max_bytes=max_bytes)[0]

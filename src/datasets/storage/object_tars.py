@@ -57,9 +57,7 @@ class ObjectTarMembers(Reader):
         return {**self.__dict__, '_kept': Kept(), '_ahead': InFlight()}
 
     def read(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-        if path not in self._kept and path in self._ahead:
-            self._ahead.settle(self._kept, [path])
-        kept = self._kept.take(path)
+        kept = self._ahead.take(self._kept, path)
         if kept is not None:
             return check_size(kept, path, max_bytes)
         tar, expected_size, offset, size = self._locate(path)
@@ -75,17 +73,12 @@ class ObjectTarMembers(Reader):
         batch's members that lie in one shard within :data:`MAX_GAP` of each other by one ranged
         GET. ``ahead``: read later (a reader's next block), so started and not waited for. What
         cannot be fetched so is read on its own, as without it."""
-        paths = [path for sample in samples for path in sample]
-        self._ahead.settle(self._kept, () if ahead else paths)
-        located, held = {}, 0  # the batch's members together: neighbours of one shard share a GET (BlockShuffleSampler)
+        paths, held = self._ahead.missing(self._kept, (path for sample in samples for path in sample), ahead)
+        located = {}  # the batch's members together: neighbours of one shard share a GET (BlockShuffleSampler)
         for path in paths:
-            size = self._kept.touch(path)
-            if size is not None:
-                held += size
-            elif path not in self._ahead:
-                with contextlib.suppress(SampleError):  # its read says why
-                    located[path] = self._locate(path)
-        spans, room = member_spans(located), self._kept.limit - held - self._ahead.claimed
+            with contextlib.suppress(SampleError):  # its read says why
+                located[path] = self._locate(path)
+        spans = member_spans(located)
         self.store.ready()
         if ahead:
             room = self._ahead.room(self._kept)
@@ -95,6 +88,7 @@ class ObjectTarMembers(Reader):
                     break
                 self._ahead.start(self._fetch_members, span, [member[0] for member in span[4]], span[3] - span[2])
             return
+        room = self._kept.limit - held - self._ahead.claimed
         for span, data in fetch_within(self._fetch_span, spans, room, size=lambda span: span[3] - span[2]):
             for path, member in self._members(span, data):
                 self._kept.put(path, member)
