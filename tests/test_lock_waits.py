@@ -35,6 +35,7 @@ def test_a_wait_for_a_lock_names_its_holder(holder, monkeypatch, caplog, stopped
     path, child = holder
     if stopped:
         os.kill(child.pid, signal.SIGSTOP)
+        os.waitpid(child.pid, os.WUNTRACED)  # a stop lands later than kill returns: wait until it has
     monkeypatch.setattr(locks, 'NOTE_AFTER', 0.0)
 
     class EndsTheHolder(logging.Handler):
