@@ -62,12 +62,13 @@ def loader(batch_size: int, workers: int = 0) -> dict:
 
 
 def train(work_dir, train_cfg: dict, batch_size: int, workers: int = 0, launcher: str = 'none',
-          resume_from=None) -> list[dict]:
-    """The batches the model saw under ``train_cfg`` (any loop: mmengine's, xtuner's, the project's)."""
+          resume_from=None, dataloader: dict | None = None) -> list[dict]:
+    """The batches the model saw under ``train_cfg`` (any loop: mmengine's, xtuner's, the project's),
+    reading ``dataloader`` (a bucketed one of ``batch_size`` by default)."""
     model = DrawRecordingModel()
     by_epoch = train_cfg.get('type', 'EpochBasedTrainLoop') == 'EpochBasedTrainLoop'
     runner = Runner(
-        model=model, work_dir=str(work_dir), train_dataloader=loader(batch_size, workers), train_cfg=train_cfg,
+        model=model, work_dir=str(work_dir), train_dataloader=dataloader or loader(batch_size, workers), train_cfg=train_cfg,
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=by_epoch),
                            logger=dict(type='LoggerHook', interval=100)),

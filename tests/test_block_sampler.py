@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from torch.utils.data import BatchSampler
 
-from src.datasets.samplers.block_sampler import BlockShuffleSampler, block_order, rank_share, shuffle_quality
+from src.datasets.samplers.block_orders import block_order, rank_share
+from src.datasets.samplers.block_sampler import BlockShuffleSampler, shuffle_quality
 
 
 @pytest.mark.parametrize('size, block', [(40, 8), (37, 8), (5, 8), (64, 1)])

@@ -25,6 +25,7 @@ class DataFacts:
     origin: list | None = None  # where the mix's turns of ``repeat`` started: [batch, [batches per source]]
     history: list | None = None  # the global batch's changes: [batch, global batch(, batches per source)]
     filters: object = None  # the dataset's filters (a list of the parts' for a mix); None: none, or not known
+    deals: list | None = None  # a block shuffle's deals: [batch, world size, batch size, workers, block, lanes]
 
     @property
     def global_batch(self) -> int:

@@ -96,7 +96,8 @@ class ResumableTrainLoop(IterBasedTrainLoop):
         positioned, now, start = place_sampler(inner, self._iter, saved, now, rank,
                                                drop_last=getattr(batch_sampler, 'drop_last', False),
                                                allow_data_change=self.allow_data_change)
-        if now.history and self._max_epochs_asked is not None:  # the epochs' lengths changed with the batch
+        if (now.history or now.deals) and self._max_epochs_asked is not None:  # the epochs' lengths as
+            # the sampler reads them now (after a change of the global batch, or of a block shuffle's deal)
             self._max_iters = epoch_iterations(self.dataloader, self._max_epochs_asked)
         if self._iter and saved is not None and saved.data != now.data and saved.filters != now.filters:
             moved = records_moved(self.dataloader.dataset, saved.filters)

@@ -72,7 +72,7 @@ def _check_same_data(saved: DataFacts, now: DataFacts, allow_data_change: bool) 
     return ''
 
 
-ELASTIC = ('BucketSampler', 'FixedBatchMultiSourceSampler', 'DefaultSampler', 'InfiniteSampler')  # another
+ELASTIC = ('BucketSampler', 'FixedBatchMultiSourceSampler', 'DefaultSampler', 'InfiniteSampler', 'BlockShuffleSampler')  # another
 # global batch goes on from where their streams stood
 
 
@@ -268,6 +268,13 @@ class PositionedSampler:
             yield Draw(order[position % size], base + position, seed, epoch, (epoch, position))
 
 
+def _saved_deals(saved: DataFacts | None) -> list | None:
+    """The deals a checkpoint's run read under; for a checkpoint without them, its ranks and batch."""
+    if saved is None:
+        return None
+    return saved.deals or [[0, saved.world_size, saved.batch_size]]
+
+
 def place_sampler(inner, iteration: int, saved: DataFacts | None, now: DataFacts, rank: int, drop_last: bool = False,
                   allow_data_change: bool = False) -> tuple['PositionedSampler', DataFacts, StartPoint]:
     """``inner`` placed where a run resumed after ``iteration`` global batches stands (the
@@ -278,8 +285,14 @@ def place_sampler(inner, iteration: int, saved: DataFacts | None, now: DataFacts
         now = replace(now, history=history)
         if hasattr(inner, 'set_history'):
             inner.set_history(history)  # the global batch changed at a resume: the streams go on from there
+    deal_note = ''
+    if hasattr(inner, 'set_deals'):  # its batches depend on the ranks, the batch and the workers: it says which
+        deals, deal_note = inner.set_deals(iteration, _saved_deals(saved), now.batch_size)
+        now = replace(now, deals=deals)
     start = plan_resume(iteration, saved, now, drop_last=drop_last, allow_data_change=allow_data_change,
                         epoch_of_batch=getattr(inner, 'epoch_of_batch', None))
+    if deal_note:
+        start = replace(start, note=deal_note)
     if start.rebase is not None:
         inner.rebase(*start.rebase)
         now = replace(now, origin=[start.rebase[0], list(start.rebase[1])])

@@ -25,7 +25,6 @@ every rank, so ranks never share a block.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterator, Optional, Sized
 
 import numpy as np
@@ -34,46 +33,9 @@ from mmengine.logging import print_log
 from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
-from src.datasets.samplers.draws import Ahead
+from src.datasets.samplers.block_orders import Deal, Passes, block_order, block_places, dealt, places_of, rank_length
+from src.datasets.samplers.draws import Ahead, Draw
 from src.datasets.storage.object_fetch import block_rest
-
-
-def block_order(size: int, block_size: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """All ``size`` indices, in blocks of ``block_size`` neighbours, the blocks in an order drawn by
-    (``seed``, ``epoch``) (in order without ``shuffle``). A last, shorter block stays last, so
-    that every other block starts at a multiple of ``block_size`` in the order (a batch of
-    ``block_size`` is one block)."""
-    whole, blocks = size // block_size, math.ceil(size / block_size)
-    order = np.random.default_rng([seed, epoch]).permutation(whole) if shuffle else np.arange(whole)
-    order = np.append(order, np.arange(whole, blocks))
-    starts = order * block_size
-    indices = (starts[:, None] + np.arange(block_size)[None, :]).ravel()
-    return indices[indices < size]
-
-
-def rank_share(order: np.ndarray, block_size: int, rank: int, world_size: int) -> np.ndarray:
-    """Rank ``rank``'s indices of ``order``: every ``world_size``-th chunk of ``block_size``, the
-    order first padded from its start so that every rank gets as many chunks."""
-    span = block_size * world_size
-    total = math.ceil(len(order) / span) * span
-    padded = np.resize(order, total)  # repeats from the start
-    return padded.reshape(-1, world_size, block_size)[:, rank, :].ravel()
-
-
-def worker_lanes(share: np.ndarray, block_size: int, batch_size: int, workers: int) -> np.ndarray:
-    """``share`` (whole blocks of ``block_size``) reordered so that batch ``k`` of ``batch_size``
-    comes from lane ``k % workers``, each lane reading its blocks (every ``workers``-th) whole and in
-    turn: torch's DataLoader gives batch ``k`` to worker ``k % workers``, so each block is read by one
-    worker. The same indices, a multiple of ``block_size`` long. Where the blocks do not divide
-    among the workers, the last ones' batches go to the workers in turn (each fetching the rest of
-    the block from its batch: a few requests and bytes more at an epoch's end)."""
-    if workers <= 1 or block_size % batch_size:
-        return share
-    blocks = share.reshape(-1, block_size)
-    lanes = [blocks[w::workers].reshape(-1, batch_size) for w in range(workers)]
-    rounds = max(len(lane) for lane in lanes)
-    batches = [lane[r] for r in range(rounds) for lane in lanes if r < len(lane)]
-    return np.concatenate(batches) if batches else share
 
 
 def next_blocks(order: np.ndarray, block_size: int, batch_size: int, workers: int) -> np.ndarray:
@@ -113,13 +75,20 @@ def shuffle_quality(order: np.ndarray, size: int, batch_size: int) -> tuple[floa
     return distance, distinct
 
 
+CHUNK = 65536  # indices turned into draws at a time: an epoch of millions is not a list of millions
+
+
 @DATA_SAMPLERS.register_module()
 class BlockShuffleSampler(Sampler):
     """``dataset``; ``block_size``: neighbours read together (a multiple of the batch size, so a
     batch lies in one block); ``batch_size`` and ``num_workers``: the DataLoader's (0: the main
     process reads), to deal whole blocks to its workers, each fetching a block with one request
     (without ``num_workers``, a request a batch);
-    ``shuffle``, ``seed`` (None: one drawn and shared by all ranks) as ``DefaultSampler``'s."""
+    ``shuffle``, ``seed`` (None: one drawn and shared by all ranks) as ``DefaultSampler``'s.
+
+    Resumable in O(1) where the deal (ranks, batch, workers, block) is the checkpoint's
+    (``epoch_of_batch``, ``resume_at``); under another deal (``set_deals``) the rest of the
+    interrupted epoch is read once, in the new deal's batches."""
 
     def __init__(self, dataset: Sized, block_size: int = 32, shuffle: bool = True, seed: Optional[int] = None,
                  batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> None:
@@ -130,22 +99,50 @@ class BlockShuffleSampler(Sampler):
                              f'({batch_size}) to deal whole blocks to the workers')
         self.rank, self.world_size = get_dist_info()
         self.size, self.block_size, self.shuffle = len(dataset), block_size, shuffle
-        self.batch_size, self.workers = batch_size or block_size, max(num_workers or 1, 1)
+        self.lane_batch = batch_size or block_size  # the batch the workers' lanes are laid in
+        self.batch_size = self.lane_batch  # the DataLoader's, once a loop tells it (set_deals)
+        self.workers = max(num_workers or 1, 1)
         self.seed = sync_random_seed() if seed is None else seed
-        self.epoch = 0
-        span = block_size * self.world_size
-        self.num_samples = math.ceil(self.size / span) * block_size
+        self.epoch, self._skip, self.deals, self._passes, self._passes_of = 0, 0, None, None, None
         self.dealt = num_workers is not None and hasattr(dataset, 'read_blocks')  # each block read by one process:
         if self.dealt:
             dataset.read_blocks = block_size  # its first batch fetches the whole block
         if self.size:
             self._log_quality(self.batch_size)
 
-    def _order(self, epoch: int) -> np.ndarray:
-        """This rank's indices of ``epoch``, in the order they are read."""
+    @property
+    def deal(self) -> Deal:
+        return Deal(self.world_size, self.batch_size, self.workers, self.block_size, self.lane_batch)
+
+    def passes(self) -> Passes:
+        """The epochs as this run's deals read them (made again when the seed or the deals change)."""
+        deals = self.deals or [[0, *self.deal]]
+        if self._passes_of != (self.seed, deals):
+            self._passes, self._passes_of = Passes(self.size, self.seed, self.shuffle, deals), (self.seed, deals)
+        return self._passes
+
+    def set_deals(self, iteration: int, saved: list | None, batch_size: int) -> tuple[list, str]:
+        """Go on after ``iteration`` global batches read under the ``saved`` deals (a checkpoint's
+        ``[iteration, world size, batch size, ...]`` entries; missing fields are this run's), the
+        DataLoader's ``batch_size`` now: the deals to save, and a note when this one is new."""
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f'BlockShuffleSampler: the DataLoader\'s batch size must be a positive int, got {batch_size!r}')
+        self.batch_size = batch_size
+        now = list(self.deal)
+        deals = [[int(entry[0]), *entry[1:], *now[len(entry) - 1:]] for entry in saved or [] if entry[0] <= iteration]
+        deals = deals or [[0, *now]]
+        note = ''
+        if deals[-1][1:] != now:
+            note = (f'BlockShuffleSampler dealt as {Deal(*now).describe()} instead of {Deal(*deals[-1][1:]).describe()}: '
+                    f'the rest of the interrupted epoch is read once, in other batches')
+            deals = [entry for entry in deals if entry[0] < iteration] + [[iteration, *now]]
+        self.deals = deals
+        return deals, note
+
+    def _order(self, epoch: int, read: np.ndarray | None = None) -> np.ndarray:
+        """This rank's indices of ``epoch`` (those not in ``read``), in the order they are read."""
         order = block_order(self.size, self.block_size, self.seed, epoch, self.shuffle)
-        share = rank_share(order, self.block_size, self.rank, self.world_size)
-        return worker_lanes(share, self.block_size, self.batch_size, self.workers)
+        return dealt(order if read is None else order[~read[order]], self.deal, self.rank)
 
     def _log_quality(self, batch_size: int) -> None:
         blocks = shuffle_quality(self._order(0), self.size, batch_size)
@@ -155,26 +152,69 @@ class BlockShuffleSampler(Sampler):
                   f'{blocks[0]:.3f} of the data (global: {uniform[0]:.3f}), a batch of {batch_size} draws from '
                   f'{blocks[1]:.1f} places (global: {uniform[1]:.1f})', logger='current')
 
-    def __iter__(self) -> Iterator[int]:
-        """The epoch's indices; where blocks are dealt to workers, each run's first index is an
-        ``Ahead`` naming the indices its worker reads next (its next run and the rest of that block),
-        which the dataset fetches while the worker reads this run."""
-        order = self._order(self.epoch)
-        if not self.dealt:
-            yield from order.tolist()
+    def _part(self, epoch: int):
+        """What this deal reads of ``epoch``: its part of the replayed passes, or the whole epoch."""
+        part = self.passes().part(epoch)
+        return part if part.deal == self.deal else None
+
+    def __iter__(self) -> Iterator[Draw]:
+        """The epoch's indices as draws keyed on their place in the epoch's block order; where blocks
+        are dealt to workers, each run's first index is an ``Ahead`` naming the indices its worker
+        reads next (its next run and the rest of that block), fetched while the worker reads this run."""
+        skip, self._skip = self._skip, 0
+        if not self.size:
             return
-        following = next_blocks(order, self.block_size, self.batch_size, self.workers)
-        for number, batch in enumerate(order.reshape(-1, self.batch_size).tolist()):
-            after = following[number]
-            if after >= 0:
-                start = after * self.batch_size
-                first = order[start:start + self.batch_size]
-                rest = block_rest(first, self.block_size, self.size)
-                batch[0] = Ahead(batch[0], (*first.tolist(), *rest))
-            yield from batch
+        epoch, passes = self.epoch, self.passes()
+        part = self._part(epoch)
+        start = passes.epoch_start(epoch)
+        read, first = (part.read, part.first) if part else (None, start)
+        position = part.position if part else start * self.world_size * self.batch_size  # (a past epoch)
+        skip -= first - start  # batches of the epoch read under the deals before
+        order = self._order(epoch, read)
+        where = block_places(self.size, self.block_size, self.seed, epoch, self.shuffle)
+        following = next_blocks(order, self.block_size, self.lane_batch, self.workers) if self.dealt else None
+        world_batch, mine = self.world_size * self.batch_size, self.rank * self.batch_size
+        for begin in range(max(skip, 0) * self.batch_size, len(order), CHUNK):  # a chunk's lists at a time
+            indices = order[begin:begin + CHUNK]
+            for number, index, place in zip(range(begin, len(order)), indices.tolist(),
+                                            places_of(indices, where, self.block_size).tolist()):
+                step, within = divmod(number, self.batch_size)
+                if following is not None:
+                    index = self._hint(order, following, number, index)
+                yield Draw(index, position + step * world_batch + mine + within, self.seed, epoch, (epoch, place))
+
+    def _hint(self, order: np.ndarray, following: np.ndarray, number: int, index: int) -> int:
+        """``index``, at ``number`` of ``order``, as an ``Ahead`` where it begins a run of its
+        worker's batches in a block (``following``: :func:`next_blocks`)."""
+        batch, within = divmod(number, self.lane_batch)
+        if within or batch >= len(following) or following[batch] < 0:
+            return index
+        start = int(following[batch]) * self.lane_batch
+        first = order[start:start + self.lane_batch]
+        return Ahead(index, (*first.tolist(), *block_rest(first, self.block_size, self.size)))
 
     def __len__(self) -> int:
-        return self.num_samples
+        """This rank's indices of the epoch set by ``set_epoch`` (what is left of it under a new deal)."""
+        if not self.size:
+            return 0
+        part = self._part(self.epoch)
+        count = self.size if part is None or part.read is None else self.size - int(part.read.sum())
+        return rank_length(count, self.deal)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def batches_before(self, epoch: int) -> int:
+        """Global batches (steps) in the epochs before ``epoch``."""
+        return self.passes().epoch_start(epoch) if self.size else 0
+
+    def epoch_of_batch(self, number: int) -> tuple[int, int]:
+        """Global batch ``number``'s epoch, and the batches of that epoch before it."""
+        if not self.size:
+            return 0, 0
+        epoch = self.passes().epoch_of(number)
+        return epoch, number - self.batches_before(epoch)
+
+    def resume_at(self, batches: int) -> None:
+        """Let the next iteration skip the first ``batches`` batches of its epoch, as if they had been drawn."""
+        self._skip = batches
