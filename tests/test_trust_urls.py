@@ -109,6 +109,34 @@ def test_a_byte_a_second_ends_at_the_time_bound(server):
     assert refusal(url, UrlPolicy(allow_local=True, timeout=1.5)) == 'timed out'
 
 
+def test_a_lookup_the_resolver_is_slow_to_answer_ends_at_the_time_bound(monkeypatch):
+    """A hostile name's own DNS server answering slowly: the download ends at its bound without
+    waiting for the lookup (no DNS server can be put in front of this machine's resolver in a
+    test: the lookup is held instead)."""
+    import socket
+    import threading
+
+    from src.prepare import url_fetch
+    held, finished, real = threading.Event(), threading.Event(), socket.getaddrinfo
+
+    def lookup(host, *args, **kwargs):
+        if host != 'slow-dns.example':
+            return real(host, *args, **kwargs)
+        held.wait(60)
+        finished.set()
+        raise socket.gaierror('held')
+
+    monkeypatch.setattr(url_fetch.socket, 'getaddrinfo', lookup)
+    try:
+        assert refusal('http://slow-dns.example/a.jpg', UrlPolicy(timeout=0.3)) == 'timed out'
+        assert not finished.is_set()  # it did not wait for the lookup
+        assert fetch_image((0, 'http://slow-dns.example/b.jpg'), 0.3, None, None,
+                           policy=UrlPolicy(timeout=0.3))[2] == 'refused: timed out'
+    finally:
+        held.set()
+    assert refusal('http://slow-dns.example/c.jpg', UrlPolicy(timeout=5)) == 'host not found'
+
+
 def test_a_body_over_the_size_bound_is_refused_with_or_without_its_length(server):
     big = server.add('/big.jpg', Response(b'\xff' * (LOCAL.max_bytes + 1)))
     assert refusal(big, LOCAL).startswith('larger than')

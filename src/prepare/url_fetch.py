@@ -6,8 +6,9 @@ host whose every address (after DNS resolution) is public: no loopback, private,
 (the cloud metadata service among them), multicast or reserved address, in any spelling
 (``2130706433``, ``0x7f.1``, ``[::ffff:127.0.0.1]``, a name resolving to one). The connection is
 then made to the very addresses checked, so a second DNS answer cannot swap them. A download has a
-total-time bound (a server sending a byte a second ends at it), a size bound, and a bound on the
-pixels its header declares (a small file that decodes into GBs is refused before decoding).
+total-time bound, its DNS lookups included (a server sending a byte a second ends at it), a size
+bound, and a bound on the pixels its header declares (a small file that decodes into GBs is
+refused before decoding).
 
 ``allow_local`` (``--allow-local-urls``) lets loopback and private addresses through, for a test
 server or a mirror on the local network; link-local and metadata addresses stay refused. It is an
@@ -82,11 +83,12 @@ def refused_address(address: str, allow_local: bool = False) -> str | None:
     return None
 
 
-def check_url(url: str, policy: UrlPolicy) -> list[tuple]:
+def check_url(url: str, policy: UrlPolicy, deadline: '_Deadline | None' = None) -> list[tuple]:
     """The URL rule: the ``getaddrinfo`` entries ``url`` may be fetched from, or ``UrlRefused``.
 
     Every address a host resolves to must pass, not one of them: a name answering with a public
-    and a loopback address is refused.
+    and a loopback address is refused. Within a download, the lookup counts against its
+    ``deadline`` (a hostile name's own DNS server may answer slowly).
     """
     if not isinstance(url, str):
         raise UrlRefused('not a URL')
@@ -103,10 +105,7 @@ def check_url(url: str, policy: UrlPolicy) -> list[tuple]:
     if '@' in parts.netloc:  # urllib would take user:password@ for the host, and print it in its error
         raise UrlRefused('credentials in URL')
     port = port or (443 if parts.scheme.lower() == 'https' else 80)
-    try:
-        entries = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError, OSError):
-        raise UrlRefused('host not found') from None
+    entries = _resolve(host, port, None if deadline is None else deadline.remaining())
     for entry in entries:
         reason = refused_address(entry[4][0], policy.allow_local)
         if reason:
@@ -114,6 +113,38 @@ def check_url(url: str, policy: UrlPolicy) -> list[tuple]:
     if not entries:
         raise UrlRefused('host not found')
     return entries
+
+
+def _resolve(host: str, port: int, seconds: float | None) -> list[tuple]:
+    """``getaddrinfo`` of ``host``, given up after ``seconds`` (None: the resolver's own timeouts):
+    the lookup goes on in a daemon thread until the resolver gives up, the download does not wait."""
+    answer: dict = {}
+
+    def lookup():
+        try:
+            answer['entries'] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        except (socket.gaierror, UnicodeError, OSError):
+            answer['entries'] = None
+
+    if seconds is None or _is_address(host):  # an address is not looked up: no thread
+        lookup()
+    else:
+        thread = threading.Thread(target=lookup, name='url-lookup', daemon=True)
+        thread.start()
+        thread.join(seconds)
+        if 'entries' not in answer:
+            raise UrlRefused('timed out')
+    if answer['entries'] is None:
+        raise UrlRefused('host not found')
+    return answer['entries']
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 class _Deadline:
@@ -188,7 +219,7 @@ class _Guarded:
         self.policy, self.deadline = policy, deadline
 
     def _open(self, req, connection_class, **kwargs):
-        entries = check_url(req.full_url, self.policy)
+        entries = check_url(req.full_url, self.policy, self.deadline)
         return self.do_open(partial(_pinned, connection_class, entries, self.deadline), req, **kwargs)
 
 
@@ -205,14 +236,14 @@ class _GuardedHTTPS(_Guarded, urllib.request.HTTPSHandler):
 class _GuardedRedirect(urllib.request.HTTPRedirectHandler):
     max_redirections = MAX_REDIRECTS
 
-    def __init__(self, policy):
+    def __init__(self, policy, deadline):
         super().__init__()
-        self.policy = policy
+        self.policy, self.deadline = policy, deadline
 
     def http_error_302(self, req, fp, code, msg, headers):
         target = headers.get('location') or headers.get('uri')
         if target:  # the rule's own reason, before urllib's (which lets ftp: through)
-            check_url(urljoin(req.full_url, target), self.policy)
+            check_url(urljoin(req.full_url, target), self.policy, self.deadline)
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
@@ -222,7 +253,7 @@ def _opener(policy: UrlPolicy, deadline: _Deadline) -> urllib.request.OpenerDire
     """Only the guarded http and https handlers: no file:, data:, ftp: handler, no proxy from the
     environment (through a proxy the address checked would not be the one reached)."""
     opener = urllib.request.OpenerDirector()
-    for handler in (_GuardedHTTP(policy, deadline), _GuardedHTTPS(policy, deadline), _GuardedRedirect(policy),
+    for handler in (_GuardedHTTP(policy, deadline), _GuardedHTTPS(policy, deadline), _GuardedRedirect(policy, deadline),
                     urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
@@ -234,7 +265,7 @@ def fetch(url: str, policy: UrlPolicy, headers: dict | None = None) -> tuple[byt
     refused connection) as they are."""
     deadline = _Deadline(policy.timeout)
     try:
-        check_url(url, policy)  # before urllib parses it: a file: or data: URL never reaches a handler
+        check_url(url, policy, deadline)  # before urllib parses it: a file: or data: URL never reaches a handler
         request = urllib.request.Request(url.strip(), headers=headers or {})
         with _opener(policy, deadline).open(request, timeout=deadline.remaining()) as response:
             length = response.headers.get('Content-Length')
