@@ -160,7 +160,9 @@ def _parquet(root, urls):
 
 
 @pytest.mark.slow
-def test_the_url_route_refuses_and_counts_each_hostile_url(tmp_path, server):
+def test_the_url_route_refuses_and_counts_each_hostile_url(tmp_path, server, monkeypatch):
+    (tmp_path / 'tmp').mkdir()
+    monkeypatch.setenv('TMPDIR', str(tmp_path / 'tmp'))  # what img2dataset's processes leave in a TMPDIR
     urls = [server.add('/a.jpg', Response(JPEG, content_type='image/jpeg')), 'file:///etc/passwd',
             'data:image/jpeg;base64,/9j/', 'file:///dev/zero',
             server.add('/meta', Response(b'', status=302, headers=(('Location', 'http://169.254.169.254/'),))),
@@ -188,6 +190,7 @@ def test_the_url_route_refuses_and_counts_each_hostile_url(tmp_path, server):
                                       num_processes=1)
     assert report.download['failed_by_reason'] == {'refused: loopback address': 1}
     assert server.fetched() == fetched
+    assert list((tmp_path / 'tmp').iterdir()) == []  # wandb's folders of its killed pool processes too
 
 
 def _lie_about_rows(path, rows):

@@ -156,11 +156,13 @@ def run_img2dataset(parquets: list[str], output: str, output_format: str, option
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE='1', PYSPARK_PYTHON=os.environ.get('PYSPARK_PYTHON', sys.executable),
                OPENCV_IO_MAX_IMAGE_PIXELS=str(policy.max_pixels),
                PYTHONPATH=os.pathsep.join(filter(None, [PROJECT_ROOT, os.environ.get('PYTHONPATH')])))
-    with tempfile.TemporaryFile('w+') as log, \
+    # Its processes import wandb, which makes temporary folders it removes only at a clean exit, and
+    # img2dataset ends its pool's processes with SIGTERM: their TMPDIR is a folder removed here.
+    with tempfile.TemporaryDirectory(prefix='t2i-download-') as scratch, tempfile.TemporaryFile('w+') as log, \
             tqdm(total=len(shards), initial=len(finished_shards(output) & set(shards)), unit='shard',
                  desc=f'downloading {os.path.dirname(output)}') as bar:
         process = subprocess.Popen([sys.executable, '-c', _DOWNLOAD, json.dumps(arguments), json.dumps(asdict(policy))],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+                                   env=dict(env, TMPDIR=scratch), stdout=log, stderr=subprocess.STDOUT)
         while process.poll() is None:
             time.sleep(POLL_SECONDS)
             bar.update(len(finished_shards(output) & set(shards)) - bar.n)
