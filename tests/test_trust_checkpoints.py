@@ -73,3 +73,52 @@ def test_mmengine_checkpoints_still_load_with_the_environment_forcing_pickle(tmp
 def test_the_train_tool_makes_checkpoints_weights_only_before_the_runner_loads_one():
     source = (REPO / 'tools' / 'train.py').read_text()
     assert source.index('import src.engine') < source.index('.from_cfg(cfg)')
+
+
+# ---- the data position a checkpoint carries (ResumableTrainLoop) ----------------------------------
+
+def _position(**changes) -> dict:
+    saved = {'batch_size': 4, 'world_size': 2, 'dataset_size': 22, 'sampler': 'FixedBatchMultiSourceSampler',
+             'seed': 0, 'samples_per_epoch': 16, 'data': None, 'buckets': 'ab12', 'repeat': [2, 1],
+             'origin': [0, [0, 0]], 'history': [[0, 8, [0, 0]], [5, 4, [3, 2]]], 'filters': None,
+             'deals': [[0, 2, 4, 2, 8, 4], [5, 1, 4, 1, 8, 4]]}
+    return saved | changes
+
+
+@pytest.mark.parametrize('name, value', [
+    ('repeat', [10 ** 12, 1]),  # a turn of 10^12 batches: made as a list, it fills the memory
+    ('history', [[0, 0]]),  # a global batch of 0: a division by zero
+    ('history', [[0, 8], [3, 4]] * 3000),  # more changes than resumes
+    ('history', [[5, 8]]),  # not from the start
+    ('deals', [[0, 10 ** 9, 4, 1, 8, 4]]),  # a replay over 10^9 ranks
+    ('world_size', True), ('batch_size', '4'), ('dataset_size', -1), ('sampler', 'os.system("id")'),
+    ('data', 'x' * 10 ** 6), ('origin', [0, 'all']), ('filters', ['f' * 10 ** 6])])
+def test_a_malformed_data_position_is_refused_naming_the_fact(name, value):
+    from src.engine.data_facts import DataFacts, ResumeError
+    with pytest.raises(ResumeError, match=rf"malformed '{name}' .*load_from"):
+        DataFacts.from_dict(_position(**{name: value}))
+    assert DataFacts.from_dict(_position()).deals[1] == [5, 1, 4, 1, 8, 4]  # a real one passes
+    with pytest.raises(ResumeError, match='not a mapping'):
+        DataFacts.from_dict([1, 2])
+
+
+def test_a_block_shuffle_deal_beyond_its_dataset_is_refused_before_it_is_replayed():
+    from src.datasets.samplers.block_sampler import BlockShuffleSampler
+    sampler = BlockShuffleSampler(list(range(100)), block_size=8, seed=0, batch_size=4)
+    with pytest.raises(ValueError, match='more ranks x block than 65536 for 100 samples'):
+        sampler.set_deals(5, [[0, 60000, 4, 1, 60000, 4]], 4)  # 3.6e9 indices a replayed epoch
+
+
+def test_a_resume_from_a_checkpoint_with_a_hostile_position_ends_with_the_error(tmp_path):
+    import sys
+    sys.path.insert(0, str(REPO / 'tests'))
+    from epoch_run import train
+
+    from src.engine import ResumableTrainLoop
+    from src.engine.data_facts import ResumeError
+    train(tmp_path / 'run', dict(type=ResumableTrainLoop, max_iters=3), 4)
+    checkpoint = torch.load(tmp_path / 'run' / 'iter_3.pth', weights_only=True)
+    checkpoint['message_hub']['runtime_info']['data_position']['history'] = [[0, 0], [1, 4]]
+    torch.save(checkpoint, tmp_path / 'hostile.pth')
+    with pytest.raises(ResumeError, match="malformed 'history'"):
+        train(tmp_path / 'resumed', dict(type=ResumableTrainLoop, max_iters=6), 4, resume_from=str(tmp_path / 'hostile.pth'))

@@ -36,9 +36,91 @@ class DataFacts:
 
     @classmethod
     def from_dict(cls, saved: dict) -> 'DataFacts':
-        """The facts a checkpoint saved; those an older checkpoint lacks are None."""
+        """The facts a checkpoint saved (those an older checkpoint lacks are None), checked: a
+        checkpoint from others is untrusted, and its numbers drive loops (:func:`checked_position`)."""
         known = {field.name for field in fields(cls)}
-        return cls(**{key: value for key, value in saved.items() if key in known})
+        return cls(**{key: value for key, value in checked_position(saved).items() if key in known})
+
+
+class ResumeError(RuntimeError):
+    """The checkpoint's data position cannot be placed in this run; the message has the numbers."""
+
+
+RANKS = 1 << 16  # ranks, workers: far more than any cluster, few enough to replay one by one
+COUNT = 1 << 48  # samples, batches, iterations
+CHANGES = 1 << 12  # entries of a history: one per resume that changed something
+
+
+def _number(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _numbers(value, low: int, high: int, most: int) -> bool:
+    return isinstance(value, list) and len(value) <= most and all(_number(v, low, high) for v in value)
+
+
+def _steps(entries, shape: list, fewest: int) -> bool:
+    """A history-like list: at most CHANGES entries, each of ``fewest`` to ``len(shape)`` fields
+    as ``shape`` says (a check per field), their first fields (the global batch each took over at)
+    non-decreasing, the first at 0."""
+    if not isinstance(entries, list) or not 0 < len(entries) <= CHANGES:
+        return False
+    for entry in entries:
+        if not isinstance(entry, list) or not fewest <= len(entry) <= len(shape):
+            return False
+        if not all(check(value) for check, value in zip(shape, entry)):
+            return False
+    starts = [entry[0] for entry in entries]
+    return starts[0] == 0 and starts == sorted(starts)
+
+
+def _count(value) -> bool:
+    return _number(value, 0, COUNT)
+
+
+def _ranks(value) -> bool:
+    return _number(value, 1, RANKS)
+
+
+def _positive(value) -> bool:
+    return _number(value, 1, COUNT)
+
+
+_FIELDS = {
+    'batch_size': _positive, 'world_size': _ranks, 'dataset_size': _count,
+    'sampler': lambda v: isinstance(v, str) and v.isidentifier(),
+    'seed': lambda v: v is None or _number(v, -(1 << 64), 1 << 64),
+    'samples_per_epoch': lambda v: v is None or _count(v),
+    'data': lambda v: v is None or (isinstance(v, str) and len(v) <= 1 << 16),  # count, digest, filters
+    'buckets': lambda v: v is None or (isinstance(v, str) and len(v) <= 128),
+    'repeat': lambda v: v is None or (_numbers(v, 0, RANKS, RANKS) and 0 < sum(v) <= RANKS),  # a turn is sum(v)
+    'origin': lambda v: v is None or (isinstance(v, list) and len(v) == 2 and _count(v[0])
+                                      and _numbers(v[1], 0, COUNT, RANKS)),
+    'history': lambda v: v is None or _steps(v, [_count, _positive, lambda n: _numbers(n, 0, COUNT, RANKS)], 2),
+    # [batch, ranks, batch size, workers, block, lanes' batch]
+    'deals': lambda v: v is None or _steps(v, [_count, _ranks, _positive, _ranks, _positive, _positive], 3),
+    'filters': lambda v: len(repr(v)) <= 1 << 16,
+}
+
+
+def checked_position(saved) -> dict:
+    """``saved``, a checkpoint's data position, when every fact is of its kind and within bounds
+    (counts, ranks, a mix's turn, entries of a history); else ``ResumeError`` naming the fact. A
+    checkpoint from others could otherwise make a turn of 10^12 batches, a loop over 10^12 ranks or
+    a division by zero of its numbers."""
+    if not isinstance(saved, dict):
+        raise ResumeError(f'the checkpoint\'s data position is a {type(saved).__name__}, not a mapping: resume '
+                          'from a checkpoint this project wrote, or start a new run (load_from instead of resume)')
+    for name, value in saved.items():
+        check = _FIELDS.get(name)
+        if check is not None and not check(value):
+            raise _malformed(name)
+    return saved
+
+
+def _malformed(name: str) -> ResumeError:
+    return ResumeError(f'the checkpoint\'s data position has a malformed {name!r} (not of its kind, or beyond its '
+                       'bounds): resume from another checkpoint, or start a new run (load_from instead of resume)')
 
 
 def is_endless(sampler) -> bool:

@@ -22,7 +22,7 @@ from mmengine.dataset import InfiniteSampler
 
 from src.datasets.samplers.draws import Draw, stream_position
 from src.datasets.samplers.multi_source_sampler import epoch_origin, source_batches_at
-from src.engine.data_facts import DataFacts, is_endless
+from src.engine.data_facts import DataFacts, ResumeError, is_endless
 
 __all__ = ['ELASTIC', 'Draw', 'batch_history', 'place_sampler', 'PositionedSampler', 'ResumeError', 'StartPoint',
            'epoch_iterations', 'plan_resume', 'restore_seed']
@@ -41,10 +41,6 @@ class StartPoint:
     note: str = ''
     rebase: tuple | None = None
     drawn: int | None = None  # global positions of the epoch (of the stream, endless) already drawn
-
-
-class ResumeError(RuntimeError):
-    """The checkpoint's data position cannot be placed in this run; the message has the numbers."""
 
 
 def _check_same_data(saved: DataFacts, now: DataFacts, allow_data_change: bool) -> str:

@@ -130,6 +130,10 @@ class BlockShuffleSampler(Sampler):
         self.batch_size = batch_size
         now = list(self.deal)
         deals = [[int(entry[0]), *entry[1:], *now[len(entry) - 1:]] for entry in saved or [] if entry[0] <= iteration]
+        room = max(4 * self.size, 1 << 16)  # a deal's epoch is padded to ranks x block: replayed, it is made
+        if any(entry[1] * entry[4] > room for entry in deals):
+            raise ValueError(f'BlockShuffleSampler: the checkpoint\'s deals {deals[:3]}... have more ranks x block than '
+                             f'{room} for {self.size} samples: not a deal of this dataset')
         deals = deals or [[0, *now]]
         note = ''
         if deals[-1][1:] != now:
