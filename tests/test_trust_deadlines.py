@@ -1,11 +1,12 @@
 """A store that trickles its answers (a byte every 0.2 s: never idle for the read timeout) against
 the one deadline of every object-store request (``src.datasets.storage.deadlines``): a tar member's
 ranged GET through the dataset ends in a counted ``too-slow`` skip naming the object and the range,
-with boto3 and with obstore in a DataLoader worker; a HEAD whose headers trickle ends too. moto's
-S3 server on 127.0.0.1, behind a proxy that misbehaves."""
+with boto3 and with obstore in a DataLoader worker; a HEAD whose headers trickle ends too. A store
+that sends no ETag is said once. moto's S3 server on 127.0.0.1, behind a proxy that misbehaves."""
 from __future__ import annotations
 
 import http.client
+import logging
 import re
 import threading
 import time
@@ -221,3 +222,19 @@ def test_a_head_whose_headers_trickle_ends_at_the_deadline(store, monkeypatch):
     proxy.slow_head = False
     assert folder.head('s3://data/packed/tar_index.arrow')[0] > 0  # the client goes on
 
+
+def test_a_store_without_etags_is_said_once(store, tmp_path, tokenizer, prompt_template, caplog):
+    """Replaced shards cannot be told apart there: a warning once a process and bucket, and reads go on."""
+    proxy, config = store
+    proxy.etags = False
+    with caplog.at_level(logging.WARNING, logger='src.datasets.storage'):
+        dataset = tar_dataset(config, tmp_path, tokenizer, prompt_template)
+        for idx in range(len(dataset)):
+            dataset.prepare_data(idx)
+        tar_dataset(config, tmp_path, tokenizer, prompt_template).prepare_data(0)  # a second dataset: said already
+    said = [r.getMessage() for r in caplog.records if 'without an ETag' in r.getMessage()]
+    assert len(said) == 1, said
+    assert re.search(r'^s3://data/packed \(endpoint http://127.0.0.1:\d+, bucket data\) answers without an ETag: a '
+                     r'tar shard or index replaced in the bucket by one of the same size cannot be detected on this '
+                     r'store', said[0]), said[0]
+    assert SECRET not in said[0]

@@ -14,8 +14,10 @@ setting. Secrets are never part of a message: only the cluster, endpoint and buc
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -39,6 +41,8 @@ READ_TIMEOUT = 60
 MAX_ATTEMPTS = 5  # per request, botocore's standard retry mode (with backoff)
 BODY_ATTEMPTS = 3  # a body cut off mid-read is fetched again this many times
 DEFAULT_CACHE = Path.home() / '.cache' / 't2i-data' / 'objects'
+
+logger = logging.getLogger(__name__)
 
 
 class ObjectFolder(Reader):
@@ -296,6 +300,19 @@ def refused_answer(response: dict, path: str, offset: int | None, size: int | No
                                        f'{length} bytes with {what}: not that range')
 
 
+def warn_no_etag(store: ObjectFolder) -> None:
+    """Say once a process (and bucket) that ``store`` answers without ETags: a shard replaced by one
+    of the same size cannot be told from the one indexed there."""
+    _warn_no_etag(os.getpid(), store.cluster.endpoint, store.bucket, store.describe())
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_no_etag(pid: int, endpoint: str, bucket: str, described: str) -> None:
+    logger.warning('%s answers without an ETag: a tar shard or index replaced in the bucket by one of the same size '
+                   'cannot be detected on this store (only a changed size is); upload the shards and their index '
+                   'together, or use a store that sends ETags', described)
+
+
 def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
     """A local copy of the object ``url`` (an index: data.json, a parquet table, tar_index.arrow),
     fetched once per machine into ``cache_dir`` and fetched again only when the object changes
@@ -306,11 +323,15 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
     key = store.key(url)
     try:
         with request_deadline(f'{url} (HEAD)', 'the answer', store.describe()):
-            etag = store.client().head_object(Bucket=store.bucket, Key=key)['ETag']
+            head = store.client().head_object(Bucket=store.bucket, Key=key)
     except SampleError as e:  # too slow
         raise StorageConfigError(str(e)) from None
     except Exception:  # botocore's ClientError for a missing key, among others
         raise StorageConfigError(f'{url}: no such object in {store.describe()}') from None
+    etag = head.get('ETag')
+    if not etag:  # a changed copy is then known by its size and time only
+        warn_no_etag(store)
+        etag = f'no ETag: {head.get("ContentLength")} bytes, {head.get("LastModified")}'
     cache = Path(cache_dir or DEFAULT_CACHE) / hashlib.sha1(url.encode()).hexdigest()[:16] / name
     stamp = cache.parent / f'.{name}.etag'
 
