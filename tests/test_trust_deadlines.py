@@ -54,7 +54,8 @@ class Trickle(LocalServer):
                 body = self.rfile.read(length) if length else None
                 upstream = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != 'host'}
-                upstream.request(self.command, self.path, body=body, headers={**headers, 'Host': f'{proxy.host}:{proxy.port}'})
+                headers['Host'] = f'{proxy.host}:{proxy.port}'
+                upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
                 upstream.close()
@@ -68,7 +69,8 @@ class Trickle(LocalServer):
                     return self._trickle(head)
                 self.wfile.write(head)
                 asked = re.fullmatch(r'bytes=(\d+)-(\d+)', self.headers.get('Range') or '')
-                if self.command == 'GET' and asked and any(int(asked[1]) <= o <= int(asked[2]) for o in proxy.slow_offsets):
+                slow = asked and any(int(asked[1]) <= offset <= int(asked[2]) for offset in proxy.slow_offsets)
+                if self.command == 'GET' and slow:
                     return self._trickle(data)
                 if self.command != 'HEAD':
                     self.wfile.write(data)

@@ -5,11 +5,11 @@ through petrel_client: ``ceph_config`` is petrel-client's INI file and folders a
 The client is boto3's (in DataLoader workers, obstore's where it is installed: ``obstore_client``),
 made lazily in each process (clients are not fork-safe), with bounded retries in botocore's
 standard mode (throttling, 5xx, dropped connections), timeouts on connect and read, and one
-deadline a request, body included (``deadlines.request_deadline``), so no request hangs, not even on a store
-that trickles its answer: it ends in a counted ``too-slow``. A missing object is one sample's
-``missing-file``; a wrong
-endpoint, wrong keys or a missing bucket fail at start-up (:meth:`ObjectFolder.check`) naming the
-setting. Secrets are never part of a message: only the cluster, endpoint and bucket are.
+deadline a request, body included (``deadlines.request_deadline``), so no request hangs, not even
+on a store that trickles its answer: it ends in a counted ``too-slow``. A missing object is one
+sample's ``missing-file``; a wrong endpoint, wrong keys or a missing bucket fail at start-up
+(:meth:`ObjectFolder.check`) naming the setting. Secrets are never part of a message: only the
+cluster, endpoint and bucket are.
 """
 from __future__ import annotations
 
