@@ -4,16 +4,20 @@ through petrel_client: ``ceph_config`` is petrel-client's INI file and folders a
 
 The client is boto3's (in DataLoader workers, obstore's where it is installed: ``obstore_client``),
 made lazily in each process (clients are not fork-safe), with bounded retries in botocore's
-standard mode (throttling, 5xx, dropped connections) and timeouts on connect and read, so no
-request hangs. A missing object is one sample's ``missing-file``; a wrong
-endpoint, wrong keys or a missing bucket fail at start-up (:meth:`ObjectFolder.check`) naming the
-setting. Secrets are never part of a message: only the cluster, endpoint and bucket are.
+standard mode (throttling, 5xx, dropped connections), timeouts on connect and read, and one
+deadline a request, body included (``deadlines.request_deadline``), so no request hangs, not even
+on a store that trickles its answer: it ends in a counted ``too-slow``. A missing object is one
+sample's ``missing-file``; a wrong endpoint, wrong keys or a missing bucket fail at start-up
+(:meth:`ObjectFolder.check`) naming the setting. Secrets are never part of a message: only the
+cluster, endpoint and bucket are.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -24,6 +28,7 @@ from src.datasets.storage.files import MAX_FILE_BYTES, unsafe_path
 from src.datasets.storage.sidecars import build_once, kept, written_aside
 from src.datasets.storage.obstore_client import object_head, read_object, worker_store
 from src.datasets.storage.redact import redact
+from src.datasets.storage.deadlines import request_deadline, watch_connections
 from src.datasets.storage.storage import Reader, check_size
 
 # The settings and the fetching ahead live in modules of their own; their names stay importable here.
@@ -36,6 +41,8 @@ READ_TIMEOUT = 60
 MAX_ATTEMPTS = 5  # per request, botocore's standard retry mode (with backoff)
 BODY_ATTEMPTS = 3  # a body cut off mid-read is fetched again this many times
 DEFAULT_CACHE = Path.home() / '.cache' / 't2i-data' / 'objects'
+
+logger = logging.getLogger(__name__)
 
 
 class ObjectFolder(Reader):
@@ -77,12 +84,12 @@ class ObjectFolder(Reader):
         if self._client is None or self._pid != os.getpid():
             boto3 = require('boto3')
             from botocore.config import Config
-            self._client = boto3.session.Session().client(
+            self._client = watch_connections(boto3.session.Session().client(
                 's3', endpoint_url=self.cluster.endpoint, aws_access_key_id=self.cluster.access_key,
                 aws_secret_access_key=self.cluster.secret_key,
                 config=Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
                               retries={'max_attempts': MAX_ATTEMPTS, 'mode': 'standard'},
-                              s3={'addressing_style': 'path'}, max_pool_connections=self.connections))
+                              s3={'addressing_style': 'path'}, max_pool_connections=self.connections)))
             self._pid = os.getpid()
         return self._client
 
@@ -106,7 +113,10 @@ class ObjectFolder(Reader):
         client = self.client()  # says which extra to install when boto3 is missing
         from botocore.exceptions import BotoCoreError, ClientError
         try:
-            client.head_bucket(Bucket=self.bucket)
+            with request_deadline(f's3://{self.bucket} (HEAD)', 'the answer', self.describe()):
+                client.head_bucket(Bucket=self.bucket)
+        except SampleError as e:  # too slow
+            raise StorageConfigError(str(e)) from None
         except ClientError as e:
             code = e.response.get('Error', {}).get('Code', '')
             what = {'404': 'the bucket does not exist', 'NoSuchBucket': 'the bucket does not exist',
@@ -134,15 +144,21 @@ class ObjectFolder(Reader):
 
     def head(self, path: str) -> tuple[int, str]:
         """The size and ETag of the object ``path`` (a HEAD request); ``SampleError`` when it is missing."""
-        store = worker_store(self.cluster, self.bucket)
-        if store is not None:
-            return object_head(store, self.key(path), path, self.describe())
-        from botocore.exceptions import ClientError
-        try:
-            response = self.client().head_object(Bucket=self.bucket, Key=self.key(path))
-        except ClientError:
-            raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
-        return response['ContentLength'], response.get('ETag', '')
+        key, store = self.key(path), worker_store(self.cluster, self.bucket)
+        client = self.client() if store is None else None  # made before the clock starts
+        with request_deadline(f'{path} (HEAD)', 'the answer', self.describe()) as deadline:
+            if store is not None:
+                return object_head(store, key, path, self.describe(), deadline)
+            from botocore.exceptions import BotoCoreError, ClientError
+            try:
+                response = client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError:
+                raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
+            except BotoCoreError as e:
+                deadline.check()
+                raise SampleError('missing-file', f'{path}: cannot be read from {self.describe()} '
+                                                  f'({type(e).__name__})') from None
+            return response['ContentLength'], response.get('ETag', '')
 
     def prefetch(self, samples, ahead: bool = False) -> None:
         """The objects of ``samples`` fetched at once, in threads, and kept for their reads: as many
@@ -189,20 +205,31 @@ class ObjectFolder(Reader):
     def read_part(self, path: str, offset: int | None = None, size: int | None = None, etag: str | None = None, *,
                   max_bytes: int = MAX_FILE_BYTES) -> tuple[bytes, int, str]:
         """As :meth:`read` (never from what was fetched ahead), with the whole object's size and
-        ETag from the same response: a first read checks a shard without a HEAD of its own."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        ETag from the same response: a first read checks a shard without a HEAD of its own. All its
+        attempts end by ``REQUEST_DEADLINE`` (a counted ``too-slow``)."""
         key = self.key(path)
+        what, asked = ((path, 'the object') if offset is None else
+                       (f'{path} bytes {offset}-{offset + size - 1}', f'the {size} bytes asked'))
         store = worker_store(self.cluster, self.bucket)  # a DataLoader worker's lighter client
-        if store is not None:
-            return read_object(store, key, path, self.describe(), offset, size, BODY_ATTEMPTS, etag=etag,
-                               max_bytes=max_bytes)
+        client = self.client() if store is None else None  # made before the clock starts
+        with request_deadline(what, asked, self.describe()) as deadline:
+            if store is not None:
+                return read_object(store, key, path, self.describe(), offset, size, BODY_ATTEMPTS, etag=etag,
+                                   max_bytes=max_bytes, deadline=deadline)
+            return self._get(client, key, path, offset, size, etag, max_bytes, deadline)
+
+    def _get(self, client, key: str, path: str, offset: int | None, size: int | None, etag: str | None, max_bytes: int,
+             deadline) -> tuple[bytes, int, str]:
+        """:meth:`read_part` with boto3: a body cut off mid-read is fetched again, up to
+        ``BODY_ATTEMPTS`` times, none after ``deadline``."""
+        from botocore.exceptions import BotoCoreError, ClientError
         ranged = {} if offset is None else {'Range': f'bytes={offset}-{offset + size - 1}'}
         if etag:
             ranged['IfMatch'] = etag
         refused = None
         for attempt in range(BODY_ATTEMPTS):
             try:
-                response = self.client().get_object(Bucket=self.bucket, Key=key, **ranged)
+                response = client.get_object(Bucket=self.bucket, Key=key, **ranged)
                 refused = refused_answer(response, path, offset, size, max_bytes)
                 bound = max_bytes if offset is None else size  # never more read than asked (a length unsaid)
                 data = None if refused else response['Body'].read(bound + 1)
@@ -215,22 +242,28 @@ class ObjectFolder(Reader):
                     raise SampleError('missing-file', f'{path}: {len(data)} of {response["ContentLength"]} bytes')
                 return data, whole_size(response, offset is not None), response.get('ETag', '')
             except ClientError as e:
-                code = e.response.get('Error', {}).get('Code', '')
-                if code in ('NoSuchKey', '404'):
-                    raise SampleError('missing-file', f'{path}: no such object in {self.describe()}') from None
-                if code in ('PreconditionFailed', '412'):
-                    from src.datasets.storage.tar_index import StaleIndexError
-                    raise StaleIndexError(f'{path}: replaced in {self.describe()} while it was being read (its '
-                                          f'ETag is no longer {etag}): upload the shards and their index together '
-                                          'again') from None
-                raise SampleError('missing-file', f'{path}: {code or e} from {self.describe()}') from None
-            except (BotoCoreError, SampleError) as e:  # cut off mid-read, or a timeout after the retries
+                raise client_error(e, path, self.describe(), etag) from None
+            except (BotoCoreError, SampleError) as e:  # cut off mid-read (its socket shut at the deadline too)
                 if e is refused:  # too large, or not the range asked: asking again changes nothing
                     raise
+                deadline.check()
                 if attempt == BODY_ATTEMPTS - 1:
                     raise SampleError('missing-file', f'{path}: cannot be read from {self.describe()} '
                                                       f'({type(e).__name__})') from None
         raise AssertionError('unreachable')
+
+
+def client_error(e, path: str, where: str, etag: str | None) -> Exception:
+    """The error a GET's ``ClientError`` ``e`` is: a missing object, a shard replaced since its ETag
+    was seen (``If-Match``), or another answer of the store, as a sample error."""
+    code = e.response.get('Error', {}).get('Code', '')
+    if code in ('NoSuchKey', '404'):
+        return SampleError('missing-file', f'{path}: no such object in {where}')
+    if code in ('PreconditionFailed', '412'):
+        from src.datasets.storage.tar_index import StaleIndexError
+        return StaleIndexError(f'{path}: replaced in {where} while it was being read (its ETag is no longer '
+                               f'{etag}): upload the shards and their index together again')
+    return SampleError('missing-file', f'{path}: {code or e} from {where}')
 
 
 _CONTENT_RANGE = re.compile(r'bytes (\d+)-(\d+)/(\d+|\*)', re.ASCII)
@@ -267,6 +300,19 @@ def refused_answer(response: dict, path: str, offset: int | None, size: int | No
                                        f'{length} bytes with {what}: not that range')
 
 
+def warn_no_etag(store: ObjectFolder) -> None:
+    """Say once a process (and bucket) that ``store`` answers without ETags: a shard replaced by one
+    of the same size cannot be told from the one indexed there."""
+    _warn_no_etag(os.getpid(), store.cluster.endpoint, store.bucket, store.describe())
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_no_etag(pid: int, endpoint: str, bucket: str, described: str) -> None:
+    logger.warning('%s answers without an ETag: a tar shard or index replaced in the bucket by one of the same size '
+                   'cannot be detected on this store (only a changed size is); upload the shards and their index '
+                   'together, or use a store that sends ETags', described)
+
+
 def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
     """A local copy of the object ``url`` (an index: data.json, a parquet table, tar_index.arrow),
     fetched once per machine into ``cache_dir`` and fetched again only when the object changes
@@ -276,9 +322,16 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
     store.check()
     key = store.key(url)
     try:
-        etag = store.client().head_object(Bucket=store.bucket, Key=key)['ETag']
+        with request_deadline(f'{url} (HEAD)', 'the answer', store.describe()):
+            head = store.client().head_object(Bucket=store.bucket, Key=key)
+    except SampleError as e:  # too slow
+        raise StorageConfigError(str(e)) from None
     except Exception:  # botocore's ClientError for a missing key, among others
         raise StorageConfigError(f'{url}: no such object in {store.describe()}') from None
+    etag = head.get('ETag')
+    if not etag:  # a changed copy is then known by its size and time only
+        warn_no_etag(store)
+        etag = f'no ETag: {head.get("ContentLength")} bytes, {head.get("LastModified")}'
     cache = Path(cache_dir or DEFAULT_CACHE) / hashlib.sha1(url.encode()).hexdigest()[:16] / name
     stamp = cache.parent / f'.{name}.etag'
 

@@ -1,7 +1,8 @@
 """Members of tar shards in a bucket, read in place (``ObjectTarMembers``): located by the tar
 member index fetched once per machine, each read a ranged GET, a batch's neighbours coalesced into
 one (``member_spans``), a shard checked against the index and against the ETag the machine first
-saw (``first_seen_etag``) from its first read's own answer.
+saw (``first_seen_etag``) from its first read's own answer; a store that sends no ETag is said
+once (``warn_no_etag``): there only a changed size is detected.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 from src.datasets.errors import SampleError
 from src.datasets.storage.files import MAX_FILE_BYTES
 from src.datasets.storage.object_fetch import MAX_GAP, MAX_SPAN, InFlight, Kept, fetch_within
-from src.datasets.storage.object_store import ObjectFolder, fetch_to_cache, shard_etags_path
+from src.datasets.storage.object_store import ObjectFolder, fetch_to_cache, shard_etags_path, warn_no_etag
 from src.datasets.storage.sidecars import held, read_json, written_aside
 from src.datasets.storage.storage import Reader, check_size
 
@@ -132,7 +133,7 @@ class ObjectTarMembers(Reader):
         try:
             data, actual, etag = self.store.read_part(shard, offset, size)
         except SampleError as e:
-            if e.reason != 'too-large':  # a shard shorter than indexed refuses the range: say that
+            if e.reason not in ('too-large', 'too-slow'):  # a shard shorter than indexed refuses the range: say that
                 self._check(tar, expected_size, *self.store.head(shard))
             raise
         if actual < 0:  # a store that leaves the size unsaid ('bytes 0-9/*'): asked for it
@@ -143,12 +144,14 @@ class ObjectTarMembers(Reader):
     def _check(self, tar: str, expected_size: int, actual: int, etag: str) -> None:
         """Shard ``tar`` as the bucket has it (``actual`` bytes, ``etag``) against the index (its
         size) and against the ETag this machine first saw (a shard replaced by one of the same size
-        has another)."""
+        has another; a store that sends none is said once, and only the size is checked)."""
         from src.datasets.storage.tar_index import StaleIndexError
         shard = f'{self.folder}/{tar}'
         if actual != expected_size:
             raise StaleIndexError(f'{shard} has {actual} bytes in the bucket, {expected_size} when it was '
                                   'indexed: upload the shards and their index together again')
+        if not etag:
+            warn_no_etag(self.store)
         # (the first of this process's threads to check it wins here too, where the cache is read-only)
         first = self._checked.setdefault(tar, first_seen_etag(self.index_copy, tar, etag))
         if first != etag:
