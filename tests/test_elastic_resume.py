@@ -9,7 +9,6 @@ import itertools
 from collections import defaultdict
 from dataclasses import replace
 
-import numpy as np
 import pytest
 from mmengine.dataset import DefaultSampler, InfiniteSampler
 from mmengine.dataset import sampler as mmengine_sampler

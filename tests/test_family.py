@@ -5,7 +5,6 @@ resumed exactly, and a subclass written against upstream's hooks over tar shards
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 

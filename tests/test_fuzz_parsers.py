@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -3,12 +3,10 @@ selection, the digests and the stored prompt ids are rebuilt, never trusted, nev
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from src.datasets.index.sample_index import cache_path_for
 from src.datasets.text2image.caption_datasets import CaptionDataset

@@ -31,7 +31,6 @@ import importlib.metadata
 import itertools
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path

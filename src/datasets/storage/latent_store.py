@@ -19,7 +19,6 @@ is not the one recorded for its size: latents of another VAE or resolution would
 """
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
