@@ -12,6 +12,20 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
              b'<Message>Please reduce your request rate.</Message></Error>')
 
 
+def forwarded(handler: BaseHTTPRequestHandler, host: str, port: int) -> tuple[http.client.HTTPResponse, bytes]:
+    """``handler``'s request (its body too) sent on to the server at ``host:port``: its response and body."""
+    length = int(handler.headers.get('Content-Length') or 0)
+    body = handler.rfile.read(length) if length else None
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    headers = {k: v for k, v in handler.headers.items() if k.lower() != 'host'}
+    headers['Host'] = f'{host}:{port}'
+    connection.request(handler.command, handler.path, body=body, headers=headers)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response, data
+
+
 class LocalServer:
     """An HTTP server on 127.0.0.1 (a free port) answering with ``handler``, in a thread of its own
     while the ``with`` block lasts."""
@@ -74,20 +88,15 @@ class FlakyProxy(LocalServer):
                         proxy.in_flight -= 1
 
             def _answer(self, number):
-                length = int(self.headers.get('Content-Length') or 0)
-                body = self.rfile.read(length) if length else None
                 if proxy.throttle_every and number % proxy.throttle_every == 0:
+                    length = int(self.headers.get('Content-Length') or 0)
+                    if length:
+                        self.rfile.read(length)
                     with proxy._lock:
                         proxy.throttled += 1
                     self._reply(503, {'Content-Type': 'application/xml'}, SLOW_DOWN)
                     return
-                connection = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != 'host'}
-                headers['Host'] = f'{proxy.host}:{proxy.port}'
-                connection.request(self.command, self.path, body=body, headers=headers)
-                response = connection.getresponse()
-                data = response.read()
-                connection.close()
+                response, data = forwarded(self, proxy.host, proxy.port)
                 cut = (self.command == 'GET' and response.status == 200 and len(data) > 64
                        and proxy.cut_every and number % proxy.cut_every == 0)
                 reply_headers = {k: v for k, v in response.getheaders()

@@ -5,7 +5,6 @@ with boto3 and with obstore in a DataLoader worker; a HEAD whose headers trickle
 that sends no ETag is said once. moto's S3 server on 127.0.0.1, behind a proxy that misbehaves."""
 from __future__ import annotations
 
-import http.client
 import logging
 import re
 import threading
@@ -16,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import torch
 
-from flaky_proxy import LocalServer
+from flaky_proxy import LocalServer, forwarded
 
 from src.datasets.errors import SampleError
 from src.datasets.storage import deadlines
@@ -50,15 +49,7 @@ class Trickle(LocalServer):
                 pass
 
             def _forward(self):
-                length = int(self.headers.get('Content-Length') or 0)
-                body = self.rfile.read(length) if length else None
-                upstream = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != 'host'}
-                headers['Host'] = f'{proxy.host}:{proxy.port}'
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-                upstream.close()
+                response, data = forwarded(self, proxy.host, proxy.port)
                 kept = [(k, v) for k, v in response.getheaders() if k.lower() not in ('transfer-encoding', 'connection')
                         and (proxy.etags or k.lower() != 'etag')]
                 if not any(k.lower() == 'content-length' for k, _ in kept):
