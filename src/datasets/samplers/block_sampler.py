@@ -177,21 +177,21 @@ class BlockShuffleSampler(Sampler):
         order = self._order(epoch, read)
         where = block_places(self.size, self.block_size, self.seed, epoch, self.shuffle)
         following = next_blocks(order, self.block_size, self.lane_batch, self.workers) if self.dealt else None
-        world_batch, mine = self.world_size * self.batch_size, self.rank * self.batch_size
+        world_batch, mine, lane = self.world_size * self.batch_size, self.rank * self.batch_size, self.lane_batch
         for begin in range(max(skip, 0) * self.batch_size, len(order), CHUNK):  # a chunk's lists at a time
             indices = order[begin:begin + CHUNK]
             for number, index, place in zip(range(begin, len(order)), indices.tolist(),
                                             places_of(indices, where, self.block_size).tolist()):
                 step, within = divmod(number, self.batch_size)
-                if following is not None:
+                if following is not None and not number % lane:
                     index = self._hint(order, following, number, index)
                 yield Draw(index, position + step * world_batch + mine + within, self.seed, epoch, (epoch, place))
 
     def _hint(self, order: np.ndarray, following: np.ndarray, number: int, index: int) -> int:
-        """``index``, at ``number`` of ``order``, as an ``Ahead`` where it begins a run of its
-        worker's batches in a block (``following``: :func:`next_blocks`)."""
-        batch, within = divmod(number, self.lane_batch)
-        if within or batch >= len(following) or following[batch] < 0:
+        """``index``, first of a batch at ``number`` of ``order``, as an ``Ahead`` where it begins a
+        run of its worker's batches in a block (``following``: :func:`next_blocks`)."""
+        batch = number // self.lane_batch
+        if batch >= len(following) or following[batch] < 0:
             return index
         start = int(following[batch]) * self.lane_batch
         first = order[start:start + self.lane_batch]
