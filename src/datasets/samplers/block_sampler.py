@@ -21,7 +21,9 @@ fraction of the data; a global shuffle's is about 1/3) and the distinct regions 
 
 Per epoch (``set_epoch``), each rank yields ``len()`` indices: blocks are dealt to the ranks in
 turn, the order padded (from its start, as ``DefaultSampler``'s ``round_up``) to whole blocks for
-every rank, so ranks never share a block.
+every rank, so ranks never share a block. Since the batches depend on the ranks, the batch, the
+workers and the block (the *deal*), a run resumed under another deal reads the rest of the
+interrupted epoch once, in its own batches (``block_orders.Passes``).
 """
 from __future__ import annotations
 
