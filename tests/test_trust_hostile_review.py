@@ -116,3 +116,109 @@ def test_a_body_longer_than_its_length_is_not_gathered_in_memory_by_obstore(tmp_
     assert error is not None and error[0] == 'too-large', error
     assert 's3://b/x' in error[1] and SECRET not in error[1]
     assert grown < 256, f'the worker grew by {grown} MiB'
+
+
+# ---- 2. a checkpoint's data position that passes its checks -------------------------------------
+
+def _loader_facts(sampler, dataset, batch_size: int):
+    from torch.utils.data import DataLoader
+
+    from src.engine.data_facts import facts_of
+    return facts_of(DataLoader(dataset, batch_size=batch_size, sampler=sampler), (0, 1))
+
+
+def _mix():
+    from torch.utils.data import ConcatDataset
+
+    from src.datasets.samplers.multi_source_sampler import FixedBatchMultiSourceSampler
+    from epoch_run import BucketedRecords
+    dataset = ConcatDataset([BucketedRecords(), list(range(10))])
+    sampler = FixedBatchMultiSourceSampler([2, 1], dataset, batch_size=2, seed=0)
+    return sampler, dataset, 2
+
+
+def _bucketed():
+    from src.datasets.samplers.bucket_sampler import BucketSampler
+    from epoch_run import BucketedRecords
+    dataset = BucketedRecords()
+    return BucketSampler(dataset, batch_size=4, seed=0), dataset, 4
+
+
+def _placed_and_read(make, iteration: int, changes: dict, keep=()):
+    """``make()``'s sampler placed at ``iteration`` from its own facts with ``changes`` (its first
+    batches read): what a resume from a hostile position does before training goes on."""
+    from src.engine.data_facts import DataFacts
+    from src.engine.positions import place_sampler
+    sampler, dataset, batch_size = make()
+    now = _loader_facts(sampler, dataset, batch_size)
+    saved = DataFacts.from_dict({key: value for key, value in (now.to_dict() | changes).items() if key not in keep})
+    placed, _, _ = place_sampler(sampler, iteration, saved, now, 0)
+    return [int(index) for index, _ in zip(placed, range(8))]
+
+
+@pytest.mark.parametrize('make, iteration, changes, fact', [
+    (_mix, 3, {'origin': [0, [5]]}, 'origin'),  # one source's count for two sources: an IndexError
+    (_mix, 10, {'history': [[0, 4, [0, 0]], [3, 2, [2]]], 'batch_size': 1}, 'history'),  # likewise
+    (_mix, 10, {'history': [[0, 4], [3, 2]]}, 'history'),  # a mix's history without its sources' counts
+    (_mix, 10, {'history': [[0, 4, [0, 0]], [3, 2, [2 ** 47, 2 ** 47]]]}, 'history'),  # more batches than made
+    (_mix, 10, {'origin': [4, [2 ** 40, 0]]}, 'origin'),  # likewise: a negative place in an epoch
+])
+def test_a_mix_position_whose_counts_do_not_add_up_is_refused_naming_the_fact(make, iteration, changes, fact):
+    """Each field was of its kind and within its bounds, and the mix indexed its sources' lists with
+    them: an IndexError deep in the sampler, where a checkpoint's error names the fact."""
+    from src.engine.data_facts import ResumeError
+    with pytest.raises(ResumeError, match=rf"malformed '{fact}'"):
+        _placed_and_read(make, iteration, changes)
+
+
+@pytest.mark.parametrize('make, iteration, changes, fact', [
+    (_bucketed, 3, {'history': [[0, 4], [10, 2]], 'batch_size': 2}, 'history'),  # a change after the iteration
+    (_mix, 3, {'origin': [10, [5, 5]]}, 'origin'),
+    (_bucketed, 10 ** 30, {}, 'iteration'),  # mmengine's meta['iter'] is the checkpoint's too: an OverflowError
+    (_bucketed, 3.5, {}, 'iteration'),  # a TypeError
+])
+def test_a_position_ahead_of_its_iteration_is_refused(make, iteration, changes, fact):
+    """A change of the global batch at batch 10 of a checkpoint made after 3: a negative skip, read
+    as another place of the stream (or islice's ValueError for mmengine's samplers)."""
+    from src.engine.data_facts import ResumeError
+    with pytest.raises(ResumeError, match=rf"malformed '{fact}'"):
+        _placed_and_read(make, iteration, changes)
+
+
+def test_a_position_without_its_facts_is_refused_not_a_type_error():
+    from src.engine.data_facts import DataFacts, ResumeError
+    with pytest.raises(ResumeError, match=r"the checkpoint's data position lacks 'batch_size', 'world_size'"):
+        DataFacts.from_dict({'seed': 0})
+
+
+@pytest.mark.parametrize('seed', [-1, 2 ** 64])
+def test_a_seed_no_generator_takes_is_refused(seed):
+    """restore_seed gave a block shuffle -1 (numpy: 'expected non-negative integer') and mmengine's
+    DefaultSampler 2^64 (torch: 'Overflow when unpacking long long'), both at the first epoch."""
+    from src.engine.data_facts import DataFacts, ResumeError
+    from src.datasets.samplers.block_sampler import BlockShuffleSampler
+    sampler = BlockShuffleSampler(list(range(100)), block_size=8, seed=0, batch_size=4)
+    now = _loader_facts(sampler, list(range(100)), 4)
+    with pytest.raises(ResumeError, match="malformed 'seed'"):
+        DataFacts.from_dict(now.to_dict() | {'seed': seed})
+
+
+def test_an_endless_stream_replayed_past_any_run_is_refused():
+    """InfiniteSampler skips by drawing: a checkpoint's iteration of 2^40 (mmengine's meta['iter'])
+    was 2^42 draws before the first batch, a hung start."""
+    from mmengine.dataset import InfiniteSampler
+
+    from src.engine.data_facts import ResumeError
+    dataset = list(range(22))
+
+    def make():
+        return InfiniteSampler(dataset, seed=0), dataset, 4
+
+    def first_batch():
+        try:
+            return _placed_and_read(make, 2 ** 40, {})
+        except ResumeError as e:
+            return e
+    error = within(10, first_batch)
+    assert isinstance(error, ResumeError) and 'draws' in str(error), error
+    assert len(_placed_and_read(make, 1000, {})) == 8  # a real run's position goes on
