@@ -203,6 +203,22 @@ def test_a_seed_no_generator_takes_is_refused(seed):
         DataFacts.from_dict(now.to_dict() | {'seed': seed})
 
 
+def test_a_deal_changed_far_into_a_run_is_replayed_in_bounded_time():
+    """Passes replayed each whole epoch before a deal's change, one by one: a change at batch 2^47
+    (within the bounds of a count) was 2^44 epochs of 8 batches, never done."""
+    from src.datasets.samplers.block_sampler import BlockShuffleSampler
+
+    def replay():
+        sampler = BlockShuffleSampler(list(range(100)), block_size=8, seed=0, batch_size=8)
+        far = 2 ** 47 + 3
+        sampler.set_deals(far, [[0, 1, 4, 1, 8, 4]], 8)  # batches of 4 until now: batches of 8 from here
+        sampler.set_epoch(sampler.epoch_of_batch(far)[0])
+        return sampler.epoch_of_batch(far), len(list(sampler))
+    (epoch, before), count = within(10, replay)
+    assert (epoch, before) == divmod(2 ** 47 + 3, 26)  # epochs of 26 batches of 4 (100 records in blocks of 8)
+    assert count == -(-(100 - 4 * before) // 8) * 8  # the rest of the epoch, in whole blocks
+
+
 def test_an_endless_stream_replayed_past_any_run_is_refused():
     """InfiniteSampler skips by drawing: a checkpoint's iteration of 2^40 (mmengine's meta['iter'])
     was 2^42 draws before the first batch, a hung start."""
@@ -222,3 +238,17 @@ def test_an_endless_stream_replayed_past_any_run_is_refused():
     error = within(10, first_batch)
     assert isinstance(error, ResumeError) and 'draws' in str(error), error
     assert len(_placed_and_read(make, 1000, {})) == 8  # a real run's position goes on
+
+
+def test_deals_of_many_ranks_changed_inside_epochs_are_replayed_in_bounded_time():
+    """What a deal read of an epoch before the next took over was marked rank by rank, each rank's
+    share made from the whole order: 65536 ranks (within the bounds) of 200,000 records, 12 s a
+    change, and a checkpoint may hold 4096 changes."""
+    from src.datasets.samplers.block_orders import Deal, Passes, block_order, dealt
+    many, one = [65536, 1, 1, 1, 1], [1, 4, 1, 8, 4]
+    deals = [[step, *(many if step % 2 == 0 else one)] for step in range(40)]
+    passes = within(20, lambda: Passes(200_000, 0, True, deals))
+    read = passes.parts[1].read  # what the first deal's first step read: a record a rank
+    assert read.sum() == 65536
+    order = block_order(200_000, 1, 0, 0)
+    assert all(read[dealt(order, Deal(*many), rank)[0]] for rank in (0, 1, 4097, 65535))  # as dealt() deals them
