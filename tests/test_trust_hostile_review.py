@@ -252,3 +252,18 @@ def test_deals_of_many_ranks_changed_inside_epochs_are_replayed_in_bounded_time(
     assert read.sum() == 65536
     order = block_order(200_000, 1, 0, 0)
     assert all(read[dealt(order, Deal(*many), rank)[0]] for rank in (0, 1, 4097, 65535))  # as dealt() deals them
+
+
+def test_a_checkpoint_whose_iteration_is_no_count_ends_with_the_error(tmp_path):
+    """mmengine's Runner restores the loop's iteration from the checkpoint's meta['iter'] unchecked:
+    10^30 reached a sampler as an OverflowError."""
+    from epoch_run import train
+
+    from src.engine import ResumableTrainLoop
+    from src.engine.data_facts import ResumeError
+    train(tmp_path / 'run', dict(type=ResumableTrainLoop, max_iters=3), 4)
+    checkpoint = torch.load(tmp_path / 'run' / 'iter_3.pth', weights_only=True)
+    checkpoint['meta']['iter'] = 10 ** 30
+    torch.save(checkpoint, tmp_path / 'hostile.pth')
+    with pytest.raises(ResumeError, match="malformed 'iteration'"):
+        train(tmp_path / 'resumed', dict(type=ResumableTrainLoop, max_iters=6), 4, resume_from=str(tmp_path / 'hostile.pth'))
