@@ -33,13 +33,15 @@ class QuietServer(ThreadingHTTPServer):
 
 class Trickle(LocalServer):
     """A proxy in front of an S3 server: a ranged GET whose range holds one of ``slow_offsets``
-    gets its headers, then its body a byte every 0.2 s; with ``slow_head``, a HEAD gets its
-    headers so; with ``etags=False``, no answer carries an ETag."""
+    gets its headers, then its body a byte every 0.2 s, as does every GET of a key ending in one of
+    ``slow_keys``; with ``slow_head``, a HEAD gets its headers so; with ``etags=False``, no answer
+    carries an ETag."""
 
     def __init__(self, upstream: str):
         target = urlsplit(upstream)
         self.host, self.port = target.hostname, target.port
         self.slow_offsets, self.slow_head, self.etags, self.trickled = set(), False, True, 0
+        self.slow_keys = set()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,6 +63,7 @@ class Trickle(LocalServer):
                 self.wfile.write(head)
                 asked = re.fullmatch(r'bytes=(\d+)-(\d+)', self.headers.get('Range') or '')
                 slow = asked and any(int(asked[1]) <= offset <= int(asked[2]) for offset in proxy.slow_offsets)
+                slow = slow or any(self.path.split('?')[0].endswith(key) for key in proxy.slow_keys)
                 if self.command == 'GET' and slow:
                     return self._trickle(data)
                 if self.command != 'HEAD':

@@ -4,7 +4,7 @@ records, their buckets and filters, read from the loader, its sampler and its da
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from mmengine.dataset import DefaultSampler
 
@@ -89,7 +89,7 @@ def _positive(value) -> bool:
 _FIELDS = {
     'batch_size': _positive, 'world_size': _ranks, 'dataset_size': _count,
     'sampler': lambda v: isinstance(v, str) and v.isidentifier(),
-    'seed': lambda v: v is None or _number(v, -(1 << 64), 1 << 64),
+    'seed': lambda v: v is None or _number(v, 0, (1 << 63) - 1),  # numpy's seeds are not negative; torch adds epochs
     'samples_per_epoch': lambda v: v is None or _count(v),
     'data': lambda v: v is None or (isinstance(v, str) and len(v) <= 1 << 16),  # count, digest, filters
     'buckets': lambda v: v is None or (isinstance(v, str) and len(v) <= 128),
@@ -111,11 +111,44 @@ def checked_position(saved) -> dict:
     if not isinstance(saved, dict):
         raise ResumeError(f'the checkpoint\'s data position is a {type(saved).__name__}, not a mapping: resume '
                           'from a checkpoint this project wrote, or start a new run (load_from instead of resume)')
+    missing = [field.name for field in fields(DataFacts) if field.default is MISSING and field.name not in saved]
+    if missing:
+        raise ResumeError(f'the checkpoint\'s data position lacks {", ".join(map(repr, missing))}: resume from a '
+                          'checkpoint this project wrote, or start a new run (load_from instead of resume)')
     for name, value in saved.items():
         check = _FIELDS.get(name)
         if check is not None and not check(value):
             raise _malformed(name)
+    for name in _mix_counts_wrong(saved):
+        raise _malformed(name)
     return saved
+
+
+def _mix_counts_wrong(saved: dict) -> list[str]:
+    """The facts of a mix (``repeat`` and ``origin`` given) whose batches per source are not one per
+    source, or do not add up to the batch they were counted at (each of the first ``b`` global
+    batches came from one source): the samplers index their sources' lists with them."""
+    repeat, origin, history = saved.get('repeat'), saved.get('origin'), saved.get('history')
+    if repeat is None or origin is None:
+        return []
+    def wrong(batch, counts) -> bool:
+        return len(counts) != len(repeat) or sum(counts) != batch
+    return ((['origin'] if wrong(*origin) else [])
+            + (['history'] if history and any(len(entry) < 3 or wrong(entry[0], entry[2]) for entry in history) else []))
+
+
+def checked_iteration(saved: 'DataFacts | None', iteration) -> None:
+    """A checkpoint's ``iteration`` (mmengine's ``meta['iter']``, untrusted as its position) a count,
+    and no change of ``saved``'s history or mix after it (a negative place in the stream); else
+    ``ResumeError`` naming the fact."""
+    if not _count(iteration):
+        raise _malformed('iteration')
+    if saved is None:
+        return
+    if saved.history and saved.history[-1][0] > iteration:
+        raise _malformed('history')
+    if saved.origin is not None and saved.origin[0] > iteration:
+        raise _malformed('origin')
 
 
 def _malformed(name: str) -> ResumeError:

@@ -22,7 +22,7 @@ from mmengine.dataset import InfiniteSampler
 
 from src.datasets.samplers.draws import Draw, stream_position
 from src.datasets.samplers.multi_source_sampler import epoch_origin, source_batches_at
-from src.engine.data_facts import DataFacts, ResumeError, is_endless
+from src.engine.data_facts import DataFacts, ResumeError, checked_iteration, is_endless
 
 __all__ = ['ELASTIC', 'Draw', 'batch_history', 'place_sampler', 'PositionedSampler', 'ResumeError', 'StartPoint',
            'epoch_iterations', 'plan_resume', 'restore_seed']
@@ -172,7 +172,26 @@ def _mix_rebase(iteration: int, saved: DataFacts, now: DataFacts) -> tuple[tuple
 
 def _start_point(iteration: int, now: DataFacts, history: list | None, drop_last: bool, epoch_of_batch,
                  note: str, rebase) -> StartPoint:
-    """Where this run's sampler starts after ``iteration`` global batches, as its kind of epoch counts."""
+    """Where this run's sampler starts after ``iteration`` global batches, as its kind of epoch counts
+    (an endless sampler's, refused past ``ENDLESS_REPLAY`` draws a rank: it is replayed draw by draw)."""
+    start = _start(iteration, now, history, drop_last, epoch_of_batch, note, rebase)
+    if now.samples_per_epoch is None and epoch_of_batch is None:
+        draws = start.skip if start.drawn is None else start.drawn // now.world_size
+        if draws > ENDLESS_REPLAY:
+            raise ResumeError(f'cannot resume the data position: {now.sampler} would replay {draws} draws a rank, one '
+                              f'by one, before the first batch (iteration {iteration}), more than any run draws '
+                              f'({ENDLESS_REPLAY}): resume from another checkpoint, or start a new run (load_from '
+                              'instead of resume)')
+    return start
+
+
+# Draws a rank of an endless sampler (InfiniteSampler) replayed at a resume, at most (about 5 minutes
+# of draws here; a million iterations of 1024 a rank are a quarter of it).
+ENDLESS_REPLAY = 1 << 32
+
+
+def _start(iteration: int, now: DataFacts, history: list | None, drop_last: bool, epoch_of_batch,
+           note: str, rebase) -> StartPoint:
     if history is not None and epoch_of_batch is None:  # mmengine's samplers after a change
         drawn = stream_position(history, iteration)
         if now.samples_per_epoch is not None:
@@ -276,6 +295,7 @@ def place_sampler(inner, iteration: int, saved: DataFacts | None, now: DataFacts
     """``inner`` placed where a run resumed after ``iteration`` global batches stands (the
     checkpoint's ``saved`` facts, this run's ``now``): the global batch's history and the mix's
     weights applied to it, its epoch set, wrapped to skip what was drawn. Also the facts to save."""
+    checked_iteration(saved, iteration)
     history = batch_history(iteration, saved, now)
     if history:
         now = replace(now, history=history)

@@ -106,7 +106,8 @@ def part_steps(count: int, deal: Deal) -> int:
 @dataclass(frozen=True)
 class Part:
     """What one deal reads of one epoch: from global batch ``first`` (at ``position`` of the global
-    sample stream), ``steps`` batches, of the epoch's indices not in ``read`` (None: all of them)."""
+    sample stream), ``steps`` batches, of the epoch's indices not in ``read`` (None: all of them);
+    a whole epoch may stand for ``epochs`` alike, one after another."""
 
     epoch: int
     first: int
@@ -114,6 +115,10 @@ class Part:
     read: np.ndarray | None
     steps: int
     position: int
+    epochs: int = 1
+
+    def covers(self, epoch: int) -> bool:
+        return self.epoch <= epoch < self.epoch + self.epochs
 
     def after(self, epochs: int) -> 'Part':
         """The whole epoch ``epochs`` after this one (a whole epoch), under the same deal."""
@@ -145,10 +150,12 @@ class Passes:
                         position += (end - step) * deal.world_size * deal.batch_size
                         step = end
                     break
-                self.parts.append(Part(epoch, step, deal, read, steps, position))
                 whole = read is None
-                position += steps * deal.world_size * deal.batch_size
-                step, epoch, read = step + steps, epoch + 1, None
+                # whole epochs before the next deal are counted in one part, not replayed one by one
+                epochs = max((end - step) // steps, 1) if whole and end is not None else 1
+                self.parts.append(Part(epoch, step, deal, read, steps, position, epochs))
+                position += epochs * steps * deal.world_size * deal.batch_size
+                step, epoch, read = step + epochs * steps, epoch + epochs, None
                 if (end is None and whole) or step == end:  # the last deal: replayed up to a whole epoch
                     break
             if not size:
@@ -160,8 +167,12 @@ class Passes:
         order = block_order(self.size, deal.block_size, self.seed, epoch, self.shuffle)
         order = order if read is None else order[~read[order]]
         read = np.zeros(self.size, dtype=bool) if read is None else read.copy()
-        for rank in range(deal.world_size):
-            read[dealt(order, deal, rank)[:steps * deal.batch_size]] = True
+        # Every rank's share at once (a rank's, dealt(), is one row): O(size), not O(size) a rank.
+        span = deal.block_size * deal.world_size
+        padded = np.resize(order, math.ceil(len(order) / span) * span)
+        shares = padded.reshape(-1, deal.world_size, deal.block_size).transpose(1, 0, 2).reshape(deal.world_size, -1)
+        lanes = worker_lanes(np.arange(shares.shape[1]), deal.block_size, deal.lane_batch, deal.workers)
+        read[shares[:, lanes[:steps * deal.batch_size]]] = True
         return read
 
     def part(self, epoch: int) -> Part:
@@ -170,16 +181,18 @@ class Passes:
         last = self.parts[-1]
         if epoch > last.epoch:
             return last.after(epoch - last.epoch)
-        return [part for part in self.parts if part.epoch == epoch][-1]
+        part = [part for part in self.parts if part.covers(epoch)][-1]
+        return part if part.epoch == epoch else part.after(epoch - part.epoch)
 
     def epoch_start(self, epoch: int) -> int:
         """The global batches before ``epoch``."""
-        first = [part for part in self.parts if part.epoch == epoch]
-        return first[0].first if first else self.part(epoch).first
+        first = [part for part in self.parts if part.covers(epoch)]
+        return first[0].first + (epoch - first[0].epoch) * first[0].steps if first else self.part(epoch).first
 
     def epoch_of(self, step: int) -> int:
         """The epoch global batch ``step`` belongs to."""
         last = self.parts[-1]
         if step >= last.first:
             return last.epoch + (step - last.first) // last.steps
-        return next(part.epoch for part in self.parts if part.first <= step < part.first + part.steps)
+        return next(part.epoch + (step - part.first) // part.steps for part in self.parts
+                    if part.first <= step < part.first + part.steps * part.epochs)

@@ -34,7 +34,7 @@ from src.datasets.storage.storage import Reader, check_size
 # The settings and the fetching ahead live in modules of their own; their names stay importable here.
 from src.datasets.storage.object_config import (_FOLDER, Cluster, StorageConfigError, _environment_cluster,  # noqa: F401
                                         is_object_url, read_petrel_config)
-from src.datasets.storage.object_fetch import PREFETCH_THREADS, InFlight, Kept, fetch_within  # noqa: F401
+from src.datasets.storage.object_fetch import MAX_SPAN, PREFETCH_THREADS, InFlight, Kept, fetch_within  # noqa: F401
 
 CONNECT_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60
@@ -346,13 +346,27 @@ def fetch_to_cache(url: str, ceph_config: str | None, cache_dir=None) -> str:
         for old in (cache, shard_etags_path(cache)):  # another index: its shards are seen afresh
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
-        store.client().download_file(store.bucket, key, str(temp))
+        download_parts(store, url, head.get('ContentLength'), head.get('ETag'), temp)
         with written_aside(stamp) as stamp_temp:
             stamp_temp.write_text(etag)
 
     # (the stamp's own leftovers, and the downloads of builds before this one)
     leftovers = [f'.{glob.escape(name)}.etag.tmp-*', f'.{glob.escape(name)}.download-*']
     return build_once(cache, current, download, leftovers=leftovers)
+
+
+def download_parts(store: ObjectFolder, url: str, size, etag: str | None, temp: Path) -> None:
+    """The object ``url`` of ``size`` bytes (its HEAD's) written to ``temp`` in ranged GETs of at
+    most ``MAX_SPAN`` bytes, only while it keeps ``etag``: each GET ends by the request deadline, where
+    boto3's ``download_file`` had only the idle read timeout (a trickling store held a start for ever)."""
+    if not isinstance(size, int) or size < 0:
+        raise StorageConfigError(f'{url}: {store.describe()} says no size of it (no Content-Length): cannot be fetched')
+    with open(temp, 'wb') as out:
+        for offset in range(0, size, MAX_SPAN):
+            try:
+                out.write(store.read(url, offset, min(MAX_SPAN, size - offset), etag or None))
+            except SampleError as e:  # too slow, cut off, missing
+                raise StorageConfigError(f'{url}: cannot be fetched: {e}') from None
 
 
 def shard_etags_path(index_copy) -> Path:

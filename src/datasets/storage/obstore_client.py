@@ -25,6 +25,7 @@ from src.datasets.storage.files import MAX_FILE_BYTES
 CONNECT_TIMEOUT = '10s'
 READ_TIMEOUT = '60s'  # idle, as boto3's; the whole request is bounded by deadlines.REQUEST_DEADLINE
 RETRIES = 4  # after the first attempt: boto3's standard mode's 5 attempts
+CHUNK = 1 << 20  # bytes of a body gathered before its bound is checked again
 RETRY_TIMEOUT = 120.0  # seconds after which obstore starts no retry (at most the deadline)
 
 _STORES: dict = {}  # (pid, endpoint, access key, bucket) -> this worker's store
@@ -83,6 +84,18 @@ def object_head(store, key: str, path: str, where: str, deadline) -> tuple[int, 
     return meta['size'], meta.get('e_tag') or ''
 
 
+def _bounded_body(result, bound: int, path: str, where: str) -> bytes:
+    """The body of a GET's ``result``, of ``bound`` bytes at most (the length it said, the range asked):
+    obstore gathers whatever comes, and a chunked body goes on past its length (gigabytes a second)."""
+    chunks, held = [], 0
+    for chunk in result.stream(min_chunk_size=CHUNK):
+        held += len(chunk)
+        if held > bound:
+            raise SampleError('too-large', f'{path}: more than the {bound} bytes asked came from {where}')
+        chunks.append(chunk)
+    return b''.join(chunks)
+
+
 def read_object(store, key: str, path: str, where: str, offset: int | None = None, size: int | None = None,
                 attempts: int = 3, *, etag: str | None = None, max_bytes: int = MAX_FILE_BYTES,
                 deadline) -> tuple[bytes, int, str]:
@@ -104,7 +117,8 @@ def read_object(store, key: str, path: str, where: str, offset: int | None = Non
             if offset is None and meta['size'] > max_bytes:
                 raise SampleError('too-large', f'{path}: {meta["size"]} bytes, more than the '
                                                f'{max_bytes} it may have')
-            return result.bytes().to_bytes(), meta['size'], meta.get('e_tag') or ''
+            return _bounded_body(result, meta['size'] if offset is None else size, path, where), meta['size'], \
+                meta.get('e_tag') or ''
         except PreconditionError:
             from src.datasets.storage.tar_index import StaleIndexError
             raise StaleIndexError(f'{path}: replaced in {where} while it was being read (its ETag is no longer '
