@@ -119,8 +119,9 @@ def checked_position(saved) -> dict:
         check = _FIELDS.get(name)
         if check is not None and not check(value):
             raise _malformed(name)
-    for name in _mix_counts_wrong(saved):
-        raise _malformed(name)
+    wrong = _mix_counts_wrong(saved)
+    if wrong:
+        raise _malformed(wrong[0])
     return saved
 
 
@@ -131,8 +132,10 @@ def _mix_counts_wrong(saved: dict) -> list[str]:
     repeat, origin, history = saved.get('repeat'), saved.get('origin'), saved.get('history')
     if repeat is None or origin is None:
         return []
+
     def wrong(batch, counts) -> bool:
         return len(counts) != len(repeat) or sum(counts) != batch
+
     return ((['origin'] if wrong(*origin) else [])
             + (['history'] if history and any(len(entry) < 3 or wrong(entry[0], entry[2]) for entry in history) else []))
 
