@@ -287,9 +287,9 @@ def test_a_reason_phrase_with_terminal_escapes_never_reaches_the_summary():
     assert stream is None and error == 'HTTP Error 404: Not Found'  # the standard phrase, not the server's
 
 
-def test_printable_replaces_control_characters():
-    from src.prepare.url_fetch import printable
-    assert printable('a\x1b[31mb\nc') == 'a?[31mb?c'
+def test_quoted_replaces_control_characters_and_bounds_the_text():
+    from src.datasets.storage.redact import quoted
+    assert quoted('a\x1b[31mb\nc') == 'a?[31mb?c' and len(quoted('x' * 10 ** 6)) == 300
 
 
 @pytest.mark.parametrize('text, secret', [

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from functools import partial
 from urllib.parse import urljoin, urlsplit
 
+from src.datasets.storage.redact import quoted
+
 ALLOWED_SCHEMES = ('http', 'https')
 MAX_REDIRECTS = 5
 NAT64 = ipaddress.ip_network('64:ff9b::/96')  # the well-known prefix: 64:ff9b::7f00:1 is 127.0.0.1
@@ -314,12 +316,6 @@ def refused_image(data: bytes, max_pixels: int) -> str | None:
     return None
 
 
-def printable(text: str, limit: int = 300) -> str:
-    """``text`` as a summary line may show it: a control character (a terminal escape a server put in
-    its answer) as '?', at most ``limit`` characters."""
-    return ''.join(ch if ch.isprintable() else '?' for ch in text[:limit])
-
-
 def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *, policy: UrlPolicy):
     """img2dataset's ``download_image`` (same arguments and answer: key, stream, error) through
     :func:`fetch`, refusing images that declare more than ``policy.max_pixels`` pixels, or JPEGs of more
@@ -336,7 +332,7 @@ def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, *,
         phrase = http.client.responses.get(err.code)
         return key, None, f'HTTP Error {err.code}: {phrase}' if phrase else f'HTTP Error {err.code}'
     except Exception as err:  # noqa: BLE001 (img2dataset counts every failure by its message)
-        return key, None, printable(str(err))
+        return key, None, quoted(str(err))
     if disallowed_header_directives:
         from img2dataset.downloader import is_disallowed
         if is_disallowed(headers, user_agent_token, disallowed_header_directives):

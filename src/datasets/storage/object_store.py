@@ -27,7 +27,7 @@ from src.datasets.extras import require
 from src.datasets.storage.files import MAX_FILE_BYTES, unsafe_path
 from src.datasets.storage.sidecars import build_once, kept, written_aside
 from src.datasets.storage.obstore_client import object_head, read_object, worker_store
-from src.datasets.storage.redact import redact
+from src.datasets.storage.redact import quoted, redact
 from src.datasets.storage.deadlines import request_deadline, watch_connections
 from src.datasets.storage.storage import Reader, check_size
 
@@ -263,7 +263,7 @@ def client_error(e, path: str, where: str, etag: str | None) -> Exception:
         from src.datasets.storage.tar_index import StaleIndexError
         return StaleIndexError(f'{path}: replaced in {where} while it was being read (its ETag is no longer '
                                f'{etag}): upload the shards and their index together again')
-    return SampleError('missing-file', f'{path}: {code or e} from {where}')
+    return SampleError('missing-file', f'{path}: {quoted(code or e)} from {where}')  # the store's words, bounded
 
 
 _CONTENT_RANGE = re.compile(r'bytes (\d+)-(\d+)/(\d+|\*)', re.ASCII)

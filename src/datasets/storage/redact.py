@@ -4,7 +4,8 @@
 ``StorageConfigError``) and every line the tools log go through it. It removes the credentials a
 URL may carry (``http://user:password@host``, a signed query's signature or token), wherever in the
 text the URL is. :func:`byte_kind` says what kind of bytes a file holds without quoting any: a
-file that is not an image may be a key, a token or an environment dump.
+file that is not an image may be a key, a token or an environment dump. :func:`quoted` is what a
+message quotes of another party's text.
 """
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def redact(text: str) -> str:
     text = _SECRET_PARAMETER.sub(lambda m: f'{m["name"]}{HIDDEN}', text)
     text = _BEARER.sub(lambda m: f'{m["name"] or m["scheme"]}{HIDDEN}', text)
     return _SECRET_SETTING.sub(lambda m: f'{m["name"]}{HIDDEN}', text)
+
+
+def quoted(text: str, limit: int = 300) -> str:
+    """Text another party wrote (a store's error code, a server's reason phrase) as a message may
+    quote it: a control character (a terminal escape) as '?', at most ``limit`` characters."""
+    return ''.join(ch if ch.isprintable() else '?' for ch in str(text)[:limit])
 
 
 _SIGNATURES = ((b'\x1f\x8b', 'gzip data'), (b'PK\x03\x04', 'a zip archive'), (b'%PDF', 'a PDF'),
