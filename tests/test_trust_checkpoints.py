@@ -80,7 +80,7 @@ def test_the_train_tool_makes_checkpoints_weights_only_before_the_runner_loads_o
 def _position(**changes) -> dict:
     saved = {'batch_size': 4, 'world_size': 2, 'dataset_size': 22, 'sampler': 'FixedBatchMultiSourceSampler',
              'seed': 0, 'samples_per_epoch': 16, 'data': None, 'buckets': 'ab12', 'repeat': [2, 1],
-             'origin': [0, [0, 0]], 'history': [[0, 8, [0, 0]], [5, 4, [3, 2]]], 'filters': None,
+             'origin': [0, [0, 0]], 'history': [[0, 6, [0, 0]], [5, 8, [3, 2]]], 'filters': None,
              'deals': [[0, 2, 4, 2, 8, 4], [5, 1, 4, 1, 8, 4]]}
     return saved | changes
 
@@ -90,6 +90,7 @@ def _position(**changes) -> dict:
     ('history', [[0, 0]]),  # a global batch of 0: a division by zero
     ('history', [[0, 8], [3, 4]] * 3000),  # more changes than resumes
     ('history', [[5, 8]]),  # not from the start
+    ('history', [[0, 8, [0, 0]], [5, 6, [3, 2]]]),  # its last global batch not the run's (4 x 2)
     ('deals', [[0, 10 ** 9, 4, 1, 8, 4]]),  # a replay over 10^9 ranks
     ('world_size', True), ('batch_size', '4'), ('dataset_size', -1), ('sampler', 'os.system("id")'),
     ('data', 'x' * 10 ** 6), ('origin', [0, 'all']), ('filters', ['f' * 10 ** 6])])

@@ -122,6 +122,9 @@ def checked_position(saved) -> dict:
     wrong = _mix_counts_wrong(saved)
     if wrong:
         raise _malformed(wrong[0])
+    history = saved.get('history')
+    if history and history[-1][1] != saved['batch_size'] * saved['world_size']:  # the run's own global batch last
+        raise _malformed('history')
     return saved
 
 
