@@ -68,8 +68,12 @@ def _check_same_data(saved: DataFacts, now: DataFacts, allow_data_change: bool) 
     return ''
 
 
-ELASTIC = ('BucketSampler', 'FixedBatchMultiSourceSampler', 'DefaultSampler', 'InfiniteSampler', 'BlockShuffleSampler')  # another
-# global batch goes on from where their streams stood
+# Draws a rank of an endless sampler (InfiniteSampler) replayed at a resume, at most (about 5 minutes
+# of draws here; a million iterations of 1024 a rank are a quarter of it).
+ENDLESS_REPLAY = 1 << 32
+
+# Samplers that go on from where their streams stood under another global batch.
+ELASTIC = ('BucketSampler', 'FixedBatchMultiSourceSampler', 'DefaultSampler', 'InfiniteSampler', 'BlockShuffleSampler')
 
 
 def epoch_and_drawn(history: list, size: int, iteration: int) -> tuple[int, int]:
@@ -183,11 +187,6 @@ def _start_point(iteration: int, now: DataFacts, history: list | None, drop_last
                               f'({ENDLESS_REPLAY}): resume from another checkpoint, or start a new run (load_from '
                               'instead of resume)')
     return start
-
-
-# Draws a rank of an endless sampler (InfiniteSampler) replayed at a resume, at most (about 5 minutes
-# of draws here; a million iterations of 1024 a rank are a quarter of it).
-ENDLESS_REPLAY = 1 << 32
 
 
 def _start(iteration: int, now: DataFacts, history: list | None, drop_last: bool, epoch_of_batch,

@@ -17,22 +17,44 @@ from typing import NamedTuple
 import numpy as np
 
 
+def _whole_blocks(size: int, block_size: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The order of the whole blocks of an epoch, drawn by (``seed``, ``epoch``)."""
+    whole = size // block_size
+    return np.random.default_rng([seed, epoch]).permutation(whole) if shuffle else np.arange(whole)
+
+
 def block_order(size: int, block_size: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    whole, blocks = size // block_size, math.ceil(size / block_size)
-    order = np.random.default_rng([seed, epoch]).permutation(whole) if shuffle else np.arange(whole)
-    order = np.append(order, np.arange(whole, blocks))
+    """All ``size`` indices, in blocks of ``block_size`` neighbours, the blocks in an order drawn by
+    (``seed``, ``epoch``) (in order without ``shuffle``). A last, shorter block stays last, so
+    that every other block starts at a multiple of ``block_size`` in the order (a batch of
+    ``block_size`` is one block)."""
+    order = _whole_blocks(size, block_size, seed, epoch, shuffle)
+    order = np.append(order, np.arange(len(order), math.ceil(size / block_size)))
     starts = order * block_size
     indices = (starts[:, None] + np.arange(block_size)[None, :]).ravel()
     return indices[indices < size]
 
 
-def rank_share(order: np.ndarray, block_size: int, rank: int, world_size: int) -> np.ndarray:
-    """Rank ``rank``'s indices of ``order``: every ``world_size``-th chunk of ``block_size``, the
-    order first padded from its start so that every rank gets as many chunks."""
+def unread_order(size: int, block_size: int, seed: int, epoch: int, shuffle: bool,
+                 read: np.ndarray | None) -> np.ndarray:
+    """``block_order`` of the epoch without the indices in ``read`` (None: all of them): blocks partly
+    read keep their rest, in place."""
+    order = block_order(size, block_size, seed, epoch, shuffle)
+    return order if read is None else order[~read[order]]
+
+
+def rank_shares(order: np.ndarray, block_size: int, world_size: int) -> np.ndarray:
+    """Every rank's chunks of ``order`` (``[rank, chunk, block_size]``, a view): every
+    ``world_size``-th chunk of ``block_size``, the order first padded from its start so that every
+    rank gets as many chunks."""
     span = block_size * world_size
-    total = math.ceil(len(order) / span) * span
-    padded = np.resize(order, total)  # repeats from the start
-    return padded.reshape(-1, world_size, block_size)[:, rank, :].ravel()
+    padded = np.resize(order, math.ceil(len(order) / span) * span)  # repeats from the start
+    return padded.reshape(-1, world_size, block_size).transpose(1, 0, 2)
+
+
+def rank_share(order: np.ndarray, block_size: int, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s indices of ``order`` (its row of :func:`rank_shares`)."""
+    return rank_shares(order, block_size, world_size)[rank].ravel()
 
 
 def worker_lanes(share: np.ndarray, block_size: int, batch_size: int, workers: int) -> np.ndarray:
@@ -54,10 +76,9 @@ def worker_lanes(share: np.ndarray, block_size: int, batch_size: int, workers: i
 def block_places(size: int, block_size: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     """Where each whole block stands in ``block_order(size, block_size, seed, epoch)``, for
     :func:`places_of`."""
-    whole = size // block_size
-    order = np.random.default_rng([seed, epoch]).permutation(whole) if shuffle else np.arange(whole)
-    where = np.empty(whole, dtype=np.int64)
-    where[order] = np.arange(whole)
+    order = _whole_blocks(size, block_size, seed, epoch, shuffle)
+    where = np.empty(len(order), dtype=np.int64)
+    where[order] = np.arange(len(order))
     return where
 
 
@@ -106,8 +127,8 @@ def part_steps(count: int, deal: Deal) -> int:
 @dataclass(frozen=True)
 class Part:
     """What one deal reads of one epoch: from global batch ``first`` (at ``position`` of the global
-    sample stream), ``steps`` batches, of the epoch's indices not in ``read`` (None: all of them);
-    a whole epoch may stand for ``epochs`` alike, one after another."""
+    sample stream), ``steps`` batches, of the epoch's ``count`` indices not in ``read`` (None: all
+    of them); a whole epoch may stand for ``epochs`` alike, one after another."""
 
     epoch: int
     first: int
@@ -115,6 +136,7 @@ class Part:
     read: np.ndarray | None
     steps: int
     position: int
+    count: int
     epochs: int = 1
 
     def covers(self, epoch: int) -> bool:
@@ -124,7 +146,7 @@ class Part:
         """The whole epoch ``epochs`` after this one (a whole epoch), under the same deal."""
         batch = self.deal.world_size * self.deal.batch_size
         return Part(self.epoch + epochs, self.first + epochs * self.steps, self.deal, None, self.steps,
-                    self.position + epochs * self.steps * batch)
+                    self.position + epochs * self.steps * batch, self.count)
 
 
 class Passes:
@@ -145,7 +167,7 @@ class Passes:
                 steps = part_steps(count, deal)
                 if end is not None and step + steps > end:  # the next deal begins inside this epoch
                     if end > step:
-                        self.parts.append(Part(epoch, step, deal, read, end - step, position))
+                        self.parts.append(Part(epoch, step, deal, read, end - step, position, count))
                         read = self.mark(epoch, deal, read, end - step)
                         position += (end - step) * deal.world_size * deal.batch_size
                         step = end
@@ -153,7 +175,7 @@ class Passes:
                 whole = read is None
                 # whole epochs before the next deal are counted in one part, not replayed one by one
                 epochs = max((end - step) // steps, 1) if whole and end is not None else 1
-                self.parts.append(Part(epoch, step, deal, read, steps, position, epochs))
+                self.parts.append(Part(epoch, step, deal, read, steps, position, count, epochs))
                 position += epochs * steps * deal.world_size * deal.batch_size
                 step, epoch, read = step + epochs * steps, epoch + epochs, None
                 if (end is None and whole) or step == end:  # the last deal: replayed up to a whole epoch
@@ -164,13 +186,10 @@ class Passes:
     def mark(self, epoch: int, deal: Deal, read: np.ndarray | None, steps: int) -> np.ndarray:
         """``read`` with what every rank of ``deal`` read in its first ``steps`` batches of ``epoch``
         (of the epoch's indices not in ``read``, in block order: blocks partly read keep their rest)."""
-        order = block_order(self.size, deal.block_size, self.seed, epoch, self.shuffle)
-        order = order if read is None else order[~read[order]]
+        order = unread_order(self.size, deal.block_size, self.seed, epoch, self.shuffle, read)
         read = np.zeros(self.size, dtype=bool) if read is None else read.copy()
         # Every rank's share at once (a rank's, dealt(), is one row): O(size), not O(size) a rank.
-        span = deal.block_size * deal.world_size
-        padded = np.resize(order, math.ceil(len(order) / span) * span)
-        shares = padded.reshape(-1, deal.world_size, deal.block_size).transpose(1, 0, 2).reshape(deal.world_size, -1)
+        shares = rank_shares(order, deal.block_size, deal.world_size).reshape(deal.world_size, -1)
         lanes = worker_lanes(np.arange(shares.shape[1]), deal.block_size, deal.lane_batch, deal.workers)
         read[shares[:, lanes[:steps * deal.batch_size]]] = True
         return read

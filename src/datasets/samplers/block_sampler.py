@@ -35,7 +35,8 @@ from mmengine.logging import print_log
 from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
-from src.datasets.samplers.block_orders import Deal, Passes, block_order, block_places, dealt, places_of, rank_length
+from src.datasets.samplers.block_orders import (Deal, Passes, block_places, dealt, places_of, rank_length,
+                                                unread_order)
 from src.datasets.samplers.draws import Ahead, Draw
 from src.datasets.storage.object_fetch import block_rest
 
@@ -128,27 +129,29 @@ class BlockShuffleSampler(Sampler):
         ``[iteration, world size, batch size, ...]`` entries; missing fields are this run's), the
         DataLoader's ``batch_size`` now: the deals to save, and a note when this one is new."""
         if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f'BlockShuffleSampler: the DataLoader\'s batch size must be a positive int, got {batch_size!r}')
+            raise ValueError(f'BlockShuffleSampler: the DataLoader\'s batch size must be a positive int, '
+                             f'got {batch_size!r}')
         self.batch_size = batch_size
         now = list(self.deal)
         deals = [[int(entry[0]), *entry[1:], *now[len(entry) - 1:]] for entry in saved or [] if entry[0] <= iteration]
         room = max(4 * self.size, 1 << 16)  # a deal's epoch is padded to ranks x block: replayed, it is made
         if any(entry[1] * entry[4] > room for entry in deals):
-            raise ValueError(f'BlockShuffleSampler: the checkpoint\'s deals {deals[:3]}... have more ranks x block than '
-                             f'{room} for {self.size} samples: not a deal of this dataset')
+            raise ValueError(f'BlockShuffleSampler: the checkpoint\'s deals {deals[:3]}... have more ranks x block '
+                             f'than {room} for {self.size} samples: not a deal of this dataset')
         deals = deals or [[0, *now]]
         note = ''
         if deals[-1][1:] != now:
-            note = (f'BlockShuffleSampler dealt as {Deal(*now).describe()} instead of {Deal(*deals[-1][1:]).describe()}: '
-                    f'the rest of the interrupted epoch is read once, in other batches')
+            note = (f'BlockShuffleSampler dealt as {Deal(*now).describe()} instead of '
+                    f'{Deal(*deals[-1][1:]).describe()}: the rest of the interrupted epoch is read once, in '
+                    'other batches')
             deals = [entry for entry in deals if entry[0] < iteration] + [[iteration, *now]]
         self.deals = deals
         return deals, note
 
     def _order(self, epoch: int, read: np.ndarray | None = None) -> np.ndarray:
         """This rank's indices of ``epoch`` (those not in ``read``), in the order they are read."""
-        order = block_order(self.size, self.block_size, self.seed, epoch, self.shuffle)
-        return dealt(order if read is None else order[~read[order]], self.deal, self.rank)
+        order = unread_order(self.size, self.block_size, self.seed, epoch, self.shuffle, read)
+        return dealt(order, self.deal, self.rank)
 
     def _log_quality(self, batch_size: int) -> None:
         blocks = shuffle_quality(self._order(0), self.size, batch_size)
@@ -204,8 +207,7 @@ class BlockShuffleSampler(Sampler):
         if not self.size:
             return 0
         part = self._part(self.epoch)
-        count = self.size if part is None or part.read is None else self.size - int(part.read.sum())
-        return rank_length(count, self.deal)
+        return rank_length(self.size if part is None else part.count, self.deal)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
